@@ -1,0 +1,37 @@
+# `make serve` and `make test` do all the set-up on a fresh machine.
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+STATE ?= var
+
+.PHONY: serve test lint typecheck unit bench clean
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+
+$(VENV)/.serve-installed: pyproject.toml | $(BIN)/python
+	$(BIN)/pip install -q -e '.[demo]'
+	touch $@
+
+$(VENV)/.dev-installed: pyproject.toml | $(BIN)/python
+	$(BIN)/pip install -q -e '.[dev]'
+	touch $@ $(VENV)/.serve-installed
+
+## Bring the stack up on embedded defaults: the demo model in a local registry, the gateway.
+serve: $(VENV)/.serve-installed
+	$(BIN)/gateway demo --registry $(STATE)/registry
+	$(BIN)/gateway serve --config examples/gateway.yaml
+
+## Lint, type-check and run the whole test suite (real components included).
+test: $(VENV)/.dev-installed
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/mypy
+	$(BIN)/pytest
+
+bench: $(VENV)/.dev-installed
+	$(BIN)/python -m loadtests.bench_serving
+
+clean:
+	rm -rf $(VENV) $(STATE) .model-cache

@@ -1,0 +1,305 @@
+"""Dynamic batching: concurrent requests' rows are combined into one model call.
+
+A batch closes when it holds ``max_batch_size`` rows or when its oldest request has waited
+``max_batch_delay_s``. The queue is bounded, every request has a deadline, and a caller that
+gives up (cancelled, disconnected, past its deadline) leaves the queue before its batch runs.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections import deque
+from collections.abc import Callable
+from concurrent.futures import Executor
+from dataclasses import dataclass, field
+from typing import Protocol
+
+import numpy as np
+
+from gateway.errors import (
+    DeadlineExceededError,
+    GatewayError,
+    ModelExecutionError,
+    NotReadyError,
+    OverloadedError,
+)
+
+__all__ = ["BatchObserver", "Batcher", "RunFn", "Tensors"]
+
+log = logging.getLogger(__name__)
+
+Tensors = dict[str, np.ndarray]
+RunFn = Callable[[Tensors], Tensors]
+
+
+class BatchObserver(Protocol):
+    """Receives what the batcher measures (metrics live outside the core)."""
+
+    def batch_closed(self, rows: int, requests: int, reason: str) -> None: ...
+    def queue_wait(self, seconds: float) -> None: ...
+    def queue_depth(self, depth: int) -> None: ...
+    def run_time(self, seconds: float) -> None: ...
+
+
+class _NullObserver:
+    def batch_closed(self, rows: int, requests: int, reason: str) -> None:
+        pass
+
+    def queue_wait(self, seconds: float) -> None:
+        pass
+
+    def queue_depth(self, depth: int) -> None:
+        pass
+
+    def run_time(self, seconds: float) -> None:
+        pass
+
+
+@dataclass(slots=True, eq=False)
+class _Pending:
+    inputs: Tensors
+    rows: int
+    key: tuple[object, ...]
+    future: asyncio.Future[Tensors]
+    enqueued: float
+    deadline: float
+    handle: asyncio.TimerHandle | None = field(default=None)
+
+
+class Batcher:
+    """Queues requests for one model version and runs them in batches on an executor.
+
+    Use as an async context manager; ``submit`` returns the request's own rows of every output.
+    """
+
+    def __init__(
+        self,
+        run: RunFn,
+        executor: Executor,
+        *,
+        name: str,
+        max_batch_size: int,
+        max_batch_delay_s: float,
+        max_queue_size: int,
+        max_concurrent_batches: int = 1,
+        stackable: bool = True,
+        observer: BatchObserver | None = None,
+    ) -> None:
+        self.name = name
+        self._run_fn = run
+        self._executor = executor
+        self._max_rows = max_batch_size if stackable else 1
+        self._max_delay_s = max_batch_delay_s
+        self._max_queue = max_queue_size
+        self._concurrency = max_concurrent_batches
+        self._stackable = stackable
+        self._observer: BatchObserver = observer or _NullObserver()
+        self._queue: deque[_Pending] = deque()
+        self._queued_rows = 0
+        self._wake = asyncio.Event()
+        self._workers: list[asyncio.Task[None]] = []
+        self._closing = False
+        self._stopped = False
+
+    async def __aenter__(self) -> Batcher:
+        self.start()
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.stop()
+
+    @property
+    def depth(self) -> int:
+        """Requests waiting for a batch."""
+        return len(self._queue)
+
+    def start(self) -> None:
+        """Start the batch workers."""
+        if self._workers:
+            return
+        self._workers = [
+            asyncio.create_task(self._work(), name=f"batcher:{self.name}:{i}")
+            for i in range(self._concurrency)
+        ]
+
+    async def submit(self, inputs: Tensors, rows: int, deadline: float) -> Tensors:
+        """Queue a request of ``rows`` rows; wait (until the monotonic ``deadline``) for its outputs."""
+        if self._closing:
+            raise NotReadyError(f"model {self.name} is shutting down")
+        if len(self._queue) >= self._max_queue:
+            raise OverloadedError(f"model {self.name} is overloaded: its queue is full")
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[Tensors] = loop.create_future()
+        key: tuple[object, ...]
+        if self._stackable:
+            key = tuple((n, a.shape[1:], a.dtype) for n, a in inputs.items())
+        else:
+            key = ()
+        item = _Pending(inputs, rows, key, future, loop.time(), deadline)
+        item.handle = loop.call_at(deadline, _expire, future, self.name)
+        self._queue.append(item)
+        self._queued_rows += rows
+        self._observer.queue_depth(len(self._queue))
+        self._wake.set()
+        try:
+            return await future
+        finally:
+            item.handle.cancel()
+
+    async def stop(self, timeout_s: float = 10.0) -> None:
+        """Stop admitting, run what is queued (within ``timeout_s``), then end the workers."""
+        if self._stopped:
+            return
+        self._stopped = True
+        self._closing = True
+        self._wake.set()
+        if self._workers:
+            _, pending = await asyncio.wait(self._workers, timeout=timeout_s)
+            for task in pending:
+                task.cancel()
+            await asyncio.gather(*pending, return_exceptions=True)
+        self._fail_queued(NotReadyError(f"model {self.name} shut down before the request ran"))
+
+    # -- the worker ---------------------------------------------------------------------------
+
+    async def _work(self) -> None:
+        try:
+            while True:
+                if not self._queue:
+                    if self._closing:
+                        return
+                    self._wake.clear()
+                    await self._wake.wait()
+                    continue
+                reason = await self._wait_for_batch()
+                batch = self._take()
+                if batch:
+                    await self._run(batch, reason)
+        except asyncio.CancelledError:
+            raise
+        except BaseException as exc:  # a bug here must not leave callers waiting forever
+            log.exception("batch worker of %s died", self.name)
+            self._fail_queued(ModelExecutionError(f"batch worker of {self.name} failed: {exc}"))
+            raise
+
+    async def _wait_for_batch(self) -> str:
+        loop = asyncio.get_running_loop()
+        close_at = self._queue[0].enqueued + self._max_delay_s
+        while self._queued_rows < self._max_rows:
+            if self._closing:
+                return "drain"
+            remaining = close_at - loop.time()
+            if remaining <= 0 or not self._queue:
+                return "timeout"
+            self._wake.clear()
+            try:
+                async with asyncio.timeout(remaining):
+                    await self._wake.wait()
+            except TimeoutError:
+                return "timeout"
+        return "full"
+
+    def _take(self) -> list[_Pending]:
+        now = asyncio.get_running_loop().time()
+        batch: list[_Pending] = []
+        skipped: list[_Pending] = []
+        rows = 0
+        key: tuple[object, ...] | None = None
+        queue = self._queue
+        while queue:
+            item = queue.popleft()
+            if item.future.done():  # cancelled by its caller or past its deadline
+                self._queued_rows -= item.rows
+                continue
+            if item.deadline <= now:
+                self._queued_rows -= item.rows
+                _expire(item.future, self.name)
+                continue
+            if batch and (item.key != key or rows + item.rows > self._max_rows):
+                skipped.append(item)
+                if rows + item.rows > self._max_rows:
+                    break
+                continue
+            key = item.key
+            batch.append(item)
+            rows += item.rows
+            self._queued_rows -= item.rows
+            if rows >= self._max_rows:
+                break
+        queue.extendleft(reversed(skipped))
+        self._observer.queue_depth(len(queue))
+        return batch
+
+    async def _run(self, batch: list[_Pending], reason: str) -> None:
+        loop = asyncio.get_running_loop()
+        start = loop.time()
+        rows = 0
+        for item in batch:
+            rows += item.rows
+            self._observer.queue_wait(start - item.enqueued)
+        self._observer.batch_closed(rows, len(batch), reason)
+        if len(batch) == 1:
+            inputs = batch[0].inputs
+        else:
+            inputs = {
+                name: np.concatenate([item.inputs[name] for item in batch])
+                for name in batch[0].inputs
+            }
+        try:
+            outputs = await loop.run_in_executor(self._executor, self._run_fn, inputs)
+        except GatewayError as exc:
+            _fail(batch, exc)
+            return
+        except asyncio.CancelledError:
+            _fail(batch, NotReadyError(f"model {self.name} shut down while the request ran"))
+            raise
+        except Exception as exc:
+            _fail(batch, ModelExecutionError(f"model {self.name} failed at run time: {exc}"))
+            return
+        finally:
+            self._observer.run_time(loop.time() - start)
+        if len(batch) == 1:
+            _resolve(batch[0].future, outputs)
+            return
+        for name, array in outputs.items():
+            if array.ndim == 0 or array.shape[0] != rows:
+                _fail(
+                    batch,
+                    ModelExecutionError(
+                        f"model {self.name} returned {name!r} with shape {list(array.shape)} "
+                        f"for a batch of {rows} rows"
+                    ),
+                )
+                return
+        offset = 0
+        for item in batch:
+            end = offset + item.rows
+            _resolve(item.future, {name: array[offset:end] for name, array in outputs.items()})
+            offset = end
+
+    def _fail_queued(self, exc: GatewayError) -> None:
+        while self._queue:
+            item = self._queue.popleft()
+            if not item.future.done():
+                item.future.set_exception(exc)
+        self._queued_rows = 0
+        self._observer.queue_depth(0)
+
+
+def _resolve(future: asyncio.Future[Tensors], outputs: Tensors) -> None:
+    if not future.done():
+        future.set_result(outputs)
+
+
+def _fail(batch: list[_Pending], exc: GatewayError) -> None:
+    for item in batch:
+        if not item.future.done():
+            item.future.set_exception(exc)
+
+
+def _expire(future: asyncio.Future[Tensors], name: str) -> None:
+    if not future.done():
+        future.set_exception(
+            DeadlineExceededError(f"model {name}: the request's deadline passed before it ran")
+        )

@@ -1,0 +1,79 @@
+"""The ``gateway`` command: ``gateway serve --config FILE``, ``gateway demo --registry DIR``."""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import logging
+import sys
+from pathlib import Path
+
+from gateway.errors import ConfigError
+from gateway.settings import GatewaySettings, load_settings
+
+__all__ = ["main", "serve"]
+
+log = logging.getLogger("gateway")
+
+
+def serve(settings: GatewaySettings, log_level: str = "info") -> None:
+    """Run the gateway with uvicorn until SIGINT/SIGTERM, then shut down gracefully."""
+    import uvicorn
+
+    from gateway.http import create_app
+
+    app = create_app(settings)
+    config = uvicorn.Config(
+        app,
+        host=settings.server.host,
+        port=settings.server.port,
+        # uvloop and httptools are faster; fall back to the pure-Python ones where absent.
+        loop="uvloop" if importlib.util.find_spec("uvloop") else "asyncio",
+        http="httptools" if importlib.util.find_spec("httptools") else "h11",
+        lifespan="on",
+        access_log=settings.server.access_log,
+        log_level=log_level,
+        timeout_graceful_shutdown=int(max(1, settings.server.shutdown_timeout_s)),
+        server_header=False,
+    )
+    uvicorn.Server(config).run()
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the ``gateway`` command."""
+    parser = argparse.ArgumentParser(prog="gateway", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+    serve_cmd = sub.add_parser("serve", help="serve the models named in the config file")
+    serve_cmd.add_argument("--config", type=Path, help="YAML or TOML config file")
+    serve_cmd.add_argument("--host", help="override server.host")
+    serve_cmd.add_argument("--port", type=int, help="override server.port")
+    serve_cmd.add_argument("--log-level", default="info", choices=["debug", "info", "warning"])
+    demo_cmd = sub.add_parser("demo", help="train and register the demo model (needs [demo])")
+    demo_cmd.add_argument("--registry", type=Path, required=True, help="local registry folder")
+    args = parser.parse_args(argv)
+    logging.basicConfig(
+        level=getattr(logging, getattr(args, "log_level", "info").upper()),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    if args.command == "demo":
+        from gateway.demo import DEMO_MODEL, build_demo_registry
+
+        registry = build_demo_registry(args.registry)
+        print(f"{DEMO_MODEL}: versions {registry.versions(DEMO_MODEL)}, "
+              f"aliases {registry.aliases(DEMO_MODEL)} in {args.registry}")
+        return 0
+    overrides = {}
+    if args.host:
+        overrides["server__host"] = args.host
+    if args.port is not None:
+        overrides["server__port"] = args.port
+    try:
+        settings = load_settings(args.config, **overrides)
+    except ConfigError as exc:
+        print(f"gateway: {exc}", file=sys.stderr)
+        return 2
+    if not settings.models:
+        print("gateway: invalid configuration: models: at least one model is needed", file=sys.stderr)
+        return 2
+    serve(settings, args.log_level)
+    return 0

@@ -1,0 +1,85 @@
+"""The demo model: scikit-learn classifiers on the bundled breast-cancer data, as ONNX.
+
+Needs the ``demo`` extra (scikit-learn, skl2onnx). Registers two versions in a local registry:
+version 1 (logistic regression, alias ``champion``) and version 2 (random forest, alias
+``challenger``), with feature names, class labels and a reference profile of the training data.
+"""
+
+from __future__ import annotations
+
+import tempfile
+from pathlib import Path
+
+import numpy as np
+
+from registry_client import FeatureSpec, LocalRegistry, ModelMetadata, ReferenceProfile
+from registry_client.metadata import BatchingHints, NumericProfile
+
+__all__ = ["DEMO_MODEL", "build_demo_registry", "reference_profile"]
+
+DEMO_MODEL = "breast_cancer"
+
+
+def reference_profile(data: np.ndarray, names: list[str], bins: int = 10) -> ReferenceProfile:
+    """Histogram of each column on its training quantiles, the baseline for drift checks."""
+    features: dict[str, NumericProfile] = {}
+    for column, name in enumerate(names):
+        values = data[:, column].astype(np.float64)
+        edges = np.unique(np.quantile(values, np.linspace(0, 1, bins + 1)))
+        counts, _ = np.histogram(values, bins=edges)
+        features[name] = NumericProfile(
+            bin_edges=edges.tolist(),
+            counts=counts.tolist(),
+            mean=float(values.mean()),
+            std=float(values.std()),
+        )
+    return ReferenceProfile(rows=len(data), features=features)
+
+
+def build_demo_registry(root: Path) -> LocalRegistry:
+    """Train, convert and register the two demo versions (skipped if already registered)."""
+    from skl2onnx import to_onnx
+    from skl2onnx.common.data_types import FloatTensorType
+    from sklearn.datasets import load_breast_cancer
+    from sklearn.ensemble import RandomForestClassifier
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.model_selection import train_test_split
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    registry = LocalRegistry(root)
+    if DEMO_MODEL in registry.models() and len(registry.versions(DEMO_MODEL)) >= 2:
+        return registry
+    dataset = load_breast_cancer()
+    x = dataset.data.astype(np.float32)
+    x_train, _, y_train, _ = train_test_split(
+        x, dataset.target, test_size=0.25, random_state=0, stratify=dataset.target
+    )
+    names = [str(n) for n in dataset.feature_names]
+    metadata = ModelMetadata(
+        description="Breast cancer (Wisconsin) classifier; scikit-learn's bundled dataset.",
+        feature_input="input",
+        features=[FeatureSpec(name=n) for n in names],
+        class_labels=[str(c) for c in dataset.target_names],
+        batching=BatchingHints(warmup_batch_sizes=[1, 8, 64]),
+        reference=reference_profile(x_train, names),
+    )
+    candidates = [
+        ("champion", make_pipeline(StandardScaler(), LogisticRegression(max_iter=1000))),
+        ("challenger", RandomForestClassifier(n_estimators=50, max_depth=6, random_state=0)),
+    ]
+    with tempfile.TemporaryDirectory() as tmp:
+        for alias, estimator in candidates:
+            estimator.fit(x_train, y_train)
+            onnx_model = to_onnx(
+                estimator,
+                initial_types=[("input", FloatTensorType([None, len(names)]))],
+                options={id(estimator): {"zipmap": False}},
+                target_opset={"": 17, "ai.onnx.ml": 3},
+            )
+            path = Path(tmp) / f"{alias}.onnx"
+            path.write_bytes(onnx_model.SerializeToString())
+            version = registry.register(DEMO_MODEL, path, metadata)
+            registry.set_alias(DEMO_MODEL, alias, version)
+    return registry
+

@@ -1,0 +1,260 @@
+"""Served models: each follows a registry reference, and moves to a new version without a gap.
+
+When an alias moves, the new version is fetched, loaded and warmed up beside the old one, the
+switch is one assignment on the event loop, and the old version drains its queue and unloads.
+A version that fails to load or warm up never takes traffic.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Iterable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+
+from gateway.batcher import Batcher
+from gateway.errors import ModelLoadError, NotReadyError, UnknownModelError
+from gateway.metrics import GatewayMetrics
+from gateway.runtime import ModelRuntime, RuntimeOptions
+from gateway.settings import BatchingSettings
+from gateway.signature import Signature
+from registry_client import ModelRef, ModelVersion, Registry, RegistryError
+from registry_client.metadata import ModelMetadata
+
+__all__ = ["Deployment", "LoadedModel", "ModelLoader", "ModelManager"]
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(eq=False)
+class LoadedModel:
+    """One model version in memory, with its batcher, ready for traffic."""
+
+    name: str
+    ref: ModelRef
+    version: str
+    runtime: ModelRuntime
+    batcher: Batcher
+    batching: BatchingSettings
+    loaded_at: float = field(default_factory=time.time)
+
+    @property
+    def signature(self) -> Signature:
+        return self.runtime.signature
+
+    @property
+    def metadata(self) -> ModelMetadata:
+        return self.runtime.version.metadata
+
+
+class ModelLoader:
+    """Fetches, loads and warms up model versions."""
+
+    def __init__(
+        self,
+        registry: Registry,
+        runtime_options: RuntimeOptions,
+        executor: ThreadPoolExecutor,
+        metrics: GatewayMetrics,
+        worker_threads: int,
+    ) -> None:
+        self.registry = registry
+        self._options = runtime_options
+        self._executor = executor
+        self._metrics = metrics
+        self._worker_threads = worker_threads
+
+    async def load(
+        self, name: str, ref: ModelRef, version: str, overrides: dict[str, object], base: BatchingSettings
+    ) -> LoadedModel:
+        """Fetch ``ref.name`` at ``version``, load it, warm it up and start its batcher."""
+        try:
+            model_version = await self.registry.fetch(ref.name, version)
+            runtime = await asyncio.to_thread(ModelRuntime, model_version, self._options)
+            batching = _effective_batching(base, model_version, overrides)
+            sizes = batching.warmup_batch_sizes or sorted(
+                {1, *model_version.metadata.batching.warmup_batch_sizes, batching.max_batch_size}
+            )
+            timings = await asyncio.to_thread(runtime.warm_up, sizes)
+        except (RegistryError, ModelLoadError) as exc:
+            self._metrics.model_loads.labels(name, version, "failure").inc()
+            raise ModelLoadError(f"model {name} ({ref} -> version {version}): {exc}") from exc
+        log.info("loaded %s version %s, warm-up seconds by batch size %s", name, version, timings)
+        if batching.enabled:
+            max_rows, delay, concurrency = (
+                batching.max_batch_size,
+                batching.max_batch_delay_s,
+                batching.max_concurrent_batches,
+            )
+        else:  # one request per model call, as many at once as there are worker threads
+            max_rows, delay, concurrency = 1, 0.0, self._worker_threads
+        batcher = Batcher(
+            runtime.run,
+            self._executor,
+            name=f"{name}/{version}",
+            max_batch_size=max_rows,
+            max_batch_delay_s=delay,
+            max_queue_size=batching.max_queue_size,
+            max_concurrent_batches=concurrency,
+            stackable=runtime.signature.batchable and batching.enabled,
+            observer=self._metrics.for_batches(name, version),
+        )
+        batcher.start()
+        self._metrics.model_loads.labels(name, version, "success").inc()
+        return LoadedModel(name, ref, version, runtime, batcher, batching)
+
+
+def _effective_batching(
+    base: BatchingSettings, version: ModelVersion, overrides: dict[str, object]
+) -> BatchingSettings:
+    hints = version.metadata.batching
+    merged: dict[str, object] = base.model_dump()
+    if hints.max_batch_size is not None:
+        merged["max_batch_size"] = hints.max_batch_size
+    if hints.max_batch_delay_s is not None:
+        merged["max_batch_delay_s"] = hints.max_batch_delay_s
+    merged.update(overrides)
+    return BatchingSettings.model_validate(merged)
+
+
+class Deployment:
+    """A served model name bound to a registry reference, following it as it moves."""
+
+    def __init__(
+        self,
+        name: str,
+        ref: ModelRef,
+        loader: ModelLoader,
+        batching: BatchingSettings,
+        overrides: dict[str, object],
+        metrics: GatewayMetrics,
+        poll_interval_s: float,
+        drain_timeout_s: float,
+    ) -> None:
+        self.name = name
+        self.ref = ref
+        self.current: LoadedModel | None = None
+        self.last_error: str | None = None
+        self._loader = loader
+        self._batching = batching
+        self._overrides = overrides
+        self._metrics = metrics
+        self._poll_interval_s = poll_interval_s
+        self._drain_timeout_s = drain_timeout_s
+        self._failed_version: str | None = None
+        self._watcher: asyncio.Task[None] | None = None
+        self._draining: set[asyncio.Task[None]] = set()
+
+    async def start(self) -> None:
+        """Load the referenced version now (a failure leaves it not ready), then watch the ref."""
+        await self.refresh()
+        if self.ref.is_alias or self.current is None:
+            self._watcher = asyncio.create_task(self._watch(), name=f"watch:{self.name}")
+
+    async def stop(self) -> None:
+        """Stop watching, drain the served version and any still draining; safe twice."""
+        if self._watcher is not None:
+            self._watcher.cancel()
+            await asyncio.gather(self._watcher, return_exceptions=True)
+            self._watcher = None
+        current, self.current = self.current, None
+        if current is not None:
+            await self._unload(current)
+        if self._draining:
+            await asyncio.gather(*self._draining, return_exceptions=True)
+
+    async def refresh(self) -> bool:
+        """Check the reference once and switch if it moved; True when a new version went live."""
+        try:
+            version = await self._loader.registry.resolve(self.ref)
+        except RegistryError as exc:
+            self._note_error(f"cannot resolve {self.ref}: {exc}")
+            return False
+        if self.current is not None and self.current.version == version:
+            return False
+        if version == self._failed_version:
+            return False  # a broken version is not retried every poll; a new version is
+        try:
+            loaded = await self._loader.load(
+                self.name, self.ref, version, self._overrides, self._batching
+            )
+        except ModelLoadError as exc:
+            if not isinstance(exc.__cause__, RegistryError) or not exc.__cause__.retriable:
+                self._failed_version = version
+            self._note_error(str(exc))
+            return False
+        old, self.current = self.current, loaded
+        self.last_error = None
+        self._metrics.model_loaded.labels(self.name, version, str(self.ref)).set(1)
+        if old is not None:
+            self._metrics.model_swaps.labels(self.name).inc()
+            log.info("model %s switched from version %s to %s", self.name, old.version, version)
+            task = asyncio.create_task(self._unload(old), name=f"drain:{self.name}/{old.version}")
+            self._draining.add(task)
+            task.add_done_callback(self._draining.discard)
+        return True
+
+    async def _watch(self) -> None:
+        while True:
+            await asyncio.sleep(self._poll_interval_s)
+            try:
+                await self.refresh()
+            except asyncio.CancelledError:
+                raise
+            except Exception:  # the watcher must outlive any one bad poll
+                log.exception("model %s: watching %s failed", self.name, self.ref)
+
+    async def _unload(self, loaded: LoadedModel) -> None:
+        await loaded.batcher.stop(self._drain_timeout_s)
+        self._metrics.forget(self.name, loaded.version, str(loaded.ref))
+        log.info("model %s version %s unloaded", self.name, loaded.version)
+
+    def _note_error(self, message: str) -> None:
+        if message != self.last_error:
+            log.error("model %s: %s", self.name, message)
+        self.last_error = message
+
+
+class ModelManager:
+    """All served models, started and stopped together."""
+
+    def __init__(self, deployments: Iterable[Deployment], executor: ThreadPoolExecutor) -> None:
+        self.deployments = {d.name: d for d in deployments}
+        self._executor = executor
+
+    async def __aenter__(self) -> ModelManager:
+        await asyncio.gather(*(d.start() for d in self.deployments.values()))
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await asyncio.gather(*(d.stop() for d in self.deployments.values()))
+        self._executor.shutdown(wait=False, cancel_futures=True)
+
+    @property
+    def ready(self) -> bool:
+        """True when every served model has a version taking traffic."""
+        return all(d.current is not None for d in self.deployments.values())
+
+    def deployment(self, name: str) -> Deployment:
+        """The deployment serving ``name``."""
+        deployment = self.deployments.get(name)
+        if deployment is None:
+            raise UnknownModelError(f"unknown model {name!r}")
+        return deployment
+
+    def get(self, name: str, version: str | None = None) -> LoadedModel:
+        """The version of ``name`` taking traffic now (or exactly ``version``)."""
+        deployment = self.deployment(name)
+        current = deployment.current
+        if current is None:
+            reason = f": {deployment.last_error}" if deployment.last_error else ""
+            raise NotReadyError(f"model {name!r} is not ready{reason}", retry_after_s=5.0)
+        if version is not None and version != current.version:
+            raise UnknownModelError(
+                f"model {name!r} has no version {version!r} loaded (serving version "
+                f"{current.version})"
+            )
+        return current
+

@@ -1,0 +1,140 @@
+"""Prometheus metrics of the gateway, declared once on a registry that is passed in."""
+
+from __future__ import annotations
+
+import platform
+
+import onnxruntime as ort
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+__all__ = ["BatchMetrics", "GatewayMetrics"]
+
+_LATENCY_BUCKETS = (
+    0.0005, 0.001, 0.0025, 0.005, 0.0075, 0.01, 0.015, 0.025, 0.05, 0.075,
+    0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+)  # fmt: skip
+_BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024)
+_SERVING = ("model", "version", "variant", "outcome")
+
+
+class GatewayMetrics:
+    """All of the gateway's metrics. A test passes a fresh ``CollectorRegistry``."""
+
+    def __init__(self, registry: CollectorRegistry, gateway_version: str) -> None:
+        self.registry = registry
+        self.requests = Counter(
+            "gateway_requests", "Inference requests answered.", _SERVING, registry=registry
+        )
+        self.request_duration = Histogram(
+            "gateway_request_duration_seconds",
+            "Time from a request's arrival to its answer.",
+            _SERVING,
+            buckets=_LATENCY_BUCKETS,
+            registry=registry,
+        )
+        self.rows = Counter(
+            "gateway_rows", "Rows (instances) predicted.", ("model", "version"), registry=registry
+        )
+        self.queue_wait = Histogram(
+            "gateway_queue_wait_seconds",
+            "Time a request waited in the batch queue.",
+            ("model", "version"),
+            buckets=_LATENCY_BUCKETS,
+            registry=registry,
+        )
+        self.inference_duration = Histogram(
+            "gateway_inference_duration_seconds",
+            "Time one batch took in onnxruntime, hand-off to the worker thread included.",
+            ("model", "version"),
+            buckets=_LATENCY_BUCKETS,
+            registry=registry,
+        )
+        self.batch_rows = Histogram(
+            "gateway_batch_rows",
+            "Rows per model batch.",
+            ("model", "version"),
+            buckets=_BATCH_BUCKETS,
+            registry=registry,
+        )
+        self.batch_requests = Histogram(
+            "gateway_batch_requests",
+            "Requests combined into one model batch.",
+            ("model", "version"),
+            buckets=_BATCH_BUCKETS,
+            registry=registry,
+        )
+        self.batches = Counter(
+            "gateway_batches",
+            "Batches run, by why they closed (full, timeout, drain).",
+            ("model", "version", "reason"),
+            registry=registry,
+        )
+        self.queue_depth = Gauge(
+            "gateway_queue_depth",
+            "Requests waiting in the batch queue.",
+            ("model", "version"),
+            registry=registry,
+        )
+        self.model_loads = Counter(
+            "gateway_model_loads",
+            "Model version loads, by outcome (success, failure).",
+            ("model", "version", "outcome"),
+            registry=registry,
+        )
+        self.model_swaps = Counter(
+            "gateway_model_swaps",
+            "Switches of a served model to a new version.",
+            ("model",),
+            registry=registry,
+        )
+        self.model_loaded = Gauge(
+            "gateway_model_loaded",
+            "1 for each model version that serves traffic now.",
+            ("model", "version", "ref"),
+            registry=registry,
+        )
+        self.build_info = Gauge(
+            "gateway_build_info",
+            "Versions the gateway was built with.",
+            ("version", "python", "onnxruntime"),
+            registry=registry,
+        )
+        self.build_info.labels(gateway_version, platform.python_version(), ort.__version__).set(1)
+
+    def for_batches(self, model: str, version: str) -> BatchMetrics:
+        """Metrics of one model version's batcher, with labels bound once."""
+        return BatchMetrics(self, model, version)
+
+    def forget(self, model: str, version: str, ref: str) -> None:
+        """Drop a version's per-version series after it is unloaded."""
+        self.model_loaded.remove(model, version, ref)
+        self.queue_depth.remove(model, version)
+
+
+class BatchMetrics:
+    """A ``BatchObserver`` feeding one model version's batching series."""
+
+    def __init__(self, metrics: GatewayMetrics, model: str, version: str) -> None:
+        self._wait = metrics.queue_wait.labels(model, version)
+        self._run = metrics.inference_duration.labels(model, version)
+        self._rows = metrics.batch_rows.labels(model, version)
+        self._requests = metrics.batch_requests.labels(model, version)
+        self._depth = metrics.queue_depth.labels(model, version)
+        self._batches = {
+            reason: metrics.batches.labels(model, version, reason)
+            for reason in ("full", "timeout", "drain")
+        }
+
+    def batch_closed(self, rows: int, requests: int, reason: str) -> None:
+        self._rows.observe(rows)
+        self._requests.observe(requests)
+        self._batches[reason].inc()
+
+    def queue_wait(self, seconds: float) -> None:
+        self._wait.observe(seconds)
+
+    def queue_depth(self, depth: int) -> None:
+        self._depth.set(depth)
+
+    def run_time(self, seconds: float) -> None:
+        self._run.observe(seconds)

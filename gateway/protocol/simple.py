@@ -1,0 +1,157 @@
+"""The simple JSON form for applications that do not speak tensors.
+
+Request: ``{"instances": [{"feature": value, ...}, ...]}`` (rows as objects keyed by feature
+name, or as lists in feature order) or ``{"features": {...}}`` for one row; ``id`` optional.
+Response: ``{"model_name", "model_version", "id", "predictions": [{"output": value, ...}, ...]}``.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import orjson
+
+from gateway.errors import InvalidInputError
+from gateway.signature import Signature, TensorSpec
+from registry_client.metadata import ModelMetadata
+
+__all__ = ["parse_instances", "render_predictions"]
+
+
+def parse_instances(
+    body: bytes, signature: Signature, metadata: ModelMetadata
+) -> tuple[str | None, dict[str, np.ndarray]]:
+    """Turn named-feature rows into the model's input tensors; returns the request id too."""
+    try:
+        doc = orjson.loads(body)
+    except orjson.JSONDecodeError as exc:
+        raise InvalidInputError(f"request body is not valid JSON: {exc}") from exc
+    if not isinstance(doc, dict):
+        raise InvalidInputError("request body must be a JSON object")
+    request_id = doc.get("id")
+    if request_id is not None and not isinstance(request_id, str):
+        raise InvalidInputError("'id' must be a string")
+    if "instances" in doc:
+        rows = doc["instances"]
+        if not isinstance(rows, list) or not rows:
+            raise InvalidInputError("'instances' must be a non-empty list of rows")
+    elif "features" in doc:
+        if not isinstance(doc["features"], dict):
+            raise InvalidInputError("'features' must be an object of feature values")
+        rows = [doc["features"]]
+    else:
+        raise InvalidInputError("body needs 'instances' (a list of rows) or 'features' (one row)")
+    column_input = _column_input(signature, metadata)
+    if column_input is not None:
+        return request_id, {column_input.name: _columns(rows, column_input, metadata)}
+    return request_id, _per_input(rows, signature)
+
+
+def _column_input(signature: Signature, metadata: ModelMetadata) -> TensorSpec | None:
+    """The input whose columns are the metadata's features, when the model has one."""
+    if not metadata.features:
+        return None
+    if metadata.feature_input is not None:
+        return signature.input(metadata.feature_input)
+    if len(signature.inputs) == 1 and len(signature.inputs[0].shape) == 2:
+        return signature.inputs[0]
+    return None
+
+
+def _columns(rows: list[Any], spec: TensorSpec, metadata: ModelMetadata) -> np.ndarray:
+    names = metadata.feature_names
+    known = set(names)
+    matrix: list[list[Any]] = []
+    for index, row in enumerate(rows):
+        if isinstance(row, dict):
+            if len(row) != len(names) or not known.issuperset(row):
+                unknown = sorted(set(row) - known)
+                missing = [n for n in names if n not in row]
+                problem = f"unknown features {unknown}" if unknown else f"missing features {missing}"
+                raise InvalidInputError(f"instances[{index}]: {problem}")
+            matrix.append([row[n] for n in names])
+        elif isinstance(row, list):
+            if len(row) != len(names):
+                raise InvalidInputError(
+                    f"instances[{index}]: has {len(row)} values, the model takes {len(names)} "
+                    f"features {names}"
+                )
+            matrix.append(row)
+        else:
+            raise InvalidInputError(f"instances[{index}] must be an object or a list")
+    return _to_array(matrix, spec, lambda i, j: f"instances[{i}] feature {names[j]!r}")
+
+
+def _per_input(rows: list[Any], signature: Signature) -> dict[str, np.ndarray]:
+    expected = {spec.name for spec in signature.inputs}
+    for index, row in enumerate(rows):
+        if not isinstance(row, dict):
+            raise InvalidInputError(f"instances[{index}] must be an object keyed by input name")
+        if set(row) != expected:
+            raise InvalidInputError(
+                f"instances[{index}]: expected inputs {sorted(expected)}, got {sorted(row)}"
+            )
+    result = {}
+    for spec in signature.inputs:
+        values = [row[spec.name] for row in rows]
+        array = _to_array(values, spec, lambda i, _j, n=spec.name: f"instances[{i}] input {n!r}")
+        if array.ndim == 1 and len(spec.shape) == 2 and spec.shape[1] in (1, -1):
+            array = array.reshape(-1, 1)
+        result[spec.name] = array
+    return result
+
+
+def _to_array(values: list[Any], spec: TensorSpec, where: Any) -> np.ndarray:
+    try:
+        if spec.datatype == "BYTES":
+            array = np.array(values, dtype=object)
+            if not all(isinstance(v, str) for v in array.reshape(-1)):
+                raise TypeError("expected strings")
+            return array
+        return np.asarray(values, dtype=spec.dtype)
+    except (ValueError, TypeError, OverflowError) as exc:
+        raise InvalidInputError(_locate(values, spec, where) or f"bad value: {exc}") from exc
+
+
+def _locate(values: list[Any], spec: TensorSpec, where: Any) -> str | None:
+    # Only on the error path: find the first value that does not convert, to name it.
+    for i, row in enumerate(values):
+        cells = row if isinstance(row, list) else [row]
+        for j, cell in enumerate(cells):
+            try:
+                if spec.datatype == "BYTES":
+                    ok = isinstance(cell, str)
+                else:
+                    np.asarray(cell, dtype=spec.dtype)
+                    ok = not isinstance(cell, list | dict)
+            except (ValueError, TypeError, OverflowError):
+                ok = False
+            if not ok:
+                return f"{where(i, j)}: {cell!r} is not a valid {spec.datatype} value"
+    return None
+
+
+def render_predictions(
+    model_name: str, model_version: str, request_id: str | None, outputs: dict[str, np.ndarray]
+) -> bytes:
+    """One prediction object per row, holding that row of every output."""
+    columns = {
+        name: [_plain(v) for v in array.tolist()] if array.dtype.kind in "OSU" else array.tolist()
+        for name, array in outputs.items()
+    }
+    rows = len(next(iter(columns.values()))) if columns else 0
+    predictions = [{name: column[i] for name, column in columns.items()} for i in range(rows)]
+    doc: dict[str, Any] = {"model_name": model_name, "model_version": model_version}
+    if request_id is not None:
+        doc["id"] = request_id
+    doc["predictions"] = predictions
+    return orjson.dumps(doc)
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, bytes):
+        return value.decode("utf-8", "replace")
+    if isinstance(value, list):
+        return [_plain(v) for v in value]
+    return value

@@ -1,0 +1,112 @@
+"""One loaded ONNX model: an onnxruntime session, its signature, warm-up and a run call."""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import onnxruntime as ort
+
+from gateway.errors import ModelExecutionError, ModelLoadError
+from gateway.signature import ONNX_TO_DATATYPE, Signature, TensorSpec
+from registry_client import ModelVersion
+
+__all__ = ["ModelRuntime", "RuntimeOptions"]
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class RuntimeOptions:
+    """How onnxruntime runs a model."""
+
+    intra_op_threads: int = 1
+    inter_op_threads: int = 1
+    execution_providers: tuple[str, ...] = ("CPUExecutionProvider",)
+
+
+class ModelRuntime:
+    """A model version loaded into onnxruntime. ``run`` is blocking: call it off the event loop."""
+
+    def __init__(self, version: ModelVersion, options: RuntimeOptions) -> None:
+        self.version = version
+        self.providers = _pick_providers(options.execution_providers)
+        session_options = ort.SessionOptions()
+        session_options.intra_op_num_threads = options.intra_op_threads
+        session_options.inter_op_num_threads = options.inter_op_threads
+        session_options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        try:
+            self._session = ort.InferenceSession(
+                str(version.model_file), sess_options=session_options, providers=self.providers
+            )
+        except Exception as exc:  # onnxruntime raises its own untyped errors for bad files
+            raise ModelLoadError(
+                f"model {version.name} version {version.version}: onnxruntime cannot load "
+                f"model.onnx: {exc}"
+            ) from exc
+        self.signature = Signature(
+            inputs=tuple(_spec(arg, version) for arg in self._session.get_inputs()),
+            outputs=tuple(_spec(arg, version) for arg in self._session.get_outputs()),
+        )
+        self._output_names = [o.name for o in self.signature.outputs]
+
+    def run(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """Run the model on named input arrays and return every output by name."""
+        try:
+            results = self._session.run(self._output_names, inputs)
+        except Exception as exc:
+            raise ModelExecutionError(
+                f"model {self.version.name} version {self.version.version} failed at run time: "
+                f"{exc}"
+            ) from exc
+        return dict(zip(self._output_names, results, strict=True))
+
+    def warm_up(self, batch_sizes: Sequence[int]) -> dict[int, float]:
+        """Run once at each batch size so the first requests do not pay for allocation.
+
+        Returns the seconds each batch size took; raises ModelLoadError when the model fails.
+        """
+        timings: dict[int, float] = {}
+        sizes = sorted(set(batch_sizes)) if self.signature.batchable else [1]
+        for rows in sizes:
+            inputs = {spec.name: _example(spec, rows) for spec in self.signature.inputs}
+            start = time.perf_counter()
+            try:
+                self.run(inputs)
+            except ModelExecutionError as exc:
+                raise ModelLoadError(f"warm-up at batch size {rows} failed: {exc}") from exc
+            timings[rows] = time.perf_counter() - start
+        return timings
+
+
+def _pick_providers(wanted: Sequence[str]) -> list[str]:
+    available = set(ort.get_available_providers())
+    chosen = [p for p in wanted if p in available]
+    skipped = [p for p in wanted if p not in available]
+    if skipped:
+        log.warning("execution providers %s are not in this onnxruntime; using %s", skipped, chosen)
+    if "CPUExecutionProvider" not in chosen:
+        chosen.append("CPUExecutionProvider")
+    return chosen
+
+
+def _spec(arg: ort.NodeArg, version: ModelVersion) -> TensorSpec:
+    datatype = ONNX_TO_DATATYPE.get(arg.type)
+    if datatype is None:
+        raise ModelLoadError(
+            f"model {version.name} version {version.version}: {arg.name!r} has type {arg.type}, "
+            "which the gateway cannot serve (only tensors; for scikit-learn classifiers convert "
+            "with zipmap disabled)"
+        )
+    shape = tuple(d if isinstance(d, int) and d >= 0 else -1 for d in (arg.shape or []))
+    return TensorSpec(name=arg.name, datatype=datatype, shape=shape)
+
+
+def _example(spec: TensorSpec, rows: int) -> np.ndarray:
+    shape = tuple(rows if i == 0 and d == -1 else max(d, 1) for i, d in enumerate(spec.shape))
+    if spec.datatype == "BYTES":
+        return np.full(shape, "", dtype=object)
+    return np.zeros(shape, dtype=spec.dtype)

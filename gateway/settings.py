@@ -1,0 +1,182 @@
+"""Gateway settings: a YAML or TOML file, overridden by ``GATEWAY_*`` environment variables."""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, model_validator
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+
+from gateway.errors import ConfigError
+from registry_client import ModelRef
+from registry_client.errors import InvalidReferenceError
+
+__all__ = [
+    "BatchingSettings",
+    "GatewaySettings",
+    "ModelSettings",
+    "RegistrySettings",
+    "RuntimeSettings",
+    "ServerSettings",
+    "load_settings",
+]
+
+
+class _Group(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class ServerSettings(_Group):
+    host: str = "127.0.0.1"
+    port: int = Field(default=8080, ge=0, le=65535)
+    max_body_bytes: int = Field(default=16 * 1024 * 1024, ge=1024)
+    # How long shutdown waits for in-flight requests and queued batches.
+    shutdown_timeout_s: float = Field(default=10.0, gt=0)
+    # Reject float inputs that hold NaN or infinity.
+    allow_nan: bool = False
+    access_log: bool = False
+
+
+class RegistrySettings(_Group):
+    backend: Literal["local", "mlflow"] = "local"
+    root: Path = Path("registry")
+    mlflow_url: str | None = None
+    mlflow_token: SecretStr | None = None
+    cache_dir: Path = Path(".model-cache")
+    poll_interval_s: float = Field(default=5.0, gt=0)
+    timeout_s: float = Field(default=10.0, gt=0)
+    retries: int = Field(default=3, ge=0)
+
+    @model_validator(mode="after")
+    def _mlflow_needs_url(self) -> RegistrySettings:
+        if self.backend == "mlflow" and not self.mlflow_url:
+            raise ValueError("registry.mlflow_url is required when registry.backend is 'mlflow'")
+        return self
+
+
+class RuntimeSettings(_Group):
+    intra_op_threads: int = Field(default=1, ge=0)
+    inter_op_threads: int = Field(default=1, ge=0)
+    # onnxruntime execution providers in order of preference; unavailable ones are skipped,
+    # so asking for CUDAExecutionProvider falls back to CPU where onnxruntime has no CUDA.
+    execution_providers: list[str] = Field(default_factory=lambda: ["CPUExecutionProvider"])
+    # Threads that run batches off the event loop, shared by all models.
+    worker_threads: int = Field(default=2, ge=1)
+
+
+class BatchingSettings(_Group):
+    enabled: bool = True
+    max_batch_size: int = Field(default=64, ge=1)
+    max_batch_delay_s: float = Field(default=0.002, ge=0)
+    max_queue_size: int = Field(default=2048, ge=1)
+    # Deadline of one request, from arrival to answer.
+    timeout_s: float = Field(default=2.0, gt=0)
+    # Batches of one model that may run at the same time.
+    max_concurrent_batches: int = Field(default=1, ge=1)
+    warmup_batch_sizes: list[int] | None = None
+
+
+class ModelSettings(_Group):
+    name: str = Field(min_length=1, pattern=r"^[A-Za-z0-9][A-Za-z0-9_.\-]*$")
+    ref: str
+    batching: dict[str, Any] = Field(default_factory=dict)
+
+    @model_validator(mode="after")
+    def _ref_parses(self) -> ModelSettings:
+        try:
+            ModelRef.parse(self.ref)
+        except InvalidReferenceError as exc:
+            raise ValueError(str(exc)) from exc
+        unknown = set(self.batching) - set(BatchingSettings.model_fields)
+        if unknown:
+            raise ValueError(f"unknown batching settings {sorted(unknown)} for model {self.name}")
+        return self
+
+    @property
+    def model_ref(self) -> ModelRef:
+        return ModelRef.parse(self.ref)
+
+
+class GatewaySettings(BaseSettings):
+    """Everything the gateway reads at start."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="GATEWAY_", env_nested_delimiter="__", extra="forbid", validate_default=True
+    )
+
+    server: ServerSettings = Field(default_factory=ServerSettings)
+    registry: RegistrySettings = Field(default_factory=RegistrySettings)
+    runtime: RuntimeSettings = Field(default_factory=RuntimeSettings)
+    batching: BatchingSettings = Field(default_factory=BatchingSettings)
+    models: list[ModelSettings] = Field(default_factory=list)
+
+    @model_validator(mode="after")
+    def _unique_names(self) -> GatewaySettings:
+        names = [m.name for m in self.models]
+        duplicates = sorted({n for n in names if names.count(n) > 1})
+        if duplicates:
+            raise ValueError(f"models: duplicate model names {duplicates}")
+        return self
+
+    def batching_for(self, model: ModelSettings) -> BatchingSettings:
+        """The global batching settings with the model's overrides applied."""
+        return BatchingSettings.model_validate({**self.batching.model_dump(), **model.batching})
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        # The file's values come in as init arguments; the environment overrides them.
+        return (env_settings, init_settings)
+
+
+def load_settings(path: Path | None = None, **overrides: Any) -> GatewaySettings:
+    """Read the config file (YAML or TOML), apply the environment, validate; name what is wrong."""
+    data: dict[str, Any] = {}
+    if path is not None:
+        data = _read_file(Path(path))
+    for key, value in overrides.items():
+        group, _, field = key.partition("__")
+        if field:
+            data.setdefault(group, {})[field] = value
+        else:
+            data[key] = value
+    try:
+        return GatewaySettings(**data)
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"{'.'.join(str(p) for p in err['loc']) or 'config'}: {err['msg']}"
+            for err in exc.errors()
+        )
+        raise ConfigError(f"invalid configuration: {problems}") from exc
+
+
+def _read_file(path: Path) -> dict[str, Any]:
+    if not path.is_file():
+        raise ConfigError(f"config file {path} does not exist")
+    text = path.read_text()
+    try:
+        if path.suffix == ".toml":
+            data: Any = tomllib.loads(text)
+        else:
+            data = yaml.safe_load(text) or {}
+    except (tomllib.TOMLDecodeError, yaml.YAMLError) as exc:
+        raise ConfigError(f"config file {path} cannot be parsed: {exc}") from exc
+    if not isinstance(data, dict):
+        raise ConfigError(f"config file {path} must hold a mapping at the top level")
+    # Relative paths in the file are relative to the file, not to the working directory.
+    registry = data.get("registry")
+    if isinstance(registry, dict):
+        for key in ("root", "cache_dir"):
+            if isinstance(registry.get(key), str) and not os.path.isabs(registry[key]):
+                registry[key] = str((path.parent / registry[key]).resolve())
+    return data

@@ -1,0 +1,107 @@
+"""Tensor signatures: names, Open Inference Protocol datatypes, shapes, the batch dimension."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+__all__ = [
+    "DATATYPE_TO_NUMPY",
+    "ONNX_TO_DATATYPE",
+    "Signature",
+    "TensorSpec",
+    "datatype_of",
+]
+
+# Open Inference Protocol datatype -> numpy dtype. BYTES travels as numpy object arrays of str/bytes.
+DATATYPE_TO_NUMPY: dict[str, np.dtype[np.generic]] = {
+    "BOOL": np.dtype(np.bool_),
+    "UINT8": np.dtype(np.uint8),
+    "UINT16": np.dtype(np.uint16),
+    "UINT32": np.dtype(np.uint32),
+    "UINT64": np.dtype(np.uint64),
+    "INT8": np.dtype(np.int8),
+    "INT16": np.dtype(np.int16),
+    "INT32": np.dtype(np.int32),
+    "INT64": np.dtype(np.int64),
+    "FP16": np.dtype(np.float16),
+    "FP32": np.dtype(np.float32),
+    "FP64": np.dtype(np.float64),
+    "BYTES": np.dtype(np.object_),
+}
+
+ONNX_TO_DATATYPE: dict[str, str] = {
+    "tensor(bool)": "BOOL",
+    "tensor(uint8)": "UINT8",
+    "tensor(uint16)": "UINT16",
+    "tensor(uint32)": "UINT32",
+    "tensor(uint64)": "UINT64",
+    "tensor(int8)": "INT8",
+    "tensor(int16)": "INT16",
+    "tensor(int32)": "INT32",
+    "tensor(int64)": "INT64",
+    "tensor(float16)": "FP16",
+    "tensor(float)": "FP32",
+    "tensor(double)": "FP64",
+    "tensor(string)": "BYTES",
+}
+
+_NUMPY_TO_DATATYPE = {v: k for k, v in DATATYPE_TO_NUMPY.items()}
+
+
+def datatype_of(array: np.ndarray) -> str:
+    """The Open Inference Protocol datatype of a numpy array (str/bytes arrays are BYTES)."""
+    if array.dtype.kind in "OUS":
+        return "BYTES"
+    return _NUMPY_TO_DATATYPE[array.dtype]
+
+
+@dataclass(frozen=True, slots=True)
+class TensorSpec:
+    """One input or output. ``shape`` uses -1 for a dimension the model leaves open."""
+
+    name: str
+    datatype: str
+    shape: tuple[int, ...]
+
+    @property
+    def dtype(self) -> np.dtype[np.generic]:
+        """The numpy dtype arrays of this tensor have."""
+        return DATATYPE_TO_NUMPY[self.datatype]
+
+    @property
+    def has_batch_dim(self) -> bool:
+        """True when the first dimension is open, so rows of several requests can be stacked."""
+        return len(self.shape) > 0 and self.shape[0] == -1
+
+    def describe(self) -> dict[str, object]:
+        """The OIP model-metadata form of this tensor."""
+        return {"name": self.name, "datatype": self.datatype, "shape": list(self.shape)}
+
+
+@dataclass(frozen=True, slots=True)
+class Signature:
+    """A model's inputs and outputs, in the model's order."""
+
+    inputs: tuple[TensorSpec, ...]
+    outputs: tuple[TensorSpec, ...]
+
+    @property
+    def batchable(self) -> bool:
+        """Whether requests can be combined: every input and output has an open first dim."""
+        return all(t.has_batch_dim for t in (*self.inputs, *self.outputs))
+
+    def input(self, name: str) -> TensorSpec | None:
+        """The input of that name, or None."""
+        for spec in self.inputs:
+            if spec.name == name:
+                return spec
+        return None
+
+    def output(self, name: str) -> TensorSpec | None:
+        """The output of that name, or None."""
+        for spec in self.outputs:
+            if spec.name == name:
+                return spec
+        return None
