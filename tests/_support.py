@@ -1,0 +1,94 @@
+"""Helpers the tests share: free ports, waiting for servers, a gateway process."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import yaml
+
+__all__ = ["GatewayProcess", "free_port", "start_gateway", "wait_http"]
+
+
+def free_port() -> int:
+    """A TCP port on loopback that nothing listens on right now."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+def wait_http(url: str, timeout_s: float, proc: subprocess.Popen[bytes] | None = None) -> None:
+    """Wait until ``url`` answers 200; fail loudly (never skip) when it does not."""
+    deadline = time.monotonic() + timeout_s
+    last = "no answer"
+    while time.monotonic() < deadline:
+        if proc is not None and proc.poll() is not None:
+            raise RuntimeError(f"process exited with {proc.returncode} before {url} answered")
+        try:
+            response = httpx.get(url, timeout=1.0)
+            if response.status_code == 200:
+                return
+            last = f"{response.status_code} {response.text[:200]}"
+        except httpx.HTTPError as exc:
+            last = repr(exc)
+        time.sleep(0.1)
+    raise RuntimeError(f"{url} did not answer 200 within {timeout_s} s: {last}")
+
+
+class GatewayProcess:
+    """A real ``gateway serve`` process on a free port."""
+
+    def __init__(self, proc: subprocess.Popen[bytes], port: int, log_path: Path) -> None:
+        self.proc = proc
+        self.port = port
+        self.log_path = log_path
+        self.url = f"http://127.0.0.1:{port}"
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def stop(self, timeout_s: float = 20.0) -> int:
+        """SIGTERM (graceful shutdown), then SIGKILL if it does not end in time."""
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout_s)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        return self.proc.returncode
+
+
+@contextlib.contextmanager
+def start_gateway(
+    tmp_path: Path, config: dict[str, Any], env: dict[str, str] | None = None
+) -> Iterator[GatewayProcess]:
+    """Run ``python -m gateway serve`` with ``config`` until the block ends."""
+    port = free_port()
+    config = {**config, "server": {**config.get("server", {}), "host": "127.0.0.1", "port": port}}
+    config_path = tmp_path / f"gateway-{port}.yaml"
+    config_path.write_text(yaml.safe_dump(config))
+    log_path = tmp_path / f"gateway-{port}.log"
+    with log_path.open("wb") as log_file:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "gateway", "serve", "--config", str(config_path)],
+            stdout=log_file,
+            stderr=subprocess.STDOUT,
+            env={**os.environ, **(env or {})},
+        )
+    gateway = GatewayProcess(proc, port, log_path)
+    try:
+        wait_http(f"{gateway.url}/v2/health/live", 30.0, proc)
+        yield gateway
+    finally:
+        gateway.stop()

@@ -1,0 +1,31 @@
+"""Fixtures shared by the whole suite. Real components are started here, never skipped."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pytest
+
+from gateway.demo import DEMO_MODEL, build_demo_registry
+
+
+@pytest.fixture(scope="session")
+def demo_registry_template(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The demo registry, trained once per session (copy it before changing it)."""
+    root = tmp_path_factory.mktemp("demo-registry")
+    build_demo_registry(root)
+    return root
+
+
+@pytest.fixture
+def demo_registry(demo_registry_template: Path, tmp_path: Path) -> Path:
+    """A private copy of the demo registry that a test may change (move aliases, add versions)."""
+    root = tmp_path / "registry"
+    shutil.copytree(demo_registry_template, root)
+    return root
+
+
+@pytest.fixture
+def demo_model() -> str:
+    return DEMO_MODEL

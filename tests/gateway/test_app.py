@@ -1,0 +1,239 @@
+from __future__ import annotations
+
+import gzip
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+
+import httpx
+import orjson
+from prometheus_client import CollectorRegistry
+from sklearn.datasets import load_breast_cancer
+
+from gateway.http import create_app
+from gateway.settings import load_settings
+from registry_client import LocalRegistry, ModelMetadata
+
+ROW = load_breast_cancer().data[0].astype("float32").tolist()
+
+
+def settings_for(registry: Path, **batching: object) -> object:
+    return load_settings(
+        registry__root=registry,
+        registry__poll_interval_s=60,
+        models=[{"name": "breast_cancer", "ref": "breast_cancer@champion", "batching": batching}],
+    )
+
+
+@asynccontextmanager
+async def serving(registry: Path, **kw: object) -> AsyncIterator[httpx.AsyncClient]:
+    settings = load_settings(
+        registry__root=registry,
+        registry__poll_interval_s=60,
+        models=[{"name": "breast_cancer", "ref": "breast_cancer@champion"}],
+        **kw,
+    )
+    app = create_app(settings, metrics_registry=CollectorRegistry())
+    async with app.router.lifespan_context(app):
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://gateway") as client:
+            yield client
+
+
+def infer_body(*rows: list[float], **extra: object) -> dict[str, object]:
+    return {
+        "inputs": [
+            {"name": "input", "shape": [len(rows), 30], "datatype": "FP32", "data": list(rows)}
+        ],
+        **extra,
+    }
+
+
+async def test_health_server_and_model_metadata(demo_registry: Path) -> None:
+    async with serving(demo_registry) as client:
+        assert (await client.get("/v2/health/live")).json() == {"live": True}
+        assert (await client.get("/v2/health/ready")).status_code == 200
+        server = (await client.get("/v2")).json()
+        assert "binary_tensor_data" in server["extensions"]
+        meta = (await client.get("/v2/models/breast_cancer")).json()
+        assert meta["versions"] == ["1"]
+        assert meta["inputs"] == [{"name": "input", "datatype": "FP32", "shape": [-1, 30]}]
+        assert {o["name"] for o in meta["outputs"]} == {"label", "probabilities"}
+        assert (await client.get("/v2/models/breast_cancer/versions/1")).status_code == 200
+        assert (await client.get("/v2/models/breast_cancer/versions/1/ready")).status_code == 200
+        missing = await client.get("/v2/models/breast_cancer/versions/9/ready")
+        assert missing.status_code == 404
+        assert "no version '9'" in missing.json()["error"]
+
+
+async def test_v2_infer_and_simple_predict_agree(demo_registry: Path) -> None:
+    async with serving(demo_registry) as client:
+        v2 = await client.post("/v2/models/breast_cancer/infer", json=infer_body(ROW, id="a1"))
+        assert v2.status_code == 200
+        doc = v2.json()
+        assert doc["id"] == "a1"
+        assert doc["model_version"] == "1"
+        label = next(o for o in doc["outputs"] if o["name"] == "label")
+        assert label["data"] == [0]  # the first row of the dataset is malignant
+        names = [str(n) for n in load_breast_cancer().feature_names]
+        simple = await client.post(
+            "/v1/models/breast_cancer:predict",
+            json={"instances": [dict(zip(names, ROW, strict=True)), ROW]},
+        )
+        assert simple.status_code == 200
+        predictions = simple.json()["predictions"]
+        assert [p["label"] for p in predictions] == [0, 0]
+        assert abs(sum(predictions[0]["probabilities"]) - 1) < 1e-5
+
+
+async def test_error_table(demo_registry: Path) -> None:
+    async with serving(demo_registry, server__max_body_bytes=4096) as client:
+        cases = [
+            (await client.post("/v2/models/nope/infer", json=infer_body(ROW)), 404, "unknown model"),
+            (await client.post("/v2/models/breast_cancer/infer", content=b"{"), 400, "not valid JSON"),
+            (
+                await client.post(
+                    "/v2/models/breast_cancer/infer",
+                    json={"inputs": [{"name": "inp", "shape": [1], "datatype": "FP32", "data": [1]}]},
+                ),
+                400,
+                "missing inputs ['input']",
+            ),
+            (
+                await client.post(
+                    "/v2/models/breast_cancer/infer",
+                    json={"inputs": [{"name": "input", "shape": [1, 30], "datatype": "FP64", "data": ROW}]},
+                ),
+                400,
+                "datatype FP64, the model takes FP32",
+            ),
+            (
+                await client.post(
+                    "/v2/models/breast_cancer/infer",
+                    content=orjson.dumps(infer_body([float("nan")] * 30)).replace(b"null", b"NaN"),
+                ),
+                400,
+                "not valid JSON",
+            ),
+            (
+                await client.post(
+                    "/v2/models/breast_cancer/infer", json=infer_body(ROW, outputs=[{"name": "zz"}])
+                ),
+                400,
+                "unknown output 'zz'",
+            ),
+            (
+                await client.post("/v2/models/breast_cancer/infer", json=infer_body(*[ROW] * 30)),
+                413,
+                "exceeds 4096 bytes",
+            ),
+            (await client.get("/v2/models/breast_cancer/infer"), 405, "not allowed"),
+            (await client.get("/v3"), 404, "no route"),
+        ]  # fmt: skip
+        for response, status, message in cases:
+            assert response.status_code == status, response.text
+            assert message in response.json()["error"]
+
+
+async def test_nan_is_refused_unless_allowed(demo_registry: Path) -> None:
+    # JSON has no NaN; a binary tensor can carry one.
+    import numpy as np
+
+    row = np.array([ROW], dtype=np.float32)
+    row[0, 3] = np.nan
+    header = orjson.dumps(
+        {"inputs": [{"name": "input", "shape": [1, 30], "datatype": "FP32",
+                     "parameters": {"binary_data_size": row.nbytes}}]}
+    )  # fmt: skip
+    headers = {"inference-header-content-length": str(len(header))}
+    async with serving(demo_registry) as client:
+        response = await client.post(
+            "/v2/models/breast_cancer/infer", content=header + row.tobytes(), headers=headers
+        )
+        assert response.status_code == 400
+        assert "NaN" in response.json()["error"]
+
+
+async def test_gzip_body_and_limit_after_decompression(demo_registry: Path) -> None:
+    async with serving(demo_registry, server__max_body_bytes=8192) as client:
+        ok = await client.post(
+            "/v2/models/breast_cancer/infer",
+            content=gzip.compress(orjson.dumps(infer_body(ROW))),
+            headers={"content-encoding": "gzip"},
+        )
+        assert ok.status_code == 200
+        bomb = gzip.compress(orjson.dumps(infer_body(*[ROW] * 200)))
+        assert len(bomb) < 8192
+        refused = await client.post(
+            "/v2/models/breast_cancer/infer", content=bomb, headers={"content-encoding": "gzip"}
+        )
+        assert refused.status_code == 413
+
+
+async def test_alias_move_swaps_version_and_a_broken_version_never_serves(
+    demo_registry: Path, tmp_path: Path
+) -> None:
+    registry = LocalRegistry(demo_registry)
+    settings = load_settings(
+        registry__root=demo_registry,
+        registry__poll_interval_s=0.05,
+        models=[{"name": "breast_cancer", "ref": "breast_cancer@champion"}],
+    )
+    app = create_app(settings, metrics_registry=CollectorRegistry())
+    async with app.router.lifespan_context(app):
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://gw") as client:
+            broken = tmp_path / "broken.onnx"
+            broken.write_bytes(b"this is not an onnx model")
+            bad = registry.register("breast_cancer", broken, ModelMetadata())
+            registry.set_alias("breast_cancer", "champion", bad)
+            for _ in range(100):
+                metrics = (await client.get("/metrics")).text
+                if 'outcome="failure"' in metrics:
+                    break
+                await _sleep(0.02)
+            assert f'gateway_model_loads_total{{model="breast_cancer",outcome="failure",version="{bad}"}} 1.0' in metrics
+            still = await client.post("/v2/models/breast_cancer/infer", json=infer_body(ROW))
+            assert still.json()["model_version"] == "1"
+
+            registry.set_alias("breast_cancer", "champion", "2")
+            for _ in range(100):
+                response = await client.post("/v2/models/breast_cancer/infer", json=infer_body(ROW))
+                if response.json()["model_version"] == "2":
+                    break
+                await _sleep(0.02)
+            assert response.json()["model_version"] == "2"
+            metrics = (await client.get("/metrics")).text
+            assert 'gateway_model_swaps_total{model="breast_cancer"} 1.0' in metrics
+
+
+async def test_not_ready_answers_503_with_retry_after(demo_registry: Path) -> None:
+    (demo_registry / "breast_cancer" / "1" / "model.onnx").write_bytes(b"corrupt")
+    async with serving(demo_registry) as client:
+        ready = await client.get("/v2/health/ready")
+        assert ready.status_code == 503
+        assert "sha256" in ready.json()["error"]
+        response = await client.post("/v2/models/breast_cancer/infer", json=infer_body(ROW))
+        assert response.status_code == 503
+        assert int(response.headers["retry-after"]) >= 1
+        assert "not ready" in response.json()["error"]
+
+
+async def test_metrics_carry_the_serving_labels(demo_registry: Path) -> None:
+    async with serving(demo_registry) as client:
+        await client.post("/v2/models/breast_cancer/infer", json=infer_body(ROW, ROW))
+        await client.post("/v2/models/breast_cancer/infer", content=b"{")
+        text = (await client.get("/metrics")).text
+    assert 'gateway_requests_total{model="breast_cancer",outcome="success",variant="default",version="1"} 1.0' in text
+    assert 'gateway_rows_total{model="breast_cancer",version="1"} 2.0' in text
+    assert "gateway_request_duration_seconds_bucket" in text
+    assert "gateway_queue_wait_seconds_count" in text
+    assert 'gateway_batch_rows_sum{model="breast_cancer",version="1"} 2.0' in text
+    assert "gateway_build_info" in text
+    assert 'gateway_model_loaded{model="breast_cancer",ref="breast_cancer@champion",version="1"} 1.0' in text
+
+
+async def _sleep(seconds: float) -> None:
+    import asyncio
+
+    await asyncio.sleep(seconds)

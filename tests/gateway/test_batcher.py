@@ -1,0 +1,238 @@
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
+import pytest
+
+from gateway.batcher import Batcher, Tensors
+from gateway.errors import (
+    DeadlineExceededError,
+    ModelExecutionError,
+    NotReadyError,
+    OverloadedError,
+)
+
+
+class Recorder:
+    """A model that doubles its input and remembers the batch sizes it saw."""
+
+    def __init__(self, delay_s: float = 0.0, fail_when: float | None = None) -> None:
+        self.batches: list[int] = []
+        self.delay_s = delay_s
+        self.fail_when = fail_when
+        self.release = threading.Event()
+        self.release.set()
+
+    def __call__(self, inputs: Tensors) -> Tensors:
+        self.release.wait(5)
+        x = inputs["x"]
+        self.batches.append(x.shape[0])
+        if self.fail_when is not None and (x == self.fail_when).any():
+            raise ModelExecutionError("model failed at run time: poisoned row")
+        if self.delay_s:
+            time.sleep(self.delay_s)
+        return {"y": x * 2, "sum": x.sum(axis=1)}
+
+
+def rows(*values: float) -> Tensors:
+    return {"x": np.array([[v, v] for v in values], dtype=np.float32)}
+
+
+def deadline(seconds: float = 5.0) -> float:
+    return asyncio.get_running_loop().time() + seconds
+
+
+def make(model: Recorder, executor: ThreadPoolExecutor, **kw: object) -> Batcher:
+    options: dict[str, object] = {
+        "name": "m/1",
+        "max_batch_size": 8,
+        "max_batch_delay_s": 0.02,
+        "max_queue_size": 100,
+    }
+    options.update(kw)
+    return Batcher(model, executor, **options)  # type: ignore[arg-type]
+
+
+async def test_concurrent_requests_share_one_batch_and_get_their_own_rows() -> None:
+    model = Recorder()
+    with ThreadPoolExecutor(1) as executor:
+        async with make(model, executor) as batcher:
+            results = await asyncio.gather(
+                batcher.submit(rows(1), 1, deadline()),
+                batcher.submit(rows(2, 3), 2, deadline()),
+                batcher.submit(rows(4), 1, deadline()),
+            )
+    assert model.batches == [4]
+    assert results[0]["y"].tolist() == [[2, 2]]
+    assert results[1]["y"].tolist() == [[4, 4], [6, 6]]
+    assert results[1]["sum"].tolist() == [4, 6]
+    assert results[2]["y"].tolist() == [[8, 8]]
+
+
+async def test_batch_closes_when_full_without_waiting_for_the_delay() -> None:
+    model = Recorder()
+    with ThreadPoolExecutor(1) as executor:
+        async with make(model, executor, max_batch_size=4, max_batch_delay_s=10.0) as batcher:
+            start = time.monotonic()
+            await asyncio.gather(*(batcher.submit(rows(i), 1, deadline(20)) for i in range(4)))
+            assert time.monotonic() - start < 1.0
+    assert model.batches == [4]
+
+
+async def test_batch_closes_after_the_delay_counted_from_the_first_request() -> None:
+    model = Recorder()
+    with ThreadPoolExecutor(1) as executor:
+        async with make(model, executor, max_batch_delay_s=0.05) as batcher:
+            start = time.monotonic()
+            await batcher.submit(rows(1), 1, deadline())
+            waited = time.monotonic() - start
+    assert 0.04 <= waited < 1.0
+    assert model.batches == [1]
+
+
+async def test_rows_never_exceed_max_batch_size_and_order_is_kept() -> None:
+    model = Recorder()
+    with ThreadPoolExecutor(1) as executor:
+        async with make(model, executor, max_batch_size=4) as batcher:
+            results = await asyncio.gather(
+                *(batcher.submit(rows(i, i + 0.5), 2, deadline()) for i in range(5))
+            )
+    assert all(size <= 4 for size in model.batches)
+    assert sum(model.batches) == 10
+    for i, result in enumerate(results):
+        assert result["y"][:, 0].tolist() == [2 * i, 2 * i + 1]
+
+
+async def test_request_larger_than_max_batch_runs_alone() -> None:
+    model = Recorder()
+    with ThreadPoolExecutor(1) as executor:
+        async with make(model, executor, max_batch_size=2) as batcher:
+            result = await batcher.submit(rows(1, 2, 3, 4, 5), 5, deadline())
+    assert model.batches == [5]
+    assert result["y"].shape == (5, 2)
+
+
+async def test_model_error_reaches_every_caller_of_that_batch_and_only_them() -> None:
+    model = Recorder(fail_when=666)
+    with ThreadPoolExecutor(1) as executor:
+        async with make(model, executor, max_batch_size=2, max_batch_delay_s=0.05) as batcher:
+            results = await asyncio.gather(
+                batcher.submit(rows(666), 1, deadline()),
+                batcher.submit(rows(1), 1, deadline()),
+                batcher.submit(rows(2), 1, deadline()),
+                return_exceptions=True,
+            )
+    assert isinstance(results[0], ModelExecutionError)
+    assert isinstance(results[1], ModelExecutionError)
+    assert not isinstance(results[2], BaseException)
+    assert results[2]["y"].tolist() == [[4, 4]]
+
+
+async def test_full_queue_is_refused_at_once() -> None:
+    model = Recorder()
+    model.release.clear()  # the first batch blocks in the model
+    with ThreadPoolExecutor(1) as executor:
+        batcher = make(model, executor, max_batch_size=1, max_batch_delay_s=0, max_queue_size=2)
+        async with batcher:
+            first = asyncio.create_task(batcher.submit(rows(0), 1, deadline()))
+            await asyncio.sleep(0.05)  # now running, the queue is empty
+            queued = [asyncio.create_task(batcher.submit(rows(i), 1, deadline())) for i in (1, 2)]
+            await asyncio.sleep(0)
+            with pytest.raises(OverloadedError) as info:
+                await batcher.submit(rows(3), 1, deadline())
+            assert info.value.retry_after_s > 0
+            model.release.set()
+            await asyncio.gather(first, *queued)
+
+
+async def test_missed_deadline_answers_instead_of_hanging_and_never_runs() -> None:
+    model = Recorder()
+    model.release.clear()
+    with ThreadPoolExecutor(1) as executor:
+        batcher = make(model, executor, max_batch_size=1, max_batch_delay_s=0)
+        async with batcher:
+            blocker = asyncio.create_task(batcher.submit(rows(0), 1, deadline()))
+            await asyncio.sleep(0.05)
+            start = time.monotonic()
+            with pytest.raises(DeadlineExceededError):
+                await batcher.submit(rows(7), 1, deadline(0.1))
+            assert time.monotonic() - start < 1.0
+            model.release.set()
+            await blocker
+            await asyncio.sleep(0.05)
+    assert model.batches == [1]  # the expired request was dropped before running
+
+
+async def test_cancelled_caller_leaves_its_batch_before_it_runs() -> None:
+    model = Recorder()
+    with ThreadPoolExecutor(1) as executor:
+        async with make(model, executor, max_batch_delay_s=0.1) as batcher:
+            gone = asyncio.create_task(batcher.submit(rows(9), 1, deadline()))
+            stays = asyncio.create_task(batcher.submit(rows(1), 1, deadline()))
+            await asyncio.sleep(0.01)
+            gone.cancel()
+            result = await stays
+            with pytest.raises(asyncio.CancelledError):
+                await gone
+    assert model.batches == [1]
+    assert result["y"].tolist() == [[2, 2]]
+
+
+async def test_stop_drains_what_is_queued_and_then_refuses() -> None:
+    model = Recorder(delay_s=0.01)
+    with ThreadPoolExecutor(1) as executor:
+        batcher = make(model, executor, max_batch_size=2, max_batch_delay_s=1.0)
+        batcher.start()
+        pending = [asyncio.create_task(batcher.submit(rows(i), 1, deadline())) for i in range(5)]
+        await asyncio.sleep(0)
+        await batcher.stop(timeout_s=5)
+        results = await asyncio.gather(*pending)
+        assert [r["y"][0, 0] for r in results] == [0, 2, 4, 6, 8]
+        with pytest.raises(NotReadyError):
+            await batcher.submit(rows(1), 1, deadline())
+        await batcher.stop()  # safe twice
+
+
+async def test_inputs_of_different_trailing_shapes_are_not_stacked() -> None:
+    model = Recorder()
+    with ThreadPoolExecutor(1) as executor:
+        async with make(model, executor) as batcher:
+            narrow = {"x": np.ones((1, 2), dtype=np.float32)}
+            wide = {"x": np.ones((1, 3), dtype=np.float32)}
+            a, b = await asyncio.gather(
+                batcher.submit(narrow, 1, deadline()), batcher.submit(wide, 1, deadline())
+            )
+    assert a["y"].shape == (1, 2)
+    assert b["y"].shape == (1, 3)
+    assert sorted(model.batches) == [1, 1]
+
+
+async def test_unstackable_model_runs_one_request_per_call() -> None:
+    model = Recorder()
+    with ThreadPoolExecutor(1) as executor:
+        async with make(model, executor, stackable=False) as batcher:
+            await asyncio.gather(*(batcher.submit(rows(i), 1, deadline()) for i in range(3)))
+    assert model.batches == [1, 1, 1]
+
+
+async def test_output_without_batch_rows_fails_the_batch_clearly() -> None:
+    def broken(inputs: Tensors) -> Tensors:
+        return {"y": np.zeros(1, dtype=np.float32)}
+
+    with ThreadPoolExecutor(1) as executor:
+        batcher = Batcher(
+            broken, executor, name="m/1", max_batch_size=4, max_batch_delay_s=0.02,
+            max_queue_size=10,
+        )  # fmt: skip
+        async with batcher:
+            results = await asyncio.gather(
+                batcher.submit(rows(1), 1, deadline()),
+                batcher.submit(rows(2), 1, deadline()),
+                return_exceptions=True,
+            )
+    assert all(isinstance(r, ModelExecutionError) for r in results)
+    assert "shape" in str(results[0])

@@ -1,0 +1,148 @@
+from __future__ import annotations
+
+import struct
+
+import numpy as np
+import orjson
+import pytest
+
+from gateway.errors import InvalidInputError
+from gateway.protocol import parse_infer_request, render_infer_response
+
+
+def body(*inputs: dict[str, object], **extra: object) -> bytes:
+    return orjson.dumps({"inputs": list(inputs), **extra})
+
+
+def test_flat_and_nested_data_give_the_same_tensor() -> None:
+    flat = {"name": "x", "shape": [2, 2], "datatype": "FP32", "data": [1, 2, 3, 4]}
+    nested = {**flat, "data": [[1, 2], [3, 4]]}
+    a = parse_infer_request(body(flat)).inputs["x"]
+    b = parse_infer_request(body(nested)).inputs["x"]
+    assert a.dtype == np.float32
+    assert a.shape == (2, 2)
+    assert np.array_equal(a, b)
+
+
+@pytest.mark.parametrize(
+    ("datatype", "data", "dtype"),
+    [
+        ("BOOL", [True, False], np.bool_),
+        ("UINT8", [1, 255], np.uint8),
+        ("INT8", [-1, 2], np.int8),
+        ("INT16", [-1, 2], np.int16),
+        ("UINT16", [1, 2], np.uint16),
+        ("INT32", [-1, 2], np.int32),
+        ("UINT32", [1, 2], np.uint32),
+        ("INT64", [-1, 2], np.int64),
+        ("UINT64", [1, 2], np.uint64),
+        ("FP16", [0.5, 1.5], np.float16),
+        ("FP64", [0.5, 1.5], np.float64),
+        ("BYTES", ["a", "bc"], np.object_),
+    ],
+)
+def test_every_datatype_parses(datatype: str, data: list[object], dtype: type) -> None:
+    raw = {"name": "x", "shape": [2], "datatype": datatype, "data": data}
+    array = parse_infer_request(body(raw)).inputs["x"]
+    assert array.dtype == np.dtype(dtype)
+    assert array.tolist() == data
+
+
+@pytest.mark.parametrize(
+    ("raw", "message"),
+    [
+        ({"name": "x", "shape": [3], "datatype": "FP32", "data": [1, 2]}, "needs 3 values"),
+        ({"name": "x", "shape": [2], "datatype": "FP99", "data": [1, 2]}, "datatype 'FP99'"),
+        ({"name": "x", "shape": [2], "datatype": "FP32", "data": ["a", 1]}, "does not fit FP32"),
+        ({"name": "x", "shape": [2], "datatype": "INT8", "data": [1, 1000]}, "does not fit INT8"),
+        ({"name": "x", "shape": [-1], "datatype": "FP32", "data": [1]}, "non-negative"),
+        ({"name": "x", "shape": [2], "datatype": "FP32"}, "has no 'data'"),
+        ({"shape": [1], "datatype": "FP32", "data": [1]}, "needs a 'name'"),
+        ({"name": "x", "shape": [2], "datatype": "FP32", "data": [True, False]}, "booleans"),
+        ({"name": "x", "shape": [2], "datatype": "FP32", "data": [[1], [2, 3]]}, "FP32"),
+    ],
+)
+def test_bad_inputs_are_named_in_the_error(raw: dict[str, object], message: str) -> None:
+    with pytest.raises(InvalidInputError, match=message):
+        parse_infer_request(body(raw))
+
+
+def test_malformed_bodies_are_refused() -> None:
+    for raw in (b"not json", b"[1, 2]", b'{"inputs": []}', b'{"inputs": {}}'):
+        with pytest.raises(InvalidInputError):
+            parse_infer_request(raw)
+    with pytest.raises(InvalidInputError, match="given twice"):
+        x = {"name": "x", "shape": [1], "datatype": "FP32", "data": [1]}
+        parse_infer_request(body(x, x))
+
+
+def test_binary_inputs_follow_the_json_header_in_order() -> None:
+    a = np.arange(6, dtype=np.float32).reshape(2, 3)
+    words = [b"hello", b"\xc3\xa9t\xc3\xa9"]
+    encoded_words = b"".join(struct.pack("<I", len(w)) + w for w in words)
+    header = orjson.dumps(
+        {
+            "inputs": [
+                {"name": "a", "shape": [2, 3], "datatype": "FP32",
+                 "parameters": {"binary_data_size": a.nbytes}},
+                {"name": "w", "shape": [2], "datatype": "BYTES",
+                 "parameters": {"binary_data_size": len(encoded_words)}},
+                {"name": "j", "shape": [1], "datatype": "INT64", "data": [5]},
+            ]
+        }
+    )  # fmt: skip
+    request = parse_infer_request(header + a.tobytes() + encoded_words, len(header))
+    assert np.array_equal(request.inputs["a"], a)
+    assert request.inputs["w"].tolist() == ["hello", "été"]
+    assert request.inputs["j"].tolist() == [5]
+
+
+def test_binary_sizes_that_do_not_add_up_are_refused() -> None:
+    header = orjson.dumps(
+        {"inputs": [{"name": "a", "shape": [2], "datatype": "FP32",
+                     "parameters": {"binary_data_size": 8}}]}
+    )  # fmt: skip
+    with pytest.raises(InvalidInputError, match="runs past the end"):
+        parse_infer_request(header + b"\0" * 4, len(header))
+    with pytest.raises(InvalidInputError, match="declare 8 bytes"):
+        parse_infer_request(header + b"\0" * 12, len(header))
+    with pytest.raises(InvalidInputError, match="outside the body"):
+        parse_infer_request(header, len(header) + 10)
+
+
+def test_response_echoes_id_and_honours_requested_outputs() -> None:
+    raw = {"name": "x", "shape": [1], "datatype": "FP32", "data": [1]}
+    request = parse_infer_request(body(raw, id="req-7", outputs=[{"name": "b"}]))
+    outputs = {"a": np.array([1.0], np.float32), "b": np.array([[1, 2]], np.int64)}
+    payload, header_length = render_infer_response("m", "3", request, outputs)
+    assert header_length is None
+    doc = orjson.loads(payload)
+    assert doc == {
+        "model_name": "m",
+        "model_version": "3",
+        "id": "req-7",
+        "outputs": [{"name": "b", "datatype": "INT64", "shape": [1, 2], "data": [1, 2]}],
+    }
+
+
+def test_binary_outputs_when_asked_per_output_or_for_all() -> None:
+    raw = {"name": "x", "shape": [1], "datatype": "FP32", "data": [1]}
+    outputs = {"a": np.array([1.5, 2.5], np.float32), "s": np.array(["hi"], dtype=object)}
+    request = parse_infer_request(body(raw, parameters={"binary_data_output": True}))
+    payload, header_length = render_infer_response("m", "1", request, outputs)
+    assert header_length is not None
+    doc = orjson.loads(payload[:header_length])
+    sizes = [o["parameters"]["binary_data_size"] for o in doc["outputs"]]
+    assert sizes == [8, 6]
+    rest = payload[header_length:]
+    assert np.frombuffer(rest[:8], dtype="<f4").tolist() == [1.5, 2.5]
+    assert rest[8:] == struct.pack("<I", 2) + b"hi"
+
+    one = parse_infer_request(
+        body(raw, outputs=[{"name": "a"}, {"name": "s", "parameters": {"binary_data": True}}])
+    )
+    payload, header_length = render_infer_response("m", "1", one, outputs)
+    assert header_length is not None
+    doc = orjson.loads(payload[:header_length])
+    assert doc["outputs"][0]["data"] == [1.5, 2.5]
+    assert doc["outputs"][1]["parameters"] == {"binary_data_size": 6}

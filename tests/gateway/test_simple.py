@@ -1,0 +1,69 @@
+from __future__ import annotations
+
+import numpy as np
+import orjson
+import pytest
+
+from gateway.errors import InvalidInputError
+from gateway.protocol import parse_instances, render_predictions
+from gateway.signature import Signature, TensorSpec
+from registry_client import FeatureSpec, ModelMetadata
+
+TABULAR = Signature(
+    inputs=(TensorSpec("input", "FP32", (-1, 3)),),
+    outputs=(TensorSpec("label", "INT64", (-1,)), TensorSpec("probabilities", "FP32", (-1, 2))),
+)
+FEATURES = ModelMetadata(features=[FeatureSpec(name=n) for n in ("a", "b", "c")])
+
+
+def test_named_features_become_columns_in_metadata_order() -> None:
+    body = orjson.dumps({"id": "r", "instances": [{"c": 3, "a": 1, "b": 2}, [4, 5, 6]]})
+    request_id, inputs = parse_instances(body, TABULAR, FEATURES)
+    assert request_id == "r"
+    assert inputs["input"].dtype == np.float32
+    assert inputs["input"].tolist() == [[1, 2, 3], [4, 5, 6]]
+
+
+def test_single_row_form() -> None:
+    _, inputs = parse_instances(orjson.dumps({"features": {"a": 1, "b": 2, "c": 3}}), TABULAR, FEATURES)
+    assert inputs["input"].shape == (1, 3)
+
+
+@pytest.mark.parametrize(
+    ("doc", "message"),
+    [
+        ({"instances": [{"a": 1, "b": 2}]}, r"instances\[0\]: missing features \['c'\]"),
+        ({"instances": [{"a": 1, "b": 2, "c": 3, "d": 4}]}, r"unknown features \['d'\]"),
+        ({"instances": [{"a": 1, "b": "x", "c": 3}]}, r"instances\[0\] feature 'b': 'x'"),
+        ({"instances": [[1, 2]]}, "has 2 values, the model takes 3"),
+        ({"instances": []}, "non-empty"),
+        ({"rows": []}, "needs 'instances'"),
+    ],
+)
+def test_bad_rows_are_named(doc: dict[str, object], message: str) -> None:
+    with pytest.raises(InvalidInputError, match=message):
+        parse_instances(orjson.dumps(doc), TABULAR, FEATURES)
+
+
+def test_models_without_feature_names_take_inputs_by_name() -> None:
+    signature = Signature(
+        inputs=(TensorSpec("age", "INT64", (-1, 1)), TensorSpec("city", "BYTES", (-1, 1))),
+        outputs=(TensorSpec("y", "FP32", (-1,)),),
+    )
+    body = orjson.dumps({"instances": [{"age": 30, "city": "Lyon"}, {"age": 41, "city": "Oslo"}]})
+    _, inputs = parse_instances(body, signature, ModelMetadata())
+    assert inputs["age"].tolist() == [[30], [41]]
+    assert inputs["city"].tolist() == [["Lyon"], ["Oslo"]]
+
+
+def test_predictions_hold_one_object_per_row() -> None:
+    outputs = {
+        "label": np.array([0, 1], dtype=np.int64),
+        "probabilities": np.array([[0.75, 0.25], [0.5, 0.5]], dtype=np.float32),
+    }
+    doc = orjson.loads(render_predictions("m", "2", None, outputs))
+    assert doc["predictions"] == [
+        {"label": 0, "probabilities": [0.75, 0.25]},
+        {"label": 1, "probabilities": [0.5, 0.5]},
+    ]
+    assert "id" not in doc
