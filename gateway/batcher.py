@@ -124,18 +124,15 @@ class Batcher:
         ]
 
     async def submit(self, inputs: Tensors, rows: int, deadline: float) -> Tensors:
-        """Queue a request of ``rows`` rows; wait (until the monotonic ``deadline``) for its outputs."""
+        """Queue a request of ``rows`` rows; wait until the monotonic ``deadline`` for outputs."""
         if self._closing:
             raise NotReadyError(f"model {self.name} is shutting down")
         if len(self._queue) >= self._max_queue:
             raise OverloadedError(f"model {self.name} is overloaded: its queue is full")
         loop = asyncio.get_running_loop()
         future: asyncio.Future[Tensors] = loop.create_future()
-        key: tuple[object, ...]
-        if self._stackable:
-            key = tuple((n, a.shape[1:], a.dtype) for n, a in inputs.items())
-        else:
-            key = ()
+        # Only requests whose inputs agree beyond the batch dimension can be stacked.
+        key = tuple((n, a.shape[1:], a.dtype) for n, a in inputs.items()) if self._stackable else ()
         item = _Pending(inputs, rows, key, future, loop.time(), deadline)
         item.handle = loop.call_at(deadline, _expire, future, self.name)
         self._queue.append(item)

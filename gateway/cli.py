@@ -59,8 +59,10 @@ def main(argv: list[str] | None = None) -> int:
         from gateway.demo import DEMO_MODEL, build_demo_registry
 
         registry = build_demo_registry(args.registry)
-        print(f"{DEMO_MODEL}: versions {registry.versions(DEMO_MODEL)}, "
-              f"aliases {registry.aliases(DEMO_MODEL)} in {args.registry}")
+        print(
+            f"{DEMO_MODEL}: versions {registry.versions(DEMO_MODEL)}, "
+            f"aliases {registry.aliases(DEMO_MODEL)} in {args.registry}"
+        )
         return 0
     overrides = {}
     if args.host:
@@ -73,7 +75,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"gateway: {exc}", file=sys.stderr)
         return 2
     if not settings.models:
-        print("gateway: invalid configuration: models: at least one model is needed", file=sys.stderr)
+        print(
+            "gateway: invalid configuration: models: at least one model is needed", file=sys.stderr
+        )
         return 2
     serve(settings, args.log_level)
     return 0

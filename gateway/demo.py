@@ -82,4 +82,3 @@ def build_demo_registry(root: Path) -> LocalRegistry:
             version = registry.register(DEMO_MODEL, path, metadata)
             registry.set_alias(DEMO_MODEL, alias, version)
     return registry
-

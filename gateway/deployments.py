@@ -67,7 +67,12 @@ class ModelLoader:
         self._worker_threads = worker_threads
 
     async def load(
-        self, name: str, ref: ModelRef, version: str, overrides: dict[str, object], base: BatchingSettings
+        self,
+        name: str,
+        ref: ModelRef,
+        version: str,
+        overrides: dict[str, object],
+        base: BatchingSettings,
     ) -> LoadedModel:
         """Fetch ``ref.name`` at ``version``, load it, warm it up and start its batcher."""
         try:
@@ -257,4 +262,3 @@ class ModelManager:
                 f"{current.version})"
             )
         return current
-

@@ -14,7 +14,7 @@ __all__ = [
     "datatype_of",
 ]
 
-# Open Inference Protocol datatype -> numpy dtype. BYTES travels as numpy object arrays of str/bytes.
+# Open Inference Protocol datatype -> numpy dtype. BYTES travels as object arrays of str/bytes.
 DATATYPE_TO_NUMPY: dict[str, np.dtype[np.generic]] = {
     "BOOL": np.dtype(np.bool_),
     "UINT8": np.dtype(np.uint8),

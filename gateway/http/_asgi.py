@@ -10,7 +10,16 @@ import orjson
 
 from gateway.errors import GatewayError, InvalidInputError, NotReadyError, PayloadTooLargeError
 
-__all__ = ["Receive", "Scope", "Send", "error_status", "header", "read_body", "send_error", "send_response"]
+__all__ = [
+    "Receive",
+    "Scope",
+    "Send",
+    "error_status",
+    "header",
+    "read_body",
+    "send_error",
+    "send_response",
+]
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
@@ -102,4 +111,6 @@ async def send_error(send: Send, exc: GatewayError) -> None:
     extra = []
     if isinstance(exc, NotReadyError):
         extra.append((b"retry-after", str(max(1, round(exc.retry_after_s))).encode()))
-    await send_response(send, error_status(exc), orjson.dumps({"error": str(exc)}), extra_headers=extra)
+    await send_response(
+        send, error_status(exc), orjson.dumps({"error": str(exc)}), extra_headers=extra
+    )

@@ -110,7 +110,10 @@ def create_app(
             ]
             manager = await stack.enter_async_context(ModelManager(deployments, executor))
             state.service = InferenceService(manager, metrics, settings.server.allow_nan)
-            log.info("gateway ready: %s", {n: d.current and d.current.version for n, d in manager.deployments.items()})
+            log.info(
+                "gateway ready: %s",
+                {n: d.current and d.current.version for n, d in manager.deployments.items()},
+            )
             try:
                 yield
             finally:

@@ -6,6 +6,7 @@ import asyncio
 import logging
 import time
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import orjson
@@ -102,7 +103,7 @@ class _InferBase:
         assert task is not None
         gone = False
 
-        def on_message(fut: asyncio.Future[object]) -> None:
+        def on_message(fut: asyncio.Future[Any]) -> None:
             nonlocal gone
             if fut.cancelled() or fut.exception() is not None:
                 return
@@ -217,7 +218,11 @@ class MetadataEndpoints:
 
     async def server(self, request: Request) -> Response:
         return json_response(
-            {"name": SERVER_NAME, "version": self.state.version, "extensions": ["binary_tensor_data"]}
+            {
+                "name": SERVER_NAME,
+                "version": self.state.version,
+                "extensions": ["binary_tensor_data"],
+            }
         )
 
     async def model_metadata(self, request: Request) -> Response:
@@ -244,10 +249,11 @@ class MetadataEndpoints:
         return json_response({"name": model.name, "version": model.version, "ready": True})
 
     async def metrics(self, request: Request) -> Response:
-        return Response(generate_latest(self.state.metrics.registry), media_type=CONTENT_TYPE_LATEST)
+        return Response(
+            generate_latest(self.state.metrics.registry), media_type=CONTENT_TYPE_LATEST
+        )
 
     def _model(self, request: Request) -> LoadedModel:
         service = self.state.require_service()
         params = request.path_params
         return service.model(params["name"], params.get("version"))
-

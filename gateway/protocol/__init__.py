@@ -1,7 +1,12 @@
 """Wire formats: Open Inference Protocol v2 (JSON and binary tensors) and the simple JSON form."""
 
 from gateway.protocol.simple import parse_instances, render_predictions
-from gateway.protocol.v2 import InferRequest, RequestedOutput, parse_infer_request, render_infer_response
+from gateway.protocol.v2 import (
+    InferRequest,
+    RequestedOutput,
+    parse_infer_request,
+    render_infer_response,
+)
 
 __all__ = [
     "InferRequest",

@@ -68,7 +68,9 @@ def _columns(rows: list[Any], spec: TensorSpec, metadata: ModelMetadata) -> np.n
             if len(row) != len(names) or not known.issuperset(row):
                 unknown = sorted(set(row) - known)
                 missing = [n for n in names if n not in row]
-                problem = f"unknown features {unknown}" if unknown else f"missing features {missing}"
+                problem = (
+                    f"unknown features {unknown}" if unknown else f"missing features {missing}"
+                )
                 raise InvalidInputError(f"instances[{index}]: {problem}")
             matrix.append([row[n] for n in names])
         elif isinstance(row, list):

@@ -94,9 +94,8 @@ def _parse_input(
             f"input {name!r}: datatype {datatype!r} is not one of {sorted(DATATYPE_TO_NUMPY)}"
         )
     shape = raw.get("shape")
-    if (
-        not isinstance(shape, list)
-        or not all(isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in shape)
+    if not isinstance(shape, list) or not all(
+        isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in shape
     ):
         raise InvalidInputError(f"input {name!r}: 'shape' must be a list of non-negative integers")
     count = prod(shape)

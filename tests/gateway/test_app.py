@@ -4,6 +4,7 @@ import gzip
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
+from typing import Any
 
 import httpx
 import orjson
@@ -17,16 +18,8 @@ from registry_client import LocalRegistry, ModelMetadata
 ROW = load_breast_cancer().data[0].astype("float32").tolist()
 
 
-def settings_for(registry: Path, **batching: object) -> object:
-    return load_settings(
-        registry__root=registry,
-        registry__poll_interval_s=60,
-        models=[{"name": "breast_cancer", "ref": "breast_cancer@champion", "batching": batching}],
-    )
-
-
 @asynccontextmanager
-async def serving(registry: Path, **kw: object) -> AsyncIterator[httpx.AsyncClient]:
+async def serving(registry: Path, **kw: Any) -> AsyncIterator[httpx.AsyncClient]:
     settings = load_settings(
         registry__root=registry,
         registry__poll_interval_s=60,
@@ -192,7 +185,10 @@ async def test_alias_move_swaps_version_and_a_broken_version_never_serves(
                 if 'outcome="failure"' in metrics:
                     break
                 await _sleep(0.02)
-            assert f'gateway_model_loads_total{{model="breast_cancer",outcome="failure",version="{bad}"}} 1.0' in metrics
+            assert (
+                f'gateway_model_loads_total{{model="breast_cancer",outcome="failure",version="{bad}"}} 1.0'
+                in metrics
+            )
             still = await client.post("/v2/models/breast_cancer/infer", json=infer_body(ROW))
             assert still.json()["model_version"] == "1"
 
@@ -224,13 +220,19 @@ async def test_metrics_carry_the_serving_labels(demo_registry: Path) -> None:
         await client.post("/v2/models/breast_cancer/infer", json=infer_body(ROW, ROW))
         await client.post("/v2/models/breast_cancer/infer", content=b"{")
         text = (await client.get("/metrics")).text
-    assert 'gateway_requests_total{model="breast_cancer",outcome="success",variant="default",version="1"} 1.0' in text
+    assert (
+        'gateway_requests_total{model="breast_cancer",outcome="success",variant="default",version="1"} 1.0'
+        in text
+    )
     assert 'gateway_rows_total{model="breast_cancer",version="1"} 2.0' in text
     assert "gateway_request_duration_seconds_bucket" in text
     assert "gateway_queue_wait_seconds_count" in text
     assert 'gateway_batch_rows_sum{model="breast_cancer",version="1"} 2.0' in text
     assert "gateway_build_info" in text
-    assert 'gateway_model_loaded{model="breast_cancer",ref="breast_cancer@champion",version="1"} 1.0' in text
+    assert (
+        'gateway_model_loaded{model="breast_cancer",ref="breast_cancer@champion",version="1"} 1.0'
+        in text
+    )
 
 
 async def _sleep(seconds: float) -> None:

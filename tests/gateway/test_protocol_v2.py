@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import struct
+from collections.abc import Mapping
 
 import numpy as np
 import orjson
@@ -10,7 +11,7 @@ from gateway.errors import InvalidInputError
 from gateway.protocol import parse_infer_request, render_infer_response
 
 
-def body(*inputs: dict[str, object], **extra: object) -> bytes:
+def body(*inputs: Mapping[str, object], **extra: object) -> bytes:
     return orjson.dumps({"inputs": list(inputs), **extra})
 
 
@@ -71,8 +72,8 @@ def test_malformed_bodies_are_refused() -> None:
     for raw in (b"not json", b"[1, 2]", b'{"inputs": []}', b'{"inputs": {}}'):
         with pytest.raises(InvalidInputError):
             parse_infer_request(raw)
+    x = {"name": "x", "shape": [1], "datatype": "FP32", "data": [1]}
     with pytest.raises(InvalidInputError, match="given twice"):
-        x = {"name": "x", "shape": [1], "datatype": "FP32", "data": [1]}
         parse_infer_request(body(x, x))
 
 
@@ -113,7 +114,10 @@ def test_binary_sizes_that_do_not_add_up_are_refused() -> None:
 def test_response_echoes_id_and_honours_requested_outputs() -> None:
     raw = {"name": "x", "shape": [1], "datatype": "FP32", "data": [1]}
     request = parse_infer_request(body(raw, id="req-7", outputs=[{"name": "b"}]))
-    outputs = {"a": np.array([1.0], np.float32), "b": np.array([[1, 2]], np.int64)}
+    outputs: dict[str, np.ndarray] = {
+        "a": np.array([1.0], np.float32),
+        "b": np.array([[1, 2]], np.int64),
+    }
     payload, header_length = render_infer_response("m", "3", request, outputs)
     assert header_length is None
     doc = orjson.loads(payload)

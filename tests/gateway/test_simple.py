@@ -25,7 +25,9 @@ def test_named_features_become_columns_in_metadata_order() -> None:
 
 
 def test_single_row_form() -> None:
-    _, inputs = parse_instances(orjson.dumps({"features": {"a": 1, "b": 2, "c": 3}}), TABULAR, FEATURES)
+    _, inputs = parse_instances(
+        orjson.dumps({"features": {"a": 1, "b": 2, "c": 3}}), TABULAR, FEATURES
+    )
     assert inputs["input"].shape == (1, 3)
 
 
@@ -57,7 +59,7 @@ def test_models_without_feature_names_take_inputs_by_name() -> None:
 
 
 def test_predictions_hold_one_object_per_row() -> None:
-    outputs = {
+    outputs: dict[str, np.ndarray] = {
         "label": np.array([0, 1], dtype=np.int64),
         "probabilities": np.array([[0.75, 0.25], [0.5, 0.5]], dtype=np.float32),
     }

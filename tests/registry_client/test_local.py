@@ -1,0 +1,76 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from registry_client import (
+    CorruptModelError,
+    InvalidReferenceError,
+    LocalRegistry,
+    ModelMetadata,
+    ModelNotFoundError,
+    ModelRef,
+    VersionNotFoundError,
+)
+
+
+def test_references_parse() -> None:
+    assert ModelRef.parse("fraud@champion") == ModelRef("fraud", alias="champion")
+    assert ModelRef.parse("fraud/7") == ModelRef("fraud", version="7")
+    assert ModelRef.parse("fraud") == ModelRef("fraud", alias="latest")
+    assert str(ModelRef.parse("fraud/7")) == "fraud/7"
+    for bad in ("", "a/../b", "a@", "a b", "../x"):
+        with pytest.raises(InvalidReferenceError):
+            ModelRef.parse(bad)
+
+
+async def test_resolve_aliases_versions_and_latest(demo_registry: Path, demo_model: str) -> None:
+    registry = LocalRegistry(demo_registry)
+    assert await registry.resolve(ModelRef.parse(f"{demo_model}@champion")) == "1"
+    assert await registry.resolve(ModelRef.parse(f"{demo_model}@challenger")) == "2"
+    assert await registry.resolve(ModelRef.parse(demo_model)) == "2"  # latest
+    registry.set_alias(demo_model, "champion", "2")
+    assert await registry.resolve(ModelRef.parse(f"{demo_model}@champion")) == "2"
+    version = await registry.get(ModelRef.parse(f"{demo_model}/1"))
+    assert version.model_file.is_file()
+    assert version.metadata.class_labels == ["malignant", "benign"]
+    assert version.metadata.reference is not None
+    assert len(version.metadata.reference.features) == 30
+
+
+async def test_clear_errors(demo_registry: Path, demo_model: str) -> None:
+    registry = LocalRegistry(demo_registry)
+    with pytest.raises(ModelNotFoundError, match="'nope'"):
+        await registry.resolve(ModelRef.parse("nope@champion"))
+    with pytest.raises(VersionNotFoundError, match="no alias 'staging'"):
+        await registry.resolve(ModelRef.parse(f"{demo_model}@staging"))
+    with pytest.raises(VersionNotFoundError, match="no version '9'"):
+        await registry.fetch(demo_model, "9")
+    with pytest.raises(VersionNotFoundError):
+        registry.set_alias(demo_model, "champion", "9")
+
+
+async def test_missing_or_tampered_model_file_is_corrupt(
+    demo_registry: Path, demo_model: str
+) -> None:
+    registry = LocalRegistry(demo_registry)
+    model_file = demo_registry / demo_model / "2" / "model.onnx"
+    model_file.write_bytes(model_file.read_bytes()[:-10])
+    with pytest.raises(CorruptModelError, match="sha256"):
+        await registry.fetch(demo_model, "2")
+    model_file.unlink()
+    with pytest.raises(CorruptModelError, match="missing"):
+        await registry.fetch(demo_model, "2")
+
+
+def test_register_numbers_versions_and_records_the_checksum(tmp_path: Path) -> None:
+    registry = LocalRegistry(tmp_path / "reg")
+    source = tmp_path / "m.onnx"
+    source.write_bytes(b"model bytes")
+    assert registry.register("m", source, ModelMetadata()) == "1"
+    assert registry.register("m", source, ModelMetadata()) == "2"
+    assert registry.versions("m") == ["1", "2"]
+    stored = ModelMetadata.load(tmp_path / "reg" / "m" / "2")
+    assert stored.model_sha256 is not None
+    assert len(stored.model_sha256) == 64
