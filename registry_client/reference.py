@@ -44,4 +44,6 @@ class ModelRef:
         return self.alias is not None
 
     def __str__(self) -> str:
-        return f"{self.name}@{self.alias}" if self.alias is not None else f"{self.name}/{self.version}"
+        return (
+            f"{self.name}@{self.alias}" if self.alias is not None else f"{self.name}/{self.version}"
+        )
