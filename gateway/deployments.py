@@ -48,6 +48,17 @@ class LoadedModel:
     def metadata(self) -> ModelMetadata:
         return self.runtime.version.metadata
 
+    @property
+    def feature_input(self) -> str | None:
+        """The input whose columns are the metadata's named features, if there is one."""
+        metadata = self.metadata
+        if not metadata.features:
+            return None
+        if metadata.feature_input is not None:
+            return metadata.feature_input
+        inputs = self.signature.inputs
+        return inputs[0].name if len(inputs) == 1 else None
+
 
 class ModelLoader:
     """Fetches, loads and warms up model versions."""

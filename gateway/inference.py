@@ -1,4 +1,4 @@
-"""The core of one prediction: check inputs against the signature, queue, run, measure.
+"""The core of one prediction: check inputs against the signature, queue, run, measure, log.
 
 Every protocol's endpoint calls ``InferenceService.infer``; nothing here knows about HTTP.
 """
@@ -15,11 +15,13 @@ from gateway.errors import (
     DeadlineExceededError,
     GatewayError,
     InvalidInputError,
-    ModelExecutionError,
     NotReadyError,
 )
+from gateway.feature_log import FeatureLog
+from gateway.log_records import RecordBuilder, RequestInfo
 from gateway.metrics import GatewayMetrics
 from gateway.signature import Signature, datatype_of
+from monitors.schema import Status
 
 __all__ = ["InferenceService", "validate_inputs"]
 
@@ -27,12 +29,21 @@ Tensors = dict[str, np.ndarray]
 
 
 class InferenceService:
-    """Runs predictions against the served models and records their outcome."""
+    """Runs predictions against the served models, records their outcome and logs them."""
 
-    def __init__(self, manager: ModelManager, metrics: GatewayMetrics, allow_nan: bool) -> None:
+    def __init__(
+        self,
+        manager: ModelManager,
+        metrics: GatewayMetrics,
+        allow_nan: bool,
+        feature_log: FeatureLog | None = None,
+        records: RecordBuilder | None = None,
+    ) -> None:
         self.manager = manager
         self._metrics = metrics
         self._allow_nan = allow_nan
+        self._feature_log = feature_log
+        self._records = records or RecordBuilder()
 
     def model(self, name: str, version: str | None = None) -> LoadedModel:
         """The loaded model serving ``name`` (raises UnknownModelError / NotReadyError)."""
@@ -43,36 +54,94 @@ class InferenceService:
         model: LoadedModel,
         inputs: Tensors,
         started: float,
+        info: RequestInfo,
         variant: str = "default",
+        role: str = "primary",
     ) -> Tensors:
         """Predict for ``inputs``; ``started`` is the request's arrival (``time.perf_counter``)."""
-        outcome = "error"
+        status: Status = "error"
+        error: GatewayError | None = None
+        rows = 0
+        outputs: Tensors | None = None
         try:
             rows = validate_inputs(model.signature, inputs, self._allow_nan)
             deadline = asyncio.get_running_loop().time() + model.batching.timeout_s
             outputs = await model.batcher.submit(inputs, rows, deadline)
-            outcome = "success"
+            status = "ok"
             self._metrics.rows.labels(model.name, model.version).inc(rows)
             return outputs
-        except InvalidInputError:
-            outcome = "invalid"
-            raise
-        except DeadlineExceededError:
-            outcome = "timeout"
-            raise
-        except NotReadyError:
-            outcome = "rejected"
-            raise
-        except asyncio.CancelledError:
-            outcome = "cancelled"
-            raise
-        except (ModelExecutionError, GatewayError):
-            outcome = "error"
+        except GatewayError as exc:
+            status, error = _status(exc), exc
             raise
         finally:
-            labels = (model.name, model.version, variant, outcome)
-            self._metrics.requests.labels(*labels).inc()
-            self._metrics.request_duration.labels(*labels).observe(time.perf_counter() - started)
+            self._finish(model, info, started, variant, role, status, error, rows, inputs, outputs)
+
+    def reject(
+        self, model: LoadedModel, info: RequestInfo, started: float, exc: GatewayError
+    ) -> None:
+        """Account for a request refused before it reached ``infer`` (e.g. a malformed body)."""
+        self._finish(model, info, started, "default", "primary", _status(exc), exc, 0, None, None)
+
+    def _finish(
+        self,
+        model: LoadedModel,
+        info: RequestInfo,
+        started: float,
+        variant: str,
+        role: str,
+        status: Status,
+        error: GatewayError | None,
+        rows: int,
+        inputs: Tensors | None,
+        outputs: Tensors | None,
+    ) -> None:
+        latency_s = time.perf_counter() - started
+        outcome = _OUTCOME[status]
+        labels = (model.name, model.version, variant, outcome)
+        self._metrics.requests.labels(*labels).inc()
+        self._metrics.request_duration.labels(*labels).observe(latency_s)
+        if self._feature_log is None:
+            return
+        if not self._records.sampled(info):
+            self._metrics.feature_log.dropped("sampled_out")
+            return
+        metadata = model.metadata
+        record = self._records.build(
+            info,
+            model=model.name,
+            version=model.version,
+            variant=variant,
+            role=role,
+            metadata=metadata,
+            feature_input=model.feature_input,
+            inputs=inputs if status != "invalid" else None,
+            outputs=outputs,
+            rows=rows,
+            latency_s=latency_s,
+            status=status,
+            error=str(error) if error is not None else None,
+        )
+        self._feature_log.submit(model.name.encode(), record)
+
+
+# Metric outcome label for each record status.
+_OUTCOME: dict[Status, str] = {
+    "ok": "success",
+    "invalid": "invalid",
+    "rejected": "rejected",
+    "timeout": "timeout",
+    "error": "error",
+}
+
+
+def _status(exc: GatewayError) -> Status:
+    if isinstance(exc, InvalidInputError):
+        return "invalid"
+    if isinstance(exc, DeadlineExceededError):
+        return "timeout"
+    if isinstance(exc, NotReadyError):
+        return "rejected"
+    return "error"
 
 
 def validate_inputs(signature: Signature, inputs: Tensors, allow_nan: bool) -> int:

@@ -7,7 +7,7 @@ import platform
 import onnxruntime as ort
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
-__all__ = ["BatchMetrics", "GatewayMetrics"]
+__all__ = ["BatchMetrics", "FeatureLogMetrics", "GatewayMetrics"]
 
 _LATENCY_BUCKETS = (
     0.0005, 0.001, 0.0025, 0.005, 0.0075, 0.01, 0.015, 0.025, 0.05, 0.075,
@@ -100,6 +100,7 @@ class GatewayMetrics:
             registry=registry,
         )
         self.build_info.labels(gateway_version, platform.python_version(), ort.__version__).set(1)
+        self.feature_log = FeatureLogMetrics(registry)
 
     def for_batches(self, model: str, version: str) -> BatchMetrics:
         """Metrics of one model version's batcher, with labels bound once."""
@@ -138,3 +139,54 @@ class BatchMetrics:
 
     def run_time(self, seconds: float) -> None:
         self._run.observe(seconds)
+
+
+class FeatureLogMetrics:
+    """Accounting of every log record: produced, spooled, replayed, or dropped with a reason."""
+
+    def __init__(self, registry: CollectorRegistry) -> None:
+        records = Counter(
+            "gateway_feature_log_records",
+            "Log records by event: produced (sent directly), spooled (to disk), replayed "
+            "(from disk to the broker).",
+            ("event",),
+            registry=registry,
+        )
+        self._produced = records.labels("produced")
+        self._spooled = records.labels("spooled")
+        self._replayed = records.labels("replayed")
+        self._dropped = Counter(
+            "gateway_feature_log_dropped_records",
+            "Log records dropped by policy, by reason (queue_full, spool_full, sampled_out, "
+            "shutdown).",
+            ("reason",),
+            registry=registry,
+        )
+        self._queue = Gauge(
+            "gateway_feature_log_queue_depth", "Records waiting in memory.", registry=registry
+        )
+        self._spool_records = Gauge(
+            "gateway_feature_log_spool_records",
+            "Records waiting in the disk spool.",
+            registry=registry,
+        )
+        self._spool_bytes = Gauge(
+            "gateway_feature_log_spool_bytes", "Bytes waiting in the disk spool.", registry=registry
+        )
+
+    def produced(self, count: int) -> None:
+        self._produced.inc(count)
+
+    def spooled(self, count: int) -> None:
+        self._spooled.inc(count)
+
+    def replayed(self, count: int) -> None:
+        self._replayed.inc(count)
+
+    def dropped(self, reason: str, count: int = 1) -> None:
+        self._dropped.labels(reason).inc(count)
+
+    def depths(self, queue: int, spool_records: int, spool_bytes: int) -> None:
+        self._queue.set(queue)
+        self._spool_records.set(spool_records)
+        self._spool_bytes.set(spool_bytes)

@@ -17,6 +17,7 @@ from registry_client.errors import InvalidReferenceError
 
 __all__ = [
     "BatchingSettings",
+    "FeatureLogSettings",
     "GatewaySettings",
     "ModelSettings",
     "RegistrySettings",
@@ -39,6 +40,8 @@ class ServerSettings(_Group):
     # Reject float inputs that hold NaN or infinity.
     allow_nan: bool = False
     access_log: bool = False
+    # Header whose value routes a caller (sticky variants, sampling by user); logged with records.
+    routing_key_header: str = "x-routing-key"
 
 
 class RegistrySettings(_Group):
@@ -80,6 +83,49 @@ class BatchingSettings(_Group):
     warmup_batch_sizes: list[int] | None = None
 
 
+class FeatureLogSettings(_Group):
+    enabled: bool = False
+    bootstrap_servers: str = "127.0.0.1:9092"
+    topic: str = "inference-log"
+    # Create the topic at start when it is missing (needs the broker's admin API).
+    create_topic: bool = True
+    topic_partitions: int = Field(default=3, ge=1)
+    client_id: str = "model-gateway"
+    acks: Literal["all", "1", "0"] = "all"
+    compression: Literal["none", "gzip", "snappy", "lz4", "zstd"] = "gzip"
+    # Off by default: Tansu (the embedded broker) does not support the idempotent producer.
+    idempotent: bool = False
+    linger_s: float = Field(default=0.02, ge=0)
+    batch_size: int = Field(default=500, ge=1)
+    queue_size: int = Field(default=50_000, ge=1)
+    timeout_s: float = Field(default=5.0, gt=0)
+    security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = "PLAINTEXT"
+    sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"] | None = None
+    sasl_username: str | None = None
+    sasl_password: SecretStr | None = None
+    ssl_cafile: Path | None = None
+    ssl_certfile: Path | None = None
+    ssl_keyfile: Path | None = None
+    spool_dir: Path = Path("feature-log-spool")
+    spool_max_bytes: int = Field(default=1024**3, ge=1024)
+    sampling_rate: float = Field(default=1.0, ge=0, le=1)
+    sample_by: Literal["random", "routing_key"] = "random"
+    drop_features: list[str] = Field(default_factory=list)
+    hash_features: list[str] = Field(default_factory=list)
+    hash_key: SecretStr = SecretStr("")
+
+    @model_validator(mode="after")
+    def _sasl_complete(self) -> FeatureLogSettings:
+        if self.security_protocol.startswith("SASL") and (
+            self.sasl_mechanism is None or self.sasl_username is None or self.sasl_password is None
+        ):
+            raise ValueError(
+                "feature_log.sasl_mechanism, sasl_username and sasl_password are required with "
+                f"security_protocol {self.security_protocol}"
+            )
+        return self
+
+
 class ModelSettings(_Group):
     name: str = Field(min_length=1, pattern=r"^[A-Za-z0-9][A-Za-z0-9_.\-]*$")
     ref: str
@@ -112,6 +158,7 @@ class GatewaySettings(BaseSettings):
     registry: RegistrySettings = Field(default_factory=RegistrySettings)
     runtime: RuntimeSettings = Field(default_factory=RuntimeSettings)
     batching: BatchingSettings = Field(default_factory=BatchingSettings)
+    feature_log: FeatureLogSettings = Field(default_factory=FeatureLogSettings)
     models: list[ModelSettings] = Field(default_factory=list)
 
     @model_validator(mode="after")
@@ -176,7 +223,16 @@ def _read_file(path: Path) -> dict[str, Any]:
     # Relative paths in the file are relative to the file, not to the working directory.
     registry = data.get("registry")
     if isinstance(registry, dict):
-        for key in ("root", "cache_dir"):
-            if isinstance(registry.get(key), str) and not os.path.isabs(registry[key]):
-                registry[key] = str((path.parent / registry[key]).resolve())
+        _resolve_paths(registry, path.parent, ("root", "cache_dir"))
+    feature_log = data.get("feature_log")
+    if isinstance(feature_log, dict):
+        _resolve_paths(
+            feature_log, path.parent, ("spool_dir", "ssl_cafile", "ssl_certfile", "ssl_keyfile")
+        )
     return data
+
+
+def _resolve_paths(group: dict[str, Any], base: Path, keys: tuple[str, ...]) -> None:
+    for key in keys:
+        if isinstance(group.get(key), str) and not os.path.isabs(group[key]):
+            group[key] = str((base / group[key]).resolve())

@@ -49,9 +49,9 @@ class InferenceRecord(TypedDict, total=False):
     variant: str
     role: Literal["primary", "shadow"]
     rows: int
-    features: dict[str, list[Any]]
+    features: dict[str, Any]  # lists once decoded; numpy arrays before encoding
     inputs: dict[str, dict[str, Any]]
-    outputs: dict[str, list[Any]]
+    outputs: dict[str, Any]
     latency_s: float
     status: Status
     error: str | None

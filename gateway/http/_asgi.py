@@ -106,9 +106,11 @@ async def send_response(
     await send({"type": "http.response.body", "body": body})
 
 
-async def send_error(send: Send, exc: GatewayError) -> None:
+async def send_error(send: Send, exc: GatewayError, request_id: str | None = None) -> None:
     """Render a domain error as ``{"error": ...}`` with its status (and Retry-After)."""
     extra = []
+    if request_id is not None:
+        extra.append((b"x-request-id", request_id.encode()))
     if isinstance(exc, NotReadyError):
         extra.append((b"retry-after", str(max(1, round(exc.retry_after_s))).encode()))
     await send_response(

@@ -24,6 +24,7 @@ from gateway.errors import (
     PayloadTooLargeError,
     UnknownModelError,
 )
+from gateway.feature_log_setup import build_feature_log, build_record_builder
 from gateway.http._asgi import error_status, register_status
 from gateway.http.endpoints import (
     AppState,
@@ -76,12 +77,23 @@ def create_app(
     """Build the gateway's ASGI app; models load when its lifespan starts."""
     metrics = GatewayMetrics(metrics_registry or CollectorRegistry(), __version__)
     state = AppState(
-        version=__version__, metrics=metrics, max_body_bytes=settings.server.max_body_bytes
+        version=__version__,
+        metrics=metrics,
+        max_body_bytes=settings.server.max_body_bytes,
+        routing_key_header=settings.server.routing_key_header.lower().encode("latin-1"),
     )
 
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         async with AsyncExitStack() as stack:
+            # The feature log starts first and stops last, after every request has drained.
+            feature_log = None
+            if settings.feature_log.enabled:
+                feature_log = await stack.enter_async_context(
+                    build_feature_log(
+                        settings.feature_log, metrics, settings.server.shutdown_timeout_s
+                    )
+                )
             model_registry = registry or build_registry(settings.registry)
             stack.push_async_callback(model_registry.aclose)
             executor = ThreadPoolExecutor(
@@ -109,7 +121,13 @@ def create_app(
                 for model in settings.models
             ]
             manager = await stack.enter_async_context(ModelManager(deployments, executor))
-            state.service = InferenceService(manager, metrics, settings.server.allow_nan)
+            state.service = InferenceService(
+                manager,
+                metrics,
+                settings.server.allow_nan,
+                feature_log,
+                build_record_builder(settings.feature_log),
+            )
             log.info(
                 "gateway ready: %s",
                 {n: d.current and d.current.version for n, d in manager.deployments.items()},

@@ -5,8 +5,9 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+import uuid
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Generic, TypeVar
 
 import numpy as np
 import orjson
@@ -18,8 +19,10 @@ from gateway.deployments import LoadedModel
 from gateway.errors import GatewayError, InvalidInputError, NotReadyError
 from gateway.http._asgi import Receive, Scope, Send, header, read_body, send_error, send_response
 from gateway.inference import InferenceService
+from gateway.log_records import RequestInfo
 from gateway.metrics import GatewayMetrics
 from gateway.protocol import (
+    InferRequest,
     parse_infer_request,
     parse_instances,
     render_infer_response,
@@ -32,6 +35,9 @@ log = logging.getLogger(__name__)
 
 SERVER_NAME = "model-gateway"
 
+Tensors = dict[str, np.ndarray]
+ParsedT = TypeVar("ParsedT")
+
 
 @dataclass
 class AppState:
@@ -40,6 +46,7 @@ class AppState:
     version: str
     metrics: GatewayMetrics
     max_body_bytes: int
+    routing_key_header: bytes
     service: InferenceService | None = None
 
     def require_service(self) -> InferenceService:
@@ -52,52 +59,62 @@ class _ClientGoneError(Exception):
     """The caller disconnected while its request waited; nobody is left to answer."""
 
 
-class _InferBase:
-    """Shared ASGI plumbing of the two infer endpoints."""
+class _InferBase(Generic[ParsedT]):
+    """Shared ASGI plumbing of the infer endpoints: parse, infer, render."""
 
     def __init__(self, state: AppState) -> None:
         self.state = state
 
+    def parse(self, model: LoadedModel, info: RequestInfo, scope: Scope, body: bytes) -> ParsedT:
+        """Decode the body into the request's tensors (and whatever rendering needs)."""
+        raise NotImplementedError
+
+    def inputs(self, parsed: ParsedT) -> dict[str, np.ndarray]:
+        raise NotImplementedError
+
+    async def respond(
+        self, send: Send, model: LoadedModel, info: RequestInfo, parsed: ParsedT, outputs: Tensors
+    ) -> None:
+        raise NotImplementedError
+
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         started = time.perf_counter()
+        info = RequestInfo(uuid.uuid4().hex, time.time(), scope["path_params"]["name"])
         try:
             service = self.state.require_service()
-            params = scope["path_params"]
-            name, version = params["name"], params.get("version")
-            service.manager.deployment(name)  # an unknown model is refused before the body
+            version = scope["path_params"].get("version")
+            service.manager.deployment(info.endpoint)  # unknown models are refused before the body
+            key = header(scope, self.state.routing_key_header)
+            if key is not None:
+                info.routing_key = key.decode("latin-1")
             body = await read_body(scope, receive, self.state.max_body_bytes)
             # From here to the batcher's queue there is no await, so a model swap cannot slip in
             # between choosing the version and queueing on it.
-            model = service.model(name, version)
-            await self.handle(service, model, scope, body, started, receive, send)
+            model = service.model(info.endpoint, version)
+            try:
+                parsed = self.parse(model, info, scope, body)
+            except GatewayError as exc:
+                service.reject(model, info, started, exc)
+                raise
+            outputs = await self._infer(service, model, self.inputs(parsed), started, info, receive)
+            await self.respond(send, model, info, parsed, outputs)
         except _ClientGoneError:
             return
         except GatewayError as exc:
-            await send_error(send, exc)
+            await send_error(send, exc, info.request_id)
         except Exception:
             log.exception("unexpected error answering %s", scope.get("path"))
             await send_error(send, GatewayError("internal error in the gateway; see its log"))
 
-    async def handle(
+    async def _infer(
         self,
         service: InferenceService,
         model: LoadedModel,
-        scope: Scope,
-        body: bytes,
+        inputs: Tensors,
         started: float,
+        info: RequestInfo,
         receive: Receive,
-        send: Send,
-    ) -> None:
-        raise NotImplementedError
-
-    async def run(
-        self,
-        service: InferenceService,
-        model: LoadedModel,
-        inputs: dict[str, np.ndarray],
-        started: float,
-        receive: Receive,
-    ) -> dict[str, np.ndarray]:
+    ) -> Tensors:
         """Infer, but give up (leaving the batch queue) if the client disconnects meanwhile."""
         task = asyncio.current_task()
         assert task is not None
@@ -115,7 +132,7 @@ class _InferBase:
         watcher = asyncio.ensure_future(receive())
         watcher.add_done_callback(on_message)
         try:
-            return await service.infer(model, inputs, started)
+            return await service.infer(model, inputs, started, info)
         except asyncio.CancelledError:
             if gone:
                 task.uncancel()
@@ -126,19 +143,12 @@ class _InferBase:
             watcher.cancel()
 
 
-class InferEndpoint(_InferBase):
+class InferEndpoint(_InferBase[InferRequest]):
     """``POST /v2/models/{name}[/versions/{version}]/infer``: OIP v2, JSON or binary tensors."""
 
-    async def handle(
-        self,
-        service: InferenceService,
-        model: LoadedModel,
-        scope: Scope,
-        body: bytes,
-        started: float,
-        receive: Receive,
-        send: Send,
-    ) -> None:
+    def parse(
+        self, model: LoadedModel, info: RequestInfo, scope: Scope, body: bytes
+    ) -> InferRequest:
         raw_length = header(scope, b"inference-header-content-length")
         header_length = None
         if raw_length is not None:
@@ -146,45 +156,52 @@ class InferEndpoint(_InferBase):
                 raise InvalidInputError("Inference-Header-Content-Length must be an integer")
             header_length = int(raw_length)
         request = parse_infer_request(body, header_length)
-        if request.outputs is not None:
-            for requested in request.outputs:
-                if model.signature.output(requested.name) is None:
-                    known = [o.name for o in model.signature.outputs]
-                    raise InvalidInputError(
-                        f"unknown output {requested.name!r}; the model has {known}"
-                    )
-        outputs = await self.run(service, model, request.inputs, started, receive)
-        payload, json_length = render_infer_response(model.name, model.version, request, outputs)
+        if request.id is not None:
+            info.request_id = request.id
+        for requested in request.outputs or ():
+            if model.signature.output(requested.name) is None:
+                known = [o.name for o in model.signature.outputs]
+                raise InvalidInputError(f"unknown output {requested.name!r}; the model has {known}")
+        return request
+
+    def inputs(self, parsed: InferRequest) -> Tensors:
+        return parsed.inputs
+
+    async def respond(
+        self,
+        send: Send,
+        model: LoadedModel,
+        info: RequestInfo,
+        parsed: InferRequest,
+        outputs: Tensors,
+    ) -> None:
+        payload, json_length = render_infer_response(model.name, model.version, parsed, outputs)
+        extra = [(b"x-request-id", info.request_id.encode())]
         if json_length is None:
-            await send_response(send, 200, payload)
+            await send_response(send, 200, payload, extra_headers=extra)
         else:
-            await send_response(
-                send,
-                200,
-                payload,
-                b"application/octet-stream",
-                [(b"inference-header-content-length", str(json_length).encode())],
-            )
+            extra.append((b"inference-header-content-length", str(json_length).encode()))
+            await send_response(send, 200, payload, b"application/octet-stream", extra)
 
 
-class PredictEndpoint(_InferBase):
+class PredictEndpoint(_InferBase[Tensors]):
     """``POST /v1/models/{name}:predict``: named features in, one prediction per row out."""
 
-    async def handle(
-        self,
-        service: InferenceService,
-        model: LoadedModel,
-        scope: Scope,
-        body: bytes,
-        started: float,
-        receive: Receive,
-        send: Send,
-    ) -> None:
+    def parse(self, model: LoadedModel, info: RequestInfo, scope: Scope, body: bytes) -> Tensors:
         request_id, inputs = parse_instances(body, model.signature, model.metadata)
-        outputs = await self.run(service, model, inputs, started, receive)
-        await send_response(
-            send, 200, render_predictions(model.name, model.version, request_id, outputs)
-        )
+        if request_id is not None:
+            info.request_id = request_id
+        return inputs
+
+    def inputs(self, parsed: Tensors) -> Tensors:
+        return parsed
+
+    async def respond(
+        self, send: Send, model: LoadedModel, info: RequestInfo, parsed: Tensors, outputs: Tensors
+    ) -> None:
+        request_id = info.request_id
+        body = render_predictions(model.name, model.version, request_id, outputs)
+        await send_response(send, 200, body, extra_headers=[(b"x-request-id", request_id.encode())])
 
 
 def json_response(doc: object, status: int = 200) -> Response:

@@ -1,0 +1,104 @@
+"""Build the feature log from its settings: topic, producer options, spool, record rules."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+from gateway.feature_log import FeatureLog
+from gateway.kafka_sink import KafkaSink
+from gateway.log_records import RecordBuilder
+from gateway.metrics import GatewayMetrics
+from gateway.settings import FeatureLogSettings
+from gateway.spool import Spool
+
+__all__ = ["build_feature_log", "build_record_builder", "producer_options"]
+
+log = logging.getLogger(__name__)
+
+
+def producer_options(settings: FeatureLogSettings) -> dict[str, Any]:
+    """``AIOKafkaProducer`` keyword arguments for these settings (secrets included)."""
+    options: dict[str, Any] = {
+        "bootstrap_servers": settings.bootstrap_servers,
+        "client_id": settings.client_id,
+        "acks": "all" if settings.acks == "all" else int(settings.acks),
+        "compression_type": None if settings.compression == "none" else settings.compression,
+        "enable_idempotence": settings.idempotent,
+        "linger_ms": int(settings.linger_s * 1000),
+        "security_protocol": settings.security_protocol,
+    }
+    if settings.sasl_mechanism is not None:
+        options["sasl_mechanism"] = settings.sasl_mechanism
+        options["sasl_plain_username"] = settings.sasl_username
+        if settings.sasl_password is not None:
+            options["sasl_plain_password"] = settings.sasl_password.get_secret_value()
+    if settings.security_protocol in ("SSL", "SASL_SSL"):
+        from aiokafka.helpers import create_ssl_context
+
+        options["ssl_context"] = create_ssl_context(
+            cafile=str(settings.ssl_cafile) if settings.ssl_cafile else None,
+            certfile=str(settings.ssl_certfile) if settings.ssl_certfile else None,
+            keyfile=str(settings.ssl_keyfile) if settings.ssl_keyfile else None,
+        )
+    return options
+
+
+def build_record_builder(settings: FeatureLogSettings) -> RecordBuilder:
+    """Sampling and privacy rules of the log records."""
+    return RecordBuilder(
+        sampling_rate=settings.sampling_rate,
+        sample_by=settings.sample_by,
+        drop_features=frozenset(settings.drop_features),
+        hash_features=frozenset(settings.hash_features),
+        hash_key=settings.hash_key.get_secret_value().encode(),
+    )
+
+
+@asynccontextmanager
+async def build_feature_log(
+    settings: FeatureLogSettings, metrics: GatewayMetrics, shutdown_timeout_s: float
+) -> AsyncIterator[FeatureLog]:
+    """A started feature log; the topic is created first when asked and reachable."""
+    options = producer_options(settings)
+    if settings.create_topic:
+        await _create_topic(settings, options)
+    spool = Spool(settings.spool_dir, settings.spool_max_bytes)
+    sink = KafkaSink(settings.topic, options, settings.timeout_s)
+    feature_log = FeatureLog(
+        sink,
+        spool,
+        metrics.feature_log,
+        queue_size=settings.queue_size,
+        batch_size=settings.batch_size,
+        linger_s=settings.linger_s,
+        shutdown_timeout_s=shutdown_timeout_s,
+    )
+    async with feature_log:
+        yield feature_log
+
+
+async def _create_topic(settings: FeatureLogSettings, options: dict[str, Any]) -> None:
+    from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+    from aiokafka.errors import KafkaError, TopicAlreadyExistsError
+
+    admin_options = {
+        k: v for k, v in options.items()
+        if k in ("bootstrap_servers", "client_id", "security_protocol", "ssl_context",
+                 "sasl_mechanism", "sasl_plain_username", "sasl_plain_password")
+    }  # fmt: skip
+    admin = AIOKafkaAdminClient(request_timeout_ms=int(settings.timeout_s * 1000), **admin_options)
+    try:
+        await admin.start()
+        if settings.topic not in set(await admin.list_topics()):
+            topic = NewTopic(settings.topic, settings.topic_partitions, replication_factor=1)
+            await admin.create_topics([topic])
+            log.info("feature log: created topic %s", settings.topic)
+    except TopicAlreadyExistsError:
+        pass
+    except (KafkaError, OSError, TimeoutError) as exc:
+        log.warning("feature log: could not check or create topic %s: %s", settings.topic, exc)
+    finally:
+        await admin.close()
