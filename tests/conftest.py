@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import shutil
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from gateway.demo import DEMO_MODEL, build_demo_registry
+from monitors.broker import EmbeddedBroker
 
 
 @pytest.fixture(scope="session")
@@ -29,3 +31,10 @@ def demo_registry(demo_registry_template: Path, tmp_path: Path) -> Path:
 @pytest.fixture
 def demo_model() -> str:
     return DEMO_MODEL
+
+
+@pytest.fixture
+def broker() -> Iterator[EmbeddedBroker]:
+    """A fresh embedded Kafka-protocol broker (Tansu) on a free loopback port."""
+    with EmbeddedBroker() as running:
+        yield running

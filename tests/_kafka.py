@@ -1,0 +1,52 @@
+"""Reading the inference-log topic back in tests."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+from aiokafka import AIOKafkaConsumer
+
+from monitors.schema import InferenceRecord, decode_record
+
+__all__ = ["read_records"]
+
+
+def read_records(
+    bootstrap_servers: str,
+    topic: str,
+    expected: int,
+    timeout_s: float = 60.0,
+    settle_s: float = 1.0,
+) -> list[InferenceRecord]:
+    """Consume the topic from the start until ``expected`` records arrived (then ``settle_s`` more,
+    to catch unexpected extras) or the timeout passed."""
+    return asyncio.run(_read(bootstrap_servers, topic, expected, timeout_s, settle_s))
+
+
+async def _read(
+    bootstrap_servers: str, topic: str, expected: int, timeout_s: float, settle_s: float
+) -> list[InferenceRecord]:
+    consumer = AIOKafkaConsumer(
+        topic,
+        bootstrap_servers=bootstrap_servers,
+        auto_offset_reset="earliest",
+        enable_auto_commit=False,
+        group_id=None,
+    )
+    await consumer.start()
+    records: list[InferenceRecord] = []
+    try:
+        deadline = time.monotonic() + timeout_s
+        settle_until: float | None = None
+        while time.monotonic() < deadline:
+            batches = await consumer.getmany(timeout_ms=200, max_records=5000)
+            for messages in batches.values():
+                records.extend(decode_record(m.value) for m in messages if m.value is not None)
+            if len(records) >= expected:
+                settle_until = settle_until or time.monotonic() + settle_s
+                if time.monotonic() >= settle_until:
+                    break
+    finally:
+        await consumer.stop()
+    return records
