@@ -55,6 +55,9 @@ def main(argv: list[str] | None = None) -> int:
         level=getattr(logging, getattr(args, "log_level", "info").upper()),
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
+    # aiokafka logs each reconnect attempt at ERROR, ten a second while a broker is down; the
+    # feature log reports outages and recoveries itself.
+    logging.getLogger("aiokafka").setLevel(logging.CRITICAL)
     if args.command == "demo":
         from gateway.demo import DEMO_MODEL, build_demo_registry
 
