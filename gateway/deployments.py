@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Iterable
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
@@ -33,6 +33,7 @@ class LoadedModel:
     """One model version in memory, with its batcher, ready for traffic."""
 
     name: str
+    variant: str
     ref: ModelRef
     version: str
     runtime: ModelRuntime
@@ -80,10 +81,12 @@ class ModelLoader:
     async def load(
         self,
         name: str,
+        variant: str,
         ref: ModelRef,
         version: str,
         overrides: dict[str, object],
         base: BatchingSettings,
+        executor: ThreadPoolExecutor | None = None,
     ) -> LoadedModel:
         """Fetch ``ref.name`` at ``version``, load it, warm it up and start its batcher."""
         try:
@@ -95,7 +98,7 @@ class ModelLoader:
             )
             timings = await asyncio.to_thread(runtime.warm_up, sizes)
         except (RegistryError, ModelLoadError) as exc:
-            self._metrics.model_loads.labels(name, version, "failure").inc()
+            self._metrics.model_loads.labels(name, version, variant, "failure").inc()
             raise ModelLoadError(f"model {name} ({ref} -> version {version}): {exc}") from exc
         log.info("loaded %s version %s, warm-up seconds by batch size %s", name, version, timings)
         if batching.enabled:
@@ -108,18 +111,18 @@ class ModelLoader:
             max_rows, delay, concurrency = 1, 0.0, self._worker_threads
         batcher = Batcher(
             runtime.run,
-            self._executor,
-            name=f"{name}/{version}",
+            executor or self._executor,
+            name=f"{name}/{variant}/{version}",
             max_batch_size=max_rows,
             max_batch_delay_s=delay,
             max_queue_size=batching.max_queue_size,
             max_concurrent_batches=concurrency,
             stackable=runtime.signature.batchable and batching.enabled,
-            observer=self._metrics.for_batches(name, version),
+            observer=self._metrics.for_batches(name, version, variant),
         )
         batcher.start()
-        self._metrics.model_loads.labels(name, version, "success").inc()
-        return LoadedModel(name, ref, version, runtime, batcher, batching)
+        self._metrics.model_loads.labels(name, version, variant, "success").inc()
+        return LoadedModel(name, variant, ref, version, runtime, batcher, batching)
 
 
 def _effective_batching(
@@ -136,11 +139,12 @@ def _effective_batching(
 
 
 class Deployment:
-    """A served model name bound to a registry reference, following it as it moves."""
+    """One variant of an endpoint bound to a registry reference, following it as it moves."""
 
     def __init__(
         self,
         name: str,
+        variant: str,
         ref: ModelRef,
         loader: ModelLoader,
         batching: BatchingSettings,
@@ -148,9 +152,12 @@ class Deployment:
         metrics: GatewayMetrics,
         poll_interval_s: float,
         drain_timeout_s: float,
+        executor: ThreadPoolExecutor | None = None,
     ) -> None:
         self.name = name
+        self.variant = variant
         self.ref = ref
+        self._executor = executor
         self.current: LoadedModel | None = None
         self.last_error: str | None = None
         self._loader = loader
@@ -194,7 +201,13 @@ class Deployment:
             return False  # a broken version is not retried every poll; a new version is
         try:
             loaded = await self._loader.load(
-                self.name, self.ref, version, self._overrides, self._batching
+                self.name,
+                self.variant,
+                self.ref,
+                version,
+                self._overrides,
+                self._batching,
+                self._executor,
             )
         except ModelLoadError as exc:
             if not isinstance(exc.__cause__, RegistryError) or not exc.__cause__.retriable:
@@ -203,10 +216,13 @@ class Deployment:
             return False
         old, self.current = self.current, loaded
         self.last_error = None
-        self._metrics.model_loaded.labels(self.name, version, str(self.ref)).set(1)
+        self._metrics.model_loaded.labels(self.name, version, self.variant, str(self.ref)).set(1)
         if old is not None:
-            self._metrics.model_swaps.labels(self.name).inc()
-            log.info("model %s switched from version %s to %s", self.name, old.version, version)
+            self._metrics.model_swaps.labels(self.name, self.variant).inc()
+            log.info(
+                "model %s variant %s switched from version %s to %s",
+                self.name, self.variant, old.version, version,
+            )  # fmt: skip
             task = asyncio.create_task(self._unload(old), name=f"drain:{self.name}/{old.version}")
             self._draining.add(task)
             task.add_done_callback(self._draining.discard)
@@ -224,8 +240,8 @@ class Deployment:
 
     async def _unload(self, loaded: LoadedModel) -> None:
         await loaded.batcher.stop(self._drain_timeout_s)
-        self._metrics.forget(self.name, loaded.version, str(loaded.ref))
-        log.info("model %s version %s unloaded", self.name, loaded.version)
+        self._metrics.forget(self.name, loaded.version, self.variant, str(loaded.ref))
+        log.info("model %s variant %s version %s unloaded", self.name, self.variant, loaded.version)
 
     def _note_error(self, message: str) -> None:
         if message != self.last_error:
@@ -234,42 +250,78 @@ class Deployment:
 
 
 class ModelManager:
-    """All served models, started and stopped together."""
+    """Every loaded deployment, keyed by (endpoint, variant); started and stopped together."""
 
-    def __init__(self, deployments: Iterable[Deployment], executor: ThreadPoolExecutor) -> None:
-        self.deployments = {d.name: d for d in deployments}
+    def __init__(
+        self,
+        factory: Callable[[str, str, ModelRef], Deployment],
+        executor: ThreadPoolExecutor,
+    ) -> None:
+        self.deployments: dict[tuple[str, str], Deployment] = {}
+        self._factory = factory
         self._executor = executor
+        self._retiring: set[asyncio.Task[None]] = set()
 
     async def __aenter__(self) -> ModelManager:
-        await asyncio.gather(*(d.start() for d in self.deployments.values()))
         return self
 
     async def __aexit__(self, *exc_info: object) -> None:
         await asyncio.gather(*(d.stop() for d in self.deployments.values()))
+        if self._retiring:
+            await asyncio.gather(*self._retiring, return_exceptions=True)
         self._executor.shutdown(wait=False, cancel_futures=True)
 
-    @property
-    def ready(self) -> bool:
-        """True when every served model has a version taking traffic."""
-        return all(d.current is not None for d in self.deployments.values())
+    async def ensure(self, endpoint: str, variant: str, ref: str, *, required: bool) -> Deployment:
+        """The deployment of that variant at ``ref``, loaded now if it is new.
 
-    def deployment(self, name: str) -> Deployment:
-        """The deployment serving ``name``."""
-        deployment = self.deployments.get(name)
-        if deployment is None:
-            raise UnknownModelError(f"unknown model {name!r}")
+        With ``required`` a version that cannot be loaded raises ModelLoadError (an operator's
+        change is refused); without it the deployment stays, not ready, and keeps retrying.
+        """
+        key = (endpoint, variant)
+        existing = self.deployments.get(key)
+        if existing is not None and str(existing.ref) == ref:
+            return existing
+        deployment = self._factory(endpoint, variant, ModelRef.parse(ref))
+        await deployment.start()
+        if deployment.current is None and required:
+            await deployment.stop()
+            raise ModelLoadError(
+                f"{endpoint} variant {variant}: {ref} could not be loaded: {deployment.last_error}"
+            )
+        self.deployments[key] = deployment
+        if existing is not None:
+            self._retire(existing)
         return deployment
 
-    def get(self, name: str, version: str | None = None) -> LoadedModel:
-        """The version of ``name`` taking traffic now (or exactly ``version``)."""
-        deployment = self.deployment(name)
+    def retire(self, endpoint: str, variant: str) -> None:
+        """Stop serving a variant; its queued requests finish first."""
+        deployment = self.deployments.pop((endpoint, variant), None)
+        if deployment is not None:
+            self._retire(deployment)
+
+    def _retire(self, deployment: Deployment) -> None:
+        task = asyncio.create_task(deployment.stop(), name=f"retire:{deployment.name}")
+        self._retiring.add(task)
+        task.add_done_callback(self._retiring.discard)
+
+    def get(self, endpoint: str, variant: str, version: str | None = None) -> LoadedModel:
+        """The loaded version of a variant taking traffic now (or exactly ``version``)."""
+        deployment = self.deployments.get((endpoint, variant))
+        if deployment is None:
+            raise UnknownModelError(f"unknown model {endpoint!r}")
         current = deployment.current
         if current is None:
             reason = f": {deployment.last_error}" if deployment.last_error else ""
-            raise NotReadyError(f"model {name!r} is not ready{reason}", retry_after_s=5.0)
+            raise NotReadyError(
+                f"model {endpoint!r} variant {variant!r} is not ready{reason}", retry_after_s=5.0
+            )
         if version is not None and version != current.version:
             raise UnknownModelError(
-                f"model {name!r} has no version {version!r} loaded (serving version "
+                f"model {endpoint!r} has no version {version!r} loaded (serving version "
                 f"{current.version})"
             )
         return current
+
+    def for_endpoint(self, endpoint: str) -> list[Deployment]:
+        """The endpoint's deployments (variants and shadows)."""
+        return [d for (e, _), d in self.deployments.items() if e == endpoint]

@@ -10,7 +10,7 @@ import time
 
 import numpy as np
 
-from gateway.deployments import LoadedModel, ModelManager
+from gateway.deployments import LoadedModel
 from gateway.errors import (
     DeadlineExceededError,
     GatewayError,
@@ -21,6 +21,7 @@ from gateway.feature_log import FeatureLog
 from gateway.log_records import RecordBuilder, RequestInfo
 from gateway.metrics import GatewayMetrics
 from gateway.signature import Signature, datatype_of
+from gateway.traffic import Traffic
 from monitors.schema import Status
 
 __all__ = ["InferenceService", "validate_inputs"]
@@ -33,30 +34,26 @@ class InferenceService:
 
     def __init__(
         self,
-        manager: ModelManager,
+        traffic: Traffic,
         metrics: GatewayMetrics,
         allow_nan: bool,
         feature_log: FeatureLog | None = None,
         records: RecordBuilder | None = None,
     ) -> None:
-        self.manager = manager
+        self.traffic = traffic
         self._metrics = metrics
         self._allow_nan = allow_nan
         self._feature_log = feature_log
         self._records = records or RecordBuilder()
 
-    def model(self, name: str, version: str | None = None) -> LoadedModel:
-        """The loaded model serving ``name`` (raises UnknownModelError / NotReadyError)."""
-        return self.manager.get(name, version)
+    def pick(
+        self, info: RequestInfo, pinned: str | None = None, version: str | None = None
+    ) -> LoadedModel:
+        """The variant that serves this request (raises UnknownModelError / NotReadyError)."""
+        return self.traffic.pick(info.endpoint, info.routing_key, pinned, version)
 
     async def infer(
-        self,
-        model: LoadedModel,
-        inputs: Tensors,
-        started: float,
-        info: RequestInfo,
-        variant: str = "default",
-        role: str = "primary",
+        self, model: LoadedModel, inputs: Tensors, started: float, info: RequestInfo
     ) -> Tensors:
         """Predict for ``inputs``; ``started`` is the request's arrival (``time.perf_counter``)."""
         status: Status = "error"
@@ -68,38 +65,61 @@ class InferenceService:
             deadline = asyncio.get_running_loop().time() + model.batching.timeout_s
             outputs = await model.batcher.submit(inputs, rows, deadline)
             status = "ok"
-            self._metrics.rows.labels(model.name, model.version).inc(rows)
+            self._metrics.rows.labels(model.name, model.version, model.variant).inc(rows)
+            for shadow in self.traffic.shadows(model.name):
+                shadow.offer(model, inputs, outputs, rows, info)
             return outputs
         except GatewayError as exc:
             status, error = _status(exc), exc
             raise
         finally:
-            self._finish(model, info, started, variant, role, status, error, rows, inputs, outputs)
+            latency_s = time.perf_counter() - started
+            self.traffic.stats.record(
+                model.name, model.variant, latency_s, status in ("error", "timeout")
+            )
+            self._finish(model, info, latency_s, "primary", status, error, rows, inputs, outputs)
 
     def reject(
         self, model: LoadedModel, info: RequestInfo, started: float, exc: GatewayError
     ) -> None:
         """Account for a request refused before it reached ``infer`` (e.g. a malformed body)."""
-        self._finish(model, info, started, "default", "primary", _status(exc), exc, 0, None, None)
+        latency_s = time.perf_counter() - started
+        self._finish(model, info, latency_s, "primary", _status(exc), exc, 0, None, None)
+
+    def record_shadow(
+        self,
+        model: LoadedModel,
+        info: RequestInfo,
+        inputs: Tensors,
+        outputs: Tensors | None,
+        rows: int,
+        latency_s: float,
+        error: GatewayError | None,
+        comparison: dict[str, object],
+    ) -> None:
+        """Log a shadow's answer (never returned to the caller) with its comparison."""
+        status: Status = "ok" if error is None else _status(error)
+        self._finish(
+            model, info, latency_s, "shadow", status, error, rows, inputs, outputs, comparison
+        )
 
     def _finish(
         self,
         model: LoadedModel,
         info: RequestInfo,
-        started: float,
-        variant: str,
+        latency_s: float,
         role: str,
         status: Status,
         error: GatewayError | None,
         rows: int,
         inputs: Tensors | None,
         outputs: Tensors | None,
+        comparison: dict[str, object] | None = None,
     ) -> None:
-        latency_s = time.perf_counter() - started
-        outcome = _OUTCOME[status]
-        labels = (model.name, model.version, variant, outcome)
-        self._metrics.requests.labels(*labels).inc()
-        self._metrics.request_duration.labels(*labels).observe(latency_s)
+        if role == "primary":
+            labels = (model.name, model.version, model.variant, _OUTCOME[status])
+            self._metrics.requests.labels(*labels).inc()
+            self._metrics.request_duration.labels(*labels).observe(latency_s)
         if self._feature_log is None:
             return
         if not self._records.sampled(info):
@@ -110,7 +130,7 @@ class InferenceService:
             info,
             model=model.name,
             version=model.version,
-            variant=variant,
+            variant=model.variant,
             role=role,
             metadata=metadata,
             feature_input=model.feature_input,
@@ -121,6 +141,8 @@ class InferenceService:
             status=status,
             error=str(error) if error is not None else None,
         )
+        if comparison is not None:
+            record["comparison"] = comparison
         self._feature_log.submit(model.name.encode(), record)
 
 

@@ -7,7 +7,7 @@ import platform
 import onnxruntime as ort
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
-__all__ = ["BatchMetrics", "FeatureLogMetrics", "GatewayMetrics"]
+__all__ = ["BatchMetrics", "FeatureLogMetrics", "GatewayMetrics", "ShadowMetrics"]
 
 _LATENCY_BUCKETS = (
     0.0005, 0.001, 0.0025, 0.005, 0.0075, 0.01, 0.015, 0.025, 0.05, 0.075,
@@ -15,6 +15,7 @@ _LATENCY_BUCKETS = (
 )  # fmt: skip
 _BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024)
 _SERVING = ("model", "version", "variant", "outcome")
+_VERSION = ("model", "version", "variant")
 
 
 class GatewayMetrics:
@@ -33,64 +34,64 @@ class GatewayMetrics:
             registry=registry,
         )
         self.rows = Counter(
-            "gateway_rows", "Rows (instances) predicted.", ("model", "version"), registry=registry
+            "gateway_rows", "Rows (instances) predicted.", _VERSION, registry=registry
         )
         self.queue_wait = Histogram(
             "gateway_queue_wait_seconds",
             "Time a request waited in the batch queue.",
-            ("model", "version"),
+            _VERSION,
             buckets=_LATENCY_BUCKETS,
             registry=registry,
         )
         self.inference_duration = Histogram(
             "gateway_inference_duration_seconds",
             "Time one batch took in onnxruntime, hand-off to the worker thread included.",
-            ("model", "version"),
+            _VERSION,
             buckets=_LATENCY_BUCKETS,
             registry=registry,
         )
         self.batch_rows = Histogram(
             "gateway_batch_rows",
             "Rows per model batch.",
-            ("model", "version"),
+            _VERSION,
             buckets=_BATCH_BUCKETS,
             registry=registry,
         )
         self.batch_requests = Histogram(
             "gateway_batch_requests",
             "Requests combined into one model batch.",
-            ("model", "version"),
+            _VERSION,
             buckets=_BATCH_BUCKETS,
             registry=registry,
         )
         self.batches = Counter(
             "gateway_batches",
             "Batches run, by why they closed (full, timeout, drain).",
-            ("model", "version", "reason"),
+            (*_VERSION, "reason"),
             registry=registry,
         )
         self.queue_depth = Gauge(
             "gateway_queue_depth",
             "Requests waiting in the batch queue.",
-            ("model", "version"),
+            _VERSION,
             registry=registry,
         )
         self.model_loads = Counter(
             "gateway_model_loads",
             "Model version loads, by outcome (success, failure).",
-            ("model", "version", "outcome"),
+            (*_VERSION, "outcome"),
             registry=registry,
         )
         self.model_swaps = Counter(
             "gateway_model_swaps",
             "Switches of a served model to a new version.",
-            ("model",),
+            ("model", "variant"),
             registry=registry,
         )
         self.model_loaded = Gauge(
             "gateway_model_loaded",
             "1 for each model version that serves traffic now.",
-            ("model", "version", "ref"),
+            (*_VERSION, "ref"),
             registry=registry,
         )
         self.build_info = Gauge(
@@ -101,28 +102,69 @@ class GatewayMetrics:
         )
         self.build_info.labels(gateway_version, platform.python_version(), ort.__version__).set(1)
         self.feature_log = FeatureLogMetrics(registry)
+        _pair = ("model", "primary", "shadow")
+        self.shadow_requests = Counter(
+            "gateway_shadow_requests",
+            "Shadow copies by outcome: ok, error, dropped_queue_full, dropped_not_ready, "
+            "dropped_shutdown.",
+            (*_pair, "outcome"),
+            registry=registry,
+        )
+        self.shadow_rows = Counter(
+            "gateway_shadow_rows",
+            "Rows compared between primary and shadow, by whether the predicted class agreed.",
+            (*_pair, "agreement"),
+            registry=registry,
+        )
+        self.shadow_latency = Histogram(
+            "gateway_shadow_duration_seconds",
+            "Time a shadow took to answer its copy.",
+            _pair,
+            buckets=_LATENCY_BUCKETS,
+            registry=registry,
+        )
+        self.shadow_abs_diff = Histogram(
+            "gateway_shadow_abs_diff",
+            "Largest absolute difference between primary and shadow numeric outputs per request.",
+            _pair,
+            buckets=(1e-6, 1e-4, 1e-3, 0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 10.0),
+            registry=registry,
+        )
+        self.canary_events = Counter(
+            "gateway_canary_events",
+            "Canary ramp events: step, promoted, rolled_back.",
+            ("model", "variant", "event"),
+            registry=registry,
+        )
+        self.route_changes = Counter(
+            "gateway_route_changes",
+            "Route changes applied on this replica, by who made them.",
+            ("model", "actor"),
+            registry=registry,
+        )
 
-    def for_batches(self, model: str, version: str) -> BatchMetrics:
+    def for_batches(self, model: str, version: str, variant: str) -> BatchMetrics:
         """Metrics of one model version's batcher, with labels bound once."""
-        return BatchMetrics(self, model, version)
+        return BatchMetrics(self, model, version, variant)
 
-    def forget(self, model: str, version: str, ref: str) -> None:
-        """Drop a version's per-version series after it is unloaded."""
-        self.model_loaded.remove(model, version, ref)
-        self.queue_depth.remove(model, version)
+    def forget(self, model: str, version: str, variant: str, ref: str) -> None:
+        """Drop a version's gauges after it is unloaded."""
+        self.model_loaded.remove(model, version, variant, ref)
+        self.queue_depth.remove(model, version, variant)
 
 
 class BatchMetrics:
     """A ``BatchObserver`` feeding one model version's batching series."""
 
-    def __init__(self, metrics: GatewayMetrics, model: str, version: str) -> None:
-        self._wait = metrics.queue_wait.labels(model, version)
-        self._run = metrics.inference_duration.labels(model, version)
-        self._rows = metrics.batch_rows.labels(model, version)
-        self._requests = metrics.batch_requests.labels(model, version)
-        self._depth = metrics.queue_depth.labels(model, version)
+    def __init__(self, metrics: GatewayMetrics, model: str, version: str, variant: str) -> None:
+        labels = (model, version, variant)
+        self._wait = metrics.queue_wait.labels(*labels)
+        self._run = metrics.inference_duration.labels(*labels)
+        self._rows = metrics.batch_rows.labels(*labels)
+        self._requests = metrics.batch_requests.labels(*labels)
+        self._depth = metrics.queue_depth.labels(*labels)
         self._batches = {
-            reason: metrics.batches.labels(model, version, reason)
+            reason: metrics.batches.labels(*labels, reason)
             for reason in ("full", "timeout", "drain")
         }
 
@@ -190,3 +232,34 @@ class FeatureLogMetrics:
         self._queue.set(queue)
         self._spool_records.set(spool_records)
         self._spool_bytes.set(spool_bytes)
+
+
+class ShadowMetrics:
+    """Per (endpoint, shadow) comparison metrics; the primary variant is a label."""
+
+    def __init__(self, metrics: GatewayMetrics, endpoint: str, shadow: str) -> None:
+        self._metrics = metrics
+        self._endpoint = endpoint
+        self._shadow = shadow
+
+    def outcome(self, primary: str, outcome: str) -> None:
+        self._metrics.shadow_requests.labels(self._endpoint, primary, self._shadow, outcome).inc()
+
+    def compared(
+        self,
+        primary: str,
+        latency_s: float,
+        agreement: float | None,
+        rows: int,
+        max_abs_diff: float | None,
+    ) -> None:
+        labels = (self._endpoint, primary, self._shadow)
+        m = self._metrics
+        m.shadow_requests.labels(*labels, "ok").inc()
+        m.shadow_latency.labels(*labels).observe(latency_s)
+        if agreement is not None:
+            agreed = round(agreement * rows)
+            m.shadow_rows.labels(*labels, "agree").inc(agreed)
+            m.shadow_rows.labels(*labels, "disagree").inc(rows - agreed)
+        if max_abs_diff is not None:
+            m.shadow_abs_diff.labels(*labels).observe(max_abs_diff)

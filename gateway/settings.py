@@ -12,15 +12,19 @@ from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, m
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 from gateway.errors import ConfigError
+from gateway.routes import Route, VariantSpec
 from registry_client import ModelRef
 from registry_client.errors import InvalidReferenceError
 
 __all__ = [
+    "AdminSettings",
     "BatchingSettings",
+    "ControlSettings",
     "FeatureLogSettings",
     "GatewaySettings",
     "ModelSettings",
     "RegistrySettings",
+    "RouteSettings",
     "RuntimeSettings",
     "ServerSettings",
     "load_settings",
@@ -42,6 +46,10 @@ class ServerSettings(_Group):
     access_log: bool = False
     # Header whose value routes a caller (sticky variants, sampling by user); logged with records.
     routing_key_header: str = "x-routing-key"
+    # Header a caller sets to pin a variant, where the route allows pinning.
+    pin_header: str = "x-model-variant"
+    # Names this replica in audit entries and canary ownership; default host-pid.
+    replica_id: str | None = None
 
 
 class RegistrySettings(_Group):
@@ -126,6 +134,31 @@ class FeatureLogSettings(_Group):
         return self
 
 
+class AdminSettings(_Group):
+    # Who may change routes: actor name -> bearer token. None configured disables the admin API.
+    tokens: dict[str, SecretStr] = Field(default_factory=dict)
+    audit_log: Path = Path("admin-audit.jsonl")
+
+
+class ControlSettings(_Group):
+    """The Kafka control topic that carries route changes to every replica."""
+
+    enabled: bool = False
+    # Defaults to feature_log.bootstrap_servers.
+    bootstrap_servers: str | None = None
+    topic: str = "gateway-control"
+    timeout_s: float = Field(default=10.0, gt=0)
+
+
+class RouteSettings(Route):
+    """A route in the config file; ``batching`` overrides apply to all its variants."""
+
+    batching: dict[str, Any] = Field(default_factory=dict)
+
+    def route(self) -> Route:
+        return Route.model_validate(self.model_dump(exclude={"batching"}))
+
+
 class ModelSettings(_Group):
     name: str = Field(min_length=1, pattern=r"^[A-Za-z0-9][A-Za-z0-9_.\-]*$")
     ref: str
@@ -137,9 +170,6 @@ class ModelSettings(_Group):
             ModelRef.parse(self.ref)
         except InvalidReferenceError as exc:
             raise ValueError(str(exc)) from exc
-        unknown = set(self.batching) - set(BatchingSettings.model_fields)
-        if unknown:
-            raise ValueError(f"unknown batching settings {sorted(unknown)} for model {self.name}")
         return self
 
     @property
@@ -159,15 +189,40 @@ class GatewaySettings(BaseSettings):
     runtime: RuntimeSettings = Field(default_factory=RuntimeSettings)
     batching: BatchingSettings = Field(default_factory=BatchingSettings)
     feature_log: FeatureLogSettings = Field(default_factory=FeatureLogSettings)
+    admin: AdminSettings = Field(default_factory=AdminSettings)
+    control: ControlSettings = Field(default_factory=ControlSettings)
+    # `models` is the short form of a route with one variant named "default".
     models: list[ModelSettings] = Field(default_factory=list)
+    routes: list[RouteSettings] = Field(default_factory=list)
 
     @model_validator(mode="after")
     def _unique_names(self) -> GatewaySettings:
-        names = [m.name for m in self.models]
+        names = [m.name for m in self.models] + [r.endpoint for r in self.routes]
         duplicates = sorted({n for n in names if names.count(n) > 1})
         if duplicates:
-            raise ValueError(f"models: duplicate model names {duplicates}")
+            raise ValueError(f"models/routes: duplicate endpoint names {duplicates}")
+        for group in [m.batching for m in self.models] + [r.batching for r in self.routes]:
+            unknown = set(group) - set(BatchingSettings.model_fields)
+            if unknown:
+                raise ValueError(f"unknown batching settings {sorted(unknown)}")
         return self
+
+    def initial_routes(self) -> list[Route]:
+        """Every endpoint of the config file as a route."""
+        routes = [
+            Route(
+                endpoint=m.name,
+                variants=[VariantSpec(name="default", ref=m.ref, weight=100)],
+            )
+            for m in self.models
+        ]
+        return routes + [r.route() for r in self.routes]
+
+    def batching_overrides(self) -> dict[str, dict[str, Any]]:
+        """Per-endpoint batching overrides."""
+        overrides = {m.name: m.batching for m in self.models}
+        overrides.update({r.endpoint: r.batching for r in self.routes})
+        return overrides
 
     def batching_for(self, model: ModelSettings) -> BatchingSettings:
         """The global batching settings with the model's overrides applied."""

@@ -23,6 +23,8 @@ latency_s        seconds from arrival to answer
 status           ``ok``, ``invalid``, ``rejected``, ``timeout``, ``error``
 error?           the error message when status is not ``ok``
 routing_key?     the caller's routing key when one was sent
+comparison?      shadow records only: ``{"primary_variant", "agreement", "max_abs_diff"}``, how
+                 the shadow's outputs compare with the primary's on the same rows
 ===============  ==============================================================================
 """
 
@@ -56,6 +58,7 @@ class InferenceRecord(TypedDict, total=False):
     status: Status
     error: str | None
     routing_key: str | None
+    comparison: dict[str, Any]
 
 
 _REQUIRED = ("request_id", "time", "model", "version", "role", "rows", "status")

@@ -15,7 +15,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.requests import Request
 from starlette.responses import Response
 
-from gateway.deployments import LoadedModel
+from gateway.deployments import Deployment, LoadedModel
 from gateway.errors import GatewayError, InvalidInputError, NotReadyError
 from gateway.http._asgi import Receive, Scope, Send, header, read_body, send_error, send_response
 from gateway.inference import InferenceService
@@ -28,6 +28,7 @@ from gateway.protocol import (
     render_infer_response,
     render_predictions,
 )
+from gateway.route_store import RouteStore
 
 __all__ = ["AppState", "InferEndpoint", "PredictEndpoint"]
 
@@ -47,7 +48,9 @@ class AppState:
     metrics: GatewayMetrics
     max_body_bytes: int
     routing_key_header: bytes
+    pin_header: bytes
     service: InferenceService | None = None
+    route_store: RouteStore | None = None
 
     def require_service(self) -> InferenceService:
         if self.service is None:
@@ -83,14 +86,15 @@ class _InferBase(Generic[ParsedT]):
         try:
             service = self.state.require_service()
             version = scope["path_params"].get("version")
-            service.manager.deployment(info.endpoint)  # unknown models are refused before the body
+            service.traffic.route(info.endpoint)  # unknown models are refused before the body
             key = header(scope, self.state.routing_key_header)
             if key is not None:
                 info.routing_key = key.decode("latin-1")
+            pin = header(scope, self.state.pin_header)
             body = await read_body(scope, receive, self.state.max_body_bytes)
-            # From here to the batcher's queue there is no await, so a model swap cannot slip in
-            # between choosing the version and queueing on it.
-            model = service.model(info.endpoint, version)
+            # From here to the batcher's queue there is no await, so neither a model swap nor a
+            # route change can slip in between choosing the version and queueing on it.
+            model = service.pick(info, pin.decode("latin-1") if pin else None, version)
             try:
                 parsed = self.parse(model, info, scope, body)
             except GatewayError as exc:
@@ -176,7 +180,7 @@ class InferEndpoint(_InferBase[InferRequest]):
         outputs: Tensors,
     ) -> None:
         payload, json_length = render_infer_response(model.name, model.version, parsed, outputs)
-        extra = [(b"x-request-id", info.request_id.encode())]
+        extra = _served_by(model, info)
         if json_length is None:
             await send_response(send, 200, payload, extra_headers=extra)
         else:
@@ -201,7 +205,15 @@ class PredictEndpoint(_InferBase[Tensors]):
     ) -> None:
         request_id = info.request_id
         body = render_predictions(model.name, model.version, request_id, outputs)
-        await send_response(send, 200, body, extra_headers=[(b"x-request-id", request_id.encode())])
+        await send_response(send, 200, body, extra_headers=_served_by(model, info))
+
+
+def _served_by(model: LoadedModel, info: RequestInfo) -> list[tuple[bytes, bytes]]:
+    return [
+        (b"x-request-id", info.request_id.encode()),
+        (b"x-model-variant", model.variant.encode()),
+        (b"x-model-version", model.version.encode()),
+    ]
 
 
 def json_response(doc: object, status: int = 200) -> Response:
@@ -220,13 +232,13 @@ class MetadataEndpoints:
 
     async def ready(self, request: Request) -> Response:
         service = self.state.service
-        if service is not None and service.manager.ready:
+        if service is not None and service.traffic.ready:
             return json_response({"ready": True})
         problems = {}
         if service is not None:
             problems = {
-                name: d.last_error or "loading"
-                for name, d in service.manager.deployments.items()
+                f"{endpoint}/{variant}": d.last_error or "loading"
+                for (endpoint, variant), d in service.traffic.manager.deployments.items()
                 if d.current is None
             }
         return json_response(
@@ -245,9 +257,12 @@ class MetadataEndpoints:
     async def model_metadata(self, request: Request) -> Response:
         model = self._model(request)
         signature = model.signature
+        versions = sorted(
+            {d.current.version for d in service_versions(self.state, model.name) if d.current}
+        )
         doc: dict[str, object] = {
             "name": model.name,
-            "versions": [model.version],
+            "versions": versions,
             "platform": "onnxruntime_onnx",
             "inputs": [spec.describe() for spec in signature.inputs],
             "outputs": [spec.describe() for spec in signature.outputs],
@@ -256,6 +271,7 @@ class MetadataEndpoints:
         if metadata.features:
             doc["parameters"] = {
                 "ref": str(model.ref),
+                "variant": model.variant,
                 "features": [f.model_dump(exclude_none=True) for f in metadata.features],
                 "class_labels": metadata.class_labels,
             }
@@ -272,5 +288,12 @@ class MetadataEndpoints:
 
     def _model(self, request: Request) -> LoadedModel:
         service = self.state.require_service()
-        params = request.path_params
-        return service.model(params["name"], params.get("version"))
+        name, version = request.path_params["name"], request.path_params.get("version")
+        if version is None:
+            return service.traffic.primary(name)
+        return service.traffic.pick(name, version=version)
+
+
+def service_versions(state: AppState, endpoint: str) -> list[Deployment]:
+    """The deployments serving an endpoint's variants."""
+    return state.require_service().traffic.manager.for_endpoint(endpoint)

@@ -186,7 +186,7 @@ async def test_alias_move_swaps_version_and_a_broken_version_never_serves(
                     break
                 await _sleep(0.02)
             assert (
-                f'gateway_model_loads_total{{model="breast_cancer",outcome="failure",version="{bad}"}} 1.0'
+                f'gateway_model_loads_total{{model="breast_cancer",outcome="failure",variant="default",version="{bad}"}} 1.0'
                 in metrics
             )
             still = await client.post("/v2/models/breast_cancer/infer", json=infer_body(ROW))
@@ -200,7 +200,7 @@ async def test_alias_move_swaps_version_and_a_broken_version_never_serves(
                 await _sleep(0.02)
             assert response.json()["model_version"] == "2"
             metrics = (await client.get("/metrics")).text
-            assert 'gateway_model_swaps_total{model="breast_cancer"} 1.0' in metrics
+            assert 'gateway_model_swaps_total{model="breast_cancer",variant="default"} 1.0' in metrics
 
 
 async def test_not_ready_answers_503_with_retry_after(demo_registry: Path) -> None:
@@ -224,13 +224,13 @@ async def test_metrics_carry_the_serving_labels(demo_registry: Path) -> None:
         'gateway_requests_total{model="breast_cancer",outcome="success",variant="default",version="1"} 1.0'
         in text
     )
-    assert 'gateway_rows_total{model="breast_cancer",version="1"} 2.0' in text
+    assert 'gateway_rows_total{model="breast_cancer",variant="default",version="1"} 2.0' in text
     assert "gateway_request_duration_seconds_bucket" in text
     assert "gateway_queue_wait_seconds_count" in text
-    assert 'gateway_batch_rows_sum{model="breast_cancer",version="1"} 2.0' in text
+    assert 'gateway_batch_rows_sum{model="breast_cancer",variant="default",version="1"} 2.0' in text
     assert "gateway_build_info" in text
     assert (
-        'gateway_model_loaded{model="breast_cancer",ref="breast_cancer@champion",version="1"} 1.0'
+        'gateway_model_loaded{model="breast_cancer",ref="breast_cancer@champion",variant="default",version="1"} 1.0'
         in text
     )
 

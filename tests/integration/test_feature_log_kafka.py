@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import itertools
 import time
 from collections import defaultdict
 from pathlib import Path
@@ -63,7 +64,7 @@ async def send_requests(url: str, ids: range, concurrency: int = 16) -> dict[int
     return statuses
 
 
-def SESSION(registry: Path) -> ort.InferenceSession:  # noqa: N802 - reads like a constant
+def SESSION(registry: Path) -> ort.InferenceSession:
     return ort.InferenceSession(str(registry / "breast_cancer" / "1" / "model.onnx"))
 
 
@@ -172,7 +173,7 @@ def test_broker_outage_loses_nothing_and_keeps_order(demo_registry: Path, tmp_pa
             first_seen.add(record["request_id"])
             per_model[record["model"]].append(record["time"])
     times = per_model["breast_cancer"]
-    late = sum(1 for a, b in zip(times, times[1:], strict=False) if b < a - 0.1)
+    late = sum(1 for a, b in itertools.pairwise(times) if b < a - 0.1)
     assert late == 0, "records replayed out of order"
 
 

@@ -108,7 +108,7 @@ def test_alias_move_under_load_fails_no_request(demo_registry: Path, tmp_path: P
     first_v2 = versions.index("2")
     assert set(versions[:first_v2]) == {"1"}
     assert set(versions[first_v2 + 50 :]) == {"2"}  # a few answered by v1 may still finish late
-    assert 'gateway_model_swaps_total{model="breast_cancer"} 1.0' in metrics
+    assert 'gateway_model_swaps_total{model="breast_cancer",variant="default"} 1.0' in metrics
 
 
 def test_sigterm_finishes_requests_in_flight(demo_registry: Path, tmp_path: Path) -> None:

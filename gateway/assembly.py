@@ -1,0 +1,149 @@
+"""Assemble the gateway's core from its settings, in start order, on one exit stack.
+
+Start order: feature log, registry, model manager, traffic (routes, shadows, canaries), route
+store (control topic replay), then the routes of the config file for endpoints the control
+topic does not already hold. The stack stops them in reverse: requests drain before the models
+unload, and the models before the feature log flushes.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import AsyncExitStack
+from dataclasses import dataclass
+
+from gateway.canary import VariantStats
+from gateway.control import ControlChannel
+from gateway.deployments import Deployment, ModelLoader, ModelManager
+from gateway.feature_log_setup import build_feature_log, build_record_builder, producer_options
+from gateway.inference import InferenceService
+from gateway.metrics import GatewayMetrics, ShadowMetrics
+from gateway.route_store import AuditLog, RouteStore
+from gateway.routes import Route
+from gateway.runtime import RuntimeOptions
+from gateway.settings import GatewaySettings, RegistrySettings
+from gateway.shadow import ShadowDispatcher
+from gateway.traffic import Traffic
+from registry_client import LocalRegistry, ModelRef, Registry
+
+__all__ = ["Core", "build_registry", "start_core"]
+
+
+@dataclass
+class Core:
+    """The started core the HTTP layer talks to."""
+
+    service: InferenceService
+    routes: RouteStore
+
+
+def build_registry(settings: RegistrySettings) -> Registry:
+    """The registry backend the settings name."""
+    if settings.backend == "mlflow":
+        from registry_client.mlflow import MlflowRegistry
+
+        assert settings.mlflow_url is not None
+        token = settings.mlflow_token.get_secret_value() if settings.mlflow_token else None
+        mlflow: Registry = MlflowRegistry(
+            settings.mlflow_url,
+            settings.cache_dir,
+            token=token,
+            timeout_s=settings.timeout_s,
+            retries=settings.retries,
+        )
+        return mlflow
+    return LocalRegistry(settings.root)
+
+
+async def start_core(
+    settings: GatewaySettings,
+    metrics: GatewayMetrics,
+    stack: AsyncExitStack,
+    registry: Registry | None = None,
+) -> Core:
+    """Start every part of the core on ``stack``."""
+    replica_id = settings.server.replica_id or f"{socket.gethostname()}-{os.getpid()}"
+    feature_log = None
+    if settings.feature_log.enabled:
+        feature_log = await stack.enter_async_context(
+            build_feature_log(settings.feature_log, metrics, settings.server.shutdown_timeout_s)
+        )
+    model_registry = registry or build_registry(settings.registry)
+    stack.push_async_callback(model_registry.aclose)
+    executor = ThreadPoolExecutor(settings.runtime.worker_threads, thread_name_prefix="onnxruntime")
+    # Shadows run on their own thread so they can never hold up a primary's batch.
+    shadow_executor = ThreadPoolExecutor(1, thread_name_prefix="shadow")
+    stack.callback(shadow_executor.shutdown, wait=False, cancel_futures=True)
+    loader = ModelLoader(
+        model_registry,
+        RuntimeOptions(
+            intra_op_threads=settings.runtime.intra_op_threads,
+            inter_op_threads=settings.runtime.inter_op_threads,
+            execution_providers=tuple(settings.runtime.execution_providers),
+        ),
+        executor,
+        metrics,
+        settings.runtime.worker_threads,
+    )
+    overrides = settings.batching_overrides()
+
+    def deployment(
+        endpoint: str, variant: str, ref: ModelRef, pool: ThreadPoolExecutor | None = None
+    ) -> Deployment:
+        return Deployment(
+            name=endpoint,
+            variant=variant,
+            ref=ref,
+            loader=loader,
+            batching=settings.batching,
+            overrides=overrides.get(endpoint, {}),
+            metrics=metrics,
+            poll_interval_s=settings.registry.poll_interval_s,
+            drain_timeout_s=settings.server.shutdown_timeout_s,
+            executor=pool,
+        )
+
+    manager = await stack.enter_async_context(ModelManager(deployment, executor))
+    service: InferenceService | None = None
+
+    async def make_shadow(route: Route, name: str) -> ShadowDispatcher:
+        spec = next(s for s in route.shadows if s.name == name)
+        shadow = deployment(route.endpoint, name, ModelRef.parse(spec.ref), shadow_executor)
+        await shadow.start()
+        assert service is not None
+        dispatcher = ShadowDispatcher(
+            spec, shadow, ShadowMetrics(metrics, route.endpoint, name), service.record_shadow
+        )
+        dispatcher.start()
+        return dispatcher
+
+    traffic = await stack.enter_async_context(
+        Traffic(manager, make_shadow, VariantStats(), replica_id)
+    )
+    service = InferenceService(
+        traffic,
+        metrics,
+        settings.server.allow_nan,
+        feature_log,
+        build_record_builder(settings.feature_log),
+    )
+    channel = None
+    if settings.control.enabled:
+        options = producer_options(settings.feature_log)
+        options = {k: v for k, v in options.items() if k not in _PRODUCER_ONLY}
+        options["bootstrap_servers"] = (
+            settings.control.bootstrap_servers or settings.feature_log.bootstrap_servers
+        )
+        channel = ControlChannel(settings.control.topic, options, settings.control.timeout_s)
+    store = await stack.enter_async_context(
+        RouteStore(traffic, AuditLog(settings.admin.audit_log), metrics, channel, replica_id)
+    )
+    for route in settings.initial_routes():
+        if route.endpoint not in traffic.routes:
+            await traffic.apply(route, required=False)
+    return Core(service, store)
+
+
+_PRODUCER_ONLY = ("acks", "compression_type", "enable_idempotence", "linger_ms")

@@ -1,0 +1,171 @@
+"""Canary ramps with automatic rollback, judged on sliding windows of each variant's outcomes."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections import deque
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from gateway.routes import CanaryRule, Route
+
+if TYPE_CHECKING:
+    from gateway.traffic import Traffic
+
+__all__ = ["CanaryController", "VariantStats", "WindowSummary"]
+
+log = logging.getLogger(__name__)
+
+_MAX_SAMPLES = 100_000  # per variant; the window is also bounded in time
+
+
+@dataclass(frozen=True, slots=True)
+class WindowSummary:
+    """A variant's requests over the last window."""
+
+    requests: int
+    error_rate: float
+    p99_s: float
+
+
+class VariantStats:
+    """Recent (time, latency, failed) samples per (endpoint, variant), bounded in count."""
+
+    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
+        self._samples: dict[tuple[str, str], deque[tuple[float, float, bool]]] = {}
+        self._clock = clock
+
+    def record(self, endpoint: str, variant: str, latency_s: float, failed: bool) -> None:
+        """One answered request; ``failed``: the gateway or the model failed, not the caller."""
+        key = (endpoint, variant)
+        samples = self._samples.get(key)
+        if samples is None:
+            samples = self._samples[key] = deque(maxlen=_MAX_SAMPLES)
+        samples.append((self._clock(), latency_s, failed))
+
+    def summary(self, endpoint: str, variant: str, window_s: float) -> WindowSummary:
+        """Requests, error rate and p99 latency over the last ``window_s`` seconds."""
+        samples = self._samples.get((endpoint, variant), deque())
+        since = self._clock() - window_s
+        while samples and samples[0][0] < since:
+            samples.popleft()
+        if not samples:
+            return WindowSummary(0, 0.0, 0.0)
+        latencies = np.fromiter((s[1] for s in samples), dtype=np.float64, count=len(samples))
+        errors = sum(1 for s in samples if s[2])
+        return WindowSummary(
+            len(samples), errors / len(samples), float(np.percentile(latencies, 99))
+        )
+
+
+ChangeFn = Callable[[Route, str, str], Awaitable[Any]]
+
+
+class CanaryController:
+    """Drives one endpoint's canary: ramps every ``interval_s``, rolls back at once on a breach."""
+
+    def __init__(
+        self, endpoint: str, traffic: Traffic, change: ChangeFn, check_interval_s: float = 0.5
+    ) -> None:
+        self.endpoint = endpoint
+        self._traffic = traffic
+        self._change = change
+        self._check_interval_s = check_interval_s
+        self._task: asyncio.Task[None] | None = None
+        self._last_step = time.monotonic()
+
+    def start(self) -> None:
+        self._task = asyncio.create_task(self._run(), name=f"canary:{self.endpoint}")
+
+    async def stop(self) -> None:
+        task, self._task = self._task, None
+        if task is not None and task is not asyncio.current_task():
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+
+    async def _run(self) -> None:
+        while True:
+            try:
+                if await self._tick():
+                    return  # the change re-applies the route, which starts a fresh controller
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.exception("canary %s: evaluation failed", self.endpoint)
+            await asyncio.sleep(self._check_interval_s)
+
+    async def _tick(self) -> bool:
+        route = self._traffic.routes.get(self.endpoint)
+        rule = route.canary if route is not None else None
+        if route is None or rule is None:
+            return True
+        if rule.state == "pending":
+            await self._step(route, rule, 0, "canary started")
+            return True
+        breach = self._breach(rule)
+        if breach is not None:
+            weights = _weights(route, rule, 0.0)
+            new = route.with_weights(weights, canary=_with_state(rule, "rolled_back"))
+            log.warning("canary %s: rolling back %s: %s", self.endpoint, rule.variant, breach)
+            await self._change(new, "canary", f"rolled back {rule.variant}: {breach}")
+            return True
+        step = int(rule.state.removeprefix("step-"))
+        if time.monotonic() - self._last_step < rule.interval_s:
+            return False
+        canary = self._traffic.stats.summary(self.endpoint, rule.variant, rule.window_s)
+        if canary.requests < rule.min_requests:
+            return False  # not enough evidence to go further yet
+        if step + 1 >= len(rule.steps):
+            new = route.model_copy(update={"canary": _with_state(rule, "promoted")})
+            await self._change(new, "canary", f"promoted {rule.variant}")
+            return True
+        await self._step(route, rule, step + 1, f"ramped {rule.variant}")
+        return True
+
+    async def _step(self, route: Route, rule: CanaryRule, index: int, reason: str) -> None:
+        percent = rule.steps[index]
+        new = route.with_weights(
+            _weights(route, rule, percent), canary=_with_state(rule, f"step-{index}")
+        )
+        await self._change(new, "canary", f"{reason} to {percent:g}%")
+
+    def _breach(self, rule: CanaryRule) -> str | None:
+        stats = self._traffic.stats
+        canary = stats.summary(self.endpoint, rule.variant, rule.window_s)
+        baseline = stats.summary(self.endpoint, rule.baseline, rule.window_s)
+        if canary.requests < rule.min_requests:
+            return None
+        if canary.error_rate > baseline.error_rate + rule.max_error_rate_increase:
+            return (
+                f"error rate {canary.error_rate:.3f} vs baseline {baseline.error_rate:.3f} "
+                f"(allowed +{rule.max_error_rate_increase})"
+            )
+        if (
+            baseline.requests >= rule.min_requests
+            and canary.p99_s > baseline.p99_s * rule.max_p99_ratio
+        ):
+            return (
+                f"p99 {canary.p99_s * 1000:.1f} ms vs baseline {baseline.p99_s * 1000:.1f} ms "
+                f"(allowed x{rule.max_p99_ratio})"
+            )
+        return None
+
+
+def _weights(route: Route, rule: CanaryRule, percent: float) -> dict[str, float]:
+    """The canary at ``percent``; the baseline absorbs the difference, others keep theirs."""
+    canary = route.variant(rule.variant)
+    baseline = route.variant(rule.baseline)
+    assert canary is not None
+    assert baseline is not None
+    spare = canary.weight + baseline.weight
+    percent = min(percent, spare)
+    return {rule.variant: percent, rule.baseline: spare - percent}
+
+
+def _with_state(rule: CanaryRule, state: str) -> dict[str, Any]:
+    return rule.model_copy(update={"state": state}).model_dump()

@@ -1,0 +1,147 @@
+"""The control topic: route changes travel on one Kafka partition that every replica reads from
+its beginning, so all replicas apply the same changes in the same order, and a restarted
+replica comes back with the latest routes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import orjson
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from aiokafka.errors import KafkaError
+
+__all__ = ["ControlChannel"]
+
+log = logging.getLogger(__name__)
+
+Handler = Callable[[dict[str, Any]], Awaitable[None]]
+
+
+class ControlChannel:
+    """Publish route changes and apply every change on the topic, oldest first."""
+
+    def __init__(self, topic: str, options: dict[str, Any], timeout_s: float) -> None:
+        self.topic = topic
+        self._options = options
+        self._timeout_s = timeout_s
+        self._producer: AIOKafkaProducer | None = None
+        self._task: asyncio.Task[None] | None = None
+        self._next_offset = 0
+        self._caught_up = asyncio.Event()
+
+    async def start(self, handler: Handler) -> None:
+        """Start following the topic; wait (up to the timeout) until its history is applied."""
+        self._task = asyncio.create_task(self._follow(handler), name="control-topic")
+        try:
+            async with asyncio.timeout(self._timeout_s):
+                await self._caught_up.wait()
+        except TimeoutError:
+            log.error(
+                "control topic %s unreadable for %.0f s; serving the file's routes until it is",
+                self.topic, self._timeout_s,
+            )  # fmt: skip
+
+    async def stop(self) -> None:
+        """Stop following and publishing; safe twice."""
+        task, self._task = self._task, None
+        if task is not None:
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+        producer, self._producer = self._producer, None
+        if producer is not None:
+            with contextlib.suppress(KafkaError, OSError, TimeoutError):
+                async with asyncio.timeout(5):
+                    await producer.stop()
+
+    async def publish(self, event: dict[str, Any]) -> None:
+        """Append a change to the topic (acknowledged by the broker before this returns)."""
+        if self._producer is None:
+            producer = AIOKafkaProducer(
+                acks="all", request_timeout_ms=int(self._timeout_s * 1000), **self._options
+            )
+            async with asyncio.timeout(self._timeout_s):
+                await producer.start()
+            self._producer = producer
+        try:
+            async with asyncio.timeout(self._timeout_s):
+                await self._producer.send_and_wait(
+                    self.topic, orjson.dumps(event), key=str(event.get("endpoint", "")).encode()
+                )
+        except BaseException:
+            producer, self._producer = self._producer, None
+            with contextlib.suppress(Exception):
+                await producer.stop()
+            raise
+
+    async def _follow(self, handler: Handler) -> None:
+        delay = 0.2
+        while True:
+            try:
+                await self._consume(handler)
+            except asyncio.CancelledError:
+                raise
+            except (KafkaError, OSError, TimeoutError) as exc:
+                log.warning("control topic %s: %s; reconnecting", self.topic, exc)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 5.0)
+
+    async def _consume(self, handler: Handler) -> None:
+        await self._ensure_topic()
+        consumer = AIOKafkaConsumer(
+            enable_auto_commit=False,
+            group_id=None,
+            auto_offset_reset="earliest",
+            request_timeout_ms=int(self._timeout_s * 1000),
+            **self._options,
+        )
+        await consumer.start()
+        try:
+            partition = TopicPartition(self.topic, 0)
+            consumer.assign([partition])
+            consumer.seek(partition, self._next_offset)
+            end = (await consumer.end_offsets([partition]))[partition]
+            if end < self._next_offset:  # a new broker with an empty topic: start over
+                self._next_offset = 0
+                consumer.seek(partition, 0)
+            if self._next_offset >= end:
+                self._caught_up.set()
+            while True:
+                batches = await consumer.getmany(partition, timeout_ms=200, max_records=500)
+                for message in batches.get(partition, []):
+                    self._next_offset = message.offset + 1
+                    if message.value is None:
+                        continue
+                    try:
+                        await handler(orjson.loads(message.value))
+                    except Exception:
+                        log.exception(
+                            "control topic: change at offset %d not applied", message.offset
+                        )
+                if self._next_offset >= end:
+                    self._caught_up.set()
+        finally:
+            with contextlib.suppress(Exception):
+                await consumer.stop()
+
+    async def _ensure_topic(self) -> None:
+        from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+        from aiokafka.errors import TopicAlreadyExistsError
+
+        keys = ("bootstrap_servers", "client_id", "security_protocol", "ssl_context",
+                "sasl_mechanism", "sasl_plain_username", "sasl_plain_password")  # fmt: skip
+        admin = AIOKafkaAdminClient(
+            request_timeout_ms=int(self._timeout_s * 1000),
+            **{k: v for k, v in self._options.items() if k in keys},
+        )
+        try:
+            await admin.start()
+            if self.topic not in set(await admin.list_topics()):
+                with contextlib.suppress(TopicAlreadyExistsError):
+                    await admin.create_topics([NewTopic(self.topic, 1, replication_factor=1)])
+        finally:
+            await admin.close()

@@ -1,0 +1,225 @@
+"""Routes: which model variants serve an endpoint, in what shares, and what shadows them.
+
+Traffic is split on a table of 10,000 buckets. A request's bucket is a hash of its routing key
+(sticky: the same key always lands in the same bucket) or random when it has none. When weights
+change, ``rebalance`` moves only as many buckets as the change requires, from the variants that
+lost weight to those that gained it, so a key moves only if its variant had to give up share.
+The table travels with the route (run-length encoded), so every replica routes identically.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import random
+from bisect import bisect_right
+
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, model_validator
+
+from registry_client import ModelRef
+from registry_client.errors import InvalidReferenceError
+
+__all__ = [
+    "BUCKETS",
+    "CanaryRule",
+    "Route",
+    "ShadowSpec",
+    "VariantSpec",
+    "follow",
+    "key_bucket",
+    "rebalance",
+]
+
+BUCKETS = 10_000
+_NAME = r"^[A-Za-z0-9][A-Za-z0-9_.\-]*$"
+
+
+class _Frozen(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+def _check_ref(ref: str) -> str:
+    try:
+        ModelRef.parse(ref)
+    except InvalidReferenceError as exc:
+        raise ValueError(str(exc)) from exc
+    return ref
+
+
+class VariantSpec(_Frozen):
+    """A model version (by registry reference) taking a share of an endpoint's traffic."""
+
+    name: str = Field(pattern=_NAME)
+    ref: str
+    weight: float = Field(ge=0, le=100)
+
+    @model_validator(mode="after")
+    def _ref(self) -> VariantSpec:
+        _check_ref(self.ref)
+        return self
+
+
+class ShadowSpec(_Frozen):
+    """A model that gets a copy of a sampled share of requests; its answers are only compared."""
+
+    name: str = Field(pattern=_NAME)
+    ref: str
+    sample: float = Field(default=1.0, ge=0, le=1)
+    # Most of one core-second per second the shadow may use, so it cannot starve the primary.
+    max_busy_fraction: float = Field(default=0.25, gt=0, le=1)
+    queue_size: int = Field(default=256, ge=1)
+
+    @model_validator(mode="after")
+    def _ref(self) -> ShadowSpec:
+        _check_ref(self.ref)
+        return self
+
+
+class CanaryRule(_Frozen):
+    """Ramp ``variant`` through ``steps`` (percent) while it stays within bounds of ``baseline``."""
+
+    variant: str
+    baseline: str
+    steps: list[float] = Field(default_factory=lambda: [5.0, 25.0, 50.0, 100.0], min_length=1)
+    interval_s: float = Field(default=60.0, gt=0)
+    window_s: float = Field(default=60.0, gt=0)
+    min_requests: int = Field(default=50, ge=1)
+    # Bounds relative to the baseline over the window: error rate may exceed the baseline's by
+    # at most this much (absolute), p99 latency may be at most this multiple of the baseline's.
+    max_error_rate_increase: float = Field(default=0.01, ge=0)
+    max_p99_ratio: float = Field(default=1.5, gt=0)
+    # Where the ramp stands: "pending", "step-N" (N indexes steps), "promoted", "rolled_back".
+    state: str = "pending"
+    # The replica that drives the ramp (the one the operator asked); others follow its changes.
+    owner: str | None = None
+
+    @model_validator(mode="after")
+    def _steps(self) -> CanaryRule:
+        if any(not 0 < s <= 100 for s in self.steps) or self.steps != sorted(self.steps):
+            raise ValueError("canary.steps must be increasing percentages in (0, 100]")
+        if self.variant == self.baseline:
+            raise ValueError("canary.variant and canary.baseline must differ")
+        return self
+
+
+class Route(_Frozen):
+    """An endpoint's variants (weights summing to 100), shadows and canary rule."""
+
+    endpoint: str = Field(pattern=_NAME)
+    variants: list[VariantSpec] = Field(min_length=1)
+    shadows: list[ShadowSpec] = Field(default_factory=list)
+    canary: CanaryRule | None = None
+    allow_pinning: bool = False
+    # Run-length bucket table: (first bucket, variant name) in bucket order; filled on creation.
+    buckets: list[tuple[int, str]] = Field(default_factory=list)
+    _starts: list[int] = PrivateAttr(default_factory=list)
+
+    @model_validator(mode="after")
+    def _consistent(self) -> Route:
+        names = [v.name for v in self.variants]
+        shadow_names = [s.name for s in self.shadows]
+        if len(set(names)) != len(names) or len(set(shadow_names)) != len(shadow_names):
+            raise ValueError(f"route {self.endpoint}: variant and shadow names must be unique")
+        if set(names) & set(shadow_names):
+            raise ValueError(f"route {self.endpoint}: a name cannot be both variant and shadow")
+        total = sum(v.weight for v in self.variants)
+        if abs(total - 100) > 1e-6:
+            raise ValueError(f"route {self.endpoint}: variant weights sum to {total:g}, not 100")
+        if self.canary is not None:
+            for role in ("variant", "baseline"):
+                if getattr(self.canary, role) not in names:
+                    raise ValueError(
+                        f"route {self.endpoint}: canary {role} {getattr(self.canary, role)!r} "
+                        f"is not one of its variants {names}"
+                    )
+        if self.buckets:
+            weighted = {v.name for v in self.variants if v.weight > 0}
+            if {name for _, name in self.buckets} != weighted or self.buckets[0][0] != 0:
+                raise ValueError(f"route {self.endpoint}: bucket table does not match weights")
+        else:
+            object.__setattr__(self, "buckets", _encode(rebalance([], self.variants)))
+        self._starts = [start for start, _ in self.buckets]
+        return self
+
+    def variant(self, name: str) -> VariantSpec | None:
+        """The variant of that name, or None."""
+        return next((v for v in self.variants if v.name == name), None)
+
+    def pick(self, bucket: int) -> str:
+        """The variant that owns ``bucket``."""
+        return self.buckets[bisect_right(self._starts, bucket) - 1][1]
+
+    def with_weights(self, weights: dict[str, float], **changes: object) -> Route:
+        """A copy with new weights (and other fields changed), its bucket table moved minimally."""
+        unknown = set(weights) - {v.name for v in self.variants}
+        if unknown:
+            raise ValueError(f"route {self.endpoint} has no variants {sorted(unknown)}")
+        data = self.model_dump()
+        data.update(changes)
+        data["variants"] = [
+            {**v, "weight": float(weights.get(v["name"], v["weight"]))} for v in data["variants"]
+        ]
+        data.pop("buckets")
+        return follow(self, Route.model_validate(data))
+
+
+def follow(previous: Route | None, route: Route) -> Route:
+    """``route`` with its bucket table moved as little as possible from ``previous``'s."""
+    if previous is None:
+        return route
+    table = rebalance(_decode(previous.buckets), route.variants)
+    return Route.model_validate({**route.model_dump(), "buckets": _encode(table)})
+
+
+def key_bucket(key: str | None) -> int:
+    """The bucket of a routing key (stable across processes and restarts), random without one."""
+    if key is None:
+        return random.randrange(BUCKETS)
+    digest = hashlib.blake2b(key.encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "big") % BUCKETS
+
+
+def _quotas(variants: list[VariantSpec]) -> dict[str, int]:
+    """Buckets per variant by largest remainder; ties broken by name, so it is deterministic."""
+    exact = {v.name: v.weight * BUCKETS / 100 for v in variants}
+    quotas = {name: int(share) for name, share in exact.items()}
+    left = BUCKETS - sum(quotas.values())
+    by_remainder = sorted(exact, key=lambda n: (-(exact[n] - quotas[n]), n))
+    for name in by_remainder[:left]:
+        quotas[name] += 1
+    return quotas
+
+
+def rebalance(table: list[str], variants: list[VariantSpec]) -> list[str]:
+    """A bucket table for the new weights that keeps every bucket it can where it was."""
+    quotas = _quotas(variants)
+    if len(table) != BUCKETS:
+        table = [""] * BUCKETS
+    held = dict.fromkeys(quotas, 0)
+    result = list(table)
+    free: list[int] = []
+    for bucket, owner in enumerate(table):
+        if owner in quotas and held[owner] < quotas[owner]:
+            held[owner] += 1
+        else:
+            free.append(bucket)
+    free.reverse()
+    for name in sorted(quotas):
+        for _ in range(quotas[name] - held[name]):
+            result[free.pop()] = name
+    return result
+
+
+def _encode(table: list[str]) -> list[tuple[int, str]]:
+    runs: list[tuple[int, str]] = []
+    for bucket, owner in enumerate(table):
+        if not runs or runs[-1][1] != owner:
+            runs.append((bucket, owner))
+    return runs
+
+
+def _decode(runs: list[tuple[int, str]]) -> list[str]:
+    table: list[str] = []
+    for i, (start, owner) in enumerate(runs):
+        end = runs[i + 1][0] if i + 1 < len(runs) else BUCKETS
+        table.extend([owner] * (end - start))
+    return table

@@ -1,0 +1,154 @@
+"""The routing state of the gateway: routes, the variants they load, shadows and canaries.
+
+``apply`` is the one place a route takes effect: every model it references is loaded and warmed
+up first, then the route is swapped in with one assignment, then what it no longer uses drains
+and unloads.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from gateway.canary import CanaryController, VariantStats
+from gateway.deployments import LoadedModel, ModelManager
+from gateway.errors import InvalidInputError, UnknownModelError
+from gateway.routes import Route, key_bucket
+from gateway.shadow import ShadowDispatcher
+
+__all__ = ["Traffic"]
+
+log = logging.getLogger(__name__)
+
+ShadowFactory = Callable[[Route, str], Awaitable[ShadowDispatcher]]
+ChangeFn = Callable[[Route, str, str], Awaitable[Any]]
+
+
+class Traffic:
+    """Routes by endpoint and everything they need loaded."""
+
+    def __init__(
+        self,
+        manager: ModelManager,
+        make_shadow: ShadowFactory,
+        stats: VariantStats,
+        replica_id: str,
+    ) -> None:
+        self.manager = manager
+        self.routes: dict[str, Route] = {}
+        self.stats = stats
+        self.replica_id = replica_id
+        self.change: ChangeFn | None = None  # set by the route store: how a canary changes routes
+        self._make_shadow = make_shadow
+        self._shadows: dict[tuple[str, str], ShadowDispatcher] = {}
+        self._canaries: dict[str, CanaryController] = {}
+        self._lock = asyncio.Lock()
+
+    async def __aenter__(self) -> Traffic:
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        for controller in self._canaries.values():
+            await controller.stop()
+        await asyncio.gather(*(s.stop() for s in self._shadows.values()))
+
+    @property
+    def ready(self) -> bool:
+        """True when every variant that takes traffic has a loaded version."""
+        return all(
+            (d := self.manager.deployments.get((r.endpoint, v.name))) is not None
+            and d.current is not None
+            for r in self.routes.values()
+            for v in r.variants
+            if v.weight > 0
+        )
+
+    async def apply(self, route: Route, *, required: bool) -> None:
+        """Load what ``route`` needs, switch to it, then retire what it no longer uses."""
+        async with self._lock:
+            endpoint = route.endpoint
+            for variant in route.variants:
+                await self.manager.ensure(endpoint, variant.name, variant.ref, required=required)
+            shadows: dict[tuple[str, str], ShadowDispatcher] = {}
+            for spec in route.shadows:
+                key = (endpoint, spec.name)
+                existing = self._shadows.get(key)
+                if existing is not None and existing.spec == spec:
+                    shadows[key] = existing
+                else:
+                    shadows[key] = await self._make_shadow(route, spec.name)
+            old = self.routes.get(endpoint)
+            self.routes[endpoint] = route  # traffic moves here
+            for key, dispatcher in list(self._shadows.items()):
+                if key[0] == endpoint and shadows.get(key) is not dispatcher:
+                    del self._shadows[key]
+                    await dispatcher.stop()
+            self._shadows.update(shadows)
+            if old is not None:
+                keep = {v.name for v in route.variants} | {s.name for s in route.shadows}
+                for name in [v.name for v in old.variants] + [s.name for s in old.shadows]:
+                    if name not in keep:
+                        self.manager.retire(endpoint, name)
+            await self._update_canary(route)
+            log.info("route %s: %s", endpoint, {v.name: v.weight for v in route.variants})
+
+    async def _update_canary(self, route: Route) -> None:
+        controller = self._canaries.pop(route.endpoint, None)
+        if controller is not None:
+            await controller.stop()
+        rule = route.canary
+        if rule is None or rule.state in ("promoted", "rolled_back") or self.change is None:
+            return
+        if rule.owner is not None and rule.owner != self.replica_id:
+            return  # another replica drives this ramp; this one follows its route changes
+        controller = CanaryController(route.endpoint, self, self.change)
+        controller.start()
+        self._canaries[route.endpoint] = controller
+
+    def route(self, endpoint: str) -> Route:
+        """The route of an endpoint."""
+        route = self.routes.get(endpoint)
+        if route is None:
+            raise UnknownModelError(f"unknown model {endpoint!r}")
+        return route
+
+    def pick(
+        self,
+        endpoint: str,
+        routing_key: str | None = None,
+        pinned: str | None = None,
+        version: str | None = None,
+    ) -> LoadedModel:
+        """The loaded model that serves this request."""
+        route = self.route(endpoint)
+        if version is not None:
+            for variant in route.variants:
+                deployment = self.manager.deployments.get((endpoint, variant.name))
+                if deployment and deployment.current and deployment.current.version == version:
+                    return deployment.current
+            serving = sorted(
+                {d.current.version for d in self.manager.for_endpoint(endpoint) if d.current}
+            )
+            raise UnknownModelError(
+                f"model {endpoint!r} has no version {version!r} loaded (serving versions {serving})"
+            )
+        if pinned is not None:
+            if not route.allow_pinning:
+                raise InvalidInputError(f"route {endpoint!r} does not allow pinning a variant")
+            if route.variant(pinned) is None:
+                names = [v.name for v in route.variants]
+                raise InvalidInputError(f"route {endpoint!r} has no variant {pinned!r} ({names})")
+            return self.manager.get(endpoint, pinned)
+        return self.manager.get(endpoint, route.pick(key_bucket(routing_key)))
+
+    def primary(self, endpoint: str) -> LoadedModel:
+        """The variant with the largest weight (what model-metadata calls describe)."""
+        route = self.route(endpoint)
+        heaviest = max(route.variants, key=lambda v: v.weight)
+        return self.manager.get(endpoint, heaviest.name)
+
+    def shadows(self, endpoint: str) -> list[ShadowDispatcher]:
+        """The shadow dispatchers of an endpoint."""
+        return [d for (e, _), d in self._shadows.items() if e == endpoint]
