@@ -1,4 +1,4 @@
-"""The ``gateway`` command: ``gateway serve --config FILE``, ``gateway demo --registry DIR``."""
+"""The ``gateway`` command: ``serve``, ``demo`` and ``routes``."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 from gateway.errors import ConfigError
+from gateway.routes_cli import add_routes_commands, run_routes_command
 from gateway.settings import GatewaySettings, load_settings
 
 __all__ = ["main", "serve"]
@@ -50,7 +51,10 @@ def main(argv: list[str] | None = None) -> int:
     serve_cmd.add_argument("--log-level", default="info", choices=["debug", "info", "warning"])
     demo_cmd = sub.add_parser("demo", help="train and register the demo model (needs [demo])")
     demo_cmd.add_argument("--registry", type=Path, required=True, help="local registry folder")
+    add_routes_commands(sub)
     args = parser.parse_args(argv)
+    if args.command == "routes":
+        return run_routes_command(args)
     logging.basicConfig(
         level=getattr(logging, getattr(args, "log_level", "info").upper()),
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
@@ -77,9 +81,10 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as exc:
         print(f"gateway: {exc}", file=sys.stderr)
         return 2
-    if not settings.models:
+    if not settings.models and not settings.routes and not settings.control.enabled:
         print(
-            "gateway: invalid configuration: models: at least one model is needed", file=sys.stderr
+            "gateway: invalid configuration: models/routes: at least one endpoint is needed",
+            file=sys.stderr,
         )
         return 2
     serve(settings, args.log_level)

@@ -38,6 +38,8 @@ class ModelRuntime:
         session_options.intra_op_num_threads = options.intra_op_threads
         session_options.inter_op_num_threads = options.inter_op_threads
         session_options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        # onnxruntime would print each failed run to stderr; the gateway logs and reports it.
+        session_options.log_severity_level = 4
         try:
             self._session = ort.InferenceSession(
                 str(version.model_file), sess_options=session_options, providers=self.providers
@@ -58,10 +60,12 @@ class ModelRuntime:
         try:
             results = self._session.run(self._output_names, inputs)
         except Exception as exc:
-            raise ModelExecutionError(
+            error = ModelExecutionError(
                 f"model {self.version.name} version {self.version.version} failed at run time: "
                 f"{exc}"
-            ) from exc
+            )
+            log.warning("%s", error)
+            raise error from exc
         return dict(zip(self._output_names, results, strict=True))
 
     def warm_up(self, batch_sizes: Sequence[int]) -> dict[int, float]:

@@ -88,7 +88,10 @@ def start_gateway(
         )
     gateway = GatewayProcess(proc, port, log_path)
     try:
-        wait_http(f"{gateway.url}/v2/health/live", 30.0, proc)
+        try:
+            wait_http(f"{gateway.url}/v2/health/live", 30.0, proc)
+        except RuntimeError as exc:
+            raise RuntimeError(f"{exc}; its log ends:\n{gateway.log()[-3000:]}") from exc
         yield gateway
     finally:
         gateway.stop()

@@ -200,7 +200,9 @@ async def test_alias_move_swaps_version_and_a_broken_version_never_serves(
                 await _sleep(0.02)
             assert response.json()["model_version"] == "2"
             metrics = (await client.get("/metrics")).text
-            assert 'gateway_model_swaps_total{model="breast_cancer",variant="default"} 1.0' in metrics
+            assert (
+                'gateway_model_swaps_total{model="breast_cancer",variant="default"} 1.0' in metrics
+            )
 
 
 async def test_not_ready_answers_503_with_retry_after(demo_registry: Path) -> None:

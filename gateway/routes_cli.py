@@ -1,0 +1,118 @@
+"""``gateway routes ...``: the operator's command line over the admin API."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from typing import Any
+
+import httpx
+
+__all__ = ["add_routes_commands", "run_routes_command"]
+
+
+def add_routes_commands(sub: Any) -> None:
+    """Add ``routes`` and its sub-commands to the ``gateway`` parser."""
+    routes = sub.add_parser("routes", help="show and change traffic routes (admin API)")
+    routes.add_argument("--url", default=os.environ.get("GATEWAY_URL", "http://127.0.0.1:8080"))
+    routes.add_argument(
+        "--token",
+        default=os.environ.get("GATEWAY_ADMIN_TOKEN"),
+        help="admin bearer token (default: $GATEWAY_ADMIN_TOKEN)",
+    )
+    actions = routes.add_subparsers(dest="action", required=True)
+    show = actions.add_parser("show", help="print routes")
+    show.add_argument("endpoint", nargs="?")
+    set_cmd = actions.add_parser("set", help="set weights: gateway routes set fraud a=90 b=10")
+    set_cmd.add_argument("endpoint")
+    set_cmd.add_argument("weights", nargs="+", metavar="VARIANT=PERCENT")
+    shadow = actions.add_parser(
+        "shadow", help="shadow a share of traffic: gateway routes shadow fraud cand 20%% --ref m/7"
+    )
+    shadow.add_argument("endpoint")
+    shadow.add_argument("name")
+    shadow.add_argument("share", help="e.g. 20%% or 0.2; 0 removes the shadow")
+    shadow.add_argument("--ref", help="registry reference of the shadow (needed when new)")
+    canary = actions.add_parser("canary", help="ramp a variant with automatic rollback")
+    canary.add_argument("endpoint")
+    canary.add_argument("variant")
+    canary.add_argument("--baseline", required=True)
+    canary.add_argument("--steps", default="5,25,50,100", help="percent steps, comma separated")
+    canary.add_argument("--interval", type=float, default=60.0, help="seconds between steps")
+    canary.add_argument("--window", type=float, default=60.0, help="seconds of evidence")
+    canary.add_argument("--min-requests", type=int, default=50)
+    canary.add_argument("--max-error-increase", type=float, default=0.01)
+    canary.add_argument("--max-p99-ratio", type=float, default=1.5)
+    history = actions.add_parser("history", help="the audit trail of route changes")
+    history.add_argument("endpoint", nargs="?")
+    history.add_argument("--limit", type=int, default=20)
+
+
+def run_routes_command(args: argparse.Namespace) -> int:
+    """Run one ``gateway routes`` action; print JSON; exit 1 with the server's error."""
+    headers = {"authorization": f"Bearer {args.token}"} if args.token else {}
+    with httpx.Client(base_url=args.url, headers=headers, timeout=60) as client:
+        try:
+            response = _call(client, args)
+        except (ValueError, KeyError) as exc:
+            print(f"gateway routes: {exc}", file=sys.stderr)
+            return 2
+        except httpx.HTTPError as exc:
+            print(f"gateway routes: cannot reach {args.url}: {exc}", file=sys.stderr)
+            return 1
+    if response.status_code >= 400:
+        try:
+            message = response.json().get("error", response.text)
+        except ValueError:
+            message = response.text
+        print(f"gateway routes: {response.status_code}: {message}", file=sys.stderr)
+        return 1
+    print(json.dumps(response.json(), indent=2))
+    return 0
+
+
+def _call(client: httpx.Client, args: argparse.Namespace) -> httpx.Response:
+    path = f"/admin/routes/{args.endpoint}" if getattr(args, "endpoint", None) else "/admin/routes"
+    if args.action == "show":
+        return client.get(path)
+    if args.action == "history":
+        params: dict[str, Any] = {"limit": args.limit}
+        if args.endpoint:
+            params["endpoint"] = args.endpoint
+        return client.get("/admin/history", params=params)
+    if args.action == "set":
+        weights = {}
+        for item in args.weights:
+            name, _, value = item.partition("=")
+            if not value:
+                raise ValueError(f"expected VARIANT=PERCENT, got {item!r}")
+            weights[name] = float(value.rstrip("%"))
+        return client.patch(path, json={"weights": weights})
+    if args.action == "shadow":
+        current = client.get(path)
+        if current.status_code >= 400:
+            return current
+        share = float(args.share.rstrip("%")) / (100 if args.share.endswith("%") else 1)
+        shadows = [s for s in current.json()["shadows"] if s["name"] != args.name]
+        if share > 0:
+            existing = next((s for s in current.json()["shadows"] if s["name"] == args.name), None)
+            ref = args.ref or (existing or {}).get("ref")
+            if ref is None:
+                raise ValueError(f"shadow {args.name!r} is new: give its --ref")
+            shadows.append({**(existing or {}), "name": args.name, "ref": ref, "sample": share})
+        return client.patch(path, json={"shadows": shadows})
+    if args.action == "canary":
+        rule = {
+            "variant": args.variant,
+            "baseline": args.baseline,
+            "steps": [float(s) for s in args.steps.split(",")],
+            "interval_s": args.interval,
+            "window_s": args.window,
+            "min_requests": args.min_requests,
+            "max_error_rate_increase": args.max_error_increase,
+            "max_p99_ratio": args.max_p99_ratio,
+        }
+        return client.patch(path, json={"canary": rule})
+    raise ValueError(f"unknown action {args.action}")

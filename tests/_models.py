@@ -1,0 +1,111 @@
+"""Deliberately bad model versions for traffic tests: one slow, one that fails at run time.
+
+Both take the demo model's input (``input``, FP32 [N, 30]) and give its outputs (``label``
+INT64 [N], ``probabilities`` FP32 [N, 2]), so they can stand in for a new version of it.
+"""
+
+from __future__ import annotations
+
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import onnx
+from onnx import TensorProto, helper, numpy_helper
+
+from registry_client import LocalRegistry
+
+__all__ = ["register_failing_version", "register_slow_version"]
+
+
+def _model(nodes: list[onnx.NodeProto], initializers: list[onnx.TensorProto]) -> onnx.ModelProto:
+    graph = helper.make_graph(
+        nodes,
+        "test-model",
+        [helper.make_tensor_value_info("input", TensorProto.FLOAT, [None, 30])],
+        [
+            helper.make_tensor_value_info("label", TensorProto.INT64, [None]),
+            helper.make_tensor_value_info("probabilities", TensorProto.FLOAT, [None, 2]),
+        ],
+        initializers,
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    onnx.checker.check_model(model)
+    return model
+
+
+def _head(source: str, width: int) -> tuple[list[onnx.NodeProto], list[onnx.TensorProto]]:
+    rng = np.random.default_rng(0)
+    w = numpy_helper.from_array((rng.normal(size=(width, 2)) * 0.01).astype(np.float32), "w_out")
+    nodes = [
+        helper.make_node("MatMul", [source, "w_out"], ["logits"]),
+        helper.make_node("Softmax", ["logits"], ["probabilities"], axis=1),
+        helper.make_node("ArgMax", ["logits"], ["label"], axis=1, keepdims=0),
+    ]
+    return nodes, [w]
+
+
+def slow_model(layers: int = 12, width: int = 1536) -> onnx.ModelProto:
+    """Dense layers wide enough that one row costs milliseconds."""
+    rng = np.random.default_rng(1)
+    nodes: list[onnx.NodeProto] = []
+    inits = [
+        numpy_helper.from_array((rng.normal(size=(30, width)) * 0.01).astype(np.float32), "w0")
+    ]
+    nodes.append(helper.make_node("MatMul", ["input", "w0"], ["h0"]))
+    for i in range(1, layers + 1):
+        w = (rng.normal(size=(width, width)) / np.sqrt(width)).astype(np.float32)
+        inits.append(numpy_helper.from_array(w, f"w{i}"))
+        nodes.append(helper.make_node("MatMul", [f"h{i - 1}", f"w{i}"], [f"m{i}"]))
+        nodes.append(helper.make_node("Relu", [f"m{i}"], [f"h{i}"]))
+    head, head_inits = _head(f"h{layers}", width)
+    return _model(nodes + head, inits + head_inits)
+
+
+def failing_model() -> onnx.ModelProto:
+    """Fails at run time whenever an input value is positive (real data), yet passes warm-up on
+    zeros: it reshapes its input to rows of 30 + (max(input) > 0) columns."""
+    consts = [
+        numpy_helper.from_array(np.array([-1], dtype=np.int64), "minus_one"),
+        numpy_helper.from_array(np.array([30], dtype=np.int64), "thirty"),
+        numpy_helper.from_array(np.array(0.0, dtype=np.float32), "zero"),
+    ]
+    nodes = [
+        helper.make_node("ReduceMax", ["input"], ["peak"], keepdims=0),
+        helper.make_node("Greater", ["peak", "zero"], ["positive"]),
+        helper.make_node("Cast", ["positive"], ["extra"], to=TensorProto.INT64),
+        helper.make_node("Add", ["thirty", "extra"], ["columns"]),
+        helper.make_node("Concat", ["minus_one", "columns"], ["shape"], axis=0),
+        helper.make_node("Reshape", ["input", "shape"], ["reshaped"]),
+    ]
+    head, head_inits = _head("reshaped", 30)
+    return _model(nodes + head, consts + head_inits)
+
+
+def _register(registry_root: Path, model: onnx.ModelProto, alias: str) -> str:
+    registry = LocalRegistry(registry_root)
+    metadata = registry_metadata(registry)
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "model.onnx"
+        path.write_bytes(model.SerializeToString())
+        version = registry.register("breast_cancer", path, metadata)
+    registry.set_alias("breast_cancer", alias, version)
+    return version
+
+
+def registry_metadata(registry: LocalRegistry) -> object:
+    from registry_client import ModelMetadata
+
+    first = registry.root / "breast_cancer" / "1"
+    return ModelMetadata.load(first).model_copy(update={"model_sha256": None})
+
+
+def register_slow_version(registry_root: Path, alias: str = "slow") -> str:
+    """Register the slow model as a new version of the demo model; returns the version."""
+    return _register(registry_root, slow_model(), alias)
+
+
+def register_failing_version(registry_root: Path, alias: str = "broken") -> str:
+    """Register the failing model as a new version of the demo model; returns the version."""
+    return _register(registry_root, failing_model(), alias)
