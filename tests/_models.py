@@ -13,7 +13,7 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
-from registry_client import LocalRegistry
+from registry_client import LocalRegistry, ModelMetadata
 
 __all__ = ["register_failing_version", "register_slow_version"]
 
@@ -94,9 +94,7 @@ def _register(registry_root: Path, model: onnx.ModelProto, alias: str) -> str:
     return version
 
 
-def registry_metadata(registry: LocalRegistry) -> object:
-    from registry_client import ModelMetadata
-
+def registry_metadata(registry: LocalRegistry) -> ModelMetadata:
     first = registry.root / "breast_cancer" / "1"
     return ModelMetadata.load(first).model_copy(update={"model_sha256": None})
 

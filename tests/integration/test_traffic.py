@@ -240,7 +240,8 @@ def test_canary_rolls_back_a_bad_version_at_once(
     assert "rolled back canary" in reasons[-1]
     assert ("error rate" if bad == "failing" else "p99") in reasons[-1]
     stable = [status for status, _, variant in load.results if variant == "stable"]
-    assert stable and set(stable) == {200}, "the baseline kept serving"
+    assert stable, "the baseline kept taking traffic"
+    assert set(stable) == {200}, "and kept serving it"
 
 
 def test_canary_promotes_a_good_version(demo_registry: Path, tmp_path: Path) -> None:
