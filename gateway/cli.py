@@ -36,6 +36,8 @@ def serve(settings: GatewaySettings, log_level: str = "info") -> None:
         log_level=log_level,
         timeout_graceful_shutdown=int(max(1, settings.server.shutdown_timeout_s)),
         server_header=False,
+        # X-Forwarded-* rewriting costs a middleware call per request; on only when asked.
+        proxy_headers=settings.server.proxy_headers,
     )
     uvicorn.Server(config).run()
 

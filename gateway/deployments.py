@@ -14,6 +14,8 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
+import orjson
+
 from gateway.batcher import Batcher
 from gateway.errors import ModelLoadError, NotReadyError, UnknownModelError
 from gateway.metrics import GatewayMetrics
@@ -40,6 +42,26 @@ class LoadedModel:
     batcher: Batcher
     batching: BatchingSettings
     loaded_at: float = field(default_factory=time.time)
+    # Computed once: the feature-log record builder needs them for every request.
+    feature_input: str | None = field(init=False)
+    feature_names: list[str] = field(init=False)
+    feature_template: bytes = field(init=False)
+
+    def __post_init__(self) -> None:
+        metadata = self.metadata
+        self.feature_names = metadata.feature_names
+        # The JSON of a features object with a %s per column: {"a":[%s],"b":[%s]}
+        self.feature_template = b"".join(
+            (b"{" if i == 0 else b"],") + orjson.dumps(name).replace(b"%", b"%%") + b":[%s"
+            for i, name in enumerate(self.feature_names)
+        ) + (b"]}" if self.feature_names else b"{}")
+        inputs = self.signature.inputs
+        if not metadata.features:
+            self.feature_input = None
+        elif metadata.feature_input is not None:
+            self.feature_input = metadata.feature_input
+        else:
+            self.feature_input = inputs[0].name if len(inputs) == 1 else None
 
     @property
     def signature(self) -> Signature:
@@ -48,17 +70,6 @@ class LoadedModel:
     @property
     def metadata(self) -> ModelMetadata:
         return self.runtime.version.metadata
-
-    @property
-    def feature_input(self) -> str | None:
-        """The input whose columns are the metadata's named features, if there is one."""
-        metadata = self.metadata
-        if not metadata.features:
-            return None
-        if metadata.feature_input is not None:
-            return metadata.feature_input
-        inputs = self.signature.inputs
-        return inputs[0].name if len(inputs) == 1 else None
 
 
 class ModelLoader:

@@ -26,7 +26,10 @@ __all__ = ["FeatureLog"]
 
 log = logging.getLogger(__name__)
 
-Encoded = tuple[bytes, bytes]
+# (key, value, records in it): one Kafka message holds a model's records, newline-separated,
+# so the per-message costs of the producer and the broker are shared by many records.
+Message = tuple[bytes, bytes, int]
+_RECORDS_PER_MESSAGE = 100
 
 
 class FeatureLog:
@@ -141,27 +144,34 @@ class FeatureLog:
                 if not self._healthy:
                     await self._to_spool(batch)
                     continue
-                delivered = await self._sink.send(batch)
-                self._metrics.produced(delivered)
+                delivered = await self._sink.send([(key, value) for key, value, _ in batch])
+                self._metrics.produced(sum(count for _, _, count in batch[:delivered]))
                 if delivered < len(batch):
                     self._healthy = False
                     await self._to_spool(batch[delivered:])
             self._update_gauges()
 
-    def _take(self, count: int) -> list[Encoded]:
-        batch: list[Encoded] = []
+    def _take(self, count: int) -> list[Message]:
+        """Up to ``count`` records, packed per model into newline-separated Kafka messages."""
+        groups: dict[bytes, list[bytes]] = {}
         queue = self._queue
-        while queue and len(batch) < count:
+        for _ in range(min(count, len(queue))):
             key, record = queue.popleft()
-            batch.append((key, encode_record(record)))
-        return batch
+            groups.setdefault(key, []).append(encode_record(record))
+        messages: list[Message] = []
+        for key, records in groups.items():
+            for start in range(0, len(records), _RECORDS_PER_MESSAGE):
+                chunk = records[start : start + _RECORDS_PER_MESSAGE]
+                messages.append((key, b"\n".join(chunk), len(chunk)))
+        return messages
 
-    async def _to_spool(self, batch: list[Encoded]) -> None:
-        written = await asyncio.to_thread(self._spool.append, batch)
-        self._metrics.spooled(written)
+    async def _to_spool(self, batch: list[Message]) -> None:
+        written = await asyncio.to_thread(self._spool.append, [(k, v) for k, v, _ in batch])
+        self._metrics.spooled(sum(count for _, _, count in batch[:written]))
         if written < len(batch):
-            self._metrics.dropped("spool_full", len(batch) - written)
-            log.error("feature log: spool full, dropped %d records", len(batch) - written)
+            lost = sum(count for _, _, count in batch[written:])
+            self._metrics.dropped("spool_full", lost)
+            log.error("feature log: spool full, dropped %d records", lost)
         if written:
             self._spooled.set()
         self._update_gauges()
@@ -184,7 +194,7 @@ class FeatureLog:
             delivered = await self._sink.send([(e.key, e.value) for e in entries])
             if delivered:
                 await asyncio.to_thread(self._spool.ack, entries[delivered - 1], delivered)
-                self._metrics.replayed(delivered)
+                self._metrics.replayed(sum(e.value.count(b"\n") + 1 for e in entries[:delivered]))
                 self._update_gauges()
             if delivered < len(entries):
                 await asyncio.sleep(delay)

@@ -125,15 +125,15 @@ class InferenceService:
         if not self._records.sampled(info):
             self._metrics.feature_log.dropped("sampled_out")
             return
-        metadata = model.metadata
         record = self._records.build(
             info,
             model=model.name,
             version=model.version,
             variant=model.variant,
             role=role,
-            metadata=metadata,
             feature_input=model.feature_input,
+            feature_names=model.feature_names,
+            feature_template=model.feature_template,
             inputs=inputs if status != "invalid" else None,
             outputs=outputs,
             rows=rows,

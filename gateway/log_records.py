@@ -10,13 +10,15 @@ import hashlib
 import hmac
 import random
 import zlib
+from collections.abc import Iterable
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
+import orjson
 
 from gateway.signature import datatype_of
 from monitors.schema import SCHEMA_VERSION, InferenceRecord, Status
-from registry_client.metadata import ModelMetadata
 
 __all__ = ["RecordBuilder", "RequestInfo"]
 
@@ -67,8 +69,9 @@ class RecordBuilder:
         version: str,
         variant: str,
         role: str,
-        metadata: ModelMetadata | None,
         feature_input: str | None,
+        feature_names: list[str],
+        feature_template: bytes,
         inputs: Tensors | None,
         outputs: Tensors | None,
         rows: int,
@@ -95,7 +98,7 @@ class RecordBuilder:
         if info.routing_key is not None:
             record["routing_key"] = info.routing_key
         if inputs is not None:
-            features, raw = self._features(inputs, metadata, feature_input)
+            features, raw = self._features(inputs, feature_input, feature_names, feature_template)
             record["features"] = features
             if raw:
                 record["inputs"] = raw
@@ -104,18 +107,25 @@ class RecordBuilder:
         return record
 
     def _features(
-        self, inputs: Tensors, metadata: ModelMetadata | None, feature_input: str | None
-    ) -> tuple[dict[str, object], dict[str, dict[str, object]]]:
+        self,
+        inputs: Tensors,
+        feature_input: str | None,
+        names: list[str],
+        template: bytes,
+    ) -> tuple[Any, dict[str, dict[str, object]]]:
         features: dict[str, object] = {}
         raw: dict[str, dict[str, object]] = {}
-        names = metadata.feature_names if metadata is not None else []
         for input_name, array in inputs.items():
             if input_name == feature_input and array.ndim == 2 and array.shape[1] == len(names):
-                columns = np.ascontiguousarray(array.T)
-                for j, name in enumerate(names):
-                    self._add(features, name, columns[j])
+                if (
+                    len(inputs) == 1
+                    and not (self._drop or self._hash)
+                    and array.dtype.kind in "fiub"
+                ):
+                    return _fragment(template, array), raw
+                self._add(features, names, _columns(array))
             elif array.ndim == 1 or (array.ndim == 2 and array.shape[1] == 1):
-                self._add(features, input_name, array.reshape(-1))
+                self._add(features, [input_name], [_column(array.reshape(-1))])
             else:
                 raw[input_name] = {
                     "datatype": datatype_of(array),
@@ -124,16 +134,47 @@ class RecordBuilder:
                 }
         return features, raw
 
-    def _add(self, features: dict[str, object], name: str, column: np.ndarray) -> None:
-        if name in self._drop:
+    def _add(
+        self, features: dict[str, object], names: list[str], columns: Iterable[object]
+    ) -> None:
+        if not self._drop and not self._hash:
+            features.update(zip(names, columns, strict=True))  # the common case, in C
             return
-        if name in self._hash:
-            features[name] = [self._digest(v) for v in column.tolist()]
-        else:
-            features[name] = _column(column)
+        for name, column in zip(names, columns, strict=True):
+            if name in self._drop:
+                continue
+            if name in self._hash:
+                values = column.tolist() if isinstance(column, np.ndarray) else column
+                features[name] = [self._digest(v) for v in values]  # type: ignore[union-attr]
+            else:
+                features[name] = column
 
     def _digest(self, value: object) -> str:
         return hmac.new(self._hash_key, str(value).encode(), hashlib.sha256).hexdigest()[:16]
+
+
+def _fragment(template: bytes, matrix: np.ndarray) -> orjson.Fragment:
+    """``{"name": [value per row], ...}`` as ready JSON, from one orjson call.
+
+    The hot path of logging: a tabular model's whole input is one numeric matrix. orjson
+    writes it (in float32's shortest form) and the values are %-formatted into the model's
+    template ``{"a":[%s],"b":[%s]}``: a third of the time of a dict of column arrays.
+    """
+    if matrix.dtype == np.float16:
+        matrix = matrix.astype(np.float32)
+    if matrix.shape[0] == 1:
+        values = orjson.dumps(matrix[0], option=orjson.OPT_SERIALIZE_NUMPY)[1:-1].split(b",")
+    else:
+        columns = orjson.dumps(np.ascontiguousarray(matrix.T), option=orjson.OPT_SERIALIZE_NUMPY)
+        values = columns[2:-2].split(b"],[")
+    return orjson.Fragment(template % tuple(values))
+
+
+def _columns(matrix: np.ndarray) -> Iterable[object]:
+    """The columns of a 2-D tensor, each a contiguous array orjson writes natively."""
+    if matrix.dtype.kind in "OUS" or matrix.dtype == np.float16:
+        return [_column(matrix[:, j]) for j in range(matrix.shape[1])]
+    return np.ascontiguousarray(matrix.T)
 
 
 def _column(array: np.ndarray) -> object:

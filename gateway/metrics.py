@@ -207,9 +207,9 @@ class FeatureLogMetrics:
         self._queue = Gauge(
             "gateway_feature_log_queue_depth", "Records waiting in memory.", registry=registry
         )
-        self._spool_records = Gauge(
-            "gateway_feature_log_spool_records",
-            "Records waiting in the disk spool.",
+        self._spool_messages = Gauge(
+            "gateway_feature_log_spool_messages",
+            "Kafka messages (each one or more records) waiting in the disk spool.",
             registry=registry,
         )
         self._spool_bytes = Gauge(
@@ -228,9 +228,9 @@ class FeatureLogMetrics:
     def dropped(self, reason: str, count: int = 1) -> None:
         self._dropped.labels(reason).inc(count)
 
-    def depths(self, queue: int, spool_records: int, spool_bytes: int) -> None:
+    def depths(self, queue: int, spool_messages: int, spool_bytes: int) -> None:
         self._queue.set(queue)
-        self._spool_records.set(spool_records)
+        self._spool_messages.set(spool_messages)
         self._spool_bytes.set(spool_bytes)
 
 

@@ -146,7 +146,9 @@ class Route(_Frozen):
 
     def pick(self, bucket: int) -> str:
         """The variant that owns ``bucket``."""
-        return self.buckets[bisect_right(self._starts, bucket) - 1][1]
+        # pydantic resolves private attributes in a Python __getattr__; this is the hot path
+        starts: list[int] = self.__pydantic_private__["_starts"]  # type: ignore[index]
+        return self.buckets[bisect_right(starts, bucket) - 1][1]
 
     def with_weights(self, weights: dict[str, float], **changes: object) -> Route:
         """A copy with new weights (and other fields changed), its bucket table moved minimally."""

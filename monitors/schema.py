@@ -1,9 +1,10 @@
 """The inference-log record: what the gateway writes to Kafka and the monitor reads.
 
-One record per served request (and one per shadow request), JSON encoded with orjson, keyed by
-model name so one model's records keep their order in one partition. Features and outputs are
-column-oriented: ``features[name][i]`` is row ``i`` of the request, so a consumer can stack the
-records of a window into arrays without a Python loop per value.
+One record per served request (and one per shadow request), JSON encoded with orjson. A Kafka
+message holds one or more records of one model, separated by newlines (JSON text never holds a
+raw newline), keyed by model name so one model's records keep their order in one partition.
+Features and outputs are column-oriented: ``features[name][i]`` is row ``i`` of the request, so
+a consumer can stack the records of a window into arrays without a Python loop per value.
 
 Version 1 fields (``?`` = may be absent or null):
 
@@ -34,7 +35,14 @@ from typing import Any, Literal, TypedDict
 
 import orjson
 
-__all__ = ["SCHEMA_VERSION", "InferenceRecord", "RecordError", "decode_record", "encode_record"]
+__all__ = [
+    "SCHEMA_VERSION",
+    "InferenceRecord",
+    "RecordError",
+    "decode_record",
+    "decode_records",
+    "encode_record",
+]
 
 SCHEMA_VERSION = 1
 
@@ -89,3 +97,8 @@ def decode_record(raw: bytes) -> InferenceRecord:
         raise RecordError(f"record lacks {missing}")
     record: InferenceRecord = doc  # type: ignore[assignment]
     return record
+
+
+def decode_records(message: bytes) -> list[InferenceRecord]:
+    """Every record of one Kafka message (newline-separated); raises RecordError."""
+    return [decode_record(line) for line in message.split(b"\n") if line.strip()]

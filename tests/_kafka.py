@@ -7,7 +7,7 @@ import time
 
 from aiokafka import AIOKafkaConsumer
 
-from monitors.schema import InferenceRecord, decode_record
+from monitors.schema import InferenceRecord, decode_records
 
 __all__ = ["read_records"]
 
@@ -42,7 +42,9 @@ async def _read(
         while time.monotonic() < deadline:
             batches = await consumer.getmany(timeout_ms=200, max_records=5000)
             for messages in batches.values():
-                records.extend(decode_record(m.value) for m in messages if m.value is not None)
+                for message in messages:
+                    if message.value is not None:
+                        records.extend(decode_records(message.value))
             if len(records) >= expected:
                 settle_until = settle_until or time.monotonic() + settle_s
                 if time.monotonic() >= settle_until:

@@ -142,7 +142,7 @@ def test_broker_outage_loses_nothing_and_keeps_order(demo_registry: Path, tmp_pa
         while time.monotonic() < deadline:
             metrics = httpx.get(f"{gw.url}/metrics").text
             if metric(metrics, "gateway_feature_log_queue_depth") == 0 and metric(
-                metrics, "gateway_feature_log_spool_records"
+                metrics, "gateway_feature_log_spool_messages"
             ):
                 break
             time.sleep(0.2)
@@ -163,7 +163,7 @@ def test_broker_outage_loses_nothing_and_keeps_order(demo_registry: Path, tmp_pa
     got = [r["request_id"] for r in logged_before + logged_after]
     assert set(got) == {f"req-{i}" for i in range(1800)}, "every record reached the topic"
     assert metric(metrics, 'gateway_feature_log_records_total{event="replayed"}') > 0
-    assert metric(metrics, "gateway_feature_log_spool_records") == 0
+    assert metric(metrics, "gateway_feature_log_spool_messages") == 0
     # Order per model: the model's records sit in one partition; requests sent one batch of
     # concurrent callers at a time are logged in the order they were answered.
     per_model: dict[str, list[float]] = defaultdict(list)
