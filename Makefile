@@ -18,10 +18,10 @@ $(VENV)/.dev-installed: pyproject.toml | $(BIN)/python
 	$(BIN)/pip install -q -e '.[dev]'
 	touch $@ $(VENV)/.serve-installed
 
-## Bring the stack up on embedded defaults: the demo model in a local registry, the gateway.
+## Bring the stack up on embedded defaults: demo model in the local registry, embedded
+## Kafka-protocol broker, drift monitor, gateway. Ctrl-C stops everything.
 serve: $(VENV)/.serve-installed
-	$(BIN)/gateway demo --registry $(STATE)/registry
-	$(BIN)/gateway serve --config examples/gateway.yaml
+	$(BIN)/gateway stack --config examples/gateway.yaml --monitor-config examples/monitor.yaml
 
 ## Lint, type-check and run the whole test suite (real components included).
 test: $(VENV)/.dev-installed

@@ -53,6 +53,12 @@ def main(argv: list[str] | None = None) -> int:
     serve_cmd.add_argument("--log-level", default="info", choices=["debug", "info", "warning"])
     demo_cmd = sub.add_parser("demo", help="train and register the demo model (needs [demo])")
     demo_cmd.add_argument("--registry", type=Path, required=True, help="local registry folder")
+    stack_cmd = sub.add_parser(
+        "stack", help="demo model, embedded broker, monitor and gateway together (make serve)"
+    )
+    stack_cmd.add_argument("--config", type=Path, required=True, help="gateway config file")
+    stack_cmd.add_argument("--monitor-config", type=Path, help="drift monitor config file")
+    stack_cmd.add_argument("--broker-port", type=int, default=9092)
     add_routes_commands(sub)
     args = parser.parse_args(argv)
     if args.command == "routes":
@@ -64,6 +70,14 @@ def main(argv: list[str] | None = None) -> int:
     # aiokafka logs each reconnect attempt at ERROR, ten a second while a broker is down; the
     # feature log reports outages and recoveries itself.
     logging.getLogger("aiokafka").setLevel(logging.CRITICAL)
+    if args.command == "stack":
+        from gateway.stack import run_stack
+
+        try:
+            return run_stack(args.config, args.monitor_config, args.broker_port)
+        except ConfigError as exc:
+            print(f"gateway: {exc}", file=sys.stderr)
+            return 2
     if args.command == "demo":
         from gateway.demo import DEMO_MODEL, build_demo_registry
 
