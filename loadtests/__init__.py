@@ -1,0 +1,1 @@
+"""Load generation and benchmarks: open-loop generator, scenarios, peer comparison."""
