@@ -10,6 +10,7 @@ import pytest
 
 from gateway.demo import DEMO_MODEL, build_demo_registry
 from monitors.broker import EmbeddedBroker
+from tests._mlflow_server import mlflow_server
 
 
 @pytest.fixture(scope="session")
@@ -38,3 +39,10 @@ def broker() -> Iterator[EmbeddedBroker]:
     """A fresh embedded Kafka-protocol broker (Tansu) on a free loopback port."""
     with EmbeddedBroker() as running:
         yield running
+
+
+@pytest.fixture(scope="session")
+def mlflow_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A real MLflow tracking server with a model registry (started once per session)."""
+    with mlflow_server(tmp_path_factory.mktemp("mlflow")) as url:
+        yield url
