@@ -1,0 +1,283 @@
+"""An open-loop HTTP load generator: requests leave on a fixed schedule, whatever the answers.
+
+Latency is measured from each request's *scheduled* send time to the end of its answer, so a
+server that falls behind shows its queueing in the numbers instead of slowing the generator
+down (no coordinated omission). Connections are HTTP/1.1 keep-alive over raw asyncio streams
+(far cheaper per request than an HTTP client library); a request that finds every connection
+busy opens another, up to ``max_connections``, then waits, and that wait counts in its latency.
+
+``python -m loadtests.openloop --url URL --body-file F --rate 500 --duration 5`` prints JSON.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import multiprocessing
+import time
+from dataclasses import dataclass, field
+from urllib.parse import urlsplit
+
+import numpy as np
+
+__all__ = ["Result", "find_max_rate", "run", "run_async"]
+
+
+@dataclass
+class Result:
+    """What one run measured."""
+
+    offered_rate: float
+    duration_s: float
+    sent: int = 0
+    completed: int = 0
+    statuses: dict[str, int] = field(default_factory=dict)
+    errors: dict[str, int] = field(default_factory=dict)
+    latencies_s: list[float] = field(default_factory=list)
+
+    @property
+    def achieved_rate(self) -> float:
+        return self.completed / self.duration_s if self.duration_s else 0.0
+
+    def percentile_ms(self, q: float) -> float:
+        if not self.latencies_s:
+            return float("inf")
+        return float(np.percentile(np.asarray(self.latencies_s), q)) * 1000
+
+    @property
+    def failed(self) -> int:
+        bad = sum(n for code, n in self.statuses.items() if not code.startswith("2"))
+        return bad + sum(self.errors.values())
+
+    def summary(self) -> dict[str, object]:
+        """The run without its raw latencies."""
+        return {
+            "offered_rate": self.offered_rate,
+            "achieved_rate": round(self.achieved_rate, 1),
+            "sent": self.sent,
+            "completed": self.completed,
+            "failed": self.failed,
+            "statuses": self.statuses,
+            "errors": self.errors,
+            **{f"p{q}_ms": round(self.percentile_ms(q), 3) for q in (50, 90, 99, 99.9)},
+            "max_ms": round(max(self.latencies_s, default=float("inf")) * 1000, 3),
+        }
+
+    def merge(self, other: Result) -> None:
+        self.sent += other.sent
+        self.completed += other.completed
+        self.latencies_s.extend(other.latencies_s)
+        for mine, theirs in ((self.statuses, other.statuses), (self.errors, other.errors)):
+            for key, n in theirs.items():
+                mine[key] = mine.get(key, 0) + n
+
+
+class _Connection:
+    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.reader = reader
+        self.writer = writer
+
+    async def request(self, payload: bytes) -> int:
+        self.writer.write(payload)
+        head = await self.reader.readuntil(b"\r\n\r\n")
+        status = int(head[9:12])
+        length = 0
+        for line in head.split(b"\r\n")[1:]:
+            if line[:15].lower() == b"content-length:":
+                length = int(line[15:])
+        if length:
+            await self.reader.readexactly(length)
+        return status
+
+    def close(self) -> None:
+        self.writer.close()
+
+
+async def run_async(
+    url: str,
+    body: bytes,
+    rate: float,
+    duration_s: float,
+    headers: dict[str, str] | None = None,
+    max_connections: int = 512,
+    timeout_s: float = 5.0,
+    start_at: float | None = None,
+) -> Result:
+    """Send ``rate`` requests per second for ``duration_s`` seconds; collect what came back."""
+    parts = urlsplit(url)
+    host, port = parts.hostname or "127.0.0.1", parts.port or 80
+    head = [f"POST {parts.path or '/'} HTTP/1.1", f"Host: {host}:{port}",
+            f"Content-Length: {len(body)}", "Content-Type: application/json"]  # fmt: skip
+    head += [f"{k}: {v}" for k, v in (headers or {}).items()]
+    payload = ("\r\n".join(head) + "\r\n\r\n").encode() + body
+    result = Result(offered_rate=rate, duration_s=duration_s)
+    idle: list[_Connection] = []
+    opened = 0
+    slot_free = asyncio.Event()
+
+    async def one(scheduled: float) -> None:
+        nonlocal opened
+        try:
+            async with asyncio.timeout(timeout_s):
+                while not idle and opened >= max_connections:
+                    slot_free.clear()
+                    await slot_free.wait()
+                if idle:
+                    connection = idle.pop()
+                else:
+                    opened += 1
+                    try:
+                        connection = _Connection(*await asyncio.open_connection(host, port))
+                    except BaseException:
+                        opened -= 1
+                        raise
+                try:
+                    status = await connection.request(payload)
+                except BaseException:
+                    connection.close()
+                    opened -= 1
+                    raise
+            idle.append(connection)
+            slot_free.set()
+            result.latencies_s.append(time.perf_counter() - scheduled)
+            result.completed += 1
+            result.statuses[str(status)] = result.statuses.get(str(status), 0) + 1
+        except (TimeoutError, OSError, asyncio.IncompleteReadError, ValueError) as exc:
+            slot_free.set()
+            name = type(exc).__name__
+            result.errors[name] = result.errors.get(name, 0) + 1
+
+    # perf_counter, not loop.time(): uvloop's clock ticks in whole milliseconds
+    total = int(rate * duration_s)
+    begin = start_at if start_at is not None else time.perf_counter() + 0.05
+    tasks: set[asyncio.Task[None]] = set()
+    for i in range(total):
+        scheduled = begin + i / rate
+        delay = scheduled - time.perf_counter()
+        if delay > 0:
+            await asyncio.sleep(delay)
+        task = asyncio.create_task(one(scheduled))
+        tasks.add(task)
+        task.add_done_callback(tasks.discard)
+        result.sent += 1
+    if tasks:
+        await asyncio.wait(tasks)
+    for connection in idle:
+        connection.close()
+    return result
+
+
+def _worker(args: tuple[str, bytes, float, float, dict[str, str], float, int]) -> Result:
+    url, body, rate, duration_s, headers, offset_s, max_connections = args
+    try:
+        import uvloop
+
+        uvloop.install()
+    except ImportError:  # pragma: no cover - uvloop ships with the gateway
+        pass
+
+    async def go() -> Result:
+        start = time.perf_counter() + 0.2 + offset_s
+        return await run_async(
+            url, body, rate, duration_s, headers, max_connections, start_at=start
+        )
+
+    return asyncio.run(go())
+
+
+def run(
+    url: str,
+    body: bytes,
+    rate: float,
+    duration_s: float,
+    headers: dict[str, str] | None = None,
+    processes: int = 1,
+    max_connections: int = 512,
+) -> Result:
+    """One open-loop run, spread over ``processes`` generator processes (schedules interleave)."""
+    share = rate / processes
+    jobs = [
+        (url, body, share, duration_s, headers or {}, i / rate, max_connections // processes)
+        for i in range(processes)
+    ]
+    if processes == 1:
+        results = [_worker(jobs[0])]
+    else:
+        with multiprocessing.get_context("spawn").Pool(processes) as pool:
+            results = pool.map(_worker, jobs)
+    merged = Result(offered_rate=rate, duration_s=duration_s)
+    for part in results:
+        merged.merge(part)
+    return merged
+
+
+def _acceptable(result: Result, p99_bound_ms: float) -> bool:
+    return (
+        result.failed == 0
+        and result.completed >= 0.99 * result.sent
+        and result.percentile_ms(99) <= p99_bound_ms
+    )
+
+
+def find_max_rate(
+    url: str,
+    body: bytes,
+    p99_bound_ms: float = 50.0,
+    start_rate: float = 200.0,
+    step_s: float = 4.0,
+    processes: int = 1,
+    precision: float = 0.05,
+    max_rate: float = 100_000.0,
+    headers: dict[str, str] | None = None,
+) -> tuple[float, list[dict[str, object]]]:
+    """The highest rate whose p99 stays within the bound with no failures: doubling, then
+    bisection to ``precision``. Returns the rate and every step's summary."""
+    steps: list[dict[str, object]] = []
+
+    def probe(rate: float) -> bool:
+        result = run(url, body, rate, step_s, headers, processes)
+        ok = _acceptable(result, p99_bound_ms)
+        steps.append({**result.summary(), "ok": ok})
+        time.sleep(0.5)  # let the server drain before the next step
+        return ok
+
+    good, bad = 0.0, None
+    rate = start_rate
+    while bad is None and rate <= max_rate:
+        if probe(rate):
+            good, rate = rate, rate * 2
+        else:
+            bad = rate
+    if bad is None:
+        return good, steps
+    while bad - good > precision * bad:
+        middle = (good + bad) / 2
+        if probe(middle):
+            good = middle
+        else:
+            bad = middle
+    return good, steps
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--url", required=True)
+    parser.add_argument("--body-file", required=True)
+    parser.add_argument("--rate", type=float, default=100)
+    parser.add_argument("--duration", type=float, default=5)
+    parser.add_argument("--processes", type=int, default=1)
+    parser.add_argument("--find-max", action="store_true", help="search the max rate at p99<=bound")
+    parser.add_argument("--p99-bound-ms", type=float, default=50)
+    args = parser.parse_args()
+    body = open(args.body_file, "rb").read()  # noqa: SIM115
+    if args.find_max:
+        rate, steps = find_max_rate(args.url, body, args.p99_bound_ms, processes=args.processes)
+        print(json.dumps({"max_rate": rate, "steps": steps}, indent=2))
+    else:
+        result = run(args.url, body, args.rate, args.duration, processes=args.processes)
+        print(json.dumps(result.summary(), indent=2))
+
+
+if __name__ == "__main__":
+    main()

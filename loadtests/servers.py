@@ -1,0 +1,86 @@
+"""Reference servers for the benchmarks, each a bare Starlette app on uvicorn (uvloop, httptools).
+
+- ``hello``: answers a constant; the ceiling of HTTP serving itself and of the generator.
+- ``baseline``: the per-request baseline: parses an OIP v2 JSON body with orjson, runs the same
+  onnxruntime session (one thread) for that request alone, answers OIP v2 JSON. The session runs
+  inline on the event loop, which for a sub-millisecond model is the fastest a per-request
+  server gets (a thread hand-off costs more than the model).
+
+``python -m loadtests.servers baseline --model FILE --port P``
+"""
+
+from __future__ import annotations
+
+import argparse
+
+import numpy as np
+import onnxruntime as ort
+import orjson
+import uvicorn
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
+
+__all__ = ["baseline_app", "hello_app"]
+
+_DTYPES = {"FP32": np.float32, "FP64": np.float64, "INT64": np.int64, "INT32": np.int32}
+
+
+def hello_app() -> Starlette:
+    async def hello(request: Request) -> Response:
+        await request.body()
+        return Response(b'{"ok":true}', media_type="application/json")
+
+    return Starlette(routes=[Route("/{path:path}", hello, methods=["GET", "POST"])])
+
+
+def baseline_app(model_path: str) -> Starlette:
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = 1
+    options.inter_op_num_threads = 1
+    session = ort.InferenceSession(model_path, options, providers=["CPUExecutionProvider"])
+    output_names = [o.name for o in session.get_outputs()]
+
+    async def infer(request: Request) -> Response:
+        doc = orjson.loads(await request.body())
+        feeds = {
+            t["name"]: np.asarray(t["data"], dtype=_DTYPES[t["datatype"]]).reshape(t["shape"])
+            for t in doc["inputs"]
+        }
+        results = session.run(output_names, feeds)
+        outputs = [
+            {"name": n, "datatype": "FP32" if r.dtype == np.float32 else "INT64",
+             "shape": list(r.shape), "data": r.reshape(-1)}
+            for n, r in zip(output_names, results, strict=True)
+        ]  # fmt: skip
+        body = orjson.dumps(
+            {"model_name": request.path_params["name"], "outputs": outputs},
+            option=orjson.OPT_SERIALIZE_NUMPY,
+        )
+        return Response(body, media_type="application/json")
+
+    async def ready(request: Request) -> Response:
+        return Response(b'{"ready":true}', media_type="application/json")
+
+    return Starlette(
+        routes=[
+            Route("/v2/models/{name}/infer", infer, methods=["POST"]),
+            Route("/v2/health/ready", ready),
+        ]
+    )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("kind", choices=["hello", "baseline"])
+    parser.add_argument("--model")
+    parser.add_argument("--port", type=int, required=True)
+    args = parser.parse_args()
+    app = hello_app() if args.kind == "hello" else baseline_app(args.model)
+    uvicorn.run(app, host="127.0.0.1", port=args.port, loop="uvloop", http="httptools",
+                access_log=False, log_level="warning")  # fmt: skip
+
+
+if __name__ == "__main__":
+    main()
