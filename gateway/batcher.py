@@ -137,7 +137,6 @@ class Batcher:
         item.handle = loop.call_at(deadline, _expire, future, self.name)
         self._queue.append(item)
         self._queued_rows += rows
-        self._observer.queue_depth(len(self._queue))
         self._wake.set()
         try:
             return await future

@@ -6,9 +6,11 @@ Every protocol's endpoint calls ``InferenceService.infer``; nothing here knows a
 from __future__ import annotations
 
 import asyncio
+import math
 import time
 
 import numpy as np
+from prometheus_client import Counter, Histogram
 
 from gateway.deployments import LoadedModel
 from gateway.errors import (
@@ -45,6 +47,7 @@ class InferenceService:
         self._allow_nan = allow_nan
         self._feature_log = feature_log
         self._records = records or RecordBuilder()
+        self._children: dict[tuple[str, ...], tuple[Counter, Histogram]] = {}
 
     def pick(
         self, info: RequestInfo, pinned: str | None = None, version: str | None = None
@@ -118,8 +121,15 @@ class InferenceService:
     ) -> None:
         if role == "primary":
             labels = (model.name, model.version, model.variant, _OUTCOME[status])
-            self._metrics.requests.labels(*labels).inc()
-            self._metrics.request_duration.labels(*labels).observe(latency_s)
+            children = self._children.get(labels)
+            if children is None:  # labels() takes a lock and a dict walk: once per series
+                children = (
+                    self._metrics.requests.labels(*labels),
+                    self._metrics.request_duration.labels(*labels),
+                )
+                self._children[labels] = children
+            children[0].inc()
+            children[1].observe(latency_s)
         if self._feature_log is None:
             return
         if not self._records.sampled(info):
@@ -202,7 +212,14 @@ def validate_inputs(signature: Signature, inputs: Tensors, allow_nan: bool) -> i
                 raise InvalidInputError(
                     f"input {spec.name!r} has {array.shape[0]} rows, other inputs have {rows}"
                 )
-        if not allow_nan and array.dtype.kind == "f" and not np.isfinite(array).all():
+        # The sum is finite unless a value is NaN or infinite (or the sum overflows, which the
+        # exact check then clears): one reduction instead of an elementwise test on the hot path.
+        if (
+            not allow_nan
+            and array.dtype.kind == "f"
+            and not math.isfinite(array.sum())
+            and not np.isfinite(array).all()
+        ):
             raise InvalidInputError(f"input {spec.name!r} holds NaN or infinite values")
     if rows == 0:
         raise InvalidInputError("the request holds no rows")

@@ -79,6 +79,8 @@ class RuntimeSettings(_Group):
     execution_providers: list[str] = Field(default_factory=lambda: ["CPUExecutionProvider"])
     # Threads that run batches off the event loop, shared by all models.
     worker_threads: int = Field(default=2, ge=1)
+    # How often Python may move the GIL between the event loop and the batch threads.
+    gil_switch_interval_s: float = Field(default=0.0002, gt=0, le=0.1)
 
 
 class BatchingSettings(_Group):

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import gc
 import logging
+import re
 from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack, asynccontextmanager
+from typing import Any
 
 from prometheus_client import CollectorRegistry
 from starlette.applications import Starlette
@@ -25,7 +27,7 @@ from gateway.errors import (
     PayloadTooLargeError,
     UnknownModelError,
 )
-from gateway.http._asgi import error_status, register_status
+from gateway.http._asgi import Receive, Scope, Send, error_status, register_status
 from gateway.http.admin import AdminAuthError, AdminDisabledError, admin_routes
 from gateway.http.endpoints import (
     AppState,
@@ -101,11 +103,44 @@ def create_app(
         Route("/metrics", meta.metrics, methods=["GET"]),
         *admin_routes(state, settings.admin.tokens),
     ]
-    return Starlette(
+    return _GatewayApp(
+        infer,
+        predict,
         routes=routes,
         lifespan=lifespan,
         exception_handlers={GatewayError: _gateway_error, HTTPException: _http_error},
     )
+
+
+_INFER_PATH = re.compile(r"^/v2/models/(?P<name>[^/]+)(?:/versions/(?P<version>[^/]+))?/infer$")
+_PREDICT_PATH = re.compile(
+    r"^/v1/models/(?P<name>[^/:]+)(?:/versions/(?P<version>[^/:]+))?:predict$"
+)
+
+
+class _GatewayApp(Starlette):
+    """Starlette, with inference calls sent straight to their endpoint.
+
+    The infer endpoints are plain ASGI and handle their own errors, so for them the router's
+    matching over every route and the middleware stack are pure cost on the hot path.
+    """
+
+    def __init__(self, infer: InferEndpoint, predict: PredictEndpoint, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self._fast = ((_INFER_PATH, infer), (_PREDICT_PATH, predict))
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and scope["method"] == "POST":
+            for pattern, endpoint in self._fast:
+                match = pattern.match(scope["path"])
+                if match is not None:
+                    params = {"name": match["name"]}
+                    if match["version"] is not None:
+                        params["version"] = match["version"]
+                    scope["path_params"] = params
+                    await endpoint(scope, receive, send)
+                    return
+        await super().__call__(scope, receive, send)
 
 
 async def _gateway_error(request: Request, exc: Exception) -> Response:

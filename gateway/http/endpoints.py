@@ -69,6 +69,9 @@ def _request_id() -> str:
     return f"{_ID_PREFIX}-{next(_ID_COUNTER):x}"
 
 
+_WATCH_AFTER_S = 0.02
+
+
 class _ClientGoneError(Exception):
     """The caller disconnected while its request waited; nobody is left to answer."""
 
@@ -130,10 +133,15 @@ class _InferBase(Generic[ParsedT]):
         info: RequestInfo,
         receive: Receive,
     ) -> Tensors:
-        """Infer, but give up (leaving the batch queue) if the client disconnects meanwhile."""
+        """Infer, but give up (leaving the batch queue) if the client disconnects meanwhile.
+
+        Listening for the disconnect costs a task, so it starts only once the request has
+        waited ``_WATCH_AFTER_S``: most requests are answered before that.
+        """
         task = asyncio.current_task()
         assert task is not None
         gone = False
+        watcher: asyncio.Future[Any] | None = None
 
         def on_message(fut: asyncio.Future[Any]) -> None:
             nonlocal gone
@@ -144,8 +152,12 @@ class _InferBase(Generic[ParsedT]):
                 gone = True
                 task.cancel()
 
-        watcher = asyncio.ensure_future(receive())
-        watcher.add_done_callback(on_message)
+        def watch() -> None:
+            nonlocal watcher
+            watcher = asyncio.ensure_future(receive())
+            watcher.add_done_callback(on_message)
+
+        handle = asyncio.get_running_loop().call_later(_WATCH_AFTER_S, watch)
         try:
             return await service.infer(model, inputs, started, info)
         except asyncio.CancelledError:
@@ -154,8 +166,10 @@ class _InferBase(Generic[ParsedT]):
                 raise _ClientGoneError from None
             raise
         finally:
-            watcher.remove_done_callback(on_message)
-            watcher.cancel()
+            handle.cancel()
+            if watcher is not None:
+                watcher.remove_done_callback(on_message)
+                watcher.cancel()
 
 
 class InferEndpoint(_InferBase[InferRequest]):
