@@ -17,6 +17,7 @@ from typing import Protocol
 
 import numpy as np
 
+from gateway._wake import wait_woken
 from gateway.errors import (
     DeadlineExceededError,
     GatewayError,
@@ -185,14 +186,7 @@ class Batcher:
         while self._queued_rows < self._max_rows:
             if self._closing:
                 return "drain"
-            remaining = close_at - loop.time()
-            if remaining <= 0 or not self._queue:
-                return "timeout"
-            self._wake.clear()
-            try:
-                async with asyncio.timeout(remaining):
-                    await self._wake.wait()
-            except TimeoutError:
+            if not self._queue or not await wait_woken(self._wake, close_at - loop.time()):
                 return "timeout"
         return "full"
 

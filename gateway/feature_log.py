@@ -17,6 +17,7 @@ import asyncio
 import logging
 from collections import deque
 
+from gateway._wake import wait_woken
 from gateway.kafka_sink import RecordSink
 from gateway.metrics import FeatureLogMetrics
 from gateway.spool import Spool
@@ -130,14 +131,7 @@ class FeatureLog:
             if len(self._queue) < self._batch_size and not self._closing:
                 close_at = loop.time() + self._linger_s
                 while len(self._queue) < self._batch_size and not self._closing:
-                    remaining = close_at - loop.time()
-                    if remaining <= 0:
-                        break
-                    self._wake.clear()
-                    try:
-                        async with asyncio.timeout(remaining):
-                            await self._wake.wait()
-                    except TimeoutError:
+                    if not await wait_woken(self._wake, close_at - loop.time()):
                         break
             batch = self._take(self._batch_size)
             async with self._order:

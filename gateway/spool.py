@@ -14,8 +14,10 @@ import logging
 import os
 import struct
 import threading
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import BinaryIO
 
 __all__ = ["Spool", "SpoolEntry"]
 
@@ -95,27 +97,34 @@ class Spool:
         with self._lock:
             entries: list[SpoolEntry] = []
             taken = 0
-            segment, offset = self._cursor
-            for current in self._segments():
-                if current < segment:
-                    continue
-                pos = offset if current == segment else 0
-                with self._segment_path(current).open("rb") as fh:
-                    while len(entries) < max_records and taken < max_bytes:
-                        fh.seek(pos)
-                        header = fh.read(_HEADER.size)
-                        if len(header) < _HEADER.size:
-                            break
-                        key_len, value_len = _HEADER.unpack(header)
-                        body = fh.read(key_len + value_len)
-                        if len(body) < key_len + value_len:
-                            break
-                        pos += _HEADER.size + len(body)
-                        taken += _HEADER.size + len(body)
-                        entries.append(SpoolEntry(body[:key_len], body[key_len:], current, pos))
+            for segment, fh, pos, key_len, value_len in self._frames():
+                body = fh.read(key_len + value_len)
+                if len(body) < key_len + value_len:
+                    break
+                end = pos + _HEADER.size + len(body)
+                entries.append(SpoolEntry(body[:key_len], body[key_len:], segment, end))
+                taken += end - pos
                 if len(entries) >= max_records or taken >= max_bytes:
                     break
             return entries
+
+    def _frames(self) -> Iterator[tuple[int, BinaryIO, int, int, int]]:
+        """(segment, open file, frame start, key length, value length) of each pending frame;
+        the file is left at the frame's body, for a caller that wants to read it."""
+        segment, offset = self._cursor
+        for current in self._segments():
+            if current < segment:
+                continue
+            pos = offset if current == segment else 0
+            with self._segment_path(current).open("rb") as fh:
+                while True:
+                    fh.seek(pos)
+                    header = fh.read(_HEADER.size)
+                    if len(header) < _HEADER.size:
+                        break
+                    key_len, value_len = _HEADER.unpack(header)
+                    yield current, fh, pos, key_len, value_len
+                    pos += _HEADER.size + key_len + value_len
 
     def ack(self, entry: SpoolEntry, count: int) -> None:
         """Acknowledge records up to and including ``entry`` (``count`` records in all)."""
@@ -204,19 +213,4 @@ class Spool:
                 fh.truncate(pos)
 
     def _count_pending(self) -> int:
-        count = 0
-        segment, offset = self._cursor
-        for current in self._segments():
-            if current < segment:
-                continue
-            pos = offset if current == segment else 0
-            with self._segment_path(current).open("rb") as fh:
-                while True:
-                    fh.seek(pos)
-                    header = fh.read(_HEADER.size)
-                    if len(header) < _HEADER.size:
-                        break
-                    key_len, value_len = _HEADER.unpack(header)
-                    pos += _HEADER.size + key_len + value_len
-                    count += 1
-        return count
+        return sum(1 for _ in self._frames())

@@ -9,7 +9,6 @@ from __future__ import annotations
 import hmac
 from typing import Any
 
-import orjson
 from pydantic import SecretStr
 from starlette.requests import Request
 from starlette.responses import Response
@@ -17,6 +16,7 @@ from starlette.routing import Route as HttpRoute
 
 from gateway.errors import GatewayError, InvalidInputError
 from gateway.http.endpoints import AppState, json_response
+from gateway.protocol._json import load_object
 from gateway.route_store import RouteStore
 from gateway.routes import follow
 
@@ -55,14 +55,7 @@ class _Admin:
         return store
 
     async def _body(self, request: Request) -> dict[str, Any]:
-        raw = await request.body()
-        try:
-            data = orjson.loads(raw)
-        except orjson.JSONDecodeError as exc:
-            raise InvalidInputError(f"body is not valid JSON: {exc}") from exc
-        if not isinstance(data, dict):
-            raise InvalidInputError("body must be a JSON object")
-        return data
+        return load_object(await request.body())
 
     async def list_routes(self, request: Request) -> Response:
         self._actor(request)

@@ -13,6 +13,7 @@ import numpy as np
 import orjson
 
 from gateway.errors import InvalidInputError
+from gateway.protocol._json import load_object, request_id
 from gateway.signature import Signature, TensorSpec
 from registry_client.metadata import ModelMetadata
 
@@ -23,15 +24,8 @@ def parse_instances(
     body: bytes, signature: Signature, metadata: ModelMetadata
 ) -> tuple[str | None, dict[str, np.ndarray]]:
     """Turn named-feature rows into the model's input tensors; returns the request id too."""
-    try:
-        doc = orjson.loads(body)
-    except orjson.JSONDecodeError as exc:
-        raise InvalidInputError(f"request body is not valid JSON: {exc}") from exc
-    if not isinstance(doc, dict):
-        raise InvalidInputError("request body must be a JSON object")
-    request_id = doc.get("id")
-    if request_id is not None and not isinstance(request_id, str):
-        raise InvalidInputError("'id' must be a string")
+    doc = load_object(body)
+    caller_id = request_id(doc)
     if "instances" in doc:
         rows = doc["instances"]
         if not isinstance(rows, list) or not rows:
@@ -44,8 +38,8 @@ def parse_instances(
         raise InvalidInputError("body needs 'instances' (a list of rows) or 'features' (one row)")
     column_input = _column_input(signature, metadata)
     if column_input is not None:
-        return request_id, {column_input.name: _columns(rows, column_input, metadata)}
-    return request_id, _per_input(rows, signature)
+        return caller_id, {column_input.name: _columns(rows, column_input, metadata)}
+    return caller_id, _per_input(rows, signature)
 
 
 def _column_input(signature: Signature, metadata: ModelMetadata) -> TensorSpec | None:
@@ -135,7 +129,7 @@ def _locate(values: list[Any], spec: TensorSpec, where: Any) -> str | None:
 
 
 def render_predictions(
-    model_name: str, model_version: str, request_id: str | None, outputs: dict[str, np.ndarray]
+    model_name: str, model_version: str, caller_id: str | None, outputs: dict[str, np.ndarray]
 ) -> bytes:
     """One prediction object per row, holding that row of every output."""
     columns = {
@@ -145,8 +139,8 @@ def render_predictions(
     rows = len(next(iter(columns.values()))) if columns else 0
     predictions = [{name: column[i] for name, column in columns.items()} for i in range(rows)]
     doc: dict[str, Any] = {"model_name": model_name, "model_version": model_version}
-    if request_id is not None:
-        doc["id"] = request_id
+    if caller_id is not None:
+        doc["id"] = caller_id
     doc["predictions"] = predictions
     return orjson.dumps(doc)
 

@@ -15,6 +15,7 @@ import numpy as np
 import orjson
 
 from gateway.errors import InvalidInputError
+from gateway.protocol._json import load_object, request_id
 from gateway.signature import DATATYPE_TO_NUMPY, datatype_of
 
 __all__ = ["InferRequest", "RequestedOutput", "parse_infer_request", "render_infer_response"]
@@ -51,12 +52,7 @@ def parse_infer_request(body: bytes, header_length: int | None = None) -> InferR
         header, binary = body[:header_length], memoryview(body)[header_length:]
     else:
         header, binary = body, memoryview(b"")
-    try:
-        doc = orjson.loads(header)
-    except orjson.JSONDecodeError as exc:
-        raise InvalidInputError(f"request body is not valid JSON: {exc}") from exc
-    if not isinstance(doc, dict):
-        raise InvalidInputError("request body must be a JSON object")
+    doc = load_object(header)
     raw_inputs = doc.get("inputs")
     if not isinstance(raw_inputs, list) or not raw_inputs:
         raise InvalidInputError("'inputs' must be a non-empty list of tensors")
@@ -72,12 +68,10 @@ def parse_infer_request(body: bytes, header_length: int | None = None) -> InferR
         raise InvalidInputError(
             f"binary data is {len(binary)} bytes but the inputs declare {offset} bytes"
         )
-    request_id = doc.get("id")
-    if request_id is not None and not isinstance(request_id, str):
-        raise InvalidInputError("'id' must be a string")
     params = _parameters(doc, "request")
     binary_output = params.get("binary_data_output") is True
-    return InferRequest(request_id, inputs, _parse_outputs(doc.get("outputs")), binary_output)
+    outputs = _parse_outputs(doc.get("outputs"))
+    return InferRequest(request_id(doc), inputs, outputs, binary_output)
 
 
 def _parse_input(
