@@ -1,0 +1,121 @@
+"""The binned drift statistics against scipy and direct computations on the raw samples."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from scipy import stats
+from scipy.spatial.distance import jensenshannon
+from sklearn.datasets import load_breast_cancer
+
+from monitors.detectors import (
+    benjamini_hochberg,
+    bin_counts,
+    bonferroni,
+    chi_square,
+    jensen_shannon,
+    ks_binned,
+    psi,
+    psi_noise_level,
+    wasserstein_binned,
+)
+
+DATA = load_breast_cancer().data
+
+
+def quantile_edges(values: np.ndarray, bins: int = 10) -> np.ndarray:
+    return np.unique(np.quantile(values, np.linspace(0, 1, bins + 1)))
+
+
+def samples(seed: int, shift: float = 0.0, size: int = 400) -> tuple[np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    column = DATA[:, seed % DATA.shape[1]]
+    reference = rng.choice(column, size=2000)
+    window = rng.choice(column, size=size) + shift * column.std()
+    return reference, window
+
+
+@pytest.mark.parametrize("seed", range(20))
+@pytest.mark.parametrize("shift", [0.0, 0.3, 1.0])
+def test_ks_is_within_its_stated_bound_of_scipy(seed: int, shift: float) -> None:
+    reference, window = samples(seed, shift)
+    edges = quantile_edges(reference)
+    binned = ks_binned(bin_counts(reference, edges), bin_counts(window, edges))
+    exact = stats.ks_2samp(reference, window, method="asymp")
+    assert binned.statistic <= exact.statistic + 1e-12
+    assert exact.statistic <= binned.statistic + binned.error_bound + 1e-12
+    # same D gives scipy's asymptotic p-value
+    same = stats.kstwo.sf(binned.statistic, round(2000 * 400 / 2400))
+    assert binned.p_value == pytest.approx(same, rel=1e-9, abs=1e-12)
+
+
+def test_ks_p_value_matches_scipy_when_bins_hold_single_values() -> None:
+    rng = np.random.default_rng(7)
+    reference = rng.integers(0, 20, size=3000).astype(float)
+    window = rng.integers(2, 22, size=800).astype(float)
+    edges = np.arange(-0.5, 22.5, 1.0)  # one bin per integer value: binning loses nothing
+    binned = ks_binned(bin_counts(reference, edges), bin_counts(window, edges))
+    exact = stats.ks_2samp(reference, window, method="asymp")
+    assert binned.statistic == pytest.approx(exact.statistic, abs=1e-12)
+    assert binned.p_value == pytest.approx(exact.pvalue, rel=1e-6, abs=1e-300)
+
+
+def test_chi_square_matches_scipy_and_tolerates_unseen_categories() -> None:
+    reference = np.array([500, 300, 200, 0])  # last bucket: categories the reference never saw
+    window = np.array([40, 35, 15, 10])
+    result = chi_square(reference, window)
+    chi2, p_value, _, _ = stats.chi2_contingency(np.vstack([reference, window]), correction=False)
+    assert result.p_value == pytest.approx(p_value)
+    assert result.statistic == pytest.approx(np.sqrt(chi2 / (reference.sum() + window.sum())))
+    assert chi_square(np.array([5, 0]), np.array([3, 0])).p_value == 1.0  # one category only
+
+
+@pytest.mark.parametrize("seed", range(10))
+def test_psi_and_js_match_direct_computation_on_raw_samples(seed: int) -> None:
+    reference, window = samples(seed, shift=0.5)
+    edges = quantile_edges(reference)
+    ref_counts, win_counts = bin_counts(reference, edges), bin_counts(window, edges)
+    # direct: bin the raw samples with numpy's histogram (outer bins widened to hold everything)
+    wide = edges.copy()
+    wide[0], wide[-1] = min(reference.min(), window.min()), max(reference.max(), window.max())
+    p = np.histogram(reference, wide)[0] / len(reference)
+    q = np.histogram(window, wide)[0] / len(window)
+    pc, qc = np.clip(p, 1e-4, None), np.clip(q, 1e-4, None)
+    assert psi(ref_counts, win_counts).statistic == pytest.approx(
+        np.sum((qc - pc) * np.log(qc / pc))
+    )
+    assert jensen_shannon(ref_counts, win_counts).statistic == pytest.approx(
+        jensenshannon(p, q, base=2), abs=1e-9
+    )
+
+
+@pytest.mark.parametrize("seed", range(10))
+def test_wasserstein_is_within_its_bound_of_scipy_on_raw_samples(seed: int) -> None:
+    reference, window = samples(seed, shift=0.4)
+    reference = reference[(reference > 0)]
+    edges = np.linspace(min(reference.min(), window.min()), max(reference.max(), window.max()), 41)
+    scale = reference.std()
+    binned = wasserstein_binned(
+        bin_counts(reference, edges), bin_counts(window, edges), edges, scale
+    )
+    exact = stats.wasserstein_distance(reference, window) / scale
+    assert abs(binned.statistic - exact) <= binned.error_bound
+
+
+def test_psi_noise_level_is_what_psi_averages_under_no_drift() -> None:
+    rng = np.random.default_rng(3)
+    edges = np.quantile(rng.normal(size=100_000), np.linspace(0, 1, 11))
+    reference = bin_counts(rng.normal(size=5000), edges)
+    values = [psi(reference, bin_counts(rng.normal(size=300), edges)).statistic for _ in range(400)]
+    expected = psi_noise_level(10, 5000, 300)
+    assert np.mean(values) == pytest.approx(expected, rel=0.2)
+    assert expected > 0.02  # a fixed 0.1 threshold sits only a few noise levels above it
+
+
+def test_multiple_testing_corrections_match_scipy() -> None:
+    rng = np.random.default_rng(11)
+    p_values = np.concatenate([rng.uniform(size=25), rng.uniform(0, 0.002, size=5)])
+    adjusted = stats.false_discovery_control(p_values, method="bh")
+    assert (benjamini_hochberg(p_values, 0.05) == (adjusted <= 0.05)).all()
+    assert (bonferroni(p_values, 0.05) == (p_values <= 0.05 / 30)).all()
+    assert benjamini_hochberg(np.array([]), 0.05).size == 0
