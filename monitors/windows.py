@@ -1,0 +1,219 @@
+"""Windows of live records, kept as incremental summaries (bin counts, category counts), never
+as raw rows, so memory is bounded whatever the traffic.
+
+A window is a run of consecutive panes: tumbling when the slide equals the size, sliding when
+it is a fraction of it. Panes close by count (rows) or by event time (with allowed lateness:
+a pane closes once the latest event time seen has passed its end by the lateness; a record for
+a pane already closed is dropped and counted). Each pane remembers the first Kafka offset it
+holds, so the consumer commits only offsets whose panes are no longer needed: after a restart
+the open panes are rebuilt from the same records, nothing lost, nothing counted twice.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from dataclasses import dataclass, field
+from itertools import chain
+from typing import Any, Literal
+
+import numpy as np
+
+from monitors.profile import OTHER, ModelProfile
+
+__all__ = ["Pane", "Summary", "WindowSpec", "Windows", "column"]
+
+
+@dataclass(frozen=True)
+class WindowSpec:
+    """Window size and slide, in rows (``count``) or seconds (``time``)."""
+
+    by: Literal["count", "time"] = "count"
+    size: float = 5000
+    slide: float = 5000
+    lateness_s: float = 0.0
+
+    @property
+    def panes(self) -> int:
+        return max(1, round(self.size / self.slide))
+
+
+@dataclass
+class Summary:
+    """Counts of one pane or window: per numeric feature on the profile's bins (+ missing),
+    per categorical feature by category (unknown ones as OTHER)."""
+
+    rows: int = 0
+    bins: dict[str, np.ndarray] = field(default_factory=dict)
+    missing: dict[str, int] = field(default_factory=dict)
+    categories: dict[str, dict[str, int]] = field(default_factory=dict)
+
+    def add(self, other: Summary) -> None:
+        self.rows += other.rows
+        for name, counts in other.bins.items():
+            mine = self.bins.get(name)
+            self.bins[name] = counts.copy() if mine is None else mine + counts
+        for name, n in other.missing.items():
+            self.missing[name] = self.missing.get(name, 0) + n
+        for name, cats in other.categories.items():
+            target = self.categories.setdefault(name, {})
+            for cat, n in cats.items():
+                target[cat] = target.get(cat, 0) + n
+
+
+@dataclass
+class Pane:
+    """A pane's summary, where it starts (offset, event time) and its key."""
+
+    key: float
+    summary: Summary
+    first_offset: int
+    last_offset: int
+    start_time: float
+    end_time: float
+
+
+def column(records: list[dict[str, Any]], name: str) -> np.ndarray:
+    """One feature's values across records, as floats (missing values as NaN)."""
+    values = list(chain.from_iterable(r["features"].get(name, [None] * r["rows"]) for r in records))
+    try:
+        return np.asarray(values, dtype=np.float64)
+    except (TypeError, ValueError):
+        return np.asarray(values, dtype=object).astype(np.float64)
+
+
+def summarize(records: list[dict[str, Any]], profile: ModelProfile) -> Summary:
+    """The summary of a batch of records of one model version, vectorised per feature."""
+    summary = Summary(rows=sum(r["rows"] for r in records))
+    for name, ref in profile.features.items():
+        if name.startswith("prediction:"):
+            output = name.removeprefix("prediction:")
+            values = list(
+                chain.from_iterable(r.get("outputs", {}).get(output, []) for r in records)
+            )
+        else:
+            values = None
+        if ref.kind == "numeric":
+            array = (
+                np.asarray(values, dtype=np.float64)
+                if values is not None
+                else column(records, name)
+            )
+            present = array[~np.isnan(array)]
+            edges = np.asarray(ref.bin_edges)
+            index = np.searchsorted(edges[1:-1], present, side="right")
+            summary.bins[name] = np.bincount(index, minlength=len(edges) - 1)
+            summary.missing[name] = int(len(array) - len(present))
+        else:
+            raw = values if values is not None else list(
+                chain.from_iterable(r["features"].get(name, []) for r in records)
+            )  # fmt: skip
+            labels, counts = np.unique(np.asarray([str(v) for v in raw]), return_counts=True)
+            known = ref.categories
+            cats: dict[str, int] = {}
+            for label, n in zip(labels.tolist(), counts.tolist(), strict=True):
+                key = label if label in known else OTHER
+                cats[key] = cats.get(key, 0) + n
+            summary.categories[name] = cats
+    return summary
+
+
+class Windows:
+    """The panes of one model version in one partition; ``add`` returns windows that closed."""
+
+    def __init__(self, spec: WindowSpec, profile: ModelProfile) -> None:
+        self.spec = spec
+        self.profile = profile
+        self.closed: deque[Pane] = deque(maxlen=spec.panes)
+        self.open: dict[float, Pane] = {}
+        self.watermark = float("-inf")
+        self.late_rows = 0
+        self._count_key = 0.0
+
+    def add(
+        self, records: list[dict[str, Any]], offsets: list[int]
+    ) -> list[tuple[list[Pane], Summary]]:
+        """Take records (with their offsets, in order); return every window that closed."""
+        if self.spec.by == "count":
+            return self._add_by_count(records, offsets)
+        return self._add_by_time(records, offsets)
+
+    def oldest_needed_offset(self) -> int | None:
+        """The first offset of the oldest pane still needed for a window to come."""
+        needed = list(self.open.values())
+        if self.closed and len(self.closed) == self.spec.panes and self.spec.panes > 1:
+            needed += list(self.closed)[1:]
+        elif self.spec.panes > 1:
+            needed += list(self.closed)
+        return min((p.first_offset for p in needed), default=None)
+
+    def _add_by_count(
+        self, records: list[dict[str, Any]], offsets: list[int]
+    ) -> list[tuple[list[Pane], Summary]]:
+        emitted: list[tuple[list[Pane], Summary]] = []
+        start = 0
+        slide = int(self.spec.slide)
+        current = self.open.get(self._count_key)
+        pending_rows = current.summary.rows if current else 0
+        for i, record in enumerate(records):
+            pending_rows += record["rows"]
+            if pending_rows >= slide:  # this record completes the pane
+                self._extend_pane(self._count_key, records[start : i + 1], offsets[start : i + 1])
+                emitted += self._close(self._count_key)
+                self._count_key += 1
+                start, pending_rows = i + 1, 0
+        if start < len(records):
+            self._extend_pane(self._count_key, records[start:], offsets[start:])
+        return emitted
+
+    def _add_by_time(
+        self, records: list[dict[str, Any]], offsets: list[int]
+    ) -> list[tuple[list[Pane], Summary]]:
+        slide = self.spec.slide
+        groups: dict[float, tuple[list[dict[str, Any]], list[int]]] = {}
+        for record, offset in zip(records, offsets, strict=True):
+            key = float(np.floor(record["time"] / slide))
+            if key not in self.open and (key + 1) * slide <= self.watermark:
+                self.late_rows += record["rows"]  # its pane has closed already
+                continue
+            batch = groups.setdefault(key, ([], []))
+            batch[0].append(record)
+            batch[1].append(offset)
+        for key, (group, group_offsets) in sorted(groups.items()):
+            self._extend_pane(key, group, group_offsets)
+        if records:
+            latest = max(r["time"] for r in records)
+            self.watermark = max(self.watermark, latest - self.spec.lateness_s)
+        emitted: list[tuple[list[Pane], Summary]] = []
+        for key in sorted(self.open):
+            if (key + 1) * slide <= self.watermark:
+                emitted += self._close(key)
+        return emitted
+
+    def _extend_pane(self, key: float, records: list[dict[str, Any]], offsets: list[int]) -> None:
+        if not records:
+            return
+        summary = summarize(records, self.profile)
+        times = [r["time"] for r in records]
+        pane = self.open.get(key)
+        if pane is None:
+            self.open[key] = Pane(key, summary, offsets[0], offsets[-1], min(times), max(times))
+        else:
+            pane.summary.add(summary)
+            pane.first_offset = min(pane.first_offset, offsets[0])
+            pane.last_offset = max(pane.last_offset, offsets[-1])
+            pane.start_time, pane.end_time = (
+                min(pane.start_time, *times),
+                max(pane.end_time, *times),
+            )
+
+    def _close(self, key: float) -> list[tuple[list[Pane], Summary]]:
+        pane = self.open.pop(key)
+        if self.spec.by == "time" and self.closed and pane.key != self.closed[-1].key + 1:
+            self.closed.clear()  # a gap in time: earlier panes cannot share a window with it
+        self.closed.append(pane)
+        if len(self.closed) < self.spec.panes:
+            return []
+        total = Summary()
+        for member in self.closed:
+            total.add(member.summary)
+        return [(list(self.closed), total)]

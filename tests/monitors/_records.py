@@ -1,0 +1,53 @@
+"""Inference-log records for monitor tests, as the gateway writes them (monitors/schema.py)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+from sklearn.datasets import load_breast_cancer
+
+from monitors.profile import ModelProfile, build_profile
+
+DATA = load_breast_cancer()
+NAMES = [str(n) for n in DATA.feature_names]
+X = DATA.data.astype(np.float64)
+
+
+def demo_profile() -> ModelProfile:
+    columns = {name: X[:, j] for j, name in enumerate(NAMES)}
+    columns["prediction:label"] = DATA.target.astype(float)
+    return build_profile(columns)
+
+
+def records(
+    rows: np.ndarray,
+    *,
+    start_time: float = 1_000.0,
+    step_s: float = 0.01,
+    model: str = "breast_cancer",
+    version: str = "1",
+    labels: np.ndarray | None = None,
+    prefix: str = "r",
+) -> list[dict[str, Any]]:
+    """One single-row record per row."""
+    labels = labels if labels is not None else (rows[:, 0] > 14).astype(int)
+    return [
+        {
+            "schema_version": 1, "request_id": f"{prefix}{i}", "time": start_time + i * step_s,
+            "endpoint": model, "model": model, "version": version, "variant": "default",
+            "role": "primary", "rows": 1, "status": "ok", "latency_s": 0.001,
+            "features": {name: [float(row[j])] for j, name in enumerate(NAMES)},
+            "outputs": {"label": [int(labels[i])]},
+        }
+        for i, row in enumerate(rows)
+    ]  # fmt: skip
+
+
+def sample(
+    rng: np.random.Generator, n: int, shift_sigma: float = 0.0, feature: int = 0
+) -> np.ndarray:
+    """Rows drawn from the dataset; optionally one feature shifted by some of its sigmas."""
+    rows = X[rng.integers(0, len(X), size=n)].copy()
+    rows[:, feature] += shift_sigma * X[:, feature].std()
+    return rows
