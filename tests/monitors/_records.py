@@ -48,6 +48,6 @@ def sample(
     rng: np.random.Generator, n: int, shift_sigma: float = 0.0, feature: int = 0
 ) -> np.ndarray:
     """Rows drawn from the dataset; optionally one feature shifted by some of its sigmas."""
-    rows = X[rng.integers(0, len(X), size=n)].copy()
+    rows: np.ndarray = X[rng.integers(0, len(X), size=n)].copy()
     rows[:, feature] += shift_sigma * X[:, feature].std()
     return rows

@@ -55,13 +55,13 @@ def test_evaluation_flags_the_shifted_feature_only() -> None:
     rng = np.random.default_rng(3)
     config = DetectorConfig(min_rows=200)
     windows = Windows(WindowSpec("count", 1000, 1000), PROFILE)
-    ((panes, calm),) = windows.add(records(sample(rng, 1000)), list(range(1000)))
+    ((_, calm),) = windows.add(records(sample(rng, 1000)), list(range(1000)))
     ok = evaluate(
         calm, PROFILE, config, model="m", version="1", window_id="w1", start_time=0, end_time=1
     )
     assert ok.status == "ok", ok.drifted_features
     windows = Windows(WindowSpec("count", 1000, 1000), PROFILE)
-    ((panes, shifted),) = windows.add(
+    ((_, shifted),) = windows.add(
         records(sample(rng, 1000, shift_sigma=1.0, feature=3)), list(range(1000))
     )
     bad = evaluate(
