@@ -1,0 +1,60 @@
+"""The monitor's small HTTP side: latest window results, decisions, webhook deliveries, metrics."""
+
+from __future__ import annotations
+
+from dataclasses import asdict
+
+import orjson
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
+
+from monitors.service import MonitorService
+
+__all__ = ["create_status_app"]
+
+
+def _json(doc: object) -> Response:
+    return Response(
+        orjson.dumps(doc, option=orjson.OPT_SERIALIZE_NUMPY), media_type="application/json"
+    )
+
+
+def create_status_app(service: MonitorService) -> Starlette:
+    """``GET /status``, ``GET /status/{model}/{version}``, ``GET /health``, ``GET /metrics``."""
+
+    async def status(request: Request) -> Response:
+        return _json(
+            {
+                "models": service.latest,
+                "decisions": {k: v.to_dict() for k, v in service.decider.states.items()},
+                "deliveries": [asdict(d) for d in service.webhooks.recent],
+            }
+        )
+
+    async def model_status(request: Request) -> Response:
+        key = f"{request.path_params['model']}/{request.path_params['version']}"
+        if key not in service.latest:
+            return Response(
+                orjson.dumps({"error": f"no window closed yet for {key}"}),
+                404,
+                media_type="application/json",
+            )
+        return _json(service.latest[key])
+
+    async def health(request: Request) -> Response:
+        return _json({"live": True})
+
+    async def metrics(request: Request) -> Response:
+        return Response(generate_latest(service.metrics.registry), media_type=CONTENT_TYPE_LATEST)
+
+    return Starlette(
+        routes=[
+            Route("/status", status),
+            Route("/status/{model}/{version}", model_status),
+            Route("/health", health),
+            Route("/metrics", metrics),
+        ]
+    )

@@ -1,0 +1,115 @@
+"""Monitor settings: a YAML file, overridden by ``MONITOR_*`` environment variables."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+
+__all__ = ["MonitorSettings", "SettingsError", "load_settings"]
+
+
+class SettingsError(ValueError):
+    """The monitor's configuration is invalid; the message names the setting."""
+
+
+class _Group(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class KafkaSettings(_Group):
+    bootstrap_servers: str = "127.0.0.1:9092"
+    topic: str = "inference-log"
+    group_id: str = "drift-monitor"
+    max_batch_records: int = Field(default=5000, ge=1)
+
+
+class WindowSettings(_Group):
+    by: Literal["count", "time"] = "count"
+    size: float = Field(default=5000, gt=0)  # rows, or seconds
+    slide: float = Field(default=5000, gt=0)
+    lateness_s: float = Field(default=0.0, ge=0)
+
+
+class DetectorSettings(_Group):
+    alpha: float = Field(default=0.05, gt=0, lt=1)
+    correction: Literal["bh", "bonferroni"] = "bh"
+    psi_threshold: float = Field(default=0.1, ge=0)
+    min_rows: int = Field(default=200, ge=1)
+    max_missing_increase: float = Field(default=0.05, ge=0)
+    max_unseen_share: float = Field(default=0.05, ge=0)
+    min_drifted_features: int = Field(default=1, ge=1)
+
+
+class DecisionSettings(_Group):
+    consecutive: int = Field(default=2, ge=1)
+    cooldown_windows: int = Field(default=10, ge=0)
+
+
+class WebhookSettings(_Group):
+    name: str
+    url: str
+    secret: SecretStr
+
+
+class HttpSettings(_Group):
+    host: str = "127.0.0.1"
+    port: int = Field(default=8090, ge=0, le=65535)
+
+
+class MonitorSettings(BaseSettings):
+    """Everything the monitor reads at start."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="MONITOR_", env_nested_delimiter="__", extra="forbid"
+    )
+
+    kafka: KafkaSettings = Field(default_factory=KafkaSettings)
+    registry_root: Path = Path("registry")
+    state_dir: Path = Path("monitor-state")
+    window: WindowSettings = Field(default_factory=WindowSettings)
+    detector: DetectorSettings = Field(default_factory=DetectorSettings)
+    decision: DecisionSettings = Field(default_factory=DecisionSettings)
+    webhooks: list[WebhookSettings] = Field(default_factory=list)
+    webhook_timeout_s: float = Field(default=5.0, gt=0)
+    webhook_max_attempts: int = Field(default=5, ge=1)
+    webhook_backoff_s: float = Field(default=0.5, ge=0)
+    http: HttpSettings = Field(default_factory=HttpSettings)
+    source: str = "model-gateway/drift-monitor"
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        return (env_settings, init_settings)
+
+
+def load_settings(path: Path | None = None, **overrides: Any) -> MonitorSettings:
+    """Read the YAML file, apply the environment, validate; name what is wrong."""
+    data: dict[str, Any] = {}
+    if path is not None:
+        if not path.is_file():
+            raise SettingsError(f"config file {path} does not exist")
+        loaded = yaml.safe_load(path.read_text()) or {}
+        if not isinstance(loaded, dict):
+            raise SettingsError(f"config file {path} must hold a mapping")
+        data = loaded
+        for key in ("registry_root", "state_dir"):
+            if isinstance(data.get(key), str) and not Path(data[key]).is_absolute():
+                data[key] = str((path.parent / data[key]).resolve())
+    data.update(overrides)
+    try:
+        return MonitorSettings(**data)
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"{'.'.join(str(p) for p in e['loc']) or 'config'}: {e['msg']}" for e in exc.errors()
+        )
+        raise SettingsError(f"invalid configuration: {problems}") from exc
