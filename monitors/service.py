@@ -211,7 +211,7 @@ class MonitorService:
                     continue
                 key = (record["model"], record["version"])
                 group = groups.setdefault(key, ([], []))
-                group[0].append(dict(record))
+                group[0].append(record)  # type: ignore[arg-type]
                 group[1].append(message.offset)
         for (model, version), (batch, offsets) in groups.items():
             self.metrics.records.labels(model, version).inc(len(batch))

@@ -81,9 +81,28 @@ def column(records: list[dict[str, Any]], name: str) -> np.ndarray:
         return np.asarray(values, dtype=object).astype(np.float64)
 
 
+def _matrix(records: list[dict[str, Any]], rows: int) -> dict[str, np.ndarray]:
+    """Every numeric feature's column in one pass, when all records are single-row and carry
+    the same features in the same order (as one gateway writes them); else empty."""
+    if rows != len(records):
+        return {}
+    features = [r["features"] for r in records]
+    keys = list(features[0])
+    if any(list(f) != keys for f in features):
+        return {}
+    values = chain.from_iterable(chain.from_iterable(f.values() for f in features))
+    try:
+        flat = np.fromiter(values, dtype=np.float64, count=rows * len(keys))
+    except (TypeError, ValueError):  # missing values (None), text, or a multi-value row
+        return {}
+    matrix = flat.reshape(rows, len(keys))
+    return {key: matrix[:, j] for j, key in enumerate(keys)}
+
+
 def summarize(records: list[dict[str, Any]], profile: ModelProfile) -> Summary:
     """The summary of a batch of records of one model version, vectorised per feature."""
     summary = Summary(rows=sum(r["rows"] for r in records))
+    matrix = _matrix(records, summary.rows) if records else {}
     for name, ref in profile.features.items():
         if name.startswith("prediction:"):
             output = name.removeprefix("prediction:")
@@ -93,11 +112,12 @@ def summarize(records: list[dict[str, Any]], profile: ModelProfile) -> Summary:
         else:
             values = None
         if ref.kind == "numeric":
-            array = (
-                np.asarray(values, dtype=np.float64)
-                if values is not None
-                else column(records, name)
-            )
+            if values is not None:
+                array = np.asarray(values, dtype=np.float64)
+            elif name in matrix:
+                array = matrix[name]
+            else:
+                array = column(records, name)
             present = array[~np.isnan(array)]
             edges = np.asarray(ref.bin_edges)
             index = np.searchsorted(edges[1:-1], present, side="right")
