@@ -10,6 +10,7 @@ each closed window evaluated against the profile) on one core, without Kafka in 
 from __future__ import annotations
 
 import argparse
+import gc
 import statistics
 import time
 
@@ -80,6 +81,8 @@ def run_once(batch: list[bytes]) -> tuple[float, int]:
 
 
 def main() -> None:
+    gc.freeze()  # as the monitor service does, see monitors/service.py
+    gc.set_threshold(50_000, 20, 100)
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--records", type=int, default=200_000)
     parser.add_argument("--repeats", type=int, default=3)

@@ -69,7 +69,7 @@ class InferenceRecord(TypedDict, total=False):
     comparison: dict[str, Any]
 
 
-_REQUIRED = ("request_id", "time", "model", "version", "role", "rows", "status")
+_REQUIRED_KEYS = frozenset(("request_id", "time", "model", "version", "role", "rows", "status"))
 
 
 class RecordError(ValueError):
@@ -92,9 +92,8 @@ def decode_record(raw: bytes) -> InferenceRecord:
     version = doc.get("schema_version")
     if version != SCHEMA_VERSION:
         raise RecordError(f"unsupported schema_version {version!r} (expected {SCHEMA_VERSION})")
-    missing = [key for key in _REQUIRED if key not in doc]
-    if missing:
-        raise RecordError(f"record lacks {missing}")
+    if not doc.keys() >= _REQUIRED_KEYS:
+        raise RecordError(f"record lacks {sorted(_REQUIRED_KEYS - doc.keys())}")
     record: InferenceRecord = doc  # type: ignore[assignment]
     return record
 

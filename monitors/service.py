@@ -11,6 +11,7 @@ the state file are not evaluated again: nothing lost, nothing counted twice.
 from __future__ import annotations
 
 import asyncio
+import gc
 import json
 import logging
 import os
@@ -167,6 +168,11 @@ class MonitorService:
         self._stopping.set()
 
     async def run(self) -> None:
+        # A consumer batch holds thousands of freshly parsed records (a dict and a list per
+        # feature each); with the collector's default thresholds, collections triggered while
+        # they are alive cost more than the parsing (21k against 59k records/s measured).
+        gc.freeze()
+        gc.set_threshold(50_000, 20, 100)
         kafka = self.settings.kafka
         consumer = AIOKafkaConsumer(
             kafka.topic,
