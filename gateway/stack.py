@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -37,7 +38,8 @@ def run_stack(config: Path, monitor_config: Path | None, broker_port: int) -> in
         log.info("embedded broker on %s (pid %s)", broker.bootstrap_servers, broker.pid)
         if monitor_config is not None and monitor_config.exists():
             monitor = subprocess.Popen(
-                [sys.executable, "-m", "monitors", "run", "--config", str(monitor_config)]
+                [sys.executable, "-m", "monitors", "run", "--config", str(monitor_config)],
+                env={**os.environ, "MONITOR_KAFKA__BOOTSTRAP_SERVERS": broker.bootstrap_servers},
             )
             log.info("drift monitor started (pid %s)", monitor.pid)
         settings = load_settings(
