@@ -14,6 +14,7 @@ from __future__ import annotations
 from collections import deque
 from dataclasses import dataclass, field
 from itertools import chain
+from operator import itemgetter
 from typing import Any, Literal
 
 import numpy as np
@@ -83,17 +84,16 @@ def column(records: list[dict[str, Any]], name: str) -> np.ndarray:
 
 def _matrix(records: list[dict[str, Any]], rows: int) -> dict[str, np.ndarray]:
     """Every numeric feature's column in one pass, when all records are single-row and carry
-    the same features in the same order (as one gateway writes them); else empty."""
+    the same features (as one gateway writes them); else empty."""
     if rows != len(records):
         return {}
-    features = [r["features"] for r in records]
-    keys = list(features[0])
-    if any(list(f) != keys for f in features):
-        return {}
-    values = chain.from_iterable(chain.from_iterable(f.values() for f in features))
+    keys = list(records[0]["features"])
+    pick = itemgetter(*keys)  # each record's value lists in this order, whatever its own
     try:
+        picked = map(pick, (r["features"] for r in records))
+        values = chain.from_iterable(chain.from_iterable(picked))
         flat = np.fromiter(values, dtype=np.float64, count=rows * len(keys))
-    except (TypeError, ValueError):  # missing values (None), text, or a multi-value row
+    except (KeyError, TypeError, ValueError):  # a feature missing, None, text, several values
         return {}
     matrix = flat.reshape(rows, len(keys))
     return {key: matrix[:, j] for j, key in enumerate(keys)}
