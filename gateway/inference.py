@@ -75,6 +75,9 @@ class InferenceService:
         except GatewayError as exc:
             status, error = _status(exc), exc
             raise
+        except asyncio.CancelledError:
+            status = "cancelled"  # the caller disconnected; its rows left the batch queue
+            raise
         finally:
             latency_s = time.perf_counter() - started
             self.traffic.stats.record(
@@ -163,6 +166,7 @@ _OUTCOME: dict[Status, str] = {
     "rejected": "rejected",
     "timeout": "timeout",
     "error": "error",
+    "cancelled": "cancelled",
 }
 
 

@@ -21,7 +21,8 @@ features         ``{feature name: [value per row]}``, decoded with the model's m
 inputs?          ``{input name: {"datatype", "shape", "data"}}`` for inputs without feature names
 outputs          ``{output name: [value per row]}`` (a row may itself be a list, e.g. scores)
 latency_s        seconds from arrival to answer
-status           ``ok``, ``invalid``, ``rejected``, ``timeout``, ``error``
+status           ``ok``, ``invalid``, ``rejected``, ``timeout``, ``error``, ``cancelled``
+                 (the caller went away before its answer)
 error?           the error message when status is not ``ok``
 routing_key?     the caller's routing key when one was sent
 comparison?      shadow records only: ``{"primary_variant", "agreement", "max_abs_diff"}``, how
@@ -46,7 +47,7 @@ __all__ = [
 
 SCHEMA_VERSION = 1
 
-Status = Literal["ok", "invalid", "rejected", "timeout", "error"]
+Status = Literal["ok", "invalid", "rejected", "timeout", "error", "cancelled"]
 
 
 class InferenceRecord(TypedDict, total=False):

@@ -159,3 +159,26 @@ def test_invalid_config_fails_at_start_naming_the_setting(tmp_path: Path) -> Non
     )
     assert env_bad.returncode == 2
     assert "does not exist" in env_bad.stderr
+
+
+def test_a_caller_that_disconnects_leaves_the_queue_before_its_batch_runs(
+    demo_registry: Path, tmp_path: Path
+) -> None:
+    import json
+    import socket
+
+    # Batches wait up to 0.5 s for company: the caller hangs up while its request is queued.
+    with start_gateway(tmp_path, config(demo_registry, max_batch_delay_s=0.5)) as gw:
+        body = json.dumps({"inputs": [{"name": "input", "shape": [1, 30], "datatype": "FP32",
+                                       "data": X[0].tolist()}]}).encode()  # fmt: skip
+        head = (f"POST /v2/models/breast_cancer/infer HTTP/1.1\r\nHost: x\r\n"
+                f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n")  # fmt: skip
+        with socket.create_connection(("127.0.0.1", gw.port)) as sock:
+            sock.sendall(head.encode() + body)
+            time.sleep(0.1)
+        time.sleep(1.0)  # the batch deadline passes
+        metrics = httpx.get(f"{gw.url}/metrics").text
+    outcome = 'gateway_requests_total{model="breast_cancer",outcome="cancelled",variant="default",version="1"} 1.0'
+    assert outcome in metrics
+    no_batch = 'gateway_batch_rows_count{model="breast_cancer",variant="default",version="1"} 0.0'
+    assert no_batch in metrics, "the cancelled request never reached onnxruntime"
