@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STATE ?= var
 
-.PHONY: serve test lint typecheck unit bench clean
+.PHONY: serve test bench bench-drift clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -30,8 +30,14 @@ test: $(VENV)/.dev-installed
 	$(BIN)/mypy
 	$(BIN)/pytest
 
+## Serving benchmark (loadtests/README.md): gateway vs a bare per-request server, open loop.
 bench: $(VENV)/.dev-installed
 	$(BIN)/python -m loadtests.bench_serving
+
+## Drift monitor: detection quality and throughput.
+bench-drift: $(VENV)/.dev-installed
+	$(BIN)/python -m loadtests.drift_quality
+	$(BIN)/python -m loadtests.drift_throughput
 
 clean:
 	rm -rf $(VENV) $(STATE) .model-cache
