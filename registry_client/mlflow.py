@@ -1,12 +1,15 @@
 """MLflow Model Registry over its REST API (httpx only; this package never imports mlflow).
 
-Aliases and versions resolve through the registered-model API. A version's artifacts download
-through the MLflow artifact proxy (``mlflow-artifacts:`` URIs, also behind ``runs:/`` sources),
-are checked against the listed sizes and the metadata's sha256, and are cached under
-``cache_dir/<model>/<version>/``, which appears whole (renamed into place) or not at all.
+``latest``, when no such alias is set, is the highest version number. Artifacts come through
+the MLflow artifact proxy (server started with ``--artifacts-destination``), following the
+server's ``get-download-uri`` answer: ``mlflow-artifacts:`` as is, ``runs:/<run_id>/<path>``
+through the run, ``models:/m-<id>`` (MLflow 3 logged models) through the logged model.
 
-Layout expected in the version's artifact folder: ``model.onnx`` (and ``metadata.json``) at
-its root, or in one direct subfolder (as ``mlflow.log_artifacts(dir, "model")`` leaves them).
+Layout required: ``model.onnx`` (and optionally ``metadata.json``) at the root of the version's
+artifact folder, or in exactly one direct subfolder (as when the source is a run's root and the
+files were logged under ``model/``); only that folder is fetched. Files are checked against the
+listed sizes and the metadata's sha256 and cached under ``cache_dir/<model>/<version>/``, which
+appears whole (renamed into place) or not at all.
 """
 
 from __future__ import annotations
@@ -17,7 +20,7 @@ import shutil
 import tempfile
 from pathlib import Path
 from typing import Any
-from urllib.parse import quote
+from urllib.parse import quote, urlsplit
 
 import httpx
 
@@ -29,14 +32,16 @@ from registry_client.errors import (
     RegistryUnavailableError,
     VersionNotFoundError,
 )
-from registry_client.metadata import MODEL_FILE
+from registry_client.metadata import MODEL_FILE, ModelMetadata
 from registry_client.reference import ModelRef
 
 __all__ = ["MlflowRegistry"]
 
 _API = "/api/2.0/mlflow"
 _ARTIFACTS = "/api/2.0/mlflow-artifacts/artifacts"
+# Written last into a verified version folder; holds model.onnx's size for a cheap re-check.
 _COMPLETE = ".complete"
+_CHUNK_BYTES = 1 << 20
 
 
 class MlflowRegistry(Registry):
@@ -57,7 +62,7 @@ class MlflowRegistry(Registry):
         self.cache_dir = Path(cache_dir)
         self._retries = retries
         self._backoff_s = backoff_s
-        headers = {"authorization": f"Bearer {token}"} if token else {}
+        headers = {"Authorization": f"Bearer {token}"} if token else {}
         self._client = httpx.AsyncClient(
             base_url=self.base_url, headers=headers, timeout=timeout_s, transport=transport
         )
@@ -67,99 +72,109 @@ class MlflowRegistry(Registry):
 
     async def resolve(self, ref: ModelRef) -> str:
         if ref.version is not None:
-            await self._model_version(ref.name, ref.version)
+            await self._require_version(ref.name, ref.version)
             return ref.version
         assert ref.alias is not None
-        response = await self._get(
-            f"{_API}/registered-models/alias", {"name": ref.name, "alias": ref.alias}
-        )
+        alias = f"{_API}/registered-models/alias"
+        response = await self._get(alias, name=ref.name, alias=ref.alias)
         if response.status_code == 200:
-            return str(response.json()["model_version"]["version"])
+            return str(_field(response, "model_version", "version"))
+        if not _not_found(response):
+            _check(response, f"alias {ref}")
         await self._require_model(ref.name)  # ModelNotFoundError if the model is the problem
         if ref.alias == "latest":
             return await self._latest(ref.name)
         raise VersionNotFoundError(f"model {ref.name!r} has no alias {ref.alias!r}")
 
     async def fetch(self, name: str, version: str) -> ModelVersion:
-        ModelRef.parse(f"{name}/{version}")  # rejects path tricks
+        ModelRef.parse(f"{name}/{version}")  # rejects path tricks such as '..'
         target = self.cache_dir / name / version
-        if (target / _COMPLETE).exists():
-            metadata = await asyncio.to_thread(verify_version_dir, name, version, target)
+        metadata = await asyncio.to_thread(_cached, target)
+        if metadata is not None:
             return ModelVersion(name, version, target, metadata)
-        await self._model_version(name, version)
+        await self._require_version(name, version)
         source = await self._artifact_path(name, version)
         files = await self._list(source)
         folder = _model_folder(name, version, files)
-        self.cache_dir.mkdir(parents=True, exist_ok=True)
-        staging = Path(tempfile.mkdtemp(prefix=f".{name}-{version}-", dir=self.cache_dir))
+        staging = await asyncio.to_thread(_staging_dir, self.cache_dir, f".{name}-{version}-")
         try:
             for path, size in files.items():
                 if folder and not path.startswith(folder + "/"):
                     continue
-                local = staging / (path[len(folder) + 1 :] if folder else path)
-                await self._download(f"{source}/{path}", local, size, name, version)
-            metadata = await asyncio.to_thread(verify_version_dir, name, version, staging)
-            (staging / _COMPLETE).touch()
-            target.parent.mkdir(parents=True, exist_ok=True)
-            if target.exists():  # an incomplete earlier download
-                shutil.rmtree(target)
-            os.replace(staging, target)
+                local = staging / path.removeprefix(folder).lstrip("/")
+                await self._download(f"{source}/{path}", local, size, f"{name} version {version}")
+            metadata = await asyncio.to_thread(_install, name, version, staging, target)
         except BaseException:
+            # synchronous on purpose: it must run even while the task is being cancelled
             shutil.rmtree(staging, ignore_errors=True)
             raise
         return ModelVersion(name, version, target, metadata)
 
     # -- registry calls -----------------------------------------------------------------------
 
-    async def _model_version(self, name: str, version: str) -> dict[str, Any]:
-        response = await self._get(f"{_API}/model-versions/get", {"name": name, "version": version})
-        if response.status_code == 200:
-            result: dict[str, Any] = response.json()["model_version"]
-            return result
+    async def _require_version(self, name: str, version: str) -> None:
+        if version.isdigit():
+            response = await self._get(f"{_API}/model-versions/get", name=name, version=version)
+            if response.status_code == 200:
+                return
+            if not _not_found(response):
+                _check(response, f"model {name!r} version {version!r}")
         await self._require_model(name)
         raise VersionNotFoundError(f"model {name!r} has no version {version!r}")
 
     async def _require_model(self, name: str) -> None:
-        response = await self._get(f"{_API}/registered-models/get", {"name": name})
-        if response.status_code == 404 or _code(response) == "RESOURCE_DOES_NOT_EXIST":
+        response = await self._get(f"{_API}/registered-models/get", name=name)
+        if _not_found(response):
             raise ModelNotFoundError(f"model {name!r} is not in the MLflow registry")
-        self._check(response, f"model {name!r}")
+        _check(response, f"model {name!r}")
 
     async def _latest(self, name: str) -> str:
-        response = await self._get(f"{_API}/model-versions/search", {"filter": f"name='{name}'"})
-        self._check(response, f"versions of {name!r}")
-        versions = [str(v["version"]) for v in response.json().get("model_versions", [])]
+        response = await self._get(
+            f"{_API}/model-versions/search",
+            filter=f"name='{name}'",
+            order_by="version_number DESC",
+            max_results="1",
+        )
+        _check(response, f"versions of {name!r}")
+        versions = _field(response, "model_versions", default=[])
         if not versions:
             raise VersionNotFoundError(f"model {name!r} has no versions")
-        return max(versions, key=lambda v: (v.isdigit(), int(v) if v.isdigit() else 0, v))
+        return str(versions[0]["version"])
 
     async def _artifact_path(self, name: str, version: str) -> str:
         """The version's artifact folder as a path for the artifact proxy."""
-        response = await self._get(
-            f"{_API}/model-versions/get-download-uri", {"name": name, "version": version}
-        )
-        self._check(response, f"model {name} version {version}")
-        uri = str(response.json()["artifact_uri"])
+        what = f"model {name} version {version}"
+        download_uri = f"{_API}/model-versions/get-download-uri"
+        response = await self._get(download_uri, name=name, version=version)
+        _check(response, what)
+        uri = str(_field(response, "artifact_uri"))
         if uri.startswith("runs:/"):
-            run_id, _, sub = uri[len("runs:/") :].partition("/")
-            run = await self._get(f"{_API}/runs/get", {"run_id": run_id})
-            self._check(run, f"run {run_id}")
-            uri = f"{run.json()['run']['info']['artifact_uri'].rstrip('/')}/{sub}"
+            run_id, _, sub = uri.removeprefix("runs:/").partition("/")
+            run = await self._get(f"{_API}/runs/get", run_id=run_id)
+            _check(run, f"{what}: run {run_id}")
+            uri = _join(str(_field(run, "run", "info", "artifact_uri")), sub)
+        elif uri.startswith("models:/m-"):
+            model_id, _, sub = uri.removeprefix("models:/").partition("/")
+            logged = await self._get(f"{_API}/logged-models/{quote(model_id)}")
+            _check(logged, f"{what}: logged model {model_id}")
+            uri = _join(str(_field(logged, "model", "info", "artifact_uri")), sub)
         if not uri.startswith("mlflow-artifacts:"):
             raise RegistryError(
-                f"model {name} version {version}: artifacts at {uri!r} are not served by the "
-                "MLflow artifact proxy (start the server with --artifacts-destination)"
+                f"{what}: artifacts at {uri!r} are not served by the MLflow artifact proxy "
+                "(start the server with --artifacts-destination)"
             )
-        return uri[len("mlflow-artifacts:") :].lstrip("/").rstrip("/")
+        return urlsplit(uri).path.strip("/")
 
     async def _list(self, path: str, prefix: str = "") -> dict[str, int]:
-        """Every file under ``path`` (relative path -> size), recursively."""
-        response = await self._get(_ARTIFACTS, {"path": f"{path}/{prefix}".rstrip("/")})
-        self._check(response, f"artifacts at {path}")
+        """Every file under ``path`` (relative path -> listed size, -1 if none), recursively."""
+        response = await self._get(_ARTIFACTS, path=f"{path}/{prefix}".rstrip("/"))
+        _check(response, f"artifacts at {path}")
         files: dict[str, int] = {}
-        for entry in response.json().get("files", []):
+        for entry in _field(response, "files", default=[]):
             # the proxy lists names relative to the folder asked for
             name = str(entry["path"]).rsplit("/", 1)[-1]
+            if name in ("", ".", ".."):
+                continue
             relative = f"{prefix}/{name}" if prefix else name
             if entry.get("is_dir"):
                 files.update(await self._list(path, relative))
@@ -167,81 +182,144 @@ class MlflowRegistry(Registry):
                 files[relative] = int(entry.get("file_size", -1))
         return files
 
-    async def _download(self, path: str, local: Path, size: int, name: str, version: str) -> None:
-        url = f"{_ARTIFACTS}/{quote(path)}"
+    async def _download(self, path: str, local: Path, size: int, what: str) -> None:
+        last: Exception | None = None
         for attempt in range(self._retries + 1):
+            if attempt:
+                await asyncio.sleep(self._backoff_s * 2 ** (attempt - 1))
             try:
-                async with self._client.stream("GET", url) as response:
-                    if response.status_code == 404:
-                        raise CorruptModelError(f"model {name} version {version}: {path} is gone")
-                    self._check(response, f"artifact {path}")
-                    local.parent.mkdir(parents=True, exist_ok=True)
-                    written = 0
-                    with local.open("wb") as fh:
-                        async for chunk in response.aiter_bytes(1 << 20):
-                            fh.write(chunk)
-                            written += len(chunk)
-                if size >= 0 and written != size:
-                    raise CorruptModelError(
-                        f"model {name} version {version}: {path} has {written} bytes, "
-                        f"the registry lists {size}"
-                    )
-                return
+                written = await self._stream_to_file(path, local, what)
             except (httpx.TransportError, RegistryUnavailableError) as exc:
-                if attempt == self._retries:
-                    raise RegistryUnavailableError(
-                        f"MLflow at {self.base_url}: downloading {path} failed: {exc}"
-                    ) from exc
-                await asyncio.sleep(self._backoff_s * 2**attempt)
-
-    async def _get(self, path: str, params: dict[str, str]) -> httpx.Response:
-        """GET with retries on connection errors and 5xx answers."""
-        for attempt in range(self._retries + 1):
-            try:
-                response = await self._client.get(path, params=params)
-                if response.status_code < 500:
-                    return response
-                problem = f"{response.status_code} {response.text[:200]}"
-            except httpx.TransportError as exc:
-                problem = repr(exc)
-            if attempt < self._retries:
-                await asyncio.sleep(self._backoff_s * 2**attempt)
+                last = exc
+                continue
+            if size >= 0 and written != size:
+                raise CorruptModelError(
+                    f"{what}: {path} has {written} bytes, the registry lists {size}"
+                )
+            return
         raise RegistryUnavailableError(
-            f"MLflow registry at {self.base_url} unreachable after {self._retries + 1} tries: "
-            f"{problem}"
-        )
+            f"MLflow at {self.base_url}: downloading {path} failed after "
+            f"{self._retries + 1} tries: {last!r}"
+        ) from last
 
-    def _check(self, response: httpx.Response, what: str) -> None:
-        if response.status_code >= 500:
-            raise RegistryUnavailableError(
-                f"MLflow at {self.base_url}: {what}: {response.status_code}"
-            )
-        if response.status_code >= 400:
-            raise RegistryError(f"MLflow: {what}: {_message(response)}")
+    async def _stream_to_file(self, path: str, local: Path, what: str) -> int:
+        async with self._client.stream("GET", f"{_ARTIFACTS}/{quote(path)}") as response:
+            if response.status_code == 404:
+                raise CorruptModelError(f"{what}: {path} is listed but cannot be downloaded")
+            if response.status_code >= 400:
+                await response.aread()
+                _check(response, f"artifact {path}")
+            await asyncio.to_thread(local.parent.mkdir, parents=True, exist_ok=True)
+            fh = await asyncio.to_thread(local.open, "wb")
+            written = 0
+            try:
+                async for chunk in response.aiter_bytes(_CHUNK_BYTES):
+                    await asyncio.to_thread(fh.write, chunk)
+                    written += len(chunk)
+            finally:
+                fh.close()
+            return written
+
+    async def _get(self, endpoint: str, /, **params: str) -> httpx.Response:
+        """GET with exponential backoff on connection errors, timeouts and 5xx answers."""
+        last: Exception | None = None
+        problem = ""
+        for attempt in range(self._retries + 1):
+            if attempt:
+                await asyncio.sleep(self._backoff_s * 2 ** (attempt - 1))
+            try:
+                response = await self._client.get(endpoint, params=params)
+            except httpx.TransportError as exc:
+                last, problem = exc, repr(exc)
+                continue
+            if response.status_code < 500:
+                return response
+            problem = f"{response.status_code} {_message(response)}"
+        raise RegistryUnavailableError(
+            f"MLflow registry at {self.base_url} unreachable after {self._retries + 1} tries "
+            f"({endpoint}): {problem}"
+        ) from last
+
+
+def _staging_dir(cache_dir: Path, prefix: str) -> Path:
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    return Path(tempfile.mkdtemp(prefix=prefix, dir=cache_dir))
+
+
+def _cached(target: Path) -> ModelMetadata | None:
+    """The metadata of a complete cached copy, or None (absent, unfinished or changed)."""
+    try:
+        expected = int((target / _COMPLETE).read_text())
+        if (target / MODEL_FILE).stat().st_size != expected:
+            return None
+    except (OSError, ValueError):
+        return None
+    return ModelMetadata.load(target)
+
+
+def _install(name: str, version: str, staging: Path, target: Path) -> ModelMetadata:
+    """Verify a downloaded folder and rename it into place (a concurrent fetch may win)."""
+    metadata = verify_version_dir(name, version, staging)
+    (staging / _COMPLETE).write_text(str((staging / MODEL_FILE).stat().st_size))
+    target.parent.mkdir(parents=True, exist_ok=True)
+    installed = _cached(target)
+    if installed is not None:
+        shutil.rmtree(staging, ignore_errors=True)
+        return installed
+    if target.exists():  # an unfinished or changed earlier copy
+        shutil.rmtree(target)
+    os.replace(staging, target)
+    return metadata
 
 
 def _model_folder(name: str, version: str, files: dict[str, int]) -> str:
     """'' when model.onnx sits at the artifact root, else the one subfolder that holds it."""
     if MODEL_FILE in files:
         return ""
-    holders = [p[: -len(MODEL_FILE) - 1] for p in files if p.endswith("/" + MODEL_FILE)]
+    holders = [p.removesuffix("/" + MODEL_FILE) for p in files if p.endswith("/" + MODEL_FILE)]
     holders = [h for h in holders if "/" not in h]
     if len(holders) == 1:
         return holders[0]
     raise CorruptModelError(
-        f"model {name} version {version}: no {MODEL_FILE} in its artifacts ({sorted(files)})"
+        f"model {name} version {version}: no {MODEL_FILE} at the root of its artifacts or in "
+        f"exactly one direct subfolder (found {sorted(files)})"
     )
 
 
-def _code(response: httpx.Response) -> str:
+def _join(uri: str, sub: str) -> str:
+    return f"{uri.rstrip('/')}/{sub}" if sub else uri
+
+
+def _not_found(response: httpx.Response) -> bool:
+    # A missing model is 404 RESOURCE_DOES_NOT_EXIST; a missing alias of an existing model is
+    # 400 INVALID_PARAMETER_VALUE "... alias x not found." (MLflow 3).
+    if response.status_code == 404:
+        return True
+    return response.status_code == 400 and "not found" in _message(response).lower()
+
+
+def _check(response: httpx.Response, what: str) -> None:
+    if response.status_code >= 500:
+        raise RegistryUnavailableError(f"MLflow: {what}: {response.status_code}")
+    if response.status_code >= 400:
+        raise RegistryError(f"MLflow: {what}: {response.status_code} {_message(response)}")
+
+
+def _field(response: httpx.Response, *keys: str, default: Any = None) -> Any:
+    """``response.json()[k1][k2]...``; an answer of another shape is a RegistryError."""
     try:
-        return str(response.json().get("error_code", ""))
-    except ValueError:
-        return ""
+        value: Any = response.json()
+        for key in keys:
+            value = value[key] if default is None else value.get(key, default)
+    except (ValueError, KeyError, TypeError, AttributeError) as exc:
+        raise RegistryError(
+            f"unexpected answer from MLflow at {response.url}: {response.text[:200]!r}"
+        ) from exc
+    return value
 
 
 def _message(response: httpx.Response) -> str:
     try:
-        return str(response.json().get("message", response.text))
-    except ValueError:
+        return str(response.json().get("message", response.text[:200]))
+    except (ValueError, AttributeError):
         return response.text[:200]

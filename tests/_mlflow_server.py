@@ -7,10 +7,11 @@ import subprocess
 import sys
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Literal
 
 from tests._support import free_port, wait_http
 
-__all__ = ["mlflow_server", "register_in_mlflow"]
+__all__ = ["mlflow_server", "register_in_mlflow", "set_alias"]
 
 
 @contextlib.contextmanager
@@ -43,21 +44,47 @@ def mlflow_server(root: Path) -> Iterator[str]:
             proc.wait()
 
 
-def register_in_mlflow(url: str, name: str, version_dir: Path, alias: str | None = None) -> str:
-    """Log a version folder as a run's artifacts and register it; returns the version."""
+def register_in_mlflow(
+    url: str,
+    name: str,
+    version_dir: Path,
+    alias: str | None = None,
+    *,
+    source: Literal["artifacts", "runs", "run-root", "logged-model"] = "artifacts",
+) -> str:
+    """Log a version folder to MLflow and register it; returns the version.
+
+    ``source`` picks the version's source URI: the folder's ``mlflow-artifacts:`` URI, its
+    ``runs:/<id>/model`` URI, the run's root (the files then sit in a ``model/`` subfolder), or
+    an MLflow 3 logged model (``models:/m-<id>``).
+    """
     import mlflow
     from mlflow import MlflowClient
 
     mlflow.set_tracking_uri(url)
     client = MlflowClient(url)
     with mlflow.start_run() as run:
-        mlflow.log_artifacts(str(version_dir), artifact_path="model")
-        source = mlflow.get_artifact_uri("model")
+        run_id = run.info.run_id
+        model_id = None
+        if source == "logged-model":
+            logged = client.create_logged_model(run.info.experiment_id, source_run_id=run_id)
+            model_id = logged.model_id
+            client.log_model_artifacts(model_id, str(version_dir))
+            client.finalize_logged_model(model_id, "READY")
+            uri = f"models:/{model_id}"
+        else:
+            mlflow.log_artifacts(str(version_dir), artifact_path="model")
+            uri = {
+                "artifacts": mlflow.get_artifact_uri("model"),
+                "runs": f"runs:/{run_id}/model",
+                "run-root": f"runs:/{run_id}",
+            }[source]
     try:
         client.get_registered_model(name)
     except mlflow.exceptions.MlflowException:
         client.create_registered_model(name)
-    version = str(client.create_model_version(name, source=source, run_id=run.info.run_id).version)
+    created = client.create_model_version(name, source=uri, run_id=run_id, model_id=model_id)
+    version = str(created.version)
     if alias is not None:
         client.set_registered_model_alias(name, alias, version)
     return version

@@ -5,7 +5,9 @@ from __future__ import annotations
 import shutil
 import uuid
 from pathlib import Path
+from typing import Literal
 
+import httpx
 import numpy as np
 import onnxruntime as ort
 import pytest
@@ -14,6 +16,7 @@ from registry_client import (
     CorruptModelError,
     ModelNotFoundError,
     ModelRef,
+    RegistryError,
     RegistryUnavailableError,
     VersionNotFoundError,
 )
@@ -44,6 +47,10 @@ async def test_resolve_fetch_cache_and_alias_moves(
         assert label.shape == (1,)
         set_alias(mlflow_url, name, "champion", v2)
         assert await registry.resolve(ModelRef.parse(f"{name}@champion")) == v2
+        # a cached copy that changed on disk is downloaded again
+        version.model_file.write_bytes(b"truncated")
+        again = await registry.fetch(name, v1)
+        assert again.model_file.stat().st_size > len(b"truncated")
     finally:
         await registry.aclose()
         await registry.aclose()  # safe twice
@@ -68,8 +75,55 @@ async def test_clear_errors(mlflow_url: str, demo_registry: Path, tmp_path: Path
             await registry.resolve(ModelRef.parse(f"{name}@staging"))
         with pytest.raises(VersionNotFoundError, match="no version '42'"):
             await registry.fetch(name, "42")
+        with pytest.raises(VersionNotFoundError, match="no version 'abc'"):
+            await registry.resolve(ModelRef.parse(f"{name}/abc"))
+        with pytest.raises(ModelNotFoundError):
+            await registry.fetch(unique("nope"), "1")
+        # a request MLflow rejects for another reason keeps MLflow's message
+        with pytest.raises(RegistryError, match="Invalid alias name") as info:
+            await registry.resolve(ModelRef.parse(f"{name}@bad.alias"))
+        assert type(info.value) is RegistryError
     finally:
         await registry.aclose()
+
+
+@pytest.mark.parametrize("source", ["runs", "run-root", "logged-model"])
+async def test_every_kind_of_version_source_is_fetched(
+    source: Literal["runs", "run-root", "logged-model"],
+    mlflow_url: str,
+    demo_registry: Path,
+    tmp_path: Path,
+) -> None:
+    name = unique(source)
+    version_dir = demo_registry / "breast_cancer" / "1"
+    version = register_in_mlflow(mlflow_url, name, version_dir, source=source)
+    registry = MlflowRegistry(mlflow_url, tmp_path / "cache", backoff_s=0.01)
+    try:
+        fetched = await registry.fetch(name, version)
+    finally:
+        await registry.aclose()
+    assert fetched.model_file.read_bytes() == (version_dir / "model.onnx").read_bytes()
+    assert fetched.metadata.class_labels == ["malignant", "benign"]
+
+
+async def test_token_is_sent_and_server_errors_are_retried(tmp_path: Path) -> None:
+    seen: list[str | None] = []
+
+    def answer(request: httpx.Request) -> httpx.Response:
+        seen.append(request.headers.get("authorization"))
+        if len(seen) < 3:
+            return httpx.Response(503, json={"message": "busy"})
+        return httpx.Response(200, json={"model_version": {"name": "m", "version": "7"}})
+
+    registry = MlflowRegistry(
+        "http://mlflow.test", tmp_path, token="s3cr3t", backoff_s=0.0,
+        transport=httpx.MockTransport(answer),
+    )  # fmt: skip
+    try:
+        assert await registry.resolve(ModelRef.parse("m@champion")) == "7"
+    finally:
+        await registry.aclose()
+    assert seen == ["Bearer s3cr3t"] * 3
 
 
 async def test_unreachable_registry_is_retried_then_reported(tmp_path: Path) -> None:
