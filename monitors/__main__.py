@@ -17,7 +17,8 @@ def _run(config: Path | None) -> int:
     from prometheus_client import CollectorRegistry
 
     from monitors.app import create_status_app
-    from monitors.service import MonitorMetrics, MonitorService
+    from monitors.metrics import MonitorMetrics
+    from monitors.service import MonitorService
     from monitors.settings import SettingsError, load_settings
 
     try:

@@ -31,6 +31,7 @@ def create_status_app(service: MonitorService) -> Starlette:
                 "models": service.latest,
                 "decisions": {k: v.to_dict() for k, v in service.decider.states.items()},
                 "deliveries": [asdict(d) for d in service.webhooks.recent],
+                "pending_webhooks": service.outbox.size,
             }
         )
 

@@ -3,6 +3,7 @@ testing many features, effect sizes that must also be large enough, always-on ch
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -68,6 +69,11 @@ class WindowResult:
     @property
     def drifted_features(self) -> list[str]:
         return [f.name for f in self.features if f.drifted]
+
+    def fingerprint(self) -> str:
+        """A digest of the window's statistics: equal for windows of the same rows."""
+        stats = [(f.name, f.statistic, f.p_value, f.psi) for f in self.features]
+        return hashlib.sha256(repr((self.rows, stats)).encode()).hexdigest()[:16]
 
     def to_dict(self) -> dict[str, Any]:
         doc = asdict(self)

@@ -1,11 +1,12 @@
 """The monitor service: a Kafka consumer group over the inference log, windows per model version,
 evaluation, decisions, webhooks; offsets committed only behind state that is safe.
 
-Safety: a window is evaluated, its webhook delivered (or given up on) and its id written to the
-state file (atomically, with the decision state) before any offset past its records is
-committed; the committed offset of a partition is the first record of the oldest pane still
-needed. After a crash the open panes are rebuilt from the same records, and windows already in
-the state file are not evaluated again: nothing lost, nothing counted twice.
+Safety: after each batch of a partition, its window panes, decision state and evaluation marks
+are written to a snapshot file (atomically, see ``monitors/state.py``) with the offset after the
+batch, and only then is that offset committed. A restarted or newly assigned instance resumes
+from the snapshot that goes with the committed offset, so every record lands in exactly one
+window, whatever the number of records per Kafka message or of model versions per partition;
+a window is evaluated once (its id is the model version's window sequence number).
 """
 
 from __future__ import annotations
@@ -14,84 +15,32 @@ import asyncio
 import gc
 import json
 import logging
-import os
 import time
 from collections import deque
-from pathlib import Path
 from typing import Any
 
-from aiokafka import AIOKafkaConsumer, TopicPartition
-from prometheus_client import CollectorRegistry, Counter, Gauge
+from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition
+from aiokafka.errors import CommitFailedError, KafkaError
+from prometheus_client import Gauge
 
 from monitors.decision import Decider, DecisionState
 from monitors.evaluate import DetectorConfig, WindowResult, evaluate
+from monitors.metrics import MonitorMetrics
+from monitors.outbox import Outbox
 from monitors.profile import ModelProfile, load_profile
 from monitors.schema import RecordError, decode_records
 from monitors.settings import MonitorSettings
-from monitors.webhooks import Delivery, Webhooks, WebhookTarget, drift_event
+from monitors.state import PartitionSnapshot, SnapshotStore
+from monitors.webhooks import Webhooks, WebhookTarget, drift_event
 from monitors.windows import Windows, WindowSpec
 from registry_client import LocalRegistry, RegistryError
 
-__all__ = ["MonitorMetrics", "MonitorService"]
+__all__ = ["MonitorService"]
 
 log = logging.getLogger(__name__)
 
-_STATE_FILE = "state.json"
-_DONE_KEPT = 5000
-
-
-class MonitorMetrics:
-    """The monitor's Prometheus metrics, on a registry passed in."""
-
-    def __init__(self, registry: CollectorRegistry) -> None:
-        self.registry = registry
-        mv = ("model", "version")
-        self.records = Counter("monitor_records", "Log records consumed.", mv, registry=registry)
-        self.skipped = Counter(
-            "monitor_skipped_records",
-            "Records not evaluated, by reason.",
-            ("reason",),
-            registry=registry,
-        )
-        self.lag = Gauge(
-            "monitor_lag_records",
-            "Records behind the partition's end.",
-            ("partition",),
-            registry=registry,
-        )
-        self.windows = Counter(
-            "monitor_windows",
-            "Windows closed, by status (ok, drift, insufficient).",
-            (*mv, "status"),
-            registry=registry,
-        )
-        self.statistic = Gauge(
-            "monitor_feature_statistic",
-            "Latest window's test statistic (KS D or Cramer's V).",
-            (*mv, "feature"),
-            registry=registry,
-        )
-        self.p_value = Gauge(
-            "monitor_feature_p_value",
-            "Latest window's p-value.",
-            (*mv, "feature"),
-            registry=registry,
-        )
-        self.psi = Gauge(
-            "monitor_feature_psi", "Latest window's PSI.", (*mv, "feature"), registry=registry
-        )
-        self.decisions = Counter(
-            "monitor_drift_decisions", "Drift episodes that fired webhooks.", mv, registry=registry
-        )
-        self.deliveries = Counter(
-            "monitor_webhook_deliveries",
-            "Webhook deliveries by outcome.",
-            ("target", "status"),
-            registry=registry,
-        )
-
-    def delivered(self, delivery: Delivery) -> None:
-        self.deliveries.labels(delivery.target, delivery.status).inc()
+_AUDIT_FILE = "windows.jsonl"
+_AUDIT_IDS_KEPT = 20_000
 
 
 class MonitorService:
@@ -116,51 +65,106 @@ class MonitorService:
             backoff_s=settings.webhook_backoff_s,
             on_delivery=metrics.delivered,
         )
+        self.outbox = Outbox(self.webhooks)
         self.latest: dict[str, dict[str, Any]] = {}
+        self._positions: dict[int, int] = {}
         self._windows: dict[tuple[int, str, str], Windows] = {}
+        self._sequence: dict[tuple[int, str, str], int] = {}
+        self._evaluated: dict[tuple[int, str, str], int] = {}
         self._profiles: dict[tuple[str, str], ModelProfile | None] = {}
-        self._done: deque[str] = deque(maxlen=_DONE_KEPT)
-        self._done_set: set[str] = set()
-        self._evaluated_log: list[dict[str, Any]] = []
+        self._store = SnapshotStore(settings.state_dir, settings.kafka.topic)
+        self._restored: set[int] = set()
+        self._revoked: set[int] = set()
+        self._audit: list[dict[str, Any]] = []
+        self._audited: deque[str] | None = None
         self._stopping = asyncio.Event()
-        self._load_state()
 
     # -- state --------------------------------------------------------------------------------
 
-    def _state_path(self) -> Path:
-        return self.settings.state_dir / _STATE_FILE
+    def _snapshot(self, partition: int, offset: int) -> PartitionSnapshot:
+        snapshot = PartitionSnapshot(offset)
+        for (p, model, version), windows in self._windows.items():
+            if p != partition:
+                continue
+            key = f"{model}/{version}"
+            snapshot.windows[key] = windows.to_state()
+            snapshot.sequence[key] = self._sequence.get((p, model, version), 0)
+            snapshot.evaluated[key] = self._evaluated.get((p, model, version), 0)
+            if key in self.decider.states:
+                snapshot.decisions[key] = self.decider.states[key].to_dict()
+        snapshot.pending = self.outbox.pending(partition)
+        return snapshot
 
-    def _load_state(self) -> None:
-        path = self._state_path()
-        if not path.exists():
-            return
-        state = json.loads(path.read_text())
-        for key, value in state.get("decisions", {}).items():
-            self.decider.states[key] = DecisionState(**value)
-        for window_id in state.get("done", []):
-            self._remember(window_id)
-
-    def _remember(self, window_id: str) -> None:
-        if len(self._done) == self._done.maxlen:
-            self._done_set.discard(self._done[0])
-        self._done.append(window_id)
-        self._done_set.add(window_id)
-
-    def _save_state(self) -> None:
+    def _save(self, snapshots: dict[int, PartitionSnapshot]) -> None:
+        """The audit trail first (deduplicated by window id), then the snapshots."""
         directory = self.settings.state_dir
         directory.mkdir(parents=True, exist_ok=True)
-        state = {
-            "decisions": {k: v.to_dict() for k, v in self.decider.states.items()},
-            "done": list(self._done),
-        }
-        tmp = directory / f"{_STATE_FILE}.tmp"
-        tmp.write_text(json.dumps(state))
-        os.replace(tmp, self._state_path())
-        if self._evaluated_log:  # an audit trail of every window evaluated, once each
-            with (directory / "windows.jsonl").open("a") as fh:
-                for entry in self._evaluated_log:
-                    fh.write(json.dumps(entry) + "\n")
-            self._evaluated_log.clear()
+        if self._audit:
+            audited = self._audit_ids()
+            with (directory / _AUDIT_FILE).open("a") as fh:
+                for entry in self._audit:
+                    if entry["window_id"] not in audited:  # re-evaluated after a crash
+                        fh.write(json.dumps(entry) + "\n")
+                        audited.append(entry["window_id"])
+            self._audit.clear()
+        for partition, snapshot in snapshots.items():
+            self._store.save(partition, snapshot)
+
+    def _audit_ids(self) -> deque[str]:
+        if self._audited is None:
+            path = self.settings.state_dir / _AUDIT_FILE
+            lines = path.read_text().splitlines()[-_AUDIT_IDS_KEPT:] if path.exists() else []
+            self._audited = deque(
+                (json.loads(line)["window_id"] for line in lines), maxlen=_AUDIT_IDS_KEPT
+            )
+        return self._audited
+
+    async def _restore(self, consumer: AIOKafkaConsumer, tp: TopicPartition) -> None:
+        """Take on a partition: the state that goes with its committed offset, or none."""
+        committed = await consumer.committed(tp)
+        snapshot = await asyncio.to_thread(self._store.load, tp.partition, committed)
+        self._restored.add(tp.partition)
+        if snapshot is None:
+            self.metrics.restores.labels("empty").inc()
+            log.info(
+                "partition %d: no snapshot for offset %s, empty windows", tp.partition, committed
+            )
+            return
+        for key, state in snapshot.windows.items():
+            model, _, version = key.partition("/")
+            profile = self._profile(model, version)
+            if profile is None:
+                continue
+            try:
+                windows = Windows.restore(self.spec, profile, state)
+            except (ValueError, KeyError) as exc:
+                log.warning(
+                    "partition %d, %s: window state not restored: %s", tp.partition, key, exc
+                )
+                continue
+            self._windows[(tp.partition, model, version)] = windows
+            self._sequence[(tp.partition, model, version)] = snapshot.sequence.get(key, 0)
+            self._evaluated[(tp.partition, model, version)] = snapshot.evaluated.get(key, 0)
+        for key, decision in snapshot.decisions.items():
+            self.decider.states[key] = DecisionState(**decision)
+        self.outbox.restore(tp.partition, snapshot.pending)
+        self._positions[tp.partition] = snapshot.offset
+        self.metrics.restores.labels("restored").inc()
+        log.info("partition %d: state restored at offset %d", tp.partition, snapshot.offset)
+
+    def _drop_revoked(self) -> None:
+        revoked = set(self._revoked)
+        self._revoked.clear()  # in place: the rebalance listener holds this set
+        for partition in revoked:
+            self._restored.discard(partition)
+            self._store.forget(partition)
+            self.outbox.forget(partition)
+            self._positions.pop(partition, None)
+            for stream in [k for k in self._windows if k[0] == partition]:
+                del self._windows[stream]
+                self._sequence.pop(stream, None)
+                self._evaluated.pop(stream, None)
+                self.decider.states.pop(f"{stream[1]}/{stream[2]}", None)
 
     # -- the loop -----------------------------------------------------------------------------
 
@@ -175,31 +179,60 @@ class MonitorService:
         gc.set_threshold(50_000, 20, 100)
         kafka = self.settings.kafka
         consumer = AIOKafkaConsumer(
-            kafka.topic,
             bootstrap_servers=kafka.bootstrap_servers,
             group_id=kafka.group_id,
             enable_auto_commit=False,
             auto_offset_reset="earliest",
+            session_timeout_ms=int(kafka.session_timeout_s * 1000),
+            heartbeat_interval_ms=int(kafka.heartbeat_interval_s * 1000),
         )
-        await consumer.start()
+        consumer.subscribe(
+            [kafka.topic], listener=_Revocations(self._revoked, self.metrics.partitions)
+        )
+        self.outbox.start()
         try:
+            await consumer.start()
             while not self._stopping.is_set():
                 batches = await consumer.getmany(
                     timeout_ms=500, max_records=kafka.max_batch_records
                 )
+                self._drop_revoked()
                 if not batches:
                     continue
                 commits: dict[TopicPartition, int] = {}
                 for tp, messages in batches.items():
+                    if tp.partition not in self._restored:
+                        await self._restore(consumer, tp)
                     commits[tp] = await self._consume(tp.partition, messages)
                     highwater = consumer.highwater(tp)
                     if highwater is not None:
                         self.metrics.lag.labels(str(tp.partition)).set(highwater - commits[tp])
-                await asyncio.to_thread(self._save_state)
-                await consumer.commit(commits)
+                # A partition revoked meanwhile belongs to its next owner: neither saved nor
+                # committed here (that owner resumes from the snapshot of the last commit).
+                commits = {tp: o for tp, o in commits.items() if tp.partition not in self._revoked}
+                self._audit = [e for e in self._audit if e["partition"] not in self._revoked]
+                snapshots = {
+                    tp.partition: self._snapshot(tp.partition, o) for tp, o in commits.items()
+                }
+                await asyncio.to_thread(self._save, snapshots)
+                self.outbox.dispatch()  # events are in the snapshots now
+                self._positions.update({tp.partition: o for tp, o in commits.items()})
+                try:
+                    await consumer.commit(commits)
+                except (CommitFailedError, KafkaError) as exc:
+                    # The snapshot before this one still goes with the committed offset.
+                    log.warning("offsets not committed (%s); the batch will be read again", exc)
         finally:
-            await consumer.stop()
-            await self.webhooks.aclose()
+            await self._shutdown(consumer)
+
+    async def _shutdown(self, consumer: AIOKafkaConsumer) -> None:
+        """Deliver what is queued, note what was delivered in the snapshots, stop."""
+        await self.outbox.stop(self.settings.webhook_timeout_s)
+        self._drop_revoked()
+        snapshots = {p: self._snapshot(p, o) for p, o in self._positions.items()}
+        await asyncio.to_thread(self._save, snapshots)  # same offsets as committed
+        await consumer.stop()
+        await self.webhooks.aclose()
 
     async def _consume(self, partition: int, messages: list[Any]) -> int:
         """Process one partition's messages; return the offset that is safe to commit."""
@@ -225,10 +258,12 @@ class MonitorService:
             if windows is None:
                 self.metrics.skipped.labels("no_reference_profile").inc(len(batch))
                 continue
+            stream = (partition, model, version)
             for panes, summary in windows.add(batch, offsets):
-                window_id = f"p{partition}:{panes[0].first_offset}-{panes[-1].last_offset}"
-                if window_id in self._done_set:
-                    continue  # evaluated before a restart
+                sequence = self._sequence[stream] = self._sequence.get(stream, 0) + 1
+                window_id = f"{model}/{version}/p{partition}/{sequence}"
+                if sequence <= self._evaluated.get(stream, 0):
+                    continue  # evaluated before a crash, in the batch being read again
                 result = evaluate(
                     summary,
                     windows.profile,
@@ -239,13 +274,9 @@ class MonitorService:
                     start_time=panes[0].start_time,
                     end_time=panes[-1].end_time,
                 )
-                await self._act(result)
-                self._remember(window_id)
-        needed = [
-            w.oldest_needed_offset() for (p, _, _), w in self._windows.items() if p == partition
-        ]
-        pending = [offset for offset in needed if offset is not None]
-        return min(pending) if pending else messages[-1].offset + 1
+                await self._act(result, partition)
+                self._evaluated[stream] = sequence
+        return int(messages[-1].offset) + 1
 
     def _windows_for(self, partition: int, model: str, version: str) -> Windows | None:
         key = (partition, model, version)
@@ -267,7 +298,7 @@ class MonitorService:
             self._profiles[(model, version)] = profile
         return self._profiles[(model, version)]
 
-    async def _act(self, result: WindowResult) -> None:
+    async def _act(self, result: WindowResult, partition: int) -> None:
         labels = (result.model, result.version)
         self.metrics.windows.labels(*labels, result.status).inc()
         for feature in result.features:
@@ -276,13 +307,15 @@ class MonitorService:
             self.metrics.psi.labels(*labels, feature.name).set(feature.psi)
         summary = result.to_dict()
         self.latest[f"{result.model}/{result.version}"] = summary
-        self._evaluated_log.append(
+        self._audit.append(
             {
                 "window_id": result.window_id,
+                "partition": partition,
                 "model": result.model,
                 "version": result.version,
                 "status": result.status,
                 "rows": result.rows,
+                "fingerprint": result.fingerprint(),
                 "time": time.time(),
             }
         )
@@ -311,4 +344,18 @@ class MonitorService:
                 result.drifted_features,
                 len(self.webhooks.targets),
             )
-            await self.webhooks.send(event_id, body)
+            self.outbox.add(partition, event_id, body)
+
+
+class _Revocations(ConsumerRebalanceListener):  # type: ignore[misc]
+    """Notes revoked partitions; the loop drops their state (and takes on new ones lazily)."""
+
+    def __init__(self, revoked: set[int], assigned: Gauge) -> None:
+        self._revoked = revoked
+        self._assigned = assigned
+
+    async def on_partitions_revoked(self, revoked: list[TopicPartition]) -> None:
+        self._revoked.update(tp.partition for tp in revoked)
+
+    async def on_partitions_assigned(self, assigned: list[TopicPartition]) -> None:
+        self._assigned.set(len(assigned))

@@ -25,6 +25,9 @@ class KafkaSettings(_Group):
     topic: str = "inference-log"
     group_id: str = "drift-monitor"
     max_batch_records: int = Field(default=5000, ge=1)
+    # How soon the group notices an instance that died (its partitions move after this).
+    session_timeout_s: float = Field(default=10.0, gt=0)
+    heartbeat_interval_s: float = Field(default=3.0, gt=0)
 
 
 class WindowSettings(_Group):

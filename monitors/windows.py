@@ -4,9 +4,8 @@ as raw rows, so memory is bounded whatever the traffic.
 A window is a run of consecutive panes: tumbling when the slide equals the size, sliding when
 it is a fraction of it. Panes close by count (rows) or by event time (with allowed lateness:
 a pane closes once the latest event time seen has passed its end by the lateness; a record for
-a pane already closed is dropped and counted). Each pane remembers the first Kafka offset it
-holds, so the consumer commits only offsets whose panes are no longer needed: after a restart
-the open panes are rebuilt from the same records, nothing lost, nothing counted twice.
+a pane already closed is dropped and counted). ``to_state``/``restore`` carry the panes through
+a snapshot, so a restarted monitor continues exactly where the snapshot left off.
 """
 
 from __future__ import annotations
@@ -157,15 +156,6 @@ class Windows:
             return self._add_by_count(records, offsets)
         return self._add_by_time(records, offsets)
 
-    def oldest_needed_offset(self) -> int | None:
-        """The first offset of the oldest pane still needed for a window to come."""
-        needed = list(self.open.values())
-        if self.closed and len(self.closed) == self.spec.panes and self.spec.panes > 1:
-            needed += list(self.closed)[1:]
-        elif self.spec.panes > 1:
-            needed += list(self.closed)
-        return min((p.first_offset for p in needed), default=None)
-
     def _add_by_count(
         self, records: list[dict[str, Any]], offsets: list[int]
     ) -> list[tuple[list[Pane], Summary]]:
@@ -237,3 +227,63 @@ class Windows:
         for member in self.closed:
             total.add(member.summary)
         return [(list(self.closed), total)]
+
+    # -- snapshots ----------------------------------------------------------------------------
+
+    def to_state(self) -> dict[str, Any]:
+        """Everything ``restore`` needs to continue exactly where this left off (JSON-able)."""
+        return {
+            "spec": [self.spec.by, self.spec.size, self.spec.slide, self.spec.lateness_s],
+            "closed": [_pane_state(p) for p in self.closed],
+            "open": [_pane_state(p) for p in self.open.values()],
+            "watermark": self.watermark if np.isfinite(self.watermark) else None,
+            "late_rows": self.late_rows,
+            "count_key": self._count_key,
+        }
+
+    @classmethod
+    def restore(cls, spec: WindowSpec, profile: ModelProfile, state: dict[str, Any]) -> Windows:
+        """Windows from ``to_state``; raises ValueError when the state was kept for another
+        window spec (its panes would not add up to this spec's windows)."""
+        if state["spec"] != [spec.by, spec.size, spec.slide, spec.lateness_s]:
+            raise ValueError(f"window state for {state['spec']}, not for {spec}")
+        windows = cls(spec, profile)
+        windows.closed.extend(_pane_from(p) for p in state["closed"])
+        windows.open = {pane.key: pane for pane in map(_pane_from, state["open"])}
+        watermark = state["watermark"]
+        windows.watermark = float("-inf") if watermark is None else float(watermark)
+        windows.late_rows = int(state["late_rows"])
+        windows._count_key = float(state["count_key"])
+        return windows
+
+
+def _pane_state(pane: Pane) -> dict[str, Any]:
+    summary = pane.summary
+    return {
+        "key": pane.key,
+        "first_offset": pane.first_offset,
+        "last_offset": pane.last_offset,
+        "start_time": pane.start_time,
+        "end_time": pane.end_time,
+        "rows": summary.rows,
+        "bins": {name: counts.tolist() for name, counts in summary.bins.items()},
+        "missing": summary.missing,
+        "categories": summary.categories,
+    }
+
+
+def _pane_from(state: dict[str, Any]) -> Pane:
+    summary = Summary(
+        rows=int(state["rows"]),
+        bins={n: np.asarray(c, dtype=np.int64) for n, c in state["bins"].items()},
+        missing={n: int(c) for n, c in state["missing"].items()},
+        categories={n: dict(c) for n, c in state["categories"].items()},
+    )
+    return Pane(
+        float(state["key"]),
+        summary,
+        int(state["first_offset"]),
+        int(state["last_offset"]),
+        float(state["start_time"]),
+        float(state["end_time"]),
+    )

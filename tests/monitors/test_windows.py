@@ -16,27 +16,10 @@ def test_count_windows_tumble_and_slide() -> None:
     tumbling = Windows(WindowSpec("count", 300, 300), PROFILE)
     closed = tumbling.add(batch, list(range(1000)))
     assert [w[1].rows for w in closed] == [300, 300, 300]
-    assert tumbling.oldest_needed_offset() == 900  # the open pane's first record
     sliding = Windows(WindowSpec("count", 400, 100), PROFILE)
     closed = sliding.add(batch, list(range(1000)))
     assert [w[1].rows for w in closed] == [400] * 7
     assert [w[0][0].first_offset for w in closed] == [0, 100, 200, 300, 400, 500, 600]
-    assert sliding.oldest_needed_offset() == 700
-
-
-def test_restart_from_the_committed_offset_rebuilds_the_same_windows() -> None:
-    rng = np.random.default_rng(1)
-    batch = records(sample(rng, 1000))
-    spec = WindowSpec("count", 400, 100)
-    whole = Windows(spec, PROFILE).add(batch, list(range(1000)))
-    first = Windows(spec, PROFILE)
-    before = first.add(batch[:550], list(range(550)))
-    resume_at = first.oldest_needed_offset()
-    assert resume_at is not None
-    again = Windows(spec, PROFILE).add(batch[resume_at:], list(range(resume_at, 1000)))
-    keys = [(w[0][0].first_offset, w[0][-1].last_offset) for w in before + again]
-    assert keys == [(w[0][0].first_offset, w[0][-1].last_offset) for w in whole]
-    assert len(keys) == len(set(keys)), "no window counted twice"
 
 
 def test_time_windows_close_after_lateness_and_drop_late_records() -> None:
