@@ -15,6 +15,8 @@ import orjson
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.errors import KafkaError
 
+from monitors.broker import BrokerError, create_topics
+
 __all__ = ["ControlChannel"]
 
 log = logging.getLogger(__name__)
@@ -85,13 +87,21 @@ class ControlChannel:
                 await self._consume(handler)
             except asyncio.CancelledError:
                 raise
-            except (KafkaError, OSError, TimeoutError) as exc:
+            except (KafkaError, OSError, TimeoutError, BrokerError) as exc:
                 log.warning("control topic %s: %s; reconnecting", self.topic, exc)
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 5.0)
 
     async def _consume(self, handler: Handler) -> None:
-        await self._ensure_topic()
+        # one partition: one order of changes for every replica
+        await create_topics(
+            self._options["bootstrap_servers"],
+            [self.topic],
+            1,
+            timeout_s=0.0,  # _follow retries with backoff
+            client_options=self._options,
+            request_timeout_s=self._timeout_s,
+        )
         consumer = AIOKafkaConsumer(
             enable_auto_commit=False,
             group_id=None,
@@ -127,21 +137,3 @@ class ControlChannel:
         finally:
             with contextlib.suppress(Exception):
                 await consumer.stop()
-
-    async def _ensure_topic(self) -> None:
-        from aiokafka.admin import AIOKafkaAdminClient, NewTopic
-        from aiokafka.errors import TopicAlreadyExistsError
-
-        keys = ("bootstrap_servers", "client_id", "security_protocol", "ssl_context",
-                "sasl_mechanism", "sasl_plain_username", "sasl_plain_password")  # fmt: skip
-        admin = AIOKafkaAdminClient(
-            request_timeout_ms=int(self._timeout_s * 1000),
-            **{k: v for k, v in self._options.items() if k in keys},
-        )
-        try:
-            await admin.start()
-            if self.topic not in set(await admin.list_topics()):
-                with contextlib.suppress(TopicAlreadyExistsError):
-                    await admin.create_topics([NewTopic(self.topic, 1, replication_factor=1)])
-        finally:
-            await admin.close()

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
+from monitors.profile import build_profile
 from registry_client import FeatureSpec, LocalRegistry, ModelMetadata, ReferenceProfile
 from registry_client.metadata import BatchingHints, NumericProfile
 
@@ -21,18 +22,13 @@ DEMO_MODEL = "breast_cancer"
 
 
 def reference_profile(data: np.ndarray, names: list[str], bins: int = 10) -> ReferenceProfile:
-    """Histogram of each column on its training quantiles, the baseline for drift checks."""
-    features: dict[str, NumericProfile] = {}
-    for column, name in enumerate(names):
-        values = data[:, column].astype(np.float64)
-        edges = np.unique(np.quantile(values, np.linspace(0, 1, bins + 1)))
-        counts, _ = np.histogram(values, bins=edges)
-        features[name] = NumericProfile(
-            bin_edges=edges.tolist(),
-            counts=counts.tolist(),
-            mean=float(values.mean()),
-            std=float(values.std()),
-        )
+    """Histogram of each column on its training quantiles, the baseline for drift checks (the
+    monitor's own profile builder, kept in the metadata's simpler form)."""
+    profile = build_profile({name: data[:, j] for j, name in enumerate(names)}, bins=bins)
+    features = {
+        name: NumericProfile(bin_edges=p.bin_edges, counts=p.counts, mean=p.mean, std=p.std)
+        for name, p in profile.features.items()
+    }
     return ReferenceProfile(rows=len(data), features=features)
 
 

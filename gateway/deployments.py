@@ -21,7 +21,7 @@ from gateway.errors import ModelLoadError, NotReadyError, UnknownModelError
 from gateway.metrics import GatewayMetrics
 from gateway.runtime import ModelRuntime, RuntimeOptions
 from gateway.settings import BatchingSettings
-from gateway.signature import Signature
+from gateway.signature import Signature, feature_input
 from registry_client import ModelRef, ModelVersion, Registry, RegistryError
 from registry_client.metadata import ModelMetadata
 
@@ -55,13 +55,8 @@ class LoadedModel:
             (b"{" if i == 0 else b"],") + orjson.dumps(name).replace(b"%", b"%%") + b":[%s"
             for i, name in enumerate(self.feature_names)
         ) + (b"]}" if self.feature_names else b"{}")
-        inputs = self.signature.inputs
-        if not metadata.features:
-            self.feature_input = None
-        elif metadata.feature_input is not None:
-            self.feature_input = metadata.feature_input
-        else:
-            self.feature_input = inputs[0].name if len(inputs) == 1 else None
+        spec = feature_input(self.signature, metadata)
+        self.feature_input = spec.name if spec is not None else None
 
     @property
     def signature(self) -> Signature:

@@ -13,6 +13,7 @@ from gateway.log_records import RecordBuilder
 from gateway.metrics import GatewayMetrics
 from gateway.settings import FeatureLogSettings
 from gateway.spool import Spool
+from monitors.broker import BrokerError, create_topics
 
 __all__ = ["build_feature_log", "build_record_builder", "producer_options"]
 
@@ -81,24 +82,14 @@ async def build_feature_log(
 
 
 async def _create_topic(settings: FeatureLogSettings, options: dict[str, Any]) -> None:
-    from aiokafka.admin import AIOKafkaAdminClient, NewTopic
-    from aiokafka.errors import KafkaError, TopicAlreadyExistsError
-
-    admin_options = {
-        k: v for k, v in options.items()
-        if k in ("bootstrap_servers", "client_id", "security_protocol", "ssl_context",
-                 "sasl_mechanism", "sasl_plain_username", "sasl_plain_password")
-    }  # fmt: skip
-    admin = AIOKafkaAdminClient(request_timeout_ms=int(settings.timeout_s * 1000), **admin_options)
     try:
-        await admin.start()
-        if settings.topic not in set(await admin.list_topics()):
-            topic = NewTopic(settings.topic, settings.topic_partitions, replication_factor=1)
-            await admin.create_topics([topic])
-            log.info("feature log: created topic %s", settings.topic)
-    except TopicAlreadyExistsError:
-        pass
-    except (KafkaError, OSError, TimeoutError) as exc:
+        await create_topics(
+            settings.bootstrap_servers,
+            [settings.topic],
+            settings.topic_partitions,
+            timeout_s=0.0,  # one attempt: the gateway starts whether the broker is up or not
+            client_options=options,
+            request_timeout_s=settings.timeout_s,
+        )
+    except BrokerError as exc:  # the spool covers a broker that is not there yet
         log.warning("feature log: could not check or create topic %s: %s", settings.topic, exc)
-    finally:
-        await admin.close()

@@ -6,12 +6,15 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from registry_client.metadata import ModelMetadata
+
 __all__ = [
     "DATATYPE_TO_NUMPY",
     "ONNX_TO_DATATYPE",
     "Signature",
     "TensorSpec",
     "datatype_of",
+    "feature_input",
 ]
 
 # Open Inference Protocol datatype -> numpy dtype. BYTES travels as object arrays of str/bytes.
@@ -105,3 +108,14 @@ class Signature:
             if spec.name == name:
                 return spec
         return None
+
+
+def feature_input(signature: Signature, metadata: ModelMetadata) -> TensorSpec | None:
+    """The input whose columns are the metadata's named features, when the model has one."""
+    if not metadata.features:
+        return None
+    if metadata.feature_input is not None:
+        return signature.input(metadata.feature_input)
+    if len(signature.inputs) == 1 and len(signature.inputs[0].shape) == 2:
+        return signature.inputs[0]
+    return None

@@ -22,6 +22,7 @@ import sys
 import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
+from typing import Any
 
 __all__ = ["BrokerError", "EmbeddedBroker", "create_topics", "find_tansu", "running_broker"]
 
@@ -118,16 +119,33 @@ class EmbeddedBroker:
         self.stop()
 
 
+# Client options an admin client takes, out of a producer's or consumer's (security included).
+_ADMIN_OPTIONS = ("client_id", "security_protocol", "ssl_context", "sasl_mechanism",
+                  "sasl_plain_username", "sasl_plain_password")  # fmt: skip
+
+
 async def create_topics(
-    bootstrap_servers: str, topics: Sequence[str], partitions: int = 1, timeout_s: float = 20.0
+    bootstrap_servers: str,
+    topics: Sequence[str],
+    partitions: int = 1,
+    timeout_s: float = 20.0,
+    client_options: dict[str, Any] | None = None,
+    request_timeout_s: float = 20.0,
 ) -> None:
-    """Create topics that do not exist yet (retrying while the broker comes up)."""
+    """Create topics that do not exist yet, retrying while the broker comes up; raises
+    BrokerError after ``timeout_s`` (0: one attempt). ``client_options`` may be a producer's
+    keyword arguments: the security ones are passed on."""
     from aiokafka.admin import AIOKafkaAdminClient, NewTopic
     from aiokafka.errors import KafkaError, TopicAlreadyExistsError
 
+    options = {k: v for k, v in (client_options or {}).items() if k in _ADMIN_OPTIONS}
     deadline = time.monotonic() + timeout_s
     while True:
-        admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap_servers)
+        admin = AIOKafkaAdminClient(
+            bootstrap_servers=bootstrap_servers,
+            request_timeout_ms=int(request_timeout_s * 1000),
+            **options,
+        )
         try:
             await admin.start()
             existing = set(await admin.list_topics())
@@ -140,7 +158,7 @@ async def create_topics(
                 with contextlib.suppress(TopicAlreadyExistsError):
                     await admin.create_topics(wanted)
             return
-        except KafkaError as exc:
+        except (KafkaError, OSError, TimeoutError) as exc:
             if time.monotonic() > deadline:
                 raise BrokerError(f"cannot create topics on {bootstrap_servers}: {exc}") from exc
             await asyncio.sleep(0.2)

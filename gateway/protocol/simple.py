@@ -14,7 +14,7 @@ import orjson
 
 from gateway.errors import InvalidInputError
 from gateway.protocol._json import load_object, request_id
-from gateway.signature import Signature, TensorSpec
+from gateway.signature import Signature, TensorSpec, feature_input
 from registry_client.metadata import ModelMetadata
 
 __all__ = ["parse_instances", "render_predictions"]
@@ -36,21 +36,10 @@ def parse_instances(
         rows = [doc["features"]]
     else:
         raise InvalidInputError("body needs 'instances' (a list of rows) or 'features' (one row)")
-    column_input = _column_input(signature, metadata)
+    column_input = feature_input(signature, metadata)
     if column_input is not None:
         return caller_id, {column_input.name: _columns(rows, column_input, metadata)}
     return caller_id, _per_input(rows, signature)
-
-
-def _column_input(signature: Signature, metadata: ModelMetadata) -> TensorSpec | None:
-    """The input whose columns are the metadata's features, when the model has one."""
-    if not metadata.features:
-        return None
-    if metadata.feature_input is not None:
-        return signature.input(metadata.feature_input)
-    if len(signature.inputs) == 1 and len(signature.inputs[0].shape) == 2:
-        return signature.inputs[0]
-    return None
 
 
 def _columns(rows: list[Any], spec: TensorSpec, metadata: ModelMetadata) -> np.ndarray:
