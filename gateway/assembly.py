@@ -86,6 +86,7 @@ async def start_core(
         executor,
         metrics,
         settings.runtime.worker_threads,
+        settings.runtime.inline_run_max_s,
     )
     overrides = settings.batching_overrides()
 

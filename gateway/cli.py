@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import argparse
-import importlib.util
+import asyncio
 import logging
 import sys
+from importlib.util import find_spec
 from pathlib import Path
 
 from gateway.errors import ConfigError
@@ -28,13 +29,18 @@ def serve(settings: GatewaySettings, log_level: str = "info") -> None:
     # to every batch under load.
     sys.setswitchinterval(settings.runtime.gil_switch_interval_s)
     app = create_app(settings)
+    http: str | type[asyncio.Protocol] = "httptools" if find_spec("httptools") else "h11"
+    if settings.server.http_protocol == "gateway" and find_spec("httptools"):
+        from gateway.http.server import protocol_class
+
+        http = protocol_class(settings.server.max_body_bytes, app)
     config = uvicorn.Config(
         app,
         host=settings.server.host,
         port=settings.server.port,
         # uvloop and httptools are faster; fall back to the pure-Python ones where absent.
-        loop="uvloop" if importlib.util.find_spec("uvloop") else "asyncio",
-        http="httptools" if importlib.util.find_spec("httptools") else "h11",
+        loop="uvloop" if find_spec("uvloop") else "asyncio",
+        http=http,
         lifespan="on",
         access_log=settings.server.access_log,
         log_level=log_level,

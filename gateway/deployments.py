@@ -77,12 +77,14 @@ class ModelLoader:
         executor: ThreadPoolExecutor,
         metrics: GatewayMetrics,
         worker_threads: int,
+        inline_run_max_s: float = 0.0,
     ) -> None:
         self.registry = registry
         self._options = runtime_options
         self._executor = executor
         self._metrics = metrics
         self._worker_threads = worker_threads
+        self._inline_run_max_s = inline_run_max_s
 
     async def load(
         self,
@@ -106,7 +108,6 @@ class ModelLoader:
         except (RegistryError, ModelLoadError) as exc:
             self._metrics.model_loads.labels(name, version, variant, "failure").inc()
             raise ModelLoadError(f"model {name} ({ref} -> version {version}): {exc}") from exc
-        log.info("loaded %s version %s, warm-up seconds by batch size %s", name, version, timings)
         if batching.enabled:
             max_rows, delay, concurrency = (
                 batching.max_batch_size,
@@ -115,6 +116,9 @@ class ModelLoader:
             )
         else:  # one request per model call, as many at once as there are worker threads
             max_rows, delay, concurrency = 1, 0.0, self._worker_threads
+        # Shadows (given their own executor) always run off the loop: they must never slow
+        # the primary, whatever they cost.
+        inline = executor is None and max(timings.values()) <= self._inline_run_max_s
         batcher = Batcher(
             runtime.run,
             executor or self._executor,
@@ -124,9 +128,17 @@ class ModelLoader:
             max_queue_size=batching.max_queue_size,
             max_concurrent_batches=concurrency,
             stackable=runtime.signature.batchable and batching.enabled,
+            inline=inline,
             observer=self._metrics.for_batches(name, version, variant),
         )
         batcher.start()
+        log.info(
+            "loaded %s version %s, warm-up seconds by batch size %s, batches run %s",
+            name,
+            version,
+            timings,
+            "on the event loop" if inline else "on worker threads",
+        )
         self._metrics.model_loads.labels(name, version, variant, "success").inc()
         return LoadedModel(name, variant, ref, version, runtime, batcher, batching)
 

@@ -48,6 +48,7 @@ class InferenceService:
         self._feature_log = feature_log
         self._records = records or RecordBuilder()
         self._children: dict[tuple[str, ...], tuple[Counter, Histogram]] = {}
+        self._rows: dict[tuple[str, ...], Counter] = {}
 
     def pick(
         self, info: RequestInfo, pinned: str | None = None, version: str | None = None
@@ -55,35 +56,66 @@ class InferenceService:
         """The variant that serves this request (raises UnknownModelError / NotReadyError)."""
         return self.traffic.pick(info.endpoint, info.routing_key, pinned, version)
 
+    def start(
+        self, model: LoadedModel, inputs: Tensors, info: RequestInfo
+    ) -> tuple[int, asyncio.Future[Tensors]]:
+        """Check ``inputs`` and queue them on the model's batcher, without waiting.
+
+        Returns the row count and the future of the outputs; raises GatewayError (invalid
+        input, overloaded). Whatever happens, the caller then calls ``finish`` once.
+        """
+        rows = validate_inputs(model.signature, inputs, self._allow_nan)
+        deadline = asyncio.get_running_loop().time() + model.batching.timeout_s
+        return rows, model.batcher.enqueue(inputs, rows, deadline)
+
+    def finish(
+        self,
+        model: LoadedModel,
+        info: RequestInfo,
+        inputs: Tensors,
+        rows: int,
+        started: float,
+        outputs: Tensors | None,
+        error: BaseException | None = None,
+    ) -> None:
+        """Record a started request's outcome: metrics, canary stats, shadows, feature log."""
+        status: Status = "error"
+        failure: GatewayError | None = None
+        if error is None and outputs is not None:
+            status = "ok"
+            rows_total = self._rows.get((model.name, model.version, model.variant))
+            if rows_total is None:
+                rows_total = self._metrics.rows.labels(model.name, model.version, model.variant)
+                self._rows[(model.name, model.version, model.variant)] = rows_total
+            rows_total.inc(rows)
+            for shadow in self.traffic.shadows(model.name):
+                shadow.offer(model, inputs, outputs, rows, info)
+        elif isinstance(error, GatewayError):
+            status, failure = _status(error), error
+        elif isinstance(error, asyncio.CancelledError):
+            status = "cancelled"  # the caller disconnected; its rows left the batch queue
+        latency_s = time.perf_counter() - started
+        self.traffic.stats.record(
+            model.name, model.variant, latency_s, status in ("error", "timeout")
+        )
+        self._finish(model, info, latency_s, "primary", status, failure, rows, inputs, outputs)
+
     async def infer(
         self, model: LoadedModel, inputs: Tensors, started: float, info: RequestInfo
     ) -> Tensors:
         """Predict for ``inputs``; ``started`` is the request's arrival (``time.perf_counter``)."""
-        status: Status = "error"
-        error: GatewayError | None = None
         rows = 0
         outputs: Tensors | None = None
+        error: BaseException | None = None
         try:
-            rows = validate_inputs(model.signature, inputs, self._allow_nan)
-            deadline = asyncio.get_running_loop().time() + model.batching.timeout_s
-            outputs = await model.batcher.submit(inputs, rows, deadline)
-            status = "ok"
-            self._metrics.rows.labels(model.name, model.version, model.variant).inc(rows)
-            for shadow in self.traffic.shadows(model.name):
-                shadow.offer(model, inputs, outputs, rows, info)
+            rows, future = self.start(model, inputs, info)
+            outputs = await future
             return outputs
-        except GatewayError as exc:
-            status, error = _status(exc), exc
-            raise
-        except asyncio.CancelledError:
-            status = "cancelled"  # the caller disconnected; its rows left the batch queue
+        except BaseException as exc:
+            error = exc
             raise
         finally:
-            latency_s = time.perf_counter() - started
-            self.traffic.stats.record(
-                model.name, model.variant, latency_s, status in ("error", "timeout")
-            )
-            self._finish(model, info, latency_s, "primary", status, error, rows, inputs, outputs)
+            self.finish(model, info, inputs, rows, started, outputs, error)
 
     def reject(
         self, model: LoadedModel, info: RequestInfo, started: float, exc: GatewayError

@@ -39,6 +39,9 @@ class ServerSettings(_Group):
     host: str = "127.0.0.1"
     port: int = Field(default=8080, ge=0, le=65535)
     max_body_bytes: int = Field(default=16 * 1024 * 1024, ge=1024)
+    # "gateway": the gateway's own lean HTTP/1.1 protocol under uvicorn (gateway/http/server.py,
+    # about 30 us a request cheaper); "uvicorn": uvicorn's httptools (or h11) protocol.
+    http_protocol: Literal["gateway", "uvicorn"] = "gateway"
     # How long shutdown waits for in-flight requests and queued batches.
     shutdown_timeout_s: float = Field(default=10.0, gt=0)
     # Reject float inputs that hold NaN or infinity.
@@ -81,6 +84,9 @@ class RuntimeSettings(_Group):
     worker_threads: int = Field(default=2, ge=1)
     # How often Python may move the GIL between the event loop and the batch threads.
     gil_switch_interval_s: float = Field(default=0.0002, gt=0, le=0.1)
+    # A primary model whose warm-up at its largest batch took at most this long runs its
+    # batches on the event loop: the thread hand-off would cost more than the model (0: never).
+    inline_run_max_s: float = Field(default=0.0005, ge=0, le=0.01)
 
 
 class BatchingSettings(_Group):

@@ -11,20 +11,36 @@ import orjson
 from gateway.errors import GatewayError, InvalidInputError, NotReadyError, PayloadTooLargeError
 
 __all__ = [
+    "Headers",
     "Receive",
+    "Reply",
     "Scope",
     "Send",
+    "decode_body",
+    "error_reply",
     "error_status",
     "header",
     "read_body",
-    "send_error",
-    "send_response",
+    "send_reply",
 ]
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
 Receive = Callable[[], Awaitable[Message]]
 Send = Callable[[Message], Awaitable[None]]
+Headers = list[tuple[bytes, bytes]]
+
+
+class Reply:
+    """A whole response: status, headers (content-type included) and body."""
+
+    __slots__ = ("body", "headers", "status")
+
+    def __init__(self, status: int, body: bytes, headers: Headers) -> None:
+        self.status = status
+        self.body = body
+        self.headers = headers
+
 
 # The one table from domain errors to HTTP statuses; the most specific class wins.
 _STATUS: list[tuple[type[GatewayError], int]] = []
@@ -44,9 +60,9 @@ def error_status(exc: GatewayError) -> int:
     return 500
 
 
-def header(scope: Scope, name: bytes) -> bytes | None:
+def header(headers: Headers, name: bytes) -> bytes | None:
     """One request header's value (``name`` in lower case)."""
-    for key, value in scope["headers"]:
+    for key, value in headers:
         if key == name:
             return bytes(value)
     return None
@@ -54,7 +70,7 @@ def header(scope: Scope, name: bytes) -> bytes | None:
 
 async def read_body(scope: Scope, receive: Receive, limit: int) -> bytes:
     """Read the whole request body, refusing more than ``limit`` bytes; undo gzip/deflate."""
-    declared = header(scope, b"content-length")
+    declared = header(scope["headers"], b"content-length")
     if declared is not None and declared.isdigit() and int(declared) > limit:
         raise PayloadTooLargeError(f"request body of {int(declared)} bytes exceeds {limit} bytes")
     chunks: list[bytes] = []
@@ -71,7 +87,12 @@ async def read_body(scope: Scope, receive: Receive, limit: int) -> bytes:
         if not message.get("more_body", False):
             break
     body = chunks[0] if len(chunks) == 1 else b"".join(chunks)
-    encoding = header(scope, b"content-encoding")
+    return decode_body(body, scope["headers"], limit)
+
+
+def decode_body(body: bytes, headers: Headers, limit: int) -> bytes:
+    """Undo the body's Content-Encoding (gzip or deflate), refusing more than ``limit`` bytes."""
+    encoding = header(headers, b"content-encoding")
     if encoding is None or encoding == b"identity":
         return body
     if encoding not in (b"gzip", b"deflate"):
@@ -91,28 +112,21 @@ def _inflate(body: bytes, encoding: bytes, limit: int) -> bytes:
     return data
 
 
-async def send_response(
-    send: Send,
-    status: int,
-    body: bytes,
-    content_type: bytes = b"application/json",
-    extra_headers: list[tuple[bytes, bytes]] | None = None,
-) -> None:
-    """Send a complete response in two messages."""
-    headers = [(b"content-type", content_type), (b"content-length", str(len(body)).encode())]
-    if extra_headers:
-        headers.extend(extra_headers)
-    await send({"type": "http.response.start", "status": status, "headers": headers})
-    await send({"type": "http.response.body", "body": body})
+async def send_reply(send: Send, reply: Reply) -> None:
+    """Send a whole response in two ASGI messages."""
+    headers = [(b"content-length", str(len(reply.body)).encode()), *reply.headers]
+    await send({"type": "http.response.start", "status": reply.status, "headers": headers})
+    await send({"type": "http.response.body", "body": reply.body})
 
 
-async def send_error(send: Send, exc: GatewayError, request_id: str | None = None) -> None:
-    """Render a domain error as ``{"error": ...}`` with its status (and Retry-After)."""
-    extra = []
+JSON = b"application/json"
+
+
+def error_reply(exc: GatewayError, request_id: str | None = None) -> Reply:
+    """A domain error as ``{"error": ...}`` with its status (and Retry-After)."""
+    headers = [(b"content-type", JSON)]
     if request_id is not None:
-        extra.append((b"x-request-id", request_id.encode()))
+        headers.append((b"x-request-id", request_id.encode()))
     if isinstance(exc, NotReadyError):
-        extra.append((b"retry-after", str(max(1, round(exc.retry_after_s))).encode()))
-    await send_response(
-        send, error_status(exc), orjson.dumps({"error": str(exc)}), extra_headers=extra
-    )
+        headers.append((b"retry-after", str(max(1, round(exc.retry_after_s))).encode()))
+    return Reply(error_status(exc), orjson.dumps({"error": str(exc)}), headers)

@@ -31,6 +31,7 @@ from gateway.http._asgi import Receive, Scope, Send, error_status, register_stat
 from gateway.http.admin import AdminAuthError, AdminDisabledError, admin_routes
 from gateway.http.endpoints import (
     AppState,
+    FastHandler,
     InferEndpoint,
     MetadataEndpoints,
     PredictEndpoint,
@@ -40,7 +41,7 @@ from gateway.metrics import GatewayMetrics
 from gateway.settings import GatewaySettings
 from registry_client import Registry
 
-__all__ = ["create_app"]
+__all__ = ["GatewayApp", "create_app"]
 
 log = logging.getLogger(__name__)
 
@@ -60,7 +61,7 @@ def create_app(
     *,
     metrics_registry: CollectorRegistry | None = None,
     registry: Registry | None = None,
-) -> Starlette:
+) -> GatewayApp:
     """Build the gateway's ASGI app; models load when its lifespan starts."""
     metrics = GatewayMetrics(metrics_registry or CollectorRegistry(), __version__)
     state = AppState(
@@ -103,7 +104,7 @@ def create_app(
         Route("/metrics", meta.metrics, methods=["GET"]),
         *admin_routes(state, settings.admin.tokens),
     ]
-    return _GatewayApp(
+    return GatewayApp(
         infer,
         predict,
         routes=routes,
@@ -118,7 +119,7 @@ _PREDICT_PATH = re.compile(
 )
 
 
-class _GatewayApp(Starlette):
+class GatewayApp(Starlette):
     """Starlette, with inference calls sent straight to their endpoint.
 
     The infer endpoints are plain ASGI and handle their own errors, so for them the router's
@@ -127,7 +128,18 @@ class _GatewayApp(Starlette):
 
     def __init__(self, infer: InferEndpoint, predict: PredictEndpoint, **kwargs: Any) -> None:
         super().__init__(**kwargs)
-        self._fast = ((_INFER_PATH, infer), (_PREDICT_PATH, predict))
+        self._fast: tuple[tuple[re.Pattern[str], InferEndpoint | PredictEndpoint], ...] = (
+            (_INFER_PATH, infer),
+            (_PREDICT_PATH, predict),
+        )
+
+    def inference_target(self, path: str) -> tuple[FastHandler, str, str | None] | None:
+        """The endpoint that answers ``POST path`` (an inference call), its model and version."""
+        for pattern, endpoint in self._fast:
+            match = pattern.match(path)
+            if match is not None:
+                return endpoint.handle, match["name"], match["version"]
+        return None
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http" and scope["method"] == "POST":

@@ -7,8 +7,9 @@ import itertools
 import logging
 import os
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Generic, TypeVar
+from typing import Any, Generic, Protocol, TypeVar
 
 import numpy as np
 import orjson
@@ -18,7 +19,19 @@ from starlette.responses import Response
 
 from gateway.deployments import Deployment, LoadedModel
 from gateway.errors import GatewayError, InvalidInputError, NotReadyError
-from gateway.http._asgi import Receive, Scope, Send, header, read_body, send_error, send_response
+from gateway.http._asgi import (
+    JSON,
+    Headers,
+    Receive,
+    Reply,
+    Scope,
+    Send,
+    decode_body,
+    error_reply,
+    header,
+    read_body,
+    send_reply,
+)
 from gateway.inference import InferenceService
 from gateway.log_records import RequestInfo
 from gateway.metrics import GatewayMetrics
@@ -31,7 +44,7 @@ from gateway.protocol import (
 )
 from gateway.route_store import RouteStore
 
-__all__ = ["AppState", "InferEndpoint", "PredictEndpoint"]
+__all__ = ["AppState", "FastHandler", "InferEndpoint", "PredictEndpoint"]
 
 log = logging.getLogger(__name__)
 
@@ -72,71 +85,203 @@ def _request_id() -> str:
 _WATCH_AFTER_S = 0.02
 
 
+class FastHandler(Protocol):
+    """An infer endpoint's callback driver (``_InferBase.handle``)."""
+
+    def __call__(
+        self,
+        name: str,
+        version: str | None,
+        headers: Headers,
+        body: bytes,
+        respond: Callable[[Reply | None], None],
+    ) -> asyncio.Future[Tensors] | None: ...
+
+
 class _ClientGoneError(Exception):
     """The caller disconnected while its request waited; nobody is left to answer."""
 
 
+class _Call(Generic[ParsedT]):
+    """One request between being queued on its model's batcher and being answered."""
+
+    __slots__ = ("future", "info", "inputs", "model", "parsed", "rows", "started")
+
+    def __init__(
+        self,
+        model: LoadedModel,
+        info: RequestInfo,
+        parsed: ParsedT,
+        inputs: Tensors,
+        started: float,
+    ) -> None:
+        self.model = model
+        self.info = info
+        self.parsed = parsed
+        self.inputs = inputs
+        self.started = started
+        self.rows = 0
+        self.future: asyncio.Future[Tensors] | None = None
+
+
 class _InferBase(Generic[ParsedT]):
-    """Shared ASGI plumbing of the infer endpoints: parse, infer, render."""
+    """The infer endpoints: a synchronous core (admit, begin, end) and two drivers of it.
+
+    ``__call__`` is the ASGI driver (the Starlette app, tests over ASGI, any ASGI server);
+    ``handle`` is the callback driver that the gateway's own HTTP protocol calls with a whole
+    request: it needs no task and no awaits per request, only a callback on the batch future.
+    """
 
     def __init__(self, state: AppState) -> None:
         self.state = state
 
-    def parse(self, model: LoadedModel, info: RequestInfo, scope: Scope, body: bytes) -> ParsedT:
+    def parse(
+        self, model: LoadedModel, info: RequestInfo, headers: Headers, body: bytes
+    ) -> ParsedT:
         """Decode the body into the request's tensors (and whatever rendering needs)."""
         raise NotImplementedError
 
     def inputs(self, parsed: ParsedT) -> dict[str, np.ndarray]:
         raise NotImplementedError
 
-    async def respond(
-        self, send: Send, model: LoadedModel, info: RequestInfo, parsed: ParsedT, outputs: Tensors
-    ) -> None:
+    def render(
+        self, model: LoadedModel, info: RequestInfo, parsed: ParsedT, outputs: Tensors
+    ) -> Reply:
         raise NotImplementedError
+
+    # -- the core -----------------------------------------------------------------------------
+
+    def admit(self, info: RequestInfo, headers: Headers) -> InferenceService:
+        """Refuse unknown models and a gateway still starting before the body is read."""
+        service = self.state.require_service()
+        service.traffic.route(info.endpoint)
+        key = header(headers, self.state.routing_key_header)
+        if key is not None:
+            info.routing_key = key.decode("latin-1")
+        return service
+
+    def begin(
+        self,
+        service: InferenceService,
+        info: RequestInfo,
+        version: str | None,
+        headers: Headers,
+        body: bytes,
+        started: float,
+    ) -> _Call[ParsedT]:
+        """Pick the variant, parse, check and queue the request; raises GatewayError."""
+        pin = header(headers, self.state.pin_header)
+        # From here to the batcher's queue nothing yields to the event loop, so neither a model
+        # swap nor a route change can slip in between choosing the version and queueing on it.
+        model = service.pick(info, pin.decode("latin-1") if pin else None, version)
+        try:
+            parsed = self.parse(model, info, headers, body)
+        except GatewayError as exc:
+            service.reject(model, info, started, exc)
+            raise
+        call = _Call(model, info, parsed, self.inputs(parsed), started)
+        try:
+            call.rows, call.future = service.start(model, call.inputs, info)
+        except GatewayError as exc:
+            service.finish(model, info, call.inputs, 0, started, None, exc)
+            raise
+        return call
+
+    def end(
+        self, service: InferenceService, call: _Call[ParsedT], future: asyncio.Future[Tensors]
+    ) -> Reply | None:
+        """Record the outcome of a finished call and render its answer (None: caller gone)."""
+        if future.cancelled():
+            error: BaseException | None = asyncio.CancelledError()
+            outputs = None
+        else:
+            error = future.exception()
+            outputs = None if error is not None else future.result()
+        service.finish(call.model, call.info, call.inputs, call.rows, call.started, outputs, error)
+        if outputs is not None:
+            return self.render(call.model, call.info, call.parsed, outputs)
+        if isinstance(error, GatewayError):
+            return error_reply(error, call.info.request_id)
+        if error is None or isinstance(error, asyncio.CancelledError):
+            return None
+        log.error("unexpected error running %s", call.model.name, exc_info=error)
+        return error_reply(GatewayError("internal error in the gateway; see its log"))
+
+    # -- the callback driver ------------------------------------------------------------------
+
+    def handle(
+        self,
+        name: str,
+        version: str | None,
+        headers: Headers,
+        body: bytes,
+        respond: Callable[[Reply | None], None],
+    ) -> asyncio.Future[Tensors] | None:
+        """Answer a whole request through ``respond`` (called once, maybe before returning).
+
+        Returns the batch future while the request waits (cancel it when the client goes).
+        """
+        started = time.perf_counter()
+        info = RequestInfo(_request_id(), time.time(), name)
+        try:
+            service = self.admit(info, headers)
+            body = decode_body(body, headers, self.state.max_body_bytes)
+            call = self.begin(service, info, version, headers, body, started)
+        except GatewayError as exc:
+            respond(error_reply(exc, info.request_id))
+            return None
+        except Exception:
+            log.exception("unexpected error answering an inference call for %s", name)
+            respond(error_reply(GatewayError("internal error in the gateway; see its log")))
+            return None
+        future = call.future
+        assert future is not None
+
+        def done(future: asyncio.Future[Tensors]) -> None:
+            try:
+                reply = self.end(service, call, future)
+            except Exception:
+                log.exception("unexpected error answering an inference call for %s", name)
+                reply = error_reply(GatewayError("internal error in the gateway; see its log"))
+            respond(reply)
+
+        future.add_done_callback(done)
+        return future
+
+    # -- the ASGI driver ----------------------------------------------------------------------
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         started = time.perf_counter()
         info = RequestInfo(_request_id(), time.time(), scope["path_params"]["name"])
+        headers: Headers = scope["headers"]
         try:
-            service = self.state.require_service()
-            version = scope["path_params"].get("version")
-            service.traffic.route(info.endpoint)  # unknown models are refused before the body
-            key = header(scope, self.state.routing_key_header)
-            if key is not None:
-                info.routing_key = key.decode("latin-1")
-            pin = header(scope, self.state.pin_header)
+            service = self.admit(info, headers)
             body = await read_body(scope, receive, self.state.max_body_bytes)
-            # From here to the batcher's queue there is no await, so neither a model swap nor a
-            # route change can slip in between choosing the version and queueing on it.
-            model = service.pick(info, pin.decode("latin-1") if pin else None, version)
+            call = self.begin(
+                service, info, scope["path_params"].get("version"), headers, body, started
+            )
+            assert call.future is not None
             try:
-                parsed = self.parse(model, info, scope, body)
-            except GatewayError as exc:
-                service.reject(model, info, started, exc)
-                raise
-            outputs = await self._infer(service, model, self.inputs(parsed), started, info, receive)
-            await self.respond(send, model, info, parsed, outputs)
-        except _ClientGoneError:
-            return
+                await self._wait(call.future, receive)
+            except _ClientGoneError:
+                self.end(service, call, call.future)
+                return
+            reply = self.end(service, call, call.future)
+            if reply is None:
+                return
         except GatewayError as exc:
-            await send_error(send, exc, info.request_id)
+            reply = error_reply(exc, info.request_id)
         except Exception:
             log.exception("unexpected error answering %s", scope.get("path"))
-            await send_error(send, GatewayError("internal error in the gateway; see its log"))
+            reply = error_reply(GatewayError("internal error in the gateway; see its log"))
+        await send_reply(send, reply)
 
-    async def _infer(
-        self,
-        service: InferenceService,
-        model: LoadedModel,
-        inputs: Tensors,
-        started: float,
-        info: RequestInfo,
-        receive: Receive,
-    ) -> Tensors:
-        """Infer, but give up (leaving the batch queue) if the client disconnects meanwhile.
+    async def _wait(self, future: asyncio.Future[Tensors], receive: Receive) -> None:
+        """Wait for the batch, but give up (leaving the queue) if the client disconnects.
 
         Listening for the disconnect costs a task, so it starts only once the request has
-        waited ``_WATCH_AFTER_S``: most requests are answered before that.
+        waited ``_WATCH_AFTER_S``: most requests are answered before that. The outcome stays
+        in ``future`` (which is cancelled when the client goes).
         """
         task = asyncio.current_task()
         assert task is not None
@@ -159,8 +304,9 @@ class _InferBase(Generic[ParsedT]):
 
         handle = asyncio.get_running_loop().call_later(_WATCH_AFTER_S, watch)
         try:
-            return await service.infer(model, inputs, started, info)
+            await asyncio.wait((future,))
         except asyncio.CancelledError:
+            future.cancel()
             if gone:
                 task.uncancel()
                 raise _ClientGoneError from None
@@ -176,9 +322,9 @@ class InferEndpoint(_InferBase[InferRequest]):
     """``POST /v2/models/{name}[/versions/{version}]/infer``: OIP v2, JSON or binary tensors."""
 
     def parse(
-        self, model: LoadedModel, info: RequestInfo, scope: Scope, body: bytes
+        self, model: LoadedModel, info: RequestInfo, headers: Headers, body: bytes
     ) -> InferRequest:
-        raw_length = header(scope, b"inference-header-content-length")
+        raw_length = header(headers, b"inference-header-content-length")
         header_length = None
         if raw_length is not None:
             if not raw_length.strip().isdigit():
@@ -196,27 +342,25 @@ class InferEndpoint(_InferBase[InferRequest]):
     def inputs(self, parsed: InferRequest) -> Tensors:
         return parsed.inputs
 
-    async def respond(
-        self,
-        send: Send,
-        model: LoadedModel,
-        info: RequestInfo,
-        parsed: InferRequest,
-        outputs: Tensors,
-    ) -> None:
+    def render(
+        self, model: LoadedModel, info: RequestInfo, parsed: InferRequest, outputs: Tensors
+    ) -> Reply:
         payload, json_length = render_infer_response(model.name, model.version, parsed, outputs)
-        extra = _served_by(model, info)
+        headers = _served_by(model, info)
         if json_length is None:
-            await send_response(send, 200, payload, extra_headers=extra)
+            headers.append((b"content-type", JSON))
         else:
-            extra.append((b"inference-header-content-length", str(json_length).encode()))
-            await send_response(send, 200, payload, b"application/octet-stream", extra)
+            headers.append((b"content-type", b"application/octet-stream"))
+            headers.append((b"inference-header-content-length", str(json_length).encode()))
+        return Reply(200, payload, headers)
 
 
 class PredictEndpoint(_InferBase[Tensors]):
     """``POST /v1/models/{name}:predict``: named features in, one prediction per row out."""
 
-    def parse(self, model: LoadedModel, info: RequestInfo, scope: Scope, body: bytes) -> Tensors:
+    def parse(
+        self, model: LoadedModel, info: RequestInfo, headers: Headers, body: bytes
+    ) -> Tensors:
         request_id, inputs = parse_instances(body, model.signature, model.metadata)
         if request_id is not None:
             info.request_id = request_id
@@ -225,12 +369,13 @@ class PredictEndpoint(_InferBase[Tensors]):
     def inputs(self, parsed: Tensors) -> Tensors:
         return parsed
 
-    async def respond(
-        self, send: Send, model: LoadedModel, info: RequestInfo, parsed: Tensors, outputs: Tensors
-    ) -> None:
-        request_id = info.request_id
-        body = render_predictions(model.name, model.version, request_id, outputs)
-        await send_response(send, 200, body, extra_headers=_served_by(model, info))
+    def render(
+        self, model: LoadedModel, info: RequestInfo, parsed: Tensors, outputs: Tensors
+    ) -> Reply:
+        body = render_predictions(model.name, model.version, info.request_id, outputs)
+        headers = _served_by(model, info)
+        headers.append((b"content-type", JSON))
+        return Reply(200, body, headers)
 
 
 def _served_by(model: LoadedModel, info: RequestInfo) -> list[tuple[bytes, bytes]]:

@@ -25,6 +25,11 @@ def load_object(body: bytes | memoryview) -> dict[str, Any]:
 def request_id(doc: dict[str, Any]) -> str | None:
     """The optional string ``id`` of a request."""
     value = doc.get("id")
-    if value is not None and not isinstance(value, str):
+    if value is None:
+        return None
+    if not isinstance(value, str):
         raise InvalidInputError("'id' must be a string")
+    # the id is echoed in the x-request-id header: no control characters, bounded length
+    if len(value) > 256 or not value.isprintable():
+        raise InvalidInputError("'id' must be printable text of at most 256 characters")
     return value

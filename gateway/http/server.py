@@ -1,0 +1,465 @@
+"""The gateway's HTTP/1.1 connection protocol for uvicorn: a lean ASGI server for whole requests.
+
+uvicorn's httptools protocol streams each body through an ``asyncio.Event``, checks every
+response header with regular expressions and writes the head and the body separately: about
+30 us of CPU a request, as much as the gateway's whole inference path for a small model. Every
+request the gateway serves is small and bounded (``server.max_body_bytes``), so this protocol
+reads the whole body before the app runs, hands it over in one ``receive`` message and sends
+the response in one write. uvicorn still owns the process: sockets, signals, the lifespan and
+the graceful shutdown (it calls ``shutdown`` on every connection and waits for our tasks).
+
+HTTP/1.1 keep-alive and pipelining (answered in order), ``Expect: 100-continue``, gzip/deflate
+bodies (undone by the endpoints) are handled; chunked request bodies are read whole; upgrades
+(websockets) and streaming responses are not: the gateway has neither.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import http
+import logging
+from collections import deque
+from typing import Any
+from urllib.parse import unquote
+
+import httptools
+import orjson
+
+from gateway.http._asgi import Reply
+from gateway.http.app import GatewayApp
+from gateway.http.endpoints import FastHandler
+
+__all__ = ["GatewayProtocol", "protocol_class"]
+
+log = logging.getLogger(__name__)
+access_log = logging.getLogger("uvicorn.access")
+
+_STATUS_LINES = {
+    status.value: f"HTTP/1.1 {status.value} {status.phrase}\r\n".encode()
+    for status in http.HTTPStatus
+}
+# Requests a connection may queue (pipelined) before the protocol stops reading from it.
+_MAX_PIPELINED = 16
+
+
+def _status_line(status: int) -> bytes:
+    return _STATUS_LINES.get(status) or f"HTTP/1.1 {status} \r\n".encode()
+
+
+class _Request:
+    """One parsed request, body included, waiting for its turn on the connection."""
+
+    __slots__ = ("body", "error", "headers", "keep_alive", "method", "url", "version")
+
+    def __init__(
+        self,
+        method: str,
+        url: bytes,
+        headers: list[tuple[bytes, bytes]],
+        body: bytes,
+        keep_alive: bool,
+        version: str,
+        error: tuple[int, str] | None,
+    ) -> None:
+        self.method = method
+        self.url = url
+        self.headers = headers
+        self.body = body
+        self.keep_alive = keep_alive
+        self.version = version
+        self.error = error
+
+
+class _Exchange:
+    """The ASGI ``receive``/``send`` pair of one request; the response is sent when complete."""
+
+    __slots__ = ("_body", "_conn", "_head", "_request", "_sent_body", "done", "status")
+
+    def __init__(self, conn: GatewayProtocol, request: _Request) -> None:
+        self._conn = conn
+        self._request = request
+        self._sent_body = False
+        self._head: list[tuple[bytes, bytes]] = []
+        self._body: list[bytes] = []
+        self.status = 0
+        self.done = False
+
+    async def receive(self) -> dict[str, Any]:
+        if not self._sent_body:
+            self._sent_body = True
+            return {"type": "http.request", "body": self._request.body, "more_body": False}
+        await self._conn.disconnected()  # nothing more to read: wait for the client to go
+        return {"type": "http.disconnect"}
+
+    async def send(self, message: dict[str, Any]) -> None:
+        kind = message["type"]
+        if kind == "http.response.start" and not self.status:
+            self.status = message["status"]
+            self._head = list(message.get("headers", ()))
+        elif kind == "http.response.body" and self.status and not self.done:
+            body = message.get("body", b"")
+            if body:
+                self._body.append(body)
+            if not message.get("more_body", False):
+                self.done = True
+                self._conn.respond(self._request, self.status, self._head, b"".join(self._body))
+        else:
+            raise RuntimeError(f"unexpected ASGI message {kind!r} after the response started")
+
+
+class GatewayProtocol(asyncio.Protocol):
+    """One client connection. Built by uvicorn with its config and shared server state.
+
+    Inference calls (``POST`` to an infer or predict path of ``gateway_app``) skip ASGI: the
+    endpoint's callback driver queues the request and answers from the batch's callback, with
+    no task per request. Everything else is served by the ASGI app.
+    """
+
+    max_body_bytes = 16 * 1024 * 1024
+    gateway_app: GatewayApp | None = None
+
+    def __init__(
+        self,
+        config: Any,
+        server_state: Any,
+        app_state: dict[str, Any],
+        _loop: asyncio.AbstractEventLoop | None = None,
+    ) -> None:
+        self._app = config.loaded_app
+        self._loop = _loop or asyncio.get_running_loop()
+        self._server_state = server_state
+        self._app_state = app_state
+        self._root_path: str = config.root_path
+        self._keep_alive_s: float = config.timeout_keep_alive
+        self._access_log = bool(config.access_log) and access_log.hasHandlers()
+        self._parser = httptools.HttpRequestParser(self)
+        self._transport: asyncio.Transport | None = None
+        self._server: tuple[str, int] | None = None
+        self._client: tuple[str, int] | None = None
+        self._scheme = "http"
+        self._queue: deque[_Request] = deque()
+        self._active: asyncio.Future[Any] | None = None  # a task, or a batch future
+        self._gone: asyncio.Future[None] | None = None
+        self._idle: asyncio.TimerHandle | None = None
+        self._last_read = 0.0
+        self._closing = False
+        self._lost = False
+        self._write_paused = False
+        self._read_paused = False
+        # the request being parsed
+        self._url = b""
+        self._headers: list[tuple[bytes, bytes]] = []
+        self._body: list[bytes] = []
+        self._size = 0
+        self._error: tuple[int, str] | None = None
+
+    # -- asyncio.Protocol ---------------------------------------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        # uvloop's transports do not subclass asyncio.Transport, but have its methods
+        self._transport = transport  # type: ignore[assignment]
+        self._server_state.connections.add(self)
+        self._server = _address(transport.get_extra_info("sockname"))
+        self._client = _address(transport.get_extra_info("peername"))
+        if transport.get_extra_info("sslcontext") is not None:
+            self._scheme = "https"
+        self._arm_idle()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._lost = True
+        if self._active is not None and not isinstance(self._active, asyncio.Task):
+            self._active.cancel()  # an inference call waiting for its batch
+        self._server_state.connections.discard(self)
+        self._cancel_idle()
+        self._queue.clear()
+        if self._gone is not None and not self._gone.done():
+            self._gone.set_result(None)
+
+    def data_received(self, data: bytes) -> None:
+        self._last_read = self._loop.time()
+        try:
+            self._parser.feed_data(data)
+        except httptools.HttpParserUpgrade:
+            self._refuse(400, "protocol upgrades (websockets) are not supported")
+        except httptools.HttpParserError as exc:
+            self._refuse(400, f"malformed HTTP request: {exc}")
+
+    def pause_writing(self) -> None:
+        self._write_paused = True
+        self._update_reading()
+
+    def resume_writing(self) -> None:
+        self._write_paused = False
+        self._update_reading()
+
+    def shutdown(self) -> None:
+        """uvicorn's graceful shutdown: finish what was received, then close."""
+        self._closing = True
+        if self._active is None and not self._queue and self._transport is not None:
+            self._transport.close()
+
+    # -- httptools callbacks ------------------------------------------------------------------
+
+    def on_message_begin(self) -> None:
+        self._url = b""
+        self._headers = []
+        self._body = []
+        self._size = 0
+        self._error = None
+
+    def on_url(self, url: bytes) -> None:
+        self._url += url
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        self._headers.append((name.lower(), value))
+
+    def on_headers_complete(self) -> None:
+        expect_continue = False
+        for name, value in self._headers:
+            if name == b"content-length" and value.isdigit():
+                if int(value) > self.max_body_bytes:
+                    self._error = (413, f"request body exceeds {self.max_body_bytes} bytes")
+            elif name == b"expect" and value.lower() == b"100-continue":
+                expect_continue = True
+        if expect_continue and self._error is None and self._transport is not None:
+            self._transport.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+
+    def on_body(self, body: bytes) -> None:
+        if self._error is not None:
+            return
+        self._size += len(body)
+        if self._size > self.max_body_bytes:
+            self._error = (413, f"request body exceeds {self.max_body_bytes} bytes")
+            self._body = []
+        else:
+            self._body.append(body)
+
+    def on_message_complete(self) -> None:
+        parser = self._parser
+        body = self._body[0] if len(self._body) == 1 else b"".join(self._body)
+        request = _Request(
+            parser.get_method().decode("ascii"),
+            self._url,
+            self._headers,
+            body,
+            parser.should_keep_alive(),
+            parser.get_http_version(),
+            self._error,
+        )
+        self._queue.append(request)
+        if self._active is None:
+            self._start_next()
+        else:
+            self._update_reading()
+
+    # -- serving ------------------------------------------------------------------------------
+
+    def _start_next(self) -> None:
+        request = self._queue.popleft()
+        if request.method == "POST" and request.error is None and self.gateway_app is not None:
+            target = self.gateway_app.inference_target(_path(request.url))
+            if target is not None:
+                self._handle_inference(request, *target)
+                return
+        task = self._loop.create_task(self._serve(request))
+        self._active = task
+        tasks = self._server_state.tasks
+        tasks.add(task)
+        task.add_done_callback(tasks.discard)
+        self._update_reading()
+
+    async def _serve(self, request: _Request) -> None:
+        exchange = _Exchange(self, request)
+        try:
+            if request.error is not None:
+                status, message = request.error
+                self.respond(request, status, _JSON, orjson.dumps({"error": message}), close=True)
+                exchange.done = True
+                return
+            await self._app(self._scope(request), exchange.receive, exchange.send)
+        except Exception:
+            log.exception("unhandled error answering %s %s", request.method, request.url[:200])
+            if not exchange.done:
+                error = orjson.dumps({"error": "internal error in the gateway; see its log"})
+                self.respond(request, 500, _JSON, error, close=True)
+                exchange.done = True
+        finally:
+            if not exchange.done and not self._lost:  # the app ended without answering
+                log.error("the app sent no response to %s %s", request.method, request.url[:200])
+                self.respond(request, 500, _JSON, b'{"error":"no response"}', close=True)
+            self._finished()
+
+    def _handle_inference(
+        self, request: _Request, handle: FastHandler, name: str, version: str | None
+    ) -> None:
+        answered = False
+
+        def respond(reply: Reply | None) -> None:
+            nonlocal answered
+            answered = True
+            if reply is not None:
+                self.respond(request, reply.status, reply.headers, reply.body)
+            if self._active is not None or not waiting:
+                self._finished()
+
+        waiting = False
+        future = handle(name, version, request.headers, request.body, respond)
+        if future is not None and not answered:
+            self._active = future  # connection_lost cancels it: the request leaves its batch
+            waiting = True
+            self._update_reading()
+
+    def _scope(self, request: _Request) -> dict[str, Any]:
+        url = httptools.parse_url(request.url)
+        raw_path: bytes = url.path
+        path = _decode_path(raw_path)
+        return {
+            "type": "http",
+            "asgi": {"version": "3.0", "spec_version": "2.3"},
+            "http_version": request.version,
+            "server": self._server,
+            "client": self._client,
+            "scheme": self._scheme,
+            "method": request.method,
+            "root_path": self._root_path,
+            "path": self._root_path + path,
+            "raw_path": raw_path,
+            "query_string": url.query or b"",
+            "headers": request.headers,
+            "state": self._app_state.copy(),
+        }
+
+    def respond(
+        self,
+        request: _Request,
+        status: int,
+        headers: list[tuple[bytes, bytes]],
+        body: bytes,
+        close: bool = False,
+    ) -> None:
+        """Write one whole response (head and body in one write)."""
+        if self._lost or self._transport is None:
+            return
+        keep_alive = request.keep_alive and not close and not self._closing
+        head = [_status_line(status)]
+        for name, value in headers:
+            lower = name.lower()
+            if lower in (b"content-length", b"transfer-encoding", b"connection"):
+                continue  # framing is ours: the body is complete
+            if b"\n" in value or b"\r" in value or b"\n" in name or b"\r" in name:
+                raise RuntimeError(f"response header {name!r} holds a line break")
+            head += (name, b": ", value, b"\r\n")
+        head.append(b"content-length: %d\r\n" % len(body))
+        if not keep_alive:
+            head.append(b"connection: close\r\n")
+        head.append(b"\r\n")
+        if request.method != "HEAD":
+            head.append(body)
+        self._transport.write(b"".join(head))
+        self._server_state.total_requests += 1
+        if self._access_log:
+            access_log.info(
+                '%s - "%s %s HTTP/%s" %d',
+                self._client[0] if self._client else "-",
+                request.method,
+                request.url.decode("ascii", "replace"),
+                request.version,
+                status,
+            )
+        if not keep_alive:
+            self._closing = True
+            self._queue.clear()
+            self._transport.close()
+
+    def _finished(self) -> None:
+        self._active = None
+        if self._lost or self._transport is None:
+            return
+        if self._queue and not self._closing:
+            self._start_next()
+        elif self._closing:
+            self._transport.close()
+        else:
+            self._update_reading()
+            self._arm_idle()
+
+    async def disconnected(self) -> None:
+        """Wait until the client has gone."""
+        if self._lost:
+            return
+        if self._gone is None:
+            self._gone = self._loop.create_future()
+        await asyncio.shield(self._gone)
+
+    # -- connection housekeeping --------------------------------------------------------------
+
+    def _refuse(self, status: int, message: str) -> None:
+        if self._transport is None or self._transport.is_closing():
+            return
+        body = orjson.dumps({"error": message})
+        self._transport.write(
+            _status_line(status)
+            + b"content-type: application/json\r\ncontent-length: %d\r\n" % len(body)
+            + b"connection: close\r\n\r\n"
+            + body
+        )
+        self._closing = True
+        self._queue.clear()
+        self._transport.close()
+
+    def _update_reading(self) -> None:
+        if self._transport is None or self._lost:
+            return
+        pause = self._write_paused or len(self._queue) >= _MAX_PIPELINED
+        if pause and not self._read_paused:
+            self._transport.pause_reading()
+            self._read_paused = True
+        elif not pause and self._read_paused:
+            self._transport.resume_reading()
+            self._read_paused = False
+
+    def _arm_idle(self) -> None:
+        # One timer per connection, re-armed lazily: not a timer per request.
+        if self._idle is None and not self._lost:
+            self._idle = self._loop.call_later(self._keep_alive_s, self._close_idle)
+
+    def _cancel_idle(self) -> None:
+        if self._idle is not None:
+            self._idle.cancel()
+            self._idle = None
+
+    def _close_idle(self) -> None:
+        self._idle = None
+        if self._active is not None or self._queue or self._transport is None:
+            return  # busy: re-armed when the connection is idle again
+        quiet_s = self._loop.time() - self._last_read
+        if quiet_s >= self._keep_alive_s:
+            self._transport.close()
+        else:
+            self._idle = self._loop.call_later(self._keep_alive_s - quiet_s, self._close_idle)
+
+
+_JSON = [(b"content-type", b"application/json")]
+
+
+def _decode_path(raw_path: bytes) -> str:
+    path = raw_path.decode("ascii", "replace")
+    return unquote(path) if "%" in path else path
+
+
+def _path(url: bytes) -> str:
+    return _decode_path(httptools.parse_url(url).path)
+
+
+def _address(value: Any) -> tuple[str, int] | None:
+    if isinstance(value, tuple) and len(value) >= 2:
+        return (str(value[0]), int(value[1]))
+    return None
+
+
+def protocol_class(
+    max_body_bytes: int, gateway_app: GatewayApp | None = None
+) -> type[GatewayProtocol]:
+    """The protocol class for ``uvicorn.Config(http=...)``: the body limit, the fast path."""
+    attributes = {"max_body_bytes": max_body_bytes, "gateway_app": gateway_app}
+    return type("GatewayProtocol", (GatewayProtocol,), attributes)
