@@ -1,19 +1,14 @@
-"""The serving benchmark: the gateway against a bare per-request server, side by side, open loop.
+"""The serving benchmark: the gateway, its peers and baselines side by side, open loop.
 
-Every server runs pinned to CPU 0 (``taskset -c 0``) and the generator to CPU 1, one at a time,
-repeated ``--repeats`` times in interleaved order; the tables give medians. For each server:
-the highest offered rate whose p99 stays within 50 ms with no failures (``find_max_rate``), and
-p50/p99 at a fixed rate. The generator's own ceiling is measured against a constant ``hello``
-endpoint in the same run.
+Every server runs alone, its whole process tree pinned to CPU 0 (``taskset -c 0``), and the
+generator runs on CPU 1; each is measured ``--repeats`` times in alternating order and the
+tables give medians. For each server: the highest offered rate whose p99 stays within 50 ms
+with no failures (``find_max_rate``), and p50/p99 at a fixed moderate rate. The scenarios and
+servers are in ``loadtests/scenarios.py``; peers run from their own virtualenvs
+(``loadtests/peers/setup.sh``, made on first use).
 
-Scenarios (single-row OIP v2 JSON requests):
-- ``mlp``: hello; bare Starlette per request; gateway with batching on; gateway with batching
-  off; gateway with batching and the feature log on (embedded broker, pinned to CPU 1).
-- ``heavy``: bare Starlette per request against the gateway with batching on, on the
-  compute-heavy MLP; the gateway's mean batch size is reported.
-
-``python -m loadtests.bench_serving [--repeats 3] [--scenarios mlp heavy]`` writes
-``loadtests/results/serving-<time>.json``, ``serving.md`` and ``serving.png``.
+``python -m loadtests.bench_serving [--repeats 3] [--scenarios mlp heavy] [--servers gateway]``
+writes ``loadtests/results/serving-<time>.json``, ``serving.md`` and ``serving.png``.
 """
 
 from __future__ import annotations
@@ -23,63 +18,28 @@ import asyncio
 import contextlib
 import json
 import os
+import signal
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import httpx
-import numpy as np
 import yaml
 
 from loadtests.models import register_benchmark_models
 from loadtests.openloop import find_max_rate, run
+from loadtests.scenarios import MAX_DELAY_MS, PEERS, SCENARIOS, Scenario, Server, request_body
 from monitors.broker import EmbeddedBroker, create_topics
 
+ROOT = Path(__file__).resolve().parent.parent
 RESULTS = Path(__file__).parent / "results"
-FIXED_RATE = 300.0
-
-
-@dataclass
-class Server:
-    """How to start one server under test."""
-
-    name: str
-    scenario: str
-    kind: str  # hello, baseline, gateway
-    model: str = "mlp"
-    gateway: dict[str, Any] = field(default_factory=dict)
-    broker: bool = False
-    start_rate: float = 200.0
-
-
-SERVERS = [
-    Server("hello", "mlp", "hello"),
-    Server("starlette-per-request", "mlp", "baseline"),
-    Server("gateway-batching", "mlp", "gateway", gateway={"batching": {"enabled": True}}),
-    Server("gateway-no-batching", "mlp", "gateway", gateway={"batching": {"enabled": False}}),
-    Server(
-        "gateway-batching-logging",
-        "mlp",
-        "gateway",
-        gateway={"batching": {"enabled": True}},
-        broker=True,
-    ),
-    Server("starlette-per-request", "heavy", "baseline", model="heavy", start_rate=50),
-    Server(
-        "gateway-batching",
-        "heavy",
-        "gateway",
-        model="heavy",
-        start_rate=50,
-        gateway={"batching": {"enabled": True, "max_batch_size": 32}},
-    ),
-]
+FIXED_RATE = {"heavy": 150.0}  # req/s of the fixed-rate latency run; 300 unless named here
+P99_BOUND_MS = 50.0
 
 
 def free_port() -> int:
@@ -91,133 +51,182 @@ def free_port() -> int:
         return port
 
 
+def peer_python(peer: str) -> str:
+    """The peer's virtualenv python, made by loadtests/peers/setup.sh when missing."""
+    out = subprocess.run(
+        ["bash", str(ROOT / "loadtests" / "peers" / "setup.sh"), peer],
+        check=True,
+        capture_output=True,
+        text=True,
+    )
+    return out.stdout.strip().splitlines()[-1]
+
+
+def command_for(
+    scenario: Scenario, server: Server, model_file: Path, port: int, config: Path
+) -> tuple[list[str], str]:
+    """The command line that starts ``server`` and the path that answers 200 when ready."""
+    python = sys.executable
+    model = str(model_file)
+    if server.kind in ("hello-raw", "hello", "baseline"):
+        command = [python, "-m", "loadtests.servers", server.kind, "--port", str(port)]
+        if server.kind == "baseline":
+            command += ["--model", model]
+        return command, "/v2/health/ready"
+    if server.kind == "peer":
+        assert server.peer is not None
+        script = ROOT / "loadtests" / "peers" / f"{server.peer}_server.py"
+        command = [peer_python(server.peer), str(script), "--model", model, "--name",
+                   scenario.model, "--port", str(port), "--max-batch-size", str(server.max_batch),
+                   "--max-batch-delay-ms", str(MAX_DELAY_MS)]  # fmt: skip
+        return command, PEERS[server.peer].ready_path.format(name=scenario.model)
+    command = [python, "-m", "gateway", "serve", "--config", str(config), "--log-level", "warning"]
+    return command, "/v2/health/ready"
+
+
+def gateway_config(
+    scenario: Scenario, server: Server, registry: Path, port: int, broker: str | None, work: Path
+) -> dict[str, Any]:
+    config: dict[str, Any] = {
+        "server": {"host": "127.0.0.1", "port": port},
+        "registry": {"root": str(registry), "poll_interval_s": 60},
+        "runtime": {"intra_op_threads": 1, "worker_threads": 1},
+        "models": [{"name": scenario.model, "ref": f"{scenario.model}@champion"}],
+        "batching": {"max_batch_delay_s": MAX_DELAY_MS / 1000},
+    }
+    for key, value in server.gateway.items():
+        if isinstance(value, dict) and isinstance(config.get(key), dict):
+            config[key] = {**config[key], **value}
+        else:
+            config[key] = value
+    if broker is not None:
+        config["feature_log"] = {"enabled": True, "bootstrap_servers": broker,
+                                 "spool_dir": str(work / f"spool-{port}")}  # fmt: skip
+    return config
+
+
 @contextlib.contextmanager
-def running(server: Server, files: dict[str, Path], registry: Path, work: Path) -> Iterator[str]:
-    """Start the server pinned to CPU 0; yield its infer URL; stop it (by its PID)."""
+def running(
+    scenario: Scenario, server: Server, files: dict[str, Path], registry: Path, work: Path
+) -> Iterator[str]:
+    """Start the server pinned to CPU 0; yield its base URL; stop its process group."""
     port = free_port()
     broker: EmbeddedBroker | None = None
-    python = sys.executable
-    if server.kind == "hello":
-        command = [python, "-m", "loadtests.servers", "hello", "--port", str(port)]
-    elif server.kind == "baseline":
-        model = str(files[server.model])
-        command = [
-            python,
-            "-m",
-            "loadtests.servers",
-            "baseline",
-            "--model",
-            model,
-            "--port",
-            str(port),
-        ]
-    else:
-        config: dict[str, Any] = {
-            "server": {"host": "127.0.0.1", "port": port},
-            "registry": {"root": str(registry), "poll_interval_s": 60},
-            "runtime": {"intra_op_threads": 1, "worker_threads": 1},
-            "models": [{"name": server.model, "ref": f"{server.model}@champion"}],
-            **server.gateway,
-        }
+    config_path = work / f"{server.name}-{port}.yaml"
+    if server.kind == "gateway":
         if server.broker:
             broker = EmbeddedBroker()
             broker.start()
+            # the broker stands in for a Kafka cluster elsewhere: keep it off the server's CPU
             pin = ["taskset", "-pc", "1", str(broker.pid)]
             subprocess.run(pin, check=True, capture_output=True)
             asyncio.run(create_topics(broker.bootstrap_servers, ["inference-log"], 3))
-            config["feature_log"] = {"enabled": True, "bootstrap_servers": broker.bootstrap_servers,
-                                     "spool_dir": str(work / f"spool-{port}")}  # fmt: skip
-        path = work / f"gateway-{port}.yaml"
-        path.write_text(yaml.safe_dump(config))
-        command = [
-            python,
-            "-m",
-            "gateway",
-            "serve",
-            "--config",
-            str(path),
-            "--log-level",
-            "warning",
-        ]
-    log = (work / f"{server.name}-{port}.log").open("wb")
-    proc = subprocess.Popen(["taskset", "-c", "0", *command], stdout=log, stderr=subprocess.STDOUT)
+        bootstrap = broker.bootstrap_servers if broker else None
+        config = gateway_config(scenario, server, registry, port, bootstrap, work)
+        config_path.write_text(yaml.safe_dump(config))
+    command, ready_path = command_for(scenario, server, files[scenario.model], port, config_path)
+    log = (work / f"{scenario.name}-{server.name}-{port}.log").open("wb")
+    proc = subprocess.Popen(["taskset", "-c", "0", *command], stdout=log,
+                            stderr=subprocess.STDOUT, start_new_session=True, cwd=work)  # fmt: skip
+    base = f"http://127.0.0.1:{port}"
     try:
-        ready = f"http://127.0.0.1:{port}/v2/health/ready"
-        deadline = time.monotonic() + 60
+        deadline = time.monotonic() + 180
         while True:
             with contextlib.suppress(httpx.HTTPError):
-                if httpx.get(ready, timeout=1).status_code == 200:
+                if httpx.get(base + ready_path, timeout=2).status_code == 200:
                     break
             if proc.poll() is not None or time.monotonic() > deadline:
                 raise RuntimeError(f"{server.name} did not start; see {log.name}")
-            time.sleep(0.2)
-        yield f"http://127.0.0.1:{port}/v2/models/{server.model}/infer"
+            time.sleep(0.3)
+        yield base
     finally:
-        proc.terminate()
-        try:
-            proc.wait(20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
+        stop_group(proc)
         log.close()
         if broker is not None:
             broker.stop()
 
 
-def body_for(model: str) -> bytes:
-    rng = np.random.default_rng(0)
-    row = rng.normal(size=32).astype(np.float32).round(4).tolist()
-    return json.dumps({"inputs": [{"name": "input", "shape": [1, 32], "datatype": "FP32",
-                                   "data": row}]}).encode()  # fmt: skip
+def stop_group(proc: subprocess.Popen[bytes], grace_s: float = 30.0) -> None:
+    """SIGTERM the server's process group (it leads it), then SIGKILL what is left."""
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(proc.pid, signal.SIGTERM)
+    try:
+        proc.wait(grace_s)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(proc.pid, signal.SIGKILL)  # children that outlived the leader
 
 
-def mean_batch_rows(url: str) -> float | None:
-    metrics = httpx.get(url.split("/v2/")[0] + "/metrics", timeout=5).text
+def gateway_stats(base: str) -> dict[str, Any]:
+    """Mean batch size and shadow outcomes from the gateway's own metrics."""
+    text = httpx.get(base + "/metrics", timeout=5).text
     total = count = 0.0
-    for line in metrics.splitlines():
+    shadows: dict[str, float] = {}
+    for line in text.splitlines():
         if line.startswith("gateway_batch_rows_sum"):
             total += float(line.split()[-1])
         elif line.startswith("gateway_batch_rows_count"):
             count += float(line.split()[-1])
-    return total / count if count else None
+        elif line.startswith("gateway_shadow_requests_total{"):
+            outcome = line.split('outcome="', 1)[1].split('"', 1)[0]
+            shadows[outcome] = shadows.get(outcome, 0.0) + float(line.split()[-1])
+    return {"mean_batch_rows": round(total / count, 2) if count else None, "shadows": shadows}
 
 
-def measure(server: Server, url: str) -> dict[str, Any]:
-    body = body_for(server.model)
-    run(url, body, 100, 2.0)  # warm up connections and the model
-    max_rate, steps = find_max_rate(url, body, 50.0, start_rate=server.start_rate, step_s=3.0,
-                                    precision=0.08)  # fmt: skip
-    batch = mean_batch_rows(url) if server.kind == "gateway" else None
-    fixed_rate = min(FIXED_RATE, max_rate * 0.8) if max_rate else FIXED_RATE
-    fixed = run(url, body, fixed_rate, 5.0).summary()
-    return {"max_rate": max_rate, "steps": steps, "fixed": fixed, "mean_batch_rows": batch}
+def measure(scenario: Scenario, server: Server, base: str, step_s: float) -> dict[str, Any]:
+    features = 30 if scenario.model == "breast_cancer" else 32
+    body, headers = request_body(features, scenario.rows, scenario.binary)
+    url = f"{base}/v2/models/{scenario.model}/infer"
+    warm = run(url, body, 50, 2.0, headers)  # warm up connections and the model
+    if warm.failed or not warm.completed:
+        raise RuntimeError(f"{server.name}: warm-up failed: {warm.summary()}")
+    max_rate, steps = find_max_rate(url, body, P99_BOUND_MS, start_rate=scenario.start_rate,
+                                    step_s=step_s, precision=0.08, headers=headers)  # fmt: skip
+    stats = gateway_stats(base) if server.kind == "gateway" else {}
+    fixed_rate = FIXED_RATE.get(scenario.name, 300.0)
+    fixed = run(url, body, fixed_rate, 5.0, headers).summary()
+    return {"max_rate": max_rate, "steps": steps, "fixed": fixed, **stats}
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--scenarios", nargs="+", default=["mlp", "heavy"])
+    parser.add_argument("--scenarios", nargs="+", default=[s.name for s in SCENARIOS])
+    parser.add_argument("--servers", nargs="+", help="only servers whose name holds one of these")
+    parser.add_argument("--step-s", type=float, default=3.0, help="seconds per rate step")
     args = parser.parse_args()
     os.sched_setaffinity(0, {1})  # the generator's CPU; servers get CPU 0
     RESULTS.mkdir(exist_ok=True)
     work = Path(tempfile.mkdtemp(prefix="bench-"))
     registry = work / "registry"
     files = register_benchmark_models(registry)
-    servers = [s for s in SERVERS if s.scenario in args.scenarios]
+    plan = [
+        (scenario, server)
+        for scenario in SCENARIOS
+        if scenario.name in args.scenarios
+        for server in scenario.servers
+        if not args.servers or any(part in server.name for part in args.servers)
+    ]
     runs: dict[str, list[dict[str, Any]]] = {}
+    started = time.time()
     for repeat in range(args.repeats):
-        order = servers if repeat % 2 == 0 else list(reversed(servers))
-        for server in order:
-            key = f"{server.scenario}/{server.name}"
-            with running(server, files, registry, work) as url:
-                result = measure(server, url)
+        for scenario, server in plan if repeat % 2 == 0 else list(reversed(plan)):
+            key = f"{scenario.name}/{server.name}"
+            with running(scenario, server, files, registry, work) as base:
+                result = measure(scenario, server, base, args.step_s)
             runs.setdefault(key, []).append(result)
-            print(f"[{repeat + 1}/{args.repeats}] {key}: max {result['max_rate']:.0f} req/s, "
-                  f"p99@{result['fixed']['offered_rate']:.0f} {result['fixed']['p99_ms']} ms, "
-                  f"batch {result['mean_batch_rows']}", flush=True)  # fmt: skip
+            fixed = result["fixed"]
+            print(f"[{repeat + 1}/{args.repeats} {time.time() - started:.0f}s] {key}: max "
+                  f"{result['max_rate']:.0f} req/s, p50/p99 at {fixed['offered_rate']:.0f}/s "
+                  f"{fixed['p50_ms']}/{fixed['p99_ms']} ms, batch "
+                  f"{result.get('mean_batch_rows')}", flush=True)  # fmt: skip
     report = summarize(runs)
     stamp = time.strftime("%Y%m%d-%H%M%S")
     meta = {"cpu_count": os.cpu_count(), "python": sys.version.split()[0],
-            "repeats": args.repeats, "fixed_rate": FIXED_RATE}  # fmt: skip
+            "repeats": args.repeats, "step_s": args.step_s, "p99_bound_ms": P99_BOUND_MS,
+            "peers": peer_versions(), "seconds": round(time.time() - started)}  # fmt: skip
     (RESULTS / f"serving-{stamp}.json").write_text(
         json.dumps({"meta": meta, "summary": report, "runs": runs}, indent=1, default=str)
     )
@@ -227,10 +236,21 @@ def main() -> None:
     print(table)
 
 
+def peer_versions() -> dict[str, str]:
+    """The pinned peer packages, as their requirements files give them."""
+    versions = {}
+    for name in PEERS:
+        path = ROOT / "loadtests" / "peers" / f"requirements-{name}.txt"
+        if path.exists():
+            pins = [line.strip() for line in path.read_text().splitlines()]
+            versions[name] = ", ".join(p for p in pins if p and not p.startswith("#"))
+    return versions
+
+
 def summarize(runs: dict[str, list[dict[str, Any]]]) -> dict[str, dict[str, Any]]:
     report: dict[str, dict[str, Any]] = {}
     for key, results in runs.items():
-        batches = [r["mean_batch_rows"] for r in results if r["mean_batch_rows"]]
+        batches = [r["mean_batch_rows"] for r in results if r.get("mean_batch_rows")]
         report[key] = {
             "max_rate_median": statistics.median(r["max_rate"] for r in results),
             "max_rate_all": [round(r["max_rate"]) for r in results],
@@ -238,27 +258,33 @@ def summarize(runs: dict[str, list[dict[str, Any]]]) -> dict[str, dict[str, Any]
             "fixed_p50_ms_median": statistics.median(r["fixed"]["p50_ms"] for r in results),
             "fixed_p99_ms_median": statistics.median(r["fixed"]["p99_ms"] for r in results),
             "mean_batch_rows": round(statistics.median(batches), 1) if batches else None,
+            "shadows": results[-1].get("shadows") or None,
         }
     for scenario in {k.split("/")[0] for k in report}:
-        base = report.get(f"{scenario}/starlette-per-request")
-        for key, row in report.items():
-            if key.startswith(scenario + "/") and base and base["max_rate_median"]:
+        rows = {k.split("/", 1)[1]: v for k, v in report.items() if k.startswith(scenario + "/")}
+        base = rows.get("starlette-per-request")
+        peers = [v["max_rate_median"] for k, v in rows.items() if k in PEERS]
+        for row in rows.values():
+            if base and base["max_rate_median"]:
                 row["vs_per_request"] = round(row["max_rate_median"] / base["max_rate_median"], 2)
+            if peers and max(peers):
+                row["vs_best_peer"] = round(row["max_rate_median"] / max(peers), 2)
     return report
 
 
 def markdown(report: dict[str, dict[str, Any]]) -> str:
     lines = [
-        "| scenario / server | max req/s at p99 <= 50 ms (median; runs) | x per-request | "
-        "p50 / p99 ms at fixed rate | mean batch rows |",
-        "| --- | --- | --- | --- | --- |",
+        "| scenario / server | max req/s at p99 <= 50 ms: median (runs) | x per-request | "
+        "x best peer | p50 / p99 ms at fixed rate | mean batch rows |",
+        "| --- | --- | --- | --- | --- | --- |",
     ]
     for key, row in report.items():
+        each = ", ".join(f"{r:,}" for r in row["max_rate_all"])
         lines.append(
-            f"| {key} | {row['max_rate_median']:.0f} ({', '.join(map(str, row['max_rate_all']))})"
-            f" | {row.get('vs_per_request', '')} | {row['fixed_p50_ms_median']:.2f} / "
-            f"{row['fixed_p99_ms_median']:.2f} at {row['fixed_rate']:.0f}/s | "
-            f"{row['mean_batch_rows'] or ''} |"
+            f"| {key} | {row['max_rate_median']:,.0f} ({each})"
+            f" | {row.get('vs_per_request', '')} | {row.get('vs_best_peer', '')} | "
+            f"{row['fixed_p50_ms_median']:.2f} / {row['fixed_p99_ms_median']:.2f} at "
+            f"{row['fixed_rate']:.0f}/s | {row['mean_batch_rows'] or ''} |"
         )
     return "\n".join(lines) + "\n"
 
@@ -270,7 +296,7 @@ def plot(runs: dict[str, list[dict[str, Any]]], path: Path) -> None:
     import matplotlib.pyplot as plt
 
     scenarios = sorted({k.split("/")[0] for k in runs})
-    fig, axes = plt.subplots(2, len(scenarios), figsize=(7 * len(scenarios), 9), squeeze=False)
+    fig, axes = plt.subplots(2, len(scenarios), figsize=(6 * len(scenarios), 9), squeeze=False)
     for col, scenario in enumerate(scenarios):
         for key, results in runs.items():
             if not key.startswith(scenario + "/"):
@@ -280,18 +306,18 @@ def plot(runs: dict[str, list[dict[str, Any]]], path: Path) -> None:
             )
             offered = [s["offered_rate"] for s in steps]
             label = key.split("/", 1)[1]
-            axes[0][col].plot(offered, [min(s["p99_ms"], 5000) for s in steps], "o-", label=label)
-            axes[1][col].plot(offered, [s["achieved_rate"] for s in steps], "o-", label=label)
-        axes[0][col].axhline(50, color="grey", linestyle="--", linewidth=1)
+            axes[0][col].plot(offered, [min(s["p99_ms"], 5000) for s in steps], ".-", label=label)
+            axes[1][col].plot(offered, [s["achieved_rate"] for s in steps], ".-", label=label)
+        axes[0][col].axhline(P99_BOUND_MS, color="grey", linestyle="--", linewidth=1)
         axes[0][col].set(title=f"{scenario}: p99 latency", xscale="log", yscale="log",
                          xlabel="offered req/s", ylabel="p99 ms")  # fmt: skip
         axes[1][col].set(title=f"{scenario}: throughput", xscale="log", yscale="log",
                          xlabel="offered req/s", ylabel="completed req/s")  # fmt: skip
         for ax in axes[:, col]:
-            ax.legend(fontsize=8)
+            ax.legend(fontsize=7)
             ax.grid(True, which="both", alpha=0.3)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    fig.savefig(path, dpi=100)
 
 
 if __name__ == "__main__":

@@ -2,6 +2,7 @@
 
 - ``mlp``: a tabular MLP, 32 float inputs, two hidden layers of 256, 2 classes: scikit-learn's
   MLPClassifier trained on ``make_classification`` data, converted with skl2onnx.
+- version 2 of ``mlp``: the same network trained from another seed (splits and shadows).
 - ``heavy``: four hidden layers of 2048 (random weights, built with onnx.helper): measured here,
   a single-row call costs 2.9 ms on one thread (342 rows/s) and a 128-row batch 49 ms
   (2,624 rows/s), so batching, not HTTP, decides throughput.
@@ -11,6 +12,7 @@ from __future__ import annotations
 
 import tempfile
 import warnings
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -24,7 +26,7 @@ __all__ = ["build_heavy_mlp", "build_mlp", "register_benchmark_models"]
 FEATURES = 32
 
 
-def build_mlp() -> onnx.ModelProto:
+def build_mlp(seed: int = 0) -> onnx.ModelProto:
     """The tabular MLP (input ``input`` FP32 [N, 32]; outputs ``label``, ``probabilities``)."""
     from skl2onnx import to_onnx
     from skl2onnx.common.data_types import FloatTensorType
@@ -33,7 +35,7 @@ def build_mlp() -> onnx.ModelProto:
     from sklearn.neural_network import MLPClassifier
 
     x, y = make_classification(n_samples=4000, n_features=FEATURES, random_state=0)
-    clf = MLPClassifier(hidden_layer_sizes=(256, 256), max_iter=30, random_state=0)
+    clf = MLPClassifier(hidden_layer_sizes=(256, 256), max_iter=30, random_state=seed)
     with warnings.catch_warnings():  # 30 epochs are plenty for a benchmark model
         warnings.simplefilter("ignore", ConvergenceWarning)
         clf.fit(x.astype(np.float32), y)
@@ -79,16 +81,27 @@ def build_heavy_mlp(width: int = 2048, layers: int = 4) -> onnx.ModelProto:
 
 
 def register_benchmark_models(root: Path) -> dict[str, Path]:
-    """Register ``mlp`` and ``heavy`` (alias ``champion``); returns their model files."""
+    """Register ``mlp`` (versions 1 and 2, a second training seed for splits and shadows),
+    ``heavy`` and the demo's ``breast_cancer``, alias ``champion`` on the first version of each;
+    returns the champions' model files."""
+    from gateway.demo import DEMO_MODEL, build_demo_registry
+
     registry = LocalRegistry(root)
     metadata = ModelMetadata(features=[FeatureSpec(name=f"f{i}") for i in range(FEATURES)])
+    builds: dict[str, list[Callable[[], onnx.ModelProto]]] = {
+        "mlp": [build_mlp, lambda: build_mlp(seed=1)],
+        "heavy": [build_heavy_mlp],
+    }
     files: dict[str, Path] = {}
-    for name, build in (("mlp", build_mlp), ("heavy", build_heavy_mlp)):
+    for name, versions in builds.items():
         if name not in registry.models():
-            with tempfile.TemporaryDirectory() as tmp:
-                path = Path(tmp) / "model.onnx"
-                path.write_bytes(build().SerializeToString())
-                version = registry.register(name, path, metadata)
-            registry.set_alias(name, "champion", version)
+            for build in versions:
+                with tempfile.TemporaryDirectory() as tmp:
+                    path = Path(tmp) / "model.onnx"
+                    path.write_bytes(build().SerializeToString())
+                    registry.register(name, path, metadata)
+            registry.set_alias(name, "champion", registry.versions(name)[0])
         files[name] = root / name / registry.aliases(name)["champion"] / "model.onnx"
+    build_demo_registry(root)
+    files[DEMO_MODEL] = root / DEMO_MODEL / registry.aliases(DEMO_MODEL)["champion"] / "model.onnx"
     return files

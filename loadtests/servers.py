@@ -1,6 +1,10 @@
-"""Reference servers for the benchmarks, each a bare Starlette app on uvicorn (uvloop, httptools).
+"""Reference servers for the benchmarks: bare Starlette apps on uvicorn (uvloop, httptools), and
+one bare asyncio protocol.
 
-- ``hello``: answers a constant; the ceiling of HTTP serving itself and of the generator.
+- ``hello-raw``: answers a constant from an asyncio protocol on uvloop with httptools' parser,
+  no ASGI, no framework (about 20 us of CPU a request): far more than the generator can send
+  from one core, so its maximum is the generator's own ceiling.
+- ``hello``: answers a constant from Starlette; the ceiling of Python ASGI serving.
 - ``baseline``: the per-request baseline: parses an OIP v2 JSON body with orjson, runs the same
   onnxruntime session (one thread) for that request alone, answers OIP v2 JSON. The session runs
   inline on the event loop, which for a sub-millisecond model is the fastest a per-request
@@ -12,7 +16,9 @@
 from __future__ import annotations
 
 import argparse
+import asyncio
 
+import httptools
 import numpy as np
 import onnxruntime as ort
 import orjson
@@ -25,6 +31,33 @@ from starlette.routing import Route
 __all__ = ["baseline_app", "hello_app"]
 
 _DTYPES = {"FP32": np.float32, "FP64": np.float64, "INT64": np.int64, "INT32": np.int32}
+
+
+_HELLO = b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: 11\r\n\r\n"
+
+
+class _RawHello(asyncio.Protocol):
+    """Answers every request, once its body is in, with ``{"ok":true}``."""
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport: asyncio.Transport = transport  # type: ignore[assignment]
+        self.parser = httptools.HttpRequestParser(self)
+
+    def data_received(self, data: bytes) -> None:
+        try:
+            self.parser.feed_data(data)
+        except httptools.HttpParserError:
+            self.transport.close()
+
+    def on_message_complete(self) -> None:
+        self.transport.write(_HELLO + b'{"ok":true}')
+
+
+async def _serve_raw_hello(port: int) -> None:
+    loop = asyncio.get_running_loop()
+    server = await loop.create_server(_RawHello, "127.0.0.1", port)
+    async with server:
+        await server.serve_forever()
 
 
 def hello_app() -> Starlette:
@@ -73,10 +106,15 @@ def baseline_app(model_path: str) -> Starlette:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("kind", choices=["hello", "baseline"])
+    parser.add_argument("kind", choices=["hello-raw", "hello", "baseline"])
     parser.add_argument("--model")
     parser.add_argument("--port", type=int, required=True)
     args = parser.parse_args()
+    if args.kind == "hello-raw":
+        import uvloop
+
+        uvloop.run(_serve_raw_hello(args.port))
+        return
     app = hello_app() if args.kind == "hello" else baseline_app(args.model)
     uvicorn.run(app, host="127.0.0.1", port=args.port, loop="uvloop", http="httptools",
                 access_log=False, log_level="warning")  # fmt: skip
