@@ -129,6 +129,7 @@ class ModelLoader:
             max_concurrent_batches=concurrency,
             stackable=runtime.signature.batchable and batching.enabled,
             inline=inline,
+            close_when_idle=batching.close_when_idle,
             observer=self._metrics.for_batches(name, version, variant),
         )
         batcher.start()

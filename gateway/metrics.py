@@ -66,7 +66,7 @@ class GatewayMetrics:
         )
         self.batches = Counter(
             "gateway_batches",
-            "Batches run, by why they closed (full, timeout, drain).",
+            "Batches run, by why they closed (full, timeout, idle, drain).",
             (*_VERSION, "reason"),
             registry=registry,
         )
@@ -165,7 +165,7 @@ class BatchMetrics:
         self._depth = metrics.queue_depth.labels(*labels)
         self._batches = {
             reason: metrics.batches.labels(*labels, reason)
-            for reason in ("full", "timeout", "drain")
+            for reason in ("full", "timeout", "idle", "drain")
         }
 
     def batch_closed(self, rows: int, requests: int, reason: str) -> None:

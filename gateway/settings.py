@@ -93,6 +93,10 @@ class BatchingSettings(_Group):
     enabled: bool = True
     max_batch_size: int = Field(default=64, ge=1)
     max_batch_delay_s: float = Field(default=0.002, ge=0)
+    # Close a batch as soon as a pass of the event loop brings no new request, instead of
+    # always waiting max_batch_delay_s: light load gets per-request latency, heavy load still
+    # fills batches (every pass brings requests). max_batch_delay_s stays the bound.
+    close_when_idle: bool = True
     max_queue_size: int = Field(default=2048, ge=1)
     # Deadline of one request, from arrival to answer.
     timeout_s: float = Field(default=2.0, gt=0)

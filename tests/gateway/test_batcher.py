@@ -236,3 +236,39 @@ async def test_output_without_batch_rows_fails_the_batch_clearly() -> None:
             )
     assert all(isinstance(r, ModelExecutionError) for r in results)
     assert "shape" in str(results[0])
+
+
+@pytest.mark.parametrize("inline", [False, True])
+async def test_close_when_idle_answers_a_lone_request_without_waiting_the_delay(
+    inline: bool,
+) -> None:
+    model = Recorder()
+    with ThreadPoolExecutor(1) as pool:
+        batcher = make(model, pool, max_batch_delay_s=2.0, close_when_idle=True, inline=inline)
+        async with batcher:
+            started = time.perf_counter()
+            result = await batcher.submit(rows(3), 1, deadline())
+            assert time.perf_counter() - started < 0.5  # not the 2 s bound
+            assert result["y"].tolist() == [[6, 6]]
+            # requests queued in one pass of the loop still share a batch
+            await asyncio.gather(*(batcher.submit(rows(i), 1, deadline()) for i in range(5)))
+    assert model.batches == [1, 5]
+
+
+async def test_close_when_idle_keeps_filling_while_requests_keep_coming() -> None:
+    model = Recorder()
+    with ThreadPoolExecutor(1) as pool:
+        batcher = make(model, pool, max_batch_size=64, max_batch_delay_s=2.0, close_when_idle=True)
+        async with batcher:
+
+            async def trickle() -> list[Tensors]:
+                calls = []
+                for i in range(10):  # one new request on each pass of the event loop
+                    calls.append(asyncio.ensure_future(batcher.submit(rows(i), 1, deadline())))
+                    await asyncio.sleep(0)
+                return list(await asyncio.gather(*calls))
+
+            answers = await trickle()
+    assert [a["y"][0, 0] for a in answers] == [2 * i for i in range(10)]
+    assert sum(model.batches) == 10
+    assert len(model.batches) <= 3  # not one batch per request
