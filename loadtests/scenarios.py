@@ -39,7 +39,7 @@ class Peer:
 PEERS = {
     "mlserver": Peer("mlserver", "/v2/health/ready"),
     "kserve": Peer("kserve", "/v2/health/ready"),
-    "bentoml": Peer("bentoml", "/v2/health/ready"),
+    "bentoml": Peer("bentoml", "/readyz"),
     "rayserve": Peer("rayserve", "/v2/health/ready"),
     "pytriton": Peer("pytriton", "/v2/models/{name}/ready"),
 }
