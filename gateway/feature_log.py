@@ -16,21 +16,36 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections import deque
+from collections.abc import Iterable
 
 from gateway._wake import wait_woken
 from gateway.kafka_sink import RecordSink
 from gateway.metrics import FeatureLogMetrics
 from gateway.spool import Spool
-from monitors.schema import InferenceRecord, encode_record
+from monitors.schema import InferenceRecord, encode_records, message_records
 
-__all__ = ["FeatureLog"]
+__all__ = ["FeatureLog", "Message", "pack_messages"]
 
 log = logging.getLogger(__name__)
 
-# (key, value, records in it): one Kafka message holds a model's records, newline-separated,
-# so the per-message costs of the producer and the broker are shared by many records.
+# (key, value, records in it): one Kafka message holds a model's records, as columns, so the
+# per-message costs of the producer, the broker and the consumer are shared by many records.
 Message = tuple[bytes, bytes, int]
 _RECORDS_PER_MESSAGE = 100
+
+
+def pack_messages(records: Iterable[tuple[bytes, InferenceRecord]]) -> list[Message]:
+    """Kafka messages of (key, record) pairs: per key (the model), in order, up to 100 records
+    a message, encoded by ``monitors.schema.encode_records``."""
+    groups: dict[bytes, list[InferenceRecord]] = {}
+    for key, record in records:
+        groups.setdefault(key, []).append(record)
+    messages: list[Message] = []
+    for key, group in groups.items():
+        for start in range(0, len(group), _RECORDS_PER_MESSAGE):
+            chunk = group[start : start + _RECORDS_PER_MESSAGE]
+            messages.append((key, encode_records(chunk), len(chunk)))
+    return messages
 
 
 class FeatureLog:
@@ -146,18 +161,9 @@ class FeatureLog:
             self._update_gauges()
 
     def _take(self, count: int) -> list[Message]:
-        """Up to ``count`` records, packed per model into newline-separated Kafka messages."""
-        groups: dict[bytes, list[bytes]] = {}
+        """Up to ``count`` records off the queue, packed per model into Kafka messages."""
         queue = self._queue
-        for _ in range(min(count, len(queue))):
-            key, record = queue.popleft()
-            groups.setdefault(key, []).append(encode_record(record))
-        messages: list[Message] = []
-        for key, records in groups.items():
-            for start in range(0, len(records), _RECORDS_PER_MESSAGE):
-                chunk = records[start : start + _RECORDS_PER_MESSAGE]
-                messages.append((key, b"\n".join(chunk), len(chunk)))
-        return messages
+        return pack_messages(queue.popleft() for _ in range(min(count, len(queue))))
 
     async def _to_spool(self, batch: list[Message]) -> None:
         written = await asyncio.to_thread(self._spool.append, [(k, v) for k, v, _ in batch])
@@ -188,7 +194,7 @@ class FeatureLog:
             delivered = await self._sink.send([(e.key, e.value) for e in entries])
             if delivered:
                 await asyncio.to_thread(self._spool.ack, entries[delivered - 1], delivered)
-                self._metrics.replayed(sum(e.value.count(b"\n") + 1 for e in entries[:delivered]))
+                self._metrics.replayed(sum(message_records(e.value) for e in entries[:delivered]))
                 self._update_gauges()
             if delivered < len(entries):
                 await asyncio.sleep(delay)

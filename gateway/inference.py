@@ -178,7 +178,6 @@ class InferenceService:
             role=role,
             feature_input=model.feature_input,
             feature_names=model.feature_names,
-            feature_template=model.feature_template,
             inputs=inputs if status != "invalid" else None,
             outputs=outputs,
             rows=rows,

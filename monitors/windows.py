@@ -11,16 +11,16 @@ a snapshot, so a restarted monitor continues exactly where the snapshot left off
 from __future__ import annotations
 
 from collections import deque
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from itertools import chain
-from operator import itemgetter
 from typing import Any, Literal
 
 import numpy as np
 
+from monitors.batch import RecordBatch
 from monitors.profile import OTHER, ModelProfile
 
-__all__ = ["Pane", "Summary", "WindowSpec", "Windows", "column"]
+__all__ = ["Pane", "Summary", "WindowSpec", "Windows", "summarize"]
 
 
 @dataclass(frozen=True)
@@ -72,61 +72,21 @@ class Pane:
     end_time: float
 
 
-def column(records: list[dict[str, Any]], name: str) -> np.ndarray:
-    """One feature's values across records, as floats (missing values as NaN)."""
-    values = list(chain.from_iterable(r["features"].get(name, [None] * r["rows"]) for r in records))
-    try:
-        return np.asarray(values, dtype=np.float64)
-    except (TypeError, ValueError):
-        return np.asarray(values, dtype=object).astype(np.float64)
-
-
-def _matrix(records: list[dict[str, Any]], rows: int) -> dict[str, np.ndarray]:
-    """Every numeric feature's column in one pass, when all records are single-row and carry
-    the same features (as one gateway writes them); else empty."""
-    if rows != len(records):
-        return {}
-    keys = list(records[0]["features"])
-    pick = itemgetter(*keys)  # each record's value lists in this order, whatever its own
-    try:
-        picked = map(pick, (r["features"] for r in records))
-        values = chain.from_iterable(chain.from_iterable(picked))
-        flat = np.fromiter(values, dtype=np.float64, count=rows * len(keys))
-    except (KeyError, TypeError, ValueError):  # a feature missing, None, text, several values
-        return {}
-    matrix = flat.reshape(rows, len(keys))
-    return {key: matrix[:, j] for j, key in enumerate(keys)}
-
-
-def summarize(records: list[dict[str, Any]], profile: ModelProfile) -> Summary:
+def summarize(batch: RecordBatch, profile: ModelProfile) -> Summary:
     """The summary of a batch of records of one model version, vectorised per feature."""
-    summary = Summary(rows=sum(r["rows"] for r in records))
-    matrix = _matrix(records, summary.rows) if records else {}
+    summary = Summary(rows=int(batch.rows.sum()))
     for name, ref in profile.features.items():
-        if name.startswith("prediction:"):
-            output = name.removeprefix("prediction:")
-            values = list(
-                chain.from_iterable(r.get("outputs", {}).get(output, []) for r in records)
-            )
-        else:
-            values = None
+        values = batch.columns[name].values
         if ref.kind == "numeric":
-            if values is not None:
-                array = np.asarray(values, dtype=np.float64)
-            elif name in matrix:
-                array = matrix[name]
-            else:
-                array = column(records, name)
-            present = array[~np.isnan(array)]
+            present = values[~np.isnan(values)]
             edges = np.asarray(ref.bin_edges)
             index = np.searchsorted(edges[1:-1], present, side="right")
             summary.bins[name] = np.bincount(index, minlength=len(edges) - 1)
-            summary.missing[name] = int(len(array) - len(present))
+            summary.missing[name] = int(len(values) - len(present))
         else:
-            raw = values if values is not None else list(
-                chain.from_iterable(r["features"].get(name, []) for r in records)
-            )  # fmt: skip
-            labels, counts = np.unique(np.asarray([str(v) for v in raw]), return_counts=True)
+            labels, counts = np.unique(
+                np.asarray([str(v) for v in values.tolist()]), return_counts=True
+            )
             known = ref.categories
             cats: dict[str, int] = {}
             for label, n in zip(labels.tolist(), counts.tolist(), strict=True):
@@ -149,49 +109,49 @@ class Windows:
         self._count_key = 0.0
 
     def add(
-        self, records: list[dict[str, Any]], offsets: list[int]
+        self, records: Sequence[Mapping[str, Any]], offsets: Iterable[int]
     ) -> list[tuple[list[Pane], Summary]]:
-        """Take records (with their offsets, in order); return every window that closed."""
-        if self.spec.by == "count":
-            return self._add_by_count(records, offsets)
-        return self._add_by_time(records, offsets)
+        """Take decoded records (with their offsets, in order); return every window that closed."""
+        return self.add_batch(RecordBatch.from_records(self.profile, records, offsets))
 
-    def _add_by_count(
-        self, records: list[dict[str, Any]], offsets: list[int]
-    ) -> list[tuple[list[Pane], Summary]]:
+    def add_batch(self, batch: RecordBatch) -> list[tuple[list[Pane], Summary]]:
+        """Take a batch of records (in order); return every window that closed."""
+        if self.spec.by == "count":
+            return self._add_by_count(batch)
+        return self._add_by_time(batch)
+
+    def _add_by_count(self, batch: RecordBatch) -> list[tuple[list[Pane], Summary]]:
         emitted: list[tuple[list[Pane], Summary]] = []
-        start = 0
         slide = int(self.spec.slide)
         current = self.open.get(self._count_key)
         pending_rows = current.summary.rows if current else 0
-        for i, record in enumerate(records):
-            pending_rows += record["rows"]
-            if pending_rows >= slide:  # this record completes the pane
-                self._extend_pane(self._count_key, records[start : i + 1], offsets[start : i + 1])
-                emitted += self._close(self._count_key)
-                self._count_key += 1
-                start, pending_rows = i + 1, 0
-        if start < len(records):
-            self._extend_pane(self._count_key, records[start:], offsets[start:])
+        total = np.cumsum(batch.rows)  # rows up to and including each record
+        start = 0
+        while start < len(batch):
+            before = int(total[start - 1]) if start else 0
+            # the record that completes the pane: the first whose rows reach the slide
+            end = start + int(np.searchsorted(total[start:], before + slide - pending_rows))
+            if end >= len(batch):
+                break
+            self._extend_pane(self._count_key, batch.slice(start, end + 1))
+            emitted += self._close(self._count_key)
+            self._count_key += 1
+            start, pending_rows = end + 1, 0
+        if start < len(batch):
+            self._extend_pane(self._count_key, batch.slice(start, len(batch)))
         return emitted
 
-    def _add_by_time(
-        self, records: list[dict[str, Any]], offsets: list[int]
-    ) -> list[tuple[list[Pane], Summary]]:
+    def _add_by_time(self, batch: RecordBatch) -> list[tuple[list[Pane], Summary]]:
         slide = self.spec.slide
-        groups: dict[float, tuple[list[dict[str, Any]], list[int]]] = {}
-        for record, offset in zip(records, offsets, strict=True):
-            key = float(np.floor(record["time"] / slide))
+        keys, which = np.unique(np.floor(batch.times / slide), return_inverse=True)
+        for index, key in enumerate(keys.tolist()):
+            records = np.flatnonzero(which == index)
             if key not in self.open and (key + 1) * slide <= self.watermark:
-                self.late_rows += record["rows"]  # its pane has closed already
+                self.late_rows += int(batch.rows[records].sum())  # its pane has closed already
                 continue
-            batch = groups.setdefault(key, ([], []))
-            batch[0].append(record)
-            batch[1].append(offset)
-        for key, (group, group_offsets) in sorted(groups.items()):
-            self._extend_pane(key, group, group_offsets)
-        if records:
-            latest = max(r["time"] for r in records)
+            self._extend_pane(key, batch.take(records))
+        if len(batch):
+            latest = float(batch.times.max())
             self.watermark = max(self.watermark, latest - self.spec.lateness_s)
         emitted: list[tuple[list[Pane], Summary]] = []
         for key in sorted(self.open):
@@ -199,22 +159,21 @@ class Windows:
                 emitted += self._close(key)
         return emitted
 
-    def _extend_pane(self, key: float, records: list[dict[str, Any]], offsets: list[int]) -> None:
-        if not records:
+    def _extend_pane(self, key: float, batch: RecordBatch) -> None:
+        if not len(batch):
             return
-        summary = summarize(records, self.profile)
-        times = [r["time"] for r in records]
+        summary = summarize(batch, self.profile)
+        first, last = int(batch.offsets[0]), int(batch.offsets[-1])
+        start_time, end_time = float(batch.times.min()), float(batch.times.max())
         pane = self.open.get(key)
         if pane is None:
-            self.open[key] = Pane(key, summary, offsets[0], offsets[-1], min(times), max(times))
+            self.open[key] = Pane(key, summary, first, last, start_time, end_time)
         else:
             pane.summary.add(summary)
-            pane.first_offset = min(pane.first_offset, offsets[0])
-            pane.last_offset = max(pane.last_offset, offsets[-1])
-            pane.start_time, pane.end_time = (
-                min(pane.start_time, *times),
-                max(pane.end_time, *times),
-            )
+            pane.first_offset = min(pane.first_offset, first)
+            pane.last_offset = max(pane.last_offset, last)
+            pane.start_time = min(pane.start_time, start_time)
+            pane.end_time = max(pane.end_time, end_time)
 
     def _close(self, key: float) -> list[tuple[list[Pane], Summary]]:
         pane = self.open.pop(key)

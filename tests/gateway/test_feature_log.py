@@ -3,13 +3,12 @@ from __future__ import annotations
 import asyncio
 from pathlib import Path
 
-import orjson
 from prometheus_client import CollectorRegistry
 
 from gateway.feature_log import FeatureLog
 from gateway.metrics import FeatureLogMetrics
 from gateway.spool import Spool
-from monitors.schema import InferenceRecord
+from monitors.schema import InferenceRecord, decode_records
 
 
 class FlakySink:
@@ -32,12 +31,12 @@ class FlakySink:
         if not self.up:
             return 0
         for _, value in records:
-            self.got.extend(orjson.loads(line)["request_id"] for line in value.split(b"\n"))
+            self.got.extend(record["request_id"] for record in decode_records(value))
         return len(records)
 
 
 def record(i: int) -> InferenceRecord:
-    return {"schema_version": 1, "request_id": f"r{i}", "time": 0.0, "model": "m",
+    return {"schema_version": 2, "request_id": f"r{i}", "time": 0.0, "model": "m",
             "version": "1", "role": "primary", "rows": 1, "status": "ok"}  # fmt: skip
 
 

@@ -1,9 +1,10 @@
 """A monitor killed mid-window and restarted counts every record in exactly one window.
 
-Records are written as the gateway writes them (100 per Kafka message, two versions of the model
-interleaved in the same messages), so window boundaries fall inside messages; the monitor is
-killed with SIGKILL while both versions have a window half full. The windows it evaluates over
-its two lives are the windows of one uninterrupted pass over the same records.
+Records are written as the gateway writes them (100 per Kafka message, as columns, two versions
+of the model interleaved in the same messages), so window boundaries fall inside messages; the
+monitor is killed with SIGKILL while both versions have a window half full. The windows it
+evaluates over its two lives are the windows of one uninterrupted pass over the same records.
+Before the kill the records come as version 1 lines, as from a gateway not yet upgraded.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -29,7 +30,7 @@ from aiokafka import AIOKafkaProducer
 from monitors.broker import EmbeddedBroker, create_topics
 from monitors.evaluate import DetectorConfig, evaluate
 from monitors.profile import load_profile
-from monitors.schema import InferenceRecord, encode_record
+from monitors.schema import InferenceRecord, encode_record, encode_records
 from monitors.windows import Windows, WindowSpec
 from tests._support import free_port, wait_http
 from tests.monitors._records import NAMES, X
@@ -47,7 +48,7 @@ def make_records(start: int, count: int, model: str = MODEL) -> list[InferenceRe
     rows = X[rng.integers(0, len(X), count)].astype(np.float32)
     return [
         {
-            "schema_version": 1, "request_id": f"{model}{start + i}", "time": 1000.0 + start + i,
+            "schema_version": 2, "request_id": f"{model}{start + i}", "time": 1000.0 + start + i,
             "endpoint": model, "model": model, "version": "2" if (start + i) % 3 == 2 else "1",
             "variant": "default", "role": "primary", "rows": 1, "status": "ok",
             "latency_s": 0.001, "features": {n: [float(row[j])] for j, n in enumerate(NAMES)},
@@ -57,8 +58,16 @@ def make_records(start: int, count: int, model: str = MODEL) -> list[InferenceRe
     ]  # fmt: skip
 
 
+def lines(records: list[InferenceRecord]) -> bytes:
+    """A message as version 1 gateways wrote it: a record per line."""
+    return b"\n".join(encode_record({**r, "schema_version": 1}) for r in records)
+
+
 async def produce(
-    bootstrap: str, records: list[InferenceRecord], partition: int | None = None
+    bootstrap: str,
+    records: list[InferenceRecord],
+    partition: int | None = None,
+    encode: Callable[[list[InferenceRecord]], bytes] = encode_records,
 ) -> None:
     """As the gateway's feature log does: 100 records per message, keyed by model."""
     producer = AIOKafkaProducer(bootstrap_servers=bootstrap, enable_idempotence=False)
@@ -66,7 +75,7 @@ async def produce(
     try:
         for start in range(0, len(records), 100):
             chunk = records[start : start + 100]
-            value = b"\n".join(encode_record(r) for r in chunk)
+            value = encode(chunk)
             key = chunk[0]["model"].encode()
             await producer.send_and_wait(TOPIC, value, key=key, partition=partition)
     finally:
@@ -166,7 +175,7 @@ def test_killed_monitor_resumes_without_losing_or_doubling_records(
     port = write_config(config, broker, demo_registry, state)
     first, second = make_records(0, 1150), make_records(1150, 1250)
     with monitor(config, port, tmp_path / "monitor.log") as proc:
-        asyncio.run(produce(broker.bootstrap_servers, first))
+        asyncio.run(produce(broker.bootstrap_servers, first, encode=lines))
         audited(state, 4)  # version 1: 3 windows and 47 rows pending; version 2: 1 and 143
         time.sleep(1.5)  # past the snapshot and the commit of the last batch
         proc.send_signal(signal.SIGKILL)

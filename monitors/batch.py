@@ -1,0 +1,271 @@
+"""Records of one model version as columns, the windows' input: per-record arrays (rows, event
+time, Kafka offset) and, per feature of the reference profile, the values of every row in one
+array, with where each record's values start.
+
+Built from messages' columns (``monitors.schema.decode_columns``) with one numpy call per column
+of a consumer poll, never a Python step per value: the monitor's hot path.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from itertools import chain
+from typing import Any
+
+import numpy as np
+
+from monitors.profile import ModelProfile
+from monitors.schema import Block, MessageColumns, columns_of
+
+__all__ = ["Column", "Part", "RecordBatch", "served_primaries"]
+
+_PREDICTION = "prediction:"
+Values = Sequence[Any] | np.ndarray
+Convert = Callable[[Values], np.ndarray]
+
+
+@dataclass(frozen=True, slots=True)
+class Part:
+    """The records of one message that go to one model version's windows."""
+
+    message: MessageColumns
+    records: np.ndarray | None  # their indices in the message, ascending; None: all of them
+    offsets: np.ndarray  # the Kafka offset of each (int64)
+
+    def __len__(self) -> int:
+        return len(self.offsets)
+
+
+def served_primaries(
+    message: MessageColumns, offset: int
+) -> tuple[dict[tuple[str, str], Part], int]:
+    """The message's records served by a primary (status ok), by model version, and how many
+    other records it holds."""
+    fields, count = message.fields, message.count
+    if not count:
+        return {}, 0
+    roles, statuses = fields["role"], fields["status"]
+    models, versions = fields["model"], fields["version"]
+    if (
+        roles.count("primary") == count
+        and statuses.count("ok") == count
+        and models.count(models[0]) == count
+        and versions.count(versions[0]) == count
+    ):
+        key = (models[0], versions[0])  # the common case: one model version, all served
+        return {key: Part(message, None, np.full(count, offset, dtype=np.int64))}, 0
+    groups: dict[tuple[str, str], list[int]] = {}
+    served = 0
+    each = zip(roles, statuses, models, versions, strict=True)
+    for i, (role, status, model, version) in enumerate(each):
+        if role == "primary" and status == "ok":
+            groups.setdefault((model, version), []).append(i)
+            served += 1
+    parts = {
+        key: Part(message, np.asarray(indices), np.full(len(indices), offset, dtype=np.int64))
+        for key, indices in groups.items()
+    }
+    return parts, count - served
+
+
+@dataclass(frozen=True, slots=True)
+class Column:
+    """One feature's values for a run of records: record ``i`` has
+    ``values[starts[i]:starts[i + 1]]`` (float64 when numeric, objects when categorical)."""
+
+    values: np.ndarray
+    starts: np.ndarray  # int64, one more than there are records
+
+    def slice(self, start: int, stop: int) -> Column:
+        first = self.starts[start]
+        return Column(self.values[first : self.starts[stop]], self.starts[start : stop + 1] - first)
+
+    def take(self, records: np.ndarray) -> Column:
+        lengths = np.diff(self.starts)[records]
+        return Column(self.values[_ranges(self.starts[records], lengths)], _starts(lengths))
+
+
+@dataclass(frozen=True, slots=True)
+class RecordBatch:
+    """Records of one model version, in order, with a ``Column`` per profiled feature (the
+    predictions as ``prediction:<output>``)."""
+
+    rows: np.ndarray  # int64 per record
+    times: np.ndarray  # float64 per record: event time
+    offsets: np.ndarray  # int64 per record: the Kafka offset of its message
+    columns: dict[str, Column]
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def slice(self, start: int, stop: int) -> RecordBatch:
+        """Records ``start`` to ``stop - 1``."""
+        return RecordBatch(
+            self.rows[start:stop],
+            self.times[start:stop],
+            self.offsets[start:stop],
+            {name: column.slice(start, stop) for name, column in self.columns.items()},
+        )
+
+    def take(self, records: np.ndarray) -> RecordBatch:
+        """The records at these (ascending) indices."""
+        return RecordBatch(
+            self.rows[records],
+            self.times[records],
+            self.offsets[records],
+            {name: column.take(records) for name, column in self.columns.items()},
+        )
+
+    @classmethod
+    def from_records(
+        cls, profile: ModelProfile, records: Sequence[Mapping[str, Any]], offsets: Iterable[int]
+    ) -> RecordBatch:
+        """From decoded records (dicts), each with its offset."""
+        offsets = np.fromiter(offsets, dtype=np.int64, count=len(records))
+        return cls.from_parts(profile, [Part(columns_of(records), None, offsets)])
+
+    @classmethod
+    def from_parts(cls, profile: ModelProfile, parts: Sequence[Part]) -> RecordBatch:
+        """From the records of messages' columns, in order."""
+        row_chunks = [_field(p, "rows") for p in parts]
+        rows = _join(row_chunks, _integers)
+        times = _join([_field(p, "time") for p in parts], _floats)
+        offsets = np.concatenate([p.offsets for p in parts]) if parts else np.zeros(0, np.int64)
+        whole = {
+            "features": [_whole(p, p.message.features) for p in parts],
+            "outputs": [_whole(p, p.message.outputs) for p in parts],
+        }
+        # Starts by the identity of the lengths' chunks (kept alive here): the columns of a
+        # block share its lengths, usually the records' rows.
+        starts: dict[tuple[int, ...], tuple[list[Values], np.ndarray]] = {
+            tuple(map(id, row_chunks)): (row_chunks, _starts(rows))
+        }
+        columns = {}
+        for name, ref in profile.features.items():
+            output = name.removeprefix(_PREDICTION) if name.startswith(_PREDICTION) else None
+            key = name if output is None else output
+            convert = _floats if ref.kind == "numeric" else _objects
+            # a record without a numeric feature has a missing value per row (not so outputs)
+            pad = ref.kind == "numeric" and output is None
+            chunks: list[Values] = []
+            lengths: list[Values] = []
+            for part, block in zip(parts, whole["outputs" if output else "features"], strict=True):
+                column = None if block is None else block.columns.get(key)
+                if type(column) is list:  # the common case: the column as it was read
+                    chunks.append(column)
+                    lengths.append(part.message.block_lengths(block))  # type: ignore[arg-type]
+                    continue
+                blocks = part.message.features if output is None else part.message.outputs
+                values, counts = _values(part, blocks, key, convert, pad)
+                chunks.append(values)
+                lengths.append(counts)
+            ident = tuple(map(id, lengths))
+            if ident not in starts:
+                starts[ident] = (lengths, _starts(_join(lengths, _integers)))
+            columns[name] = Column(_join(chunks, convert), starts[ident][1])
+        return cls(rows, times, offsets, columns)
+
+
+def _whole(part: Part, blocks: list[Block]) -> Block | None:
+    """The block that holds every record of the part, when one does (and it has several)."""
+    if part.records is None and len(blocks) == 1 and blocks[0].records is None:
+        return blocks[0] if part.message.count > 1 else None
+    return None
+
+
+def _field(part: Part, name: str) -> Values:
+    values = part.message.fields[name]
+    return values if part.records is None else np.asarray(values)[part.records]
+
+
+def _values(
+    part: Part, blocks: list[Block], name: str, convert: Convert, pad: bool
+) -> tuple[Values, Values]:
+    """(values of every row, values per record) of one column of a part's records."""
+    message = part.message
+    if part.records is None and len(blocks) == 1 and blocks[0].records is None:
+        block = blocks[0]
+        if name in block.columns:  # the common case: the column as it was read
+            values = block.columns[name]
+            if type(values) is not list:  # numpy, before encoding
+                values = convert(_listed(values))
+            if message.count == 1:
+                values = _listed(values)
+                return values, [len(values)]
+            return values, message.block_lengths(block)
+    selected = np.arange(message.count) if part.records is None else part.records
+    lengths = _field(part, "rows") if pad else np.zeros(len(selected), dtype=np.int64)
+    lengths = np.array(lengths, dtype=np.int64)
+    pieces = []
+    for block in blocks:
+        if name not in block.columns:
+            continue
+        members = np.arange(message.count) if block.records is None else np.asarray(block.records)
+        mine = np.isin(selected, members)
+        if not mine.any():
+            continue
+        values = convert(_listed(block.columns[name]))
+        if len(members) == 1:
+            lengths[mine] = len(values)
+        else:
+            sizes = np.asarray(message.block_lengths(block), dtype=np.int64)
+            where = np.searchsorted(members, selected[mine])
+            lengths[mine] = sizes[where]
+            values = values[_ranges(_starts(sizes)[where], sizes[where])]
+        pieces.append((mine, values))
+    starts = _starts(lengths)
+    out = np.full(starts[-1], np.nan) if convert is _floats else np.empty(starts[-1], object)
+    for mine, values in pieces:
+        out[_ranges(starts[:-1][mine], lengths[mine])] = values
+    return out, lengths
+
+
+def _listed(values: Any) -> Values:
+    if type(values) is list or (type(values) is np.ndarray and values.ndim):
+        return values
+    return list(values) if type(values) is tuple else [values]
+
+
+def _join(chunks: Sequence[Values], convert: Convert) -> np.ndarray:
+    """One array of the chunks: lists are converted together, in one call."""
+    if set(map(type, chunks)) == {list}:
+        if convert is _floats:  # the hot path: numbers straight from the parsed JSON
+            try:
+                count = sum(map(len, chunks))
+                return np.fromiter(chain.from_iterable(chunks), dtype=np.float64, count=count)
+            except (TypeError, ValueError):  # None, text, lists: see _floats
+                pass
+        return convert(list(chain.from_iterable(chunks)))
+    arrays = [c if type(c) is np.ndarray else convert(c) for c in chunks]
+    return np.concatenate(arrays) if arrays else convert([])
+
+
+def _floats(values: Values) -> np.ndarray:
+    """Floats, None as NaN; text that reads as a number is taken as one."""
+    try:
+        return np.asarray(values, dtype=np.float64)
+    except (TypeError, ValueError):
+        return np.asarray(values, dtype=object).astype(np.float64)
+
+
+def _objects(values: Values) -> np.ndarray:
+    return np.fromiter(values, dtype=object, count=len(values))
+
+
+def _integers(values: Values) -> np.ndarray:
+    return np.asarray(values, dtype=np.int64)
+
+
+def _starts(lengths: np.ndarray) -> np.ndarray:
+    starts = np.zeros(len(lengths) + 1, dtype=np.int64)
+    np.cumsum(lengths, out=starts[1:])
+    return starts
+
+
+def _ranges(starts: np.ndarray, lengths: np.ndarray) -> np.ndarray:
+    """The indices of runs ``starts[k] .. starts[k] + lengths[k] - 1``, one after another."""
+    ends = np.cumsum(lengths)
+    total = int(ends[-1]) if len(ends) else 0
+    runs: np.ndarray = np.arange(total) + np.repeat(starts - (ends - lengths), lengths)
+    return runs

@@ -1,0 +1,142 @@
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import orjson
+
+from monitors.batch import Part, RecordBatch, served_primaries
+from monitors.profile import build_profile
+from monitors.schema import decode_columns, decode_records, encode_records
+from monitors.windows import Pane, Summary, Windows, WindowSpec
+
+RNG = np.random.default_rng(5)
+PROFILE = build_profile(
+    {
+        "a": RNG.normal(size=400),
+        "b": RNG.normal(size=400),
+        "colour": np.array(RNG.choice(["red", "blue", "1"], 400), dtype=object),
+        "prediction:label": RNG.integers(0, 2, 400).astype(float),
+    },
+    categorical={"colour"},
+)
+
+
+def stream(n: int, seed: int) -> list[dict[str, Any]]:
+    """Records of two versions of a model, of 1-3 rows, some shadow or invalid, some lacking a
+    feature or holding None, text or numbers where categories go."""
+    rng = np.random.default_rng(seed)
+    records: list[dict[str, Any]] = []
+    for i in range(n):
+        rows = int(rng.choice([1, 1, 2, 3]))
+        record: dict[str, Any] = {
+            "schema_version": 2, "request_id": f"r{i}", "time": 100.0 + i * 0.1 + rng.normal(0, 0.5),
+            "model": "m", "version": "2" if i % 4 == 3 else "1", "role": "primary", "rows": rows,
+            "status": "ok", "latency_s": 0.001,
+        }  # fmt: skip
+        if rng.random() < 0.05:
+            record["role"] = "shadow"
+        if rng.random() < 0.05:
+            record.update(status="invalid", error="bad input")
+            records.append(record)
+            continue
+        features: dict[str, Any] = {
+            "a": rng.normal(size=rows).tolist(),
+            "colour": [str(rng.choice(["red", "blue", "green"])) for _ in range(rows)],
+        }
+        if rng.random() < 0.9:
+            features["b"] = rng.normal(size=rows).astype(np.float32)
+        if rng.random() < 0.05:
+            features["a"][0] = None
+        if rng.random() < 0.05:
+            features["colour"] = [1] * rows
+        record["features"] = features
+        if rng.random() < 0.95:
+            record["outputs"] = {"label": rng.integers(0, 2, rows)}
+        records.append(record)
+    return records
+
+
+def messages(records: list[dict[str, Any]], seed: int) -> list[bytes]:
+    """Messages of 1-120 records, some as version 1 lines."""
+    rng = np.random.default_rng(seed)
+    out, start = [], 0
+    while start < len(records):
+        chunk = records[start : start + int(rng.integers(1, 120))]
+        if rng.random() < 0.3:
+            out.append(b"\n".join(orjson.dumps({**r, "schema_version": 1}, option=orjson.OPT_SERIALIZE_NUMPY) for r in chunk))  # fmt: skip
+        else:
+            out.append(encode_records(chunk))  # type: ignore[arg-type]
+        start += len(chunk)
+    return out
+
+
+def summaries(closed: list[tuple[list[Pane], Summary]]) -> list[Any]:
+    return [
+        (
+            [(p.key, p.first_offset, p.last_offset, p.start_time, p.end_time) for p in panes],
+            s.rows, {k: v.tolist() for k, v in s.bins.items()}, s.missing, s.categories,
+        )
+        for panes, s in closed
+    ]  # fmt: skip
+
+
+def test_windows_from_columns_are_the_windows_from_decoded_records() -> None:
+    specs = [WindowSpec("count", 240, 240), WindowSpec("count", 300, 100)]
+    specs += [WindowSpec("time", 20.0, 10.0, 2.0), WindowSpec("time", 5.0, 5.0)]
+    for seed in range(3):
+        stream_messages = messages(stream(2500, seed), seed)
+        for spec in specs:
+            columnar = {v: Windows(spec, PROFILE) for v in "12"}
+            decoded = {v: Windows(spec, PROFILE) for v in "12"}
+            got: dict[str, list[Any]] = {"1": [], "2": []}
+            want: dict[str, list[Any]] = {"1": [], "2": []}
+            for poll in range(0, len(stream_messages), 7):  # consumer polls of 7 messages
+                parts: dict[str, list[Part]] = {"1": [], "2": []}
+                records: dict[str, tuple[list[dict[str, Any]], list[int]]] = {
+                    "1": ([], []), "2": ([], [])
+                }  # fmt: skip
+                for offset in range(poll, min(poll + 7, len(stream_messages))):
+                    message = stream_messages[offset]
+                    for (_, version), part in served_primaries(decode_columns(message), offset)[0].items():  # fmt: skip
+                        parts[version].append(part)
+                    for r in decode_records(message):
+                        if r["role"] == "primary" and r["status"] == "ok":
+                            records[r["version"]][0].append(dict(r))
+                            records[r["version"]][1].append(offset)
+                for v in "12":
+                    batch = RecordBatch.from_parts(PROFILE, parts[v])
+                    got[v] += summaries(columnar[v].add_batch(batch))
+                    want[v] += summaries(decoded[v].add(*records[v]))
+            for v in "12":
+                assert got[v] == want[v], (seed, spec, v)
+                assert len(got[v]) > 1
+                assert columnar[v].to_state() == decoded[v].to_state()
+
+
+def test_served_primaries_groups_by_version_and_counts_the_others() -> None:
+    records = stream(200, 9)
+    parts, others = served_primaries(decode_columns(encode_records(records)), 42)  # type: ignore[arg-type]
+    served = [r for r in records if r["role"] == "primary" and r["status"] == "ok"]
+    assert others == len(records) - len(served)
+    assert set(parts) == {("m", "1"), ("m", "2")}
+    assert sum(len(p) for p in parts.values()) == len(served)
+    assert all((p.offsets == 42).all() for p in parts.values())
+
+
+def test_a_record_without_a_numeric_feature_counts_its_rows_as_missing() -> None:
+    records = [
+        {"time": 1.0, "rows": 2, "features": {"a": [0.1, 0.2], "b": [1.0, None]}},
+        {"time": 2.0, "rows": 3, "features": {"a": [0.3, 0.4, 0.5], "colour": ["red"] * 3}},
+    ]
+    batch = RecordBatch.from_records(PROFILE, records, [0, 1])
+    b = batch.columns["b"].values
+    assert b[0] == 1.0
+    assert np.isnan(b[1:]).all()
+    assert len(b) == 5
+    assert batch.columns["b"].starts.tolist() == [0, 2, 5]
+    assert batch.columns["colour"].starts.tolist() == [0, 0, 3]  # categories: none counted
+    assert batch.columns["prediction:label"].values.tolist() == []
+    second = batch.take(np.array([1]))
+    assert second.columns["a"].values.tolist() == [0.3, 0.4, 0.5]
+    assert batch.slice(1, 2).columns["colour"].values.tolist() == ["red"] * 3
