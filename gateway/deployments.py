@@ -14,8 +14,6 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
-import orjson
-
 from gateway.batcher import Batcher
 from gateway.errors import ModelLoadError, NotReadyError, UnknownModelError
 from gateway.metrics import GatewayMetrics
@@ -45,16 +43,10 @@ class LoadedModel:
     # Computed once: the feature-log record builder needs them for every request.
     feature_input: str | None = field(init=False)
     feature_names: list[str] = field(init=False)
-    feature_template: bytes = field(init=False)
 
     def __post_init__(self) -> None:
         metadata = self.metadata
         self.feature_names = metadata.feature_names
-        # The JSON of a features object with a %s per column: {"a":[%s],"b":[%s]}
-        self.feature_template = b"".join(
-            (b"{" if i == 0 else b"],") + orjson.dumps(name).replace(b"%", b"%%") + b":[%s"
-            for i, name in enumerate(self.feature_names)
-        ) + (b"]}" if self.feature_names else b"{}")
         spec = feature_input(self.signature, metadata)
         self.feature_input = spec.name if spec is not None else None
 

@@ -167,8 +167,9 @@ def test_a_caller_that_disconnects_leaves_the_queue_before_its_batch_runs(
     import json
     import socket
 
-    # Batches wait up to 0.5 s for company: the caller hangs up while its request is queued.
-    with start_gateway(tmp_path, config(demo_registry, max_batch_delay_s=0.5)) as gw:
+    # Batches wait the whole 0.5 s for company: the caller hangs up while its request is queued.
+    batching = config(demo_registry, max_batch_delay_s=0.5, close_when_idle=False)
+    with start_gateway(tmp_path, batching) as gw:
         body = json.dumps({"inputs": [{"name": "input", "shape": [1, 30], "datatype": "FP32",
                                        "data": X[0].tolist()}]}).encode()  # fmt: skip
         head = (f"POST /v2/models/breast_cancer/infer HTTP/1.1\r\nHost: x\r\n"
