@@ -1,0 +1,155 @@
+"""Where a request's time goes in the gateway: py-spy samples under open-loop load, by phase.
+
+Starts the embedded broker (CPU 1) and the gateway with batching and the feature log (CPU 0),
+sends single-row OIP v2 JSON requests to the benchmark MLP at ``--rate`` from CPU 1, and
+samples the gateway with py-spy meanwhile. Each sample is put in the phase of its innermost
+frame that belongs to one (parse, validate, route, queue, batch, run, encode, log, metrics,
+http); what is left is the event loop itself (uvloop's C code: epoll, socket reads and writes)
+and asyncio. Shares are of the event-loop thread's busy samples (the benchmark MLP's batches
+run on it too); CPU microseconds per request come from the process's CPU time over the
+sampled window.
+
+``python -m loadtests.profile_serving [--rate 6000] [--seconds 8]`` prints a table.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections import Counter
+from pathlib import Path
+
+import yaml
+
+from loadtests.bench_serving import free_port, stop_group
+from loadtests.models import register_benchmark_models
+from loadtests.openloop import Result, run
+from loadtests.scenarios import request_body
+from monitors.broker import EmbeddedBroker, create_topics
+
+# (phase, file fragment, function names or None for any) checked from the innermost frame out
+_PHASES: list[tuple[str, str, tuple[str, ...] | None]] = [
+    ("metrics", "prometheus_client/", None),
+    ("log", "gateway/log_records.py", None),
+    ("log", "gateway/feature_log.py", None),
+    ("log", "gateway/kafka_sink.py", None),
+    ("log", "monitors/schema.py", None),
+    ("log", "monitors/_columnar.py", None),
+    ("log", "aiokafka/", None),
+    ("run", "onnxruntime/", None),
+    ("run", "gateway/runtime.py", ("run",)),
+    ("parse", "gateway/protocol/v2.py", ("parse_infer_request", "_parse_input", "_from_json")),
+    ("parse", "gateway/protocol/_json.py", None),
+    ("parse", "gateway/http/_asgi.py", ("decode_body",)),
+    ("encode", "gateway/protocol/v2.py", ("render_infer_response",)),
+    ("encode", "gateway/http/endpoints.py", ("render",)),
+    ("validate", "gateway/inference.py", ("validate_inputs",)),
+    ("route", "gateway/traffic.py", None),
+    ("route", "gateway/routes.py", None),
+    ("queue", "gateway/batcher.py", ("enqueue", "_take", "_wait_for_batch", "_work")),
+    ("batch", "gateway/batcher.py", ("_run", "_resolve", "_cancel_timer")),
+    ("http", "gateway/http/server.py", None),
+    ("core", "gateway/", None),  # the rest of the gateway's own code: endpoints, outcome
+]
+
+
+def phase_of(stack: list[str]) -> str:
+    """The phase of one sample, from its frames (outermost first, as py-spy writes them)."""
+    for frame in reversed(stack):
+        for phase, path, functions in _PHASES:
+            name = frame.split(" ", 1)[0].rsplit(".", 1)[-1]
+            if path in frame and (functions is None or name in functions):
+                return phase
+    return "event loop and asyncio"
+
+
+def cpu_seconds(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--rate", type=float, default=6000)
+    parser.add_argument("--seconds", type=float, default=8.0)
+    parser.add_argument("--no-log", action="store_true", help="feature log off")
+    args = parser.parse_args()
+    os.sched_setaffinity(0, {1})
+    work = Path(tempfile.mkdtemp(prefix="profile-"))
+    register_benchmark_models(work / "registry")
+    broker = EmbeddedBroker()
+    broker.start()
+    subprocess.run(["taskset", "-pc", "1", str(broker.pid)], check=True, capture_output=True)
+    asyncio.run(create_topics(broker.bootstrap_servers, ["inference-log"], 3))
+    port = free_port()
+    config = {
+        "server": {"host": "127.0.0.1", "port": port},
+        "registry": {"root": str(work / "registry"), "poll_interval_s": 60},
+        "runtime": {"intra_op_threads": 1, "worker_threads": 1},
+        "models": [{"name": "mlp", "ref": "mlp@champion"}],
+        "feature_log": {
+            "enabled": not args.no_log,
+            "spool_dir": str(work / "spool"),
+            "bootstrap_servers": broker.bootstrap_servers,
+        },
+    }
+    (work / "gateway.yaml").write_text(yaml.safe_dump(config))
+    command = ["taskset", "-c", "0", sys.executable, "-m", "gateway", "serve",
+               "--config", str(work / "gateway.yaml"), "--log-level", "warning"]  # fmt: skip
+    proc = subprocess.Popen(command, start_new_session=True, stderr=subprocess.DEVNULL)
+    url = f"http://127.0.0.1:{port}/v2/models/mlp/infer"
+    body, headers = request_body(32, 1, False)
+    try:
+        time.sleep(1)
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                if run(url, body, 50, 1.0).completed == 50:
+                    break
+            except OSError:
+                pass
+            if time.monotonic() > deadline:
+                raise RuntimeError("the gateway did not start")
+        raw = work / "samples.txt"
+        results: list[Result] = []
+        load = threading.Thread(
+            target=lambda: results.append(run(url, body, args.rate, args.seconds + 2, headers))
+        )
+        load.start()
+        time.sleep(1.0)
+        before = cpu_seconds(proc.pid)
+        spy = ["py-spy", "record", "-p", str(proc.pid), "-r", "500", "-d", str(args.seconds),
+               "--format", "raw", "-o", str(raw)]  # fmt: skip
+        subprocess.run(spy, check=True, capture_output=True)
+        used = cpu_seconds(proc.pid) - before
+        load.join()
+    finally:
+        stop_group(proc)
+        broker.stop()
+    summary = results[0].summary()
+    phases: Counter[str] = Counter()
+    for line in raw.read_text().splitlines():
+        stack, _, samples = line.rpartition(" ")
+        frames = stack.split(";")
+        if not frames[0].startswith("_run_module_as_main"):
+            continue  # not the event loop's thread (batches of a cheap model run on it)
+        phases[phase_of(frames)] += int(samples)
+    total = sum(phases.values())
+    per_request_us = used / (args.rate * args.seconds) * 1e6
+    print(f"offered {args.rate:.0f} req/s: {summary['achieved_rate']} done, p99 "
+          f"{summary['p99_ms']} ms, failed {summary['failed']}; gateway CPU {used:.2f} s over "
+          f"{args.seconds:.0f} s = {per_request_us:.0f} us a request")  # fmt: skip
+    print("| phase | share of samples | us a request |\n| --- | --- | --- |")
+    for phase, samples_in in phases.most_common():
+        share = samples_in / total
+        print(f"| {phase} | {share:.1%} | {share * per_request_us:.1f} |")
+
+
+if __name__ == "__main__":
+    main()
