@@ -43,10 +43,17 @@ class LoadedModel:
     # Computed once: the feature-log record builder needs them for every request.
     feature_input: str | None = field(init=False)
     feature_names: list[str] = field(init=False)
+    served_by_head: bytes = field(init=False)  # the x-model-variant/-version header lines
 
     def __post_init__(self) -> None:
         metadata = self.metadata
         self.feature_names = metadata.feature_names
+        if not (self.variant.isprintable() and self.version.isprintable()):
+            raise ModelLoadError(f"model {self.name}: variant and version must be printable")
+        self.served_by_head = b"x-model-variant: %s\r\nx-model-version: %s\r\n" % (
+            self.variant.encode(),
+            self.version.encode(),
+        )
         spec = feature_input(self.signature, metadata)
         self.feature_input = spec.name if spec is not None else None
 

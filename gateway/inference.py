@@ -213,9 +213,7 @@ def _status(exc: GatewayError) -> Status:
 
 def validate_inputs(signature: Signature, inputs: Tensors, allow_nan: bool) -> int:
     """Check names, datatypes, shapes and values against the signature; return the row count."""
-    if len(inputs) != len(signature.inputs) or any(
-        signature.input(name) is None for name in inputs
-    ):
+    if len(inputs) != len(signature.checks) or not signature.input_names.issuperset(inputs):
         expected = [spec.name for spec in signature.inputs]
         unexpected = sorted(set(inputs) - set(expected))
         missing = [name for name in expected if name not in inputs]
@@ -226,26 +224,27 @@ def validate_inputs(signature: Signature, inputs: Tensors, allow_nan: bool) -> i
             parts.append(f"unknown inputs {unexpected}")
         raise InvalidInputError(f"{' and '.join(parts)}; the model takes {expected}")
     rows: int | None = None
-    for spec in signature.inputs:
-        array = inputs[spec.name]
-        datatype = datatype_of(array)
-        if datatype != spec.datatype:
+    for check in signature.checks:
+        array = inputs[check.name]
+        if array.dtype != check.dtype and datatype_of(array) != check.datatype:
             raise InvalidInputError(
-                f"input {spec.name!r}: datatype {datatype}, the model takes {spec.datatype}"
+                f"input {check.name!r}: datatype {datatype_of(array)}, the model takes "
+                f"{check.datatype}"
             )
-        if array.ndim != len(spec.shape) or any(
-            want != -1 and got != want for got, want in zip(array.shape, spec.shape, strict=True)
-        ):
+        shape = array.shape
+        if len(shape) != check.rank or any(shape[axis] != size for axis, size in check.fixed):
+            spec = signature.input(check.name)
+            assert spec is not None
             raise InvalidInputError(
-                f"input {spec.name!r}: shape {list(array.shape)}, the model takes "
+                f"input {check.name!r}: shape {list(shape)}, the model takes "
                 f"{list(spec.shape)} (-1 is any size)"
             )
-        if spec.has_batch_dim:
+        if check.has_batch_dim:
             if rows is None:
-                rows = array.shape[0]
-            elif array.shape[0] != rows:
+                rows = shape[0]
+            elif shape[0] != rows:
                 raise InvalidInputError(
-                    f"input {spec.name!r} has {array.shape[0]} rows, other inputs have {rows}"
+                    f"input {check.name!r} has {shape[0]} rows, other inputs have {rows}"
                 )
         # The sum is finite unless a value is NaN or infinite (or the sum overflows, which the
         # exact check then clears): one reduction instead of an elementwise test on the hot path.
@@ -255,7 +254,7 @@ def validate_inputs(signature: Signature, inputs: Tensors, allow_nan: bool) -> i
             and not math.isfinite(array.sum())
             and not np.isfinite(array).all()
         ):
-            raise InvalidInputError(f"input {spec.name!r} holds NaN or infinite values")
+            raise InvalidInputError(f"input {check.name!r} holds NaN or infinite values")
     if rows == 0:
         raise InvalidInputError("the request holds no rows")
     return rows if rows is not None else 1

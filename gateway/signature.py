@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -84,11 +84,40 @@ class TensorSpec:
 
 
 @dataclass(frozen=True, slots=True)
+class InputCheck:
+    """What ``validate_inputs`` checks of one input, computed once per model."""
+
+    name: str
+    dtype: np.dtype[np.generic]
+    datatype: str
+    rank: int
+    fixed: tuple[tuple[int, int], ...]  # (axis, size) of every dimension the model fixes
+    has_batch_dim: bool
+
+
+@dataclass(frozen=True, slots=True)
 class Signature:
     """A model's inputs and outputs, in the model's order."""
 
     inputs: tuple[TensorSpec, ...]
     outputs: tuple[TensorSpec, ...]
+    checks: tuple[InputCheck, ...] = field(init=False, compare=False, repr=False)
+    input_names: frozenset[str] = field(init=False, compare=False, repr=False)
+
+    def __post_init__(self) -> None:
+        checks = tuple(
+            InputCheck(
+                spec.name,
+                spec.dtype,
+                spec.datatype,
+                len(spec.shape),
+                tuple((axis, size) for axis, size in enumerate(spec.shape) if size != -1),
+                spec.has_batch_dim,
+            )
+            for spec in self.inputs
+        )
+        object.__setattr__(self, "checks", checks)
+        object.__setattr__(self, "input_names", frozenset(spec.name for spec in self.inputs))
 
     @property
     def batchable(self) -> bool:

@@ -32,14 +32,28 @@ Headers = list[tuple[bytes, bytes]]
 
 
 class Reply:
-    """A whole response: status, headers (content-type included) and body."""
+    """A whole response: status, body, and headers (content-type included), either as pairs or
+    as ``head``: header lines already rendered (``b"name: value\\r\\n"`` each) from values
+    known to be safe, which the gateway's protocol writes as they are."""
 
-    __slots__ = ("body", "headers", "status")
+    __slots__ = ("_headers", "body", "head", "status")
 
-    def __init__(self, status: int, body: bytes, headers: Headers) -> None:
+    def __init__(
+        self, status: int, body: bytes, headers: Headers | None = None, head: bytes | None = None
+    ) -> None:
         self.status = status
         self.body = body
-        self.headers = headers
+        self._headers = headers
+        self.head = head
+
+    @property
+    def headers(self) -> Headers:
+        if self._headers is None:
+            lines = (self.head or b"").split(b"\r\n")
+            self._headers = [
+                (name, value) for name, _, value in (ln.partition(b": ") for ln in lines if ln)
+            ]
+        return self._headers
 
 
 # The one table from domain errors to HTTP statuses; the most specific class wins.

@@ -346,13 +346,12 @@ class InferEndpoint(_InferBase[InferRequest]):
         self, model: LoadedModel, info: RequestInfo, parsed: InferRequest, outputs: Tensors
     ) -> Reply:
         payload, json_length = render_infer_response(model.name, model.version, parsed, outputs)
-        headers = _served_by(model, info)
         if json_length is None:
-            headers.append((b"content-type", JSON))
-        else:
-            headers.append((b"content-type", b"application/octet-stream"))
-            headers.append((b"inference-header-content-length", str(json_length).encode()))
-        return Reply(200, payload, headers)
+            return Reply(200, payload, head=_served_by(model, info) + _JSON_TYPE)
+        head = (
+            b"%scontent-type: application/octet-stream\r\ninference-header-content-length: %d\r\n"
+        )
+        return Reply(200, payload, head=head % (_served_by(model, info), json_length))
 
 
 class PredictEndpoint(_InferBase[Tensors]):
@@ -373,17 +372,16 @@ class PredictEndpoint(_InferBase[Tensors]):
         self, model: LoadedModel, info: RequestInfo, parsed: Tensors, outputs: Tensors
     ) -> Reply:
         body = render_predictions(model.name, model.version, info.request_id, outputs)
-        headers = _served_by(model, info)
-        headers.append((b"content-type", JSON))
-        return Reply(200, body, headers)
+        return Reply(200, body, head=_served_by(model, info) + _JSON_TYPE)
 
 
-def _served_by(model: LoadedModel, info: RequestInfo) -> list[tuple[bytes, bytes]]:
-    return [
-        (b"x-request-id", info.request_id.encode()),
-        (b"x-model-variant", model.variant.encode()),
-        (b"x-model-version", model.version.encode()),
-    ]
+_JSON_TYPE = b"content-type: " + JSON + b"\r\n"
+
+
+def _served_by(model: LoadedModel, info: RequestInfo) -> bytes:
+    """The x-request-id, x-model-variant and x-model-version header lines (the request id is
+    checked printable when it comes from the caller; variant and version when the model loads)."""
+    return b"x-request-id: %s\r\n%s" % (info.request_id.encode(), model.served_by_head)
 
 
 def json_response(doc: object, status: int = 200) -> Response:

@@ -40,6 +40,8 @@ _STATUS_LINES = {
 }
 # Requests a connection may queue (pipelined) before the protocol stops reading from it.
 _MAX_PIPELINED = 16
+# URLs whose inference endpoint is remembered (the cache starts over when full).
+_MAX_TARGETS = 4096
 
 
 def _status_line(status: int) -> bytes:
@@ -117,6 +119,7 @@ class GatewayProtocol(asyncio.Protocol):
 
     max_body_bytes = 16 * 1024 * 1024
     gateway_app: GatewayApp | None = None
+    targets: dict[bytes, tuple[FastHandler, str, str | None] | None] = {}
 
     def __init__(
         self,
@@ -257,7 +260,7 @@ class GatewayProtocol(asyncio.Protocol):
     def _start_next(self) -> None:
         request = self._queue.popleft()
         if request.method == "POST" and request.error is None and self.gateway_app is not None:
-            target = self.gateway_app.inference_target(_path(request.url))
+            target = self._target(request.url)
             if target is not None:
                 self._handle_inference(request, *target)
                 return
@@ -289,6 +292,20 @@ class GatewayProtocol(asyncio.Protocol):
                 self.respond(request, 500, _JSON, b'{"error":"no response"}', close=True)
             self._finished()
 
+    def _target(self, url: bytes) -> tuple[FastHandler, str, str | None] | None:
+        """The inference endpoint of a POST to ``url``, remembered: callers repeat their URLs."""
+        targets = self.targets
+        try:
+            return targets[url]
+        except KeyError:
+            pass
+        assert self.gateway_app is not None
+        target = self.gateway_app.inference_target(_path(url))
+        if len(targets) >= _MAX_TARGETS:
+            targets.clear()
+        targets[url] = target
+        return target
+
     def _handle_inference(
         self, request: _Request, handle: FastHandler, name: str, version: str | None
     ) -> None:
@@ -297,7 +314,11 @@ class GatewayProtocol(asyncio.Protocol):
         def respond(reply: Reply | None) -> None:
             nonlocal answered
             answered = True
-            if reply is not None:
+            if reply is None:
+                pass
+            elif reply.head is not None:
+                self._write(request, reply.status, reply.head, reply.body, False)
+            else:
                 self.respond(request, reply.status, reply.headers, reply.body)
             if self._active is not None or not waiting:
                 self._finished()
@@ -338,24 +359,23 @@ class GatewayProtocol(asyncio.Protocol):
         close: bool = False,
     ) -> None:
         """Write one whole response (head and body in one write)."""
-        if self._lost or self._transport is None:
-            return
-        keep_alive = request.keep_alive and not close and not self._closing
-        head = [_status_line(status)]
+        lines: list[bytes] = []
         for name, value in headers:
             lower = name.lower()
             if lower in (b"content-length", b"transfer-encoding", b"connection"):
                 continue  # framing is ours: the body is complete
             if b"\n" in value or b"\r" in value or b"\n" in name or b"\r" in name:
                 raise RuntimeError(f"response header {name!r} holds a line break")
-            head += (name, b": ", value, b"\r\n")
-        head.append(b"content-length: %d\r\n" % len(body))
-        if not keep_alive:
-            head.append(b"connection: close\r\n")
-        head.append(b"\r\n")
-        if request.method != "HEAD":
-            head.append(body)
-        self._transport.write(b"".join(head))
+            lines += (name, b": ", value, b"\r\n")
+        self._write(request, status, b"".join(lines), body, close)
+
+    def _write(self, request: _Request, status: int, head: bytes, body: bytes, close: bool) -> None:
+        if self._lost or self._transport is None:
+            return
+        keep_alive = request.keep_alive and not close and not self._closing
+        framing = b"content-length: %d\r\n\r\n" if keep_alive else _CLOSE_FRAMING
+        payload = body if request.method != "HEAD" else b""
+        self._transport.write(b"".join((_status_line(status), head, framing % len(body), payload)))
         self._server_state.total_requests += 1
         if self._access_log:
             access_log.info(
@@ -440,6 +460,7 @@ class GatewayProtocol(asyncio.Protocol):
 
 
 _JSON = [(b"content-type", b"application/json")]
+_CLOSE_FRAMING = b"content-length: %d\r\nconnection: close\r\n\r\n"
 
 
 def _decode_path(raw_path: bytes) -> str:
@@ -461,5 +482,9 @@ def protocol_class(
     max_body_bytes: int, gateway_app: GatewayApp | None = None
 ) -> type[GatewayProtocol]:
     """The protocol class for ``uvicorn.Config(http=...)``: the body limit, the fast path."""
-    attributes = {"max_body_bytes": max_body_bytes, "gateway_app": gateway_app}
+    attributes: dict[str, object] = {
+        "max_body_bytes": max_body_bytes,
+        "gateway_app": gateway_app,
+        "targets": {},
+    }
     return type("GatewayProtocol", (GatewayProtocol,), attributes)
