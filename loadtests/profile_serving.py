@@ -4,7 +4,7 @@ Starts the embedded broker (CPU 1) and the gateway with batching and the feature
 sends single-row OIP v2 JSON requests to the benchmark MLP at ``--rate`` from CPU 1, and
 samples the gateway with py-spy meanwhile. Each sample is put in the phase of its innermost
 frame that belongs to one (parse, validate, route, queue, batch, run, encode, log, metrics,
-http); what is left is the event loop itself (uvloop's C code: epoll, socket reads and writes)
+http, endpoint, outcome); what is left is the event loop itself (uvloop's C code: epoll, socket reads and writes)
 and asyncio. Shares are of the event-loop thread's busy samples (the benchmark MLP's batches
 run on it too); CPU microseconds per request come from the process's CPU time over the
 sampled window.
@@ -55,7 +55,10 @@ _PHASES: list[tuple[str, str, tuple[str, ...] | None]] = [
     ("queue", "gateway/batcher.py", ("enqueue", "_take", "_wait_for_batch", "_work")),
     ("batch", "gateway/batcher.py", ("_run", "_resolve", "_cancel_timer")),
     ("http", "gateway/http/server.py", None),
-    ("core", "gateway/", None),  # the rest of the gateway's own code: endpoints, outcome
+    ("event loop and asyncio", "gateway/cli.py", None),  # reached from the loop's own frames
+    ("endpoint", "gateway/http/endpoints.py", None),  # request ids, the drivers
+    ("outcome", "gateway/inference.py", None),  # recording the outcome, stats, shadows
+    ("other gateway code", "gateway/", None),
 ]
 
 
@@ -124,7 +127,7 @@ def main() -> None:
         load.start()
         time.sleep(1.0)
         before = cpu_seconds(proc.pid)
-        spy = ["py-spy", "record", "-p", str(proc.pid), "-r", "500", "-d", str(args.seconds),
+        spy = [str(Path(sys.executable).parent / "py-spy"), "record", "-p", str(proc.pid), "-r", "500", "-d", str(round(args.seconds)),
                "--format", "raw", "-o", str(raw)]  # fmt: skip
         subprocess.run(spy, check=True, capture_output=True)
         used = cpu_seconds(proc.pid) - before

@@ -111,7 +111,6 @@ SCENARIOS = [
             Server("starlette-per-request", "baseline"),
             _gateway("gateway-batching-logging", broker=True),
             _gateway("gateway-batching"),
-            _gateway("gateway-no-batching", batching={"enabled": False}),
             *_peers(),
         ],
         description="tabular MLP, single-row OIP v2 JSON requests",
