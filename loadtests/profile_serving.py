@@ -4,10 +4,10 @@ Starts the embedded broker (CPU 1) and the gateway with batching and the feature
 sends single-row OIP v2 JSON requests to the benchmark MLP at ``--rate`` from CPU 1, and
 samples the gateway with py-spy meanwhile. Each sample is put in the phase of its innermost
 frame that belongs to one (parse, validate, route, queue, batch, run, encode, log, metrics,
-http, endpoint, outcome); what is left is the event loop itself (uvloop's C code: epoll, socket reads and writes)
-and asyncio. Shares are of the event-loop thread's busy samples (the benchmark MLP's batches
-run on it too); CPU microseconds per request come from the process's CPU time over the
-sampled window.
+http, endpoint, outcome); what is left is the event loop itself (uvloop's C code: epoll,
+socket reads and writes) and asyncio. Shares are of the event-loop thread's busy samples
+(the benchmark MLP's batches run on it too); CPU microseconds per request come from the
+process's CPU time over the sampled window.
 
 ``python -m loadtests.profile_serving [--rate 6000] [--seconds 8]`` prints a table.
 """
@@ -127,7 +127,8 @@ def main() -> None:
         load.start()
         time.sleep(1.0)
         before = cpu_seconds(proc.pid)
-        spy = [str(Path(sys.executable).parent / "py-spy"), "record", "-p", str(proc.pid), "-r", "500", "-d", str(round(args.seconds)),
+        spy = [str(Path(sys.executable).parent / "py-spy"), "record", "-p", str(proc.pid),
+               "-r", "500", "-d", str(round(args.seconds)),
                "--format", "raw", "-o", str(raw)]  # fmt: skip
         subprocess.run(spy, check=True, capture_output=True)
         used = cpu_seconds(proc.pid) - before
