@@ -30,9 +30,12 @@ test: $(VENV)/.dev-installed
 	$(BIN)/mypy
 	$(BIN)/pytest
 
-## Serving benchmark (loadtests/README.md): gateway vs a bare per-request server, open loop.
+## Serving benchmark (loadtests/README.md): the gateway, its peers (each in its own venv, made
+## on first use by loadtests/peers/setup.sh) and the baselines side by side, open loop; then
+## the models' own ceiling in raw onnxruntime.
 bench: $(VENV)/.dev-installed
 	$(BIN)/python -m loadtests.bench_serving
+	$(BIN)/python -m loadtests.bench_onnxruntime
 
 ## Drift monitor: detection quality and throughput.
 bench-drift: $(VENV)/.dev-installed
@@ -40,4 +43,4 @@ bench-drift: $(VENV)/.dev-installed
 	$(BIN)/python -m loadtests.drift_throughput
 
 clean:
-	rm -rf $(VENV) $(STATE) .model-cache
+	rm -rf $(VENV) .venv-peers .venv-kserve $(STATE) .model-cache
