@@ -160,7 +160,7 @@ def stop_group(proc: subprocess.Popen[bytes], grace_s: float = 30.0) -> None:
 
 
 def gateway_stats(base: str) -> dict[str, Any]:
-    """Mean batch size and shadow outcomes from the gateway's own metrics."""
+    """Batch rows and batches so far, and shadow outcomes, from the gateway's own metrics."""
     text = httpx.get(base + "/metrics", timeout=5).text
     total = count = 0.0
     shadows: dict[str, float] = {}
@@ -172,7 +172,12 @@ def gateway_stats(base: str) -> dict[str, Any]:
         elif line.startswith("gateway_shadow_requests_total{"):
             outcome = line.split('outcome="', 1)[1].split('"', 1)[0]
             shadows[outcome] = shadows.get(outcome, 0.0) + float(line.split()[-1])
-    return {"mean_batch_rows": round(total / count, 2) if count else None, "shadows": shadows}
+    return {"rows": total, "batches": count, "shadows": shadows}
+
+
+def mean_batch(before: dict[str, Any], after: dict[str, Any]) -> float | None:
+    batches = after["batches"] - before["batches"]
+    return round((after["rows"] - before["rows"]) / batches, 2) if batches else None
 
 
 def measure(scenario: Scenario, server: Server, base: str, step_s: float) -> dict[str, Any]:
@@ -182,12 +187,24 @@ def measure(scenario: Scenario, server: Server, base: str, step_s: float) -> dic
     warm = run(url, body, 50, 2.0, headers)  # warm up connections and the model
     if warm.failed or not warm.completed:
         raise RuntimeError(f"{server.name}: warm-up failed: {warm.summary()}")
+    start = gateway_stats(base) if server.kind == "gateway" else None
     max_rate, steps = find_max_rate(url, body, P99_BOUND_MS, start_rate=scenario.start_rate,
                                     step_s=step_s, precision=0.08, headers=headers)  # fmt: skip
-    stats = gateway_stats(base) if server.kind == "gateway" else {}
+    result: dict[str, Any] = {"max_rate": max_rate, "steps": steps}
+    if start is not None:
+        searched = gateway_stats(base)
+        result["mean_batch_rows"] = mean_batch(start, searched)  # over the whole search
+        if max_rate:  # and at the rate found: what batching reaches under that load
+            run(url, body, max_rate, step_s, headers)
+            result["mean_batch_rows_at_max"] = mean_batch(searched, gateway_stats(base))
     fixed_rate = FIXED_RATE.get(scenario.name, 300.0)
-    fixed = run(url, body, fixed_rate, 5.0, headers).summary()
-    return {"max_rate": max_rate, "steps": steps, "fixed": fixed, **stats}
+    before = gateway_stats(base) if start is not None else None
+    result["fixed"] = run(url, body, fixed_rate, 5.0, headers).summary()
+    if before is not None:
+        after = gateway_stats(base)
+        result["mean_batch_rows_at_fixed"] = mean_batch(before, after)
+        result["shadows"] = after["shadows"]
+    return result
 
 
 def main() -> None:
@@ -195,8 +212,14 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--scenarios", nargs="+", default=[s.name for s in SCENARIOS])
     parser.add_argument("--servers", nargs="+", help="only servers whose name holds one of these")
-    parser.add_argument("--step-s", type=float, default=3.0, help="seconds per rate step")
+    parser.add_argument("--step-s", type=float, default=2.5, help="seconds per rate step")
+    parser.add_argument("--replot", type=Path, help="only redo serving.md/.png from a results file")
     args = parser.parse_args()
+    if args.replot is not None:
+        saved = json.loads(args.replot.read_text())
+        (RESULTS / "serving.md").write_text(markdown(summarize(saved["runs"])))
+        plot(saved["runs"], RESULTS / "serving.png")
+        return
     os.sched_setaffinity(0, {1})  # the generator's CPU; servers get CPU 0
     RESULTS.mkdir(exist_ok=True)
     work = Path(tempfile.mkdtemp(prefix="bench-"))
@@ -251,6 +274,7 @@ def summarize(runs: dict[str, list[dict[str, Any]]]) -> dict[str, dict[str, Any]
     report: dict[str, dict[str, Any]] = {}
     for key, results in runs.items():
         batches = [r["mean_batch_rows"] for r in results if r.get("mean_batch_rows")]
+        at_max = [r["mean_batch_rows_at_max"] for r in results if r.get("mean_batch_rows_at_max")]
         report[key] = {
             "max_rate_median": statistics.median(r["max_rate"] for r in results),
             "max_rate_all": [round(r["max_rate"]) for r in results],
@@ -258,6 +282,7 @@ def summarize(runs: dict[str, list[dict[str, Any]]]) -> dict[str, dict[str, Any]
             "fixed_p50_ms_median": statistics.median(r["fixed"]["p50_ms"] for r in results),
             "fixed_p99_ms_median": statistics.median(r["fixed"]["p99_ms"] for r in results),
             "mean_batch_rows": round(statistics.median(batches), 1) if batches else None,
+            "mean_batch_rows_at_max": round(statistics.median(at_max), 1) if at_max else None,
             "shadows": results[-1].get("shadows") or None,
         }
     for scenario in {k.split("/")[0] for k in report}:
@@ -275,7 +300,7 @@ def summarize(runs: dict[str, list[dict[str, Any]]]) -> dict[str, dict[str, Any]
 def markdown(report: dict[str, dict[str, Any]]) -> str:
     lines = [
         "| scenario / server | max req/s at p99 <= 50 ms: median (runs) | x per-request | "
-        "x best peer | p50 / p99 ms at fixed rate | mean batch rows |",
+        "x best peer | p50 / p99 ms at fixed rate | mean batch rows (search / at max) |",
         "| --- | --- | --- | --- | --- | --- |",
     ]
     for key, row in report.items():
@@ -284,9 +309,16 @@ def markdown(report: dict[str, dict[str, Any]]) -> str:
             f"| {key} | {row['max_rate_median']:,.0f} ({each})"
             f" | {row.get('vs_per_request', '')} | {row.get('vs_best_peer', '')} | "
             f"{row['fixed_p50_ms_median']:.2f} / {row['fixed_p99_ms_median']:.2f} at "
-            f"{row['fixed_rate']:.0f}/s | {row['mean_batch_rows'] or ''} |"
+            f"{row['fixed_rate']:.0f}/s | {_batch_cell(row)} |"
         )
     return "\n".join(lines) + "\n"
+
+
+def _batch_cell(row: dict[str, Any]) -> str:
+    if not row.get("mean_batch_rows"):
+        return ""
+    at_max = row.get("mean_batch_rows_at_max")
+    return f"{row['mean_batch_rows']}" + (f" / {at_max}" if at_max else "")
 
 
 def plot(runs: dict[str, list[dict[str, Any]]], path: Path) -> None:
@@ -296,7 +328,7 @@ def plot(runs: dict[str, list[dict[str, Any]]], path: Path) -> None:
     import matplotlib.pyplot as plt
 
     scenarios = sorted({k.split("/")[0] for k in runs})
-    fig, axes = plt.subplots(2, len(scenarios), figsize=(6 * len(scenarios), 9), squeeze=False)
+    fig, axes = plt.subplots(3, len(scenarios), figsize=(6 * len(scenarios), 13), squeeze=False)
     for col, scenario in enumerate(scenarios):
         for key, results in runs.items():
             if not key.startswith(scenario + "/"):
@@ -306,12 +338,16 @@ def plot(runs: dict[str, list[dict[str, Any]]], path: Path) -> None:
             )
             offered = [s["offered_rate"] for s in steps]
             label = key.split("/", 1)[1]
-            axes[0][col].plot(offered, [min(s["p99_ms"], 5000) for s in steps], ".-", label=label)
-            axes[1][col].plot(offered, [s["achieved_rate"] for s in steps], ".-", label=label)
-        axes[0][col].axhline(P99_BOUND_MS, color="grey", linestyle="--", linewidth=1)
-        axes[0][col].set(title=f"{scenario}: p99 latency", xscale="log", yscale="log",
-                         xlabel="offered req/s", ylabel="p99 ms")  # fmt: skip
-        axes[1][col].set(title=f"{scenario}: throughput", xscale="log", yscale="log",
+            for row, quantile in ((0, "p50_ms"), (1, "p99_ms")):
+                latencies = [min(s[quantile], 5000) for s in steps]
+                axes[row][col].plot(offered, latencies, ".-", label=label)
+            axes[2][col].plot(offered, [s["achieved_rate"] for s in steps], ".-", label=label)
+        axes[1][col].axhline(P99_BOUND_MS, color="grey", linestyle="--", linewidth=1)
+        for row, quantile in ((0, "p50"), (1, "p99")):
+            axes[row][col].set(title=f"{scenario}: {quantile} latency", xscale="log",
+                               yscale="log", xlabel="offered req/s",
+                               ylabel=f"{quantile} ms")  # fmt: skip
+        axes[2][col].set(title=f"{scenario}: throughput", xscale="log", yscale="log",
                          xlabel="offered req/s", ylabel="completed req/s")  # fmt: skip
         for ax in axes[:, col]:
             ax.legend(fontsize=7)
