@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import itertools
 import logging
 import os
@@ -114,14 +115,16 @@ class _Call(Generic[ParsedT]):
         parsed: ParsedT,
         inputs: Tensors,
         started: float,
+        rows: int,
+        future: asyncio.Future[Tensors],
     ) -> None:
         self.model = model
         self.info = info
         self.parsed = parsed
         self.inputs = inputs
         self.started = started
-        self.rows = 0
-        self.future: asyncio.Future[Tensors] | None = None
+        self.rows = rows
+        self.future = future
 
 
 class _InferBase(Generic[ParsedT]):
@@ -179,18 +182,17 @@ class _InferBase(Generic[ParsedT]):
         except GatewayError as exc:
             service.reject(model, info, started, exc)
             raise
-        call = _Call(model, info, parsed, self.inputs(parsed), started)
+        inputs = self.inputs(parsed)
         try:
-            call.rows, call.future = service.start(model, call.inputs, info)
+            rows, future = service.start(model, inputs, info)
         except GatewayError as exc:
-            service.finish(model, info, call.inputs, 0, started, None, exc)
+            service.finish(model, info, inputs, 0, started, None, exc)
             raise
-        return call
+        return _Call(model, info, parsed, inputs, started, rows, future)
 
-    def end(
-        self, service: InferenceService, call: _Call[ParsedT], future: asyncio.Future[Tensors]
-    ) -> Reply | None:
+    def end(self, service: InferenceService, call: _Call[ParsedT]) -> Reply | None:
         """Record the outcome of a finished call and render its answer (None: caller gone)."""
+        future = call.future
         if future.cancelled():
             error: BaseException | None = asyncio.CancelledError()
             outputs = None
@@ -205,7 +207,7 @@ class _InferBase(Generic[ParsedT]):
         if error is None or isinstance(error, asyncio.CancelledError):
             return None
         log.error("unexpected error running %s", call.model.name, exc_info=error)
-        return error_reply(GatewayError("internal error in the gateway; see its log"))
+        return _internal_error()
 
     # -- the callback driver ------------------------------------------------------------------
 
@@ -232,21 +234,19 @@ class _InferBase(Generic[ParsedT]):
             return None
         except Exception:
             log.exception("unexpected error answering an inference call for %s", name)
-            respond(error_reply(GatewayError("internal error in the gateway; see its log")))
+            respond(_internal_error())
             return None
-        future = call.future
-        assert future is not None
 
-        def done(future: asyncio.Future[Tensors]) -> None:
+        def done(_: asyncio.Future[Tensors]) -> None:
             try:
-                reply = self.end(service, call, future)
+                reply = self.end(service, call)
             except Exception:
                 log.exception("unexpected error answering an inference call for %s", name)
-                reply = error_reply(GatewayError("internal error in the gateway; see its log"))
+                reply = _internal_error()
             respond(reply)
 
-        future.add_done_callback(done)
-        return future
+        call.future.add_done_callback(done)
+        return call.future
 
     # -- the ASGI driver ----------------------------------------------------------------------
 
@@ -260,20 +260,16 @@ class _InferBase(Generic[ParsedT]):
             call = self.begin(
                 service, info, scope["path_params"].get("version"), headers, body, started
             )
-            assert call.future is not None
-            try:
+            with contextlib.suppress(_ClientGoneError):  # then the future is cancelled
                 await self._wait(call.future, receive)
-            except _ClientGoneError:
-                self.end(service, call, call.future)
-                return
-            reply = self.end(service, call, call.future)
+            reply = self.end(service, call)
             if reply is None:
                 return
         except GatewayError as exc:
             reply = error_reply(exc, info.request_id)
         except Exception:
             log.exception("unexpected error answering %s", scope.get("path"))
-            reply = error_reply(GatewayError("internal error in the gateway; see its log"))
+            reply = _internal_error()
         await send_reply(send, reply)
 
     async def _wait(self, future: asyncio.Future[Tensors], receive: Receive) -> None:
@@ -373,6 +369,10 @@ class PredictEndpoint(_InferBase[Tensors]):
     ) -> Reply:
         body = render_predictions(model.name, model.version, info.request_id, outputs)
         return Reply(200, body, head=_served_by(model, info) + _JSON_TYPE)
+
+
+def _internal_error() -> Reply:
+    return error_reply(GatewayError("internal error in the gateway; see its log"))
 
 
 _JSON_TYPE = b"content-type: " + JSON + b"\r\n"

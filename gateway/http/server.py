@@ -309,25 +309,19 @@ class GatewayProtocol(asyncio.Protocol):
     def _handle_inference(
         self, request: _Request, handle: FastHandler, name: str, version: str | None
     ) -> None:
-        answered = False
-
         def respond(reply: Reply | None) -> None:
-            nonlocal answered
-            answered = True
             if reply is None:
-                pass
+                pass  # the caller has gone
             elif reply.head is not None:
                 self._write(request, reply.status, reply.head, reply.body, False)
             else:
                 self.respond(request, reply.status, reply.headers, reply.body)
-            if self._active is not None or not waiting:
-                self._finished()
+            self._finished()
 
-        waiting = False
+        # ``handle`` answers at once (and returns None) or later, from the future's callback
         future = handle(name, version, request.headers, request.body, respond)
-        if future is not None and not answered:
+        if future is not None:
             self._active = future  # connection_lost cancels it: the request leaves its batch
-            waiting = True
             self._update_reading()
 
     def _scope(self, request: _Request) -> dict[str, Any]:
