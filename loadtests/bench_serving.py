@@ -25,6 +25,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -105,11 +106,19 @@ def gateway_config(
     return config
 
 
+@dataclass(frozen=True)
+class Started:
+    """A server under test: its base URL and the PID of its process (group leader)."""
+
+    base: str
+    pid: int
+
+
 @contextlib.contextmanager
 def running(
     scenario: Scenario, server: Server, files: dict[str, Path], registry: Path, work: Path
-) -> Iterator[str]:
-    """Start the server pinned to CPU 0; yield its base URL; stop its process group."""
+) -> Iterator[Started]:
+    """Start the server pinned to CPU 0; yield where it listens; stop its process group."""
     port = free_port()
     broker: EmbeddedBroker | None = None
     config_path = work / f"{server.name}-{port}.yaml"
@@ -138,7 +147,7 @@ def running(
             if proc.poll() is not None or time.monotonic() > deadline:
                 raise RuntimeError(f"{server.name} did not start; see {log.name}")
             time.sleep(0.3)
-        yield base
+        yield Started(base, proc.pid)
     finally:
         stop_group(proc)
         log.close()
@@ -237,8 +246,8 @@ def main() -> None:
     for repeat in range(args.repeats):
         for scenario, server in plan if repeat % 2 == 0 else list(reversed(plan)):
             key = f"{scenario.name}/{server.name}"
-            with running(scenario, server, files, registry, work) as base:
-                result = measure(scenario, server, base, args.step_s)
+            with running(scenario, server, files, registry, work) as under_test:
+                result = measure(scenario, server, under_test.base, args.step_s)
             runs.setdefault(key, []).append(result)
             fixed = result["fixed"]
             print(f"[{repeat + 1}/{args.repeats} {time.time() - started:.0f}s] {key}: max "

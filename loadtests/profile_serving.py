@@ -1,8 +1,8 @@
 """Where a request's time goes in the gateway: py-spy samples under open-loop load, by phase.
 
-Starts the embedded broker (CPU 1) and the gateway with batching and the feature log (CPU 0),
-sends single-row OIP v2 JSON requests to the benchmark MLP at ``--rate`` from CPU 1, and
-samples the gateway with py-spy meanwhile. Each sample is put in the phase of its innermost
+Starts the serving benchmark's MLP gateway with batching and the feature log (CPU 0, its
+embedded broker on CPU 1), sends single-row OIP v2 JSON requests at ``--rate`` from CPU 1,
+and samples the gateway with py-spy meanwhile. Each sample is put in the phase of its innermost
 frame that belongs to one (parse, validate, route, queue, batch, run, encode, log, metrics,
 http, endpoint, outcome); what is left is the event loop itself (uvloop's C code: epoll,
 socket reads and writes) and asyncio. Shares are of the event-loop thread's busy samples
@@ -15,7 +15,6 @@ process's CPU time over the sampled window.
 from __future__ import annotations
 
 import argparse
-import asyncio
 import os
 import subprocess
 import sys
@@ -25,13 +24,10 @@ import time
 from collections import Counter
 from pathlib import Path
 
-import yaml
-
-from loadtests.bench_serving import free_port, stop_group
+from loadtests.bench_serving import running
 from loadtests.models import register_benchmark_models
 from loadtests.openloop import Result, run
-from loadtests.scenarios import request_body
-from monitors.broker import EmbeddedBroker, create_topics
+from loadtests.scenarios import SCENARIOS, request_body
 
 # (phase, file fragment, function names or None for any) checked from the innermost frame out
 _PHASES: list[tuple[str, str, tuple[str, ...] | None]] = [
@@ -85,40 +81,15 @@ def main() -> None:
     args = parser.parse_args()
     os.sched_setaffinity(0, {1})
     work = Path(tempfile.mkdtemp(prefix="profile-"))
-    register_benchmark_models(work / "registry")
-    broker = EmbeddedBroker()
-    broker.start()
-    subprocess.run(["taskset", "-pc", "1", str(broker.pid)], check=True, capture_output=True)
-    asyncio.run(create_topics(broker.bootstrap_servers, ["inference-log"], 3))
-    port = free_port()
-    config = {
-        "server": {"host": "127.0.0.1", "port": port},
-        "registry": {"root": str(work / "registry"), "poll_interval_s": 60},
-        "runtime": {"intra_op_threads": 1, "worker_threads": 1},
-        "models": [{"name": "mlp", "ref": "mlp@champion"}],
-        "feature_log": {
-            "enabled": not args.no_log,
-            "spool_dir": str(work / "spool"),
-            "bootstrap_servers": broker.bootstrap_servers,
-        },
-    }
-    (work / "gateway.yaml").write_text(yaml.safe_dump(config))
-    command = ["taskset", "-c", "0", sys.executable, "-m", "gateway", "serve",
-               "--config", str(work / "gateway.yaml"), "--log-level", "warning"]  # fmt: skip
-    proc = subprocess.Popen(command, start_new_session=True, stderr=subprocess.DEVNULL)
-    url = f"http://127.0.0.1:{port}/v2/models/mlp/infer"
+    files = register_benchmark_models(work / "registry")
+    # the serving benchmark's own MLP server (broker, config, pinning, readiness)
+    scenario = next(s for s in SCENARIOS if s.name == "mlp")
+    wanted = "gateway-batching" if args.no_log else "gateway-batching-logging"
+    server = next(s for s in scenario.servers if s.name == wanted)
     body, headers = request_body(32, 1, False)
-    try:
-        time.sleep(1)
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                if run(url, body, 50, 1.0).completed == 50:
-                    break
-            except OSError:
-                pass
-            if time.monotonic() > deadline:
-                raise RuntimeError("the gateway did not start")
+    with running(scenario, server, files, work / "registry", work) as started:
+        url = f"{started.base}/v2/models/mlp/infer"
+        run(url, body, 50, 1.0)  # warm up
         raw = work / "samples.txt"
         results: list[Result] = []
         load = threading.Thread(
@@ -126,16 +97,13 @@ def main() -> None:
         )
         load.start()
         time.sleep(1.0)
-        before = cpu_seconds(proc.pid)
-        spy = [str(Path(sys.executable).parent / "py-spy"), "record", "-p", str(proc.pid),
+        before = cpu_seconds(started.pid)
+        spy = [str(Path(sys.executable).parent / "py-spy"), "record", "-p", str(started.pid),
                "-r", "500", "-d", str(round(args.seconds)),
                "--format", "raw", "-o", str(raw)]  # fmt: skip
         subprocess.run(spy, check=True, capture_output=True)
-        used = cpu_seconds(proc.pid) - before
+        used = cpu_seconds(started.pid) - before
         load.join()
-    finally:
-        stop_group(proc)
-        broker.stop()
     summary = results[0].summary()
     phases: Counter[str] = Counter()
     for line in raw.read_text().splitlines():
