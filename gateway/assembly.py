@@ -14,18 +14,20 @@ from concurrent.futures import ThreadPoolExecutor
 from contextlib import AsyncExitStack
 from dataclasses import dataclass
 
-from gateway.canary import VariantStats
-from gateway.control import ControlChannel
-from gateway.deployments import Deployment, ModelLoader, ModelManager
-from gateway.feature_log_setup import build_feature_log, build_record_builder, producer_options
+from gateway.featurelog import build_feature_log, build_record_builder, producer_options
 from gateway.inference import InferenceService
 from gateway.metrics import GatewayMetrics, ShadowMetrics
-from gateway.route_store import AuditLog, RouteStore
-from gateway.routes import Route
-from gateway.runtime import RuntimeOptions
+from gateway.serving import Deployment, ModelLoader, ModelManager, RuntimeOptions
 from gateway.settings import GatewaySettings, RegistrySettings
-from gateway.shadow import ShadowDispatcher
-from gateway.traffic import Traffic
+from gateway.traffic import (
+    AuditLog,
+    ControlChannel,
+    Route,
+    RouteStore,
+    ShadowDispatcher,
+    Traffic,
+    VariantStats,
+)
 from registry_client import LocalRegistry, ModelRef, Registry
 
 __all__ = ["Core", "build_registry", "start_core"]

@@ -12,17 +12,15 @@ import time
 import numpy as np
 from prometheus_client import Counter, Histogram
 
-from gateway.deployments import LoadedModel
 from gateway.errors import (
     DeadlineExceededError,
     GatewayError,
     InvalidInputError,
     NotReadyError,
 )
-from gateway.feature_log import FeatureLog
-from gateway.log_records import RecordBuilder, RequestInfo
+from gateway.featurelog import FeatureLog, RecordBuilder, RequestInfo
 from gateway.metrics import GatewayMetrics
-from gateway.signature import Signature, datatype_of
+from gateway.serving import LoadedModel, Signature, datatype_of
 from gateway.traffic import Traffic
 from monitors.schema import Status
 

@@ -12,7 +12,9 @@ from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, m
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 from gateway.errors import ConfigError
-from gateway.routes import Route, VariantSpec
+from gateway.featurelog import FeatureLogSettings
+from gateway.serving import BatchingSettings, RuntimeSettings
+from gateway.traffic import AdminSettings, ControlSettings, Route, VariantSpec
 from registry_client import ModelRef
 from registry_client.errors import InvalidReferenceError
 
@@ -72,97 +74,6 @@ class RegistrySettings(_Group):
         if self.backend == "mlflow" and not self.mlflow_url:
             raise ValueError("registry.mlflow_url is required when registry.backend is 'mlflow'")
         return self
-
-
-class RuntimeSettings(_Group):
-    intra_op_threads: int = Field(default=1, ge=0)
-    inter_op_threads: int = Field(default=1, ge=0)
-    # onnxruntime execution providers in order of preference; unavailable ones are skipped,
-    # so asking for CUDAExecutionProvider falls back to CPU where onnxruntime has no CUDA.
-    execution_providers: list[str] = Field(default_factory=lambda: ["CPUExecutionProvider"])
-    # Threads that run batches off the event loop, shared by all models.
-    worker_threads: int = Field(default=2, ge=1)
-    # How often Python may move the GIL between the event loop and the batch threads.
-    gil_switch_interval_s: float = Field(default=0.0002, gt=0, le=0.1)
-    # A primary model whose warm-up at its largest batch took at most this long runs its
-    # batches on the event loop: the thread hand-off would cost more than the model (0: never).
-    inline_run_max_s: float = Field(default=0.0005, ge=0, le=0.01)
-
-
-class BatchingSettings(_Group):
-    enabled: bool = True
-    max_batch_size: int = Field(default=64, ge=1)
-    max_batch_delay_s: float = Field(default=0.002, ge=0)
-    # Close a batch as soon as a pass of the event loop brings no new request, instead of
-    # always waiting max_batch_delay_s: light load gets per-request latency, heavy load still
-    # fills batches (every pass brings requests). max_batch_delay_s stays the bound.
-    close_when_idle: bool = True
-    max_queue_size: int = Field(default=2048, ge=1)
-    # Deadline of one request, from arrival to answer.
-    timeout_s: float = Field(default=2.0, gt=0)
-    # Batches of one model that may run at the same time.
-    max_concurrent_batches: int = Field(default=1, ge=1)
-    warmup_batch_sizes: list[int] | None = None
-
-
-class FeatureLogSettings(_Group):
-    enabled: bool = False
-    bootstrap_servers: str = "127.0.0.1:9092"
-    topic: str = "inference-log"
-    # Create the topic at start when it is missing (needs the broker's admin API).
-    create_topic: bool = True
-    topic_partitions: int = Field(default=3, ge=1)
-    client_id: str = "model-gateway"
-    acks: Literal["all", "1", "0"] = "all"
-    # zstd compresses these records about as well as gzip at a thirtieth of the CPU time.
-    compression: Literal["none", "gzip", "snappy", "lz4", "zstd"] = "zstd"
-    # Off by default: Tansu (the embedded broker) does not support the idempotent producer.
-    idempotent: bool = False
-    linger_s: float = Field(default=0.02, ge=0)
-    batch_size: int = Field(default=500, ge=1)
-    queue_size: int = Field(default=50_000, ge=1)
-    timeout_s: float = Field(default=5.0, gt=0)
-    security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = "PLAINTEXT"
-    sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"] | None = None
-    sasl_username: str | None = None
-    sasl_password: SecretStr | None = None
-    ssl_cafile: Path | None = None
-    ssl_certfile: Path | None = None
-    ssl_keyfile: Path | None = None
-    spool_dir: Path = Path("feature-log-spool")
-    spool_max_bytes: int = Field(default=1024**3, ge=1024)
-    sampling_rate: float = Field(default=1.0, ge=0, le=1)
-    sample_by: Literal["random", "routing_key"] = "random"
-    drop_features: list[str] = Field(default_factory=list)
-    hash_features: list[str] = Field(default_factory=list)
-    hash_key: SecretStr = SecretStr("")
-
-    @model_validator(mode="after")
-    def _sasl_complete(self) -> FeatureLogSettings:
-        if self.security_protocol.startswith("SASL") and (
-            self.sasl_mechanism is None or self.sasl_username is None or self.sasl_password is None
-        ):
-            raise ValueError(
-                "feature_log.sasl_mechanism, sasl_username and sasl_password are required with "
-                f"security_protocol {self.security_protocol}"
-            )
-        return self
-
-
-class AdminSettings(_Group):
-    # Who may change routes: actor name -> bearer token. None configured disables the admin API.
-    tokens: dict[str, SecretStr] = Field(default_factory=dict)
-    audit_log: Path = Path("admin-audit.jsonl")
-
-
-class ControlSettings(_Group):
-    """The Kafka control topic that carries route changes to every replica."""
-
-    enabled: bool = False
-    # Defaults to feature_log.bootstrap_servers.
-    bootstrap_servers: str | None = None
-    topic: str = "gateway-control"
-    timeout_s: float = Field(default=10.0, gt=0)
 
 
 class RouteSettings(Route):

@@ -14,8 +14,8 @@ import subprocess
 import sys
 from pathlib import Path
 
-from gateway.cli import serve
 from gateway.demo import DEMO_MODEL, build_demo_registry
+from gateway.serve import serve
 from gateway.settings import load_settings
 from monitors.broker import EmbeddedBroker, create_topics
 

@@ -26,8 +26,7 @@ import numpy as np
 from aiokafka.structs import ConsumerRecord
 from prometheus_client import CollectorRegistry
 
-from gateway.feature_log import pack_messages
-from gateway.log_records import RecordBuilder, RequestInfo
+from gateway.featurelog import RecordBuilder, RequestInfo, pack_messages
 from loadtests.drift_quality import NAMES, X, profile
 from monitors.metrics import MonitorMetrics
 from monitors.schema import InferenceRecord, encode_record

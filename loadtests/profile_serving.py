@@ -32,26 +32,26 @@ from loadtests.scenarios import SCENARIOS, request_body
 # (phase, file fragment, function names or None for any) checked from the innermost frame out
 _PHASES: list[tuple[str, str, tuple[str, ...] | None]] = [
     ("metrics", "prometheus_client/", None),
-    ("log", "gateway/log_records.py", None),
-    ("log", "gateway/feature_log.py", None),
-    ("log", "gateway/kafka_sink.py", None),
+    ("log", "gateway/featurelog/records.py", None),
+    ("log", "gateway/featurelog/log.py", None),
+    ("log", "gateway/featurelog/kafka_sink.py", None),
     ("log", "monitors/schema.py", None),
     ("log", "monitors/_columnar.py", None),
     ("log", "aiokafka/", None),
     ("run", "onnxruntime/", None),
-    ("run", "gateway/runtime.py", ("run",)),
+    ("run", "gateway/serving/runtime.py", ("run",)),
     ("parse", "gateway/protocol/v2.py", ("parse_infer_request", "_parse_input", "_from_json")),
     ("parse", "gateway/protocol/_json.py", None),
     ("parse", "gateway/http/_asgi.py", ("decode_body",)),
     ("encode", "gateway/protocol/v2.py", ("render_infer_response",)),
     ("encode", "gateway/http/endpoints.py", ("render",)),
     ("validate", "gateway/inference.py", ("validate_inputs",)),
-    ("route", "gateway/traffic.py", None),
-    ("route", "gateway/routes.py", None),
-    ("queue", "gateway/batcher.py", ("enqueue", "_take", "_wait_for_batch", "_work")),
-    ("batch", "gateway/batcher.py", ("_run", "_resolve", "_cancel_timer")),
+    ("route", "gateway/traffic/router.py", None),
+    ("route", "gateway/traffic/routes.py", None),
+    ("queue", "gateway/serving/batcher.py", ("enqueue", "_take", "_wait_for_batch", "_work")),
+    ("batch", "gateway/serving/batcher.py", ("_run", "_resolve", "_cancel_timer")),
     ("http", "gateway/http/server.py", None),
-    ("event loop and asyncio", "gateway/cli.py", None),  # reached from the loop's own frames
+    ("event loop and asyncio", "gateway/serve.py", None),  # reached from the loop's own frames
     ("endpoint", "gateway/http/endpoints.py", None),  # request ids, the drivers
     ("outcome", "gateway/inference.py", None),  # recording the outcome, stats, shadows
     ("other gateway code", "gateway/", None),

@@ -17,8 +17,7 @@ from starlette.routing import Route as HttpRoute
 from gateway.errors import GatewayError, InvalidInputError
 from gateway.http.endpoints import AppState, json_response
 from gateway.protocol._json import load_object
-from gateway.route_store import RouteStore
-from gateway.routes import follow
+from gateway.traffic import RouteStore, follow
 
 __all__ = ["AdminAuthError", "AdminDisabledError", "admin_routes"]
 

@@ -18,8 +18,8 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.requests import Request
 from starlette.responses import Response
 
-from gateway.deployments import Deployment, LoadedModel
 from gateway.errors import GatewayError, InvalidInputError, NotReadyError
+from gateway.featurelog import RequestInfo
 from gateway.http._asgi import (
     JSON,
     Headers,
@@ -34,7 +34,6 @@ from gateway.http._asgi import (
     send_reply,
 )
 from gateway.inference import InferenceService
-from gateway.log_records import RequestInfo
 from gateway.metrics import GatewayMetrics
 from gateway.protocol import (
     InferRequest,
@@ -43,7 +42,8 @@ from gateway.protocol import (
     render_infer_response,
     render_predictions,
 )
-from gateway.route_store import RouteStore
+from gateway.serving import Deployment, LoadedModel
+from gateway.traffic import RouteStore
 
 __all__ = ["AppState", "FastHandler", "InferEndpoint", "PredictEndpoint"]
 

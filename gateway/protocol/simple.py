@@ -14,7 +14,7 @@ import orjson
 
 from gateway.errors import InvalidInputError
 from gateway.protocol._json import load_object, request_id
-from gateway.signature import Signature, TensorSpec, feature_input
+from gateway.serving import Signature, TensorSpec, feature_input
 from registry_client.metadata import ModelMetadata
 
 __all__ = ["parse_instances", "render_predictions"]

@@ -16,7 +16,7 @@ import orjson
 
 from gateway.errors import InvalidInputError
 from gateway.protocol._json import load_object, request_id
-from gateway.signature import DATATYPE_TO_NUMPY, datatype_of
+from gateway.serving import DATATYPE_TO_NUMPY, datatype_of
 
 __all__ = ["InferRequest", "RequestedOutput", "parse_infer_request", "render_infer_response"]
 

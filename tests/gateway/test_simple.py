@@ -6,7 +6,7 @@ import pytest
 
 from gateway.errors import InvalidInputError
 from gateway.protocol import parse_instances, render_predictions
-from gateway.signature import Signature, TensorSpec
+from gateway.serving.signature import Signature, TensorSpec
 from registry_client import FeatureSpec, ModelMetadata
 
 TABULAR = Signature(

@@ -14,12 +14,12 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
-from gateway.batcher import Batcher
 from gateway.errors import ModelLoadError, NotReadyError, UnknownModelError
 from gateway.metrics import GatewayMetrics
-from gateway.runtime import ModelRuntime, RuntimeOptions
-from gateway.settings import BatchingSettings
-from gateway.signature import Signature, feature_input
+from gateway.serving.batcher import Batcher
+from gateway.serving.runtime import ModelRuntime, RuntimeOptions
+from gateway.serving.settings import BatchingSettings
+from gateway.serving.signature import Signature, feature_input
 from registry_client import ModelRef, ModelVersion, Registry, RegistryError
 from registry_client.metadata import ModelMetadata
 

@@ -2,7 +2,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from gateway.spool import Spool
+from gateway.featurelog.spool import Spool
 
 
 def records(start: int, count: int) -> list[tuple[bytes, bytes]]:

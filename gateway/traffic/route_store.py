@@ -13,11 +13,11 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from gateway.control import ControlChannel
 from gateway.errors import GatewayError, InvalidInputError, UnknownModelError
 from gateway.metrics import GatewayMetrics
-from gateway.routes import Route
-from gateway.traffic import Traffic
+from gateway.traffic.control import ControlChannel
+from gateway.traffic.router import Traffic
+from gateway.traffic.routes import Route
 
 __all__ = ["AuditLog", "RouteStore"]
 

@@ -3,7 +3,7 @@ from __future__ import annotations
 import pytest
 from pydantic import ValidationError
 
-from gateway.routes import BUCKETS, Route, key_bucket
+from gateway.traffic.routes import BUCKETS, Route, key_bucket
 
 
 def route(**weights: float) -> Route:

@@ -11,7 +11,7 @@ import numpy as np
 import onnxruntime as ort
 
 from gateway.errors import ModelExecutionError, ModelLoadError
-from gateway.signature import ONNX_TO_DATATYPE, Signature, TensorSpec
+from gateway.serving.signature import ONNX_TO_DATATYPE, Signature, TensorSpec
 from registry_client import ModelVersion
 
 __all__ = ["ModelRuntime", "RuntimeOptions"]

@@ -18,11 +18,11 @@ from typing import Any
 
 import numpy as np
 
-from gateway.deployments import Deployment, LoadedModel
 from gateway.errors import GatewayError
-from gateway.log_records import RequestInfo
+from gateway.featurelog import RequestInfo
 from gateway.metrics import ShadowMetrics
-from gateway.routes import BUCKETS, ShadowSpec, key_bucket
+from gateway.serving import Deployment, LoadedModel
+from gateway.traffic.routes import BUCKETS, ShadowSpec, key_bucket
 
 __all__ = ["Comparison", "ShadowDispatcher", "compare"]
 

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from gateway.signature import datatype_of
+from gateway.serving import datatype_of
 from monitors.schema import SCHEMA_VERSION, FeatureMatrix, InferenceRecord, Status
 
 __all__ = ["RecordBuilder", "RequestInfo"]

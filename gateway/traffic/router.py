@@ -12,11 +12,11 @@ import logging
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from gateway.canary import CanaryController, VariantStats
-from gateway.deployments import LoadedModel, ModelManager
 from gateway.errors import InvalidInputError, UnknownModelError
-from gateway.routes import Route, key_bucket
-from gateway.shadow import ShadowDispatcher
+from gateway.serving import LoadedModel, ModelManager
+from gateway.traffic.canary import CanaryController, VariantStats
+from gateway.traffic.routes import Route, key_bucket
+from gateway.traffic.shadow import ShadowDispatcher
 
 __all__ = ["Traffic"]
 
@@ -103,7 +103,7 @@ class Traffic:
             return
         if rule.owner is not None and rule.owner != self.replica_id:
             return  # another replica drives this ramp; this one follows its route changes
-        controller = CanaryController(route.endpoint, self, self.change)
+        controller = CanaryController(route.endpoint, self.routes.get, self.stats, self.change)
         controller.start()
         self._canaries[route.endpoint] = controller
 

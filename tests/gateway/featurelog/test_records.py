@@ -3,8 +3,8 @@ from __future__ import annotations
 import numpy as np
 import orjson
 
-from gateway.feature_log import pack_messages
-from gateway.log_records import RecordBuilder, RequestInfo
+from gateway.featurelog.log import pack_messages
+from gateway.featurelog.records import RecordBuilder, RequestInfo
 from monitors.schema import FeatureMatrix, InferenceRecord, decode_records, encode_record
 
 NAMES = ["mean radius", "mean texture", "100%"]

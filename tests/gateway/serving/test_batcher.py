@@ -8,13 +8,13 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 import pytest
 
-from gateway.batcher import Batcher, Tensors
 from gateway.errors import (
     DeadlineExceededError,
     ModelExecutionError,
     NotReadyError,
     OverloadedError,
 )
+from gateway.serving.batcher import Batcher, Tensors
 
 
 class Recorder:

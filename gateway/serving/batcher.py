@@ -18,7 +18,6 @@ from typing import Protocol
 
 import numpy as np
 
-from gateway._wake import wait_woken
 from gateway.errors import (
     DeadlineExceededError,
     GatewayError,
@@ -26,6 +25,7 @@ from gateway.errors import (
     NotReadyError,
     OverloadedError,
 )
+from gateway.serving._wake import wait_woken
 
 __all__ = ["BatchObserver", "Batcher", "RunFn", "Tensors"]
 

@@ -18,10 +18,10 @@ import logging
 from collections import deque
 from collections.abc import Iterable
 
-from gateway._wake import wait_woken
-from gateway.kafka_sink import RecordSink
+from gateway.featurelog.kafka_sink import RecordSink
+from gateway.featurelog.spool import Spool
 from gateway.metrics import FeatureLogMetrics
-from gateway.spool import Spool
+from gateway.serving import wait_woken
 from monitors.schema import InferenceRecord, encode_records, message_records
 
 __all__ = ["FeatureLog", "Message", "pack_messages"]

@@ -8,14 +8,11 @@ import time
 from collections import deque
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 
-from gateway.routes import CanaryRule, Route
-
-if TYPE_CHECKING:
-    from gateway.traffic import Traffic
+from gateway.traffic.routes import CanaryRule, Route
 
 __all__ = ["CanaryController", "VariantStats", "WindowSummary"]
 
@@ -64,16 +61,27 @@ class VariantStats:
 
 
 ChangeFn = Callable[[Route, str, str], Awaitable[Any]]
+RouteOf = Callable[[str], Route | None]
 
 
 class CanaryController:
-    """Drives one endpoint's canary: ramps every ``interval_s``, rolls back at once on a breach."""
+    """Drives one endpoint's canary: ramps every ``interval_s``, rolls back at once on a breach.
+
+    It reads the route in force (``route_of``) and the variants' outcomes (``stats``), and
+    changes the route only through ``change``: nothing else of the traffic state.
+    """
 
     def __init__(
-        self, endpoint: str, traffic: Traffic, change: ChangeFn, check_interval_s: float = 0.5
+        self,
+        endpoint: str,
+        route_of: RouteOf,
+        stats: VariantStats,
+        change: ChangeFn,
+        check_interval_s: float = 0.5,
     ) -> None:
         self.endpoint = endpoint
-        self._traffic = traffic
+        self._route_of = route_of
+        self._stats = stats
         self._change = change
         self._check_interval_s = check_interval_s
         self._task: asyncio.Task[None] | None = None
@@ -100,7 +108,7 @@ class CanaryController:
             await asyncio.sleep(self._check_interval_s)
 
     async def _tick(self) -> bool:
-        route = self._traffic.routes.get(self.endpoint)
+        route = self._route_of(self.endpoint)
         rule = route.canary if route is not None else None
         if route is None or rule is None:
             return True
@@ -117,7 +125,7 @@ class CanaryController:
         step = int(rule.state.removeprefix("step-"))
         if time.monotonic() - self._last_step < rule.interval_s:
             return False
-        canary = self._traffic.stats.summary(self.endpoint, rule.variant, rule.window_s)
+        canary = self._stats.summary(self.endpoint, rule.variant, rule.window_s)
         if canary.requests < rule.min_requests:
             return False  # not enough evidence to go further yet
         if step + 1 >= len(rule.steps):
@@ -135,7 +143,7 @@ class CanaryController:
         await self._change(new, "canary", f"{reason} to {percent:g}%")
 
     def _breach(self, rule: CanaryRule) -> str | None:
-        stats = self._traffic.stats
+        stats = self._stats
         canary = stats.summary(self.endpoint, rule.variant, rule.window_s)
         baseline = stats.summary(self.endpoint, rule.baseline, rule.window_s)
         if canary.requests < rule.min_requests:

@@ -5,9 +5,9 @@ from pathlib import Path
 
 from prometheus_client import CollectorRegistry
 
-from gateway.feature_log import FeatureLog
+from gateway.featurelog.log import FeatureLog
+from gateway.featurelog.spool import Spool
 from gateway.metrics import FeatureLogMetrics
-from gateway.spool import Spool
 from monitors.schema import InferenceRecord, decode_records
 
 

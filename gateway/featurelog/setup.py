@@ -7,12 +7,12 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
 
-from gateway.feature_log import FeatureLog
-from gateway.kafka_sink import KafkaSink
-from gateway.log_records import RecordBuilder
+from gateway.featurelog.kafka_sink import KafkaSink
+from gateway.featurelog.log import FeatureLog
+from gateway.featurelog.records import RecordBuilder
+from gateway.featurelog.settings import FeatureLogSettings
+from gateway.featurelog.spool import Spool
 from gateway.metrics import GatewayMetrics
-from gateway.settings import FeatureLogSettings
-from gateway.spool import Spool
 from monitors.broker import BrokerError, create_topics
 
 __all__ = ["build_feature_log", "build_record_builder", "producer_options"]

@@ -1,0 +1,58 @@
+"""Settings of the feature log: the Kafka producer, its spool, sampling and privacy."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, model_validator
+
+__all__ = ["FeatureLogSettings"]
+
+
+class _Group(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class FeatureLogSettings(_Group):
+    enabled: bool = False
+    bootstrap_servers: str = "127.0.0.1:9092"
+    topic: str = "inference-log"
+    # Create the topic at start when it is missing (needs the broker's admin API).
+    create_topic: bool = True
+    topic_partitions: int = Field(default=3, ge=1)
+    client_id: str = "model-gateway"
+    acks: Literal["all", "1", "0"] = "all"
+    # zstd compresses these records about as well as gzip at a thirtieth of the CPU time.
+    compression: Literal["none", "gzip", "snappy", "lz4", "zstd"] = "zstd"
+    # Off by default: Tansu (the embedded broker) does not support the idempotent producer.
+    idempotent: bool = False
+    linger_s: float = Field(default=0.02, ge=0)
+    batch_size: int = Field(default=500, ge=1)
+    queue_size: int = Field(default=50_000, ge=1)
+    timeout_s: float = Field(default=5.0, gt=0)
+    security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = "PLAINTEXT"
+    sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"] | None = None
+    sasl_username: str | None = None
+    sasl_password: SecretStr | None = None
+    ssl_cafile: Path | None = None
+    ssl_certfile: Path | None = None
+    ssl_keyfile: Path | None = None
+    spool_dir: Path = Path("feature-log-spool")
+    spool_max_bytes: int = Field(default=1024**3, ge=1024)
+    sampling_rate: float = Field(default=1.0, ge=0, le=1)
+    sample_by: Literal["random", "routing_key"] = "random"
+    drop_features: list[str] = Field(default_factory=list)
+    hash_features: list[str] = Field(default_factory=list)
+    hash_key: SecretStr = SecretStr("")
+
+    @model_validator(mode="after")
+    def _sasl_complete(self) -> FeatureLogSettings:
+        if self.security_protocol.startswith("SASL") and (
+            self.sasl_mechanism is None or self.sasl_username is None or self.sasl_password is None
+        ):
+            raise ValueError(
+                "feature_log.sasl_mechanism, sasl_username and sasl_password are required with "
+                f"security_protocol {self.security_protocol}"
+            )
+        return self
