@@ -156,10 +156,11 @@ class CanaryController:
         if (
             baseline.requests >= rule.min_requests
             and canary.p99_s > baseline.p99_s * rule.max_p99_ratio
+            and canary.p99_s - baseline.p99_s > rule.min_p99_increase_s
         ):
             return (
                 f"p99 {canary.p99_s * 1000:.1f} ms vs baseline {baseline.p99_s * 1000:.1f} ms "
-                f"(allowed x{rule.max_p99_ratio})"
+                f"(allowed x{rule.max_p99_ratio} or +{rule.min_p99_increase_s * 1000:g} ms)"
             )
         return None
 

@@ -87,6 +87,9 @@ class CanaryRule(_Frozen):
     # at most this much (absolute), p99 latency may be at most this multiple of the baseline's.
     max_error_rate_increase: float = Field(default=0.01, ge=0)
     max_p99_ratio: float = Field(default=1.5, gt=0)
+    # ... unless it is within this many seconds of the baseline's: at sub-millisecond latencies
+    # scheduling noise alone moves a p99 by more than 1.5x, which must not roll a canary back.
+    min_p99_increase_s: float = Field(default=0.005, ge=0)
     # Where the ramp stands: "pending", "step-N" (N indexes steps), "promoted", "rolled_back".
     state: str = "pending"
     # The replica that drives the ramp (the one the operator asked); others follow its changes.
