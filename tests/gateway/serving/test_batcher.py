@@ -272,3 +272,50 @@ async def test_close_when_idle_keeps_filling_while_requests_keep_coming() -> Non
     assert [a["y"][0, 0] for a in answers] == [2 * i for i in range(10)]
     assert sum(model.batches) == 10
     assert len(model.batches) <= 3  # not one batch per request
+
+
+class TimingObserver:
+    """Keeps what the batcher measures."""
+
+    def __init__(self) -> None:
+        self.waits: list[float] = []
+        self.runs: list[float] = []
+
+    def batch_closed(self, rows: int, requests: int, reason: str) -> None:
+        pass
+
+    def queue_wait(self, seconds: float) -> None:
+        self.waits.append(seconds)
+
+    def queue_depth(self, depth: int) -> None:
+        pass
+
+    def run_time(self, seconds: float) -> None:
+        self.runs.append(seconds)
+
+
+def test_batch_delay_and_timings_have_sub_millisecond_resolution_under_uvloop() -> None:
+    """uvloop's clock ticks in whole milliseconds; the 2 ms bound and the histograms must not."""
+    import uvloop
+
+    seen: list[float] = []  # time from submit to the model's call, per lone request
+    model = Recorder()
+    observer = TimingObserver()
+
+    async def main() -> None:
+        with ThreadPoolExecutor(1) as pool:
+            batcher = make(model, pool, max_batch_delay_s=0.002, observer=observer)
+            async with batcher:
+                for _ in range(50):
+                    started = time.perf_counter()
+                    await batcher.submit(rows(1), 1, deadline())
+                    seen.append(time.perf_counter() - started)
+
+    with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+        runner.run(main())
+    # the batch never closes before its delay (a busy machine can only make it later)
+    assert min(seen) >= 0.002
+    assert min(observer.waits) >= 0.002
+    # run times of a sub-millisecond model are measured, not rounded to 0
+    assert all(r > 0 for r in observer.runs)
+    assert len(set(observer.runs)) > 1
