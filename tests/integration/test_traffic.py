@@ -250,7 +250,7 @@ def test_canary_promotes_a_good_version(demo_registry: Path, tmp_path: Path) -> 
     with start_gateway(tmp_path, split_config(demo_registry, canary_route("challenger"))) as gw:
         route, load = run_canary(gw, 40, until="promoted")
         history = httpx.get(f"{gw.url}/admin/history", headers=AUTH).json()["changes"]
-    assert route["canary"]["state"] == "promoted"
+    assert route["canary"]["state"] == "promoted", [c["reason"] for c in history]
     assert {v["name"]: v["weight"] for v in route["variants"]} == {"stable": 0, "canary": 100}
     steps = [c["reason"] for c in history if c["actor"] == "canary"]
     assert steps == ["canary started to 20%", "ramped canary to 50%", "ramped canary to 100%",
