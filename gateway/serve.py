@@ -24,9 +24,17 @@ def serve(settings: GatewaySettings, log_level: str = "info") -> None:
     app = create_app(settings)
     http: str | type[asyncio.Protocol] = "httptools" if find_spec("httptools") else "h11"
     if settings.server.http_protocol == "gateway" and find_spec("httptools"):
-        from gateway.http.server import protocol_class
+        from gateway.http.server import HttpLimits, protocol_class
 
-        http = protocol_class(settings.server.max_body_bytes, app)
+        server = settings.server
+        limits = HttpLimits(
+            max_body_bytes=server.max_body_bytes,
+            max_url_bytes=server.max_url_bytes,
+            max_header_bytes=server.max_header_bytes,
+            max_headers=server.max_headers,
+            head_timeout_s=server.head_timeout_s,
+        )
+        http = protocol_class(limits, app)
     config = uvicorn.Config(
         app,
         host=settings.server.host,
@@ -37,6 +45,7 @@ def serve(settings: GatewaySettings, log_level: str = "info") -> None:
         lifespan="on",
         access_log=settings.server.access_log,
         log_level=log_level,
+        timeout_keep_alive=settings.server.keep_alive_s,
         timeout_graceful_shutdown=int(max(1, settings.server.shutdown_timeout_s)),
         server_header=False,
         # X-Forwarded-* rewriting costs a middleware call per request; on only when asked.

@@ -41,6 +41,14 @@ class ServerSettings(_Group):
     host: str = "127.0.0.1"
     port: int = Field(default=8080, ge=0, le=65535)
     max_body_bytes: int = Field(default=16 * 1024 * 1024, ge=1024)
+    # Limits on a request head (the gateway's protocol; nginx's and Envoy's defaults): URL
+    # (414), header block and header count (431), time to receive the whole head (408).
+    max_url_bytes: int = Field(default=8 * 1024, ge=256, le=65_000)
+    max_header_bytes: int = Field(default=16 * 1024, ge=1024)
+    max_headers: int = Field(default=100, ge=8)
+    head_timeout_s: float = Field(default=10.0, gt=0)
+    # How long an idle keep-alive connection stays open.
+    keep_alive_s: int = Field(default=5, ge=1)
     # "gateway": the gateway's own lean HTTP/1.1 protocol under uvicorn (gateway/http/server.py,
     # about 30 us a request cheaper); "uvicorn": uvicorn's httptools (or h11) protocol.
     http_protocol: Literal["gateway", "uvicorn"] = "gateway"

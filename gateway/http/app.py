@@ -14,7 +14,7 @@ from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import Response
-from starlette.routing import Route
+from starlette.routing import Match, Route
 
 from gateway import __version__
 from gateway.assembly import start_core
@@ -28,6 +28,7 @@ from gateway.errors import (
     UnknownModelError,
 )
 from gateway.http._asgi import Receive, Scope, Send, error_status, register_status
+from gateway.http._paths import decode_path
 from gateway.http.admin import AdminAuthError, AdminDisabledError, admin_routes
 from gateway.http.endpoints import (
     AppState,
@@ -128,6 +129,8 @@ class GatewayApp(Starlette):
 
     def __init__(self, infer: InferEndpoint, predict: PredictEndpoint, **kwargs: Any) -> None:
         super().__init__(**kwargs)
+        # A redirect to the added or dropped slash would be built from the Host header.
+        self.router.redirect_slashes = False
         self._fast: tuple[tuple[re.Pattern[str], InferEndpoint | PredictEndpoint], ...] = (
             (_INFER_PATH, infer),
             (_PREDICT_PATH, predict),
@@ -142,6 +145,9 @@ class GatewayApp(Starlette):
         return None
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        raw_path = scope.get("raw_path")
+        if raw_path and (b"%2F" in raw_path or b"%2f" in raw_path):
+            scope["path"] = scope.get("root_path", "") + decode_path(raw_path)  # any server
         if scope["type"] == "http" and scope["method"] == "POST":
             for pattern, endpoint in self._fast:
                 match = pattern.match(scope["path"])
@@ -167,9 +173,24 @@ async def _gateway_error(request: Request, exc: Exception) -> Response:
 
 async def _http_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, HTTPException)
+    if exc.status_code == 405:
+        allowed = ", ".join(_allowed_methods(request))
+        message = f"method {request.method} is not allowed on {request.url.path}; use {allowed}"
+        response = json_response({"error": message}, 405)
+        response.headers["allow"] = allowed
+        return response
     message = exc.detail
     if exc.status_code == 404:
         message = f"no route {request.method} {request.url.path}"
-    elif exc.status_code == 405:
-        message = f"method {request.method} is not allowed on {request.url.path}"
     return json_response({"error": message}, exc.status_code)
+
+
+def _allowed_methods(request: Request) -> list[str]:
+    """Every method some route takes on the request's path (Starlette's 405 names one route's)."""
+    methods: set[str] = set()
+    for route in request.app.routes:
+        if isinstance(route, Route) and route.methods:
+            match, _ = route.matches(request.scope)
+            if match is not Match.NONE:
+                methods |= route.methods
+    return sorted(methods)

@@ -182,6 +182,11 @@ class _InferBase(Generic[ParsedT]):
         except GatewayError as exc:
             service.reject(model, info, started, exc)
             raise
+        except Exception as exc:  # a bug: still answered with the request id, and counted
+            log.exception("unexpected error parsing a request for %s", model.name)
+            error = _internal_error_exception()
+            service.reject(model, info, started, error)
+            raise error from exc
         inputs = self.inputs(parsed)
         try:
             rows, future = service.start(model, inputs, info)
@@ -323,8 +328,11 @@ class InferEndpoint(_InferBase[InferRequest]):
         raw_length = header(headers, b"inference-header-content-length")
         header_length = None
         if raw_length is not None:
-            if not raw_length.strip().isdigit():
-                raise InvalidInputError("Inference-Header-Content-Length must be an integer")
+            raw_length = raw_length.strip()
+            if not raw_length.isdigit() or len(raw_length) > 20:
+                raise InvalidInputError(
+                    "Inference-Header-Content-Length must be an integer of at most 20 digits"
+                )
             header_length = int(raw_length)
         request = parse_infer_request(body, header_length)
         if request.id is not None:
@@ -371,8 +379,12 @@ class PredictEndpoint(_InferBase[Tensors]):
         return Reply(200, body, head=_served_by(model, info) + _JSON_TYPE)
 
 
+def _internal_error_exception() -> GatewayError:
+    return GatewayError("internal error in the gateway; see its log")
+
+
 def _internal_error() -> Reply:
-    return error_reply(GatewayError("internal error in the gateway; see its log"))
+    return error_reply(_internal_error_exception())
 
 
 _JSON_TYPE = b"content-type: " + JSON + b"\r\n"

@@ -13,7 +13,7 @@ import numpy as np
 import orjson
 
 from gateway.errors import InvalidInputError
-from gateway.protocol._json import load_object, request_id
+from gateway.protocol._json import check_scalars, load_object, request_id
 from gateway.serving import Signature, TensorSpec, feature_input
 from registry_client.metadata import ModelMetadata
 
@@ -88,6 +88,9 @@ def _per_input(rows: list[Any], signature: Signature) -> dict[str, np.ndarray]:
 
 
 def _to_array(values: list[Any], spec: TensorSpec, where: Any) -> np.ndarray:
+    problem = check_scalars(values, spec.datatype)
+    if problem is not None:
+        raise InvalidInputError(_locate(values, spec, where) or problem)
     try:
         if spec.datatype == "BYTES":
             array = np.array(values, dtype=object)
@@ -108,8 +111,9 @@ def _locate(values: list[Any], spec: TensorSpec, where: Any) -> str | None:
                 if spec.datatype == "BYTES":
                     ok = isinstance(cell, str)
                 else:
-                    np.asarray(cell, dtype=spec.dtype)
                     ok = not isinstance(cell, list | dict)
+                    ok = ok and check_scalars([cell], spec.datatype) is None
+                    np.asarray(cell, dtype=spec.dtype)
             except (ValueError, TypeError, OverflowError):
                 ok = False
             if not ok:

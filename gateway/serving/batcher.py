@@ -75,7 +75,9 @@ class Batcher:
 
     With ``inline`` the batches run on the event loop instead: for a model whose largest batch
     takes a fraction of a millisecond, handing it to a thread (submit, wake the thread, pass the
-    GIL back and forth, wake the loop) costs more CPU than running it.
+    GIL back and forth, wake the loop) costs more CPU than running it. A batch larger than
+    ``max_batch_size`` (one request with more rows) still runs on the executor: its size is the
+    client's choice, and it would stall every other connection for as long as it runs.
 
     Use as an async context manager; ``submit`` returns the request's own rows of every output.
     """
@@ -274,7 +276,7 @@ class Batcher:
                 for name in batch[0].inputs
             }
         try:
-            if self._inline:
+            if self._inline and rows <= self._max_rows:
                 outputs = self._run_fn(inputs)
             else:
                 outputs = await loop.run_in_executor(self._executor, self._run_fn, inputs)
