@@ -9,7 +9,10 @@ from registry_client.errors import InvalidReferenceError
 
 __all__ = ["ModelRef"]
 
-_NAME = r"[A-Za-z0-9][A-Za-z0-9_.\-]*"
+# At most 128 characters: a name becomes a file name (255 bytes at most on most file systems)
+# in the local registry and the model cache; longer ones would fail there, not here.
+MAX_NAME = 128
+_NAME = rf"[A-Za-z0-9][A-Za-z0-9_.\-]{{0,{MAX_NAME - 1}}}"
 _REF_RE = re.compile(rf"^(?P<name>{_NAME})(?:@(?P<alias>{_NAME})|/(?P<version>{_NAME}))?$")
 
 
@@ -31,7 +34,8 @@ class ModelRef:
         match = _REF_RE.match(text.strip())
         if match is None:
             raise InvalidReferenceError(
-                f"invalid model reference {text!r}: expected 'name@alias' or 'name/version'"
+                f"invalid model reference {text[:300]!r}: expected 'name@alias' or "
+                f"'name/version', each part at most {MAX_NAME} characters"
             )
         alias, version = match.group("alias"), match.group("version")
         if alias is None and version is None:

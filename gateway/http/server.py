@@ -266,6 +266,8 @@ class GatewayProtocol(asyncio.Protocol):
     def on_headers_complete(self) -> None:
         self._in_head = False
         self._version = self._parser.get_http_version()
+        if self._parser.should_upgrade():
+            raise HeadError(400, "protocol upgrades (websockets) are not supported")
         if check_head(self._version, self._headers, self.limits.max_body_bytes):
             if self._active is None and not self._queue:
                 self._send_continue()
