@@ -319,3 +319,21 @@ def test_batch_delay_and_timings_have_sub_millisecond_resolution_under_uvloop() 
     # run times of a sub-millisecond model are measured, not rounded to 0
     assert all(r > 0 for r in observer.runs)
     assert len(set(observer.runs)) > 1
+
+
+async def test_an_inline_batcher_runs_a_request_over_max_batch_size_on_the_executor() -> None:
+    threads: list[str] = []
+
+    def model(inputs: Tensors) -> Tensors:
+        threads.append(threading.current_thread().name)
+        return {"y": inputs["x"] * 2}
+
+    with ThreadPoolExecutor(1, thread_name_prefix="batch-worker") as pool:
+        async with make(model, pool, max_batch_size=4, inline=True) as batcher:  # type: ignore[arg-type]
+            small = await batcher.submit(rows(1, 2), 2, deadline())
+            large = await batcher.submit(rows(*range(10)), 10, deadline())
+    assert small["y"].shape == (2, 2)
+    assert large["y"].shape == (10, 2)
+    main = threading.current_thread().name
+    assert threads[0] == main  # small batches stay on the event loop
+    assert threads[1].startswith("batch-worker")  # the client-sized one does not
