@@ -263,7 +263,9 @@ async def test_routing_is_strict_under_any_asgi_server(demo_registry: Path) -> N
         assert "use GET, HEAD, PATCH, PUT" in wrong.json()["error"]
 
 
-async def test_too_many_dimensions_are_refused_with_the_request_id_and_counted(demo_registry: Path) -> None:
+async def test_too_many_dimensions_are_refused_with_the_request_id_and_counted(
+    demo_registry: Path,
+) -> None:
     async with serving(demo_registry) as client:
         # more dimensions than numpy takes: refused before numpy sees them
         deep = {"inputs": [{"name": "input", "shape": [1] * 65, "datatype": "FP32", "data": [1]}]}
