@@ -45,7 +45,14 @@ from gateway.protocol import (
 from gateway.serving import Deployment, LoadedModel
 from gateway.traffic import RouteStore
 
-__all__ = ["AppState", "FastHandler", "InferEndpoint", "PredictEndpoint"]
+__all__ = [
+    "LARGE_BODY_BYTES",
+    "AppState",
+    "Body",
+    "FastHandler",
+    "InferEndpoint",
+    "PredictEndpoint",
+]
 
 log = logging.getLogger(__name__)
 
@@ -85,6 +92,13 @@ def _request_id() -> str:
 
 _WATCH_AFTER_S = 0.02
 
+# A body larger than this is joined, decompressed and decoded on a worker thread: its size is
+# the client's choice, and on the event loop it would stall every other connection.
+LARGE_BODY_BYTES = 256 * 1024
+
+# A request body: whole, or (a large one) as the chunks it arrived in, joined off the loop.
+Body = bytes | list[bytes]
+
 
 class FastHandler(Protocol):
     """An infer endpoint's callback driver (``_InferBase.handle``)."""
@@ -94,9 +108,9 @@ class FastHandler(Protocol):
         name: str,
         version: str | None,
         headers: Headers,
-        body: bytes,
+        body: Body,
         respond: Callable[[Reply | None], None],
-    ) -> asyncio.Future[Tensors] | None: ...
+    ) -> asyncio.Future[Any] | None: ...
 
 
 class _ClientGoneError(Exception):
@@ -138,10 +152,14 @@ class _InferBase(Generic[ParsedT]):
     def __init__(self, state: AppState) -> None:
         self.state = state
 
+    def decode(self, headers: Headers, body: bytes) -> Any:
+        """The model-independent part of parsing (a worker thread runs it for large bodies)."""
+        return body
+
     def parse(
-        self, model: LoadedModel, info: RequestInfo, headers: Headers, body: bytes
+        self, model: LoadedModel, info: RequestInfo, headers: Headers, decoded: Any
     ) -> ParsedT:
-        """Decode the body into the request's tensors (and whatever rendering needs)."""
+        """Turn the decoded body into the request's tensors (and whatever rendering needs)."""
         raise NotImplementedError
 
     def inputs(self, parsed: ParsedT) -> dict[str, np.ndarray]:
@@ -169,16 +187,21 @@ class _InferBase(Generic[ParsedT]):
         info: RequestInfo,
         version: str | None,
         headers: Headers,
-        body: bytes,
+        decoded: Any,
         started: float,
     ) -> _Call[ParsedT]:
-        """Pick the variant, parse, check and queue the request; raises GatewayError."""
+        """Pick the variant, parse, check and queue the request; raises GatewayError.
+
+        ``decoded`` is what ``decode`` returned, or the exception it raised.
+        """
         pin = header(headers, self.state.pin_header)
         # From here to the batcher's queue nothing yields to the event loop, so neither a model
         # swap nor a route change can slip in between choosing the version and queueing on it.
         model = service.pick(info, pin.decode("latin-1") if pin else None, version)
         try:
-            parsed = self.parse(model, info, headers, body)
+            if isinstance(decoded, Exception):
+                raise decoded
+            parsed = self.parse(model, info, headers, decoded)
         except GatewayError as exc:
             service.reject(model, info, started, exc)
             raise
@@ -221,24 +244,65 @@ class _InferBase(Generic[ParsedT]):
         name: str,
         version: str | None,
         headers: Headers,
-        body: bytes,
+        body: Body,
         respond: Callable[[Reply | None], None],
-    ) -> asyncio.Future[Tensors] | None:
+    ) -> asyncio.Future[Any] | None:
         """Answer a whole request through ``respond`` (called once, maybe before returning).
 
-        Returns the batch future while the request waits (cancel it when the client goes).
+        Returns a future while the request waits (cancel it when the client goes): the batch's,
+        or, for a large body, one that stands for the decoding on a worker thread and the batch.
         """
         started = time.perf_counter()
         info = RequestInfo(_request_id(), time.time(), name)
         try:
             service = self.admit(info, headers)
-            body = decode_body(body, headers, self.state.max_body_bytes)
-            call = self.begin(service, info, version, headers, body, started)
+        except GatewayError as exc:
+            respond(error_reply(exc, info.request_id))
+            return None
+        if isinstance(body, bytes) and len(body) <= LARGE_BODY_BYTES:
+            result = self._decode(headers, body, encoded=True)
+            return self._queue(service, info, version, headers, result, started, respond)
+        loop = asyncio.get_running_loop()
+        waiting: asyncio.Future[Any] = loop.create_future()
+        work = loop.run_in_executor(None, self._decode, headers, body, True)
+
+        def decoded(done: asyncio.Future[Any]) -> None:
+            if waiting.cancelled():
+                return  # the caller has gone before its request was queued
+            call = self._queue(service, info, version, headers, done.result(), started, respond)
+            if call is not None:
+                waiting.add_done_callback(lambda _: call.cancel())
+
+        work.add_done_callback(decoded)
+        return waiting
+
+    def _decode(self, headers: Headers, body: Body, encoded: bool) -> Any:
+        """Join, undo the Content-Encoding and ``decode``: the result, or the exception."""
+        try:
+            whole = body if isinstance(body, bytes) else b"".join(body)
+            if encoded:
+                whole = decode_body(whole, headers, self.state.max_body_bytes)
+            return self.decode(headers, whole)
+        except Exception as exc:  # raised again by begin(), where the model is known
+            return exc
+
+    def _queue(
+        self,
+        service: InferenceService,
+        info: RequestInfo,
+        version: str | None,
+        headers: Headers,
+        decoded: Any,
+        started: float,
+        respond: Callable[[Reply | None], None],
+    ) -> asyncio.Future[Tensors] | None:
+        try:
+            call = self.begin(service, info, version, headers, decoded, started)
         except GatewayError as exc:
             respond(error_reply(exc, info.request_id))
             return None
         except Exception:
-            log.exception("unexpected error answering an inference call for %s", name)
+            log.exception("unexpected error answering an inference call for %s", info.endpoint)
             respond(_internal_error())
             return None
 
@@ -246,7 +310,7 @@ class _InferBase(Generic[ParsedT]):
             try:
                 reply = self.end(service, call)
             except Exception:
-                log.exception("unexpected error answering an inference call for %s", name)
+                log.exception("unexpected error answering an inference call for %s", info.endpoint)
                 reply = _internal_error()
             respond(reply)
 
@@ -262,8 +326,13 @@ class _InferBase(Generic[ParsedT]):
         try:
             service = self.admit(info, headers)
             body = await read_body(scope, receive, self.state.max_body_bytes)
+            if len(body) <= LARGE_BODY_BYTES:
+                decoded = self._decode(headers, body, encoded=False)
+            else:
+                loop = asyncio.get_running_loop()
+                decoded = await loop.run_in_executor(None, self._decode, headers, body, False)
             call = self.begin(
-                service, info, scope["path_params"].get("version"), headers, body, started
+                service, info, scope["path_params"].get("version"), headers, decoded, started
             )
             with contextlib.suppress(_ClientGoneError):  # then the future is cancelled
                 await self._wait(call.future, receive)
@@ -322,9 +391,7 @@ class _InferBase(Generic[ParsedT]):
 class InferEndpoint(_InferBase[InferRequest]):
     """``POST /v2/models/{name}[/versions/{version}]/infer``: OIP v2, JSON or binary tensors."""
 
-    def parse(
-        self, model: LoadedModel, info: RequestInfo, headers: Headers, body: bytes
-    ) -> InferRequest:
+    def decode(self, headers: Headers, body: bytes) -> InferRequest:
         raw_length = header(headers, b"inference-header-content-length")
         header_length = None
         if raw_length is not None:
@@ -334,7 +401,12 @@ class InferEndpoint(_InferBase[InferRequest]):
                     "Inference-Header-Content-Length must be an integer of at most 20 digits"
                 )
             header_length = int(raw_length)
-        request = parse_infer_request(body, header_length)
+        return parse_infer_request(body, header_length)
+
+    def parse(
+        self, model: LoadedModel, info: RequestInfo, headers: Headers, decoded: Any
+    ) -> InferRequest:
+        request: InferRequest = decoded
         if request.id is not None:
             info.request_id = request.id
         for requested in request.outputs or ():
@@ -362,9 +434,10 @@ class PredictEndpoint(_InferBase[Tensors]):
     """``POST /v1/models/{name}:predict``: named features in, one prediction per row out."""
 
     def parse(
-        self, model: LoadedModel, info: RequestInfo, headers: Headers, body: bytes
+        self, model: LoadedModel, info: RequestInfo, headers: Headers, decoded: Any
     ) -> Tensors:
-        request_id, inputs = parse_instances(body, model.signature, model.metadata)
+        # the JSON itself is decoded here, on the loop: its rows need the model's features
+        request_id, inputs = parse_instances(decoded, model.signature, model.metadata)
         if request_id is not None:
             info.request_id = request_id
         return inputs

@@ -32,7 +32,7 @@ from gateway.http._asgi import Reply
 from gateway.http._limits import HeadError, HeadMeter, HttpLimits, check_head
 from gateway.http._paths import decode_path
 from gateway.http.app import GatewayApp
-from gateway.http.endpoints import FastHandler
+from gateway.http.endpoints import LARGE_BODY_BYTES, Body, FastHandler
 
 __all__ = ["GatewayProtocol", "HttpLimits", "protocol_class"]
 
@@ -69,7 +69,7 @@ class _Request:
         method: str,
         url: bytes,
         headers: list[tuple[bytes, bytes]],
-        body: bytes,
+        body: Body,
         keep_alive: bool,
         version: str,
         error: tuple[int, str] | None,
@@ -100,7 +100,10 @@ class _Exchange:
     async def receive(self) -> dict[str, Any]:
         if not self._sent_body:
             self._sent_body = True
-            return {"type": "http.request", "body": self._request.body, "more_body": False}
+            body = self._request.body
+            if not isinstance(body, bytes):
+                body = b"".join(body)
+            return {"type": "http.request", "body": body, "more_body": False}
         await self._conn.disconnected()  # nothing more to read: wait for the client to go
         return {"type": "http.disconnect"}
 
@@ -285,7 +288,11 @@ class GatewayProtocol(asyncio.Protocol):
             return  # an earlier answer closed the connection
         self._continue = False
         parser = self._parser
-        body = self._body[0] if len(self._body) == 1 else b"".join(self._body)
+        # a large body is joined where it is decoded, off the loop (the endpoints' handle)
+        chunks = self._body
+        body: Body = chunks[0] if len(chunks) == 1 else chunks
+        if len(chunks) > 1 and self._size <= LARGE_BODY_BYTES:
+            body = b"".join(chunks)
         request = _Request(
             parser.get_method().decode("ascii"),
             self._url,
