@@ -75,9 +75,11 @@ class Batcher:
 
     With ``inline`` the batches run on the event loop instead: for a model whose largest batch
     takes a fraction of a millisecond, handing it to a thread (submit, wake the thread, pass the
-    GIL back and forth, wake the loop) costs more CPU than running it. A batch larger than
-    ``max_batch_size`` (one request with more rows) still runs on the executor: its size is the
-    client's choice, and it would stall every other connection for as long as it runs.
+    GIL back and forth, wake the loop) costs more CPU than running it.
+
+    A request of more than ``max_batch_size`` rows is not queued behind (or ahead of) the
+    batches: it runs alone on the executor, one such request at a time, beside them, so one
+    client's oversized request holds up neither the event loop nor the other callers' batches.
 
     Use as an async context manager; ``submit`` returns the request's own rows of every output.
     """
@@ -113,6 +115,8 @@ class Batcher:
         self._queued_rows = 0
         self._wake = asyncio.Event()
         self._workers: list[asyncio.Task[None]] = []
+        self._oversized: set[asyncio.Task[None]] = set()
+        self._oversized_slot = asyncio.Semaphore(1)
         self._closing = False
         self._stopped = False
 
@@ -149,10 +153,17 @@ class Batcher:
         """
         if self._closing:
             raise NotReadyError(f"model {self.name} is shutting down")
-        if len(self._queue) >= self._max_queue:
+        if len(self._queue) + len(self._oversized) >= self._max_queue:
             raise OverloadedError(f"model {self.name} is overloaded: its queue is full")
         loop = asyncio.get_running_loop()
         future: asyncio.Future[Tensors] = loop.create_future()
+        if rows > self._max_rows and self._stackable:
+            item = _Pending(inputs, rows, (), future, loop.time(), deadline)
+            item.handle = loop.call_at(deadline, _expire, future, self.name)
+            task = loop.create_task(self._run_oversized(item), name=f"batcher:{self.name}:large")
+            self._oversized.add(task)
+            task.add_done_callback(self._oversized.discard)
+            return future
         # Only requests whose inputs agree beyond the batch dimension can be stacked.
         key = tuple((n, a.shape[1:], a.dtype) for n, a in inputs.items()) if self._stackable else ()
         item = _Pending(inputs, rows, key, future, time.perf_counter(), deadline)
@@ -170,8 +181,9 @@ class Batcher:
         self._stopped = True
         self._closing = True
         self._wake.set()
-        if self._workers:
-            _, pending = await asyncio.wait(self._workers, timeout=timeout_s)
+        tasks = [*self._workers, *self._oversized]
+        if tasks:
+            _, pending = await asyncio.wait(tasks, timeout=timeout_s)
             for task in pending:
                 task.cancel()
             await asyncio.gather(*pending, return_exceptions=True)
@@ -227,6 +239,15 @@ class Batcher:
                 await wait_woken(self._wake, left_s)
         return "full"
 
+    async def _run_oversized(self, item: _Pending) -> None:
+        try:
+            async with self._oversized_slot:
+                if not item.future.done():  # not cancelled nor past its deadline meanwhile
+                    await self._run([item], "full")
+        except asyncio.CancelledError:
+            _fail([item], NotReadyError(f"model {self.name} shut down before the request ran"))
+            raise
+
     def _take(self) -> list[_Pending]:
         now = asyncio.get_running_loop().time()
         batch: list[_Pending] = []
@@ -276,7 +297,7 @@ class Batcher:
                 for name in batch[0].inputs
             }
         try:
-            if self._inline and rows <= self._max_rows:
+            if self._inline and rows <= self._max_rows:  # an oversized one: the executor
                 outputs = self._run_fn(inputs)
             else:
                 outputs = await loop.run_in_executor(self._executor, self._run_fn, inputs)

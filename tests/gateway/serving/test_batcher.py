@@ -337,3 +337,21 @@ async def test_an_inline_batcher_runs_a_request_over_max_batch_size_on_the_execu
     main = threading.current_thread().name
     assert threads[0] == main  # small batches stay on the event loop
     assert threads[1].startswith("batch-worker")  # the client-sized one does not
+
+
+async def test_an_oversized_request_holds_up_no_other_batch() -> None:
+    release = threading.Event()
+
+    def model(inputs: Tensors) -> Tensors:
+        if inputs["x"].shape[0] > 4:
+            release.wait(10)  # the large one runs until the small ones are answered
+        return {"y": inputs["x"] * 2}
+
+    with ThreadPoolExecutor(2) as pool:
+        async with make(model, pool, max_batch_size=4) as batcher:  # type: ignore[arg-type]
+            large = batcher.enqueue(rows(*range(10)), 10, deadline())
+            small = await batcher.submit(rows(1), 1, deadline())
+            assert small["y"].tolist() == [[2, 2]]
+            assert not large.done()
+            release.set()
+            assert (await large)["y"].shape == (10, 2)
