@@ -16,7 +16,7 @@ from typing import Any
 import httpx
 import yaml
 
-__all__ = ["GatewayProcess", "free_port", "start_gateway", "wait_http"]
+__all__ = ["GatewayProcess", "demo_gateway", "free_port", "start_gateway", "wait_http"]
 
 
 def free_port() -> int:
@@ -95,3 +95,20 @@ def start_gateway(
         yield gateway
     finally:
         gateway.stop()
+
+
+@contextlib.contextmanager
+def demo_gateway(
+    tmp_path: Path, registry: Path, admin_token: str, server: dict[str, Any] | None = None
+) -> Iterator[GatewayProcess]:
+    """A gateway serving the demo model, admin API on; its log must end with no traceback."""
+    config = {
+        "server": server or {},
+        "registry": {"backend": "local", "root": str(registry), "poll_interval_s": 60},
+        "models": [{"name": "breast_cancer", "ref": "breast_cancer@champion"}],
+        "admin": {"tokens": {"ops": admin_token}, "audit_log": str(tmp_path / "audit.jsonl")},
+    }
+    with start_gateway(tmp_path, config) as gw:
+        yield gw
+        # whatever the clients sent, nothing reached the log as an unhandled error
+        assert "Traceback" not in gw.log(), gw.log()[-5000:]
