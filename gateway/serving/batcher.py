@@ -158,7 +158,7 @@ class Batcher:
         loop = asyncio.get_running_loop()
         future: asyncio.Future[Tensors] = loop.create_future()
         if rows > self._max_rows and self._stackable:
-            item = _Pending(inputs, rows, (), future, loop.time(), deadline)
+            item = _Pending(inputs, rows, (), future, time.perf_counter(), deadline)
             item.handle = loop.call_at(deadline, _expire, future, self.name)
             task = loop.create_task(self._run_oversized(item), name=f"batcher:{self.name}:large")
             self._oversized.add(task)
