@@ -200,10 +200,26 @@ class FeatureLogMetrics:
         self._dropped = Counter(
             "gateway_feature_log_dropped_records",
             "Log records dropped by policy, by reason (queue_full, spool_full, sampled_out, "
-            "shutdown).",
+            "shutdown, dead_letter_full).",
             ("reason",),
             registry=registry,
         )
+        self._dead_lettered = Counter(
+            "gateway_feature_log_dead_letter_records",
+            "Log records the broker refused for good, kept in the dead-letter file, by reason "
+            "(message_too_large, topic_authorization_failed, ...).",
+            ("reason",),
+            registry=registry,
+        )
+        oversized = Counter(
+            "gateway_feature_log_oversized_records",
+            "Log records over max_message_bytes on their own, by what was done: split (by rows, "
+            "into parts) or cut (logged without features, inputs and outputs).",
+            ("action",),
+            registry=registry,
+        )
+        self._split = oversized.labels("split")
+        self._cut = oversized.labels("cut")
         self._queue = Gauge(
             "gateway_feature_log_queue_depth", "Records waiting in memory.", registry=registry
         )
@@ -227,6 +243,13 @@ class FeatureLogMetrics:
 
     def dropped(self, reason: str, count: int = 1) -> None:
         self._dropped.labels(reason).inc(count)
+
+    def dead_lettered(self, reason: str, count: int) -> None:
+        self._dead_lettered.labels(reason).inc(count)
+
+    def oversized(self, split: int, cut: int) -> None:
+        self._split.inc(split)
+        self._cut.inc(cut)
 
     def depths(self, queue: int, spool_messages: int, spool_bytes: int) -> None:
         self._queue.set(queue)

@@ -4,7 +4,8 @@ Kafka is away and replayed in order; predictions never wait for it.
 It uses serving's signatures; other packages import only these names.
 """
 
-from gateway.featurelog.log import FeatureLog, pack_messages
+from gateway.featurelog.log import FeatureLog
+from gateway.featurelog.packing import pack_messages
 from gateway.featurelog.records import RecordBuilder, RequestInfo
 from gateway.featurelog.settings import FeatureLogSettings
 from gateway.featurelog.setup import build_feature_log, build_record_builder, producer_options

@@ -7,6 +7,7 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
 
+from gateway.featurelog.dead_letter import DeadLetterFile
 from gateway.featurelog.kafka_sink import KafkaSink
 from gateway.featurelog.log import FeatureLog
 from gateway.featurelog.records import RecordBuilder
@@ -75,6 +76,8 @@ async def build_feature_log(
         queue_size=settings.queue_size,
         batch_size=settings.batch_size,
         linger_s=settings.linger_s,
+        max_message_bytes=settings.max_message_bytes,
+        dead_letter=DeadLetterFile(settings.spool_dir, settings.dead_letter_max_bytes),
         shutdown_timeout_s=shutdown_timeout_s,
     )
     async with feature_log:
