@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
@@ -46,8 +45,7 @@ def refusal_reason(exc: BaseException) -> str | None:
     """Why the broker refused records for good (``message_too_large``...), or None when the
     failure is worth retrying (connection, timeout, leader moved)."""
     if isinstance(exc, BrokerResponseError) and not exc.retriable:
-        name = type(exc).__name__.removesuffix("Error").removesuffix("Exception")
-        return re.sub(r"(?<!^)(?=[A-Z])", "_", name).lower()
+        return str(exc.message).lower()  # Kafka's name of the error code: MESSAGE_TOO_LARGE...
     return None
 
 

@@ -3,13 +3,21 @@ from __future__ import annotations
 import asyncio
 from pathlib import Path
 
+import orjson
+from aiokafka.errors import (
+    KafkaConnectionError,
+    MessageSizeTooLargeError,
+    NotLeaderForPartitionError,
+    TopicAuthorizationFailedError,
+)
 from prometheus_client import CollectorRegistry
 
-from gateway.featurelog.kafka_sink import SendResult
+from gateway.featurelog.kafka_sink import SendResult, refusal_reason
 from gateway.featurelog.log import FeatureLog
 from gateway.featurelog.spool import Spool
 from gateway.metrics import FeatureLogMetrics
 from monitors.schema import InferenceRecord, decode_records
+from tests._log_records import log_record
 
 
 class FlakySink:
@@ -174,3 +182,73 @@ async def test_full_queue_drops_and_counts_never_blocks(tmp_path: Path) -> None:
         dropped = value(registry, "gateway_feature_log_dropped_records_total", reason="queue_full")
         assert dropped == 90
     assert len(sink.got) == 10
+
+
+class LimitedSink(FlakySink):
+    """Refuses every message over 1 MB for good, as a Kafka broker with its default
+    ``message.max.bytes`` does."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.rows: dict[str, int] = {}
+
+    async def send(self, records: list[tuple[bytes, bytes]]) -> SendResult:
+        refused = {i: "message_size_too_large" for i, (_, v) in enumerate(records) if len(v) > 1e6}
+        for i, (_, value) in enumerate(records):
+            if i in refused:
+                continue
+            for record in decode_records(value):
+                if record["request_id"] not in self.rows:
+                    self.got.append(record["request_id"])
+                self.rows[record["request_id"]] = (
+                    self.rows.get(record["request_id"], 0) + record["rows"]
+                )
+        return SendResult(len(records), refused)
+
+
+async def test_messages_the_broker_refuses_go_to_the_dead_letter_file_and_block_nothing(
+    tmp_path: Path,
+) -> None:
+    sink, registry = LimitedSink(), CollectorRegistry()
+    # max_message_bytes set above what the broker takes: a misconfiguration the log survives
+    async with make(sink, tmp_path, registry, max_message_bytes=4_000_000) as feature_log:
+        feature_log.submit(b"m", log_record(0))
+        feature_log.submit(b"m", log_record(1, rows=40_000))
+        for i in range(2, 200):
+            feature_log.submit(b"m", log_record(i))
+        await wait_for(lambda: "r199" in sink.got)
+    assert [i for i in sink.got if i != "r1"] == ["r0", *(f"r{i}" for i in range(2, 200))]
+    dead_letter = (tmp_path / "dead-letter.jsonl").read_bytes().splitlines()
+    lines = [orjson.loads(line) for line in dead_letter]
+    assert {line["reason"] for line in lines} == {"message_size_too_large"}
+    dead = [r for line in lines for r in decode_records(line["message"].encode())]
+    assert {r["request_id"] for r in dead} == {"r1"}
+    assert sum(r["rows"] for r in dead) + sink.rows.get("r1", 0) == 40_000, "each part somewhere"
+    reason = {"reason": "message_size_too_large"}
+    assert value(registry, "gateway_feature_log_dead_letter_records_total", **reason) == len(dead)
+    assert Spool(tmp_path, max_bytes=10_000_000).pending_records == 0, "nothing stuck"
+
+
+async def test_within_the_broker_limit_a_large_request_is_logged_whole_in_parts(
+    tmp_path: Path,
+) -> None:
+    sink, registry = LimitedSink(), CollectorRegistry()
+    async with make(sink, tmp_path, registry) as feature_log:
+        feature_log.submit(b"m", log_record(0, rows=140_000))
+        feature_log.submit(b"m", log_record(1, routing_key="k" * (1 << 20)))
+        await wait_for(lambda: "r1" in sink.got)
+    assert set(sink.got) == {"r0", "r1"}
+    assert (
+        value(registry, "gateway_feature_log_dead_letter_records_total", reason="message_too_large")
+        == 0
+    )
+    assert value(registry, "gateway_feature_log_oversized_records_total", action="split") == 1
+    assert value(registry, "gateway_feature_log_oversized_records_total", action="cut") == 1
+
+
+def test_only_non_retriable_broker_errors_are_refusals() -> None:
+    assert refusal_reason(MessageSizeTooLargeError()) == "message_size_too_large"
+    assert refusal_reason(TopicAuthorizationFailedError()) == "topic_authorization_failed"
+    assert refusal_reason(NotLeaderForPartitionError()) is None
+    assert refusal_reason(KafkaConnectionError()) is None
+    assert refusal_reason(TimeoutError()) is None

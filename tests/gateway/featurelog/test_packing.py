@@ -5,23 +5,10 @@ import numpy as np
 from gateway.featurelog import pack_messages
 from gateway.featurelog.packing import pack
 from monitors.schema import FeatureMatrix, InferenceRecord, decode_records
+from tests._log_records import log_record
 
-NAMES = [f"f{j}" for j in range(30)]
 LIMIT = 1_000_000
-
-
-def record(i: int, rows: int = 1, **extra: object) -> InferenceRecord:
-    rng = np.random.default_rng(i)
-    built: InferenceRecord = {
-        "schema_version": 2, "request_id": f"r{i}", "time": float(i), "endpoint": "m",
-        "model": "m", "version": "1", "variant": "default", "role": "primary", "rows": rows,
-        "latency_s": 0.01, "status": "ok",
-        "features": FeatureMatrix(NAMES, rng.normal(size=(rows, 30)).astype(np.float32)),
-        "outputs": {"label": np.arange(rows) % 2,
-                    "probabilities": rng.random((rows, 2)).astype(np.float32)},
-    }  # fmt: skip
-    built.update(extra)  # type: ignore[typeddict-item]
-    return built
+record = log_record
 
 
 def decoded(messages: list[tuple[bytes, bytes, int]]) -> list[InferenceRecord]:
