@@ -22,6 +22,7 @@ from gateway.settings import GatewaySettings, RegistrySettings
 from gateway.traffic import (
     AuditLog,
     ControlChannel,
+    ControlSigner,
     Route,
     RouteStore,
     ShadowDispatcher,
@@ -139,7 +140,20 @@ async def start_core(
         options["bootstrap_servers"] = (
             settings.control.bootstrap_servers or settings.feature_log.bootstrap_servers
         )
-        channel = ControlChannel(settings.control.topic, options, settings.control.timeout_s)
+        control = settings.control
+        assert control.signing_key is not None  # the settings require it when enabled
+        signer = ControlSigner(
+            control.topic,
+            control.signing_key.get_secret_value().encode(),
+            [key.get_secret_value().encode() for key in control.previous_signing_keys],
+        )
+        channel = ControlChannel(
+            control.topic,
+            options,
+            control.timeout_s,
+            signer,
+            lambda reason: metrics.control_rejected.labels(reason).inc(),
+        )
     store = await stack.enter_async_context(
         RouteStore(traffic, AuditLog(settings.admin.audit_log), metrics, channel, replica_id)
     )

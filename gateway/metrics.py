@@ -142,6 +142,24 @@ class GatewayMetrics:
             ("model", "actor"),
             registry=registry,
         )
+        self.route_conflicts = Counter(
+            "gateway_route_conflicts",
+            "Route changes skipped because the route had changed since they were made (the "
+            "proposer makes them again on the new state, or answers 412).",
+            ("model",),
+            registry=registry,
+        )
+        self.audit_failures = Counter(
+            "gateway_audit_write_failures",
+            "Route changes applied whose audit entry could not be written.",
+            registry=registry,
+        )
+        self.control_rejected = Counter(
+            "gateway_control_messages_rejected",
+            "Control-topic messages refused, by reason: unsigned, bad_signature, malformed.",
+            ("reason",),
+            registry=registry,
+        )
 
     def for_batches(self, model: str, version: str, variant: str) -> BatchMetrics:
         """Metrics of one model version's batcher, with labels bound once."""

@@ -213,6 +213,9 @@ def _read_file(path: Path) -> dict[str, Any]:
     registry = data.get("registry")
     if isinstance(registry, dict):
         _resolve_paths(registry, path.parent, ("root", "cache_dir"))
+    admin = data.get("admin")
+    if isinstance(admin, dict):
+        _resolve_paths(admin, path.parent, ("audit_log",))
     feature_log = data.get("feature_log")
     if isinstance(feature_log, dict):
         _resolve_paths(

@@ -40,6 +40,7 @@ from gateway.http.endpoints import (
 )
 from gateway.metrics import GatewayMetrics
 from gateway.settings import GatewaySettings
+from gateway.traffic import RevisionMismatchError, RouteConflictError
 from registry_client import Registry
 
 __all__ = ["GatewayApp", "create_app"]
@@ -55,6 +56,8 @@ register_status(NotReadyError, 503)  # also OverloadedError and DeadlineExceeded
 register_status(AdminAuthError, 401)
 register_status(AdminDisabledError, 403)
 register_status(ModelLoadError, 409)  # a route change naming a model that cannot load
+register_status(RouteConflictError, 409)  # other replicas' changes kept coming first
+register_status(RevisionMismatchError, 412)  # If-Match named another revision
 
 
 def create_app(

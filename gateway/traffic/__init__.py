@@ -7,8 +7,15 @@ only these names.
 
 from gateway.traffic.canary import VariantStats
 from gateway.traffic.cli import add_routes_commands, run_routes_command
-from gateway.traffic.control import ControlChannel
-from gateway.traffic.route_store import AuditLog, RouteStore
+from gateway.traffic.control import ControlChannel, ControlSigner
+from gateway.traffic.route_store import (
+    AuditLog,
+    AuditLogError,
+    ControlUnavailableError,
+    RevisionMismatchError,
+    RouteConflictError,
+    RouteStore,
+)
 from gateway.traffic.router import Traffic
 from gateway.traffic.routes import CanaryRule, Route, ShadowSpec, VariantSpec, follow
 from gateway.traffic.settings import AdminSettings, ControlSettings
@@ -17,10 +24,15 @@ from gateway.traffic.shadow import ShadowDispatcher
 __all__ = [
     "AdminSettings",
     "AuditLog",
+    "AuditLogError",
     "CanaryRule",
     "ControlChannel",
     "ControlSettings",
+    "ControlSigner",
+    "ControlUnavailableError",
+    "RevisionMismatchError",
     "Route",
+    "RouteConflictError",
     "RouteStore",
     "ShadowDispatcher",
     "ShadowSpec",

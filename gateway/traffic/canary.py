@@ -117,7 +117,7 @@ class CanaryController:
             return True
         breach = self._breach(rule)
         if breach is not None:
-            weights = _weights(route, rule, 0.0)
+            weights = _weights(route, rule, 0)
             new = route.with_weights(weights, canary=_with_state(rule, "rolled_back"))
             log.warning("canary %s: rolling back %s: %s", self.endpoint, rule.variant, breach)
             await self._change(new, "canary", f"rolled back {rule.variant}: {breach}")
@@ -140,7 +140,7 @@ class CanaryController:
         new = route.with_weights(
             _weights(route, rule, percent), canary=_with_state(rule, f"step-{index}")
         )
-        await self._change(new, "canary", f"{reason} to {percent:g}%")
+        await self._change(new, "canary", f"{reason} to {percent}%")
 
     def _breach(self, rule: CanaryRule) -> str | None:
         stats = self._stats
@@ -165,7 +165,7 @@ class CanaryController:
         return None
 
 
-def _weights(route: Route, rule: CanaryRule, percent: float) -> dict[str, float]:
+def _weights(route: Route, rule: CanaryRule, percent: int) -> dict[str, int]:
     """The canary at ``percent``; the baseline absorbs the difference, others keep theirs."""
     canary = route.variant(rule.variant)
     baseline = route.variant(rule.baseline)

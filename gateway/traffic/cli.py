@@ -88,7 +88,7 @@ def _call(client: httpx.Client, args: argparse.Namespace) -> httpx.Response:
             name, _, value = item.partition("=")
             if not value:
                 raise ValueError(f"expected VARIANT=PERCENT, got {item!r}")
-            weights[name] = float(value.rstrip("%"))
+            weights[name] = int(value.rstrip("%"))
         return client.patch(path, json={"weights": weights})
     if args.action == "shadow":
         current = client.get(path)
@@ -107,7 +107,7 @@ def _call(client: httpx.Client, args: argparse.Namespace) -> httpx.Response:
         rule = {
             "variant": args.variant,
             "baseline": args.baseline,
-            "steps": [float(s) for s in args.steps.split(",")],
+            "steps": [int(s) for s in args.steps.split(",")],
             "interval_s": args.interval,
             "window_s": args.window,
             "min_requests": args.min_requests,
