@@ -119,8 +119,13 @@ class ControlChannel:
             producer = AIOKafkaProducer(
                 acks="all", request_timeout_ms=int(self._timeout_s * 1000), **self._options
             )
-            async with asyncio.timeout(self._timeout_s):
-                await producer.start()
+            try:
+                async with asyncio.timeout(self._timeout_s):
+                    await producer.start()
+            except BaseException:
+                with contextlib.suppress(Exception):
+                    await producer.stop()
+                raise
             self._producer = producer
         try:
             async with asyncio.timeout(self._timeout_s):

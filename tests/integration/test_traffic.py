@@ -320,8 +320,9 @@ def test_shadow_never_slows_or_fails_the_primary(demo_registry: Path, tmp_path: 
 def test_replicas_converge_through_the_control_topic(
     demo_registry: Path, tmp_path: Path, broker: EmbeddedBroker
 ) -> None:
-    config = split_config(demo_registry, AB,
-                          control={"enabled": True, "bootstrap_servers": broker.bootstrap_servers})  # fmt: skip
+    control = {"enabled": True, "bootstrap_servers": broker.bootstrap_servers,
+               "signing_key": "control-signing-key-of-32-chars!!"}  # fmt: skip
+    config = split_config(demo_registry, AB, control=control)
     with (
         start_gateway(tmp_path, config) as a,
         start_gateway(tmp_path, config) as b,
