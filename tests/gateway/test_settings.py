@@ -84,7 +84,7 @@ def test_the_audit_log_is_relative_to_the_config_file(tmp_path: Path) -> None:
 
 
 def test_the_control_topic_needs_a_signing_key(monkeypatch: pytest.MonkeyPatch) -> None:
-    with pytest.raises(ConfigError, match="control.signing_key is required"):
+    with pytest.raises(ConfigError, match=r"control\.signing_key is required"):
         load_settings(control={"enabled": True})
     with pytest.raises(ConfigError, match="at least 32 characters"):
         load_settings(control={"enabled": True, "signing_key": "short"})
