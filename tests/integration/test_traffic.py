@@ -171,6 +171,14 @@ class Load:
         self._stop.set()
         self._thread.join()
 
+    def wait_for(self, count: int, timeout_s: float = 300.0) -> None:
+        """Wait until ``count`` requests are answered (on a busy machine that takes longer
+        than the pace says); the bound only turns a hang into a failure."""
+        deadline = time.monotonic() + timeout_s
+        while len(self.results) < count:
+            assert time.monotonic() < deadline, f"{len(self.results)} of {count} answered"
+            time.sleep(0.05)
+
     def _run(self) -> None:
         with httpx.Client(timeout=10) as client:
             i = 0
@@ -268,7 +276,7 @@ def test_shadow_never_slows_or_fails_the_primary(demo_registry: Path, tmp_path: 
     route = {"variants": [{"name": "primary", "ref": "breast_cancer@champion", "weight": 100}]}
     with start_gateway(tmp_path, split_config(demo_registry, route)) as gw:
         with Load(url(gw), rate=200) as alone:
-            time.sleep(4)
+            alone.wait_for(800)
         shadows = [
             # at most 5% of a core: the slow shadow falls behind, so copies must be dropped
             {
@@ -285,7 +293,7 @@ def test_shadow_never_slows_or_fails_the_primary(demo_registry: Path, tmp_path: 
                               headers=AUTH, timeout=60)  # fmt: skip
         assert patched.status_code == 200, patched.text
         with Load(url(gw), rate=200) as shadowed:
-            time.sleep(4)
+            shadowed.wait_for(800)
         metrics = httpx.get(f"{gw.url}/metrics").text
     alone_lat = [lat for status, lat, _ in alone.results if status == 200]
     shadow_lat = [lat for status, lat, _ in shadowed.results if status == 200]
