@@ -41,8 +41,8 @@ MAX_VARIANTS = 16
 MAX_SHADOWS = 8
 _NAME = r"^[A-Za-z0-9][A-Za-z0-9_.\-]*$"
 Name = Annotated[str, Field(strict=True, pattern=_NAME, min_length=1, max_length=128)]
-# A registry reference, "name@alias" or "name/version": each part a file name in the registry.
-Ref = Annotated[str, Field(strict=True, min_length=1, max_length=200)]
+# A registry reference, "name@alias" or "name/version": ModelRef.parse bounds each part.
+Ref = Annotated[str, Field(strict=True, min_length=1)]
 Percent = Annotated[int, Field(strict=True, ge=0, le=100)]
 Seconds = Annotated[float, Field(strict=True, gt=0)]
 
