@@ -26,8 +26,10 @@ class Recorder:
         self.fail_when = fail_when
         self.release = threading.Event()
         self.release.set()
+        self.called = threading.Event()
 
     def __call__(self, inputs: Tensors) -> Tensors:
+        self.called.set()
         self.release.wait(5)
         x = inputs["x"]
         self.batches.append(x.shape[0])
@@ -44,6 +46,11 @@ def rows(*values: float) -> Tensors:
 
 def deadline(seconds: float = 5.0) -> float:
     return asyncio.get_running_loop().time() + seconds
+
+
+async def running(model: Recorder) -> None:
+    """Wait until a batch is inside the model (however busy the machine is)."""
+    assert await asyncio.to_thread(model.called.wait, 30)
 
 
 def make(model: Recorder, executor: ThreadPoolExecutor, **kw: object) -> Batcher:
@@ -139,7 +146,7 @@ async def test_full_queue_is_refused_at_once() -> None:
         batcher = make(model, executor, max_batch_size=1, max_batch_delay_s=0, max_queue_size=2)
         async with batcher:
             first = asyncio.create_task(batcher.submit(rows(0), 1, deadline()))
-            await asyncio.sleep(0.05)  # now running, the queue is empty
+            await running(model)  # the queue is empty again
             queued = [asyncio.create_task(batcher.submit(rows(i), 1, deadline())) for i in (1, 2)]
             await asyncio.sleep(0)
             with pytest.raises(OverloadedError) as info:
@@ -156,14 +163,12 @@ async def test_missed_deadline_answers_instead_of_hanging_and_never_runs() -> No
         batcher = make(model, executor, max_batch_size=1, max_batch_delay_s=0)
         async with batcher:
             blocker = asyncio.create_task(batcher.submit(rows(0), 1, deadline()))
-            await asyncio.sleep(0.05)
-            start = time.monotonic()
+            await running(model)
+            # the model is held until after this answer: without the deadline it would hang
             with pytest.raises(DeadlineExceededError):
                 await batcher.submit(rows(7), 1, deadline(0.1))
-            assert time.monotonic() - start < 1.0
             model.release.set()
             await blocker
-            await asyncio.sleep(0.05)
     assert model.batches == [1]  # the expired request was dropped before running
 
 
@@ -173,7 +178,7 @@ async def test_cancelled_caller_leaves_its_batch_before_it_runs() -> None:
         async with make(model, executor, max_batch_delay_s=0.1) as batcher:
             gone = asyncio.create_task(batcher.submit(rows(9), 1, deadline()))
             stays = asyncio.create_task(batcher.submit(rows(1), 1, deadline()))
-            await asyncio.sleep(0.01)
+            await asyncio.sleep(0)  # both are queued; the batch closes 0.1 s after the first
             gone.cancel()
             result = await stays
             with pytest.raises(asyncio.CancelledError):
