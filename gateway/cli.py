@@ -11,6 +11,7 @@ from gateway.errors import ConfigError
 from gateway.serve import serve
 from gateway.settings import load_settings
 from gateway.traffic import add_routes_commands, run_routes_command
+from gateway.workers import supervise, worker_count
 
 __all__ = ["main"]
 
@@ -25,6 +26,12 @@ def main(argv: list[str] | None = None) -> int:
     serve_cmd.add_argument("--config", type=Path, help="YAML or TOML config file")
     serve_cmd.add_argument("--host", help="override server.host")
     serve_cmd.add_argument("--port", type=int, help="override server.port")
+    serve_cmd.add_argument(
+        "--workers",
+        type=_workers,
+        help="override server.workers: worker processes sharing the port (N, or auto: one per "
+        "usable core)",
+    )
     serve_cmd.add_argument("--log-level", default="info", choices=["debug", "info", "warning"])
     demo_cmd = sub.add_parser("demo", help="train and register the demo model (needs [demo])")
     demo_cmd.add_argument("--registry", type=Path, required=True, help="local registry folder")
@@ -67,6 +74,8 @@ def main(argv: list[str] | None = None) -> int:
         overrides["server__host"] = args.host
     if args.port is not None:
         overrides["server__port"] = args.port
+    if args.workers is not None:
+        overrides["server__workers"] = args.workers
     try:
         settings = load_settings(args.config, **overrides)
     except ConfigError as exc:
@@ -78,5 +87,20 @@ def main(argv: list[str] | None = None) -> int:
             file=sys.stderr,
         )
         return 2
+    workers = worker_count(settings.server.workers)
+    if workers > 1:
+        return supervise(settings, workers, args.log_level)
     serve(settings, args.log_level)
     return 0
+
+
+def _workers(value: str) -> int | str:
+    if value == "auto":
+        return value
+    try:
+        count = int(value)
+    except ValueError:
+        count = 0
+    if count < 1:
+        raise argparse.ArgumentTypeError(f"expected a number >= 1 or auto, got {value!r}")
+    return count

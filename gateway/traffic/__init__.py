@@ -7,7 +7,7 @@ only these names.
 
 from gateway.traffic.canary import VariantStats
 from gateway.traffic.cli import add_routes_commands, run_routes_command
-from gateway.traffic.control import ControlChannel
+from gateway.traffic.control import ControlChannel, RouteChannel
 from gateway.traffic.route_store import AuditLog, RouteStore
 from gateway.traffic.router import Traffic
 from gateway.traffic.routes import CanaryRule, Route, ShadowSpec, VariantSpec, follow
@@ -21,6 +21,7 @@ __all__ = [
     "ControlChannel",
     "ControlSettings",
     "Route",
+    "RouteChannel",
     "RouteStore",
     "ShadowDispatcher",
     "ShadowSpec",

@@ -9,7 +9,7 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import Awaitable, Callable
-from typing import Any
+from typing import Any, Protocol
 
 import orjson
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
@@ -17,11 +17,22 @@ from aiokafka.errors import KafkaError
 
 from monitors.broker import BrokerError, create_topics
 
-__all__ = ["ControlChannel"]
+__all__ = ["ControlChannel", "RouteChannel"]
 
 log = logging.getLogger(__name__)
 
 Handler = Callable[[dict[str, Any]], Awaitable[None]]
+
+
+class RouteChannel(Protocol):
+    """How route changes reach every replica: the control topic, or the worker processes'
+    supervisor (``gateway.workers``)."""
+
+    async def start(self, handler: Handler) -> None: ...
+
+    async def stop(self) -> None: ...
+
+    async def publish(self, event: dict[str, Any]) -> None: ...
 
 
 class ControlChannel:

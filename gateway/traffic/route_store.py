@@ -15,7 +15,7 @@ from pydantic import ValidationError
 
 from gateway.errors import GatewayError, InvalidInputError, UnknownModelError
 from gateway.metrics import GatewayMetrics
-from gateway.traffic.control import ControlChannel
+from gateway.traffic.control import RouteChannel
 from gateway.traffic.router import Traffic
 from gateway.traffic.routes import Route
 
@@ -40,7 +40,9 @@ class AuditLog:
                 self.entries.append(json.loads(line))
 
     def remember(self, change: dict[str, Any]) -> None:
-        self.entries.append(change)
+        # a restarted worker reads the file, then is handed the latest changes again
+        if not any(entry.get("id") == change.get("id") for entry in self.entries):
+            self.entries.append(change)
 
     def write(self, change: dict[str, Any]) -> None:
         if self._path is None:
@@ -63,7 +65,7 @@ class RouteStore:
         traffic: Traffic,
         audit: AuditLog,
         metrics: GatewayMetrics,
-        channel: ControlChannel | None,
+        channel: RouteChannel | None,
         replica_id: str,
         apply_timeout_s: float = 30.0,
     ) -> None:
