@@ -38,6 +38,7 @@ class Hub:
         self._apply_timeout_s = apply_timeout_s
         self._collect_timeout_s = collect_timeout_s
         self._connected: dict[int, Link] = {}
+        self._serving: set[int] = set()
         self._following: dict[int, Link] = {}  # workers that take route changes (said hello)
         self._latest: dict[str, tuple[int, dict[str, Any]]] = {}  # endpoint -> (order, change)
         self._order = 0
@@ -46,7 +47,7 @@ class Hub:
         self._retired: list[Family] = []  # counters of workers that ended
         own = CollectorRegistry()
         self._own = own
-        self.running = Gauge("gateway_workers", "Worker processes running now.", registry=own)
+        self.serving = Gauge("gateway_workers", "Worker processes serving now.", registry=own)
         self.restarts = Counter(
             "gateway_worker_restarts",
             "Worker processes restarted after they ended unexpectedly.",
@@ -62,6 +63,8 @@ class Hub:
                 return [change for _, change in sorted(self._latest.values(), key=_first)]
 
         async def ready() -> None:
+            self._serving.add(slot)
+            self.serving.set(len(self._serving))
             on_ready()
 
         async def publish(change: dict[str, Any]) -> None:
@@ -86,16 +89,16 @@ class Hub:
 
     def attach(self, slot: int, link: Link) -> None:
         self._connected[slot] = link
-        self.running.set(len(self._connected))
 
     def detach(self, slot: int) -> None:
         """Worker ``slot`` ended: keep what it counted, forget the rest."""
         self._connected.pop(slot, None)
         self._following.pop(slot, None)
+        self._serving.discard(slot)
         snapshot = self._snapshots.pop(slot, None)
         if snapshot:
             self._retired = merge([self._retired, summable(snapshot)], WORKER_AGGREGATION)
-        self.running.set(len(self._connected))
+        self.serving.set(len(self._serving))
 
     async def collect(self) -> list[Family]:
         """Every worker's metrics merged, with the supervisor's own."""
