@@ -1,4 +1,4 @@
-"""The ``gateway`` command: ``serve``, ``demo`` and ``routes``."""
+"""The ``gateway`` command: ``serve``, ``stack``, ``demo`` and ``routes``."""
 
 from __future__ import annotations
 
@@ -12,15 +12,23 @@ from gateway.serve import serve
 from gateway.settings import load_settings
 from gateway.traffic import add_routes_commands, run_routes_command
 from gateway.workers import supervise, worker_count
+from monitors.settings import SettingsError
 
 __all__ = ["main"]
 
 log = logging.getLogger("gateway")
 
+_DESCRIPTION = (
+    "A model-serving gateway: serve ONNX models over the Open Inference Protocol v2 (serve), "
+    "run the demo stack with its broker and drift monitor (stack, what 'make serve' runs), "
+    "register the demo model (demo), show and change traffic routes (routes). "
+    "'gateway COMMAND --help' tells more."
+)
+
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``gateway`` command."""
-    parser = argparse.ArgumentParser(prog="gateway", description=__doc__)
+    parser = argparse.ArgumentParser(prog="gateway", description=_DESCRIPTION)
     sub = parser.add_subparsers(dest="command", required=True)
     serve_cmd = sub.add_parser("serve", help="serve the models named in the config file")
     serve_cmd.add_argument("--config", type=Path, help="YAML or TOML config file")
@@ -40,7 +48,9 @@ def main(argv: list[str] | None = None) -> int:
     )
     stack_cmd.add_argument("--config", type=Path, required=True, help="gateway config file")
     stack_cmd.add_argument("--monitor-config", type=Path, help="drift monitor config file")
-    stack_cmd.add_argument("--broker-port", type=int, default=9092)
+    stack_cmd.add_argument("--port", type=int, help="override the gateway's server.port")
+    stack_cmd.add_argument("--monitor-port", type=int, help="override the monitor's http.port")
+    stack_cmd.add_argument("--broker-port", type=int, default=9092, help="the embedded broker's")
     add_routes_commands(sub)
     args = parser.parse_args(argv)
     if args.command == "routes":
@@ -56,8 +66,10 @@ def main(argv: list[str] | None = None) -> int:
         from gateway.stack import run_stack
 
         try:
-            return run_stack(args.config, args.monitor_config, args.broker_port)
-        except ConfigError as exc:
+            return run_stack(
+                args.config, args.monitor_config, args.broker_port, args.port, args.monitor_port
+            )
+        except (ConfigError, SettingsError) as exc:
             print(f"gateway: {exc}", file=sys.stderr)
             return 2
     if args.command == "demo":
