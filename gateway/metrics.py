@@ -20,9 +20,12 @@ _LATENCY_BUCKETS = (
     0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
 )  # fmt: skip
 _BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024)
-# How `gateway serve --workers N` combines each gauge over its workers into one /metrics
-# (counters and histograms are always summed). Every gauge declared here needs a row.
+# How `gateway serve --workers N` combines a family over its workers into one /metrics; what is
+# not here is summed. Every gauge declared here needs a row, and so does a counter that every
+# worker counts alike (each applies every route change).
 WORKER_AGGREGATION: dict[str, str] = {
+    "gateway_route_changes": "max",
+    "gateway_canary_events": "max",
     "gateway_queue_depth": "sum",  # requests waiting in all workers' queues
     "gateway_model_loaded": "max",  # 1 while any worker serves that version
     "gateway_build_info": "max",

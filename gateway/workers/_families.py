@@ -1,10 +1,10 @@
 """Metric families as plain data, so workers can send theirs to the supervisor, and the merge
 that makes one ``/metrics`` for the whole server.
 
-Counters, histograms and summaries are summed over workers, series by series (a worker that
-ended still counts: the supervisor keeps its last values). Gauges are combined as
-``gateway.metrics.WORKER_AGGREGATION`` says (sum, max or min). ``*_created`` samples take the
-earliest time.
+Series are summed over workers unless ``gateway.metrics.WORKER_AGGREGATION`` names another way
+(every gauge has a row there; so do the counters every worker counts alike, which take the
+maximum). A worker that ended still counts: the supervisor keeps its last counters.
+``*_created`` samples take the earliest time.
 """
 
 from __future__ import annotations
@@ -43,7 +43,7 @@ def summable(families: Iterable[Family]) -> list[Family]:
     return [f for f in families if f["type"] in _SUMMED]
 
 
-def merge(sources: Iterable[list[Family]], gauge_modes: dict[str, str]) -> list[Family]:
+def merge(sources: Iterable[list[Family]], modes: dict[str, str]) -> list[Family]:
     """One family per name, each series combined over ``sources`` (in first-seen order)."""
     merged: dict[str, Family] = {}
     values: dict[str, dict[tuple[str, tuple[tuple[str, str], ...]], float]] = {}
@@ -53,7 +53,7 @@ def merge(sources: Iterable[list[Family]], gauge_modes: dict[str, str]) -> list[
             if name not in merged:
                 merged[name] = {k: family[k] for k in ("name", "type", "help")}
                 values[name] = {}
-            mode = "sum" if family["type"] in _SUMMED else gauge_modes.get(name, "sum")
+            mode = modes.get(name, "sum")
             series = values[name]
             for sample_name, labels, raw in family["samples"]:
                 key = (sample_name, tuple(sorted(labels.items())))

@@ -12,6 +12,7 @@ def _worker(requests: int, depth: float, latency: float) -> CollectorRegistry:
     Counter("gateway_requests", "r", ["model"], registry=registry).labels("m").inc(requests)
     Gauge("gateway_queue_depth", "d", ["model"], registry=registry).labels("m").set(depth)
     Gauge("gateway_build_info", "b", ["version"], registry=registry).labels("1").set(1)
+    Counter("gateway_route_changes", "c", registry=registry).inc(2)  # each worker applies each
     hist = Histogram("gateway_request_duration_seconds", "h", ["model"], registry=registry)
     hist.labels("m").observe(latency)
     return registry
@@ -31,6 +32,7 @@ def test_counters_and_histograms_are_summed_and_gauges_combined_as_declared() ->
     assert values[("gateway_requests_total", (("model", "m"),))] == 8
     assert values[("gateway_queue_depth", (("model", "m"),))] == 6  # sum
     assert values[("gateway_build_info", (("version", "1"),))] == 1  # max
+    assert values[("gateway_route_changes_total", ())] == 2  # max: counted alike by every worker
     count = ("gateway_request_duration_seconds_count", (("model", "m"),))
     assert values[count] == 2
     fast = ("gateway_request_duration_seconds_bucket", (("le", "0.005"), ("model", "m")))
@@ -56,7 +58,11 @@ def test_a_series_only_one_worker_has_appears_once_and_created_takes_the_earlies
 
 def test_only_counting_families_outlive_their_worker() -> None:
     names = {f["name"] for f in summable(families_of(_worker(1, 1, 0.1)))}
-    assert names == {"gateway_requests", "gateway_request_duration_seconds"}
+    assert names == {
+        "gateway_requests",
+        "gateway_request_duration_seconds",
+        "gateway_route_changes",
+    }
 
 
 def test_every_gateway_gauge_says_how_workers_combine() -> None:
