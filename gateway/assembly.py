@@ -1,9 +1,10 @@
 """Assemble the gateway's core from its settings, in start order, on one exit stack.
 
-Start order: feature log, registry, model manager, traffic (routes, shadows, canaries), route
-store (control topic replay), then the routes of the config file for endpoints the control
-topic does not already hold. The stack stops them in reverse: requests drain before the models
-unload, and the models before the feature log flushes.
+Start order: the link to the other workers (``gateway serve --workers N``), feature log,
+registry, model manager, traffic (routes, shadows, canaries), route store (control topic
+replay), then the routes of the config file for endpoints the control topic does not already
+hold. The stack stops them in reverse: requests drain before the models unload, and the models
+before the feature log flushes.
 """
 
 from __future__ import annotations
@@ -13,6 +14,9 @@ import socket
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import AsyncExitStack
 from dataclasses import dataclass
+from typing import Protocol
+
+from prometheus_client import CollectorRegistry
 
 from gateway.featurelog import build_feature_log, build_record_builder, producer_options
 from gateway.inference import InferenceService
@@ -24,6 +28,7 @@ from gateway.traffic import (
     ControlChannel,
     ControlSigner,
     Route,
+    RouteChannel,
     RouteStore,
     ShadowDispatcher,
     Traffic,
@@ -31,7 +36,7 @@ from gateway.traffic import (
 )
 from registry_client import LocalRegistry, ModelRef, Registry
 
-__all__ = ["Core", "build_registry", "start_core"]
+__all__ = ["Core", "Peers", "build_registry", "start_core"]
 
 
 @dataclass
@@ -40,6 +45,26 @@ class Core:
 
     service: InferenceService
     routes: RouteStore
+
+
+class Peers(Protocol):
+    """The other worker processes of one server (``gateway serve --workers N``)."""
+
+    async def __aenter__(self) -> Peers: ...
+
+    async def __aexit__(self, *exc_info: object) -> None: ...
+
+    def route_channel(self, control: RouteChannel | None) -> RouteChannel:
+        """Where route changes go so that every worker has applied one before it counts."""
+        ...
+
+    async def ready(self, registry: CollectorRegistry) -> None:
+        """This worker serves now, with its metrics on ``registry``."""
+        ...
+
+    async def exposition(self) -> bytes:
+        """The metrics of the whole server, summed over its workers."""
+        ...
 
 
 def build_registry(settings: RegistrySettings) -> Registry:
@@ -65,9 +90,12 @@ async def start_core(
     metrics: GatewayMetrics,
     stack: AsyncExitStack,
     registry: Registry | None = None,
+    peers: Peers | None = None,
 ) -> Core:
     """Start every part of the core on ``stack``."""
     replica_id = settings.server.replica_id or f"{socket.gethostname()}-{os.getpid()}"
+    if peers is not None:
+        await stack.enter_async_context(peers)
     feature_log = None
     if settings.feature_log.enabled:
         feature_log = await stack.enter_async_context(
@@ -133,7 +161,7 @@ async def start_core(
         feature_log,
         build_record_builder(settings.feature_log),
     )
-    channel = None
+    channel: RouteChannel | None = None
     if settings.control.enabled:
         options = producer_options(settings.feature_log)
         options = {k: v for k, v in options.items() if k not in _PRODUCER_ONLY}
@@ -154,8 +182,13 @@ async def start_core(
             signer,
             lambda reason: metrics.control_rejected.labels(reason).inc(),
         )
+    audit = AuditLog(settings.admin.audit_log)
+    if peers is not None:
+        if channel is None:
+            audit.load()  # the route store reads the file only when it has no channel
+        channel = peers.route_channel(channel)
     store = await stack.enter_async_context(
-        RouteStore(traffic, AuditLog(settings.admin.audit_log), metrics, channel, replica_id)
+        RouteStore(traffic, audit, metrics, channel, replica_id)
     )
     for route in settings.initial_routes():
         if route.endpoint not in traffic.routes:

@@ -7,13 +7,33 @@ import platform
 import onnxruntime as ort
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
-__all__ = ["BatchMetrics", "FeatureLogMetrics", "GatewayMetrics", "ShadowMetrics"]
+__all__ = [
+    "WORKER_AGGREGATION",
+    "BatchMetrics",
+    "FeatureLogMetrics",
+    "GatewayMetrics",
+    "ShadowMetrics",
+]
 
 _LATENCY_BUCKETS = (
     0.0005, 0.001, 0.0025, 0.005, 0.0075, 0.01, 0.015, 0.025, 0.05, 0.075,
     0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
 )  # fmt: skip
 _BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024)
+# How `gateway serve --workers N` combines a family over its workers into one /metrics; what is
+# not here is summed. Every gauge declared here needs a row, and so does a counter that every
+# worker counts alike (each applies every route change).
+WORKER_AGGREGATION: dict[str, str] = {
+    "gateway_route_changes": "max",
+    "gateway_canary_events": "max",
+    "gateway_queue_depth": "sum",  # requests waiting in all workers' queues
+    "gateway_model_loaded": "max",  # 1 while any worker serves that version
+    "gateway_build_info": "max",
+    "gateway_feature_log_queue_depth": "sum",
+    "gateway_feature_log_spool_messages": "sum",  # each worker has its own spool
+    "gateway_feature_log_spool_bytes": "sum",
+    "gateway_workers": "sum",  # the supervisor's own
+}
 _SERVING = ("model", "version", "variant", "outcome")
 _VERSION = ("model", "version", "variant")
 

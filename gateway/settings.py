@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 import tomllib
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, model_validator
@@ -63,8 +63,12 @@ class ServerSettings(_Group):
     routing_key_header: str = "x-routing-key"
     # Header a caller sets to pin a variant, where the route allows pinning.
     pin_header: str = "x-model-variant"
-    # Names this replica in audit entries and canary ownership; default host-pid.
+    # Names this replica in audit entries and canary ownership; default host-pid (with
+    # several workers: host-pid of the supervisor, then -w<K> for worker K).
     replica_id: str | None = None
+    # Worker processes sharing the port under a supervisor; "auto": one per usable core.
+    # 1 runs the gateway in this one process, with no supervisor.
+    workers: Annotated[int, Field(ge=1, le=1024)] | Literal["auto"] = 1
 
 
 class RegistrySettings(_Group):

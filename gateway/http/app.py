@@ -5,11 +5,11 @@ from __future__ import annotations
 import gc
 import logging
 import re
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import AsyncExitStack, asynccontextmanager
 from typing import Any
 
-from prometheus_client import CollectorRegistry
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
@@ -17,7 +17,7 @@ from starlette.responses import Response
 from starlette.routing import Match, Route
 
 from gateway import __version__
-from gateway.assembly import start_core
+from gateway.assembly import Peers, start_core
 from gateway.errors import (
     GatewayError,
     InvalidInputError,
@@ -65,8 +65,10 @@ def create_app(
     *,
     metrics_registry: CollectorRegistry | None = None,
     registry: Registry | None = None,
+    peers: Peers | None = None,
 ) -> GatewayApp:
-    """Build the gateway's ASGI app; models load when its lifespan starts."""
+    """Build the gateway's ASGI app; models load when its lifespan starts. ``peers``: the
+    other worker processes of this server, if any."""
     metrics = GatewayMetrics(metrics_registry or CollectorRegistry(), __version__)
     state = AppState(
         version=__version__,
@@ -79,8 +81,10 @@ def create_app(
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         async with AsyncExitStack() as stack:
-            core = await start_core(settings, metrics, stack, registry)
+            core = await start_core(settings, metrics, stack, registry, peers)
             state.service, state.route_store = core.service, core.routes
+            if peers is not None:
+                await peers.ready(metrics.registry)
             log.info("gateway ready: %s", sorted(core.service.traffic.routes))
             # Everything built so far lives as long as the process: keep it out of the
             # collector's reach, so full collections stay cheap under load.
@@ -105,7 +109,7 @@ def create_app(
         Route("/v2/models/{name}/versions/{version}/infer", infer, methods=["POST"]),
         Route("/v1/models/{name}:predict", predict, methods=["POST"]),
         Route("/v1/models/{name}/versions/{version}:predict", predict, methods=["POST"]),
-        Route("/metrics", meta.metrics, methods=["GET"]),
+        Route("/metrics", meta.metrics if peers is None else _all_workers(peers), methods=["GET"]),
         *admin_routes(state, settings.admin.tokens),
     ]
     return GatewayApp(
@@ -162,6 +166,13 @@ class GatewayApp(Starlette):
                     await endpoint(scope, receive, send)
                     return
         await super().__call__(scope, receive, send)
+
+
+def _all_workers(peers: Peers) -> Callable[[Request], Awaitable[Response]]:
+    async def metrics(request: Request) -> Response:
+        return Response(await peers.exposition(), media_type=CONTENT_TYPE_LATEST)
+
+    return metrics
 
 
 async def _gateway_error(request: Request, exc: Exception) -> Response:

@@ -7,7 +7,7 @@ only these names.
 
 from gateway.traffic.canary import VariantStats
 from gateway.traffic.cli import add_routes_commands, run_routes_command
-from gateway.traffic.control import ControlChannel, ControlSigner
+from gateway.traffic.control import ControlChannel, ControlSigner, RouteChannel
 from gateway.traffic.route_store import (
     AuditLog,
     AuditLogError,
@@ -32,6 +32,7 @@ __all__ = [
     "ControlUnavailableError",
     "RevisionMismatchError",
     "Route",
+    "RouteChannel",
     "RouteConflictError",
     "RouteStore",
     "ShadowDispatcher",

@@ -17,7 +17,7 @@ import hashlib
 import hmac
 import logging
 from collections.abc import Awaitable, Callable, Sequence
-from typing import Any
+from typing import Any, Protocol
 
 import orjson
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
@@ -25,7 +25,7 @@ from aiokafka.errors import KafkaError
 
 from monitors.broker import BrokerError, create_topics
 
-__all__ = ["ControlChannel", "ControlSigner"]
+__all__ = ["ControlChannel", "ControlSigner", "RouteChannel"]
 
 log = logging.getLogger(__name__)
 
@@ -65,6 +65,17 @@ class ControlSigner:
 
     def _mac(self, key: bytes, payload: bytes) -> bytes:
         return hmac.new(key, self._topic + b"\n" + payload, hashlib.sha256).hexdigest().encode()
+
+
+class RouteChannel(Protocol):
+    """How route changes reach every replica: the control topic, or the worker processes'
+    supervisor (``gateway.workers``)."""
+
+    async def start(self, handler: Handler) -> None: ...
+
+    async def stop(self) -> None: ...
+
+    async def publish(self, event: dict[str, Any]) -> None: ...
 
 
 class ControlChannel:

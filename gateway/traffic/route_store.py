@@ -29,7 +29,7 @@ from pydantic import ValidationError
 
 from gateway.errors import GatewayError, InvalidInputError, NotReadyError, UnknownModelError
 from gateway.metrics import GatewayMetrics
-from gateway.traffic.control import ControlChannel
+from gateway.traffic.control import RouteChannel
 from gateway.traffic.router import Traffic
 from gateway.traffic.routes import Route, follow
 from gateway.traffic.updates import RouteUpdate, validation_message
@@ -81,7 +81,9 @@ class AuditLog:
                 self.entries.append(json.loads(line))
 
     def remember(self, change: dict[str, Any]) -> None:
-        self.entries.append(change)
+        # a restarted worker reads the file, then is handed the latest changes again
+        if not any(entry.get("id") == change.get("id") for entry in self.entries):
+            self.entries.append(change)
 
     def check(self) -> None:
         """Raise AuditLogError when the file cannot be appended to (blocking I/O)."""
@@ -118,7 +120,7 @@ class RouteStore:
         traffic: Traffic,
         audit: AuditLog,
         metrics: GatewayMetrics,
-        channel: ControlChannel | None,
+        channel: RouteChannel | None,
         replica_id: str,
         apply_timeout_s: float = 30.0,
     ) -> None:
