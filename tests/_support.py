@@ -16,7 +16,14 @@ from typing import Any
 import httpx
 import yaml
 
-__all__ = ["GatewayProcess", "demo_gateway", "free_port", "start_gateway", "wait_http"]
+__all__ = [
+    "GatewayProcess",
+    "demo_gateway",
+    "free_port",
+    "start_gateway",
+    "start_monitor",
+    "wait_http",
+]
 
 
 def free_port() -> int:
@@ -112,3 +119,31 @@ def demo_gateway(
         yield gw
         # whatever the clients sent, nothing reached the log as an unhandled error
         assert "Traceback" not in gw.log(), gw.log()[-5000:]
+
+
+@contextlib.contextmanager
+def start_monitor(
+    tmp_path: Path, config: dict[str, Any]
+) -> Iterator[tuple[subprocess.Popen[bytes], str]]:
+    """Run ``python -m monitors run`` with ``config`` (its ``http.port`` set) until the block
+    ends; yields the process and its base URL. Its output is appended to ``monitor.log``."""
+    path = tmp_path / "monitor.yaml"
+    path.write_text(yaml.safe_dump(config))
+    with (tmp_path / "monitor.log").open("ab") as log:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "monitors", "run", "--config", str(path)],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+    url = f"http://127.0.0.1:{config['http']['port']}"
+    try:
+        wait_http(f"{url}/health", 30, proc)
+        yield proc, url
+    finally:
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+            try:
+                proc.wait(20)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()

@@ -3,14 +3,16 @@ uses, so dashboards and rules can be checked against the code."""
 
 from __future__ import annotations
 
+import json
 import re
 
 from prometheus_client import CollectorRegistry
 
+from deploy.grafana.dashboard import OUTPUT
 from gateway.metrics import GatewayMetrics
 from monitors.metrics import MonitorMetrics
 
-__all__ = ["exported_series", "metric_names"]
+__all__ = ["dashboard_queries", "exported_series", "metric_names"]
 
 _SUFFIXES = {
     "counter": ("_total", "_created"),
@@ -38,3 +40,10 @@ def metric_names(expr: str) -> set[str]:
     Grafana variables, in quotes, do not count)."""
     unquoted = re.sub(r'"[^"]*"', '""', expr)
     return set(re.findall(r"\b(?:gateway|monitor)_[a-z0-9_]+\b", unquoted))
+
+
+def dashboard_queries() -> list[str]:
+    """Every PromQL expression of the committed dashboard (panels and variables)."""
+    board = json.loads(OUTPUT.read_text())
+    exprs = [t["expr"] for p in board["panels"] for t in p.get("targets", [])]
+    return exprs + [v["query"] for v in board["templating"]["list"] if v["type"] == "query"]

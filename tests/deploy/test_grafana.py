@@ -6,7 +6,7 @@ import json
 from typing import Any
 
 from deploy.grafana.dashboard import OUTPUT, render
-from tests.deploy._metrics import exported_series, metric_names
+from tests.deploy._metrics import dashboard_queries, exported_series, metric_names
 
 # What the dashboard must show (issue #16): one metric each, at least.
 COVERED = {
@@ -30,13 +30,6 @@ COVERED = {
 def _dashboard() -> dict[str, Any]:
     loaded: dict[str, Any] = json.loads(OUTPUT.read_text())
     return loaded
-
-
-def dashboard_queries() -> list[str]:
-    """Every PromQL expression of the committed dashboard (panels and variables)."""
-    board = _dashboard()
-    exprs = [t["expr"] for p in board["panels"] for t in p.get("targets", [])]
-    return exprs + [v["query"] for v in board["templating"]["list"] if v["type"] == "query"]
 
 
 def test_committed_dashboard_is_what_the_generator_builds() -> None:

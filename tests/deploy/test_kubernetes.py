@@ -4,7 +4,6 @@ kustomize renders the base and the overlays, and the policies a platform team ch
 from __future__ import annotations
 
 import os
-import shutil
 import subprocess
 import tempfile
 from collections.abc import Iterator
@@ -20,6 +19,7 @@ from gateway.metrics import GatewayMetrics
 from gateway.settings import GatewaySettings, load_settings
 from monitors.settings import MonitorSettings
 from monitors.settings import load_settings as load_monitor_settings
+from tests.deploy._tools import tool
 
 KUBERNETES = Path(__file__).resolve().parents[2] / "deploy/kubernetes"
 # The oldest Kubernetes minor still commonly run, and the newest the schemas know.
@@ -34,8 +34,7 @@ def _documents(path: Path) -> list[Doc]:
 
 def _render(target: str) -> list[Doc]:
     """``kubectl kustomize`` (kustomize built into kubectl) of a kustomization directory."""
-    kubectl = shutil.which("kubectl")
-    assert kubectl is not None, "kubectl is needed to render the kustomizations"
+    kubectl = tool("kubectl", "kubectl, which has kustomize built in")
     result = subprocess.run(
         [kubectl, "kustomize", str(KUBERNETES / target)],
         capture_output=True,
