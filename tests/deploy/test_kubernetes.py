@@ -4,7 +4,6 @@ kustomize renders the base and the overlays, and the policies a platform team ch
 from __future__ import annotations
 
 import os
-import subprocess
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -19,7 +18,7 @@ from gateway.metrics import GatewayMetrics
 from gateway.settings import GatewaySettings, load_settings
 from monitors.settings import MonitorSettings
 from monitors.settings import load_settings as load_monitor_settings
-from tests.deploy._tools import tool
+from tests.deploy._tools import run_ok, tool
 
 KUBERNETES = Path(__file__).resolve().parents[2] / "deploy/kubernetes"
 # The oldest Kubernetes minor still commonly run, and the newest the schemas know.
@@ -35,15 +34,8 @@ def _documents(path: Path) -> list[Doc]:
 def _render(target: str) -> list[Doc]:
     """``kubectl kustomize`` (kustomize built into kubectl) of a kustomization directory."""
     kubectl = tool("kubectl", "kubectl, which has kustomize built in")
-    result = subprocess.run(
-        [kubectl, "kustomize", str(KUBERNETES / target)],
-        capture_output=True,
-        text=True,
-        check=False,
-        timeout=120,
-    )
-    assert result.returncode == 0, result.stderr
-    return [doc for doc in yaml.safe_load_all(result.stdout) if doc]
+    rendered = run_ok([kubectl, "kustomize", str(KUBERNETES / target)])
+    return [doc for doc in yaml.safe_load_all(rendered) if doc]
 
 
 def _manifest_files() -> list[Path]:

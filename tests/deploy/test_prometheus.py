@@ -5,8 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import signal
-import subprocess
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -17,9 +15,15 @@ import pytest
 import yaml
 
 from monitors.broker import EmbeddedBroker, create_topics
-from tests._support import free_port, start_gateway, start_monitor, wait_http
+from tests._support import (
+    demo_gateway_config,
+    free_port,
+    running_process,
+    start_gateway,
+    start_monitor,
+)
 from tests.deploy._metrics import dashboard_queries, exported_series, metric_names
-from tests.deploy._tools import tool
+from tests.deploy._tools import run_ok, tool
 
 PROMETHEUS = Path(__file__).resolve().parents[2] / "deploy/prometheus"
 RULES = PROMETHEUS / "alerts.yml"
@@ -34,22 +38,11 @@ def _rules() -> list[dict[str, Any]]:
 
 
 def test_rules_pass_promtool_check() -> None:
-    result = subprocess.run(
-        [tool("promtool", PROMETHEUS_PACKAGE), "check", "rules", str(RULES)],
-        capture_output=True,
-        text=True,
-    )
-    assert result.returncode == 0, result.stdout + result.stderr
+    run_ok([tool("promtool", PROMETHEUS_PACKAGE), "check", "rules", str(RULES)])
 
 
 def test_rules_pass_their_promtool_unit_tests() -> None:
-    result = subprocess.run(
-        [tool("promtool", PROMETHEUS_PACKAGE), "test", "rules", str(UNIT_TESTS)],
-        capture_output=True,
-        text=True,
-        cwd=PROMETHEUS,
-    )
-    assert result.returncode == 0, result.stdout + result.stderr
+    run_ok([tool("promtool", PROMETHEUS_PACKAGE), "test", "rules", str(UNIT_TESTS)], PROMETHEUS)
 
 
 def test_every_rule_has_a_unit_test_where_it_fires_and_one_where_it_does_not() -> None:
@@ -92,28 +85,15 @@ def _prometheus(tmp_path: Path, targets: dict[str, str], rules: Path) -> Iterato
     path = tmp_path / "prometheus.yml"
     path.write_text(yaml.safe_dump(config))
     port = free_port()
+    command = [
+        tool("prometheus", PROMETHEUS_PACKAGE),
+        f"--config.file={path}",
+        f"--storage.tsdb.path={tmp_path / 'tsdb'}",
+        f"--web.listen-address=127.0.0.1:{port}",
+    ]
     url = f"http://127.0.0.1:{port}"
-    with (tmp_path / "prometheus.log").open("wb") as log:
-        proc = subprocess.Popen(
-            [
-                tool("prometheus", PROMETHEUS_PACKAGE),
-                f"--config.file={path}",
-                f"--storage.tsdb.path={tmp_path / 'tsdb'}",
-                f"--web.listen-address=127.0.0.1:{port}",
-            ],
-            stdout=log,
-            stderr=subprocess.STDOUT,
-        )
-    try:
-        wait_http(f"{url}/-/ready", 60, proc)
+    with running_process(command, tmp_path / "prometheus.log", f"{url}/-/ready", 60):
         yield url
-    finally:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
 
 
 def _query(prometheus: str, expr: str) -> list[dict[str, Any]]:
@@ -182,17 +162,9 @@ def test_prometheus_scrapes_gateway_and_monitor_and_fires_feature_log_spooling(
                 rule["for"] = "1s"
     rules_path = tmp_path / "alerts.yml"
     rules_path.write_text(yaml.safe_dump(rules))
-    gateway_config = {
-        "registry": {"backend": "local", "root": str(demo_registry)},
-        "models": [{"name": "breast_cancer", "ref": "breast_cancer@champion"}],
-        "feature_log": {
-            "enabled": True,
-            "bootstrap_servers": broker.bootstrap_servers,
-            "spool_dir": str(tmp_path / "spool"),
-            "linger_s": 0.01,
-            "timeout_s": 1.0,
-        },
-    }
+    gateway_config = demo_gateway_config(
+        demo_registry, broker.bootstrap_servers, tmp_path / "spool", timeout_s=1.0
+    )
     monitor_config = {
         "kafka": {"bootstrap_servers": broker.bootstrap_servers, "topic": "inference-log"},
         "registry_root": str(demo_registry),

@@ -23,7 +23,7 @@ import pytest
 from sklearn.datasets import load_breast_cancer
 
 from monitors.broker import EmbeddedBroker, create_topics
-from tests._support import free_port, start_gateway, start_monitor
+from tests._support import demo_gateway_config, free_port, start_gateway, start_monitor
 
 pytestmark = pytest.mark.e2e
 
@@ -117,16 +117,9 @@ def test_drift_fires_one_signed_webhook_across_a_monitor_restart(
         "webhook_backoff_s": 0.2,
         "http": {"port": free_port()},
     }
-    gateway_config = {
-        "registry": {"backend": "local", "root": str(demo_registry)},
-        "models": [{"name": "breast_cancer", "ref": "breast_cancer@champion"}],
-        "feature_log": {
-            "enabled": True,
-            "bootstrap_servers": broker.bootstrap_servers,
-            "spool_dir": str(tmp_path / "spool"),
-            "linger_s": 0.01,
-        },
-    }
+    gateway_config = demo_gateway_config(
+        demo_registry, broker.bootstrap_servers, tmp_path / "spool"
+    )
     rng = np.random.default_rng(0)
     calm = X[rng.integers(0, len(X), 1500)]
     drifted = X[rng.integers(0, len(X), 1500)].copy()
