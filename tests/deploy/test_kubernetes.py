@@ -124,6 +124,11 @@ def test_rendered_configs_and_environment_make_valid_settings(target: str) -> No
         assert gateway.feature_log.security_protocol == "SASL_SSL"
         assert gateway.feature_log.ssl_cafile is not None
         assert _on_volume(gateway_pod, gateway.feature_log.ssl_cafile)
+        assert monitor.kafka.security_protocol == "SASL_SSL"
+        assert monitor.kafka.sasl_mechanism == gateway.feature_log.sasl_mechanism
+        assert monitor.kafka.ssl_cafile is not None
+        assert _on_volume(monitor_pod, monitor.kafka.ssl_cafile)
+    assert monitor.kafka.bootstrap_servers == gateway.feature_log.bootstrap_servers
 
 
 def test_queue_depth_autoscaling_uses_the_adapters_metric_which_the_gateway_exports() -> None:
