@@ -19,7 +19,7 @@ import yaml
 __all__ = [
     "GatewayProcess",
     "demo_gateway",
-    "demo_gateway_config",
+    "feature_log_gateway_config",
     "free_port",
     "running_process",
     "start_gateway",
@@ -164,7 +164,7 @@ def start_monitor(
         yield proc, url
 
 
-def demo_gateway_config(
+def feature_log_gateway_config(
     registry: Path, bootstrap_servers: str, spool_dir: Path, **feature_log: Any
 ) -> dict[str, Any]:
     """A gateway serving the demo model with its feature log on the given broker."""

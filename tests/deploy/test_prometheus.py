@@ -16,7 +16,7 @@ import yaml
 
 from monitors.broker import EmbeddedBroker, create_topics
 from tests._support import (
-    demo_gateway_config,
+    feature_log_gateway_config,
     free_port,
     running_process,
     start_gateway,
@@ -162,7 +162,7 @@ def test_prometheus_scrapes_gateway_and_monitor_and_fires_feature_log_spooling(
                 rule["for"] = "1s"
     rules_path = tmp_path / "alerts.yml"
     rules_path.write_text(yaml.safe_dump(rules))
-    gateway_config = demo_gateway_config(
+    gateway_config = feature_log_gateway_config(
         demo_registry, broker.bootstrap_servers, tmp_path / "spool", timeout_s=1.0
     )
     monitor_config = {

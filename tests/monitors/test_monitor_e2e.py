@@ -23,7 +23,7 @@ import pytest
 from sklearn.datasets import load_breast_cancer
 
 from monitors.broker import EmbeddedBroker, create_topics
-from tests._support import demo_gateway_config, free_port, start_gateway, start_monitor
+from tests._support import feature_log_gateway_config, free_port, start_gateway, start_monitor
 
 pytestmark = pytest.mark.e2e
 
@@ -117,7 +117,7 @@ def test_drift_fires_one_signed_webhook_across_a_monitor_restart(
         "webhook_backoff_s": 0.2,
         "http": {"port": free_port()},
     }
-    gateway_config = demo_gateway_config(
+    gateway_config = feature_log_gateway_config(
         demo_registry, broker.bootstrap_servers, tmp_path / "spool"
     )
     rng = np.random.default_rng(0)
