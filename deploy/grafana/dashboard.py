@@ -85,6 +85,7 @@ ROWS: list[tuple[str, list[Chart]]] = [
         [
             chart("Records produced, spooled, replayed and dropped", "cps", (f"sum by (event) (rate(gateway_feature_log_records_total[{R}]))", "{{event}}"), (f"sum by (reason) (rate(gateway_feature_log_dropped_records_total[{R}]))", "dropped {{reason}}")),
             chart("Spool size", "bytes", ("sum by (instance) (gateway_feature_log_spool_bytes)", "{{instance}}")),
+            chart("Records dead-lettered (refused by the broker) and oversized", "cps", (f"sum by (reason) (rate(gateway_feature_log_dead_letter_records_total[{R}]))", "dead letter {{reason}}"), (f"sum by (action) (rate(gateway_feature_log_oversized_records_total[{R}]))", "oversized {{action}}")),
             chart("Spooled messages and in-memory queue", "short", ("sum by (instance) (gateway_feature_log_spool_messages)", "spool {{instance}}"), ("sum by (instance) (gateway_feature_log_queue_depth)", "queue {{instance}}")),
         ],
     ),
@@ -93,6 +94,7 @@ ROWS: list[tuple[str, list[Chart]]] = [
         [
             chart("Canary events", "short", (f"sum by (model, variant, event) (increase(gateway_canary_events_total{{{EP}}}[{R}]))", "{{model}}/{{variant}} {{event}}")),
             chart("Route changes by actor", "short", (f"sum by (model, actor) (increase(gateway_route_changes_total{{{EP}}}[{R}]))", "{{model}} {{actor}}")),
+            chart("Route conflicts, refused control messages, failed audit writes", "short", (f"sum by (model) (increase(gateway_route_conflicts_total{{{EP}}}[{R}]))", "conflict {{model}}"), (f"sum by (reason) (increase(gateway_control_messages_rejected_total[{R}]))", "control refused {{reason}}"), (f"sum (increase(gateway_audit_write_failures_total[{R}]))", "audit write failed")),
             chart("Model versions serving", "short", (f"sum by (model, variant, version) (gateway_model_loaded{{{EP}}})", "{{model}}/{{variant}} v{{version}}")),
             chart("Model loads and swaps", "short", (f"sum by (model, outcome) (increase(gateway_model_loads_total{{{EP}}}[{R}]))", "load {{model}} {{outcome}}"), (f"sum by (model) (increase(gateway_model_swaps_total{{{EP}}}[{R}]))", "swap {{model}}")),
             chart("Shadow agreement (predicted class)", "percentunit", (f'sum by (model, primary, shadow) (rate(gateway_shadow_rows_total{{{EP}, agreement="agree"}}[{R}])) / sum by (model, primary, shadow) (rate(gateway_shadow_rows_total{{{EP}}}[{R}]))', "{{model}} {{primary}} vs {{shadow}}")),

@@ -193,6 +193,13 @@ def _check_pod_policy(deployment: Doc) -> None:
         assert security["runAsNonRoot"] is True, where
         assert security["capabilities"]["drop"] == ["ALL"], where
         assert "privileged" not in security, where
+        for env in container.get("env", []):
+            if any(
+                word in env["name"] for word in ("TOKEN", "PASSWORD", "KEY", "SECRET", "WEBHOOK")
+            ):
+                assert "secretKeyRef" in env["valueFrom"], (
+                    f"{where}: {env['name']} not from a Secret"
+                )
         assert not container["image"].endswith(":latest"), where
     if deployment["metadata"]["labels"]["app.kubernetes.io/component"] == "gateway":
         (container,) = pod["containers"]
