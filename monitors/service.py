@@ -188,6 +188,7 @@ class MonitorService:
             auto_offset_reset="earliest",
             session_timeout_ms=int(kafka.session_timeout_s * 1000),
             heartbeat_interval_ms=int(kafka.heartbeat_interval_s * 1000),
+            **kafka.security_options(),
         )
         consumer.subscribe(
             [kafka.topic], listener=_Revocations(self._revoked, self.metrics.partitions)
