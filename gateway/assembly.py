@@ -18,7 +18,7 @@ from gateway.featurelog import build_feature_log, build_record_builder, producer
 from gateway.inference import InferenceService
 from gateway.metrics import GatewayMetrics, ShadowMetrics
 from gateway.serving import Deployment, ModelLoader, ModelManager, RuntimeOptions
-from gateway.settings import GatewaySettings, RegistrySettings
+from gateway.settings import GatewaySettings
 from gateway.traffic import (
     AuditLog,
     ControlChannel,
@@ -29,9 +29,10 @@ from gateway.traffic import (
     Traffic,
     VariantStats,
 )
-from registry_client import LocalRegistry, ModelRef, Registry
+from registry_client import ModelRef, Registry
+from registry_client.settings import open_registry
 
-__all__ = ["Core", "build_registry", "start_core"]
+__all__ = ["Core", "start_core"]
 
 
 @dataclass
@@ -40,24 +41,6 @@ class Core:
 
     service: InferenceService
     routes: RouteStore
-
-
-def build_registry(settings: RegistrySettings) -> Registry:
-    """The registry backend the settings name."""
-    if settings.backend == "mlflow":
-        from registry_client.mlflow import MlflowRegistry
-
-        assert settings.mlflow_url is not None
-        token = settings.mlflow_token.get_secret_value() if settings.mlflow_token else None
-        mlflow: Registry = MlflowRegistry(
-            settings.mlflow_url,
-            settings.cache_dir,
-            token=token,
-            timeout_s=settings.timeout_s,
-            retries=settings.retries,
-        )
-        return mlflow
-    return LocalRegistry(settings.root)
 
 
 async def start_core(
@@ -73,7 +56,7 @@ async def start_core(
         feature_log = await stack.enter_async_context(
             build_feature_log(settings.feature_log, metrics, settings.server.shutdown_timeout_s)
         )
-    model_registry = registry or build_registry(settings.registry)
+    model_registry = registry or open_registry(settings.registry)
     stack.push_async_callback(model_registry.aclose)
     executor = ThreadPoolExecutor(settings.runtime.worker_threads, thread_name_prefix="onnxruntime")
     # Shadows run on their own thread so they can never hold up a primary's batch.
