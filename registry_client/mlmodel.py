@@ -48,6 +48,7 @@ _COLUMN_TYPES: dict[str, Literal["float", "int", "bool", "string"]] = {
     "string": "string",
 }
 _FIELDS = [f for f in ModelMetadata.model_fields if f != "schema_version"]
+_DEFAULTS = ModelMetadata()
 
 
 @dataclass(frozen=True, slots=True)
@@ -65,17 +66,18 @@ def describe_version_dir(directory: Path, what: str) -> VersionFiles:
     path = directory / MLMODEL_FILE
     if not path.is_file():
         sources = {"model_file": "default"}
-        sources.update(dict.fromkeys(sorted(own.model_fields_set), FROM_METADATA_FILE))
+        sources.update(dict.fromkeys(_given(own), FROM_METADATA_FILE))
         return VersionFiles(MODEL_FILE, own, sources)
     mlmodel = parse_mlmodel(path.read_bytes(), what)
     model_file = onnx_file_of(mlmodel, what)
     theirs = _metadata_field(mlmodel, what)
     merged: dict[str, Any] = {}
     sources = {"model_file": FROM_FLAVOR}
+    own_fields, their_fields = _given(own), _given(theirs)
     for name in _FIELDS:
-        if name in own.model_fields_set:
+        if name in own_fields:
             merged[name], sources[name] = getattr(own, name), FROM_METADATA_FILE
-        elif name in theirs.model_fields_set:
+        elif name in their_fields:
             merged[name], sources[name] = getattr(theirs, name), FROM_MLMODEL_METADATA
     if "features" not in merged:
         features, note = _signature_features(mlmodel)
@@ -112,6 +114,11 @@ def onnx_file_of(mlmodel: dict[str, Any], what: str) -> str:
     ):
         raise CorruptModelError(f"{what}: {MLMODEL_FILE} flavors.onnx.data {data!r} is not a path")
     return data
+
+
+def _given(metadata: ModelMetadata) -> list[str]:
+    """The fields a metadata document gives (``dump`` writes defaults too: those do not count)."""
+    return [f for f in _FIELDS if getattr(metadata, f) != getattr(_DEFAULTS, f)]
 
 
 def parse_mlmodel(text: bytes | str, what: str) -> dict[str, Any]:
