@@ -34,9 +34,14 @@ def test_one_2d_input_of_matching_width_holds_the_features() -> None:
         (
             ["od280/od315", "1st", "a b", "a-b", "x+y"],
             ["od280_od315", "_1st", "a_b", "a_b1", "x+y"],
-            {"od280/od315": "od280_od315", "1st": "_1st", "a b": "a_b", "a-b": "a_b1",
-             "x+y": "x+y"},
-        ),  # fmt: skip
+            {
+                "od280/od315": "od280_od315",
+                "1st": "_1st",
+                "a b": "a_b",
+                "a-b": "a_b1",
+                "x+y": "x+y",
+            },
+        ),
         (["a", "b"], ["a", "c"], {}),
         (["a"], ["a", "b"], {}),
     ],
