@@ -27,7 +27,6 @@ from urllib.parse import quote
 import httpx
 import numpy as np
 import onnxruntime as ort
-import pandas as pd
 import pytest
 from sklearn.datasets import load_wine
 from sklearn.linear_model import LogisticRegression
@@ -41,8 +40,10 @@ from tests.monitors.test_monitor_e2e import Receiver, monitor
 
 pytestmark = pytest.mark.e2e
 
+Frame = Any  # a pandas DataFrame (pandas ships no type stubs)
+
 WINE = load_wine(as_frame=True)
-X: pd.DataFrame = WINE.data.astype(np.float32)
+X: Frame = WINE.data.astype(np.float32)
 Y = WINE.target
 NAMES = [str(c) for c in X.columns]
 RENAMED = "od280/od315_of_diluted_wines"
@@ -150,12 +151,12 @@ def only_legacy_not_ready(gw: GatewayProcess) -> dict[str, Any] | None:
     return None
 
 
-def predict(gw: GatewayProcess, endpoint: str, rows: pd.DataFrame) -> httpx.Response:
+def predict(gw: GatewayProcess, endpoint: str, rows: Frame) -> httpx.Response:
     instances = [{k: float(v) for k, v in row.items()} for row in rows.to_dict("records")]
     return httpx.post(f"{gw.url}/v1/models/{endpoint}:predict", json={"instances": instances})
 
 
-def expected_labels(logged: Logged, rows: pd.DataFrame) -> list[int]:
+def expected_labels(logged: Logged, rows: Frame) -> list[int]:
     assert logged.session is not None
     inputs = logged.session.get_inputs()
     if len(inputs) == 1:
@@ -184,7 +185,7 @@ def test_named_features_metadata_sources_and_a_sklearn_version_named(
         ready_all = httpx.get(f"{gw.url}/v2/health/ready")
 
     flavour_error = (
-        f"flavours [python_function, sklearn]; the gateway serves the onnx flavour: convert "
+        "flavours [python_function, sklearn]; the gateway serves the onnx flavour: convert "
         "with skl2onnx and log with mlflow.onnx.log_model"
     )
     assert ready["ready"] is True
@@ -212,7 +213,7 @@ def test_named_features_metadata_sources_and_a_sklearn_version_named(
     assert "class_labels" not in parameters["sources"]
 
 
-async def send(gw: GatewayProcess, endpoint: str, frame: pd.DataFrame, rows_per_call: int) -> None:
+async def send(gw: GatewayProcess, endpoint: str, frame: Frame, rows_per_call: int) -> None:
     instances = [{k: float(v) for k, v in row.items()} for row in frame.to_dict("records")]
     async with httpx.AsyncClient(timeout=30) as client:
         for start in range(0, len(instances), rows_per_call):
