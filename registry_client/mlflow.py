@@ -155,8 +155,9 @@ class MlflowRegistry(Registry):
     async def store_document(
         self, name: str, version: str, key: str, data: bytes, *, inline: bool = False
     ) -> str:
-        """As the version's tag ``key`` (``inline``), or as the artifact ``key`` of the version's
-        run with the tag pointing at it (``runs:/<run_id>/<key>``)."""
+        """As the version's tag ``key`` (``inline``), or as an artifact of the version's run,
+        ``registered-models/<name>/<version>/<key>`` (so versions from one run keep theirs
+        apart), with the tag pointing at it (``runs:/<run_id>/...``)."""
         what = f"model {name} version {version}"
         if inline:
             if len(data) > _MAX_TAG_CHARS:
@@ -169,7 +170,7 @@ class MlflowRegistry(Registry):
         run_id = (await self._version(name, version)).get("run_id")
         if not run_id:
             raise RegistryError(f"{what} has no run to store {key} with; store it inline")
-        location = f"runs:/{run_id}/{key}"
+        location = f"runs:/{run_id}/registered-models/{quote(name, safe='')}/{version}/{key}"
         path = await self._proxy_path(location, what)
         response = await self._client.put(f"{_ARTIFACTS}/{quote(path)}", content=data)
         _check(response, f"{what}: uploading {key}")
