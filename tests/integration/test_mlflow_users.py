@@ -171,8 +171,26 @@ def test_named_features_metadata_sources_and_a_sklearn_version_named(
     mlflow_url: str, models: Models, tmp_path: Path
 ) -> None:
     rows = X.iloc[[0, 60, 130, 177]]
-    with start_gateway(tmp_path, gateway_config(mlflow_url, models, tmp_path)) as gw:
+    admin = {"admin": {"tokens": {"ops": "t0ken"}}}
+    with start_gateway(tmp_path, gateway_config(mlflow_url, models, tmp_path, **admin)) as gw:
         ready = wait_for(lambda: only_legacy_not_ready(gw), "wine and wine-columns to load")
+        # a route change in MLflow's words: the alias (URL-encoded) and the pinned version
+        name, version = models.matrix.name, models.matrix.version
+        variants = [
+            {"name": "champion", "ref": f"models:/{quote(name)}@champion", "weight": 50},
+            {"name": "pinned", "ref": f"models:/{name}/{version}", "weight": 50},
+        ]
+        auth = {"authorization": "Bearer t0ken"}
+        put = httpx.put(
+            f"{gw.url}/admin/routes/wine", json={"variants": variants}, headers=auth, timeout=60
+        )
+        assert put.status_code == 200, put.text
+        stage = [{"name": "x", "ref": f"models:/{quote(name)}/Production", "weight": 100}]
+        refused_stage = httpx.put(
+            f"{gw.url}/admin/routes/wine", json={"variants": stage}, headers=auth
+        )
+        assert refused_stage.status_code == 400
+        assert "stages are not supported" in refused_stage.json()["error"]
         for endpoint, logged in (("wine", models.matrix), ("wine-columns", models.columns)):
             answer = predict(gw, endpoint, rows)
             assert answer.status_code == 200, answer.text
