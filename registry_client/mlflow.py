@@ -11,7 +11,8 @@ version's artifact folder, or in exactly one direct subfolder (as when the sourc
 root and the files were logged under ``model/``); only that folder is fetched, ``MLmodel`` first
 (a version of another flavour is refused before its files come). Files are checked against the
 listed sizes and the metadata's sha256 and cached under ``cache_dir/<model>/<version>/`` (the
-model name URL-encoded), which appears whole (renamed into place) or not at all.
+model name URL-encoded, shortened with a digest when long), which appears whole (renamed into
+place) or not at all.
 
 Documents stored with a version (``read_document``/``store_document``, the monitor's reference
 profiles) live in a version tag named after the document: the document itself, or the
@@ -21,6 +22,7 @@ profiles) live in a version tag named after the document: the document itself, o
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import os
 import shutil
 import tempfile
@@ -103,7 +105,7 @@ class MlflowRegistry(Registry):
     async def fetch(self, name: str, version: str) -> ModelVersion:
         ModelRef.parse(f"{name}/{version}")  # rejects path tricks such as '..'
         what = f"model {name} version {version}"
-        target = self.cache_dir / quote(name, safe="") / version
+        target = self.cache_dir / _cache_folder(name) / version
         files = await asyncio.to_thread(_cached, target, what)
         if files is not None:
             return ModelVersion.of(name, version, target, files)
@@ -379,6 +381,15 @@ def _model_folder(what: str, files: dict[str, int]) -> str:
         f"{what}: no {MODEL_FILE} or {MLMODEL_FILE} at the root of its artifacts or in "
         f"exactly one direct subfolder (found {sorted(files)})"
     )
+
+
+def _cache_folder(name: str) -> str:
+    """The model's folder in the cache: its name URL-encoded (any character MLflow allows is
+    then a safe file name), shortened with a digest of the name past 200 characters."""
+    encoded = quote(name, safe=" ")
+    if len(encoded) <= 200:
+        return encoded
+    return f"{encoded[:150]}-{hashlib.sha256(name.encode()).hexdigest()[:16]}"
 
 
 def _quoted(value: str) -> str:

@@ -39,6 +39,9 @@ def test_mlflow_forms_parse(text: str, expected: ModelRef) -> None:
         ("models:/fraud@", "not a valid alias"),
         ("models:/fraud@bad alias", "not a valid alias"),
         ("a\tb", "not printable"),
+        ("m" * 129 + "@champion", "at most 128 characters"),
+        ("\u00e9" * 128 + "@champion", "255 bytes"),
+        ("models:/m/" + "9" * 200, "at most 128 characters"),
     ],
 )
 def test_bad_references_say_why(text: str, message: str) -> None:
