@@ -22,7 +22,7 @@ from gateway.featurelog import build_feature_log, build_record_builder, producer
 from gateway.inference import InferenceService
 from gateway.metrics import GatewayMetrics, ShadowMetrics
 from gateway.serving import Deployment, ModelLoader, ModelManager, RuntimeOptions
-from gateway.settings import GatewaySettings, RegistrySettings
+from gateway.settings import GatewaySettings
 from gateway.traffic import (
     AuditLog,
     ControlChannel,
@@ -34,9 +34,10 @@ from gateway.traffic import (
     Traffic,
     VariantStats,
 )
-from registry_client import LocalRegistry, ModelRef, Registry
+from registry_client import ModelRef, Registry
+from registry_client.settings import open_registry
 
-__all__ = ["Core", "Peers", "build_registry", "start_core"]
+__all__ = ["Core", "Peers", "start_core"]
 
 
 @dataclass
@@ -67,24 +68,6 @@ class Peers(Protocol):
         ...
 
 
-def build_registry(settings: RegistrySettings) -> Registry:
-    """The registry backend the settings name."""
-    if settings.backend == "mlflow":
-        from registry_client.mlflow import MlflowRegistry
-
-        assert settings.mlflow_url is not None
-        token = settings.mlflow_token.get_secret_value() if settings.mlflow_token else None
-        mlflow: Registry = MlflowRegistry(
-            settings.mlflow_url,
-            settings.cache_dir,
-            token=token,
-            timeout_s=settings.timeout_s,
-            retries=settings.retries,
-        )
-        return mlflow
-    return LocalRegistry(settings.root)
-
-
 async def start_core(
     settings: GatewaySettings,
     metrics: GatewayMetrics,
@@ -101,7 +84,7 @@ async def start_core(
         feature_log = await stack.enter_async_context(
             build_feature_log(settings.feature_log, metrics, settings.server.shutdown_timeout_s)
         )
-    model_registry = registry or build_registry(settings.registry)
+    model_registry = registry or open_registry(settings.registry)
     stack.push_async_callback(model_registry.aclose)
     executor = ThreadPoolExecutor(settings.runtime.worker_threads, thread_name_prefix="onnxruntime")
     # Shadows run on their own thread so they can never hold up a primary's batch.

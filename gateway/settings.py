@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 from gateway.errors import ConfigError
@@ -17,6 +17,7 @@ from gateway.serving import BatchingSettings, RuntimeSettings
 from gateway.traffic import AdminSettings, ControlSettings, Route, VariantSpec
 from registry_client import ModelRef
 from registry_client.errors import InvalidReferenceError
+from registry_client.settings import RegistrySettings as BaseRegistrySettings
 
 __all__ = [
     "AdminSettings",
@@ -69,23 +70,14 @@ class ServerSettings(_Group):
     # Worker processes sharing the port under a supervisor; "auto": one per usable core.
     # 1 runs the gateway in this one process, with no supervisor.
     workers: Annotated[int, Field(ge=1, le=1024)] | Literal["auto"] = 1
+    # /v2/health/ready answers 200 when every endpoint is ready ("all") or at least one ("any");
+    # either way it names the endpoints that are not.
+    readiness: Literal["all", "any"] = "any"
 
 
-class RegistrySettings(_Group):
-    backend: Literal["local", "mlflow"] = "local"
-    root: Path = Path("registry")
-    mlflow_url: str | None = None
-    mlflow_token: SecretStr | None = None
-    cache_dir: Path = Path(".model-cache")
+class RegistrySettings(BaseRegistrySettings):
+    # How often served aliases are checked for a move.
     poll_interval_s: float = Field(default=5.0, gt=0)
-    timeout_s: float = Field(default=10.0, gt=0)
-    retries: int = Field(default=3, ge=0)
-
-    @model_validator(mode="after")
-    def _mlflow_needs_url(self) -> RegistrySettings:
-        if self.backend == "mlflow" and not self.mlflow_url:
-            raise ValueError("registry.mlflow_url is required when registry.backend is 'mlflow'")
-        return self
 
 
 class RouteSettings(Route):

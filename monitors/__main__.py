@@ -5,11 +5,16 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
+import os
 import signal
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
+
+if TYPE_CHECKING:
+    from monitors.profile import ModelProfile
 
 
 def _run(config: Path | None) -> int:
@@ -59,8 +64,8 @@ def _run(config: Path | None) -> int:
 def _profile(args: argparse.Namespace) -> int:
     from monitors.profile import build_profile
 
-    directory = Path(args.registry) / args.model / args.version
-    if not directory.is_dir():
+    directory = Path(args.registry or ".") / args.model / args.version
+    if args.registry is not None and not directory.is_dir():
         print(f"monitors: no model version folder {directory}", file=sys.stderr)
         return 2
     if args.demo:
@@ -82,8 +87,33 @@ def _profile(args: argparse.Namespace) -> int:
             except ValueError:
                 columns[name] = np.asarray(raw, dtype=object)
     categorical = {n for n, v in columns.items() if v.dtype == object} | set(args.categorical)
-    build_profile(columns, categorical, bins=args.bins).dump(directory)
-    print(f"wrote {directory / 'reference_profile.json'} ({len(columns)} columns)")
+    profile = build_profile(columns, categorical, bins=args.bins)
+    if args.mlflow_url is None:
+        profile.dump(directory)
+        print(f"wrote {directory / 'reference_profile.json'} ({len(columns)} columns)")
+        return 0
+    return asyncio.run(_store_in_mlflow(args, profile))
+
+
+async def _store_in_mlflow(args: argparse.Namespace, profile: ModelProfile) -> int:
+    from monitors.references import store_profile
+    from registry_client import RegistryError
+    from registry_client.settings import RegistrySettings, open_registry
+
+    token = os.environ.get("MLFLOW_TRACKING_TOKEN")
+    registry = open_registry(
+        RegistrySettings(backend="mlflow", mlflow_url=args.mlflow_url, mlflow_token=token)
+    )
+    try:
+        where = await store_profile(
+            registry, args.model, args.version, profile, inline=args.mlflow_tag
+        )
+    except RegistryError as exc:
+        print(f"monitors: {exc}", file=sys.stderr)
+        return 2
+    finally:
+        await registry.aclose()
+    print(f"stored the profile of {args.model} version {args.version} ({where})")
     return 0
 
 
@@ -95,7 +125,16 @@ def main(argv: list[str] | None = None) -> int:
     profile = sub.add_parser("profile", help="reference profiles")
     profile_sub = profile.add_subparsers(dest="action", required=True)
     build = profile_sub.add_parser("build", help="profile training data into a model version")
-    build.add_argument("--registry", required=True)
+    target = build.add_mutually_exclusive_group(required=True)
+    target.add_argument("--registry", help="a local registry folder")
+    target.add_argument(
+        "--mlflow-url", help="an MLflow tracking server (token: $MLFLOW_TRACKING_TOKEN)"
+    )
+    build.add_argument(
+        "--mlflow-tag",
+        action="store_true",
+        help="store the profile in the version's tag, not as an artifact of its run",
+    )
     build.add_argument("--model", required=True)
     build.add_argument("--version", required=True)
     source = build.add_mutually_exclusive_group(required=True)

@@ -8,12 +8,22 @@ A profile is stored with the model version as ``reference_profile.json`` (writte
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
-__all__ = ["PROFILE_FILE", "FeatureProfile", "ModelProfile", "build_profile", "load_profile"]
+if TYPE_CHECKING:
+    from registry_client.metadata import ModelMetadata
+
+__all__ = [
+    "PROFILE_FILE",
+    "FeatureProfile",
+    "ModelProfile",
+    "build_profile",
+    "load_profile",
+    "profile_from_metadata",
+]
 
 PROFILE_FILE = "reference_profile.json"
 OTHER = "__other__"
@@ -106,9 +116,15 @@ def load_profile(directory: Path) -> ModelProfile | None:
     path = directory / PROFILE_FILE
     if path.exists():
         return ModelProfile.model_validate_json(path.read_bytes())
-    from registry_client.metadata import ModelMetadata, NumericProfile
+    from registry_client.metadata import ModelMetadata
 
-    metadata = ModelMetadata.load(directory)
+    return profile_from_metadata(ModelMetadata.load(directory))
+
+
+def profile_from_metadata(metadata: ModelMetadata) -> ModelProfile | None:
+    """The profile a version's metadata ``reference`` holds (histograms), or None."""
+    from registry_client.metadata import NumericProfile
+
     if metadata.reference is None:
         return None
     features: dict[str, FeatureProfile] = {}

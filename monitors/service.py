@@ -29,13 +29,14 @@ from monitors.decision import Decider, DecisionState
 from monitors.evaluate import DetectorConfig, WindowResult, evaluate
 from monitors.metrics import MonitorMetrics
 from monitors.outbox import Outbox
-from monitors.profile import ModelProfile, load_profile
+from monitors.profile import ModelProfile
+from monitors.references import ReferenceProfiles
 from monitors.schema import RecordError, decode_columns
 from monitors.settings import MonitorSettings
 from monitors.state import PartitionSnapshot, SnapshotStore
 from monitors.webhooks import Webhooks, WebhookTarget, drift_event
 from monitors.windows import Windows, WindowSpec
-from registry_client import LocalRegistry, RegistryError
+from registry_client.settings import open_registry
 
 __all__ = ["MonitorService"]
 
@@ -51,7 +52,9 @@ class MonitorService:
     def __init__(self, settings: MonitorSettings, metrics: MonitorMetrics) -> None:
         self.settings = settings
         self.metrics = metrics
-        self.registry = LocalRegistry(settings.registry_root)
+        self.references = ReferenceProfiles(
+            open_registry(settings.registry), settings.profile_retry_s
+        )
         self.spec = WindowSpec(
             settings.window.by,
             settings.window.size,
@@ -73,7 +76,6 @@ class MonitorService:
         self._windows: dict[tuple[int, str, str], Windows] = {}
         self._sequence: dict[tuple[int, str, str], int] = {}
         self._evaluated: dict[tuple[int, str, str], int] = {}
-        self._profiles: dict[tuple[str, str], ModelProfile | None] = {}
         self._store = SnapshotStore(settings.state_dir, settings.kafka.topic)
         self._restored: set[int] = set()
         self._revoked: set[int] = set()
@@ -132,6 +134,8 @@ class MonitorService:
                 "partition %d: no snapshot for offset %s, empty windows", tp.partition, committed
             )
             return
+        keys = (key.partition("/") for key in snapshot.windows)
+        await self.references.load_all((model, version) for model, _, version in keys)
         for key, state in snapshot.windows.items():
             model, _, version = key.partition("/")
             profile = self._profile(model, version)
@@ -237,6 +241,7 @@ class MonitorService:
         await asyncio.to_thread(self._save, snapshots)  # same offsets as committed
         await consumer.stop()
         await self.webhooks.aclose()
+        await self.references.aclose()
 
     async def consume(self, partition: int, messages: Sequence[Any]) -> int:
         """Process one partition's messages (Kafka consumer records, in offset order): window
@@ -254,6 +259,7 @@ class MonitorService:
                 self.metrics.skipped.labels("not_a_served_primary").inc(others)
             for key, part in parts.items():
                 groups.setdefault(key, []).append(part)
+        await self.references.load_all(groups)
         for (model, version), group in groups.items():
             count = sum(map(len, group))
             self.metrics.records.labels(model, version).inc(count)
@@ -292,15 +298,7 @@ class MonitorService:
         return self._windows[key]
 
     def _profile(self, model: str, version: str) -> ModelProfile | None:
-        if (model, version) not in self._profiles:
-            try:
-                path = self.registry.root / model / version
-                profile = load_profile(path) if path.is_dir() else None
-            except (RegistryError, OSError, ValueError) as exc:
-                log.error("no reference profile for %s/%s: %s", model, version, exc)
-                profile = None
-            self._profiles[(model, version)] = profile
-        return self._profiles[(model, version)]
+        return self.references.get(model, version)
 
     async def _act(self, result: WindowResult, partition: int) -> None:
         labels = (result.model, result.version)

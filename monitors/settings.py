@@ -9,6 +9,8 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, model_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
+from registry_client.settings import RegistrySettings
+
 __all__ = ["MonitorSettings", "SettingsError", "load_settings"]
 
 
@@ -107,7 +109,12 @@ class MonitorSettings(BaseSettings):
     )
 
     kafka: KafkaSettings = Field(default_factory=KafkaSettings)
+    # Where reference profiles come from: the local registry at registry_root (the default),
+    # or ``registry: {backend: mlflow, mlflow_url: ...}``.
     registry_root: Path = Path("registry")
+    registry: RegistrySettings = Field(default_factory=RegistrySettings)
+    # A version without a profile is looked up again after this long.
+    profile_retry_s: float = Field(default=30.0, gt=0)
     state_dir: Path = Path("monitor-state")
     window: WindowSettings = Field(default_factory=WindowSettings)
     detector: DetectorSettings = Field(default_factory=DetectorSettings)
@@ -118,6 +125,12 @@ class MonitorSettings(BaseSettings):
     webhook_backoff_s: float = Field(default=0.5, ge=0)
     http: HttpSettings = Field(default_factory=HttpSettings)
     source: str = "model-gateway/drift-monitor"
+
+    @model_validator(mode="after")
+    def _local_root(self) -> MonitorSettings:
+        if "root" not in self.registry.model_fields_set:
+            self.registry = self.registry.model_copy(update={"root": self.registry_root})
+        return self
 
     @classmethod
     def settings_customise_sources(
@@ -141,13 +154,19 @@ def load_settings(path: Path | None = None, **overrides: Any) -> MonitorSettings
         if not isinstance(loaded, dict):
             raise SettingsError(f"config file {path} must hold a mapping")
         data = loaded
-        for key in ("registry_root", "state_dir"):
-            if isinstance(data.get(key), str) and not Path(data[key]).is_absolute():
-                data[key] = str((path.parent / data[key]).resolve())
-        kafka = data.get("kafka")
-        for key in ("ssl_cafile", "ssl_certfile", "ssl_keyfile"):
-            if isinstance(kafka, dict) and isinstance(kafka.get(key), str):
-                kafka[key] = str((path.parent / kafka[key]).resolve())
+        groups: tuple[tuple[Any, str], ...] = (
+            (data, "registry_root"),
+            (data, "state_dir"),
+            (data.get("registry"), "root"),
+            (data.get("registry"), "cache_dir"),
+            (data.get("kafka"), "ssl_cafile"),
+            (data.get("kafka"), "ssl_certfile"),
+            (data.get("kafka"), "ssl_keyfile"),
+        )
+        for group, key in groups:
+            value = group.get(key) if isinstance(group, dict) else None
+            if isinstance(value, str) and not Path(value).is_absolute():
+                group[key] = str((path.parent / value).resolve())
     data.update(overrides)
     try:
         return MonitorSettings(**data)

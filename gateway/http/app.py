@@ -76,6 +76,7 @@ def create_app(
         max_body_bytes=settings.server.max_body_bytes,
         routing_key_header=settings.server.routing_key_header.lower().encode("latin-1"),
         pin_header=settings.server.pin_header.lower().encode("latin-1"),
+        readiness=settings.server.readiness,
     )
 
     @asynccontextmanager

@@ -73,6 +73,8 @@ class AppState:
     pin_header: bytes
     service: InferenceService | None = None
     route_store: RouteStore | None = None
+    # /v2/health/ready: every endpoint ready ("all") or at least one ("any").
+    readiness: str = "any"
 
     def require_service(self) -> InferenceService:
         if self.service is None:
@@ -437,7 +439,9 @@ class PredictEndpoint(_InferBase[Tensors]):
         self, model: LoadedModel, info: RequestInfo, headers: Headers, decoded: Any
     ) -> Tensors:
         # the JSON itself is decoded here, on the loop: its rows need the model's features
-        request_id, inputs = parse_instances(decoded, model.signature, model.metadata)
+        request_id, inputs = parse_instances(
+            decoded, model.signature, model.metadata, model.feature_inputs
+        )
         if request_id is not None:
             info.request_id = request_id
         return inputs
@@ -484,19 +488,30 @@ class MetadataEndpoints:
         return json_response({"live": True})
 
     async def ready(self, request: Request) -> Response:
+        """Ready when every endpoint (``server.readiness: all``) or at least one (``any``) has
+        every variant that takes traffic loaded; the endpoints that are not are named."""
         service = self.state.service
-        if service is not None and service.traffic.ready:
+        if service is None:
+            return json_response({"ready": False, "error": "the gateway is starting"}, 503)
+        problems: dict[str, dict[str, str]] = {}
+        deployments = service.traffic.manager.deployments
+        for route in service.traffic.routes.values():
+            for variant in route.variants:
+                deployment = deployments.get((route.endpoint, variant.name))
+                if variant.weight > 0 and (deployment is None or deployment.current is None):
+                    error = deployment.last_error if deployment is not None else None
+                    problems.setdefault(route.endpoint, {})[variant.name] = error or "loading"
+        routes = len(service.traffic.routes)
+        if self.state.readiness == "all":
+            ready = not problems
+        else:
+            ready = routes == 0 or len(problems) < routes
+        if not problems:
             return json_response({"ready": True})
-        problems = {}
-        if service is not None:
-            problems = {
-                f"{endpoint}/{variant}": d.last_error or "loading"
-                for (endpoint, variant), d in service.traffic.manager.deployments.items()
-                if d.current is None
-            }
-        return json_response(
-            {"ready": False, "error": f"models not ready: {problems or 'starting'}"}, 503
-        )
+        doc: dict[str, object] = {"ready": ready, "not_ready": problems}
+        if not ready:
+            doc["error"] = f"models not ready: {problems}"
+        return json_response(doc, 200 if ready else 503)
 
     async def server(self, request: Request) -> Response:
         return json_response(
@@ -521,13 +536,18 @@ class MetadataEndpoints:
             "outputs": [spec.describe() for spec in signature.outputs],
         }
         metadata = model.metadata
+        parameters: dict[str, object] = {
+            "ref": str(model.ref),
+            "variant": model.variant,
+            "sources": model.runtime.version.sources,
+            "class_labels": metadata.class_labels,
+        }
         if metadata.features:
-            doc["parameters"] = {
-                "ref": str(model.ref),
-                "variant": model.variant,
-                "features": [f.model_dump(exclude_none=True) for f in metadata.features],
-                "class_labels": metadata.class_labels,
-            }
+            parameters["features"] = [
+                _feature_doc(f.model_dump(exclude_none=True), model.feature_inputs)
+                for f in metadata.features
+            ]
+        doc["parameters"] = parameters
         return json_response(doc)
 
     async def model_ready(self, request: Request) -> Response:
@@ -545,6 +565,14 @@ class MetadataEndpoints:
         if version is None:
             return service.traffic.primary(name)
         return service.traffic.pick(name, version=version)
+
+
+def _feature_doc(feature: dict[str, object], inputs: dict[str, str]) -> dict[str, object]:
+    """A feature's metadata, with the input that takes it where that is named otherwise."""
+    name = str(feature["name"])
+    if inputs.get(name, name) != name:
+        feature["input"] = inputs[name]
+    return feature
 
 
 def service_versions(state: AppState, endpoint: str) -> list[Deployment]:

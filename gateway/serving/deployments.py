@@ -19,7 +19,7 @@ from gateway.metrics import GatewayMetrics
 from gateway.serving.batcher import Batcher
 from gateway.serving.runtime import ModelRuntime, RuntimeOptions
 from gateway.serving.settings import BatchingSettings
-from gateway.serving.signature import Signature, feature_input
+from gateway.serving.signature import Signature, feature_input, per_feature_inputs
 from registry_client import ModelRef, ModelVersion, Registry, RegistryError
 from registry_client.metadata import ModelMetadata
 
@@ -43,6 +43,9 @@ class LoadedModel:
     # Computed once: the feature-log record builder needs them for every request.
     feature_input: str | None = field(init=False)
     feature_names: list[str] = field(init=False)
+    # One input per feature: feature -> input, and input -> feature where the names differ.
+    feature_inputs: dict[str, str] = field(init=False)
+    input_features: dict[str, str] = field(init=False)
     served_by_head: bytes = field(init=False)  # the x-model-variant/-version header lines
 
     def __post_init__(self) -> None:
@@ -56,6 +59,14 @@ class LoadedModel:
         )
         spec = feature_input(self.signature, metadata)
         self.feature_input = spec.name if spec is not None else None
+        self.feature_inputs = per_feature_inputs(self.signature, metadata)
+        self.input_features = {i: f for f, i in self.feature_inputs.items() if i != f}
+        if self.feature_names and spec is None and not self.feature_inputs:
+            log.warning(
+                "model %s version %s: its features %s match neither one 2-D input of that width "
+                "nor one input per feature (inputs %s); it takes tensors by input name only",
+                self.name, self.version, self.feature_names, sorted(self.signature.input_names),
+            )  # fmt: skip
 
     @property
     def signature(self) -> Signature:
@@ -306,7 +317,8 @@ class ModelManager:
         key = (endpoint, variant)
         async with self._lock(key):
             existing = self.deployments.get(key)
-            if (existing is not None and str(existing.ref) == ref) or (*key, ref) in self._prepared:
+            serving = existing is not None and existing.ref == ModelRef.parse(ref)
+            if serving or (*key, ref) in self._prepared:
                 return
             self._prepared[(*key, ref)] = await self._load(endpoint, variant, ref, required=True)
 
@@ -326,7 +338,7 @@ class ModelManager:
         key = (endpoint, variant)
         async with self._lock(key):
             existing = self.deployments.get(key)
-            if existing is not None and str(existing.ref) == ref:
+            if existing is not None and existing.ref == ModelRef.parse(ref):
                 return existing
             deployment = self._prepared.pop((*key, ref), None)
             if deployment is None:

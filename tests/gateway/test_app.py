@@ -274,3 +274,29 @@ async def test_too_many_dimensions_are_refused_with_the_request_id_and_counted(
         assert response.headers["x-request-id"]
         metrics = (await client.get("/metrics")).text
         assert 'outcome="invalid"' in metrics
+
+
+async def test_readiness_names_the_endpoints_that_are_not_ready(demo_registry: Path) -> None:
+    models = [
+        {"name": "breast_cancer", "ref": "breast_cancer@champion"},
+        {"name": "broken", "ref": "models:/breast_cancer/9"},
+    ]
+    for readiness, status in (("any", 200), ("all", 503)):
+        settings = load_settings(
+            registry__root=demo_registry,
+            registry__poll_interval_s=60,
+            server__readiness=readiness,
+            models=models,
+        )
+        app = create_app(settings, metrics_registry=CollectorRegistry())
+        async with app.router.lifespan_context(app):
+            transport = httpx.ASGITransport(app=app)
+            async with httpx.AsyncClient(transport=transport, base_url="http://gw") as client:
+                ready = await client.get("/v2/health/ready")
+                assert ready.status_code == status
+                doc = ready.json()
+                assert doc["ready"] is (status == 200)
+                assert list(doc["not_ready"]) == ["broken"]
+                assert "no version '9'" in doc["not_ready"]["broken"]["default"]
+                served = await client.post("/v2/models/breast_cancer/infer", json=infer_body(ROW))
+                assert served.status_code == 200

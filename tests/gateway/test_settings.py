@@ -46,7 +46,7 @@ def test_toml_file(tmp_path: Path) -> None:
         ("batching: {max_batch_size: 0}", "batching.max_batch_size"),
         ("server: {port: 70000}", "server.port"),
         ("server: {prot: 1}", "server.prot"),
-        ("models: [{name: m, ref: 'not a ref!'}]", "invalid model reference"),
+        ("models: [{name: m, ref: 'not:a ref'}]", "invalid model reference"),
         ("models: [{name: m, ref: m@a}, {name: m, ref: m@b}]", "duplicate endpoint names"),
         ("models: [{name: m, ref: m@a, batching: {size: 3}}]", "unknown batching settings"),
         ("registry: {backend: mlflow}", "registry.mlflow_url is required"),

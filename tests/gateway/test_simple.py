@@ -69,3 +69,19 @@ def test_predictions_hold_one_object_per_row() -> None:
         {"label": 1, "probabilities": [0.5, 0.5]},
     ]
     assert "id" not in doc
+
+
+def test_one_input_per_feature_takes_the_features_own_names() -> None:
+    signature = Signature(
+        inputs=(TensorSpec("od280_od315", "FP32", (-1, 1)), TensorSpec("hue", "FP32", (-1, 1))),
+        outputs=(TensorSpec("y", "FP32", (-1,)),),
+    )
+    metadata = ModelMetadata(features=[FeatureSpec(name="od280/od315"), FeatureSpec(name="hue")])
+    mapping = {"od280/od315": "od280_od315", "hue": "hue"}
+    body = orjson.dumps({"instances": [{"od280/od315": 3.1, "hue": 1.0}, [2.5, 0.5]]})
+    _, inputs = parse_instances(body, signature, metadata, mapping)
+    assert inputs["od280_od315"].tolist() == [[pytest.approx(3.1)], [2.5]]
+    assert inputs["hue"].tolist() == [[1.0], [0.5]]
+    wrong = orjson.dumps({"features": {"od280_od315": 3.1, "hue": 1.0}})
+    with pytest.raises(InvalidInputError, match=r"expected features \['hue', 'od280/od315'\]"):
+        parse_instances(wrong, signature, metadata, mapping)
