@@ -167,6 +167,11 @@ class GroundTruthService:
         """Join one partition's messages of both topics (Kafka consumer records in offset
         order), judge the windows they close, and commit the store (blocking: a thread's)."""
         store = self.open(partition)
+        # what the store already holds (a batch read again after a crash before the Kafka
+        # commit) is skipped: the store's offsets are the truth
+        done = store.offsets()
+        predictions = [m for m in predictions if m.offset >= done.get(self.topics[0], 0)]
+        labels = [m for m in labels if m.offset >= done.get(self.topics[1], 0)]
         counts = JoinCounts()
         watermark = float(store.get("watermark", 0.0))
         rows, latest = self._prediction_rows(store, predictions)
