@@ -173,21 +173,29 @@ class GroundTruthService:
         predictions = [m for m in predictions if m.offset >= done.get(self.topics[0], 0)]
         labels = [m for m in labels if m.offset >= done.get(self.topics[1], 0)]
         counts = JoinCounts()
-        watermark = float(store.get("watermark", 0.0))
+        # Each topic's clock is the latest event time read from it; windows close on the slower
+        # of the two, so a window is never judged before the labels of its time are read. A
+        # partition that never saw a label runs on the predictions' clock (estimates only).
+        clocks: dict[str, float | None] = store.get("clocks", {"predictions": 0.0, "labels": None})
         rows, latest = self._prediction_rows(store, predictions)
-        watermark = max(watermark, latest)
+        clocks["predictions"] = max(clocks["predictions"] or 0.0, latest)
         _add(counts, store.add_predictions(rows))
         label_rows, latest = self._label_rows(labels)
-        watermark = max(watermark, latest)
+        if label_rows:
+            clocks["labels"] = max(clocks["labels"] or 0.0, latest)
         _add(counts, store.add_labels(label_rows))
+        predicted_at = clocks["predictions"] or 0.0
+        labelled_at = clocks["labels"]
         _add(
             counts,
             store.expire(
-                watermark - self.performance.horizon_s, watermark - self.performance.label_wait_s
+                predicted_at - self.performance.horizon_s,
+                (labelled_at or 0.0) - self.performance.label_wait_s,
             ),
         )
+        watermark = predicted_at if labelled_at is None else min(predicted_at, labelled_at)
         self._judge(partition, store, watermark)
-        store.put("watermark", watermark)
+        store.put("clocks", clocks)
         store.put("outbox", self.outbox.pending(partition))
         offsets = {}
         for topic, messages in zip(self.topics, (predictions, labels), strict=True):

@@ -225,9 +225,9 @@ def test_labels_realized_accuracy_ab_verdict_degradation_and_a_gated_canary(
                     gw.url, "breast_cancer", label_items(part), batch_size=150
                 ) == len(part)
 
-            # unlabelled traffic moves event time on, so the windows of the labels close
-            def tick() -> None:
-                asyncio.run(predict(gw.url, 10, seed=3))
+            def tick() -> None:  # labelled traffic moves both clocks on: windows close
+                more = asyncio.run(predict(gw.url, 10, seed=3))
+                send_feedback(gw.url, "breast_cancer", label_items(more))
 
             def direct(variant: str) -> tuple[int, float]:
                 mine = [s for s in labelled if s[1] == variant]
