@@ -37,7 +37,6 @@ CREATE TABLE IF NOT EXISTS predictions (
     pred REAL NOT NULL, probs BLOB, label REAL, label_time REAL,
     PRIMARY KEY (request_id, row)) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS predictions_by_time ON predictions (stream, time);
-CREATE INDEX IF NOT EXISTS predictions_by_label_time ON predictions (stream, label_time);
 CREATE TABLE IF NOT EXISTS pending (
     request_id TEXT NOT NULL, row INTEGER NOT NULL, label REAL NOT NULL, time REAL NOT NULL,
     PRIMARY KEY (request_id, row)) WITHOUT ROWID;
@@ -49,8 +48,7 @@ CREATE TABLE IF NOT EXISTS errors (
     sq_sum REAL NOT NULL);
 CREATE TABLE IF NOT EXISTS kv (key TEXT PRIMARY KEY, value BLOB NOT NULL) WITHOUT ROWID;
 CREATE TEMP TABLE IF NOT EXISTS incoming (
-    request_id TEXT NOT NULL, row INTEGER NOT NULL, label REAL NOT NULL, time REAL NOT NULL,
-    PRIMARY KEY (request_id, row)) WITHOUT ROWID;
+    request_id TEXT NOT NULL, row INTEGER NOT NULL, label REAL NOT NULL, time REAL NOT NULL);
 """
 
 _COUNTERS = (
@@ -185,11 +183,7 @@ class JoinStore:
             counts.duplicate_predictions += len(group) - stored
         self._put("predicted", predicted)
         if counts.predictions and db.execute("SELECT 1 FROM pending LIMIT 1").fetchone():
-            counts.labels_joined = self._join("pending")
-            db.execute(
-                "DELETE FROM pending WHERE EXISTS (SELECT 1 FROM predictions p WHERE "
-                "p.request_id = pending.request_id AND p.row = pending.row)"
-            )
+            counts.labels_joined = self._join_pending()
         return counts
 
     def _predicted(self) -> dict[str, int]:
@@ -197,44 +191,71 @@ class JoinStore:
         return value
 
     def add_labels(self, rows: Iterable[tuple[str, int, float, float]]) -> JoinCounts:
-        """Join (request id, row, label, time) labels to their predictions, or keep them pending."""
+        """Join (request id, row, label, time) labels to their predictions, or keep them pending.
+
+        One pass over the predictions' key for the batch (a join with the batch in a temporary
+        table), then an update by key of the rows that get their label.
+        """
         db = self._db
-        rows = list(rows)
-        before = db.total_changes
-        db.executemany("INSERT OR IGNORE INTO incoming VALUES (?, ?, ?, ?)", rows)
-        counts = JoinCounts(duplicate_labels=len(rows) - (db.total_changes - before))
-        (labelled,) = db.execute(
-            "SELECT count(*) FROM incoming i JOIN predictions p ON p.request_id = i.request_id "
-            "AND p.row = i.row WHERE p.label IS NOT NULL"
-        ).fetchone()
-        counts.duplicate_labels += labelled
-        counts.labels_joined = self._join("incoming")
-        before = db.total_changes
-        db.execute(
-            "INSERT OR IGNORE INTO pending SELECT * FROM incoming i WHERE NOT EXISTS (SELECT 1 "
-            "FROM predictions p WHERE p.request_id = i.request_id AND p.row = i.row)"
-        )
-        counts.labels_pending = db.total_changes - before
-        unjoined = len(rows) - counts.duplicate_labels - counts.labels_joined
-        counts.duplicate_labels += unjoined - counts.labels_pending  # already pending
+        unique: dict[tuple[str, int], tuple[str, int, float, float]] = {}
+        given = 0
+        for label in rows:  # the first label of a (request, row) in the batch counts
+            unique.setdefault((label[0], label[1]), label)
+            given += 1
+        db.executemany("INSERT INTO incoming VALUES (?, ?, ?, ?)", unique.values())
+        counts = JoinCounts(duplicate_labels=given - len(unique))
+        found = db.execute(
+            "SELECT i.request_id, i.row, i.label, i.time, p.stream, p.pred, p.label IS NOT NULL "
+            "FROM incoming i LEFT JOIN predictions p "
+            "ON p.request_id = i.request_id AND p.row = i.row"
+        ).fetchall()
         db.execute("DELETE FROM incoming")
+        updates, joined, waiting = [], [], []
+        for request_id, row, label, time, stream, pred, labelled in found:
+            if stream is None:
+                waiting.append((request_id, row, label, time))
+            elif labelled:
+                counts.duplicate_labels += 1
+            else:
+                updates.append((label, time, request_id, row))
+                joined.append((stream, label, pred))
+        db.executemany(
+            "UPDATE predictions SET label = ?, label_time = ? WHERE request_id = ? AND row = ?",
+            updates,
+        )
+        self._add_totals(joined)
+        counts.labels_joined = len(joined)
+        before = db.total_changes
+        db.executemany("INSERT OR IGNORE INTO pending VALUES (?, ?, ?, ?)", waiting)
+        counts.labels_pending = db.total_changes - before
+        counts.duplicate_labels += len(waiting) - counts.labels_pending  # already pending
         return counts
 
-    def _join(self, source: str) -> int:
-        """Fill in the labels of ``source`` (incoming or pending) on unlabelled predictions and
-        add them to the running totals; returns how many were joined."""
+    def _join_pending(self) -> int:
+        """Fill in the labels that waited for the predictions just stored."""
         db = self._db
         joined = db.execute(
-            f"SELECT p.stream, s.label, p.pred FROM {source} s JOIN predictions p "
+            "SELECT p.stream, s.label, p.pred FROM pending s JOIN predictions p "
             "ON p.request_id = s.request_id AND p.row = s.row WHERE p.label IS NULL"
         ).fetchall()
-        if not joined:
-            return 0
+        if joined:
+            db.execute(
+                "UPDATE predictions SET label = s.label, label_time = s.time FROM pending s "
+                "WHERE predictions.request_id = s.request_id AND predictions.row = s.row "
+                "AND predictions.label IS NULL"
+            )
+            self._add_totals(joined)
         db.execute(
-            f"UPDATE predictions SET label = s.label, label_time = s.time FROM {source} s "
-            "WHERE predictions.request_id = s.request_id AND predictions.row = s.row "
-            "AND predictions.label IS NULL"
+            "DELETE FROM pending WHERE EXISTS (SELECT 1 FROM predictions p WHERE "
+            "p.request_id = pending.request_id AND p.row = pending.row)"
         )
+        return len(joined)
+
+    def _add_totals(self, joined: list[tuple[int, float, float]]) -> None:
+        """Add joined (stream, label, predicted) rows to the streams' running totals."""
+        if not joined:
+            return
+        db = self._db
         table = np.asarray(joined, dtype=np.float64)
         by_id = {s.id: s for s in self._streams.values()}
         for sid in np.unique(table[:, 0]):
@@ -245,11 +266,9 @@ class JoinStore:
                 db.executemany(
                     "INSERT INTO confusion VALUES (?, ?, ?, ?) ON CONFLICT DO UPDATE SET "
                     "count = count + excluded.count",
-                    [
-                        (stream.id, int(t), int(p), int(c))
-                        for (t, p), c in zip(cells, counts, strict=True)
-                    ],
-                )
+                    [(stream.id, int(t), int(p), int(c))
+                     for (t, p), c in zip(cells, counts, strict=True)],
+                )  # fmt: skip
             else:
                 errors = mine[:, 2] - mine[:, 1]
                 db.execute(
@@ -258,7 +277,6 @@ class JoinStore:
                     "sq_sum = sq_sum + excluded.sq_sum",
                     (stream.id, len(mine), float(np.abs(errors).sum()), float((errors**2).sum())),
                 )
-        return len(joined)
 
     def expire(self, before: float, labels_before: float) -> JoinCounts:
         """Drop predictions older than ``before``, and count the labels that waited since
