@@ -168,7 +168,7 @@ def consumer_throughput(items: int = 100_000) -> dict[str, float]:
             settings, PerformanceMetrics(CollectorRegistry()), Webhooks([])
         )
         records: list[InferenceRecord] = []
-        messages = []
+        messages: list[_Message] = []
         for i in range(items):
             records.append({
                 "schema_version": 2, "request_id": f"r{i}", "time": 1000.0 + i * 0.001,

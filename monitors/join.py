@@ -18,7 +18,7 @@ rebalance no record is lost or counted twice.
 from __future__ import annotations
 
 import sqlite3
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -162,7 +162,7 @@ class JoinStore:
     # -- the join -----------------------------------------------------------------------------
 
     def add_predictions(
-        self, rows: list[tuple[str, int, int, float, float, bytes | None]]
+        self, rows: Sequence[tuple[str, int, int, float, float, bytes | None]]
     ) -> JoinCounts:
         """Store (request id, row, stream, time, predicted value, probabilities) rows; join the
         pending labels they were waiting for."""
