@@ -71,7 +71,7 @@ def half_width(variance: float, alpha: float, tau: float) -> float:
     """Half-width of the mSPRT confidence sequence's interval at this variance."""
     t2 = tau * tau
     ratio = (variance + t2) / variance
-    return math.sqrt(2 * variance * ratio * math.log(math.sqrt(ratio) / alpha))
+    return math.sqrt(2 * variance * (variance + t2) / t2 * math.log(math.sqrt(ratio) / alpha))
 
 
 def look(
