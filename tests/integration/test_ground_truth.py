@@ -191,7 +191,7 @@ def test_labels_realized_accuracy_ab_verdict_degradation_and_a_gated_canary(
         "feature_log": {"enabled": True, "bootstrap_servers": broker.bootstrap_servers,
                         "spool_dir": str(tmp_path / "spool"), "linger_s": 0.005},
         "feedback": {"enabled": True, "spool_dir": str(tmp_path / "feedback-spool")},
-        "admin": {"tokens": {"ops": ADMIN_TOKEN}},
+        "admin": {"tokens": {"ops": ADMIN_TOKEN}, "audit_log": str(tmp_path / "audit.jsonl")},
         "routes": [route([("lr", "champion", 50), ("weak", "weak", 50)])],
     }  # fmt: skip
     with Receiver(fail_first=1) as receiver:
