@@ -32,6 +32,9 @@ WORKER_AGGREGATION: dict[str, str] = {
     "gateway_feature_log_queue_depth": "sum",
     "gateway_feature_log_spool_messages": "sum",  # each worker has its own spool
     "gateway_feature_log_spool_bytes": "sum",
+    "gateway_feedback_log_queue_depth": "sum",  # the feedback log's, likewise per worker
+    "gateway_feedback_log_spool_messages": "sum",
+    "gateway_feedback_log_spool_bytes": "sum",
     "gateway_workers": "sum",  # the supervisor's own
 }
 _SERVING = ("model", "version", "variant", "outcome")

@@ -34,8 +34,8 @@ from gateway.demo import validation_report
 from gateway.feedback_client import send_feedback
 from monitors.broker import EmbeddedBroker
 from registry_client import LocalRegistry, ModelMetadata
-from tests._support import free_port, start_gateway
-from tests.monitors.test_monitor_e2e import SECRET, Receiver, monitor
+from tests._support import free_port, start_gateway, start_monitor
+from tests.monitors.test_monitor_e2e import SECRET, Receiver
 
 pytestmark = pytest.mark.e2e
 
@@ -211,7 +211,10 @@ def test_labels_realized_accuracy_ab_verdict_degradation_and_a_gated_canary(
                 "ab": {"min_samples": 50},
             },
         }  # fmt: skip
-        with start_gateway(tmp_path, config) as gw, monitor(tmp_path, monitor_config) as (_, mon):
+        with (
+            start_gateway(tmp_path, config) as gw,
+            start_monitor(tmp_path, monitor_config) as (_, mon),
+        ):
             # -- a 50/50 split, labels late, in bulk, shuffled, 10% never sent -----------------
             served = asyncio.run(predict(gw.url, 600, seed=1))
             assert {v for _, v, _, _, _ in served} == {"lr", "weak"}
