@@ -8,7 +8,7 @@ GATEWAY_PORT ?= 8080
 MONITOR_PORT ?= 8090
 BROKER_PORT ?= 9092
 
-.PHONY: serve test bench bench-drift clean
+.PHONY: serve test bench bench-drift bench-performance clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -46,6 +46,11 @@ bench: $(VENV)/.dev-installed
 bench-drift: $(VENV)/.dev-installed
 	$(BIN)/python -m loadtests.drift_quality
 	$(BIN)/python -m loadtests.drift_throughput
+
+## Ground truth: false winners of the A/B test, samples for a 2-point difference, the label-free
+## estimate under covariate shift, the join's throughput.
+bench-performance: $(VENV)/.dev-installed
+	$(BIN)/python -m loadtests.performance_quality
 
 clean:
 	rm -rf $(VENV) .venv-peers .venv-kserve $(STATE) .model-cache

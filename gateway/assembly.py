@@ -18,7 +18,13 @@ from typing import Protocol
 
 from prometheus_client import CollectorRegistry
 
-from gateway.featurelog import build_feature_log, build_record_builder, producer_options
+from gateway.featurelog import (
+    build_feature_log,
+    build_feedback_log,
+    build_record_builder,
+    producer_options,
+)
+from gateway.feedback import FeedbackService
 from gateway.inference import InferenceService
 from gateway.metrics import GatewayMetrics, ShadowMetrics
 from gateway.serving import Deployment, ModelLoader, ModelManager, RuntimeOptions
@@ -46,6 +52,7 @@ class Core:
 
     service: InferenceService
     routes: RouteStore
+    feedback: FeedbackService | None = None
 
 
 class Peers(Protocol):
@@ -176,7 +183,15 @@ async def start_core(
     for route in settings.initial_routes():
         if route.endpoint not in traffic.routes:
             await traffic.apply(route, required=False)
-    return Core(service, store)
+    feedback = None
+    if settings.feedback.enabled:
+        feedback_log = await stack.enter_async_context(
+            build_feedback_log(
+                settings.feature_log, settings.feedback, metrics, settings.server.shutdown_timeout_s
+            )
+        )
+        feedback = FeedbackService(traffic, feedback_log, metrics, settings.feedback.max_items)
+    return Core(service, store, feedback)
 
 
 _PRODUCER_ONLY = ("acks", "compression_type", "enable_idempotence", "linger_ms")

@@ -1,4 +1,4 @@
-"""The ``gateway`` command: ``serve``, ``stack``, ``demo`` and ``routes``."""
+"""The ``gateway`` command: ``serve``, ``stack``, ``demo``, ``routes`` and ``feedback``."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 from gateway.errors import ConfigError
+from gateway.feedback_client import add_feedback_command, run_feedback_command
 from gateway.serve import serve
 from gateway.settings import load_settings
 from gateway.traffic import add_routes_commands, run_routes_command
@@ -52,9 +53,12 @@ def main(argv: list[str] | None = None) -> int:
     stack_cmd.add_argument("--monitor-port", type=int, help="override the monitor's http.port")
     stack_cmd.add_argument("--broker-port", type=int, default=9092, help="the embedded broker's")
     add_routes_commands(sub)
+    add_feedback_command(sub)
     args = parser.parse_args(argv)
     if args.command == "routes":
         return run_routes_command(args)
+    if args.command == "feedback":
+        return run_feedback_command(args)
     logging.basicConfig(
         level=getattr(logging, getattr(args, "log_level", "info").upper()),
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",

@@ -32,6 +32,9 @@ WORKER_AGGREGATION: dict[str, str] = {
     "gateway_feature_log_queue_depth": "sum",
     "gateway_feature_log_spool_messages": "sum",  # each worker has its own spool
     "gateway_feature_log_spool_bytes": "sum",
+    "gateway_feedback_log_queue_depth": "sum",  # the feedback log's, likewise per worker
+    "gateway_feedback_log_spool_messages": "sum",
+    "gateway_feedback_log_spool_bytes": "sum",
     "gateway_workers": "sum",  # the supervisor's own
 }
 _SERVING = ("model", "version", "variant", "outcome")
@@ -122,6 +125,14 @@ class GatewayMetrics:
         )
         self.build_info.labels(gateway_version, platform.python_version(), ort.__version__).set(1)
         self.feature_log = FeatureLogMetrics(registry)
+        # The feedback log is a second feature log (on the feedback topic), counted apart.
+        self.feedback_log = FeatureLogMetrics(registry, "gateway_feedback_log")
+        self.feedback_items = Counter(
+            "gateway_feedback_items",
+            "Feedback items (labels) received, by outcome: accepted, invalid.",
+            ("model", "outcome"),
+            registry=registry,
+        )
         _pair = ("model", "primary", "shadow")
         self.shadow_requests = Counter(
             "gateway_shadow_requests",
@@ -224,9 +235,9 @@ class BatchMetrics:
 class FeatureLogMetrics:
     """Accounting of every log record: produced, spooled, replayed, or dropped with a reason."""
 
-    def __init__(self, registry: CollectorRegistry) -> None:
+    def __init__(self, registry: CollectorRegistry, prefix: str = "gateway_feature_log") -> None:
         records = Counter(
-            "gateway_feature_log_records",
+            f"{prefix}_records",
             "Log records by event: produced (sent directly), spooled (to disk), replayed "
             "(from disk to the broker).",
             ("event",),
@@ -236,21 +247,21 @@ class FeatureLogMetrics:
         self._spooled = records.labels("spooled")
         self._replayed = records.labels("replayed")
         self._dropped = Counter(
-            "gateway_feature_log_dropped_records",
+            f"{prefix}_dropped_records",
             "Log records dropped by policy, by reason (queue_full, spool_full, sampled_out, "
             "shutdown, dead_letter_full).",
             ("reason",),
             registry=registry,
         )
         self._dead_lettered = Counter(
-            "gateway_feature_log_dead_letter_records",
+            f"{prefix}_dead_letter_records",
             "Log records the broker refused for good, kept in the dead-letter file, by reason "
             "(message_too_large, topic_authorization_failed, ...).",
             ("reason",),
             registry=registry,
         )
         oversized = Counter(
-            "gateway_feature_log_oversized_records",
+            f"{prefix}_oversized_records",
             "Log records over max_message_bytes on their own, by what was done: split (by rows, "
             "into parts) or cut (logged without features, inputs and outputs).",
             ("action",),
@@ -259,15 +270,15 @@ class FeatureLogMetrics:
         self._split = oversized.labels("split")
         self._cut = oversized.labels("cut")
         self._queue = Gauge(
-            "gateway_feature_log_queue_depth", "Records waiting in memory.", registry=registry
+            f"{prefix}_queue_depth", "Records waiting in memory.", registry=registry
         )
         self._spool_messages = Gauge(
-            "gateway_feature_log_spool_messages",
+            f"{prefix}_spool_messages",
             "Kafka messages (each one or more records) waiting in the disk spool.",
             registry=registry,
         )
         self._spool_bytes = Gauge(
-            "gateway_feature_log_spool_bytes", "Bytes waiting in the disk spool.", registry=registry
+            f"{prefix}_spool_bytes", "Bytes waiting in the disk spool.", registry=registry
         )
 
     def produced(self, count: int) -> None:

@@ -12,7 +12,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 from gateway.errors import ConfigError
-from gateway.featurelog import FeatureLogSettings
+from gateway.featurelog import FeatureLogSettings, FeedbackSettings
 from gateway.serving import BatchingSettings, RuntimeSettings
 from gateway.traffic import AdminSettings, ControlSettings, Route, VariantSpec
 from registry_client import ModelRef
@@ -24,6 +24,7 @@ __all__ = [
     "BatchingSettings",
     "ControlSettings",
     "FeatureLogSettings",
+    "FeedbackSettings",
     "GatewaySettings",
     "ModelSettings",
     "RegistrySettings",
@@ -119,6 +120,7 @@ class GatewaySettings(BaseSettings):
     runtime: RuntimeSettings = Field(default_factory=RuntimeSettings)
     batching: BatchingSettings = Field(default_factory=BatchingSettings)
     feature_log: FeatureLogSettings = Field(default_factory=FeatureLogSettings)
+    feedback: FeedbackSettings = Field(default_factory=FeedbackSettings)
     admin: AdminSettings = Field(default_factory=AdminSettings)
     control: ControlSettings = Field(default_factory=ControlSettings)
     # `models` is the short form of a route with one variant named "default".
@@ -217,6 +219,9 @@ def _read_file(path: Path) -> dict[str, Any]:
         _resolve_paths(
             feature_log, path.parent, ("spool_dir", "ssl_cafile", "ssl_certfile", "ssl_keyfile")
         )
+    feedback = data.get("feedback")
+    if isinstance(feedback, dict):
+        _resolve_paths(feedback, path.parent, ("spool_dir",))
     return data
 
 

@@ -56,6 +56,8 @@ def run_stack(
         log.info("demo model %s: versions %s", DEMO_MODEL, registry.versions(DEMO_MODEL))
         broker.start()
         topics = [settings.feature_log.topic, settings.control.topic]
+        if settings.feedback.enabled:
+            topics.append(settings.feedback.topic)
         asyncio.run(create_topics(broker.bootstrap_servers, topics, partitions=3))
         if run_monitor:
             env = {**os.environ, "MONITOR_KAFKA__BOOTSTRAP_SERVERS": broker.bootstrap_servers}

@@ -31,10 +31,18 @@ def _run(config: Path | None) -> int:
     except SettingsError as exc:
         print(f"monitors: {exc}", file=sys.stderr)
         return 2
-    service = MonitorService(settings, MonitorMetrics(CollectorRegistry()))
+    registry = CollectorRegistry()
+    service = MonitorService(settings, MonitorMetrics(registry))
+    ground_truth = None
+    if settings.performance.enabled:
+        from monitors.ground_truth import GroundTruthService
+        from monitors.performance_metrics import PerformanceMetrics
+
+        # the same webhook targets (and delivery metrics) as drift events
+        ground_truth = GroundTruthService(settings, PerformanceMetrics(registry), service.webhooks)
     server = uvicorn.Server(
         uvicorn.Config(
-            create_status_app(service),
+            create_status_app(service, ground_truth),
             host=settings.http.host,
             port=settings.http.port,
             log_level="warning",
@@ -49,10 +57,17 @@ def _run(config: Path | None) -> int:
         # uvicorn installs its own handlers when it starts serving; the monitor's replace them,
         # so a signal stops the consumer cleanly (state saved, offsets committed) first.
         loop = asyncio.get_running_loop()
+
+        def stop() -> None:
+            service.stop()
+            if ground_truth is not None:
+                ground_truth.stop()
+
         for sig in (signal.SIGINT, signal.SIGTERM):
-            loop.add_signal_handler(sig, service.stop)
+            loop.add_signal_handler(sig, stop)
         try:
-            await service.run()
+            runs = [service.run()] + ([ground_truth.run()] if ground_truth else [])
+            await asyncio.gather(*runs)
         finally:
             server.should_exit = True
             await http

@@ -11,6 +11,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
+from monitors.ground_truth import GroundTruthService
 from monitors.service import MonitorService
 
 __all__ = ["create_status_app"]
@@ -22,8 +23,15 @@ def _json(doc: object) -> Response:
     )
 
 
-def create_status_app(service: MonitorService) -> Starlette:
-    """``GET /status``, ``GET /status/{model}/{version}``, ``GET /health``, ``GET /metrics``."""
+def _not_found(message: str) -> Response:
+    return Response(orjson.dumps({"error": message}), 404, media_type="application/json")
+
+
+def create_status_app(
+    service: MonitorService, ground_truth: GroundTruthService | None = None
+) -> Starlette:
+    """``GET /status``, ``GET /status/{model}/{version}``, ``GET /health``, ``GET /metrics``;
+    with the ground-truth side, ``GET /performance`` and ``GET /ab/{model}`` too."""
 
     async def status(request: Request) -> Response:
         return _json(
@@ -32,17 +40,25 @@ def create_status_app(service: MonitorService) -> Starlette:
                 "decisions": {k: v.to_dict() for k, v in service.decider.states.items()},
                 "deliveries": [asdict(d) for d in service.webhooks.recent],
                 "pending_webhooks": service.outbox.size,
+                **({"performance": ground_truth.status()} if ground_truth else {}),
             }
         )
+
+    async def performance(request: Request) -> Response:
+        if ground_truth is None:
+            return _not_found("the ground-truth side is off (performance.enabled)")
+        return _json(ground_truth.status())
+
+    async def ab(request: Request) -> Response:
+        if ground_truth is None:
+            return _not_found("the ground-truth side is off (performance.enabled)")
+        model = request.path_params["model"]
+        return _json({"model": model, "pairs": ground_truth.verdicts(model)})
 
     async def model_status(request: Request) -> Response:
         key = f"{request.path_params['model']}/{request.path_params['version']}"
         if key not in service.latest:
-            return Response(
-                orjson.dumps({"error": f"no window closed yet for {key}"}),
-                404,
-                media_type="application/json",
-            )
+            return _not_found(f"no window closed yet for {key}")
         return _json(service.latest[key])
 
     async def health(request: Request) -> Response:
@@ -55,6 +71,8 @@ def create_status_app(service: MonitorService) -> Starlette:
         routes=[
             Route("/status", status),
             Route("/status/{model}/{version}", model_status),
+            Route("/performance", performance),
+            Route("/ab/{model}", ab),
             Route("/health", health),
             Route("/metrics", metrics),
         ]

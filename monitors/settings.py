@@ -9,6 +9,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, model_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
+from monitors.performance_settings import PerformanceSettings
 from registry_client.settings import RegistrySettings
 
 __all__ = ["MonitorSettings", "SettingsError", "load_settings"]
@@ -124,6 +125,7 @@ class MonitorSettings(BaseSettings):
     webhook_max_attempts: int = Field(default=5, ge=1)
     webhook_backoff_s: float = Field(default=0.5, ge=0)
     http: HttpSettings = Field(default_factory=HttpSettings)
+    performance: PerformanceSettings = Field(default_factory=PerformanceSettings)
     source: str = "model-gateway/drift-monitor"
 
     @model_validator(mode="after")

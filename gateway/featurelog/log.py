@@ -16,6 +16,10 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections import deque
+from collections.abc import Callable
+from typing import Any, Generic, cast
+
+from typing_extensions import TypeVar
 
 from gateway.featurelog.dead_letter import DeadLetterFile
 from gateway.featurelog.kafka_sink import RecordSink, SendResult
@@ -32,10 +36,20 @@ log = logging.getLogger(__name__)
 # A batch of about this much JSON or less is packed on the event loop (a millisecond or two); a
 # larger one, whose size a client controls, on a worker thread.
 _PACK_INLINE_BYTES = 1024 * 1024
+_PACK_INLINE_ITEMS = 2000  # the same for records of another kind, counted
+
+# What a log carries: inference records by default; the feedback log carries feedback records.
+RecordT = TypeVar("RecordT", default=InferenceRecord)
+# Packs (key, record) pairs of another kind into messages under a size bound.
+PackFn = Callable[[list[tuple[bytes, Any]], int], list[Message]]
 
 
-class FeatureLog:
-    """Bounded queue -> Kafka, with a disk spool for outages. Use as an async context manager."""
+class FeatureLog(Generic[RecordT]):
+    """Bounded queue -> Kafka, with a disk spool for outages. Use as an async context manager.
+
+    It carries inference records; a log of another record kind (the feedback log) passes
+    ``pack`` (records to messages under the size bound) and ``count`` (records in a message).
+    """
 
     def __init__(
         self,
@@ -50,11 +64,15 @@ class FeatureLog:
         dead_letter: DeadLetterFile | None = None,
         shutdown_timeout_s: float = 10.0,
         replay_backoff_s: tuple[float, float] = (0.2, 5.0),
+        pack: PackFn | None = None,
+        count: Callable[[bytes], int] = message_records,
     ) -> None:
+        self._pack_other = pack
+        self._count = count
         self._sink = sink
         self._spool = spool
         self._metrics = metrics
-        self._queue: deque[tuple[bytes, InferenceRecord]] = deque()
+        self._queue: deque[tuple[bytes, RecordT]] = deque()
         self._queue_size = queue_size
         self._batch_size = batch_size
         self._linger_s = linger_s
@@ -77,7 +95,7 @@ class FeatureLog:
             self._spooled.set()
         self._update_gauges()
 
-    async def __aenter__(self) -> FeatureLog:
+    async def __aenter__(self) -> FeatureLog[RecordT]:
         await self._sink.start()
         self._tasks = [
             asyncio.create_task(self._send_loop(), name="feature-log:send"),
@@ -88,7 +106,7 @@ class FeatureLog:
     async def __aexit__(self, *exc_info: object) -> None:
         await self.stop()
 
-    def submit(self, key: bytes, record: InferenceRecord) -> None:
+    def submit(self, key: bytes, record: RecordT) -> None:
         """Queue one record; never blocks. A full queue drops it and counts the drop."""
         if self._closing:
             self._metrics.dropped("shutdown")
@@ -159,19 +177,24 @@ class FeatureLog:
                     await self._to_spool(batch[result.settled :])
             self._update_gauges()
 
-    def _take(self, count: int) -> list[tuple[bytes, InferenceRecord]]:
+    def _take(self, count: int) -> list[tuple[bytes, RecordT]]:
         """Up to ``count`` records off the queue, oldest first."""
         queue = self._queue
         return [queue.popleft() for _ in range(min(count, len(queue)))]
 
-    async def _pack(self, items: list[tuple[bytes, InferenceRecord]]) -> list[Message]:
+    async def _pack(self, items: list[tuple[bytes, RecordT]]) -> list[Message]:
         """The records packed per model into messages under the size bound, large batches on a
         worker thread (encoding is CPU work whose size a client controls)."""
-        sizes = [estimate_bytes(record) for _, record in items]
+        if self._pack_other is not None:
+            if len(items) <= _PACK_INLINE_ITEMS:
+                return self._pack_other(items, self._max_message_bytes)
+            return await asyncio.to_thread(self._pack_other, items, self._max_message_bytes)
+        records = cast(list[tuple[bytes, InferenceRecord]], items)
+        sizes = [estimate_bytes(record) for _, record in records]
         if sum(sizes) <= _PACK_INLINE_BYTES:
-            packed = pack(items, self._max_message_bytes, sizes)
+            packed = pack(records, self._max_message_bytes, sizes)
         else:
-            packed = await asyncio.to_thread(pack, items, self._max_message_bytes, sizes)
+            packed = await asyncio.to_thread(pack, records, self._max_message_bytes, sizes)
         if packed.split or packed.cut:
             self._metrics.oversized(packed.split, packed.cut)
         return packed.messages
@@ -236,7 +259,7 @@ class FeatureLog:
 
     async def _commit(self, entries: list[SpoolEntry], result: SendResult) -> None:
         settled = entries[: result.settled]
-        batch = [(e.key, e.value, message_records(e.value)) for e in settled]
+        batch = [(e.key, e.value, self._count(e.value)) for e in settled]
         replayed = await self._settle(batch, result)
         await asyncio.to_thread(self._spool.ack, settled[-1], len(settled))
         self._metrics.replayed(replayed)

@@ -27,12 +27,14 @@ from gateway.errors import (
     PayloadTooLargeError,
     UnknownModelError,
 )
+from gateway.feedback import FeedbackDisabledError
 from gateway.http._asgi import Receive, Scope, Send, error_status, register_status
 from gateway.http._paths import decode_path
 from gateway.http.admin import AdminAuthError, AdminDisabledError, admin_routes
 from gateway.http.endpoints import (
     AppState,
     FastHandler,
+    FeedbackEndpoint,
     InferEndpoint,
     MetadataEndpoints,
     PredictEndpoint,
@@ -58,6 +60,7 @@ register_status(AdminDisabledError, 403)
 register_status(ModelLoadError, 409)  # a route change naming a model that cannot load
 register_status(RouteConflictError, 409)  # other replicas' changes kept coming first
 register_status(RevisionMismatchError, 412)  # If-Match named another revision
+register_status(FeedbackDisabledError, 404)
 
 
 def create_app(
@@ -77,6 +80,7 @@ def create_app(
         routing_key_header=settings.server.routing_key_header.lower().encode("latin-1"),
         pin_header=settings.server.pin_header.lower().encode("latin-1"),
         readiness=settings.server.readiness,
+        feedback_enabled=settings.feedback.enabled,
     )
 
     @asynccontextmanager
@@ -84,6 +88,7 @@ def create_app(
         async with AsyncExitStack() as stack:
             core = await start_core(settings, metrics, stack, registry, peers)
             state.service, state.route_store = core.service, core.routes
+            state.feedback = core.feedback
             if peers is not None:
                 await peers.ready(metrics.registry)
             log.info("gateway ready: %s", sorted(core.service.traffic.routes))
@@ -93,7 +98,7 @@ def create_app(
             try:
                 yield
             finally:
-                state.service = state.route_store = None
+                state.service = state.route_store = state.feedback = None
 
     meta = MetadataEndpoints(state)
     infer = InferEndpoint(state)
@@ -108,6 +113,7 @@ def create_app(
         Route("/v2/models/{name}/versions/{version}/ready", meta.model_ready, methods=["GET"]),
         Route("/v2/models/{name}/infer", infer, methods=["POST"]),
         Route("/v2/models/{name}/versions/{version}/infer", infer, methods=["POST"]),
+        Route("/v2/models/{name}/feedback", FeedbackEndpoint(state).submit, methods=["POST"]),
         Route("/v1/models/{name}:predict", predict, methods=["POST"]),
         Route("/v1/models/{name}/versions/{version}:predict", predict, methods=["POST"]),
         Route("/metrics", meta.metrics if peers is None else _all_workers(peers), methods=["GET"]),

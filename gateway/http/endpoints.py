@@ -20,6 +20,7 @@ from starlette.responses import Response
 
 from gateway.errors import GatewayError, InvalidInputError, NotReadyError
 from gateway.featurelog import RequestInfo
+from gateway.feedback import FeedbackDisabledError, FeedbackService
 from gateway.http._asgi import (
     JSON,
     Headers,
@@ -50,6 +51,7 @@ __all__ = [
     "AppState",
     "Body",
     "FastHandler",
+    "FeedbackEndpoint",
     "InferEndpoint",
     "PredictEndpoint",
 ]
@@ -75,6 +77,8 @@ class AppState:
     route_store: RouteStore | None = None
     # /v2/health/ready: every endpoint ready ("all") or at least one ("any").
     readiness: str = "any"
+    feedback: FeedbackService | None = None
+    feedback_enabled: bool = False
 
     def require_service(self) -> InferenceService:
         if self.service is None:
@@ -573,6 +577,27 @@ def _feature_doc(feature: dict[str, object], inputs: dict[str, str]) -> dict[str
     if inputs.get(name, name) != name:
         feature["input"] = inputs[name]
     return feature
+
+
+class FeedbackEndpoint:
+    """``POST /v2/models/{name}/feedback``: ground truth for served predictions, answered 202
+    once the items are checked and queued on the feedback log."""
+
+    def __init__(self, state: AppState) -> None:
+        self.state = state
+
+    async def submit(self, request: Request) -> Response:
+        if not self.state.feedback_enabled:
+            raise FeedbackDisabledError(
+                "feedback is not enabled on this gateway (feedback.enabled)"
+            )
+        self.state.require_service()
+        feedback = self.state.feedback
+        if feedback is None:
+            raise NotReadyError("the gateway is starting")
+        body = await read_body(request.scope, request.receive, self.state.max_body_bytes)
+        accepted = feedback.submit(request.path_params["name"], body, time.time())
+        return json_response({"accepted": accepted}, 202)
 
 
 def service_versions(state: AppState, endpoint: str) -> list[Deployment]:

@@ -17,7 +17,14 @@ from gateway.traffic.route_store import (
     RouteStore,
 )
 from gateway.traffic.router import Traffic
-from gateway.traffic.routes import CanaryRule, Route, ShadowSpec, VariantSpec, follow
+from gateway.traffic.routes import (
+    CanaryRule,
+    QualityGate,
+    Route,
+    ShadowSpec,
+    VariantSpec,
+    follow,
+)
 from gateway.traffic.settings import AdminSettings, ControlSettings
 from gateway.traffic.shadow import ShadowDispatcher
 
@@ -30,6 +37,7 @@ __all__ = [
     "ControlSettings",
     "ControlSigner",
     "ControlUnavailableError",
+    "QualityGate",
     "RevisionMismatchError",
     "Route",
     "RouteChannel",

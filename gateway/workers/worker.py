@@ -15,14 +15,19 @@ __all__ = ["run_worker", "worker_settings"]
 
 def worker_settings(settings: GatewaySettings, slot: int, replica_base: str) -> GatewaySettings:
     """Worker ``slot``'s settings: its own replica id (stable across its restarts, so a canary
-    it drives stays its own) and its own feature-log spool directory."""
+    it drives stays its own) and its own feature-log and feedback spool directories."""
     server = settings.server.model_copy(
         update={"replica_id": f"{replica_base}-w{slot}", "workers": 1}
     )
     feature_log = settings.feature_log.model_copy(
         update={"spool_dir": settings.feature_log.spool_dir / f"worker-{slot}"}
     )
-    return settings.model_copy(update={"server": server, "feature_log": feature_log})
+    feedback = settings.feedback.model_copy(
+        update={"spool_dir": settings.feedback.spool_dir / f"worker-{slot}"}
+    )
+    return settings.model_copy(
+        update={"server": server, "feature_log": feature_log, "feedback": feedback}
+    )
 
 
 def run_worker(
