@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 import socket
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import AsyncExitStack
 from dataclasses import dataclass
@@ -18,6 +19,7 @@ from typing import Protocol
 
 from prometheus_client import CollectorRegistry
 
+from gateway.admission import Admission, Gate
 from gateway.featurelog import (
     build_feature_log,
     build_feedback_log,
@@ -27,7 +29,13 @@ from gateway.featurelog import (
 from gateway.feedback import FeedbackService
 from gateway.inference import InferenceService
 from gateway.metrics import GatewayMetrics, ShadowMetrics
-from gateway.serving import Deployment, ModelLoader, ModelManager, RuntimeOptions
+from gateway.serving import (
+    BatchObserver,
+    Deployment,
+    ModelLoader,
+    ModelManager,
+    RuntimeOptions,
+)
 from gateway.settings import GatewaySettings
 from gateway.traffic import (
     AuditLog,
@@ -81,8 +89,9 @@ async def start_core(
     stack: AsyncExitStack,
     registry: Registry | None = None,
     peers: Peers | None = None,
+    admission: Admission | None = None,
 ) -> Core:
-    """Start every part of the core on ``stack``."""
+    """Start every part of the core on ``stack``; ``admission`` hears the primaries' queues."""
     replica_id = settings.server.replica_id or f"{socket.gethostname()}-{os.getpid()}"
     if peers is not None:
         await stack.enter_async_context(peers)
@@ -108,6 +117,7 @@ async def start_core(
         metrics,
         settings.runtime.worker_threads,
         settings.runtime.inline_run_max_s,
+        _batch_observers(metrics, admission),
     )
     overrides = settings.batching_overrides()
 
@@ -195,3 +205,39 @@ async def start_core(
 
 
 _PRODUCER_ONLY = ("acks", "compression_type", "enable_idempotence", "linger_ms")
+
+
+def _batch_observers(
+    metrics: GatewayMetrics, admission: Admission | None
+) -> Callable[[str, str, str, bool], BatchObserver]:
+    """What each batcher reports to: its metrics, and for a primary its endpoint's gate."""
+
+    def observer(endpoint: str, version: str, variant: str, primary: bool) -> BatchObserver:
+        batch_metrics = metrics.for_batches(endpoint, version, variant)
+        if admission is None or not primary:
+            return batch_metrics
+        return _Observers(batch_metrics, admission.gate(endpoint))
+
+    return observer
+
+
+class _Observers:
+    """A batcher's metrics and its endpoint's admission gate, as one ``BatchObserver``."""
+
+    def __init__(self, metrics: BatchObserver, gate: Gate) -> None:
+        self._metrics = metrics
+        self._gate = gate
+
+    def batch_closed(self, rows: int, requests: int, reason: str) -> None:
+        self._metrics.batch_closed(rows, requests, reason)
+
+    def queue_wait(self, seconds: float) -> None:
+        self._metrics.queue_wait(seconds)
+        self._gate.queue_wait(seconds)
+
+    def queue_depth(self, depth: int) -> None:
+        self._metrics.queue_depth(depth)
+
+    def run_time(self, seconds: float) -> None:
+        self._metrics.run_time(seconds)
+        self._gate.run_time(seconds)

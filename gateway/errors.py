@@ -12,6 +12,7 @@ __all__ = [
     "NotReadyError",
     "OverloadedError",
     "PayloadTooLargeError",
+    "RateLimitedError",
     "UnknownModelError",
 ]
 
@@ -49,7 +50,11 @@ class NotReadyError(GatewayError):
 
 
 class OverloadedError(NotReadyError):
-    """The model's queue is full."""
+    """The model cannot take more work now: its queue is full, or admission control refused."""
+
+
+class RateLimitedError(NotReadyError):
+    """One caller (API key or routing key) sent more than its own share."""
 
 
 class DeadlineExceededError(NotReadyError):

@@ -55,16 +55,31 @@ class InferenceService:
         return self.traffic.pick(info.endpoint, info.routing_key, pinned, version)
 
     def start(
-        self, model: LoadedModel, inputs: Tensors, info: RequestInfo
+        self, model: LoadedModel, inputs: Tensors, info: RequestInfo, started: float
     ) -> tuple[int, asyncio.Future[Tensors]]:
         """Check ``inputs`` and queue them on the model's batcher, without waiting.
 
-        Returns the row count and the future of the outputs; raises GatewayError (invalid
-        input, overloaded). Whatever happens, the caller then calls ``finish`` once.
+        ``started`` is the request's arrival (``time.perf_counter``): its deadline and its
+        queue wait count from it. Returns the row count and the future of the outputs; raises
+        GatewayError (invalid input, overloaded). Whatever happens, the caller then calls
+        ``finish`` once.
         """
         rows = validate_inputs(model.signature, inputs, self._allow_nan)
-        deadline = asyncio.get_running_loop().time() + model.batching.timeout_s
-        return rows, model.batcher.enqueue(inputs, rows, deadline)
+        # the deadline is a loop timer: on the loop's clock, counted from the arrival
+        waited_s = time.perf_counter() - started
+        deadline = asyncio.get_running_loop().time() - waited_s + model.batching.timeout_s
+        return rows, model.batcher.enqueue(inputs, rows, deadline, started)
+
+    def check_deadline(self, model: LoadedModel, info: RequestInfo, started: float) -> None:
+        """Drop a request whose deadline passed before it was parsed (a pipelined request that
+        waited behind others): raises DeadlineExceededError, recorded, without the body read."""
+        if time.perf_counter() - started < model.batching.timeout_s:
+            return
+        exc = DeadlineExceededError(
+            f"model {model.name}: the request's deadline passed before it was read"
+        )
+        self.reject(model, info, started, exc)
+        raise exc
 
     def finish(
         self,
@@ -106,7 +121,7 @@ class InferenceService:
         outputs: Tensors | None = None
         error: BaseException | None = None
         try:
-            rows, future = self.start(model, inputs, info)
+            rows, future = self.start(model, inputs, info, started)
             outputs = await future
             return outputs
         except BaseException as exc:

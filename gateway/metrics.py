@@ -3,15 +3,21 @@
 from __future__ import annotations
 
 import platform
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 
 import onnxruntime as ort
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
 
 __all__ = [
     "WORKER_AGGREGATION",
+    "AdmissionCollector",
     "BatchMetrics",
     "FeatureLogMetrics",
     "GatewayMetrics",
+    "LoadSnapshot",
     "ShadowMetrics",
 ]
 
@@ -36,6 +42,12 @@ WORKER_AGGREGATION: dict[str, str] = {
     "gateway_feedback_log_spool_messages": "sum",
     "gateway_feedback_log_spool_bytes": "sum",
     "gateway_workers": "sum",  # the supervisor's own
+    # admission control is per worker: what each admits adds up
+    "gateway_admission_in_flight": "sum",
+    "gateway_admission_limit": "sum",
+    "gateway_admission_queue_delay_seconds": "max",
+    "gateway_admission_all_in_flight": "sum",
+    "gateway_admission_all_limit": "sum",
 }
 _SERVING = ("model", "version", "variant", "outcome")
 _VERSION = ("model", "version", "variant")
@@ -61,7 +73,7 @@ class GatewayMetrics:
         )
         self.queue_wait = Histogram(
             "gateway_queue_wait_seconds",
-            "Time a request waited in the batch queue.",
+            "Time from a request's first byte seen to the start of its batch.",
             _VERSION,
             buckets=_LATENCY_BUCKETS,
             registry=registry,
@@ -191,6 +203,14 @@ class GatewayMetrics:
             ("reason",),
             registry=registry,
         )
+
+    def watch_admission(
+        self, snapshot: Callable[[], tuple[list[LoadSnapshot], int, int]]
+    ) -> AdmissionCollector:
+        """Expose admission control's state, read when scraped (nothing per request)."""
+        collector = AdmissionCollector(snapshot)
+        self.registry.register(collector)
+        return collector
 
     def for_batches(self, model: str, version: str, variant: str) -> BatchMetrics:
         """Metrics of one model version's batcher, with labels bound once."""
@@ -335,3 +355,79 @@ class ShadowMetrics:
             m.shadow_rows.labels(*labels, "disagree").inc(rows - agreed)
         if max_abs_diff is not None:
             m.shadow_abs_diff.labels(*labels).observe(max_abs_diff)
+
+
+@dataclass(frozen=True)
+class LoadSnapshot:
+    """One endpoint's admission state at a scrape."""
+
+    model: str
+    in_flight: int
+    limit: int
+    queue_delay_s: float
+    refusals: dict[str, int]
+
+
+class AdmissionCollector(Collector):
+    """In flight, limits, queue delay and refusals by reason, read from admission control's
+    own counters when scraped: admitting or refusing a request touches no metric object."""
+
+    def __init__(self, snapshot: Callable[[], tuple[list[LoadSnapshot], int, int]]) -> None:
+        self._snapshot = snapshot
+
+    def describe(self) -> Iterator[Metric]:
+        return iter(self._families())
+
+    def collect(self) -> Iterator[Metric]:
+        loads, total_in_flight, total_limit = self._snapshot()
+        in_flight, limit, delay, refusals, all_in_flight, all_limit = self._families()
+        for load in loads:
+            in_flight.add_metric([load.model], load.in_flight)
+            limit.add_metric([load.model], load.limit)
+            delay.add_metric([load.model], load.queue_delay_s)
+            for reason, count in load.refusals.items():
+                refusals.add_metric([load.model, reason], count)
+        all_in_flight.add_metric([], total_in_flight)
+        all_limit.add_metric([], total_limit)
+        return iter((in_flight, limit, delay, refusals, all_in_flight, all_limit))
+
+    @staticmethod
+    def _families() -> tuple[
+        GaugeMetricFamily,
+        GaugeMetricFamily,
+        GaugeMetricFamily,
+        CounterMetricFamily,
+        GaugeMetricFamily,
+        GaugeMetricFamily,
+    ]:
+        return (
+            GaugeMetricFamily(
+                "gateway_admission_in_flight",
+                "Admitted requests not yet answered, per endpoint.",
+                labels=["model"],
+            ),
+            GaugeMetricFamily(
+                "gateway_admission_limit",
+                "The endpoint's in-flight limit now (adaptive or fixed).",
+                labels=["model"],
+            ),
+            GaugeMetricFamily(
+                "gateway_admission_queue_delay_seconds",
+                "Mean wait from first byte to batch start over the last admission window.",
+                labels=["model"],
+            ),
+            CounterMetricFamily(
+                "gateway_admission_refusals",
+                "Requests refused before any work, by reason (endpoint_limit, total_limit, "
+                "queue_delay, client_rate).",
+                labels=["model", "reason"],
+            ),
+            GaugeMetricFamily(
+                "gateway_admission_all_in_flight",
+                "Admitted requests not yet answered, all endpoints together.",
+            ),
+            GaugeMetricFamily(
+                "gateway_admission_all_limit",
+                "The bound on requests in flight over all endpoints.",
+            ),
+        )

@@ -11,6 +11,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
+from gateway.admission import AdmissionSettings
 from gateway.errors import ConfigError
 from gateway.featurelog import FeatureLogSettings, FeedbackSettings
 from gateway.serving import BatchingSettings, RuntimeSettings
@@ -21,6 +22,7 @@ from registry_client.settings import RegistrySettings as BaseRegistrySettings
 
 __all__ = [
     "AdminSettings",
+    "AdmissionSettings",
     "BatchingSettings",
     "ControlSettings",
     "FeatureLogSettings",
@@ -119,6 +121,7 @@ class GatewaySettings(BaseSettings):
     registry: RegistrySettings = Field(default_factory=RegistrySettings)
     runtime: RuntimeSettings = Field(default_factory=RuntimeSettings)
     batching: BatchingSettings = Field(default_factory=BatchingSettings)
+    admission: AdmissionSettings = Field(default_factory=AdmissionSettings)
     feature_log: FeatureLogSettings = Field(default_factory=FeatureLogSettings)
     feedback: FeedbackSettings = Field(default_factory=FeedbackSettings)
     admin: AdminSettings = Field(default_factory=AdminSettings)

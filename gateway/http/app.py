@@ -17,6 +17,7 @@ from starlette.responses import Response
 from starlette.routing import Match, Route
 
 from gateway import __version__
+from gateway.admission import Admission
 from gateway.assembly import Peers, start_core
 from gateway.errors import (
     GatewayError,
@@ -25,10 +26,11 @@ from gateway.errors import (
     ModelLoadError,
     NotReadyError,
     PayloadTooLargeError,
+    RateLimitedError,
     UnknownModelError,
 )
 from gateway.feedback import FeedbackDisabledError
-from gateway.http._asgi import Receive, Scope, Send, error_status, register_status
+from gateway.http._asgi import Receive, Reply, Scope, Send, error_status, register_status
 from gateway.http._paths import decode_path
 from gateway.http.admin import AdminAuthError, AdminDisabledError, admin_routes
 from gateway.http.endpoints import (
@@ -55,6 +57,7 @@ register_status(UnknownModelError, 404)
 register_status(PayloadTooLargeError, 413)
 register_status(ModelExecutionError, 500)
 register_status(NotReadyError, 503)  # also OverloadedError and DeadlineExceededError
+register_status(RateLimitedError, 429)  # a caller over its own rate (admission control)
 register_status(AdminAuthError, 401)
 register_status(AdminDisabledError, 403)
 register_status(ModelLoadError, 409)  # a route change naming a model that cannot load
@@ -82,11 +85,14 @@ def create_app(
         readiness=settings.server.readiness,
         feedback_enabled=settings.feedback.enabled,
     )
+    if settings.admission.enabled:
+        state.admission = Admission(settings.admission)
+        metrics.watch_admission(state.admission.snapshot)
 
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         async with AsyncExitStack() as stack:
-            core = await start_core(settings, metrics, stack, registry, peers)
+            core = await start_core(settings, metrics, stack, registry, peers, state.admission)
             state.service, state.route_store = core.service, core.routes
             state.feedback = core.feedback
             if peers is not None:
@@ -119,9 +125,13 @@ def create_app(
         Route("/metrics", meta.metrics if peers is None else _all_workers(peers), methods=["GET"]),
         *admin_routes(state, settings.admin.tokens),
     ]
+    probes = meta.probes()
+    if peers is not None:  # every worker's metrics are gathered over the network: not at once
+        del probes["/metrics"]
     return GatewayApp(
         infer,
         predict,
+        probes,
         routes=routes,
         lifespan=lifespan,
         exception_handlers={GatewayError: _gateway_error, HTTPException: _http_error},
@@ -141,7 +151,13 @@ class GatewayApp(Starlette):
     matching over every route and the middleware stack are pure cost on the hot path.
     """
 
-    def __init__(self, infer: InferEndpoint, predict: PredictEndpoint, **kwargs: Any) -> None:
+    def __init__(
+        self,
+        infer: InferEndpoint,
+        predict: PredictEndpoint,
+        probes: dict[str, Callable[[], Reply]],
+        **kwargs: Any,
+    ) -> None:
         super().__init__(**kwargs)
         # A redirect to the added or dropped slash would be built from the Host header.
         self.router.redirect_slashes = False
@@ -149,6 +165,7 @@ class GatewayApp(Starlette):
             (_INFER_PATH, infer),
             (_PREDICT_PATH, predict),
         )
+        self.probes = probes  # health and metrics: answered by the protocol, ahead of the rest
 
     def inference_target(self, path: str) -> tuple[FastHandler, str, str | None] | None:
         """The endpoint that answers ``POST path`` (an inference call), its model and version."""

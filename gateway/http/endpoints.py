@@ -18,6 +18,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.requests import Request
 from starlette.responses import Response
 
+from gateway.admission import Admission, Gate
 from gateway.errors import GatewayError, InvalidInputError, NotReadyError
 from gateway.featurelog import RequestInfo
 from gateway.feedback import FeedbackDisabledError, FeedbackService
@@ -79,6 +80,7 @@ class AppState:
     readiness: str = "any"
     feedback: FeedbackService | None = None
     feedback_enabled: bool = False
+    admission: Admission | None = None
 
     def require_service(self) -> InferenceService:
         if self.service is None:
@@ -116,6 +118,7 @@ class FastHandler(Protocol):
         headers: Headers,
         body: Body,
         respond: Callable[[Reply | None], None],
+        arrived: float,
     ) -> asyncio.Future[Any] | None: ...
 
 
@@ -157,6 +160,8 @@ class _InferBase(Generic[ParsedT]):
 
     def __init__(self, state: AppState) -> None:
         self.state = state
+        # Each gate's refusals are built once, and so are their replies.
+        self._refusals: dict[GatewayError, Reply] = {}
 
     def decode(self, headers: Headers, body: bytes) -> Any:
         """The model-independent part of parsing (a worker thread runs it for large bodies)."""
@@ -178,14 +183,30 @@ class _InferBase(Generic[ParsedT]):
 
     # -- the core -----------------------------------------------------------------------------
 
-    def admit(self, info: RequestInfo, headers: Headers) -> InferenceService:
-        """Refuse unknown models and a gateway still starting before the body is read."""
-        service = self.state.require_service()
-        service.traffic.route(info.endpoint)
-        key = header(headers, self.state.routing_key_header)
-        if key is not None:
-            info.routing_key = key.decode("latin-1")
-        return service
+    def admit(self, name: str, headers: Headers) -> tuple[InferenceService, Gate | None] | Reply:
+        """Refuse unknown models, a gateway still starting, and what admission control sheds,
+        before the body is decoded or parsed: the answer. Else the service and the gate taken,
+        which the caller releases once the request is over.
+
+        A refusal costs a route lookup, the gate's checks and a counter: no request id, no
+        log record, and its reply is built once.
+        """
+        try:
+            service = self.state.require_service()
+            service.traffic.route(name)
+        except GatewayError as exc:
+            return error_reply(exc, _request_id())
+        admission = self.state.admission
+        if admission is None:
+            return service, None
+        gate = admission.gate(name)
+        refusal = gate.admit(admission.client_key(headers), time.perf_counter())
+        if refusal is None:
+            return service, gate
+        reply = self._refusals.get(refusal)
+        if reply is None:
+            reply = self._refusals[refusal] = error_reply(refusal)
+        return reply
 
     def begin(
         self,
@@ -200,10 +221,14 @@ class _InferBase(Generic[ParsedT]):
 
         ``decoded`` is what ``decode`` returned, or the exception it raised.
         """
+        key = header(headers, self.state.routing_key_header)
+        if key is not None:
+            info.routing_key = key.decode("latin-1")
         pin = header(headers, self.state.pin_header)
         # From here to the batcher's queue nothing yields to the event loop, so neither a model
         # swap nor a route change can slip in between choosing the version and queueing on it.
         model = service.pick(info, pin.decode("latin-1") if pin else None, version)
+        service.check_deadline(model, info, started)
         try:
             if isinstance(decoded, Exception):
                 raise decoded
@@ -218,7 +243,7 @@ class _InferBase(Generic[ParsedT]):
             raise error from exc
         inputs = self.inputs(parsed)
         try:
-            rows, future = service.start(model, inputs, info)
+            rows, future = service.start(model, inputs, info, started)
         except GatewayError as exc:
             service.finish(model, info, inputs, 0, started, None, exc)
             raise
@@ -252,19 +277,23 @@ class _InferBase(Generic[ParsedT]):
         headers: Headers,
         body: Body,
         respond: Callable[[Reply | None], None],
+        arrived: float,
     ) -> asyncio.Future[Any] | None:
         """Answer a whole request through ``respond`` (called once, maybe before returning).
 
-        Returns a future while the request waits (cancel it when the client goes): the batch's,
-        or, for a large body, one that stands for the decoding on a worker thread and the batch.
+        ``arrived`` is when its first byte was seen (``time.perf_counter``). Returns a future
+        while the request waits (cancel it when the client goes): the batch's, or, for a large
+        body, one that stands for the decoding on a worker thread and the batch.
         """
-        started = time.perf_counter()
-        info = RequestInfo(_request_id(), time.time(), name)
-        try:
-            service = self.admit(info, headers)
-        except GatewayError as exc:
-            respond(error_reply(exc, info.request_id))
+        admitted = self.admit(name, headers)
+        if isinstance(admitted, Reply):
+            respond(admitted)
             return None
+        service, gate = admitted
+        if gate is not None:
+            respond = _released_first(gate, respond)
+        started = arrived
+        info = RequestInfo(_request_id(), time.time(), name)
         if isinstance(body, bytes) and len(body) <= LARGE_BODY_BYTES:
             result = self._decode(headers, body, encoded=True)
             return self._queue(service, info, version, headers, result, started, respond)
@@ -274,7 +303,8 @@ class _InferBase(Generic[ParsedT]):
 
         def decoded(done: asyncio.Future[Any]) -> None:
             if waiting.cancelled():
-                return  # the caller has gone before its request was queued
+                respond(None)  # the caller has gone before its request was queued
+                return
             call = self._queue(service, info, version, headers, done.result(), started, respond)
             if call is not None:
                 waiting.add_done_callback(lambda _: call.cancel())
@@ -327,10 +357,15 @@ class _InferBase(Generic[ParsedT]):
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         started = time.perf_counter()
-        info = RequestInfo(_request_id(), time.time(), scope["path_params"]["name"])
+        name = scope["path_params"]["name"]
         headers: Headers = scope["headers"]
+        admitted = self.admit(name, headers)
+        if isinstance(admitted, Reply):
+            await send_reply(send, admitted)
+            return
+        service, gate = admitted
+        info = RequestInfo(_request_id(), time.time(), name)
         try:
-            service = self.admit(info, headers)
             body = await read_body(scope, receive, self.state.max_body_bytes)
             if len(body) <= LARGE_BODY_BYTES:
                 decoded = self._decode(headers, body, encoded=False)
@@ -350,6 +385,9 @@ class _InferBase(Generic[ParsedT]):
         except Exception:
             log.exception("unexpected error answering %s", scope.get("path"))
             reply = _internal_error()
+        finally:
+            if gate is not None:
+                gate.release()
         await send_reply(send, reply)
 
     async def _wait(self, future: asyncio.Future[Tensors], receive: Receive) -> None:
@@ -464,6 +502,19 @@ def _internal_error_exception() -> GatewayError:
     return GatewayError("internal error in the gateway; see its log")
 
 
+def _released_first(
+    gate: Gate, respond: Callable[[Reply | None], None]
+) -> Callable[[Reply | None], None]:
+    """``respond``, once the request's place at its gate is given back (first: the answer may
+    start the connection's next request, which then finds the place free)."""
+
+    def released_then_respond(reply: Reply | None) -> None:
+        gate.release()
+        respond(reply)
+
+    return released_then_respond
+
+
 def _internal_error() -> Reply:
     return error_reply(_internal_error_exception())
 
@@ -482,21 +533,49 @@ def json_response(doc: object, status: int = 200) -> Response:
     return Response(orjson.dumps(doc), status_code=status, media_type="application/json")
 
 
+def _json_reply(doc: object, status: int = 200) -> Reply:
+    return Reply(status, orjson.dumps(doc), [(b"content-type", JSON)])
+
+
+def _response(reply: Reply) -> Response:
+    """A Reply as a Starlette response (the ASGI routes of the probes)."""
+    headers = {name.decode("latin-1"): value.decode("latin-1") for name, value in reply.headers}
+    return Response(reply.body, status_code=reply.status, headers=headers)
+
+
+_LIVE = _json_reply({"live": True})
+_READY = _json_reply({"ready": True})
+
+
 class MetadataEndpoints:
-    """The small GET endpoints: health, server and model metadata, readiness, metrics."""
+    """The small GET endpoints: health, server and model metadata, readiness, metrics.
+
+    Liveness, readiness and metrics are also ``probes``: synchronous answers that the
+    gateway's protocol gives as soon as it reads the request, ahead of any inference work.
+    """
 
     def __init__(self, state: AppState) -> None:
         self.state = state
 
-    async def live(self, request: Request) -> Response:
-        return json_response({"live": True})
+    def probes(self) -> dict[str, Callable[[], Reply]]:
+        """Path -> the answer of the probes the protocol serves without a task or the router."""
+        return {
+            "/v2/health/live": self.live_reply,
+            "/v2/health/ready": self.ready_reply,
+            "/metrics": self.metrics_reply,
+        }
 
-    async def ready(self, request: Request) -> Response:
+    def live_reply(self) -> Reply:
+        """Alive whenever it can answer: never a matter of load."""
+        return _LIVE
+
+    def ready_reply(self) -> Reply:
         """Ready when every endpoint (``server.readiness: all``) or at least one (``any``) has
-        every variant that takes traffic loaded; the endpoints that are not are named."""
+        every variant that takes traffic loaded; the endpoints that are not are named. Not
+        ready while shedding load, only if ``admission.readiness_reports_overload``."""
         service = self.state.service
         if service is None:
-            return json_response({"ready": False, "error": "the gateway is starting"}, 503)
+            return _json_reply({"ready": False, "error": "the gateway is starting"}, 503)
         problems: dict[str, dict[str, str]] = {}
         deployments = service.traffic.manager.deployments
         for route in service.traffic.routes.values():
@@ -510,12 +589,30 @@ class MetadataEndpoints:
             ready = not problems
         else:
             ready = routes == 0 or len(problems) < routes
+        admission = self.state.admission
+        if (
+            ready
+            and admission is not None
+            and admission.readiness_reports_overload
+            and admission.shedding(time.perf_counter())
+        ):
+            return _json_reply({"ready": False, "error": "overloaded: shedding load"}, 503)
         if not problems:
-            return json_response({"ready": True})
+            return _READY
         doc: dict[str, object] = {"ready": ready, "not_ready": problems}
         if not ready:
             doc["error"] = f"models not ready: {problems}"
-        return json_response(doc, 200 if ready else 503)
+        return _json_reply(doc, 200 if ready else 503)
+
+    def metrics_reply(self) -> Reply:
+        body = generate_latest(self.state.metrics.registry)
+        return Reply(200, body, [(b"content-type", CONTENT_TYPE_LATEST.encode())])
+
+    async def live(self, request: Request) -> Response:
+        return _response(self.live_reply())
+
+    async def ready(self, request: Request) -> Response:
+        return _response(self.ready_reply())
 
     async def server(self, request: Request) -> Response:
         return json_response(
@@ -559,9 +656,7 @@ class MetadataEndpoints:
         return json_response({"name": model.name, "version": model.version, "ready": True})
 
     async def metrics(self, request: Request) -> Response:
-        return Response(
-            generate_latest(self.state.metrics.registry), media_type=CONTENT_TYPE_LATEST
-        )
+        return _response(self.metrics_reply())
 
     def _model(self, request: Request) -> LoadedModel:
         service = self.state.require_service()

@@ -22,7 +22,9 @@ from __future__ import annotations
 import asyncio
 import http
 import logging
+import time
 from collections import deque
+from collections.abc import Callable
 from typing import Any
 
 import httptools
@@ -62,7 +64,7 @@ def _status_line(status: int) -> bytes:
 class _Request:
     """One parsed request, body included, waiting for its turn on the connection."""
 
-    __slots__ = ("body", "error", "headers", "keep_alive", "method", "url", "version")
+    __slots__ = ("arrived", "body", "error", "headers", "keep_alive", "method", "url", "version")
 
     def __init__(
         self,
@@ -73,7 +75,9 @@ class _Request:
         keep_alive: bool,
         version: str,
         error: tuple[int, str] | None,
+        arrived: float,
     ) -> None:
+        self.arrived = arrived  # its first byte seen (time.perf_counter)
         self.method = method
         self.url = url
         self.headers = headers
@@ -134,6 +138,9 @@ class GatewayProtocol(asyncio.Protocol):
     limits = HttpLimits()
     gateway_app: GatewayApp | None = None
     targets: dict[bytes, tuple[FastHandler, str, str | None] | None] = {}
+    # Health and metrics: answered as soon as they are read, with no task (ahead of the
+    # inference callbacks and tasks waiting on the loop), whatever the backlog.
+    probes: dict[bytes, Callable[[], Reply]] = {}
 
     def __init__(
         self,
@@ -179,6 +186,7 @@ class GatewayProtocol(asyncio.Protocol):
         self._in_head = False
         self._messages = 0
         self._head_started = 0.0
+        self._arrived = 0.0
 
     # -- asyncio.Protocol ---------------------------------------------------------------------
 
@@ -249,6 +257,7 @@ class GatewayProtocol(asyncio.Protocol):
     # -- httptools callbacks ------------------------------------------------------------------
 
     def on_message_begin(self) -> None:
+        self._arrived = time.perf_counter()
         self._url = b""
         self._headers = []
         self._body = []
@@ -301,6 +310,7 @@ class GatewayProtocol(asyncio.Protocol):
             parser.should_keep_alive(),
             self._version,
             None,
+            self._arrived,
         )
         self._queue.append(request)
         if self._active is None:
@@ -319,6 +329,13 @@ class GatewayProtocol(asyncio.Protocol):
                 target, request.error = None, _BAD_URL
             if target is not None:
                 self._handle_inference(request, *target)
+                return
+        elif request.method in ("GET", "HEAD") and request.error is None:
+            probe = self.probes.get(request.url)
+            if probe is not None:
+                reply = probe()
+                self.respond(request, reply.status, reply.headers, reply.body)
+                self._finished()
                 return
         task = self._loop.create_task(self._serve(request))
         self._active = task
@@ -382,7 +399,7 @@ class GatewayProtocol(asyncio.Protocol):
             self._finished()
 
         # ``handle`` answers at once (and returns None) or later, from the future's callback
-        future = handle(name, version, request.headers, request.body, respond)
+        future = handle(name, version, request.headers, request.body, respond, request.arrived)
         if future is not None:
             self._active = future  # connection_lost cancels it: the request leaves its batch
             self._update_reading()
@@ -484,7 +501,8 @@ class GatewayProtocol(asyncio.Protocol):
         self._rejected = True
         self._in_head = self._continue = False
         self._update_reading()  # read nothing more
-        request = _Request("GET", self._url[:200], [], b"", False, "1.1", (status, message))
+        error = (status, message)
+        request = _Request("GET", self._url[:200], [], b"", False, "1.1", error, self._arrived)
         self._queue.append(request)
         if self._active is None:
             self._start_next()
@@ -566,9 +584,11 @@ def protocol_class(
     limits: HttpLimits, gateway_app: GatewayApp | None = None
 ) -> type[GatewayProtocol]:
     """The protocol class for ``uvicorn.Config(http=...)``: the limits, the fast path."""
+    probes = gateway_app.probes if gateway_app is not None else {}
     attributes: dict[str, object] = {
         "limits": limits,
         "gateway_app": gateway_app,
         "targets": {},
+        "probes": {path.encode(): probe for path, probe in probes.items()},
     }
     return type("GatewayProtocol", (GatewayProtocol,), attributes)

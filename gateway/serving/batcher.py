@@ -145,11 +145,15 @@ class Batcher:
         """Queue a request of ``rows`` rows; wait until the monotonic ``deadline`` for outputs."""
         return await self.enqueue(inputs, rows, deadline)
 
-    def enqueue(self, inputs: Tensors, rows: int, deadline: float) -> asyncio.Future[Tensors]:
+    def enqueue(
+        self, inputs: Tensors, rows: int, deadline: float, arrived: float | None = None
+    ) -> asyncio.Future[Tensors]:
         """Queue a request and return the future of its outputs, without waiting for it.
 
         The future fails with DeadlineExceededError at the monotonic ``deadline``; cancelling
-        it takes the request out of the queue before its batch runs.
+        it takes the request out of the queue before its batch runs. ``arrived``
+        (``time.perf_counter``; default now) is when the request was first seen: its queue
+        wait counts from it.
         """
         if self._closing:
             raise NotReadyError(f"model {self.name} is shutting down")
@@ -166,7 +170,8 @@ class Batcher:
             return future
         # Only requests whose inputs agree beyond the batch dimension can be stacked.
         key = tuple((n, a.shape[1:], a.dtype) for n, a in inputs.items()) if self._stackable else ()
-        item = _Pending(inputs, rows, key, future, time.perf_counter(), deadline)
+        enqueued = time.perf_counter() if arrived is None else arrived
+        item = _Pending(inputs, rows, key, future, enqueued, deadline)
         item.handle = loop.call_at(deadline, _expire, future, self.name)
         self._queue.append(item)
         self._queued_rows += rows

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 
 from gateway.errors import ModelLoadError, NotReadyError, UnknownModelError
 from gateway.metrics import GatewayMetrics
-from gateway.serving.batcher import Batcher
+from gateway.serving.batcher import Batcher, BatchObserver
 from gateway.serving.runtime import ModelRuntime, RuntimeOptions
 from gateway.serving.settings import BatchingSettings
 from gateway.serving.signature import Signature, feature_input, per_feature_inputs
@@ -88,11 +88,16 @@ class ModelLoader:
         metrics: GatewayMetrics,
         worker_threads: int,
         inline_run_max_s: float = 0.0,
+        observers: Callable[[str, str, str, bool], BatchObserver] | None = None,
     ) -> None:
         self.registry = registry
         self._options = runtime_options
         self._executor = executor
         self._metrics = metrics
+        # (endpoint, version, variant, primary) -> what the batcher reports to
+        self._observers = observers or (
+            lambda name, version, variant, primary: metrics.for_batches(name, version, variant)
+        )
         self._worker_threads = worker_threads
         self._inline_run_max_s = inline_run_max_s
 
@@ -140,7 +145,7 @@ class ModelLoader:
             stackable=runtime.signature.batchable and batching.enabled,
             inline=inline,
             close_when_idle=batching.close_when_idle,
-            observer=self._metrics.for_batches(name, version, variant),
+            observer=self._observers(name, version, variant, executor is None),
         )
         batcher.start()
         log.info(

@@ -1,0 +1,66 @@
+"""The gateway's admission control: one gate per endpoint, a bound on the whole process."""
+
+from __future__ import annotations
+
+from gateway.admission.gate import REASONS, Gate, InFlightTotal
+from gateway.admission.settings import AdmissionSettings
+from gateway.metrics import LoadSnapshot
+
+__all__ = ["Admission"]
+
+
+class Admission:
+    """Finds an endpoint's gate (made on first use) and the caller's key among the headers."""
+
+    def __init__(self, settings: AdmissionSettings) -> None:
+        self._settings = settings
+        self.total = InFlightTotal(settings.max_in_flight_total)
+        self._gates: dict[str, Gate] = {}
+        self._client_headers = tuple(
+            name.lower().encode("latin-1") for name in settings.client_key_headers
+        )
+        self.readiness_reports_overload = settings.readiness_reports_overload
+
+    def gate(self, endpoint: str) -> Gate:
+        """The gate of ``endpoint`` (call it for served endpoints only: gates are kept)."""
+        gate = self._gates.get(endpoint)
+        if gate is None:
+            settings = self._settings
+            gate = Gate(
+                endpoint,
+                settings.limits_for(endpoint),
+                self.total,
+                interval_s=settings.interval_s,
+                backoff_ratio=settings.backoff_ratio,
+                retry_after_s=settings.retry_after_s,
+                max_clients=settings.max_clients,
+            )
+            self._gates[endpoint] = gate
+        return gate
+
+    def client_key(self, headers: list[tuple[bytes, bytes]]) -> bytes | None:
+        """The caller's key: the first of ``client_key_headers`` the request carries."""
+        for wanted in self._client_headers:
+            for name, value in headers:
+                if name == wanted:
+                    return bytes(value)
+        return None
+
+    def shedding(self, now: float) -> bool:
+        """Whether any endpoint refused a request for load within the last window."""
+        since = now - self._settings.interval_s
+        return any(gate.last_shed >= since for gate in self._gates.values())
+
+    def snapshot(self) -> tuple[list[LoadSnapshot], int, int]:
+        """Per endpoint: in flight, limit, queue delay, refusals; and the process's total."""
+        loads = [
+            LoadSnapshot(
+                gate.endpoint,
+                gate.in_flight,
+                gate.limit,
+                gate.queue_delay_s,
+                {reason: gate.refusals[reason] for reason in REASONS},
+            )
+            for gate in list(self._gates.values())
+        ]
+        return loads, self.total.in_flight, self.total.limit
