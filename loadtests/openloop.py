@@ -23,7 +23,7 @@ from urllib.parse import urlsplit
 
 import numpy as np
 
-__all__ = ["Result", "find_max_rate", "run", "run_async"]
+__all__ = ["Result", "find_max_rate", "run", "run_async", "run_phases_async"]
 
 
 @dataclass
@@ -37,6 +37,9 @@ class Result:
     statuses: dict[str, int] = field(default_factory=dict)
     errors: dict[str, int] = field(default_factory=dict)
     latencies_s: list[float] = field(default_factory=list)
+    # With ``keep_samples``: every request as (scheduled offset from the start in seconds,
+    # latency in seconds or None, HTTP status or error name).
+    samples: list[tuple[float, float | None, str]] | None = None
 
     @property
     def achieved_rate(self) -> float:
@@ -125,9 +128,16 @@ class _Pool:
     ``max_connections``) or waits for one, and that wait counts in its latency."""
 
     def __init__(
-        self, host: str, port: int, payload: bytes, max_connections: int, result: Result
+        self,
+        host: str,
+        port: int,
+        payload: bytes,
+        max_connections: int,
+        result: Result,
+        begin: float = 0.0,
     ) -> None:
         self.host, self.port, self.payload = host, port, payload
+        self.begin = begin  # the schedule's start, for the samples' offsets
         self.max_connections = max_connections
         self.result = result
         self.idle: list[_Client] = []
@@ -159,7 +169,7 @@ class _Pool:
             _, client = await loop.create_connection(lambda: _Client(self), self.host, self.port)
         except OSError as exc:
             self.opening -= 1
-            self._fail(type(exc).__name__)
+            self._fail(type(exc).__name__, scheduled)
             return
         self.opening -= 1
         self.busy.add(client)
@@ -167,9 +177,12 @@ class _Pool:
 
     def answered(self, client: _Client, scheduled: float, status: str) -> None:
         result = self.result
-        result.latencies_s.append(time.perf_counter() - scheduled)
+        latency = time.perf_counter() - scheduled
+        result.latencies_s.append(latency)
         result.completed += 1
         result.statuses[status] = result.statuses.get(status, 0) + 1
+        if result.samples is not None:
+            result.samples.append((scheduled - self.begin, latency, status))
         self._settle()
         if self.waiting:
             client.send(self.waiting.popleft())
@@ -182,10 +195,13 @@ class _Pool:
         if client in self.idle:
             self.idle.remove(client)
         if scheduled is not None:
-            self._fail(type(exc).__name__ if exc is not None else "ConnectionClosed")
+            self._fail(type(exc).__name__ if exc is not None else "ConnectionClosed", scheduled)
 
-    def _fail(self, name: str) -> None:
-        self.result.errors[name] = self.result.errors.get(name, 0) + 1
+    def _fail(self, name: str, scheduled: float) -> None:
+        result = self.result
+        result.errors[name] = result.errors.get(name, 0) + 1
+        if result.samples is not None:
+            result.samples.append((scheduled - self.begin, None, name))
         self._settle()
 
     def _settle(self) -> None:
@@ -198,13 +214,12 @@ class _Pool:
         limit = time.perf_counter() - timeout_s
         for client in list(self.busy):
             if client.scheduled is not None and client.scheduled < limit:
-                client.scheduled = None
-                self._fail("TimeoutError")
+                scheduled, client.scheduled = client.scheduled, None
+                self._fail("TimeoutError", scheduled)
                 if client.transport is not None:
                     client.transport.close()
         while self.waiting and self.waiting[0] < limit:
-            self.waiting.popleft()
-            self._fail("TimeoutError")
+            self._fail("TimeoutError", self.waiting.popleft())
 
     def close(self) -> None:
         for client in self.idle + list(self.busy):
@@ -227,20 +242,45 @@ async def run_async(
     Connections are asyncio protocols and a request costs no task: the generator's own CPU
     per request stays far below any server's (its ceiling is measured against ``hello-raw``).
     """
+    return await run_phases_async(
+        url, body, [(rate, duration_s)], headers, max_connections, timeout_s, start_at
+    )
+
+
+async def run_phases_async(
+    url: str,
+    body: bytes,
+    phases: list[tuple[float, float]],
+    headers: dict[str, str] | None = None,
+    max_connections: int = 512,
+    timeout_s: float = 5.0,
+    start_at: float | None = None,
+    keep_samples: bool = False,
+) -> Result:
+    """One open-loop schedule of consecutive ``(rate, duration_s)`` phases, e.g. calm,
+    overload, calm again; with ``keep_samples`` every request's time, latency and outcome."""
     parts = urlsplit(url)
     host, port = parts.hostname or "127.0.0.1", parts.port or 80
     head = [f"POST {parts.path or '/'} HTTP/1.1", f"Host: {host}:{port}",
             f"Content-Length: {len(body)}", "Content-Type: application/json"]  # fmt: skip
     head += [f"{k}: {v}" for k, v in (headers or {}).items()]
     payload = ("\r\n".join(head) + "\r\n\r\n").encode() + body
-    result = Result(offered_rate=rate, duration_s=duration_s)
-    pool = _Pool(host, port, payload, max_connections, result)
+    duration_s = sum(seconds for _, seconds in phases)
+    sent = sum(int(rate * seconds) for rate, seconds in phases)
+    offered = phases[0][0] if len(phases) == 1 else sent / duration_s if duration_s else 0.0
+    result = Result(offered_rate=offered, duration_s=duration_s)
+    if keep_samples:
+        result.samples = []
     # perf_counter, not loop.time(): uvloop's clock ticks in whole milliseconds
-    total = int(rate * duration_s)
     begin = start_at if start_at is not None else time.perf_counter() + 0.05
+    pool = _Pool(host, port, payload, max_connections, result, begin)
     next_expiry = begin + 0.1
-    for i in range(total):
-        scheduled = begin + i / rate
+    schedule = [
+        phase_start + i / rate
+        for phase_start, (rate, seconds) in zip(_starts(begin, phases), phases, strict=True)
+        for i in range(int(rate * seconds))
+    ]
+    for scheduled in schedule:
         now = time.perf_counter()
         if scheduled - now > 0.0005:
             await asyncio.sleep(scheduled - now)
@@ -258,6 +298,14 @@ async def run_async(
             pool.expire(timeout_s)
     pool.close()
     return result
+
+
+def _starts(begin: float, phases: list[tuple[float, float]]) -> list[float]:
+    starts = []
+    for _, seconds in phases:
+        starts.append(begin)
+        begin += seconds
+    return starts
 
 
 def _worker(args: tuple[str, bytes, float, float, dict[str, str], float, int]) -> Result:

@@ -32,12 +32,13 @@ class LimitSettings(_Group):
 
     @model_validator(mode="after")
     def _ordered(self) -> LimitSettings:
-        if not self.min_in_flight <= self.max_in_flight:
-            raise ValueError("min_in_flight must not exceed max_in_flight")
         if self.mode == "adaptive" and not (
             self.min_in_flight <= self.initial_in_flight <= self.max_in_flight
         ):
-            raise ValueError("initial_in_flight must lie between min_in_flight and max_in_flight")
+            raise ValueError(
+                "initial_in_flight must lie between min_in_flight and max_in_flight "
+                "(adaptive mode)"
+            )
         return self
 
 

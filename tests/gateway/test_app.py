@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import contextlib
 import gzip
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -300,3 +301,115 @@ async def test_readiness_names_the_endpoints_that_are_not_ready(demo_registry: P
                 assert "no version '9'" in doc["not_ready"]["broken"]["default"]
                 served = await client.post("/v2/models/breast_cancer/infer", json=infer_body(ROW))
                 assert served.status_code == 200
+
+
+async def _metric_line(client: httpx.AsyncClient, prefix: str) -> str:
+    text = (await client.get("/metrics")).text
+    return next((line for line in text.splitlines() if line.startswith(prefix)), "")
+
+
+async def _wait_metric(client: httpx.AsyncClient, line: str) -> None:
+    """Wait (up to about 30 s) until /metrics holds ``line``."""
+    import asyncio
+
+    prefix = line.rsplit(" ", 1)[0]
+    for _ in range(3000):
+        if await _metric_line(client, prefix) == line:
+            return
+        await asyncio.sleep(0.01)
+    raise AssertionError(f"{line!r} never appeared")
+
+
+async def test_requests_beyond_the_in_flight_limit_are_refused_before_any_work(
+    demo_registry: Path,
+) -> None:
+    import asyncio
+
+    # One request in flight at most; a single row waits in its batch for the whole 10 s delay
+    # (a batch closes earlier only when full: 2 rows).
+    async with serving(
+        demo_registry,
+        admission={"limits": {"mode": "fixed", "max_in_flight": 1}},
+        batching={"max_batch_delay_s": 10, "close_when_idle": False, "max_batch_size": 2},
+    ) as client:
+        path = "/v2/models/breast_cancer/infer"
+        first = asyncio.create_task(client.post(path, json=infer_body(ROW)))
+        in_flight = 'gateway_admission_in_flight{model="breast_cancer"}'
+        await _wait_metric(client, f"{in_flight} 1.0")
+        refused = await client.post(path, content=b"not even JSON: never parsed")
+        assert refused.status_code == 503
+        assert refused.headers["retry-after"] == "1"
+        assert "in flight are at the limit" in refused.json()["error"]
+        assert not first.done()
+        # the refusal left no trace beyond its counter: no request recorded, no model run
+        assert await _metric_line(client, "gateway_requests_total{") == ""
+        refusals = 'gateway_admission_refusals_total{model="breast_cancer",reason="endpoint_limit"}'
+        assert await _metric_line(client, refusals) == f"{refusals} 1.0"
+        assert (await client.get("/v2/health/live")).status_code == 200
+        assert (await client.get("/v2/health/ready")).json() == {"ready": True}
+        # the first caller gives up: it leaves its batch, and its place is freed
+        first.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await first
+        await _wait_metric(client, f"{in_flight} 0.0")
+        answered = await client.post(path, json=infer_body(ROW, ROW))
+        assert answered.status_code == 200
+
+
+async def test_a_caller_over_its_own_rate_gets_429_and_others_are_served(
+    demo_registry: Path,
+) -> None:
+    async with serving(
+        demo_registry, admission={"limits": {"client_rate_per_s": 0.01, "client_burst": 2}}
+    ) as client:
+        path = "/v2/models/breast_cancer/infer"
+        key_a = {"x-api-key": "a"}
+        statuses = [
+            (await client.post(path, json=infer_body(ROW), headers=key_a)).status_code
+            for _ in range(3)
+        ]
+        assert statuses == [200, 200, 429]
+        limited = await client.post(path, json=infer_body(ROW), headers=key_a)
+        assert limited.status_code == 429
+        assert int(limited.headers["retry-after"]) >= 100  # a token every 100 s
+        assert "exceeds its rate" in limited.json()["error"]
+        other = await client.post(path, json=infer_body(ROW), headers={"x-routing-key": "b"})
+        assert other.status_code == 200
+        assert (await client.post(path, json=infer_body(ROW))).status_code == 200
+        refusals = 'gateway_admission_refusals_total{model="breast_cancer",reason="client_rate"}'
+        assert await _metric_line(client, refusals) == f"{refusals} 2.0"
+
+
+async def test_readiness_reports_overload_only_when_asked_and_liveness_never(
+    demo_registry: Path,
+) -> None:
+    async with serving(
+        demo_registry,
+        admission={
+            "limits": {"client_rate_per_s": 0.01, "client_burst": 1, "mode": "fixed"},
+            "endpoints": {"breast_cancer": {"max_in_flight": 1}},
+            "readiness_reports_overload": True,
+            "interval_s": 10,
+        },
+        batching={"max_batch_delay_s": 10, "close_when_idle": False, "max_batch_size": 2},
+    ) as client:
+        import asyncio
+
+        path = "/v2/models/breast_cancer/infer"
+        # a caller over its own rate is not load: still ready
+        await client.post(path, json=infer_body(ROW, ROW), headers={"x-api-key": "a"})
+        assert (
+            await client.post(path, json=infer_body(ROW), headers={"x-api-key": "a"})
+        ).status_code == 429
+        assert (await client.get("/v2/health/ready")).status_code == 200
+        first = asyncio.create_task(client.post(path, json=infer_body(ROW)))
+        in_flight = 'gateway_admission_in_flight{model="breast_cancer"}'
+        await _wait_metric(client, f"{in_flight} 1.0")
+        assert (await client.post(path, json=infer_body(ROW))).status_code == 503
+        ready = await client.get("/v2/health/ready")
+        assert ready.status_code == 503
+        assert "overloaded" in ready.json()["error"]
+        assert (await client.get("/v2/health/live")).json() == {"live": True}
+        first.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await first

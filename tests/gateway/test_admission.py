@@ -1,0 +1,195 @@
+"""Admission control's core on an explicit clock: limits, the queue-delay target, buckets."""
+
+from __future__ import annotations
+
+import pytest
+from prometheus_client import CollectorRegistry, generate_latest
+
+from gateway.admission import Admission, AdmissionSettings, Gate, LimitSettings
+from gateway.admission.clients import ClientBuckets
+from gateway.errors import ConfigError, OverloadedError, RateLimitedError
+from gateway.metrics import GatewayMetrics
+from gateway.settings import load_settings
+
+
+def admission(**limits: object) -> Admission:
+    return Admission(AdmissionSettings(limits=LimitSettings.model_validate(limits)))
+
+
+def fill(gate: Gate, count: int, now: float = 0.0) -> None:
+    for _ in range(count):
+        assert gate.admit(None, now) is None
+
+
+def test_fixed_limit_refuses_beyond_it_and_release_makes_room() -> None:
+    gate = admission(mode="fixed", max_in_flight=3).gate("m")
+    fill(gate, 3)
+    refusal = gate.admit(None, 0.0)
+    assert isinstance(refusal, OverloadedError)
+    assert "in flight are at the limit" in str(refusal)
+    assert refusal is gate.admit(None, 0.0), "a refusal is built once, not per request"
+    assert gate.refusals["endpoint_limit"] == 2
+    gate.release()
+    assert gate.admit(None, 0.0) is None
+    assert gate.in_flight == 3
+
+
+def test_total_limit_spans_endpoints() -> None:
+    control = Admission(AdmissionSettings(max_in_flight_total=4))
+    a, b = control.gate("a"), control.gate("b")
+    fill(a, 3)
+    fill(b, 1)
+    assert b.admit(None, 0.0) is not None
+    assert b.refusals["total_limit"] == 1
+    a.release()
+    assert b.admit(None, 0.0) is None
+    assert control.total.in_flight == 4
+
+
+def test_adaptive_limit_backs_off_above_the_target_and_grows_when_saturated() -> None:
+    gate = admission(initial_in_flight=20, min_in_flight=4, queue_delay_target_s=0.005).gate("m")
+    fill(gate, 20, now=0.0)  # opens the first window; the limit is in use
+    gate.queue_wait(0.001)
+    gate.queue_wait(0.030)  # mean 15.5 ms: above the target
+    assert gate.admit(None, 0.1) is not None  # a new window: 20 * 0.9
+    assert gate.limit == 18
+    assert gate.queue_delay_s == pytest.approx(0.0155)
+    for _ in range(20):
+        gate.release()
+    fill(gate, 18, now=0.15)
+    assert gate.admit(None, 0.15) is not None  # saturated
+    gate.queue_wait(0.002)
+    gate.admit(None, 0.2)  # below the target and saturated: + isqrt(18)
+    assert gate.limit == 22
+
+
+def test_adaptive_limit_stays_within_its_bounds() -> None:
+    gate = admission(initial_in_flight=5, min_in_flight=4, max_in_flight=6).gate("m")
+    fill(gate, 5)
+    gate.queue_wait(1.0)
+    gate.admit(None, 1.0)
+    gate.queue_wait(1.0)
+    gate.admit(None, 2.0)
+    assert gate.limit == 4
+    for at in (3.0, 4.0, 5.0):
+        gate.admit(None, at)  # saturated, no queue wait heard: the limit holds
+    assert gate.limit == 4
+    for _ in range(5):
+        gate.release()
+    for at in (6.0, 7.0, 8.0):
+        fill(gate, gate.limit - gate.in_flight, now=at)
+        gate.admit(None, at)  # refused: saturated
+        gate.queue_wait(0.0)
+    gate.admit(None, 9.0)
+    assert gate.limit == 6
+
+
+def test_a_standing_queue_refuses_new_requests_for_a_window_then_lets_them_in() -> None:
+    gate = admission(mode="fixed", max_in_flight=100, queue_delay_target_s=0.005).gate("m")
+    fill(gate, 2, now=0.0)
+    gate.queue_wait(0.008)
+    gate.queue_wait(0.009)  # even the luckiest request waited too long: a standing queue
+    refusal = gate.admit(None, 0.1)
+    assert isinstance(refusal, OverloadedError)
+    assert "queue-delay target" in str(refusal)
+    assert gate.refusals["queue_delay"] == 1
+    gate.queue_wait(0.001)  # one request got through quickly: only a burst
+    gate.queue_wait(0.050)
+    assert gate.admit(None, 0.2) is None
+
+
+def test_a_burst_is_not_a_standing_queue_and_nothing_in_flight_is_no_queue() -> None:
+    gate = admission(mode="fixed", max_in_flight=100, queue_delay_target_s=0.005).gate("m")
+    fill(gate, 1, now=0.0)
+    gate.queue_wait(0.0)
+    gate.queue_wait(0.100)
+    assert gate.admit(None, 0.1) is None
+    gate.queue_wait(0.100)
+    gate.admit(None, 0.2)
+    gate.release()
+    gate.release()
+    assert gate.in_flight == 0
+    assert gate.admit(None, 0.25) is None, "nothing in flight: refusing would protect nothing"
+
+
+def test_the_target_allows_for_the_batch_ahead() -> None:
+    gate = admission(mode="fixed", queue_delay_target_s=0.005).gate("m")
+    for _ in range(100):
+        gate.run_time(0.020)
+    assert gate.target_s == pytest.approx(0.025, abs=1e-4)
+    fill(gate, 1)
+    gate.queue_wait(0.021)  # waited for the batch ahead of it, and a little more
+    assert gate.admit(None, 0.1) is None
+
+
+def test_client_buckets_limit_each_caller_to_its_rate() -> None:
+    gate = admission(client_rate_per_s=10.0, client_burst=2).gate("m")
+    assert gate.admit(b"key-a", 0.0) is None
+    assert gate.admit(b"key-a", 0.0) is None
+    refusal = gate.admit(b"key-a", 0.0)
+    assert isinstance(refusal, RateLimitedError)
+    assert gate.refusals["client_rate"] == 1
+    assert gate.admit(b"key-b", 0.0) is None, "another caller has its own bucket"
+    assert gate.admit(None, 0.0) is None, "a caller without a key is not rate limited"
+    assert gate.admit(b"key-a", 0.1) is None, "a token refills in 1/rate seconds"
+    assert gate.admit(b"key-a", 0.1) is not None
+
+
+def test_client_table_is_bounded_and_forgets_idle_callers_first() -> None:
+    buckets = ClientBuckets(rate_per_s=1.0, burst=1, max_clients=8)
+    for i in range(8):
+        assert buckets.take(b"busy-%d" % i, 0.0)
+    assert len(buckets) == 8
+    assert buckets.take(b"new", 0.5)  # nobody has refilled: the oldest go, down to 3/4
+    assert len(buckets) <= 7
+    assert not buckets.take(b"busy-7", 0.5), "a recent caller keeps its empty bucket"
+    while len(buckets) < 8:
+        assert buckets.take(b"more-%d" % len(buckets), 0.5)
+    assert buckets.take(b"late", 5.0)  # everyone refilled by now: they are forgotten
+    assert len(buckets) == 1
+
+
+def test_client_key_is_the_first_configured_header_present() -> None:
+    control = Admission(AdmissionSettings())
+    headers = [(b"x-routing-key", b"user-1"), (b"x-api-key", b"secret")]
+    assert control.client_key(headers) == b"secret"
+    assert control.client_key([(b"x-routing-key", b"user-1")]) == b"user-1"
+    assert control.client_key([]) is None
+
+
+def test_endpoint_overrides_and_bad_settings_name_the_setting() -> None:
+    settings = AdmissionSettings(endpoints={"heavy": {"max_in_flight": 64, "mode": "fixed"}})
+    assert settings.limits_for("heavy").max_in_flight == 64
+    assert settings.limits_for("other").max_in_flight == 1024
+    assert Admission(settings).gate("heavy").limit == 64
+    with pytest.raises(ConfigError, match=r"admission\.endpoints\.heavy"):
+        load_settings(admission={"endpoints": {"heavy": {"max_in_flight": 0}}})
+    with pytest.raises(ConfigError, match="initial_in_flight"):
+        load_settings(admission={"limits": {"initial_in_flight": 2000}})
+
+
+def test_metrics_are_read_from_the_gates_when_scraped() -> None:
+    metrics = GatewayMetrics(CollectorRegistry(), "test")
+    control = admission(mode="fixed", max_in_flight=1)
+    metrics.watch_admission(control.snapshot)
+    gate = control.gate("m")
+    fill(gate, 1)
+    gate.admit(None, 0.0)
+    text = generate_latest(metrics.registry).decode()
+    assert 'gateway_admission_in_flight{model="m"} 1.0' in text
+    assert 'gateway_admission_limit{model="m"} 1.0' in text
+    assert 'gateway_admission_refusals_total{model="m",reason="endpoint_limit"} 1.0' in text
+    assert 'gateway_admission_refusals_total{model="m",reason="client_rate"} 0.0' in text
+    assert 'gateway_admission_queue_delay_seconds{model="m"} 0.0' in text
+    assert "gateway_admission_all_in_flight 1.0" in text
+    assert "gateway_admission_all_limit 4096.0" in text
+
+
+def test_shedding_is_remembered_for_one_window() -> None:
+    control = admission(mode="fixed", max_in_flight=1)
+    gate = control.gate("m")
+    fill(gate, 1, now=10.0)
+    assert not control.shedding(10.0)
+    gate.admit(None, 10.0)
+    assert control.shedding(10.05)
+    assert not control.shedding(10.2)

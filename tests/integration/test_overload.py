@@ -1,0 +1,109 @@
+"""End-to-end: admission control and the health path of the real ``gateway serve`` process.
+
+Overload is provoked deterministically (a limit of one request in flight and a batch that
+waits for company), never by outrunning the machine.
+"""
+
+from __future__ import annotations
+
+import select
+import socket
+import time
+from pathlib import Path
+
+import httpx
+import orjson
+import pytest
+
+from tests._support import GatewayProcess, start_gateway
+from tests.integration.test_http_protocol import PATH, ROWS, body, post, read_responses
+
+pytestmark = pytest.mark.e2e
+
+
+def config(registry: Path, **extra: object) -> dict[str, object]:
+    return {
+        "registry": {"backend": "local", "root": str(registry), "poll_interval_s": 60},
+        "models": [{"name": "breast_cancer", "ref": "breast_cancer@champion"}],
+        **extra,
+    }
+
+
+def metric(gw: GatewayProcess, prefix: str) -> str:
+    text = httpx.get(f"{gw.url}/metrics", timeout=10).text
+    return next((line for line in text.splitlines() if line.startswith(prefix)), "")
+
+
+def wait_metric(gw: GatewayProcess, line: str, timeout_s: float = 20.0) -> None:
+    prefix = line.rsplit(" ", 1)[0]
+    deadline = time.monotonic() + timeout_s
+    while (seen := metric(gw, prefix)) != line:
+        assert time.monotonic() < deadline, f"{line!r} never appeared; last {seen!r}"
+        time.sleep(0.05)
+
+
+def pending(sock: socket.socket) -> bool:
+    """Whether anything has come back on the socket yet (without waiting)."""
+    return bool(select.select([sock], [], [], 0)[0])
+
+
+def test_overload_is_refused_at_once_and_probes_are_answered_ahead_of_the_backlog(
+    demo_registry: Path, tmp_path: Path
+) -> None:
+    settings = config(
+        demo_registry,
+        admission={"limits": {"mode": "fixed", "max_in_flight": 1}},
+        # a single row waits in its batch until a second fills it (or 60 s pass)
+        batching={"max_batch_size": 2, "max_batch_delay_s": 60, "close_when_idle": False,
+                  "timeout_s": 120},
+    )  # fmt: skip
+    in_flight = 'gateway_admission_in_flight{model="breast_cancer"}'
+    with start_gateway(tmp_path, settings) as gw:
+        waiting = socket.create_connection(("127.0.0.1", gw.port))
+        waiting.sendall(post(PATH, body()))
+        wait_metric(gw, f"{in_flight} 1.0")
+        with socket.create_connection(("127.0.0.1", gw.port)) as sock:
+            # not even a valid body: a refusal parses nothing
+            sock.sendall(post(PATH, b"{not json") + post(PATH, body()))
+            (status, headers, payload), (second, _, _) = read_responses(sock, 2)
+        assert (status, second) == (503, 503)
+        assert headers["retry-after"] == "1"
+        assert b"in flight are at the limit" in payload
+        assert not pending(waiting), "the queued request is still waiting"
+        for path in (b"/v2/health/live", b"/v2/health/ready", b"/metrics"):
+            with socket.create_connection(("127.0.0.1", gw.port)) as sock:
+                sock.sendall(b"GET " + path + b" HTTP/1.1\r\nHost: k\r\nConnection: close\r\n\r\n")
+                ((status, _, _),) = read_responses(sock, 1)
+            assert status == 200, path
+        assert not pending(waiting)
+        refusals = 'gateway_admission_refusals_total{model="breast_cancer",reason="endpoint_limit"}'
+        assert metric(gw, refusals) == f"{refusals} 2.0"
+        assert metric(gw, "gateway_requests_total{") == "", "refusals leave no request record"
+        waiting.close()  # the caller gives up: its request leaves the batch, its place is free
+        wait_metric(gw, f"{in_flight} 0.0")
+        two_rows = {"name": "input", "shape": [2, 30], "datatype": "FP32",
+                    "data": ROWS[:2].ravel().tolist()}  # fmt: skip
+        with socket.create_connection(("127.0.0.1", gw.port)) as sock:
+            sock.sendall(post(PATH, orjson.dumps({"inputs": [two_rows]})))  # fills the batch
+            ((status, _, payload),) = read_responses(sock, 1)
+        assert status == 200, payload
+
+
+def test_a_request_whose_deadline_passed_before_it_was_read_is_dropped_unparsed(
+    demo_registry: Path, tmp_path: Path
+) -> None:
+    settings = config(demo_registry, batching={"timeout_s": 0.3})
+    with start_gateway(tmp_path, settings) as gw:
+        invalid = b"{not json"
+        request = post(PATH, invalid)
+        with socket.create_connection(("127.0.0.1", gw.port)) as sock:
+            sock.sendall(request[:20])  # its first bytes: its deadline counts from here
+            time.sleep(0.6)  # a slow sender: the deadline passes before the request is whole
+            sock.sendall(request[20:])
+            ((status, _, payload),) = read_responses(sock, 1)
+        assert status == 503
+        assert b"deadline passed before it was read" in payload
+        timeouts = 'gateway_requests_total{model="breast_cancer",outcome="timeout",'
+        assert metric(gw, timeouts).endswith(" 1.0")
+        no_batch = 'gateway_batch_rows_count{model="breast_cancer",variant="default",version="1"}'
+        assert metric(gw, no_batch) == f"{no_batch} 0.0", "the model never ran"
