@@ -8,7 +8,7 @@ GATEWAY_PORT ?= 8080
 MONITOR_PORT ?= 8090
 BROKER_PORT ?= 9092
 
-.PHONY: serve test bench bench-drift bench-performance clean
+.PHONY: serve test bench bench-overload bench-drift bench-performance clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -41,6 +41,12 @@ test: $(VENV)/.dev-installed
 bench: $(VENV)/.dev-installed
 	$(BIN)/python -m loadtests.bench_serving
 	$(BIN)/python -m loadtests.bench_onnxruntime
+
+## Overload (loadtests/README.md): 1x, 1.5x, 2x and 4x the measured capacity, open loop, with
+## admission control on and off and the feature log on and off; goodput, refusals, timeouts,
+## liveness, recovery.
+bench-overload: $(VENV)/.dev-installed
+	$(BIN)/python -m loadtests.bench_overload
 
 ## Drift monitor: detection quality and throughput.
 bench-drift: $(VENV)/.dev-installed

@@ -73,6 +73,7 @@ class Gate:
             if limits.client_rate_per_s is not None
             else None
         )
+        self.limits_clients = self._buckets is not None  # else the caller's key is not needed
         self.refusals = dict.fromkeys(REASONS, 0)
         self.last_shed = -math.inf  # when a request was last refused for load (not its rate)
         self.queue_delay_s = 0.0  # the last window's mean

@@ -200,12 +200,15 @@ class _InferBase(Generic[ParsedT]):
         if admission is None:
             return service, None
         gate = admission.gate(name)
-        refusal = gate.admit(admission.client_key(headers), time.perf_counter())
+        client = admission.client_key(headers) if gate.limits_clients else None
+        refusal = gate.admit(client, time.perf_counter())
         if refusal is None:
             return service, gate
         reply = self._refusals.get(refusal)
         if reply is None:
-            reply = self._refusals[refusal] = error_reply(refusal)
+            error = error_reply(refusal)
+            head = b"".join(b"%s: %s\r\n" % pair for pair in error.headers)
+            reply = self._refusals[refusal] = Reply(error.status, error.body, head=head)
         return reply
 
     def begin(
