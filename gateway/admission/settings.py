@@ -36,8 +36,7 @@ class LimitSettings(_Group):
             self.min_in_flight <= self.initial_in_flight <= self.max_in_flight
         ):
             raise ValueError(
-                "initial_in_flight must lie between min_in_flight and max_in_flight "
-                "(adaptive mode)"
+                "initial_in_flight must lie between min_in_flight and max_in_flight (adaptive mode)"
             )
         return self
 
