@@ -38,7 +38,7 @@ import numpy as np
 
 from loadtests.bench_serving import P99_BOUND_MS, RESULTS, running
 from loadtests.models import register_benchmark_models
-from loadtests.openloop import find_max_rate, run, run_phases_async
+from loadtests.openloop import Result, find_max_rate, run, run_phases_async
 from loadtests.probe import probe_liveness
 from loadtests.scenarios import Scenario, Server, request_body
 
@@ -81,6 +81,14 @@ class _Cpu:
         self._start = self._read()
         self._at = time.perf_counter()
 
+    @classmethod
+    async def during(cls, pid: int, start_at: float, end_at: float) -> dict[str, float]:
+        """Cores used between two ``time.perf_counter`` instants (the overload phase)."""
+        await asyncio.sleep(max(0.0, start_at - time.perf_counter()))
+        cpu = cls(pid)
+        await asyncio.sleep(max(0.0, end_at - time.perf_counter()))
+        return cpu.cores()
+
     def _read(self) -> tuple[float, float, float]:
         machine = cpu0 = 0.0
         with open("/proc/stat") as stat:
@@ -97,7 +105,8 @@ class _Cpu:
         return machine, cpu0, server
 
     def cores(self) -> dict[str, float]:
-        """Cores used since the start: the machine, CPU 0, the server, and CPU 0 less it."""
+        """Cores used since the start: the machine, CPU 0, the server, and CPU 0 less it
+        (others' work on the server's CPU)."""
         elapsed = time.perf_counter() - self._at
         now = self._read()
         machine, cpu0, server = ((b - a) / elapsed for a, b in zip(self._start, now, strict=True))
@@ -130,11 +139,15 @@ def overload_run(
     )
     prober.start()
     load_before = os.getloadavg()[0]
-    cpu = _Cpu(server_pid)
-    result = asyncio.run(
-        run_phases_async(url, body, phases, headers, start_at=start_at, keep_samples=True)
-    )
-    cores = cpu.cores()
+
+    async def measure() -> tuple[Result, dict[str, float]]:
+        overload = start_at + schedule.calm_s
+        return await asyncio.gather(
+            run_phases_async(url, body, phases, headers, start_at=start_at, keep_samples=True),
+            _Cpu.during(server_pid, overload, overload + schedule.phase_s),
+        )
+
+    result, cores = asyncio.run(measure())
     probes: list[tuple[float, float | None, str]] = receive.recv()
     prober.join()
     assert result.samples is not None
@@ -216,11 +229,21 @@ def main() -> None:
     parser.add_argument("--step-s", type=float, default=2.5, help="capacity search step")
     parser.add_argument("--logging", choices=["both", "on", "off"], default="both")
     parser.add_argument("--no-baseline", action="store_true", help="skip admission off")
+    parser.add_argument("--nice", type=int, default=0,
+                        help="niceness of the benchmark's processes (the server, the broker, the "
+                        "generator and the prober inherit it); negative puts them ahead of "
+                        "others' work on a shared machine (root only)")  # fmt: skip
+    parser.add_argument(
+        "--registry", type=Path, help="the benchmark models' registry (made there if missing)"
+    )
     args = parser.parse_args()
-    os.sched_setaffinity(0, {1})  # the generator's CPU; servers get CPU 0
     RESULTS.mkdir(exist_ok=True)
     work = Path(tempfile.mkdtemp(prefix="bench-overload-"))
-    files = register_benchmark_models(work / "registry")
+    registry = args.registry or work / "registry"
+    files = register_benchmark_models(registry)
+    os.sched_setaffinity(0, {1})  # the generator's CPU; servers get CPU 0
+    if args.nice:
+        os.nice(args.nice)
     scenario = Scenario("mlp", "mlp", 1, [])
     body, headers = request_body(32, 1, False)
     schedule = Schedule(args.calm_s, args.phase_s, args.recovery_s)
@@ -232,7 +255,7 @@ def main() -> None:
             capacity = 0.0
             for admission in [True] if args.no_baseline else [True, False]:
                 server = _server(admission, log_on)
-                with running(scenario, server, files, work / "registry", work) as under_test:
+                with running(scenario, server, files, registry, work) as under_test:
                     url = f"{under_test.base}/v2/models/mlp/infer"
                     warm = run(url, body, 50, 2.0, headers)
                     if warm.failed or not warm.completed:
@@ -254,7 +277,7 @@ def main() -> None:
     stamp = time.strftime("%Y%m%d-%H%M%S")
     meta = {"cpu_count": os.cpu_count(), "python": sys.version.split()[0],
             "repeats": args.repeats, "schedule": schedule.__dict__, "targets": TARGETS,
-            "probe_period_s": args.probe_period_s,
+            "probe_period_s": args.probe_period_s, "nice": args.nice,
             "seconds": round(time.time() - started)}  # fmt: skip
     (RESULTS / f"overload-{stamp}.json").write_text(
         json.dumps({"meta": meta, "summary": report, "runs": runs}, indent=1)
@@ -325,8 +348,8 @@ def markdown(report: dict[str, dict[str, Any]]) -> str:
     lines = [
         "| server @ offered | capacity req/s | goodput req/s | goodput / capacity | "
         "p50 / p99 answered ms | refused | refusal p50 / p99 ms | client timeouts | "
-        "slowest liveness ms | recovery s | load avg before |",
-        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+        "slowest liveness ms | recovery s | load avg before | others' cores on CPU 0 |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
     for key, entry in report.items():
         lines.append(
@@ -338,7 +361,8 @@ def markdown(report: dict[str, dict[str, Any]]) -> str:
             f"{cell(entry, 'refusal_p99_ms', '{:.1f}')} | {cell(entry, 'timeouts')} | "
             f"{cell(entry, 'liveness_max_ms', '{:.0f}')} | "
             f"{cell(entry, 'recovery_s', '{:.1f}')} | "
-            f"{cell(entry, 'loadavg_1m_before', '{:.1f}')} |"
+            f"{cell(entry, 'loadavg_1m_before', '{:.1f}')} | "
+            f"{', '.join(f'{v:.2f}' for v in entry['others_on_cpu0'])} |"
         )
     return "\n".join(lines) + "\n"
 
