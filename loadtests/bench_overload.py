@@ -229,10 +229,6 @@ def main() -> None:
     parser.add_argument("--step-s", type=float, default=2.5, help="capacity search step")
     parser.add_argument("--logging", choices=["both", "on", "off"], default="both")
     parser.add_argument("--no-baseline", action="store_true", help="skip admission off")
-    parser.add_argument("--nice", type=int, default=0,
-                        help="niceness of the benchmark's processes (the server, the broker, the "
-                        "generator and the prober inherit it); negative puts them ahead of "
-                        "others' work on a shared machine (root only)")  # fmt: skip
     parser.add_argument(
         "--registry", type=Path, help="the benchmark models' registry (made there if missing)"
     )
@@ -242,8 +238,6 @@ def main() -> None:
     registry = args.registry or work / "registry"
     files = register_benchmark_models(registry)
     os.sched_setaffinity(0, {1})  # the generator's CPU; servers get CPU 0
-    if args.nice:
-        os.nice(args.nice)
     scenario = Scenario("mlp", "mlp", 1, [])
     body, headers = request_body(32, 1, False)
     schedule = Schedule(args.calm_s, args.phase_s, args.recovery_s)
@@ -277,7 +271,7 @@ def main() -> None:
     stamp = time.strftime("%Y%m%d-%H%M%S")
     meta = {"cpu_count": os.cpu_count(), "python": sys.version.split()[0],
             "repeats": args.repeats, "schedule": schedule.__dict__, "targets": TARGETS,
-            "probe_period_s": args.probe_period_s, "nice": args.nice,
+            "probe_period_s": args.probe_period_s,
             "seconds": round(time.time() - started)}  # fmt: skip
     (RESULTS / f"overload-{stamp}.json").write_text(
         json.dumps({"meta": meta, "summary": report, "runs": runs}, indent=1)
