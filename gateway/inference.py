@@ -72,7 +72,7 @@ class InferenceService:
 
     def check_deadline(self, model: LoadedModel, info: RequestInfo, started: float) -> None:
         """Drop a request whose deadline passed before it was parsed (a pipelined request that
-        waited behind others): raises DeadlineExceededError, recorded, without the body read."""
+        waited behind others, a slow sender): raises DeadlineExceededError, recorded, unparsed."""
         if time.perf_counter() - started < model.batching.timeout_s:
             return
         exc = DeadlineExceededError(
