@@ -34,6 +34,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import httpx
 import numpy as np
 
 from loadtests.bench_serving import P99_BOUND_MS, RESULTS, running
@@ -139,6 +140,8 @@ def overload_run(
     )
     prober.start()
     load_before = os.getloadavg()[0]
+    base = url.split("/v2/")[0]
+    before = admission_stats(base)
 
     async def measure() -> tuple[Result, dict[str, float]]:
         overload = start_at + schedule.calm_s
@@ -148,12 +151,36 @@ def overload_run(
         )
 
     result, cores = asyncio.run(measure())
+    after = admission_stats(base)
+    server = {key: round(after[key] - before.get(key, 0.0), 3) for key in after if key != "limit"}
+    server["limit_after"] = after.get("limit", 0.0)
     probes: list[tuple[float, float | None, str]] = receive.recv()
     prober.join()
     assert result.samples is not None
     analysis = analyze(result.samples, probes, capacity, schedule)
     return {"multiple": multiple, "offered_rate": round(capacity * multiple), **analysis,
-            "loadavg_1m_before": round(load_before, 2), "cores": cores}  # fmt: skip
+            "loadavg_1m_before": round(load_before, 2), "cores": cores,
+            "server": server}  # fmt: skip
+
+
+def admission_stats(base: str) -> dict[str, float]:
+    """The server's own counts: refusals by reason, batches and rows, the limit now."""
+    text = httpx.get(base + "/metrics", timeout=10).text
+    stats: dict[str, float] = {}
+    for line in text.splitlines():
+        name, _, value = line.rpartition(" ")
+        if name.startswith("gateway_admission_refusals_total{"):
+            key = "refused_" + name.split('reason="', 1)[1].split('"', 1)[0]
+        elif name.startswith("gateway_admission_limit{"):
+            key = "limit"
+        elif name.startswith(("gateway_batch_rows_sum", "gateway_batch_rows_count")):
+            key = name.split("{", 1)[0].removeprefix("gateway_")
+        elif name.startswith("gateway_requests_total{"):
+            key = "requests_" + name.split('outcome="', 1)[1].split('"', 1)[0]
+        else:
+            continue
+        stats[key] = stats.get(key, 0.0) + float(value)
+    return stats
 
 
 def analyze(
@@ -286,7 +313,8 @@ def _line(row: dict[str, Any]) -> str:
             f"{row['answered_p50_ms']}/{row['answered_p99_ms']} ms, refused {row['refused']} "
             f"(p99 {row['refusal_p99_ms']} ms), timeouts {row['timeouts']}, liveness max "
             f"{row['liveness_max_ms']} ms, recovery {row['recovery_s']} s, "
-            f"load {row['loadavg_1m_before']}, cores {row['cores']}")  # fmt: skip
+            f"load {row['loadavg_1m_before']}, cores {row['cores']}, "
+            f"server {row['server']}")  # fmt: skip
 
 
 _FIGURES = ("capacity", "goodput_rate", "goodput_share", "answered_p50_ms", "answered_p99_ms",

@@ -57,7 +57,7 @@ class Admission:
             LoadSnapshot(
                 gate.endpoint,
                 gate.in_flight,
-                gate.limit,
+                gate.cap,
                 gate.queue_delay_s,
                 {reason: gate.refusals[reason] for reason in REASONS},
             )

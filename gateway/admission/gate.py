@@ -9,8 +9,11 @@ sees it through the batcher's ``queue_wait`` and keeps, per window of ``interval
   ``backoff_ratio``; at or below it, in a window where the limit refused requests, it grows
   by the square root of itself (additive increase, faster from a high limit);
 - the minimum: when even the luckiest request of a window waited longer than the target,
-  the queue is standing, not a burst (CoDel's test), and for the next window every new
-  request is refused (``queue_delay``) while the queue drains.
+  the queue is standing, not a burst (CoDel's test). Then, for the next window, new requests
+  are refused (``queue_delay``) beyond ``backoff_ratio`` of the most that were in flight in
+  this one, whatever the mode: the queue drains instead of growing. (Refusing every new
+  request instead would idle the model between windows; on a machine where the server loses
+  its CPU now and then, waits stand above any target through no fault of the load.)
 
 The target is ``queue_delay_target_s`` plus the mean time one batch of the model runs: a
 request may always wait for the batch ahead of it.
@@ -77,7 +80,8 @@ class Gate:
         self.refusals = dict.fromkeys(REASONS, 0)
         self.last_shed = -math.inf  # when a request was last refused for load (not its rate)
         self.queue_delay_s = 0.0  # the last window's mean
-        self.overloaded = False  # the last window's queue was standing above the target
+        self.standing = False  # the last window's queue stood above the target
+        self.cap = self.limit  # the limit in force: lower while the queue stands
         self._run_s = 0.0
         self._window_end = -math.inf
         self._sum = 0.0
@@ -108,11 +112,9 @@ class Gate:
         """Take a place for a request at time ``now`` (seconds, monotonic); or the refusal."""
         if now >= self._window_end:
             self._close_window(now)
-        if self.overloaded and self.in_flight:
-            return self._shed("queue_delay", now)
-        if self.in_flight >= self.limit:
+        if self.in_flight >= self.cap:
             self._saturated = True
-            return self._shed("endpoint_limit", now)
+            return self._shed("queue_delay" if self.standing else "endpoint_limit", now)
         total = self._total
         if total.in_flight >= total.limit:
             return self._shed("total_limit", now)
@@ -156,19 +158,26 @@ class Gate:
 
     def _close_window(self, now: float) -> None:
         count = self._count
-        if count:
-            mean = self._sum / count
-            target = self._target_s + self._run_s
-            self.queue_delay_s = mean
-            self.overloaded = self._min > target
+        self.queue_delay_s = self._sum / count if count else 0.0
+        target = self._target_s + self._run_s
+        # no batch started: no queue to speak of (the in-flight limit still holds)
+        self.standing = count > 0 and self._min > target
+        if self.standing:
+            cut = max(self._min_limit, int(self._peak * self._backoff))
             if self._adaptive:
+                self.limit = min(self.limit, cut)
+            self.cap = min(self.limit, cut)
+        else:
+            if self._adaptive and count:
+                mean = self.queue_delay_s
                 if mean > target and self._peak * 2 >= self.limit:
                     self.limit = max(self._min_limit, int(self.limit * self._backoff))
                 elif mean <= target and self._saturated:
                     self.limit = min(self._max_limit, self.limit + math.isqrt(self.limit))
-        else:  # no batch started: no queue to speak of (the in-flight limit still holds)
-            self.queue_delay_s = 0.0
-            self.overloaded = False
+            self.cap = self.limit
+        self._reset(now)
+
+    def _reset(self, now: float) -> None:
         self._sum = 0.0
         self._count = 0
         self._min = math.inf

@@ -20,7 +20,9 @@ class LimitSettings(_Group):
     # measured queue delay (AIMD, once every interval_s); "fixed": it stays at max_in_flight.
     mode: Literal["adaptive", "fixed"] = "adaptive"
     initial_in_flight: int = Field(default=32, ge=1)
-    min_in_flight: int = Field(default=4, ge=1)
+    # The floor keeps batches worth running when waits grow for reasons the load does not
+    # explain (a noisy neighbour taking the CPU): a lower limit would not shorten them.
+    min_in_flight: int = Field(default=16, ge=1)
     max_in_flight: int = Field(default=1024, ge=1)
     # How long a request may wait, from its first byte seen to the start of its batch, beyond
     # the time the batch ahead of it takes to run (measured per model, a moving average).

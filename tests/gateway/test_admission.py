@@ -50,9 +50,10 @@ def test_adaptive_limit_backs_off_above_the_target_and_grows_when_saturated() ->
     gate = admission(initial_in_flight=20, min_in_flight=4, queue_delay_target_s=0.005).gate("m")
     fill(gate, 20, now=0.0)  # opens the first window; the limit is in use
     gate.queue_wait(0.001)
-    gate.queue_wait(0.030)  # mean 15.5 ms: above the target
+    gate.queue_wait(0.030)  # mean 15.5 ms: above the target, but not standing (a burst)
     assert gate.admit(None, 0.1) is not None  # a new window: 20 * 0.9
     assert gate.limit == 18
+    assert gate.refusals["endpoint_limit"] == 1
     assert gate.queue_delay_s == pytest.approx(0.0155)
     for _ in range(20):
         gate.release()
@@ -66,8 +67,10 @@ def test_adaptive_limit_backs_off_above_the_target_and_grows_when_saturated() ->
 def test_adaptive_limit_stays_within_its_bounds() -> None:
     gate = admission(initial_in_flight=5, min_in_flight=4, max_in_flight=6).gate("m")
     fill(gate, 5)
+    gate.queue_wait(0.0)
     gate.queue_wait(1.0)
     gate.admit(None, 1.0)
+    gate.queue_wait(0.0)
     gate.queue_wait(1.0)
     gate.admit(None, 2.0)
     assert gate.limit == 4
@@ -84,32 +87,37 @@ def test_adaptive_limit_stays_within_its_bounds() -> None:
     assert gate.limit == 6
 
 
-def test_a_standing_queue_refuses_new_requests_for_a_window_then_lets_them_in() -> None:
-    gate = admission(mode="fixed", max_in_flight=100, queue_delay_target_s=0.005).gate("m")
-    fill(gate, 2, now=0.0)
+@pytest.mark.parametrize("mode", ["fixed", "adaptive"])
+def test_a_standing_queue_cuts_what_is_admitted_for_a_window(mode: str) -> None:
+    gate = admission(mode=mode, max_in_flight=100, initial_in_flight=40, min_in_flight=4,
+                     queue_delay_target_s=0.005).gate("m")  # fmt: skip
+    fill(gate, 30, now=0.0)
     gate.queue_wait(0.008)
     gate.queue_wait(0.009)  # even the luckiest request waited too long: a standing queue
-    refusal = gate.admit(None, 0.1)
+    refusal = gate.admit(None, 0.1)  # 30 in flight, the most of the window: 30 * 0.9 = 27
     assert isinstance(refusal, OverloadedError)
     assert "queue-delay target" in str(refusal)
     assert gate.refusals["queue_delay"] == 1
+    assert gate.cap == 27
+    for _ in range(4):
+        gate.release()
+    assert gate.admit(None, 0.15) is None  # 26 in flight: room for one
+    assert gate.admit(None, 0.15) is not None
     gate.queue_wait(0.001)  # one request got through quickly: only a burst
     gate.queue_wait(0.050)
-    assert gate.admit(None, 0.2) is None
+    admitted = gate.admit(None, 0.2) is None
+    # fixed: the limit is back; adaptive: the mean is still above the target, 27 * 0.9
+    assert (admitted, gate.cap) == ((True, 100) if mode == "fixed" else (False, 24))
 
 
-def test_a_burst_is_not_a_standing_queue_and_nothing_in_flight_is_no_queue() -> None:
+def test_a_burst_is_not_a_standing_queue() -> None:
     gate = admission(mode="fixed", max_in_flight=100, queue_delay_target_s=0.005).gate("m")
     fill(gate, 1, now=0.0)
     gate.queue_wait(0.0)
     gate.queue_wait(0.100)
     assert gate.admit(None, 0.1) is None
-    gate.queue_wait(0.100)
-    gate.admit(None, 0.2)
-    gate.release()
-    gate.release()
-    assert gate.in_flight == 0
-    assert gate.admit(None, 0.25) is None, "nothing in flight: refusing would protect nothing"
+    assert not gate.standing
+    assert gate.cap == 100
 
 
 def test_the_target_allows_for_the_batch_ahead() -> None:
