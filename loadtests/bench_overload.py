@@ -160,7 +160,7 @@ def overload_run(
     analysis = analyze(result.samples, probes, capacity, schedule)
     return {"multiple": multiple, "offered_rate": round(capacity * multiple), **analysis,
             "loadavg_1m_before": round(load_before, 2), "cores": cores,
-            "server": server}  # fmt: skip
+            "server_stats": server}  # fmt: skip
 
 
 def admission_stats(base: str) -> dict[str, float]:
@@ -314,7 +314,7 @@ def _line(row: dict[str, Any]) -> str:
             f"(p99 {row['refusal_p99_ms']} ms), timeouts {row['timeouts']}, liveness max "
             f"{row['liveness_max_ms']} ms, recovery {row['recovery_s']} s, "
             f"load {row['loadavg_1m_before']}, cores {row['cores']}, "
-            f"server {row['server']}")  # fmt: skip
+            f"server {row['server_stats']}")  # fmt: skip
 
 
 _FIGURES = ("capacity", "goodput_rate", "goodput_share", "answered_p50_ms", "answered_p99_ms",
