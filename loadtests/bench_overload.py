@@ -290,7 +290,7 @@ def main() -> None:
     started = time.time()
     for repeat in range(args.repeats):
         for log_on in logging:
-            capacity, found = 0.0, {}
+            capacity, found = 0.0, dict[str, float]()
             for admission in [True] if args.no_baseline else [True, False]:
                 server = _server(admission, log_on)
                 with running(scenario, server, files, registry, work) as under_test:
