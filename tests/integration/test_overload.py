@@ -15,8 +15,9 @@ import httpx
 import orjson
 import pytest
 
+from tests._raw_http import post, read_responses
 from tests._support import GatewayProcess, start_gateway
-from tests.integration.test_http_protocol import PATH, ROWS, body, post, read_responses
+from tests.integration.test_http_protocol import PATH, ROWS, body
 
 pytestmark = pytest.mark.e2e
 
