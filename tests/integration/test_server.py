@@ -96,12 +96,9 @@ def test_alias_move_under_load_fails_no_request(demo_registry: Path, tmp_path: P
         threads = [threading.Thread(target=send, args=(url,)) for _ in range(6)]
         for thread in threads:
             thread.start()
-        time.sleep(1.5)
+        wait_until(lambda: len(statuses) >= 150, "150 answers before the move")
         LocalRegistry(demo_registry).set_alias("breast_cancer", "champion", "2")
-        deadline = time.monotonic() + 15
-        while time.monotonic() < deadline and (not versions or versions[-1] != "2"):
-            time.sleep(0.05)
-        time.sleep(1.5)
+        wait_until(lambda: versions.count("2") >= 150, "150 answers by version 2")
         stop.set()
         for thread in threads:
             thread.join()
