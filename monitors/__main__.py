@@ -57,34 +57,65 @@ def _run(config: Path | None) -> int:
 
 
 def _profile(args: argparse.Namespace) -> int:
-    from monitors.profile import build_profile
+    from monitors.profile import PROFILE_FILE, ProfileError, build_model_profile
+    from registry_client import ModelMetadata, RegistryError
 
     directory = Path(args.registry) / args.model / args.version
     if not directory.is_dir():
         print(f"monitors: no model version folder {directory}", file=sys.stderr)
         return 2
-    if args.demo:
-        from sklearn.datasets import load_breast_cancer
+    try:
+        metadata = ModelMetadata.load(directory)
+        if args.demo:
+            from sklearn.datasets import load_breast_cancer
 
-        data = load_breast_cancer()
-        columns = {str(n): data.data[:, j] for j, n in enumerate(data.feature_names)}
-        columns["prediction:label"] = data.target.astype(float)
-    else:
-        import csv
-
-        with open(args.csv, newline="") as fh:
-            rows = list(csv.DictReader(fh))
-        columns = {}
-        for name in rows[0]:
-            raw = [r[name] for r in rows]
-            try:
-                columns[name] = np.asarray([float(v) if v != "" else np.nan for v in raw])
-            except ValueError:
-                columns[name] = np.asarray(raw, dtype=object)
-    categorical = {n for n, v in columns.items() if v.dtype == object} | set(args.categorical)
-    build_profile(columns, categorical, bins=args.bins).dump(directory)
-    print(f"wrote {directory / 'reference_profile.json'} ({len(columns)} columns)")
+            data = load_breast_cancer()
+            columns = {str(n): data.data[:, j] for j, n in enumerate(data.feature_names)}
+            columns["prediction:label"] = data.target.astype(float)
+        else:
+            columns = _read_csv(Path(args.csv))
+        profile, ignored = build_model_profile(
+            metadata,
+            columns,
+            outputs=_outputs(directory),
+            categorical=set(args.categorical),
+            bins=args.bins,
+        )
+    except (ProfileError, RegistryError, OSError) as exc:
+        print(f"monitors: {exc}", file=sys.stderr)
+        return 2
+    if ignored:
+        print(f"ignored columns that are neither features nor predictions: {ignored}")
+    profile.dump(directory)
+    print(f"wrote {directory / PROFILE_FILE} ({len(profile.features)} columns)")
     return 0
+
+
+def _read_csv(path: Path) -> dict[str, np.ndarray]:
+    """A CSV file's columns as text (the profile builder reads them by the declared types)."""
+    import csv
+
+    with path.open(newline="") as fh:
+        reader = csv.reader(fh)
+        header = next(reader, None)
+        rows = list(reader)
+    if not header or not rows:
+        raise OSError(f"{path} holds no header row and data rows")
+    columns = {name: np.empty(len(rows), dtype=object) for name in header}
+    for j, name in enumerate(header):
+        columns[name][:] = [row[j] if j < len(row) else "" for row in rows]
+    return columns
+
+
+def _outputs(directory: Path) -> list[str] | None:
+    """The names of the model's outputs, from its ONNX graph when the folder holds one."""
+    path = directory / "model.onnx"
+    if not path.is_file():
+        return None
+    import onnxruntime
+
+    session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    return [output.name for output in session.get_outputs()]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -100,10 +131,17 @@ def main(argv: list[str] | None = None) -> int:
     build.add_argument("--version", required=True)
     source = build.add_mutually_exclusive_group(required=True)
     source.add_argument(
-        "--csv", help="training data with a header row (features, and prediction:<output> columns)"
+        "--csv",
+        help="training data with a header row: a column per feature the model's metadata "
+        "declares, prediction:<output> columns; other columns are ignored",
     )
     source.add_argument("--demo", action="store_true", help="the demo model's training data")
-    build.add_argument("--categorical", nargs="*", default=[])
+    build.add_argument(
+        "--categorical",
+        nargs="*",
+        default=[],
+        help="columns to treat as categorical besides those the metadata declares so",
+    )
     build.add_argument("--bins", type=int, default=10)
     args = parser.parse_args(argv)
     logging.basicConfig(

@@ -1,7 +1,9 @@
-"""The monitor's small HTTP side: latest window results, decisions, webhook deliveries, metrics."""
+"""The monitor's small HTTP side: latest window results, the history of windows, decisions,
+webhook deliveries, metrics."""
 
 from __future__ import annotations
 
+import asyncio
 from dataclasses import asdict
 
 import orjson
@@ -22,8 +24,13 @@ def _json(doc: object) -> Response:
     )
 
 
+def _error(status: int, message: str) -> Response:
+    return Response(orjson.dumps({"error": message}), status, media_type="application/json")
+
+
 def create_status_app(service: MonitorService) -> Starlette:
-    """``GET /status``, ``GET /status/{model}/{version}``, ``GET /health``, ``GET /metrics``."""
+    """``GET /status``, ``GET /status/{model}/{version}``, ``GET /windows/{model}/{version}``,
+    ``GET /health``, ``GET /metrics``."""
 
     async def status(request: Request) -> Response:
         return _json(
@@ -38,12 +45,26 @@ def create_status_app(service: MonitorService) -> Starlette:
     async def model_status(request: Request) -> Response:
         key = f"{request.path_params['model']}/{request.path_params['version']}"
         if key not in service.latest:
-            return Response(
-                orjson.dumps({"error": f"no window closed yet for {key}"}),
-                404,
-                media_type="application/json",
-            )
+            return _error(404, f"no window closed yet for {key}")
         return _json(service.latest[key])
+
+    async def windows(request: Request) -> Response:
+        """The model version's evaluated windows, oldest first (``monitors/history.py``):
+        ``since`` (a window's ``seq``) for those after it, ``limit`` for the newest few."""
+        model, version = request.path_params["model"], request.path_params["version"]
+        query = {}
+        for name in ("limit", "since"):
+            text = request.query_params.get(name)
+            if text is not None:
+                if not text.isdigit():
+                    return _error(400, f"'{name}' must be a non-negative integer")
+                query[name] = int(text)
+        history = service.history
+        found = await asyncio.to_thread(history.windows, model, version, **query)
+        reference = await asyncio.to_thread(history.reference, model, version)
+        if reference is None:
+            return _error(404, f"no window of {model}/{version} evaluated yet")
+        return _json({"model": model, "version": version, "reference": reference, "windows": found})
 
     async def health(request: Request) -> Response:
         return _json({"live": True})
@@ -55,6 +76,7 @@ def create_status_app(service: MonitorService) -> Starlette:
         routes=[
             Route("/status", status),
             Route("/status/{model}/{version}", model_status),
+            Route("/windows/{model}/{version}", windows),
             Route("/health", health),
             Route("/metrics", metrics),
         ]

@@ -91,9 +91,15 @@ def _to_array(values: list[Any], spec: TensorSpec, where: Any) -> np.ndarray:
     try:
         if spec.datatype == "BYTES":
             array = np.array(values, dtype=object)
-            if not all(isinstance(v, str) for v in array.reshape(-1)):
-                raise TypeError("expected strings")
+            flat = array.reshape(-1)
+            for i, value in enumerate(flat):
+                if value is None:  # null: "" for the model, a missing value for the monitor
+                    flat[i] = ""
+                elif not isinstance(value, str):
+                    raise TypeError("expected strings")
             return array
+        if spec.datatype == "BOOL" and None in np.array(values, dtype=object).reshape(-1).tolist():
+            raise TypeError("BOOL values cannot be null")
         return np.asarray(values, dtype=spec.dtype)
     except (ValueError, TypeError, OverflowError) as exc:
         raise InvalidInputError(_locate(values, spec, where) or f"bad value: {exc}") from exc
@@ -106,7 +112,9 @@ def _locate(values: list[Any], spec: TensorSpec, where: Any) -> str | None:
         for j, cell in enumerate(cells):
             try:
                 if spec.datatype == "BYTES":
-                    ok = isinstance(cell, str)
+                    ok = cell is None or isinstance(cell, str)
+                elif spec.datatype == "BOOL" and cell is None:
+                    ok = False
                 else:
                     np.asarray(cell, dtype=spec.dtype)
                     ok = not isinstance(cell, list | dict)

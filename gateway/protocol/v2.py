@@ -118,10 +118,13 @@ def _from_json(name: str, datatype: str, shape: list[int], count: int, data: Any
             array = np.array(data, dtype=object)
             flat = array.reshape(-1)
             for i, item in enumerate(flat):
-                if not isinstance(item, str):
-                    raise InvalidInputError(f"input {name!r}: BYTES data must be strings")
-                flat[i] = item
+                if item is None:  # null: "" for the model, a missing value for the monitor
+                    flat[i] = ""
+                elif not isinstance(item, str):
+                    raise InvalidInputError(f"input {name!r}: BYTES data must be strings or null")
         else:
+            if datatype == "BOOL" and None in np.array(data, dtype=object).reshape(-1).tolist():
+                raise InvalidInputError(f"input {name!r}: BOOL data cannot be null")
             array = np.asarray(data, dtype=DATATYPE_TO_NUMPY[datatype])
             if datatype != "BOOL" and array.dtype.kind != "b" and _has_bools(data):
                 raise InvalidInputError(f"input {name!r}: {datatype} data holds booleans")
