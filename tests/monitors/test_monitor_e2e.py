@@ -182,6 +182,7 @@ def test_drift_fires_one_signed_webhook_across_a_monitor_restart(
                 time.sleep(0.2)
             status = httpx.get(f"{status_url}/status").json()
             metrics = httpx.get(f"{status_url}/metrics").text
+            history = httpx.get(f"{status_url}/windows/breast_cancer/1").json()["windows"]
     ids = [w["window_id"] for w in windows]
     assert len(ids) == len(set(ids)) == 6, ids
     assert sum(w["rows"] for w in windows) == 3000, "every record in exactly one window"
@@ -199,5 +200,11 @@ def test_drift_fires_one_signed_webhook_across_a_monitor_restart(
     data = event["data"]
     assert data["model"] == "breast_cancer"
     assert {"mean radius", "mean perimeter", "mean area"} <= set(data["drifted_features"])
+    episode = [w["id"] for w in data["episode"]["windows"]]
+    drifted = [w["window_id"] for w in windows if w["status"] == "drift"]
+    assert episode[:2] == drifted[:2], "the windows that made the episode"
+    assert set(episode) <= set(drifted)
+    assert data["window"]["id"] == drifted[1]
+    assert sorted(w["window_id"] for w in history) == sorted(ids), "every window in the history"
     assert status["decisions"]["breast_cancer/1"]["alerts"] == 1
     assert 'monitor_webhook_deliveries_total{status="delivered",target="retrain"} 1.0' in metrics
