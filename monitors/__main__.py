@@ -1,4 +1,5 @@
-"""``python -m monitors run --config FILE`` and ``python -m monitors profile build ...``."""
+"""``python -m monitors run --config FILE``, ``python -m monitors profile build ...`` and
+``python -m monitors report --model M --version V [--html FILE]``."""
 
 from __future__ import annotations
 
@@ -118,6 +119,27 @@ def _outputs(directory: Path) -> list[str] | None:
     return [output.name for output in session.get_outputs()]
 
 
+def _report(args: argparse.Namespace) -> int:
+    from monitors.pictures import render_html
+    from monitors.report import ReportError, load_report, table
+    from monitors.settings import SettingsError, load_settings
+
+    try:
+        state_dir = args.state_dir
+        if state_dir is None and args.url is None:
+            state_dir = load_settings(args.config).state_dir
+        last = None if args.html else args.last  # the page draws every window kept
+        report = load_report(args.model, args.version, state_dir=state_dir, url=args.url, last=last)
+        print(table(report, args.last))
+        if args.html is not None:
+            Path(args.html).write_text(render_html(report, report.window(args.window)))
+            print(f"wrote {args.html}")
+    except (ReportError, SettingsError, OSError) as exc:
+        print(f"monitors: {exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m monitors", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -143,6 +165,22 @@ def main(argv: list[str] | None = None) -> int:
         help="columns to treat as categorical besides those the metadata declares so",
     )
     build.add_argument("--bins", type=int, default=10)
+    report = sub.add_parser(
+        "report", help="a model version's windows: a table of features by windows, pictures"
+    )
+    report.add_argument("--model", required=True)
+    report.add_argument("--version", required=True)
+    where = report.add_mutually_exclusive_group()
+    where.add_argument("--config", type=Path, help="the monitor's config (its state_dir)")
+    where.add_argument("--state-dir", help="the monitor's state_dir")
+    where.add_argument("--url", help="a running monitor, e.g. http://127.0.0.1:8090")
+    report.add_argument(
+        "--last", type=int, default=12, help="windows in the table, the newest (default 12)"
+    )
+    report.add_argument("--html", help="also write an HTML page with pictures to this file")
+    report.add_argument(
+        "--window", type=int, help="the window (seq) whose histograms the page draws"
+    )
     args = parser.parse_args(argv)
     logging.basicConfig(
         level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
@@ -150,6 +188,8 @@ def main(argv: list[str] | None = None) -> int:
     logging.getLogger("aiokafka").setLevel(logging.CRITICAL)
     if args.command == "run":
         return _run(args.config)
+    if args.command == "report":
+        return _report(args)
     return _profile(args)
 
 

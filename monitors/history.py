@@ -1,7 +1,7 @@
 """Every evaluated window's full result, per model version, on disk beside the monitor's state:
 what ``GET /windows/{model}/{version}`` and ``python -m monitors report`` read.
 
-Layout under ``<state_dir>/history/<model>/<version>/``:
+Layout under ``<state_dir>/history/<model>/<version>/`` (``HISTORY_DIR``):
 
 - ``windows.jsonl``: one window a line, oldest first, numbered ``seq`` from 1 per model
   version: its id, partition, status, rows, bounds (event time), when it was evaluated, and per
@@ -33,8 +33,9 @@ from monitors.evaluate import WindowResult, window_histogram
 from monitors.profile import ModelProfile
 from monitors.windows import Summary
 
-__all__ = ["WindowHistory", "history_entry", "reference_histograms"]
+__all__ = ["HISTORY_DIR", "WindowHistory", "history_entry", "reference_histograms"]
 
+HISTORY_DIR = "history"  # under the monitor's state_dir
 _WINDOWS = "windows.jsonl"
 _REFERENCE = "reference.json"
 

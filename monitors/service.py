@@ -28,7 +28,7 @@ from prometheus_client import Gauge
 from monitors.batch import Part, RecordBatch, served_primaries
 from monitors.decision import Decider, DecisionState
 from monitors.evaluate import DetectorConfig, WindowResult, evaluate
-from monitors.history import WindowHistory, history_entry
+from monitors.history import HISTORY_DIR, WindowHistory, history_entry
 from monitors.metrics import MonitorMetrics
 from monitors.outbox import Outbox
 from monitors.profile import ModelProfile, load_profile
@@ -70,7 +70,7 @@ class MonitorService:
             on_delivery=metrics.delivered,
         )
         self.outbox = Outbox(self.webhooks)
-        self.history = WindowHistory(settings.state_dir / "history", settings.history.max_windows)
+        self.history = WindowHistory(settings.state_dir / HISTORY_DIR, settings.history.max_windows)
         self.latest: dict[str, dict[str, Any]] = {}
         self._positions: dict[int, int] = {}
         self._windows: dict[tuple[int, str, str], Windows] = {}

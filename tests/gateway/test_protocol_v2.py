@@ -61,11 +61,26 @@ def test_every_datatype_parses(datatype: str, data: list[object], dtype: type) -
         ({"shape": [1], "datatype": "FP32", "data": [1]}, "needs a 'name'"),
         ({"name": "x", "shape": [2], "datatype": "FP32", "data": [True, False]}, "booleans"),
         ({"name": "x", "shape": [2], "datatype": "FP32", "data": [[1], [2, 3]]}, "FP32"),
+        ({"name": "x", "shape": [2], "datatype": "BOOL", "data": [True, None]}, "cannot be null"),
+        ({"name": "x", "shape": [2], "datatype": "INT64", "data": [1, None]}, "does not fit"),
+        ({"name": "x", "shape": [2], "datatype": "BYTES", "data": ["a", 1]}, "strings or null"),
     ],
 )
 def test_bad_inputs_are_named_in_the_error(raw: dict[str, object], message: str) -> None:
     with pytest.raises(InvalidInputError, match=message):
         parse_infer_request(body(raw))
+
+
+def test_null_is_a_missing_value_in_float_and_string_inputs() -> None:
+    inputs = parse_infer_request(
+        body(
+            {"name": "x", "shape": [2], "datatype": "FP32", "data": [1.5, None]},
+            {"name": "s", "shape": [2, 1], "datatype": "BYTES", "data": [["a"], [None]]},
+        )
+    ).inputs
+    assert inputs["x"][0] == 1.5
+    assert np.isnan(inputs["x"][1])
+    assert inputs["s"].tolist() == [["a"], [""]]  # what the model gets; the monitor: missing
 
 
 def test_malformed_bodies_are_refused() -> None:

@@ -69,3 +69,23 @@ def test_predictions_hold_one_object_per_row() -> None:
         {"label": 1, "probabilities": [0.5, 0.5]},
     ]
     assert "id" not in doc
+
+
+def test_null_is_a_missing_value_where_the_model_can_take_one() -> None:
+    signature = Signature(
+        inputs=(
+            TensorSpec("income", "FP32", (-1, 1)),
+            TensorSpec("city", "BYTES", (-1, 1)),
+            TensorSpec("member", "BOOL", (-1, 1)),
+        ),
+        outputs=(TensorSpec("label", "INT64", (-1,)),),
+    )
+    body: dict[str, list[dict[str, object]]] = {
+        "instances": [{"income": None, "city": None, "member": True}]
+    }
+    _, inputs = parse_instances(orjson.dumps(body), signature, ModelMetadata())
+    assert np.isnan(inputs["income"][0, 0])  # NaN for a float input
+    assert inputs["city"].tolist() == [[""]]  # "" for a string input: the monitor's missing
+    body = {"instances": [{"income": 1.0, "city": "x", "member": None}]}
+    with pytest.raises(InvalidInputError, match=r"input 'member': None is not a valid BOOL"):
+        parse_instances(orjson.dumps(body), signature, ModelMetadata())

@@ -5,33 +5,20 @@ metrics, and the one webhook event names every window of the drift episode."""
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
 
 import httpx
-import numpy as np
 import orjson
-from aiokafka.structs import ConsumerRecord
 from prometheus_client import CollectorRegistry
 
 from monitors.app import create_status_app
 from monitors.history import WindowHistory
 from monitors.metrics import MonitorMetrics
 from monitors.profile import ModelProfile
-from monitors.schema import encode_records
 from monitors.service import MonitorService
 from monitors.settings import MonitorSettings
-from tests.monitors._records import demo_profile, records, sample
+from tests.monitors._records import backlog, consumer_records, demo_profile
 
 MODEL = "breast_cancer"
-
-
-def consumer_records(batch: list[dict[str, Any]]) -> list[ConsumerRecord[bytes, bytes]]:
-    """As the gateway's feature log writes them: 100 records to a message."""
-    out = []
-    for offset, start in enumerate(range(0, len(batch), 100)):
-        value = encode_records(batch[start : start + 100])  # type: ignore[arg-type]
-        out.append(ConsumerRecord("inference-log", 0, offset, 0, 0, MODEL.encode(), value, None, 1, len(value), []))  # fmt: skip
-    return out
 
 
 def service(tmp_path: Path, profile: ModelProfile, max_windows: int = 1000) -> MonitorService:
@@ -47,18 +34,6 @@ def service(tmp_path: Path, profile: ModelProfile, max_windows: int = 1000) -> M
         webhooks=[{"name": "hook", "url": "http://127.0.0.1:9/none", "secret": "s"}],
     )
     return MonitorService(settings, MonitorMetrics(CollectorRegistry()))
-
-
-def backlog() -> list[dict[str, Any]]:
-    """1,500 calm rows, then 3,000 with bigger tumours, and a shadow and an invalid request."""
-    rng = np.random.default_rng(0)
-    calm = sample(rng, 1500)
-    drifted = sample(rng, 3000)
-    drifted[:, [0, 2, 3]] *= 1.6
-    batch = records(np.vstack([calm, drifted]), model=MODEL)
-    batch.insert(10, {**batch[10], "request_id": "shadow", "role": "shadow"})
-    batch.insert(20, {**batch[20], "request_id": "bad", "status": "invalid", "features": {}})
-    return batch
 
 
 async def test_a_backlog_caught_up_in_one_batch_is_all_in_the_history_and_one_event(
