@@ -286,10 +286,8 @@ class MonitorService:
                     start_time=panes[0].start_time,
                     end_time=panes[-1].end_time,
                 )
-                self.history.add(
-                    partition, history_entry(result, summary, windows.profile, partition),
-                    windows.profile,
-                )  # fmt: skip
+                entry = history_entry(result, summary, windows.profile, partition)
+                self.history.add(partition, entry, windows.profile)
                 self._act(result, partition)
                 self._evaluated[stream] = sequence
         for event in self._events.values():
