@@ -96,12 +96,14 @@ def _read_csv(path: Path) -> dict[str, np.ndarray]:
     """A CSV file's columns as text (the profile builder reads them by the declared types)."""
     import csv
 
+    from monitors.profile import ProfileError
+
     with path.open(newline="") as fh:
         reader = csv.reader(fh)
         header = next(reader, None)
         rows = list(reader)
     if not header or not rows:
-        raise OSError(f"{path} holds no header row and data rows")
+        raise ProfileError(f"{path} holds no header row and data rows")
     columns = {name: np.empty(len(rows), dtype=object) for name in header}
     for j, name in enumerate(header):
         columns[name][:] = [row[j] if j < len(row) else "" for row in rows]

@@ -94,14 +94,14 @@ def chi_square(reference: np.ndarray, window: np.ndarray) -> TestResult:
         return TestResult(0.0, 1.0, log10_p=0.0)
     chi2, p_value, dof, _ = stats.chi2_contingency(table, correction=False)
     cramers_v = float(np.sqrt(chi2 / table.sum()))  # min(rows, cols) - 1 == 1 for two rows
-    return TestResult(cramers_v, float(p_value), log10_p=_chi2_log10_sf(float(chi2), int(dof)))
+    log10_p = _chi2_log10_sf(float(chi2), int(dof), float(p_value))
+    return TestResult(cramers_v, float(p_value), log10_p=log10_p)
 
 
-def _chi2_log10_sf(chi2: float, dof: int) -> float:
-    """log10 of the chi-square upper tail, finite where the tail underflows: the gamma upper
-    tail Q(a, x) ~ x^(a-1) e^-x / Gamma(a) (1 + (a-1)/x + (a-1)(a-2)/x^2), a = dof/2, x = chi2/2
-    (x far above a there)."""
-    p_value = float(stats.chi2.sf(chi2, dof))
+def _chi2_log10_sf(chi2: float, dof: int, p_value: float) -> float:
+    """log10 of the chi-square upper tail ``p_value``, finite where it underflows: the gamma
+    upper tail Q(a, x) ~ x^(a-1) e^-x / Gamma(a) (1 + (a-1)/x + (a-1)(a-2)/x^2), a = dof/2,
+    x = chi2/2 (x far above a there)."""
     if p_value > 1e-300:
         return math.log10(p_value)
     a, x = dof / 2, chi2 / 2
