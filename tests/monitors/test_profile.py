@@ -146,3 +146,57 @@ def test_a_stored_profile_takes_the_metadatas_types(tmp_path: Path) -> None:
     ).dump(tmp_path)
     with pytest.raises(ProfileError, match=r"'plan' is categorical in metadata\.json"):
         load_profile(tmp_path)
+
+
+def test_records_the_gateway_writes_for_typed_inputs_match_a_profile_from_csv(
+    tmp_path: Path,
+) -> None:
+    """A model with an input per feature (INT64, FP32, BOOL, BYTES), requests of 10 rows, one
+    string null in ten (the model got ""): logged by the gateway's own record builder and packer,
+    read by the monitor's columnar path."""
+    from gateway.featurelog import RecordBuilder, RequestInfo, pack_messages
+    from monitors.batch import RecordBatch, served_primaries
+    from monitors.schema import decode_columns
+
+    version, done = cli_build(tmp_path, draw(np.random.default_rng(6), 5000))
+    assert done.returncode == 0, done.stderr
+    profile = load_profile(version)
+    assert profile is not None
+    live = draw(np.random.default_rng(7), 2000)
+    builder, records = RecordBuilder(), []
+    for start in range(0, 2000, 10):
+        part = slice(start, start + 10)
+        colour = live["colour"][part].astype(object)
+        colour[0] = ""  # a null, as the protocol hands it to the model
+        inputs: dict[str, np.ndarray] = {
+            "age": live["age"][part].astype(np.int64).reshape(-1, 1),
+            "income": live["income"][part].astype(np.float32).reshape(-1, 1),
+            "clicks": live["clicks"][part].astype(np.int64).reshape(-1, 1),
+            "plan": live["plan"][part].astype(np.int64).reshape(-1, 1),
+            "member": live["member"][part].reshape(-1, 1),
+            "colour": colour.reshape(-1, 1),
+        }
+        records.append(builder.build(
+            RequestInfo(f"r{start}", float(start), "tabular"), model="tabular", version="1",
+            variant="default", role="primary", feature_input=None, feature_names=[], inputs=inputs,
+            outputs={"label": live["prediction:label"][part].astype(np.int64)}, rows=10,
+            latency_s=0.001, status="ok",
+        ))  # fmt: skip
+    parts = [
+        part
+        for offset, (_, value, _) in enumerate(pack_messages((b"tabular", r) for r in records))
+        for part in served_primaries(decode_columns(value), offset)[0].values()
+    ]
+    batch = RecordBatch.from_parts(profile, parts)
+    ((_, summary),) = Windows(WindowSpec("count", 2000, 2000), profile).add_batch(batch)
+    assert summary.categories["member"] == {
+        "true": int(live["member"].sum()),
+        "false": int((~live["member"]).sum()),
+    }
+    assert OTHER not in summary.categories["plan"]
+    assert summary.missing["colour"] == 200
+    result = evaluate(summary, profile, DetectorConfig(), model="tabular", version="1",
+                      window_id="w", start_time=0, end_time=1)  # fmt: skip
+    judged = next(f for f in result.features if f.name == "colour")
+    assert judged.missing_rate == pytest.approx(0.1)
+    assert result.drifted_features == ["colour"], "only the rise in missing colours"
