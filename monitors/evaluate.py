@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import hashlib
 import math
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -86,6 +86,10 @@ class FeatureResult:
     drifted: bool = False
     reasons: list[str] = field(default_factory=list)
 
+    def to_dict(self) -> dict[str, Any]:
+        # by hand: dataclasses.asdict deep-copies, a fifth of the monitor's time per record
+        return {**self.__dict__, "flags": dict(self.flags), "reasons": list(self.reasons)}
+
 
 @dataclass
 class WindowResult:
@@ -109,7 +113,8 @@ class WindowResult:
         return hashlib.sha256(repr((self.rows, stats)).encode()).hexdigest()[:16]
 
     def to_dict(self) -> dict[str, Any]:
-        doc = asdict(self)
+        doc = {k: v for k, v in self.__dict__.items() if k != "features"}
+        doc["features"] = [f.to_dict() for f in self.features]
         doc["drifted_features"] = self.drifted_features
         return doc
 

@@ -29,7 +29,7 @@ from urllib.parse import quote
 import orjson
 
 from monitors.categories import OTHER
-from monitors.evaluate import WindowResult, window_histogram
+from monitors.evaluate import window_histogram
 from monitors.profile import ModelProfile
 from monitors.windows import Summary
 
@@ -41,17 +41,15 @@ _REFERENCE = "reference.json"
 
 
 def history_entry(
-    result: WindowResult, summary: Summary, profile: ModelProfile, partition: int
+    result: dict[str, Any], summary: Summary, profile: ModelProfile, partition: int
 ) -> dict[str, Any]:
-    """The history line of one evaluated window (``seq`` is given when it is written)."""
-    doc = result.to_dict()
-    doc["partition"] = partition
-    doc["evaluated_at"] = time.time()
-    for feature in doc["features"]:
-        feature["histogram"] = window_histogram(
-            summary, feature["name"], profile.features[feature["name"]]
-        )
-    return doc
+    """The history line of one evaluated window (``WindowResult.to_dict``), with each feature's
+    histogram in the window (``seq`` is given when it is written)."""
+    features = [
+        {**f, "histogram": window_histogram(summary, f["name"], profile.features[f["name"]])}
+        for f in result["features"]
+    ]
+    return {**result, "features": features, "partition": partition, "evaluated_at": time.time()}
 
 
 def reference_histograms(profile: ModelProfile) -> dict[str, Any]:

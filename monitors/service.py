@@ -286,9 +286,10 @@ class MonitorService:
                     start_time=panes[0].start_time,
                     end_time=panes[-1].end_time,
                 )
-                entry = history_entry(result, summary, windows.profile, partition)
+                doc = result.to_dict()
+                entry = history_entry(doc, summary, windows.profile, partition)
                 self.history.add(partition, entry, windows.profile)
-                self._act(result, partition)
+                self._act(result, doc, partition)
                 self._evaluated[stream] = sequence
         for event in self._events.values():
             event_id, body = drift_event(
@@ -318,7 +319,9 @@ class MonitorService:
             self._profiles[(model, version)] = profile
         return self._profiles[(model, version)]
 
-    def _act(self, result: WindowResult, partition: int) -> None:
+    def _act(self, result: WindowResult, summary: dict[str, Any], partition: int) -> None:
+        """Metrics, the latest result, the audit trail, the decision (``summary``: the result
+        as ``to_dict`` gives it)."""
         labels = (result.model, result.version)
         self.metrics.windows.labels(*labels, result.status).inc()
         for feature in result.features:
@@ -329,7 +332,6 @@ class MonitorService:
             self.metrics.psi.labels(*gauges).set(feature.psi)
             self.metrics.psi_threshold.labels(*gauges).set(feature.psi_threshold)
             self.metrics.flagged.labels(*gauges).set(1 if feature.drifted else 0)
-        summary = result.to_dict()
         key = f"{result.model}/{result.version}"
         self.latest[key] = summary
         self._audit.append(
