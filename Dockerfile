@@ -1,27 +1,48 @@
-# The gateway image: `docker build -t model-gateway .`
-# Run: docker run -p 8080:8080 -v $PWD/registry:/srv/registry -v $PWD/gateway.yaml:/etc/gateway.yaml \
-#        model-gateway serve --config /etc/gateway.yaml
-FROM python:3.11-slim
+# The model-gateway image: the gateway, the drift monitor and the demo model in one image.
+#
+#   docker build -t model-gateway .
+#   docker run -p 8080:8080 model-gateway                    # serves the built-in demo model
+#   docker run -p 8080:8080 -v $PWD/registry:/srv/registry:ro \
+#     -e GATEWAY_MODELS='[{"name": "fraud", "ref": "fraud@champion"}]' model-gateway
+#   docker run -p 8090:8090 -e MONITOR_KAFKA__BOOTSTRAP_SERVERS=kafka:9092 model-gateway \
+#     python -m monitors run --config /etc/model-gateway/monitor.yaml
+#
+# README.md "Deployment" says more; tests/deploy/test_image.py runs the install and start steps
+# below outside a container.
 
-ENV PYTHONDONTWRITEBYTECODE=1 PYTHONUNBUFFERED=1 PIP_NO_CACHE_DIR=1
-
-RUN useradd --create-home --uid 10001 gateway
-WORKDIR /app
+# The build stage makes the wheel and trains the demo model into a local registry.
+FROM python:3.11-slim AS build
+ENV PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1
+WORKDIR /src
 COPY pyproject.toml README.md ./
 COPY gateway ./gateway
 COPY registry_client ./registry_client
 COPY monitors ./monitors
-COPY loadtests ./loadtests
-RUN pip install . && mkdir -p /srv/registry /var/lib/gateway && chown gateway /var/lib/gateway
+RUN pip wheel --no-deps --wheel-dir /wheels . \
+    && pip install "$(ls /wheels/model_gateway-*.whl)[demo]" \
+    && gateway demo --registry /registry
 
-USER gateway
-# Settings come from the config file and GATEWAY_* variables; listen on all interfaces in a container.
-ENV GATEWAY_SERVER__HOST=0.0.0.0 \
-    GATEWAY_SERVER__PORT=8080 \
-    GATEWAY_REGISTRY__ROOT=/srv/registry \
-    GATEWAY_REGISTRY__CACHE_DIR=/var/lib/gateway/model-cache \
-    GATEWAY_FEATURE_LOG__SPOOL_DIR=/var/lib/gateway/spool
-EXPOSE 8080
-HEALTHCHECK --interval=10s --timeout=2s CMD python -c "import urllib.request,sys; urllib.request.urlopen('http://127.0.0.1:8080/v2/health/live', timeout=2)" || exit 1
-ENTRYPOINT ["gateway"]
-CMD ["serve"]
+# The runtime stage: the wheel without the demo extra, the demo registry, default configs.
+FROM python:3.11-slim
+ENV PYTHONDONTWRITEBYTECODE=1 PYTHONUNBUFFERED=1 PIP_NO_CACHE_DIR=1 \
+    PIP_DISABLE_PIP_VERSION_CHECK=1
+COPY --from=build /wheels /tmp/wheels
+RUN pip install /tmp/wheels/*.whl \
+    && rm -rf /tmp/wheels \
+    && useradd --uid 10001 --user-group --no-create-home --home-dir /var/lib/model-gateway gateway \
+    && mkdir -p /var/lib/model-gateway/model-cache /var/lib/model-gateway/spool \
+        /var/lib/model-gateway/monitor-state \
+    && chown -R 10001:10001 /var/lib/model-gateway
+COPY --from=build /registry /srv/registry
+COPY deploy/docker/gateway.yaml deploy/docker/monitor.yaml /etc/model-gateway/
+COPY deploy/docker/healthcheck.py /usr/local/lib/model-gateway/healthcheck.py
+
+# A numeric user, so Kubernetes can check runAsNonRoot against the image.
+USER 10001:10001
+WORKDIR /var/lib/model-gateway
+EXPOSE 8080 8090
+# Follows the container's command: the gateway's or the monitor's port, from its config file,
+# its GATEWAY_*/MONITOR_* variables and its --port flag.
+HEALTHCHECK --interval=10s --timeout=3s --start-period=60s \
+    CMD ["python", "/usr/local/lib/model-gateway/healthcheck.py"]
+CMD ["gateway", "serve", "--config", "/etc/model-gateway/gateway.yaml"]

@@ -3,8 +3,12 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 STATE ?= var
+# `make serve`'s ports (or from the environment: GATEWAY_PORT=18080 make serve)
+GATEWAY_PORT ?= 8080
+MONITOR_PORT ?= 8090
+BROKER_PORT ?= 9092
 
-.PHONY: serve test bench bench-drift clean
+.PHONY: serve test bench bench-drift bench-performance clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -21,7 +25,8 @@ $(VENV)/.dev-installed: pyproject.toml | $(BIN)/python
 ## Bring the stack up on embedded defaults: demo model in the local registry, embedded
 ## Kafka-protocol broker, drift monitor, gateway. Ctrl-C stops everything.
 serve: $(VENV)/.serve-installed
-	$(BIN)/gateway stack --config examples/gateway.yaml --monitor-config examples/monitor.yaml
+	$(BIN)/gateway stack --config examples/gateway.yaml --monitor-config examples/monitor.yaml \
+		--port $(GATEWAY_PORT) --monitor-port $(MONITOR_PORT) --broker-port $(BROKER_PORT)
 
 ## Lint, type-check and run the whole test suite (real components included).
 test: $(VENV)/.dev-installed
@@ -41,6 +46,11 @@ bench: $(VENV)/.dev-installed
 bench-drift: $(VENV)/.dev-installed
 	$(BIN)/python -m loadtests.drift_quality
 	$(BIN)/python -m loadtests.drift_throughput
+
+## Ground truth: false winners of the A/B test, samples for a 2-point difference, the label-free
+## estimate under covariate shift, the join's throughput.
+bench-performance: $(VENV)/.dev-installed
+	$(BIN)/python -m loadtests.performance_quality
 
 clean:
 	rm -rf $(VENV) .venv-peers .venv-kserve $(STATE) .model-cache

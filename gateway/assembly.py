@@ -1,9 +1,10 @@
 """Assemble the gateway's core from its settings, in start order, on one exit stack.
 
-Start order: feature log, registry, model manager, traffic (routes, shadows, canaries), route
-store (control topic replay), then the routes of the config file for endpoints the control
-topic does not already hold. The stack stops them in reverse: requests drain before the models
-unload, and the models before the feature log flushes.
+Start order: the link to the other workers (``gateway serve --workers N``), feature log,
+registry, model manager, traffic (routes, shadows, canaries), route store (control topic
+replay), then the routes of the config file for endpoints the control topic does not already
+hold. The stack stops them in reverse: requests drain before the models unload, and the models
+before the feature log flushes.
 """
 
 from __future__ import annotations
@@ -13,24 +14,36 @@ import socket
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import AsyncExitStack
 from dataclasses import dataclass
+from typing import Protocol
 
-from gateway.featurelog import build_feature_log, build_record_builder, producer_options
+from prometheus_client import CollectorRegistry
+
+from gateway.featurelog import (
+    build_feature_log,
+    build_feedback_log,
+    build_record_builder,
+    producer_options,
+)
+from gateway.feedback import FeedbackService
 from gateway.inference import InferenceService
 from gateway.metrics import GatewayMetrics, ShadowMetrics
 from gateway.serving import Deployment, ModelLoader, ModelManager, RuntimeOptions
-from gateway.settings import GatewaySettings, RegistrySettings
+from gateway.settings import GatewaySettings
 from gateway.traffic import (
     AuditLog,
     ControlChannel,
+    ControlSigner,
     Route,
+    RouteChannel,
     RouteStore,
     ShadowDispatcher,
     Traffic,
     VariantStats,
 )
-from registry_client import LocalRegistry, ModelRef, Registry
+from registry_client import ModelRef, Registry
+from registry_client.settings import open_registry
 
-__all__ = ["Core", "build_registry", "start_core"]
+__all__ = ["Core", "Peers", "start_core"]
 
 
 @dataclass
@@ -39,24 +52,27 @@ class Core:
 
     service: InferenceService
     routes: RouteStore
+    feedback: FeedbackService | None = None
 
 
-def build_registry(settings: RegistrySettings) -> Registry:
-    """The registry backend the settings name."""
-    if settings.backend == "mlflow":
-        from registry_client.mlflow import MlflowRegistry
+class Peers(Protocol):
+    """The other worker processes of one server (``gateway serve --workers N``)."""
 
-        assert settings.mlflow_url is not None
-        token = settings.mlflow_token.get_secret_value() if settings.mlflow_token else None
-        mlflow: Registry = MlflowRegistry(
-            settings.mlflow_url,
-            settings.cache_dir,
-            token=token,
-            timeout_s=settings.timeout_s,
-            retries=settings.retries,
-        )
-        return mlflow
-    return LocalRegistry(settings.root)
+    async def __aenter__(self) -> Peers: ...
+
+    async def __aexit__(self, *exc_info: object) -> None: ...
+
+    def route_channel(self, control: RouteChannel | None) -> RouteChannel:
+        """Where route changes go so that every worker has applied one before it counts."""
+        ...
+
+    async def ready(self, registry: CollectorRegistry) -> None:
+        """This worker serves now, with its metrics on ``registry``."""
+        ...
+
+    async def exposition(self) -> bytes:
+        """The metrics of the whole server, summed over its workers."""
+        ...
 
 
 async def start_core(
@@ -64,15 +80,18 @@ async def start_core(
     metrics: GatewayMetrics,
     stack: AsyncExitStack,
     registry: Registry | None = None,
+    peers: Peers | None = None,
 ) -> Core:
     """Start every part of the core on ``stack``."""
     replica_id = settings.server.replica_id or f"{socket.gethostname()}-{os.getpid()}"
+    if peers is not None:
+        await stack.enter_async_context(peers)
     feature_log = None
     if settings.feature_log.enabled:
         feature_log = await stack.enter_async_context(
             build_feature_log(settings.feature_log, metrics, settings.server.shutdown_timeout_s)
         )
-    model_registry = registry or build_registry(settings.registry)
+    model_registry = registry or open_registry(settings.registry)
     stack.push_async_callback(model_registry.aclose)
     executor = ThreadPoolExecutor(settings.runtime.worker_threads, thread_name_prefix="onnxruntime")
     # Shadows run on their own thread so they can never hold up a primary's batch.
@@ -132,21 +151,47 @@ async def start_core(
         feature_log,
         build_record_builder(settings.feature_log),
     )
-    channel = None
+    channel: RouteChannel | None = None
     if settings.control.enabled:
         options = producer_options(settings.feature_log)
         options = {k: v for k, v in options.items() if k not in _PRODUCER_ONLY}
         options["bootstrap_servers"] = (
             settings.control.bootstrap_servers or settings.feature_log.bootstrap_servers
         )
-        channel = ControlChannel(settings.control.topic, options, settings.control.timeout_s)
+        control = settings.control
+        assert control.signing_key is not None  # the settings require it when enabled
+        signer = ControlSigner(
+            control.topic,
+            control.signing_key.get_secret_value().encode(),
+            [key.get_secret_value().encode() for key in control.previous_signing_keys],
+        )
+        channel = ControlChannel(
+            control.topic,
+            options,
+            control.timeout_s,
+            signer,
+            lambda reason: metrics.control_rejected.labels(reason).inc(),
+        )
+    audit = AuditLog(settings.admin.audit_log)
+    if peers is not None:
+        if channel is None:
+            audit.load()  # the route store reads the file only when it has no channel
+        channel = peers.route_channel(channel)
     store = await stack.enter_async_context(
-        RouteStore(traffic, AuditLog(settings.admin.audit_log), metrics, channel, replica_id)
+        RouteStore(traffic, audit, metrics, channel, replica_id)
     )
     for route in settings.initial_routes():
         if route.endpoint not in traffic.routes:
             await traffic.apply(route, required=False)
-    return Core(service, store)
+    feedback = None
+    if settings.feedback.enabled:
+        feedback_log = await stack.enter_async_context(
+            build_feedback_log(
+                settings.feature_log, settings.feedback, metrics, settings.server.shutdown_timeout_s
+            )
+        )
+        feedback = FeedbackService(traffic, feedback_log, metrics, settings.feedback.max_items)
+    return Core(service, store, feedback)
 
 
 _PRODUCER_ONLY = ("acks", "compression_type", "enable_idempotence", "linger_ms")

@@ -1,4 +1,4 @@
-"""The ``gateway`` command: ``serve``, ``demo`` and ``routes``."""
+"""The ``gateway`` command: ``serve``, ``stack``, ``demo``, ``routes`` and ``feedback``."""
 
 from __future__ import annotations
 
@@ -8,23 +8,39 @@ import sys
 from pathlib import Path
 
 from gateway.errors import ConfigError
+from gateway.feedback_client import add_feedback_command, run_feedback_command
 from gateway.serve import serve
 from gateway.settings import load_settings
 from gateway.traffic import add_routes_commands, run_routes_command
+from gateway.workers import supervise, worker_count
+from monitors.settings import SettingsError
 
 __all__ = ["main"]
 
 log = logging.getLogger("gateway")
 
+_DESCRIPTION = (
+    "A model-serving gateway: serve ONNX models over the Open Inference Protocol v2 (serve), "
+    "run the demo stack with its broker and drift monitor (stack, what 'make serve' runs), "
+    "register the demo model (demo), show and change traffic routes (routes). "
+    "'gateway COMMAND --help' tells more."
+)
+
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``gateway`` command."""
-    parser = argparse.ArgumentParser(prog="gateway", description=__doc__)
+    parser = argparse.ArgumentParser(prog="gateway", description=_DESCRIPTION)
     sub = parser.add_subparsers(dest="command", required=True)
     serve_cmd = sub.add_parser("serve", help="serve the models named in the config file")
     serve_cmd.add_argument("--config", type=Path, help="YAML or TOML config file")
     serve_cmd.add_argument("--host", help="override server.host")
     serve_cmd.add_argument("--port", type=int, help="override server.port")
+    serve_cmd.add_argument(
+        "--workers",
+        type=_workers,
+        help="override server.workers: worker processes sharing the port (N, or auto: one per "
+        "usable core)",
+    )
     serve_cmd.add_argument("--log-level", default="info", choices=["debug", "info", "warning"])
     demo_cmd = sub.add_parser("demo", help="train and register the demo model (needs [demo])")
     demo_cmd.add_argument("--registry", type=Path, required=True, help="local registry folder")
@@ -33,11 +49,16 @@ def main(argv: list[str] | None = None) -> int:
     )
     stack_cmd.add_argument("--config", type=Path, required=True, help="gateway config file")
     stack_cmd.add_argument("--monitor-config", type=Path, help="drift monitor config file")
-    stack_cmd.add_argument("--broker-port", type=int, default=9092)
+    stack_cmd.add_argument("--port", type=int, help="override the gateway's server.port")
+    stack_cmd.add_argument("--monitor-port", type=int, help="override the monitor's http.port")
+    stack_cmd.add_argument("--broker-port", type=int, default=9092, help="the embedded broker's")
     add_routes_commands(sub)
+    add_feedback_command(sub)
     args = parser.parse_args(argv)
     if args.command == "routes":
         return run_routes_command(args)
+    if args.command == "feedback":
+        return run_feedback_command(args)
     logging.basicConfig(
         level=getattr(logging, getattr(args, "log_level", "info").upper()),
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
@@ -49,8 +70,10 @@ def main(argv: list[str] | None = None) -> int:
         from gateway.stack import run_stack
 
         try:
-            return run_stack(args.config, args.monitor_config, args.broker_port)
-        except ConfigError as exc:
+            return run_stack(
+                args.config, args.monitor_config, args.broker_port, args.port, args.monitor_port
+            )
+        except (ConfigError, SettingsError) as exc:
             print(f"gateway: {exc}", file=sys.stderr)
             return 2
     if args.command == "demo":
@@ -67,6 +90,8 @@ def main(argv: list[str] | None = None) -> int:
         overrides["server__host"] = args.host
     if args.port is not None:
         overrides["server__port"] = args.port
+    if args.workers is not None:
+        overrides["server__workers"] = args.workers
     try:
         settings = load_settings(args.config, **overrides)
     except ConfigError as exc:
@@ -78,5 +103,20 @@ def main(argv: list[str] | None = None) -> int:
             file=sys.stderr,
         )
         return 2
+    workers = worker_count(settings.server.workers)
+    if workers > 1:
+        return supervise(settings, workers, args.log_level)
     serve(settings, args.log_level)
     return 0
+
+
+def _workers(value: str) -> int | str:
+    if value == "auto":
+        return value
+    try:
+        count = int(value)
+    except ValueError:
+        count = 0
+    if count < 1:
+        raise argparse.ArgumentTypeError(f"expected a number >= 1 or auto, got {value!r}")
+    return count

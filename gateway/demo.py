@@ -2,7 +2,8 @@
 
 Needs the ``demo`` extra (scikit-learn, skl2onnx). Registers two versions in a local registry:
 version 1 (logistic regression, alias ``champion``) and version 2 (random forest, alias
-``challenger``), with feature names, class labels and a reference profile of the training data.
+``challenger``), with feature names, class labels, a reference profile of the training data and
+a validation report on the held-out quarter (metrics and a reliability table).
 """
 
 from __future__ import annotations
@@ -12,11 +13,19 @@ from pathlib import Path
 
 import numpy as np
 
+from monitors.performance import calibration_table, classification_metrics
 from monitors.profile import build_profile
-from registry_client import FeatureSpec, LocalRegistry, ModelMetadata, ReferenceProfile
+from registry_client import (
+    Calibration,
+    FeatureSpec,
+    LocalRegistry,
+    ModelMetadata,
+    ReferenceProfile,
+    ValidationReport,
+)
 from registry_client.metadata import BatchingHints, NumericProfile
 
-__all__ = ["DEMO_MODEL", "build_demo_registry", "reference_profile"]
+__all__ = ["DEMO_MODEL", "build_demo_registry", "reference_profile", "validation_report"]
 
 DEMO_MODEL = "breast_cancer"
 
@@ -30,6 +39,22 @@ def reference_profile(data: np.ndarray, names: list[str], bins: int = 10) -> Ref
         for name, p in profile.features.items()
     }
     return ReferenceProfile(rows=len(data), features=features)
+
+
+def validation_report(y_true: np.ndarray, probs: np.ndarray) -> ValidationReport:
+    """A classifier's metrics and reliability table on held-out rows (the monitor's own metric
+    code, so validation and production figures are computed alike)."""
+    metrics = classification_metrics(y_true, probs.argmax(axis=1), probs, probs.shape[1])
+    names = ("accuracy", "macro_precision", "macro_recall", "macro_f1", "roc_auc", "log_loss")
+    edges, rates = calibration_table(y_true, probs)
+    return ValidationReport(
+        task="classification",
+        label_output="label",
+        score_output="probabilities",
+        rows=len(y_true),
+        metrics={name: metrics[name]["value"] for name in names},
+        calibration=Calibration(edges=edges, rates=rates),
+    )
 
 
 def build_demo_registry(root: Path) -> LocalRegistry:
@@ -48,7 +73,7 @@ def build_demo_registry(root: Path) -> LocalRegistry:
         return registry
     dataset = load_breast_cancer()
     x = dataset.data.astype(np.float32)
-    x_train, _, y_train, _ = train_test_split(
+    x_train, x_test, y_train, y_test = train_test_split(
         x, dataset.target, test_size=0.25, random_state=0, stratify=dataset.target
     )
     names = [str(n) for n in dataset.feature_names]
@@ -67,6 +92,7 @@ def build_demo_registry(root: Path) -> LocalRegistry:
     with tempfile.TemporaryDirectory() as tmp:
         for alias, estimator in candidates:
             estimator.fit(x_train, y_train)
+            report = validation_report(y_test, estimator.predict_proba(x_test))
             onnx_model = to_onnx(
                 estimator,
                 initial_types=[("input", FloatTensorType([None, len(names)]))],
@@ -75,6 +101,7 @@ def build_demo_registry(root: Path) -> LocalRegistry:
             )
             path = Path(tmp) / f"{alias}.onnx"
             path.write_bytes(onnx_model.SerializeToString())
-            version = registry.register(DEMO_MODEL, path, metadata)
+            with_report = metadata.model_copy(update={"validation": report})
+            version = registry.register(DEMO_MODEL, path, with_report)
             registry.set_alias(DEMO_MODEL, alias, version)
     return registry

@@ -168,9 +168,13 @@ class InferenceService:
         if not self._records.sampled(info):
             self._metrics.feature_log.dropped("sampled_out")
             return
+        if inputs is not None and model.input_features:  # log features by their own names
+            inputs = {model.input_features.get(k, k): v for k, v in inputs.items()}
+        # The registered model's name: what the monitor finds the reference profile under.
+        registered = model.ref.name
         record = self._records.build(
             info,
-            model=model.name,
+            model=registered,
             version=model.version,
             variant=model.variant,
             role=role,
@@ -185,7 +189,7 @@ class InferenceService:
         )
         if comparison is not None:
             record["comparison"] = comparison
-        self._feature_log.submit(model.name.encode(), record)
+        self._feature_log.submit(registered.encode(), record)
 
 
 # Metric outcome label for each record status.

@@ -7,13 +7,36 @@ import platform
 import onnxruntime as ort
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
-__all__ = ["BatchMetrics", "FeatureLogMetrics", "GatewayMetrics", "ShadowMetrics"]
+__all__ = [
+    "WORKER_AGGREGATION",
+    "BatchMetrics",
+    "FeatureLogMetrics",
+    "GatewayMetrics",
+    "ShadowMetrics",
+]
 
 _LATENCY_BUCKETS = (
     0.0005, 0.001, 0.0025, 0.005, 0.0075, 0.01, 0.015, 0.025, 0.05, 0.075,
     0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
 )  # fmt: skip
 _BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024)
+# How `gateway serve --workers N` combines a family over its workers into one /metrics; what is
+# not here is summed. Every gauge declared here needs a row, and so does a counter that every
+# worker counts alike (each applies every route change).
+WORKER_AGGREGATION: dict[str, str] = {
+    "gateway_route_changes": "max",
+    "gateway_canary_events": "max",
+    "gateway_queue_depth": "sum",  # requests waiting in all workers' queues
+    "gateway_model_loaded": "max",  # 1 while any worker serves that version
+    "gateway_build_info": "max",
+    "gateway_feature_log_queue_depth": "sum",
+    "gateway_feature_log_spool_messages": "sum",  # each worker has its own spool
+    "gateway_feature_log_spool_bytes": "sum",
+    "gateway_feedback_log_queue_depth": "sum",  # the feedback log's, likewise per worker
+    "gateway_feedback_log_spool_messages": "sum",
+    "gateway_feedback_log_spool_bytes": "sum",
+    "gateway_workers": "sum",  # the supervisor's own
+}
 _SERVING = ("model", "version", "variant", "outcome")
 _VERSION = ("model", "version", "variant")
 
@@ -102,6 +125,14 @@ class GatewayMetrics:
         )
         self.build_info.labels(gateway_version, platform.python_version(), ort.__version__).set(1)
         self.feature_log = FeatureLogMetrics(registry)
+        # The feedback log is a second feature log (on the feedback topic), counted apart.
+        self.feedback_log = FeatureLogMetrics(registry, "gateway_feedback_log")
+        self.feedback_items = Counter(
+            "gateway_feedback_items",
+            "Feedback items (labels) received, by outcome: accepted, invalid.",
+            ("model", "outcome"),
+            registry=registry,
+        )
         _pair = ("model", "primary", "shadow")
         self.shadow_requests = Counter(
             "gateway_shadow_requests",
@@ -140,6 +171,24 @@ class GatewayMetrics:
             "gateway_route_changes",
             "Route changes applied on this replica, by who made them.",
             ("model", "actor"),
+            registry=registry,
+        )
+        self.route_conflicts = Counter(
+            "gateway_route_conflicts",
+            "Route changes skipped because the route had changed since they were made (the "
+            "proposer makes them again on the new state, or answers 412).",
+            ("model",),
+            registry=registry,
+        )
+        self.audit_failures = Counter(
+            "gateway_audit_write_failures",
+            "Route changes applied whose audit entry could not be written.",
+            registry=registry,
+        )
+        self.control_rejected = Counter(
+            "gateway_control_messages_rejected",
+            "Control-topic messages refused, by reason: unsigned, bad_signature, malformed.",
+            ("reason",),
             registry=registry,
         )
 
@@ -186,9 +235,9 @@ class BatchMetrics:
 class FeatureLogMetrics:
     """Accounting of every log record: produced, spooled, replayed, or dropped with a reason."""
 
-    def __init__(self, registry: CollectorRegistry) -> None:
+    def __init__(self, registry: CollectorRegistry, prefix: str = "gateway_feature_log") -> None:
         records = Counter(
-            "gateway_feature_log_records",
+            f"{prefix}_records",
             "Log records by event: produced (sent directly), spooled (to disk), replayed "
             "(from disk to the broker).",
             ("event",),
@@ -198,22 +247,38 @@ class FeatureLogMetrics:
         self._spooled = records.labels("spooled")
         self._replayed = records.labels("replayed")
         self._dropped = Counter(
-            "gateway_feature_log_dropped_records",
+            f"{prefix}_dropped_records",
             "Log records dropped by policy, by reason (queue_full, spool_full, sampled_out, "
-            "shutdown).",
+            "shutdown, dead_letter_full).",
             ("reason",),
             registry=registry,
         )
+        self._dead_lettered = Counter(
+            f"{prefix}_dead_letter_records",
+            "Log records the broker refused for good, kept in the dead-letter file, by reason "
+            "(message_too_large, topic_authorization_failed, ...).",
+            ("reason",),
+            registry=registry,
+        )
+        oversized = Counter(
+            f"{prefix}_oversized_records",
+            "Log records over max_message_bytes on their own, by what was done: split (by rows, "
+            "into parts) or cut (logged without features, inputs and outputs).",
+            ("action",),
+            registry=registry,
+        )
+        self._split = oversized.labels("split")
+        self._cut = oversized.labels("cut")
         self._queue = Gauge(
-            "gateway_feature_log_queue_depth", "Records waiting in memory.", registry=registry
+            f"{prefix}_queue_depth", "Records waiting in memory.", registry=registry
         )
         self._spool_messages = Gauge(
-            "gateway_feature_log_spool_messages",
+            f"{prefix}_spool_messages",
             "Kafka messages (each one or more records) waiting in the disk spool.",
             registry=registry,
         )
         self._spool_bytes = Gauge(
-            "gateway_feature_log_spool_bytes", "Bytes waiting in the disk spool.", registry=registry
+            f"{prefix}_spool_bytes", "Bytes waiting in the disk spool.", registry=registry
         )
 
     def produced(self, count: int) -> None:
@@ -227,6 +292,13 @@ class FeatureLogMetrics:
 
     def dropped(self, reason: str, count: int = 1) -> None:
         self._dropped.labels(reason).inc(count)
+
+    def dead_lettered(self, reason: str, count: int) -> None:
+        self._dead_lettered.labels(reason).inc(count)
+
+    def oversized(self, split: int, cut: int) -> None:
+        self._split.inc(split)
+        self._cut.inc(cut)
 
     def depths(self, queue: int, spool_messages: int, spool_bytes: int) -> None:
         self._queue.set(queue)

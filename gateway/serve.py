@@ -3,16 +3,28 @@
 from __future__ import annotations
 
 import asyncio
+import socket
 import sys
 from importlib.util import find_spec
 
+from gateway.assembly import Peers
 from gateway.settings import GatewaySettings
 
 __all__ = ["serve"]
 
 
-def serve(settings: GatewaySettings, log_level: str = "info") -> None:
-    """Run the gateway with uvicorn until SIGINT/SIGTERM, then shut down gracefully."""
+def serve(
+    settings: GatewaySettings,
+    log_level: str = "info",
+    *,
+    peers: Peers | None = None,
+    sockets: list[socket.socket] | None = None,
+) -> None:
+    """Run the gateway with uvicorn until SIGINT/SIGTERM, then shut down gracefully.
+
+    A worker of ``gateway serve --workers N`` passes its ``peers`` and the listening socket it
+    shares with the others; otherwise uvicorn binds ``server.host:server.port`` itself.
+    """
     import uvicorn
 
     from gateway.http import create_app
@@ -21,12 +33,20 @@ def serve(settings: GatewaySettings, log_level: str = "info") -> None:
     # hands it over only every switch interval (5 ms by default), which would add up to 5 ms
     # to every batch under load.
     sys.setswitchinterval(settings.runtime.gil_switch_interval_s)
-    app = create_app(settings)
+    app = create_app(settings, peers=peers)
     http: str | type[asyncio.Protocol] = "httptools" if find_spec("httptools") else "h11"
     if settings.server.http_protocol == "gateway" and find_spec("httptools"):
-        from gateway.http.server import protocol_class
+        from gateway.http.server import HttpLimits, protocol_class
 
-        http = protocol_class(settings.server.max_body_bytes, app)
+        server = settings.server
+        limits = HttpLimits(
+            max_body_bytes=server.max_body_bytes,
+            max_url_bytes=server.max_url_bytes,
+            max_header_bytes=server.max_header_bytes,
+            max_headers=server.max_headers,
+            head_timeout_s=server.head_timeout_s,
+        )
+        http = protocol_class(limits, app)
     config = uvicorn.Config(
         app,
         host=settings.server.host,
@@ -37,9 +57,10 @@ def serve(settings: GatewaySettings, log_level: str = "info") -> None:
         lifespan="on",
         access_log=settings.server.access_log,
         log_level=log_level,
+        timeout_keep_alive=settings.server.keep_alive_s,
         timeout_graceful_shutdown=int(max(1, settings.server.shutdown_timeout_s)),
         server_header=False,
         # X-Forwarded-* rewriting costs a middleware call per request; on only when asked.
         proxy_headers=settings.server.proxy_headers,
     )
-    uvicorn.Server(config).run()
+    uvicorn.Server(config).run(sockets=sockets)

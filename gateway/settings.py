@@ -5,24 +5,26 @@ from __future__ import annotations
 import os
 import tomllib
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 from gateway.errors import ConfigError
-from gateway.featurelog import FeatureLogSettings
+from gateway.featurelog import FeatureLogSettings, FeedbackSettings
 from gateway.serving import BatchingSettings, RuntimeSettings
 from gateway.traffic import AdminSettings, ControlSettings, Route, VariantSpec
 from registry_client import ModelRef
 from registry_client.errors import InvalidReferenceError
+from registry_client.settings import RegistrySettings as BaseRegistrySettings
 
 __all__ = [
     "AdminSettings",
     "BatchingSettings",
     "ControlSettings",
     "FeatureLogSettings",
+    "FeedbackSettings",
     "GatewaySettings",
     "ModelSettings",
     "RegistrySettings",
@@ -41,6 +43,14 @@ class ServerSettings(_Group):
     host: str = "127.0.0.1"
     port: int = Field(default=8080, ge=0, le=65535)
     max_body_bytes: int = Field(default=16 * 1024 * 1024, ge=1024)
+    # Limits on a request head (the gateway's protocol; nginx's and Envoy's defaults): URL
+    # (414), header block and header count (431), time to receive the whole head (408).
+    max_url_bytes: int = Field(default=8 * 1024, ge=256, le=65_000)
+    max_header_bytes: int = Field(default=16 * 1024, ge=1024)
+    max_headers: int = Field(default=100, ge=8)
+    head_timeout_s: float = Field(default=10.0, gt=0)
+    # How long an idle keep-alive connection stays open.
+    keep_alive_s: int = Field(default=5, ge=1)
     # "gateway": the gateway's own lean HTTP/1.1 protocol under uvicorn (gateway/http/server.py,
     # about 30 us a request cheaper); "uvicorn": uvicorn's httptools (or h11) protocol.
     http_protocol: Literal["gateway", "uvicorn"] = "gateway"
@@ -55,25 +65,20 @@ class ServerSettings(_Group):
     routing_key_header: str = "x-routing-key"
     # Header a caller sets to pin a variant, where the route allows pinning.
     pin_header: str = "x-model-variant"
-    # Names this replica in audit entries and canary ownership; default host-pid.
+    # Names this replica in audit entries and canary ownership; default host-pid (with
+    # several workers: host-pid of the supervisor, then -w<K> for worker K).
     replica_id: str | None = None
+    # Worker processes sharing the port under a supervisor; "auto": one per usable core.
+    # 1 runs the gateway in this one process, with no supervisor.
+    workers: Annotated[int, Field(ge=1, le=1024)] | Literal["auto"] = 1
+    # /v2/health/ready answers 200 when every endpoint is ready ("all") or at least one ("any");
+    # either way it names the endpoints that are not.
+    readiness: Literal["all", "any"] = "any"
 
 
-class RegistrySettings(_Group):
-    backend: Literal["local", "mlflow"] = "local"
-    root: Path = Path("registry")
-    mlflow_url: str | None = None
-    mlflow_token: SecretStr | None = None
-    cache_dir: Path = Path(".model-cache")
+class RegistrySettings(BaseRegistrySettings):
+    # How often served aliases are checked for a move.
     poll_interval_s: float = Field(default=5.0, gt=0)
-    timeout_s: float = Field(default=10.0, gt=0)
-    retries: int = Field(default=3, ge=0)
-
-    @model_validator(mode="after")
-    def _mlflow_needs_url(self) -> RegistrySettings:
-        if self.backend == "mlflow" and not self.mlflow_url:
-            raise ValueError("registry.mlflow_url is required when registry.backend is 'mlflow'")
-        return self
 
 
 class RouteSettings(Route):
@@ -115,6 +120,7 @@ class GatewaySettings(BaseSettings):
     runtime: RuntimeSettings = Field(default_factory=RuntimeSettings)
     batching: BatchingSettings = Field(default_factory=BatchingSettings)
     feature_log: FeatureLogSettings = Field(default_factory=FeatureLogSettings)
+    feedback: FeedbackSettings = Field(default_factory=FeedbackSettings)
     admin: AdminSettings = Field(default_factory=AdminSettings)
     control: ControlSettings = Field(default_factory=ControlSettings)
     # `models` is the short form of a route with one variant named "default".
@@ -205,11 +211,17 @@ def _read_file(path: Path) -> dict[str, Any]:
     registry = data.get("registry")
     if isinstance(registry, dict):
         _resolve_paths(registry, path.parent, ("root", "cache_dir"))
+    admin = data.get("admin")
+    if isinstance(admin, dict):
+        _resolve_paths(admin, path.parent, ("audit_log",))
     feature_log = data.get("feature_log")
     if isinstance(feature_log, dict):
         _resolve_paths(
             feature_log, path.parent, ("spool_dir", "ssl_cafile", "ssl_certfile", "ssl_keyfile")
         )
+    feedback = data.get("feedback")
+    if isinstance(feedback, dict):
+        _resolve_paths(feedback, path.parent, ("spool_dir",))
     return data
 
 

@@ -22,7 +22,7 @@ import numpy as np
 from aiokafka.structs import ConsumerRecord
 from prometheus_client import CollectorRegistry
 
-from loadtests.drift_quality import NAMES, X
+from loadtests.drift_quality import NAMES, X, registered
 from monitors.metrics import MonitorMetrics
 from monitors.profile import build_profile
 from monitors.schema import InferenceRecord, encode_records
@@ -76,11 +76,9 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=Path("loadtests/results"))
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
-        version = Path(tmp) / "registry" / MODEL / "1"
-        version.mkdir(parents=True)
         columns = {name: X[:, j] for j, name in enumerate(NAMES)}
         columns["prediction:label"] = (X[:, 0] > 14).astype(float)
-        build_profile(columns).dump(version)
+        registered(Path(tmp) / "registry", MODEL, build_profile(columns))
         asyncio.run(build_history(Path(tmp) / "registry", Path(tmp) / "state"))
         page = args.out / "drift-report.html"
         report = subprocess.run(

@@ -309,6 +309,17 @@ def mixed_false_alarms(windows: int, size: int = 1_000) -> str:
     )
 
 
+def registered(root: Path, model: str, prof: ModelProfile) -> None:
+    """A version of a 30-feature model with this profile in a local registry. The registry
+    keeps only versions that have a model file; the monitor reads the profile and the
+    metadata, never the model, so a placeholder stands for it."""
+    version = root / model / "1"
+    version.mkdir(parents=True)
+    ModelMetadata(features=[FeatureSpec(name=name) for name in NAMES]).dump(version)
+    (version / "model.onnx").write_bytes(b"placeholder: the monitor never loads the model")
+    prof.dump(version)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--seeds", type=int, default=200)

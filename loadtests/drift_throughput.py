@@ -27,7 +27,7 @@ from aiokafka.structs import ConsumerRecord
 from prometheus_client import CollectorRegistry
 
 from gateway.featurelog import RecordBuilder, RequestInfo, pack_messages
-from loadtests.drift_quality import NAMES, X
+from loadtests.drift_quality import NAMES, X, registered
 from monitors.metrics import MonitorMetrics
 from monitors.profile import ModelProfile, build_profile
 from monitors.schema import InferenceRecord, encode_record
@@ -157,9 +157,7 @@ def main() -> None:
         f"{args.records} records in {len(messages)} messages ({args.encoding}, {size:.0f} B/record)"
     )
     with tempfile.TemporaryDirectory() as registry:
-        version = Path(registry) / MODEL / "1"
-        version.mkdir(parents=True)
-        profile().dump(version)
+        registered(Path(registry), MODEL, profile())
         monitor: list[Clock] = []
         gateway: list[Clock] = []
         for _ in range(args.repeats):

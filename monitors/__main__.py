@@ -6,11 +6,17 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
+import os
 import signal
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
+
+if TYPE_CHECKING:
+    from monitors.profile import ModelProfile
+    from registry_client import ModelMetadata, Registry
 
 
 def _run(config: Path | None) -> int:
@@ -27,10 +33,18 @@ def _run(config: Path | None) -> int:
     except SettingsError as exc:
         print(f"monitors: {exc}", file=sys.stderr)
         return 2
-    service = MonitorService(settings, MonitorMetrics(CollectorRegistry()))
+    registry = CollectorRegistry()
+    service = MonitorService(settings, MonitorMetrics(registry))
+    ground_truth = None
+    if settings.performance.enabled:
+        from monitors.ground_truth import GroundTruthService
+        from monitors.performance_metrics import PerformanceMetrics
+
+        # the same webhook targets (and delivery metrics) as drift events
+        ground_truth = GroundTruthService(settings, PerformanceMetrics(registry), service.webhooks)
     server = uvicorn.Server(
         uvicorn.Config(
-            create_status_app(service),
+            create_status_app(service, ground_truth),
             host=settings.http.host,
             port=settings.http.port,
             log_level="warning",
@@ -45,10 +59,17 @@ def _run(config: Path | None) -> int:
         # uvicorn installs its own handlers when it starts serving; the monitor's replace them,
         # so a signal stops the consumer cleanly (state saved, offsets committed) first.
         loop = asyncio.get_running_loop()
+
+        def stop() -> None:
+            service.stop()
+            if ground_truth is not None:
+                ground_truth.stop()
+
         for sig in (signal.SIGINT, signal.SIGTERM):
-            loop.add_signal_handler(sig, service.stop)
+            loop.add_signal_handler(sig, stop)
         try:
-            await service.run()
+            runs = [service.run()] + ([ground_truth.run()] if ground_truth else [])
+            await asyncio.gather(*runs)
         finally:
             server.should_exit = True
             await http
@@ -61,12 +82,15 @@ def _profile(args: argparse.Namespace) -> int:
     from monitors.profile import PROFILE_FILE, ProfileError, build_model_profile
     from registry_client import ModelMetadata, RegistryError
 
-    directory = Path(args.registry) / args.model / args.version
-    if not directory.is_dir():
+    directory = Path(args.registry or ".") / args.model / args.version
+    if args.registry is not None and not directory.is_dir():
         print(f"monitors: no model version folder {directory}", file=sys.stderr)
         return 2
     try:
-        metadata = ModelMetadata.load(directory)
+        if args.mlflow_url is None:
+            metadata, outputs = ModelMetadata.load(directory), _outputs(directory / "model.onnx")
+        else:
+            metadata, outputs = asyncio.run(_mlflow_version(args))
         if args.demo:
             from sklearn.datasets import load_breast_cancer
 
@@ -78,7 +102,7 @@ def _profile(args: argparse.Namespace) -> int:
         profile, ignored = build_model_profile(
             metadata,
             columns,
-            outputs=_outputs(directory),
+            outputs=outputs,
             categorical=set(args.categorical),
             bins=args.bins,
         )
@@ -87,9 +111,11 @@ def _profile(args: argparse.Namespace) -> int:
         return 2
     if ignored:
         print(f"ignored columns that are neither features nor predictions: {ignored}")
-    profile.dump(directory)
-    print(f"wrote {directory / PROFILE_FILE} ({len(profile.features)} columns)")
-    return 0
+    if args.mlflow_url is None:
+        profile.dump(directory)
+        print(f"wrote {directory / PROFILE_FILE} ({len(profile.features)} columns)")
+        return 0
+    return asyncio.run(_store_in_mlflow(args, profile))
 
 
 def _read_csv(path: Path) -> dict[str, np.ndarray]:
@@ -110,15 +136,51 @@ def _read_csv(path: Path) -> dict[str, np.ndarray]:
     return columns
 
 
-def _outputs(directory: Path) -> list[str] | None:
-    """The names of the model's outputs, from its ONNX graph when the folder holds one."""
-    path = directory / "model.onnx"
-    if not path.is_file():
+def _outputs(model_file: Path) -> list[str] | None:
+    """The names of the model's outputs, from its ONNX graph when there is one."""
+    if not model_file.is_file():
         return None
     import onnxruntime
 
-    session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    session = onnxruntime.InferenceSession(str(model_file), providers=["CPUExecutionProvider"])
     return [output.name for output in session.get_outputs()]
+
+
+def _mlflow_registry(args: argparse.Namespace) -> Registry:
+    from registry_client.settings import RegistrySettings, open_registry
+
+    token = os.environ.get("MLFLOW_TRACKING_TOKEN")
+    return open_registry(
+        RegistrySettings(backend="mlflow", mlflow_url=args.mlflow_url, mlflow_token=token)
+    )
+
+
+async def _mlflow_version(args: argparse.Namespace) -> tuple[ModelMetadata, list[str] | None]:
+    """The version's metadata (its features and their types) and its outputs, from MLflow."""
+    registry = _mlflow_registry(args)
+    try:
+        version = await registry.fetch(args.model, args.version)
+    finally:
+        await registry.aclose()
+    return version.metadata, _outputs(version.model_file)
+
+
+async def _store_in_mlflow(args: argparse.Namespace, profile: ModelProfile) -> int:
+    from monitors.references import store_profile
+    from registry_client import RegistryError
+
+    registry = _mlflow_registry(args)
+    try:
+        where = await store_profile(
+            registry, args.model, args.version, profile, inline=args.mlflow_tag
+        )
+    except RegistryError as exc:
+        print(f"monitors: {exc}", file=sys.stderr)
+        return 2
+    finally:
+        await registry.aclose()
+    print(f"stored the profile of {args.model} version {args.version} ({where})")
+    return 0
 
 
 def _report(args: argparse.Namespace) -> int:
@@ -150,7 +212,16 @@ def main(argv: list[str] | None = None) -> int:
     profile = sub.add_parser("profile", help="reference profiles")
     profile_sub = profile.add_subparsers(dest="action", required=True)
     build = profile_sub.add_parser("build", help="profile training data into a model version")
-    build.add_argument("--registry", required=True)
+    target = build.add_mutually_exclusive_group(required=True)
+    target.add_argument("--registry", help="a local registry folder")
+    target.add_argument(
+        "--mlflow-url", help="an MLflow tracking server (token: $MLFLOW_TRACKING_TOKEN)"
+    )
+    build.add_argument(
+        "--mlflow-tag",
+        action="store_true",
+        help="store the profile in the version's tag, not as an artifact of its run",
+    )
     build.add_argument("--model", required=True)
     build.add_argument("--version", required=True)
     source = build.add_mutually_exclusive_group(required=True)

@@ -13,6 +13,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
+from monitors.ground_truth import GroundTruthService
 from monitors.service import MonitorService
 
 __all__ = ["create_status_app"]
@@ -28,9 +29,12 @@ def _error(status: int, message: str) -> Response:
     return Response(orjson.dumps({"error": message}), status, media_type="application/json")
 
 
-def create_status_app(service: MonitorService) -> Starlette:
+def create_status_app(
+    service: MonitorService, ground_truth: GroundTruthService | None = None
+) -> Starlette:
     """``GET /status``, ``GET /status/{model}/{version}``, ``GET /windows/{model}/{version}``,
-    ``GET /health``, ``GET /metrics``."""
+    ``GET /health``, ``GET /metrics``; with the ground-truth side, ``GET /performance`` and
+    ``GET /ab/{model}`` too."""
 
     async def status(request: Request) -> Response:
         return _json(
@@ -39,8 +43,20 @@ def create_status_app(service: MonitorService) -> Starlette:
                 "decisions": {k: v.to_dict() for k, v in service.decider.states.items()},
                 "deliveries": [asdict(d) for d in service.webhooks.recent],
                 "pending_webhooks": service.outbox.size,
+                **({"performance": ground_truth.status()} if ground_truth else {}),
             }
         )
+
+    async def performance(request: Request) -> Response:
+        if ground_truth is None:
+            return _error(404, "the ground-truth side is off (performance.enabled)")
+        return _json(ground_truth.status())
+
+    async def ab(request: Request) -> Response:
+        if ground_truth is None:
+            return _error(404, "the ground-truth side is off (performance.enabled)")
+        model = request.path_params["model"]
+        return _json({"model": model, "pairs": ground_truth.verdicts(model)})
 
     async def model_status(request: Request) -> Response:
         key = f"{request.path_params['model']}/{request.path_params['version']}"
@@ -77,6 +93,8 @@ def create_status_app(service: MonitorService) -> Starlette:
             Route("/status", status),
             Route("/status/{model}/{version}", model_status),
             Route("/windows/{model}/{version}", windows),
+            Route("/performance", performance),
+            Route("/ab/{model}", ab),
             Route("/health", health),
             Route("/metrics", metrics),
         ]

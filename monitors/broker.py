@@ -82,6 +82,9 @@ class EmbeddedBroker:
                 stdout=out,
                 stderr=subprocess.STDOUT,
                 env={**os.environ, "RUST_LOG": os.environ.get("RUST_LOG", "warn")},
+                # a terminal's Ctrl-C goes to its owner alone, which stops it last (after the
+                # gateway has flushed its feature log to it)
+                start_new_session=True,
             )
         finally:
             if out is not subprocess.DEVNULL:

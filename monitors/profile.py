@@ -35,6 +35,8 @@ __all__ = [
     "build_profile",
     "is_categorical",
     "load_profile",
+    "profile_from_metadata",
+    "with_types",
 ]
 
 PROFILE_FILE = "reference_profile.json"
@@ -224,9 +226,10 @@ def build_model_profile(
     return profile, ignored
 
 
-def _typed(profile: ModelProfile, metadata: ModelMetadata) -> ModelProfile:
+def with_types(profile: ModelProfile, metadata: ModelMetadata) -> ModelProfile:
     """The profile with the metadata's types: categories relabelled under the declared type
-    (a profile built before types were read keeps "1.0" where the log says 1)."""
+    (a profile built before types were read keeps "1.0" where the log says 1); raises
+    ProfileError when the metadata declares categorical a feature the profile holds numeric."""
     features = dict(profile.features)
     for spec in metadata.features:
         feature = features.get(spec.name)
@@ -258,13 +261,19 @@ def _typed(profile: ModelProfile, metadata: ModelMetadata) -> ModelProfile:
 
 def load_profile(directory: Path) -> ModelProfile | None:
     """The profile stored with a model version, else one from its metadata's reference, with
-    the types its metadata declares; raises ProfileError when they contradict the profile."""
-    from registry_client.metadata import NumericProfile
-
+    the types its metadata declares (``with_types``)."""
     metadata = ModelMetadata.load(directory)
     path = directory / PROFILE_FILE
     if path.exists():
-        return _typed(ModelProfile.model_validate_json(path.read_bytes()), metadata)
+        return with_types(ModelProfile.model_validate_json(path.read_bytes()), metadata)
+    profile = profile_from_metadata(metadata)
+    return None if profile is None else with_types(profile, metadata)
+
+
+def profile_from_metadata(metadata: ModelMetadata) -> ModelProfile | None:
+    """The profile a version's metadata ``reference`` holds (histograms), or None."""
+    from registry_client.metadata import NumericProfile
+
     if metadata.reference is None:
         return None
     features: dict[str, FeatureProfile] = {}
@@ -276,4 +285,4 @@ def load_profile(directory: Path) -> ModelProfile | None:
             )  # fmt: skip
         else:
             features[name] = FeatureProfile(kind="categorical", categories=ref.counts)
-    return _typed(ModelProfile(features=features), metadata)
+    return ModelProfile(features=features)

@@ -27,6 +27,12 @@ error?           the error message when status is not ``ok``
 routing_key?     the caller's routing key when one was sent
 comparison?      shadow records only: ``{"primary_variant", "agreement", "max_abs_diff"}``, how
                  the shadow's outputs compare with the primary's on the same rows
+part?            a request too large for one Kafka message is logged as several records, its
+                 rows in order: ``{"index", "count", "first_row"}`` of this part (same
+                 ``request_id``; ``rows`` is the part's)
+omitted?         fields left out (``features``, ``inputs``, ``outputs``) or cut to 1,024
+                 characters (a long ``routing_key``...) because a row alone would not fit in a
+                 Kafka message
 ===============  ==============================================================================
 
 **Version 2** (what the gateway writes): one JSON object per message, the records as columns,
@@ -110,6 +116,8 @@ class InferenceRecord(TypedDict, total=False):
     error: str | None
     routing_key: str | None
     comparison: dict[str, Any]
+    part: dict[str, int]
+    omitted: list[str]
 
 
 _REQUIRED_KEYS = frozenset(("request_id", "time", "model", "version", "role", "rows", "status"))

@@ -31,13 +31,14 @@ from monitors.evaluate import DetectorConfig, WindowResult, evaluate
 from monitors.history import HISTORY_DIR, WindowHistory, history_entry
 from monitors.metrics import MonitorMetrics
 from monitors.outbox import Outbox
-from monitors.profile import ModelProfile, load_profile
+from monitors.profile import ModelProfile
+from monitors.references import ReferenceProfiles
 from monitors.schema import RecordError, decode_columns
 from monitors.settings import MonitorSettings
 from monitors.state import PartitionSnapshot, SnapshotStore
 from monitors.webhooks import Webhooks, WebhookTarget, drift_event
 from monitors.windows import Windows, WindowSpec
-from registry_client import LocalRegistry, RegistryError
+from registry_client.settings import open_registry
 
 __all__ = ["MonitorService"]
 
@@ -53,7 +54,9 @@ class MonitorService:
     def __init__(self, settings: MonitorSettings, metrics: MonitorMetrics) -> None:
         self.settings = settings
         self.metrics = metrics
-        self.registry = LocalRegistry(settings.registry_root)
+        self.references = ReferenceProfiles(
+            open_registry(settings.registry), settings.profile_retry_s
+        )
         self.spec = WindowSpec(
             settings.window.by,
             settings.window.size,
@@ -76,7 +79,6 @@ class MonitorService:
         self._windows: dict[tuple[int, str, str], Windows] = {}
         self._sequence: dict[tuple[int, str, str], int] = {}
         self._evaluated: dict[tuple[int, str, str], int] = {}
-        self._profiles: dict[tuple[str, str], ModelProfile | None] = {}
         self._store = SnapshotStore(settings.state_dir, settings.kafka.topic)
         self._restored: set[int] = set()
         self._revoked: set[int] = set()
@@ -140,6 +142,8 @@ class MonitorService:
                 "partition %d: no snapshot for offset %s, empty windows", tp.partition, committed
             )
             return
+        keys = (key.partition("/") for key in snapshot.windows)
+        await self.references.load_all((model, version) for model, _, version in keys)
         for key, state in snapshot.windows.items():
             model, _, version = key.partition("/")
             profile = self._profile(model, version)
@@ -196,6 +200,7 @@ class MonitorService:
             auto_offset_reset="earliest",
             session_timeout_ms=int(kafka.session_timeout_s * 1000),
             heartbeat_interval_ms=int(kafka.heartbeat_interval_s * 1000),
+            **kafka.security_options(),
         )
         consumer.subscribe(
             [kafka.topic], listener=_Revocations(self._revoked, self.metrics.partitions)
@@ -245,6 +250,7 @@ class MonitorService:
         await asyncio.to_thread(self._save, snapshots)  # same offsets as committed
         await consumer.stop()
         await self.webhooks.aclose()
+        await self.references.aclose()
 
     async def consume(self, partition: int, messages: Sequence[Any]) -> int:
         """Process one partition's messages (Kafka consumer records, in offset order): window
@@ -262,6 +268,7 @@ class MonitorService:
                 self.metrics.skipped.labels(reason).inc(count)
             for key, part in parts.items():
                 groups.setdefault(key, []).append(part)
+        await self.references.load_all(groups)
         for (model, version), group in groups.items():
             count = sum(map(len, group))
             self.metrics.records.labels(model, version).inc(count)
@@ -309,15 +316,7 @@ class MonitorService:
         return self._windows[key]
 
     def _profile(self, model: str, version: str) -> ModelProfile | None:
-        if (model, version) not in self._profiles:
-            try:
-                path = self.registry.root / model / version
-                profile = load_profile(path) if path.is_dir() else None
-            except (RegistryError, OSError, ValueError) as exc:
-                log.error("no reference profile for %s/%s: %s", model, version, exc)
-                profile = None
-            self._profiles[(model, version)] = profile
-        return self._profiles[(model, version)]
+        return self.references.get(model, version)
 
     def _act(self, result: WindowResult, summary: dict[str, Any], partition: int) -> None:
         """Metrics, the latest result, the audit trail, the decision (``summary``: the result

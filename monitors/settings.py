@@ -6,8 +6,11 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, model_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+
+from monitors.performance_settings import PerformanceSettings
+from registry_client.settings import RegistrySettings
 
 __all__ = ["MonitorSettings", "SettingsError", "load_settings"]
 
@@ -28,6 +31,42 @@ class KafkaSettings(_Group):
     # How soon the group notices an instance that died (its partitions move after this).
     session_timeout_s: float = Field(default=10.0, gt=0)
     heartbeat_interval_s: float = Field(default=3.0, gt=0)
+    # The cluster's security: the same keys as the gateway's feature_log settings.
+    security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = "PLAINTEXT"
+    sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"] | None = None
+    sasl_username: str | None = None
+    sasl_password: SecretStr | None = None
+    ssl_cafile: Path | None = None
+    ssl_certfile: Path | None = None
+    ssl_keyfile: Path | None = None
+
+    @model_validator(mode="after")
+    def _sasl_complete(self) -> KafkaSettings:
+        if self.security_protocol.startswith("SASL") and (
+            self.sasl_mechanism is None or self.sasl_username is None or self.sasl_password is None
+        ):
+            raise ValueError(
+                "kafka.sasl_mechanism, sasl_username and sasl_password are required with "
+                f"security_protocol {self.security_protocol}"
+            )
+        return self
+
+    def security_options(self) -> dict[str, Any]:
+        """The security keyword arguments of an aiokafka client (secrets included)."""
+        options: dict[str, Any] = {"security_protocol": self.security_protocol}
+        if self.security_protocol.startswith("SASL") and self.sasl_password is not None:
+            options["sasl_mechanism"] = self.sasl_mechanism
+            options["sasl_plain_username"] = self.sasl_username
+            options["sasl_plain_password"] = self.sasl_password.get_secret_value()
+        if self.security_protocol in ("SSL", "SASL_SSL"):
+            from aiokafka.helpers import create_ssl_context
+
+            options["ssl_context"] = create_ssl_context(
+                cafile=str(self.ssl_cafile) if self.ssl_cafile else None,
+                certfile=str(self.ssl_certfile) if self.ssl_certfile else None,
+                keyfile=str(self.ssl_keyfile) if self.ssl_keyfile else None,
+            )
+        return options
 
 
 class WindowSettings(_Group):
@@ -78,7 +117,12 @@ class MonitorSettings(BaseSettings):
     )
 
     kafka: KafkaSettings = Field(default_factory=KafkaSettings)
+    # Where reference profiles come from: the local registry at registry_root (the default),
+    # or ``registry: {backend: mlflow, mlflow_url: ...}``.
     registry_root: Path = Path("registry")
+    registry: RegistrySettings = Field(default_factory=RegistrySettings)
+    # A version without a profile is looked up again after this long.
+    profile_retry_s: float = Field(default=30.0, gt=0)
     state_dir: Path = Path("monitor-state")
     window: WindowSettings = Field(default_factory=WindowSettings)
     detector: DetectorSettings = Field(default_factory=DetectorSettings)
@@ -89,7 +133,14 @@ class MonitorSettings(BaseSettings):
     webhook_max_attempts: int = Field(default=5, ge=1)
     webhook_backoff_s: float = Field(default=0.5, ge=0)
     http: HttpSettings = Field(default_factory=HttpSettings)
+    performance: PerformanceSettings = Field(default_factory=PerformanceSettings)
     source: str = "model-gateway/drift-monitor"
+
+    @model_validator(mode="after")
+    def _local_root(self) -> MonitorSettings:
+        if "root" not in self.registry.model_fields_set:
+            self.registry = self.registry.model_copy(update={"root": self.registry_root})
+        return self
 
     @classmethod
     def settings_customise_sources(
@@ -113,9 +164,19 @@ def load_settings(path: Path | None = None, **overrides: Any) -> MonitorSettings
         if not isinstance(loaded, dict):
             raise SettingsError(f"config file {path} must hold a mapping")
         data = loaded
-        for key in ("registry_root", "state_dir"):
-            if isinstance(data.get(key), str) and not Path(data[key]).is_absolute():
-                data[key] = str((path.parent / data[key]).resolve())
+        groups: tuple[tuple[Any, str], ...] = (
+            (data, "registry_root"),
+            (data, "state_dir"),
+            (data.get("registry"), "root"),
+            (data.get("registry"), "cache_dir"),
+            (data.get("kafka"), "ssl_cafile"),
+            (data.get("kafka"), "ssl_certfile"),
+            (data.get("kafka"), "ssl_keyfile"),
+        )
+        for group, key in groups:
+            value = group.get(key) if isinstance(group, dict) else None
+            if isinstance(value, str) and not Path(value).is_absolute():
+                group[key] = str((path.parent / value).resolve())
     data.update(overrides)
     try:
         return MonitorSettings(**data)

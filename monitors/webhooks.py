@@ -16,11 +16,19 @@ from typing import Any
 import httpx
 import orjson
 
-__all__ = ["Delivery", "WebhookTarget", "Webhooks", "drift_event", "signature"]
+__all__ = [
+    "DEGRADED_EVENT_TYPE",
+    "Delivery",
+    "WebhookTarget",
+    "Webhooks",
+    "drift_event",
+    "signature",
+]
 
 log = logging.getLogger(__name__)
 
 EVENT_TYPE = "io.model-gateway.drift.detected"
+DEGRADED_EVENT_TYPE = "io.model-gateway.performance.degraded"
 SIGNATURE_HEADER = "x-signature-256"
 
 
@@ -51,13 +59,18 @@ def signature(secret: str, body: bytes) -> str:
 
 
 def drift_event(
-    source: str, model: str, version: str, window_id: str, data: dict[str, Any]
+    source: str,
+    model: str,
+    version: str,
+    window_id: str,
+    data: dict[str, Any],
+    event_type: str = EVENT_TYPE,
 ) -> tuple[str, bytes]:
     """A CloudEvents 1.0 structured-mode event; its id is stable for the same window."""
     event_id = hashlib.sha256(f"{model}/{version}/{window_id}".encode()).hexdigest()[:32]
     event = {
         "specversion": "1.0",
-        "type": EVENT_TYPE,
+        "type": event_type,
         "source": source,
         "id": event_id,
         "time": datetime.now(UTC).isoformat().replace("+00:00", "Z"),

@@ -12,8 +12,10 @@ from registry_client.errors import (
 from registry_client.local import LocalRegistry
 from registry_client.metadata import FeatureSpec, ModelMetadata, ReferenceProfile
 from registry_client.reference import ModelRef
+from registry_client.validation import Calibration, ValidationReport
 
 __all__ = [
+    "Calibration",
     "CorruptModelError",
     "FeatureSpec",
     "InvalidReferenceError",
@@ -26,5 +28,6 @@ __all__ = [
     "Registry",
     "RegistryError",
     "RegistryUnavailableError",
+    "ValidationReport",
     "VersionNotFoundError",
 ]

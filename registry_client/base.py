@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import abc
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from registry_client.errors import CorruptModelError
 from registry_client.metadata import MODEL_FILE, ModelMetadata, file_sha256
+from registry_client.mlmodel import VersionFiles, describe_version_dir
 from registry_client.reference import ModelRef
 
 __all__ = ["ModelVersion", "Registry", "verify_version_dir"]
@@ -21,11 +22,19 @@ class ModelVersion:
     version: str
     path: Path
     metadata: ModelMetadata
+    model_file_name: str = MODEL_FILE
+    # Where each piece of the description came from ("metadata.json", "MLmodel metadata", ...).
+    sources: dict[str, str] = field(default_factory=dict)
+
+    @classmethod
+    def of(cls, name: str, version: str, path: Path, files: VersionFiles) -> ModelVersion:
+        """The version whose verified folder ``describe_version_dir`` described."""
+        return cls(name, version, path, files.metadata, files.model_file, files.sources)
 
     @property
     def model_file(self) -> Path:
         """Path of the ONNX file."""
-        return self.path / MODEL_FILE
+        return self.path / self.model_file_name
 
 
 class Registry(abc.ABC):
@@ -42,25 +51,40 @@ class Registry(abc.ABC):
     async def aclose(self) -> None:  # noqa: B027 - optional hook, most backends hold nothing
         """Release connections; safe to call twice."""
 
+    @abc.abstractmethod
+    async def read_document(self, name: str, version: str, key: str) -> bytes | None:
+        """A document stored with the version under ``key`` (a file name, such as its reference
+        profile's), or None when the version has none."""
+
+    @abc.abstractmethod
+    async def store_document(
+        self, name: str, version: str, key: str, data: bytes, *, inline: bool = False
+    ) -> str:
+        """Store a document with the version under ``key``; return where it went. ``inline``
+        asks for the registry's own metadata (an MLflow version tag) rather than a file."""
+
     async def get(self, ref: ModelRef) -> ModelVersion:
         """Resolve and fetch in one call."""
         version = ref.version if ref.version is not None else await self.resolve(ref)
         return await self.fetch(ref.name, version)
 
 
-def verify_version_dir(name: str, version: str, path: Path) -> ModelMetadata:
-    """Check that a version folder holds a non-empty model file that matches its checksum."""
-    model_file = path / MODEL_FILE
+def verify_version_dir(name: str, version: str, path: Path) -> VersionFiles:
+    """Describe a version folder and check that its model file is there, non-empty and matches
+    its checksum."""
+    what = f"model {name} version {version}"
+    files = describe_version_dir(path, what)
+    model_file = path / files.model_file
     if not model_file.is_file():
-        raise CorruptModelError(f"model {name} version {version}: {MODEL_FILE} is missing")
+        raise CorruptModelError(f"{what}: {files.model_file} is missing")
     if model_file.stat().st_size == 0:
-        raise CorruptModelError(f"model {name} version {version}: {MODEL_FILE} is empty")
-    metadata = ModelMetadata.load(path)
-    if metadata.model_sha256 is not None:
+        raise CorruptModelError(f"{what}: {files.model_file} is empty")
+    expected = files.metadata.model_sha256
+    if expected is not None:
         actual = file_sha256(model_file)
-        if actual != metadata.model_sha256:
+        if actual != expected:
             raise CorruptModelError(
-                f"model {name} version {version}: {MODEL_FILE} sha256 {actual[:12]}... "
-                f"does not match metadata {metadata.model_sha256[:12]}..."
+                f"{what}: {files.model_file} sha256 {actual[:12]}... "
+                f"does not match metadata {expected[:12]}..."
             )
-    return metadata
+    return files

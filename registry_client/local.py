@@ -17,6 +17,7 @@ from registry_client.errors import (
     VersionNotFoundError,
 )
 from registry_client.metadata import MODEL_FILE, ModelMetadata, file_sha256
+from registry_client.mlmodel import MLMODEL_FILE
 from registry_client.reference import ModelRef
 
 __all__ = ["LocalRegistry"]
@@ -42,8 +43,23 @@ class LocalRegistry(Registry):
 
     async def fetch(self, name: str, version: str) -> ModelVersion:
         path = self._version_dir(name, version)
-        metadata = await asyncio.to_thread(verify_version_dir, name, version, path)
-        return ModelVersion(name=name, version=version, path=path, metadata=metadata)
+        files = await asyncio.to_thread(verify_version_dir, name, version, path)
+        return ModelVersion.of(name, version, path, files)
+
+    async def read_document(self, name: str, version: str, key: str) -> bytes | None:
+        path = self._version_dir(name, version) / _document_name(key)
+        try:
+            return await asyncio.to_thread(path.read_bytes)
+        except FileNotFoundError:
+            return None
+
+    async def store_document(
+        self, name: str, version: str, key: str, data: bytes, *, inline: bool = False
+    ) -> str:
+        """Write the document as a file in the version folder (``inline`` changes nothing)."""
+        path = self._version_dir(name, version) / _document_name(key)
+        await asyncio.to_thread(_write_atomically, path, data)
+        return str(path)
 
     # -- reading ------------------------------------------------------------------------------
 
@@ -104,10 +120,7 @@ class LocalRegistry(Registry):
         aliases = self.aliases(name)
         aliases[alias] = version
         model_dir = self._model_dir(name)
-        fd, tmp = tempfile.mkstemp(prefix=".aliases-", dir=model_dir)
-        with os.fdopen(fd, "w") as fh:
-            json.dump(aliases, fh, indent=2)
-        os.replace(tmp, model_dir / _ALIASES_FILE)
+        _write_atomically(model_dir / _ALIASES_FILE, json.dumps(aliases, indent=2).encode())
 
     # -- internals ----------------------------------------------------------------------------
 
@@ -122,7 +135,7 @@ class LocalRegistry(Registry):
         path = self._model_dir(name) / version
         if not path.is_dir():
             raise VersionNotFoundError(f"model {name!r} has no version {version!r}")
-        if not (path / MODEL_FILE).exists():
+        if not (path / MODEL_FILE).exists() and not (path / MLMODEL_FILE).exists():
             raise CorruptModelError(f"model {name} version {version}: {MODEL_FILE} is missing")
         return path
 
@@ -136,6 +149,23 @@ class LocalRegistry(Registry):
                 return versions[-1]
             raise VersionNotFoundError(f"model {name!r} has no versions")
         raise VersionNotFoundError(f"model {name!r} has no alias {alias!r}")
+
+
+def _document_name(key: str) -> str:
+    if not key or "/" in key or key.startswith("."):
+        raise RegistryError(f"invalid document name {key!r}: a plain file name is expected")
+    return key
+
+
+def _write_atomically(path: Path, data: bytes) -> None:
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}-", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
 
 
 def _version_key(version: str) -> tuple[int, int | str]:

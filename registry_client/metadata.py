@@ -9,6 +9,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from registry_client.errors import CorruptModelError
+from registry_client.validation import ValidationReport
 
 __all__ = [
     "METADATA_FILE",
@@ -96,6 +97,8 @@ class ModelMetadata(BaseModel):
     class_labels: list[str] | None = None
     batching: BatchingHints = Field(default_factory=BatchingHints)
     reference: ReferenceProfile | None = None
+    # held-out metrics: the baseline of realized performance (monitors/performance.py)
+    validation: ValidationReport | None = None
     # sha256 of model.onnx; verified when present.
     model_sha256: str | None = None
 

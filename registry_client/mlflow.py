@@ -5,16 +5,24 @@ the MLflow artifact proxy (server started with ``--artifacts-destination``), fol
 server's ``get-download-uri`` answer: ``mlflow-artifacts:`` as is, ``runs:/<run_id>/<path>``
 through the run, ``models:/m-<id>`` (MLflow 3 logged models) through the logged model.
 
-Layout required: ``model.onnx`` (and optionally ``metadata.json``) at the root of the version's
-artifact folder, or in exactly one direct subfolder (as when the source is a run's root and the
-files were logged under ``model/``); only that folder is fetched. Files are checked against the
-listed sizes and the metadata's sha256 and cached under ``cache_dir/<model>/<version>/``, which
-appears whole (renamed into place) or not at all.
+Layout required: an MLflow model (``MLmodel`` with the onnx flavour, as ``mlflow.onnx.log_model``
+writes it) or a bare ``model.onnx`` (and optionally ``metadata.json``) at the root of the
+version's artifact folder, or in exactly one direct subfolder (as when the source is a run's
+root and the files were logged under ``model/``); only that folder is fetched, ``MLmodel`` first
+(a version of another flavour is refused before its files come). Files are checked against the
+listed sizes and the metadata's sha256 and cached under ``cache_dir/<model>/<version>/`` (the
+model name URL-encoded, shortened with a digest when long), which appears whole (renamed into
+place) or not at all.
+
+Documents stored with a version (``read_document``/``store_document``, the monitor's reference
+profiles) live in a version tag named after the document: the document itself, or the
+``runs:/<run_id>/<path>`` of an artifact of the version's run.
 """
 
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import os
 import shutil
 import tempfile
@@ -32,7 +40,14 @@ from registry_client.errors import (
     RegistryUnavailableError,
     VersionNotFoundError,
 )
-from registry_client.metadata import MODEL_FILE, ModelMetadata
+from registry_client.metadata import MODEL_FILE
+from registry_client.mlmodel import (
+    MLMODEL_FILE,
+    VersionFiles,
+    describe_version_dir,
+    onnx_file_of,
+    parse_mlmodel,
+)
 from registry_client.reference import ModelRef
 
 __all__ = ["MlflowRegistry"]
@@ -42,6 +57,7 @@ _ARTIFACTS = "/api/2.0/mlflow-artifacts/artifacts"
 # Written last into a verified version folder; holds model.onnx's size for a cheap re-check.
 _COMPLETE = ".complete"
 _CHUNK_BYTES = 1 << 20
+_MAX_TAG_CHARS = 100_000  # MLflow's limit on a model version tag's value
 
 
 class MlflowRegistry(Registry):
@@ -88,27 +104,80 @@ class MlflowRegistry(Registry):
 
     async def fetch(self, name: str, version: str) -> ModelVersion:
         ModelRef.parse(f"{name}/{version}")  # rejects path tricks such as '..'
-        target = self.cache_dir / name / version
-        metadata = await asyncio.to_thread(_cached, target)
-        if metadata is not None:
-            return ModelVersion(name, version, target, metadata)
+        what = f"model {name} version {version}"
+        target = self.cache_dir / _cache_folder(name) / version
+        files = await asyncio.to_thread(_cached, target, what)
+        if files is not None:
+            return ModelVersion.of(name, version, target, files)
         await self._require_version(name, version)
         source = await self._artifact_path(name, version)
-        files = await self._list(source)
-        folder = _model_folder(name, version, files)
-        staging = await asyncio.to_thread(_staging_dir, self.cache_dir, f".{name}-{version}-")
+        listed = await self._list(source)
+        folder = _model_folder(what, listed)
+        staging = await asyncio.to_thread(_staging_dir, self.cache_dir, ".download-")
         try:
-            for path, size in files.items():
-                if folder and not path.startswith(folder + "/"):
-                    continue
-                local = staging / path.removeprefix(folder).lstrip("/")
-                await self._download(f"{source}/{path}", local, size, f"{name} version {version}")
-            metadata = await asyncio.to_thread(_install, name, version, staging, target)
+            wanted = {
+                path.removeprefix(folder).lstrip("/"): size
+                for path, size in listed.items()
+                if not folder or path.startswith(folder + "/")
+            }
+            # MLmodel first: a version of another flavour is refused before its files come.
+            order = sorted(wanted, key=lambda path: path != MLMODEL_FILE)
+            for path in order:
+                remote = _join(_join(source, folder), path)
+                await self._download(remote, staging / path, wanted[path], what)
+                if path == MLMODEL_FILE:
+                    mlmodel = await asyncio.to_thread((staging / path).read_bytes)
+                    onnx_file_of(parse_mlmodel(mlmodel, what), what)
+            files = await asyncio.to_thread(_install, name, version, staging, target)
         except BaseException:
             # synchronous on purpose: it must run even while the task is being cancelled
             shutil.rmtree(staging, ignore_errors=True)
             raise
-        return ModelVersion(name, version, target, metadata)
+        return ModelVersion.of(name, version, target, files)
+
+    async def read_document(self, name: str, version: str, key: str) -> bytes | None:
+        """From the version's tag ``key`` (the document itself, or where it is stored), else
+        from a file ``key`` beside the model in the version's artifacts, else None."""
+        what = f"model {name} version {version}: {key}"
+        details = await self._version(name, version)
+        tags = {t.get("key"): t.get("value") for t in details.get("tags", [])}
+        value = tags.get(key)
+        if isinstance(value, str) and value.lstrip().startswith("{"):
+            return value.encode()
+        if isinstance(value, str):
+            document = await self._read_artifact(await self._proxy_path(value, what))
+            if document is None:
+                raise CorruptModelError(f"{what}: the version's tag points at {value}, not found")
+            return document
+        source = await self._artifact_path(name, version)
+        listed = await self._list(source)
+        folder = _model_folder(f"model {name} version {version}", listed)
+        return await self._read_artifact(_join(_join(source, folder), key))
+
+    async def store_document(
+        self, name: str, version: str, key: str, data: bytes, *, inline: bool = False
+    ) -> str:
+        """As the version's tag ``key`` (``inline``), or as an artifact of the version's run,
+        ``registered-models/<name>/<version>/<key>`` (so versions from one run keep theirs
+        apart), with the tag pointing at it (``runs:/<run_id>/...``)."""
+        what = f"model {name} version {version}"
+        if inline:
+            if len(data) > _MAX_TAG_CHARS:
+                raise RegistryError(
+                    f"{what}: {key} has {len(data)} bytes, more than an MLflow tag holds "
+                    f"({_MAX_TAG_CHARS}); store it as an artifact of the run instead"
+                )
+            await self._set_tag(name, version, key, data.decode())
+            return f"tag {key!r} of {what}"
+        run_id = (await self._version(name, version)).get("run_id")
+        if not run_id:
+            raise RegistryError(f"{what} has no run to store {key} with; store it inline")
+        location = f"runs:/{run_id}/registered-models/{quote(name, safe='')}/{version}/{key}"
+        path = await self._proxy_path(location, what)
+        response = await self._client.put(f"{_ARTIFACTS}/{quote(path)}", content=data)
+        _check(response, f"{what}: uploading {key}")
+        await self._set_tag(name, version, key, location)
+        return location
 
     # -- registry calls -----------------------------------------------------------------------
 
@@ -131,7 +200,7 @@ class MlflowRegistry(Registry):
     async def _latest(self, name: str) -> str:
         response = await self._get(
             f"{_API}/model-versions/search",
-            filter=f"name='{name}'",
+            filter=f"name={_quoted(name)}",
             order_by="version_number DESC",
             max_results="1",
         )
@@ -147,7 +216,10 @@ class MlflowRegistry(Registry):
         download_uri = f"{_API}/model-versions/get-download-uri"
         response = await self._get(download_uri, name=name, version=version)
         _check(response, what)
-        uri = str(_field(response, "artifact_uri"))
+        return await self._proxy_path(str(_field(response, "artifact_uri")), what)
+
+    async def _proxy_path(self, uri: str, what: str) -> str:
+        """An artifact URI (``mlflow-artifacts:``, ``runs:/``, ``models:/m-``) as a proxy path."""
         if uri.startswith("runs:/"):
             run_id, _, sub = uri.removeprefix("runs:/").partition("/")
             run = await self._get(f"{_API}/runs/get", run_id=run_id)
@@ -164,6 +236,28 @@ class MlflowRegistry(Registry):
                 "(start the server with --artifacts-destination)"
             )
         return urlsplit(uri).path.strip("/")
+
+    async def _read_artifact(self, path: str) -> bytes | None:
+        response = await self._get(f"{_ARTIFACTS}/{quote(path)}")
+        if response.status_code == 404:
+            return None
+        _check(response, f"artifact {path}")
+        return response.content
+
+    async def _version(self, name: str, version: str) -> dict[str, Any]:
+        response = await self._get(f"{_API}/model-versions/get", name=name, version=version)
+        if _not_found(response):
+            await self._require_version(name, version)  # says what is missing
+        _check(response, f"model {name!r} version {version!r}")
+        details = _field(response, "model_version")
+        if not isinstance(details, dict):
+            raise RegistryError(f"unexpected answer from MLflow at {response.url}")
+        return details
+
+    async def _set_tag(self, name: str, version: str, key: str, value: str) -> None:
+        body = {"name": name, "version": version, "key": key, "value": value}
+        response = await self._client.post(f"{_API}/model-versions/set-tag", json=body)
+        _check(response, f"model {name!r} version {version!r}: tag {key!r}")
 
     async def _list(self, path: str, prefix: str = "") -> dict[str, int]:
         """Every file under ``path`` (relative path -> listed size, -1 if none), recursively."""
@@ -246,44 +340,65 @@ def _staging_dir(cache_dir: Path, prefix: str) -> Path:
     return Path(tempfile.mkdtemp(prefix=prefix, dir=cache_dir))
 
 
-def _cached(target: Path) -> ModelMetadata | None:
-    """The metadata of a complete cached copy, or None (absent, unfinished or changed)."""
+def _cached(target: Path, what: str) -> VersionFiles | None:
+    """The description of a complete cached copy, or None (absent, unfinished or changed)."""
     try:
         expected = int((target / _COMPLETE).read_text())
-        if (target / MODEL_FILE).stat().st_size != expected:
+        files = describe_version_dir(target, what)
+        if (target / files.model_file).stat().st_size != expected:
             return None
-    except (OSError, ValueError):
+    except (OSError, ValueError, RegistryError):
         return None
-    return ModelMetadata.load(target)
+    return files
 
 
-def _install(name: str, version: str, staging: Path, target: Path) -> ModelMetadata:
+def _install(name: str, version: str, staging: Path, target: Path) -> VersionFiles:
     """Verify a downloaded folder and rename it into place (a concurrent fetch may win)."""
-    metadata = verify_version_dir(name, version, staging)
-    (staging / _COMPLETE).write_text(str((staging / MODEL_FILE).stat().st_size))
+    files = verify_version_dir(name, version, staging)
+    (staging / _COMPLETE).write_text(str((staging / files.model_file).stat().st_size))
     target.parent.mkdir(parents=True, exist_ok=True)
-    installed = _cached(target)
+    installed = _cached(target, f"model {name} version {version}")
     if installed is not None:
         shutil.rmtree(staging, ignore_errors=True)
         return installed
     if target.exists():  # an unfinished or changed earlier copy
         shutil.rmtree(target)
     os.replace(staging, target)
-    return metadata
+    return files
 
 
-def _model_folder(name: str, version: str, files: dict[str, int]) -> str:
-    """'' when model.onnx sits at the artifact root, else the one subfolder that holds it."""
-    if MODEL_FILE in files:
-        return ""
-    holders = [p.removesuffix("/" + MODEL_FILE) for p in files if p.endswith("/" + MODEL_FILE)]
-    holders = [h for h in holders if "/" not in h]
-    if len(holders) == 1:
-        return holders[0]
+def _model_folder(what: str, files: dict[str, int]) -> str:
+    """'' when the model sits at the artifact root, else the one subfolder that holds it (an
+    ``MLmodel`` file, or ``model.onnx`` without one)."""
+    for marker in (MLMODEL_FILE, MODEL_FILE):
+        if marker in files:
+            return ""
+        holders = [p.removesuffix("/" + marker) for p in files if p.endswith("/" + marker)]
+        holders = [h for h in holders if "/" not in h]
+        if len(holders) == 1:
+            return holders[0]
     raise CorruptModelError(
-        f"model {name} version {version}: no {MODEL_FILE} at the root of its artifacts or in "
+        f"{what}: no {MODEL_FILE} or {MLMODEL_FILE} at the root of its artifacts or in "
         f"exactly one direct subfolder (found {sorted(files)})"
     )
+
+
+def _cache_folder(name: str) -> str:
+    """The model's folder in the cache: its name URL-encoded (any character MLflow allows is
+    then a safe file name), shortened with a digest of the name past 200 characters."""
+    encoded = quote(name, safe=" ")
+    if len(encoded) <= 200:
+        return encoded
+    return f"{encoded[:150]}-{hashlib.sha256(name.encode()).hexdigest()[:16]}"
+
+
+def _quoted(value: str) -> str:
+    """A string literal for MLflow's search filter."""
+    if "'" not in value:
+        return f"'{value}'"
+    if '"' not in value:
+        return f'"{value}"'
+    raise RegistryError(f"model name {value!r} holds both quote characters; use an alias")
 
 
 def _join(uri: str, sub: str) -> str:

@@ -16,7 +16,17 @@ from typing import Any
 import httpx
 import yaml
 
-__all__ = ["GatewayProcess", "free_port", "start_gateway", "wait_http"]
+__all__ = [
+    "GatewayProcess",
+    "demo_gateway",
+    "feature_log_gateway_config",
+    "free_port",
+    "running_process",
+    "start_gateway",
+    "start_monitor",
+    "stop_process",
+    "wait_http",
+]
 
 
 def free_port() -> int:
@@ -59,14 +69,40 @@ class GatewayProcess:
 
     def stop(self, timeout_s: float = 20.0) -> int:
         """SIGTERM (graceful shutdown), then SIGKILL if it does not end in time."""
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(timeout_s)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-        return self.proc.returncode
+        return stop_process(self.proc, timeout_s)
+
+
+def stop_process(proc: subprocess.Popen[bytes], timeout_s: float = 20.0) -> int:
+    """SIGTERM (graceful shutdown), then SIGKILL if it does not end in time; its exit status."""
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout_s)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+    return proc.returncode
+
+
+@contextlib.contextmanager
+def running_process(
+    command: list[str],
+    log_path: Path,
+    ready_url: str | None = None,
+    ready_timeout_s: float = 30.0,
+    env: dict[str, str] | None = None,
+    cwd: Path | str | None = None,
+) -> Iterator[subprocess.Popen[bytes]]:
+    """A process (output appended to ``log_path``) until the block ends, then stopped; first
+    waits until ``ready_url`` answers 200, when given."""
+    with log_path.open("ab") as log:
+        proc = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=env, cwd=cwd)
+    try:
+        if ready_url is not None:
+            wait_http(ready_url, ready_timeout_s, proc)
+        yield proc
+    finally:
+        stop_process(proc)
 
 
 @contextlib.contextmanager
@@ -95,3 +131,51 @@ def start_gateway(
         yield gateway
     finally:
         gateway.stop()
+
+
+@contextlib.contextmanager
+def demo_gateway(
+    tmp_path: Path, registry: Path, admin_token: str, server: dict[str, Any] | None = None
+) -> Iterator[GatewayProcess]:
+    """A gateway serving the demo model, admin API on; its log must end with no traceback."""
+    config = {
+        "server": server or {},
+        "registry": {"backend": "local", "root": str(registry), "poll_interval_s": 60},
+        "models": [{"name": "breast_cancer", "ref": "breast_cancer@champion"}],
+        "admin": {"tokens": {"ops": admin_token}, "audit_log": str(tmp_path / "audit.jsonl")},
+    }
+    with start_gateway(tmp_path, config) as gw:
+        yield gw
+        # whatever the clients sent, nothing reached the log as an unhandled error
+        assert "Traceback" not in gw.log(), gw.log()[-5000:]
+
+
+@contextlib.contextmanager
+def start_monitor(
+    tmp_path: Path, config: dict[str, Any]
+) -> Iterator[tuple[subprocess.Popen[bytes], str]]:
+    """Run ``python -m monitors run`` with ``config`` (its ``http.port`` set) until the block
+    ends; yields the process and its base URL. Its output is appended to ``monitor.log``."""
+    path = tmp_path / "monitor.yaml"
+    path.write_text(yaml.safe_dump(config))
+    url = f"http://127.0.0.1:{config['http']['port']}"
+    command = [sys.executable, "-m", "monitors", "run", "--config", str(path)]
+    with running_process(command, tmp_path / "monitor.log", f"{url}/health") as proc:
+        yield proc, url
+
+
+def feature_log_gateway_config(
+    registry: Path, bootstrap_servers: str, spool_dir: Path, **feature_log: Any
+) -> dict[str, Any]:
+    """A gateway serving the demo model with its feature log on the given broker."""
+    return {
+        "registry": {"backend": "local", "root": str(registry)},
+        "models": [{"name": "breast_cancer", "ref": "breast_cancer@champion"}],
+        "feature_log": {
+            "enabled": True,
+            "bootstrap_servers": bootstrap_servers,
+            "spool_dir": str(spool_dir),
+            "linger_s": 0.01,
+            **feature_log,
+        },
+    }

@@ -4,7 +4,9 @@ Kafka is away and replayed in order; predictions never wait for it.
 It uses serving's signatures; other packages import only these names.
 """
 
-from gateway.featurelog.log import FeatureLog, pack_messages
+from gateway.featurelog.feedback import FeedbackSettings, build_feedback_log
+from gateway.featurelog.log import FeatureLog
+from gateway.featurelog.packing import pack_messages
 from gateway.featurelog.records import RecordBuilder, RequestInfo
 from gateway.featurelog.settings import FeatureLogSettings
 from gateway.featurelog.setup import build_feature_log, build_record_builder, producer_options
@@ -12,9 +14,11 @@ from gateway.featurelog.setup import build_feature_log, build_record_builder, pr
 __all__ = [
     "FeatureLog",
     "FeatureLogSettings",
+    "FeedbackSettings",
     "RecordBuilder",
     "RequestInfo",
     "build_feature_log",
+    "build_feedback_log",
     "build_record_builder",
     "pack_messages",
     "producer_options",

@@ -16,40 +16,40 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections import deque
-from collections.abc import Iterable
+from collections.abc import Callable
+from typing import Any, Generic, cast
 
-from gateway.featurelog.kafka_sink import RecordSink
-from gateway.featurelog.spool import Spool
+from typing_extensions import TypeVar
+
+from gateway.featurelog.dead_letter import DeadLetterFile
+from gateway.featurelog.kafka_sink import RecordSink, SendResult
+from gateway.featurelog.packing import Message, estimate_bytes, pack
+from gateway.featurelog.spool import Spool, SpoolEntry
 from gateway.metrics import FeatureLogMetrics
 from gateway.serving import wait_woken
-from monitors.schema import InferenceRecord, encode_records, message_records
+from monitors.schema import InferenceRecord, message_records
 
-__all__ = ["FeatureLog", "Message", "pack_messages"]
+__all__ = ["FeatureLog"]
 
 log = logging.getLogger(__name__)
 
-# (key, value, records in it): one Kafka message holds a model's records, as columns, so the
-# per-message costs of the producer, the broker and the consumer are shared by many records.
-Message = tuple[bytes, bytes, int]
-_RECORDS_PER_MESSAGE = 100
+# A batch of about this much JSON or less is packed on the event loop (a millisecond or two); a
+# larger one, whose size a client controls, on a worker thread.
+_PACK_INLINE_BYTES = 1024 * 1024
+_PACK_INLINE_ITEMS = 2000  # the same for records of another kind, counted
+
+# What a log carries: inference records by default; the feedback log carries feedback records.
+RecordT = TypeVar("RecordT", default=InferenceRecord)
+# Packs (key, record) pairs of another kind into messages under a size bound.
+PackFn = Callable[[list[tuple[bytes, Any]], int], list[Message]]
 
 
-def pack_messages(records: Iterable[tuple[bytes, InferenceRecord]]) -> list[Message]:
-    """Kafka messages of (key, record) pairs: per key (the model), in order, up to 100 records
-    a message, encoded by ``monitors.schema.encode_records``."""
-    groups: dict[bytes, list[InferenceRecord]] = {}
-    for key, record in records:
-        groups.setdefault(key, []).append(record)
-    messages: list[Message] = []
-    for key, group in groups.items():
-        for start in range(0, len(group), _RECORDS_PER_MESSAGE):
-            chunk = group[start : start + _RECORDS_PER_MESSAGE]
-            messages.append((key, encode_records(chunk), len(chunk)))
-    return messages
+class FeatureLog(Generic[RecordT]):
+    """Bounded queue -> Kafka, with a disk spool for outages. Use as an async context manager.
 
-
-class FeatureLog:
-    """Bounded queue -> Kafka, with a disk spool for outages. Use as an async context manager."""
+    It carries inference records; a log of another record kind (the feedback log) passes
+    ``pack`` (records to messages under the size bound) and ``count`` (records in a message).
+    """
 
     def __init__(
         self,
@@ -60,24 +60,34 @@ class FeatureLog:
         queue_size: int,
         batch_size: int,
         linger_s: float,
+        max_message_bytes: int = 1_000_000,
+        dead_letter: DeadLetterFile | None = None,
         shutdown_timeout_s: float = 10.0,
         replay_backoff_s: tuple[float, float] = (0.2, 5.0),
+        pack: PackFn | None = None,
+        count: Callable[[bytes], int] = message_records,
     ) -> None:
+        self._pack_other = pack
+        self._count = count
         self._sink = sink
         self._spool = spool
         self._metrics = metrics
-        self._queue: deque[tuple[bytes, InferenceRecord]] = deque()
+        self._queue: deque[tuple[bytes, RecordT]] = deque()
         self._queue_size = queue_size
         self._batch_size = batch_size
         self._linger_s = linger_s
+        self._max_message_bytes = max_message_bytes
+        self._dead_letter = dead_letter or DeadLetterFile(spool.directory, 64 * 1024 * 1024)
         self._shutdown_timeout_s = shutdown_timeout_s
         self._backoff = replay_backoff_s
         self._wake = asyncio.Event()
         self._spooled = asyncio.Event()
+        self._stopping = asyncio.Event()
         self._order = asyncio.Lock()
         self._healthy = spool.pending_records == 0
         self._closing = False
         self._tasks: list[asyncio.Task[None]] = []
+        self._committing: asyncio.Task[None] | None = None
         if spool.pending_records:
             log.info(
                 "feature log: %d records in the spool from before; replaying", spool.pending_records
@@ -85,7 +95,7 @@ class FeatureLog:
             self._spooled.set()
         self._update_gauges()
 
-    async def __aenter__(self) -> FeatureLog:
+    async def __aenter__(self) -> FeatureLog[RecordT]:
         await self._sink.start()
         self._tasks = [
             asyncio.create_task(self._send_loop(), name="feature-log:send"),
@@ -96,7 +106,7 @@ class FeatureLog:
     async def __aexit__(self, *exc_info: object) -> None:
         await self.stop()
 
-    def submit(self, key: bytes, record: InferenceRecord) -> None:
+    def submit(self, key: bytes, record: RecordT) -> None:
         """Queue one record; never blocks. A full queue drops it and counts the drop."""
         if self._closing:
             self._metrics.dropped("shutdown")
@@ -113,22 +123,28 @@ class FeatureLog:
         return len(self._queue)
 
     async def stop(self) -> None:
-        """Flush the queue to Kafka or the spool (within the shutdown timeout); safe twice."""
+        """Flush the queue to Kafka or the spool (within the shutdown timeout); safe twice.
+
+        The replayer finishes the round it is in, so what the broker acknowledged is also
+        acknowledged in the spool and counted, and is not sent again at the next start.
+        """
         if self._closing:
             return
         self._closing = True
         self._wake.set()
-        sender, replayer = self._tasks or (None, None)
-        if sender is not None:
-            done, _ = await asyncio.wait({sender}, timeout=self._shutdown_timeout_s)
+        self._spooled.set()
+        self._stopping.set()
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self._shutdown_timeout_s
+        for task in self._tasks:
+            done, _ = await asyncio.wait({task}, timeout=max(0.0, deadline - loop.time()))
             if not done:
-                sender.cancel()
-                await asyncio.gather(sender, return_exceptions=True)
-        if replayer is not None:
-            replayer.cancel()
-            await asyncio.gather(replayer, return_exceptions=True)
+                task.cancel()
+                await asyncio.gather(task, return_exceptions=True)
+        if self._committing is not None:  # an acknowledgement outlives a cancelled replayer
+            await self._committing
         if self._queue:  # the sender was stuck: nothing accepted is lost, it goes to disk
-            await self._to_spool(self._take(len(self._queue)))
+            await self._to_spool(await self._pack(self._take(len(self._queue))))
         await self._sink.stop()
         self._update_gauges()
 
@@ -148,22 +164,58 @@ class FeatureLog:
                 while len(self._queue) < self._batch_size and not self._closing:
                     if not await wait_woken(self._wake, close_at - loop.time()):
                         break
-            batch = self._take(self._batch_size)
+            batch = await self._pack(self._take(self._batch_size))
             async with self._order:
                 if not self._healthy:
                     await self._to_spool(batch)
                     continue
-                delivered = await self._sink.send([(key, value) for key, value, _ in batch])
-                self._metrics.produced(sum(count for _, _, count in batch[:delivered]))
-                if delivered < len(batch):
+                result = await self._sink.send([(key, value) for key, value, _ in batch])
+                delivered = await self._settle(batch, result)
+                self._metrics.produced(delivered)
+                if result.settled < len(batch):
                     self._healthy = False
-                    await self._to_spool(batch[delivered:])
+                    await self._to_spool(batch[result.settled :])
             self._update_gauges()
 
-    def _take(self, count: int) -> list[Message]:
-        """Up to ``count`` records off the queue, packed per model into Kafka messages."""
+    def _take(self, count: int) -> list[tuple[bytes, RecordT]]:
+        """Up to ``count`` records off the queue, oldest first."""
         queue = self._queue
-        return pack_messages(queue.popleft() for _ in range(min(count, len(queue))))
+        return [queue.popleft() for _ in range(min(count, len(queue)))]
+
+    async def _pack(self, items: list[tuple[bytes, RecordT]]) -> list[Message]:
+        """The records packed per model into messages under the size bound, large batches on a
+        worker thread (encoding is CPU work whose size a client controls)."""
+        if self._pack_other is not None:
+            if len(items) <= _PACK_INLINE_ITEMS:
+                return self._pack_other(items, self._max_message_bytes)
+            return await asyncio.to_thread(self._pack_other, items, self._max_message_bytes)
+        records = cast(list[tuple[bytes, InferenceRecord]], items)
+        sizes = [estimate_bytes(record) for _, record in records]
+        if sum(sizes) <= _PACK_INLINE_BYTES:
+            packed = pack(records, self._max_message_bytes, sizes)
+        else:
+            packed = await asyncio.to_thread(pack, records, self._max_message_bytes, sizes)
+        if packed.split or packed.cut:
+            self._metrics.oversized(packed.split, packed.cut)
+        return packed.messages
+
+    async def _settle(self, batch: list[Message], result: SendResult) -> int:
+        """Dead-letter what the broker refused for good; returns the records it took."""
+        for index, reason in sorted(result.refused.items()):
+            key, value, count = batch[index]
+            await asyncio.to_thread(self._refuse, key, value, count, reason)
+        settled = enumerate(batch[: result.settled])
+        return sum(count for i, (_, _, count) in settled if i not in result.refused)
+
+    def _refuse(self, key: bytes, value: bytes, count: int, reason: str) -> None:
+        if self._dead_letter.append(key, value, count, reason):
+            self._metrics.dead_lettered(reason, count)
+            log.error("feature log: broker refused %d records (%s): kept in %s",
+                      count, reason, self._dead_letter.path)  # fmt: skip
+        else:
+            self._metrics.dropped("dead_letter_full", count)
+            log.error("feature log: broker refused %d records (%s), dead-letter file full",
+                      count, reason)  # fmt: skip
 
     async def _to_spool(self, batch: list[Message]) -> None:
         written = await asyncio.to_thread(self._spool.append, [(k, v) for k, v, _ in batch])
@@ -172,35 +224,46 @@ class FeatureLog:
             lost = sum(count for _, _, count in batch[written:])
             self._metrics.dropped("spool_full", lost)
             log.error("feature log: spool full, dropped %d records", lost)
-        if written:
-            self._spooled.set()
+        # Wake the replayer even when nothing was written: it is the one that says the log is
+        # healthy again once the spool is empty, also when the spool could take nothing.
+        self._spooled.set()
         self._update_gauges()
 
     # -- the replayer -------------------------------------------------------------------------
 
     async def _replay_loop(self) -> None:
         delay = self._backoff[0]
-        while True:
+        while not self._closing:
             if self._spool.pending_records == 0:
                 async with self._order:
                     if self._spool.pending_records == 0:
                         if not self._healthy:
                             log.info("feature log: spool replayed, sending directly again")
                         self._healthy = True
+                if self._closing:
+                    return
                 self._spooled.clear()
                 await self._spooled.wait()
                 continue
             entries = await asyncio.to_thread(self._spool.read, self._batch_size)
-            delivered = await self._sink.send([(e.key, e.value) for e in entries])
-            if delivered:
-                await asyncio.to_thread(self._spool.ack, entries[delivered - 1], delivered)
-                self._metrics.replayed(sum(message_records(e.value) for e in entries[:delivered]))
-                self._update_gauges()
-            if delivered < len(entries):
-                await asyncio.sleep(delay)
+            result = await self._sink.send([(e.key, e.value) for e in entries])
+            if result.settled:
+                # Acknowledge in the spool and count as one step that a stop cannot cut in two.
+                self._committing = asyncio.create_task(self._commit(entries, result))
+                await asyncio.shield(self._committing)
+            if result.settled < len(entries) and not self._closing:
+                await wait_woken(self._stopping, delay)
                 delay = min(delay * 2, self._backoff[1])
             else:
                 delay = self._backoff[0]
+
+    async def _commit(self, entries: list[SpoolEntry], result: SendResult) -> None:
+        settled = entries[: result.settled]
+        batch = [(e.key, e.value, self._count(e.value)) for e in settled]
+        replayed = await self._settle(batch, result)
+        await asyncio.to_thread(self._spool.ack, settled[-1], len(settled))
+        self._metrics.replayed(replayed)
+        self._update_gauges()
 
     def _update_gauges(self) -> None:
         self._metrics.depths(

@@ -38,8 +38,13 @@ class FeatureLogSettings(_Group):
     ssl_cafile: Path | None = None
     ssl_certfile: Path | None = None
     ssl_keyfile: Path | None = None
+    # Kafka refuses a message over the broker's message.max.bytes (1,048,588 by default) or the
+    # topic's max.message.bytes: messages are packed to stay at or under this many bytes.
+    max_message_bytes: int = Field(default=1_000_000, ge=16 * 1024)
     spool_dir: Path = Path("feature-log-spool")
     spool_max_bytes: int = Field(default=1024**3, ge=1024)
+    # dead-letter.jsonl in spool_dir: messages the broker refused for good, kept for an operator.
+    dead_letter_max_bytes: int = Field(default=256 * 1024**2, ge=1024)
     sampling_rate: float = Field(default=1.0, ge=0, le=1)
     sample_by: Literal["random", "routing_key"] = "random"
     drop_features: list[str] = Field(default_factory=list)

@@ -3,19 +3,21 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from typing import Any
 
+from gateway.featurelog.dead_letter import DeadLetterFile
 from gateway.featurelog.kafka_sink import KafkaSink
-from gateway.featurelog.log import FeatureLog
+from gateway.featurelog.log import FeatureLog, PackFn
 from gateway.featurelog.records import RecordBuilder
 from gateway.featurelog.settings import FeatureLogSettings
 from gateway.featurelog.spool import Spool
-from gateway.metrics import GatewayMetrics
+from gateway.metrics import FeatureLogMetrics, GatewayMetrics
 from monitors.broker import BrokerError, create_topics
+from monitors.schema import message_records
 
-__all__ = ["build_feature_log", "build_record_builder", "producer_options"]
+__all__ = ["build_feature_log", "build_record_builder", "open_log", "producer_options"]
 
 log = logging.getLogger(__name__)
 
@@ -63,19 +65,39 @@ async def build_feature_log(
     settings: FeatureLogSettings, metrics: GatewayMetrics, shutdown_timeout_s: float
 ) -> AsyncIterator[FeatureLog]:
     """A started feature log; the topic is created first when asked and reachable."""
+    feature_log: FeatureLog
+    async with open_log(settings, metrics.feature_log, shutdown_timeout_s) as feature_log:
+        yield feature_log
+
+
+@asynccontextmanager
+async def open_log(
+    settings: FeatureLogSettings,
+    metrics: FeatureLogMetrics,
+    shutdown_timeout_s: float,
+    pack: PackFn | None = None,
+    count: Callable[[bytes], int] = message_records,
+) -> AsyncIterator[FeatureLog[Any]]:
+    """A started log on ``settings.topic`` (the feature log's machinery: queue, Kafka sink,
+    spool, replay, dead letters), counted on ``metrics``; of inference records unless ``pack``
+    and ``count`` say how to pack another kind."""
     options = producer_options(settings)
     if settings.create_topic:
         await _create_topic(settings, options)
     spool = Spool(settings.spool_dir, settings.spool_max_bytes)
     sink = KafkaSink(settings.topic, options, settings.timeout_s)
-    feature_log = FeatureLog(
+    feature_log: FeatureLog[Any] = FeatureLog(
         sink,
         spool,
-        metrics.feature_log,
+        metrics,
         queue_size=settings.queue_size,
         batch_size=settings.batch_size,
         linger_s=settings.linger_s,
+        max_message_bytes=settings.max_message_bytes,
+        dead_letter=DeadLetterFile(settings.spool_dir, settings.dead_letter_max_bytes),
         shutdown_timeout_s=shutdown_timeout_s,
+        pack=pack,
+        count=count,
     )
     async with feature_log:
         yield feature_log

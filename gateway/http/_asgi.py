@@ -105,25 +105,51 @@ async def read_body(scope: Scope, receive: Receive, limit: int) -> bytes:
 
 
 def decode_body(body: bytes, headers: Headers, limit: int) -> bytes:
-    """Undo the body's Content-Encoding (gzip or deflate), refusing more than ``limit`` bytes."""
+    """Undo the body's Content-Encoding (gzip or deflate), refusing more than ``limit`` bytes.
+
+    Coding names are case-insensitive (``x-gzip`` is gzip); a gzip body of several members is
+    read whole; a truncated stream or anything after the last member is refused.
+    """
     encoding = header(headers, b"content-encoding")
-    if encoding is None or encoding == b"identity":
+    if encoding is None:
         return body
-    if encoding not in (b"gzip", b"deflate"):
+    coding = encoding.strip().lower()
+    if coding == b"identity" or not coding:
+        return body
+    if coding == b"x-gzip":
+        coding = b"gzip"
+    if coding not in (b"gzip", b"deflate"):
         raise InvalidInputError(f"unsupported Content-Encoding {encoding.decode('latin-1')!r}")
-    return _inflate(body, encoding, limit)
+    return _inflate(body, coding.decode(), limit)
 
 
-def _inflate(body: bytes, encoding: bytes, limit: int) -> bytes:
-    wbits = 16 + zlib.MAX_WBITS if encoding == b"gzip" else zlib.MAX_WBITS
-    inflater = zlib.decompressobj(wbits)
+def _inflate(body: bytes, coding: str, limit: int) -> bytes:
+    wbits = 16 + zlib.MAX_WBITS if coding == "gzip" else zlib.MAX_WBITS
+    parts: list[bytes] = []
+    size = 0
+    rest = body
     try:
-        data = inflater.decompress(body, limit + 1)
+        for _ in range(_MAX_MEMBERS):
+            inflater = zlib.decompressobj(wbits)
+            data = inflater.decompress(rest, limit - size + 1)
+            size += len(data)
+            if size > limit or inflater.unconsumed_tail:
+                raise PayloadTooLargeError(f"decompressed request body exceeds {limit} bytes")
+            parts.append(data)
+            if not inflater.eof:
+                raise InvalidInputError(f"the {coding} body is truncated")
+            rest = inflater.unused_data
+            if not rest:
+                return parts[0] if len(parts) == 1 else b"".join(parts)
+            if coding != "gzip" or not rest.startswith(b"\x1f\x8b"):
+                raise InvalidInputError(f"{len(rest)} bytes follow the end of the {coding} body")
     except zlib.error as exc:
-        raise InvalidInputError(f"body is not valid {encoding.decode()} data: {exc}") from exc
-    if len(data) > limit or inflater.unconsumed_tail:
-        raise PayloadTooLargeError(f"decompressed request body exceeds {limit} bytes")
-    return data
+        raise InvalidInputError(f"body is not valid {coding} data: {exc}") from exc
+    raise InvalidInputError(f"the gzip body has more than {_MAX_MEMBERS} members")
+
+
+# Concatenated gzip members are legal but rare; thousands of empty ones only cost CPU.
+_MAX_MEMBERS = 64
 
 
 async def send_reply(send: Send, reply: Reply) -> None:

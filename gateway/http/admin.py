@@ -1,7 +1,9 @@
 """The operator API: read and change routes, with bearer-token authentication and an audit trail.
 
 ``GET /admin/routes``, ``GET/PUT/PATCH /admin/routes/{endpoint}``, ``GET /admin/history``.
-With no token configured the API is disabled (403), never open.
+With no token configured the API is disabled (403), never open. A route's answer carries its
+revision as an ETag; a write that sends ``If-Match`` applies only on that revision (412
+otherwise), one without it applies on whatever the route is when its turn comes.
 """
 
 from __future__ import annotations
@@ -14,12 +16,15 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route as HttpRoute
 
-from gateway.errors import GatewayError, InvalidInputError
+from gateway.errors import GatewayError, InvalidInputError, PayloadTooLargeError
 from gateway.http.endpoints import AppState, json_response
 from gateway.protocol._json import load_object
-from gateway.traffic import RouteStore, follow
+from gateway.traffic import RouteStore
 
 __all__ = ["AdminAuthError", "AdminDisabledError", "admin_routes"]
+
+MAX_ADMIN_BODY_BYTES = 64 * 1024  # a route of 16 variants and 8 shadows is a few KiB
+MAX_HISTORY = 1000
 
 
 class AdminAuthError(GatewayError):
@@ -54,7 +59,14 @@ class _Admin:
         return store
 
     async def _body(self, request: Request) -> dict[str, Any]:
-        return load_object(await request.body())
+        body = bytearray()
+        async for chunk in request.stream():
+            body += chunk
+            if len(body) > MAX_ADMIN_BODY_BYTES:
+                raise PayloadTooLargeError(
+                    f"admin request bodies are at most {MAX_ADMIN_BODY_BYTES} bytes"
+                )
+        return load_object(bytes(body))
 
     async def list_routes(self, request: Request) -> Response:
         self._actor(request)
@@ -64,40 +76,38 @@ class _Admin:
     async def get_route(self, request: Request) -> Response:
         self._actor(request)
         route = self._store().traffic.route(request.path_params["endpoint"])
-        return json_response(route.model_dump(mode="json"))
+        return _tagged(json_response(route.model_dump(mode="json")), route.revision)
 
     async def put_route(self, request: Request) -> Response:
         actor = self._actor(request)
         store = self._store()
+        endpoint = request.path_params["endpoint"]
         data = await self._body(request)
-        data.pop("buckets", None)  # a new table is derived from the weights
-        if isinstance(data.get("canary"), dict):
-            data["canary"] = {
-                **data["canary"],
-                "state": "pending",
-                "owner": store.traffic.replica_id,
-            }
-        route = store.parse(request.path_params["endpoint"], data)
-        # keep the bucket table where it can, so sticky keys move only as weights require
-        route = follow(store.traffic.routes.get(route.endpoint), route)
-        change = await store.propose(route, actor, "PUT")
-        return json_response(change)
+        change = await store.replace(endpoint, data, actor, request.headers.get("if-match"))
+        return _tagged(json_response(change), change["after"]["revision"])
 
     async def patch_route(self, request: Request) -> Response:
         actor = self._actor(request)
         store = self._store()
-        route = store.patch(request.path_params["endpoint"], await self._body(request), actor)
-        change = await store.propose(route, actor, "PATCH")
-        return json_response(change)
+        endpoint = request.path_params["endpoint"]
+        data = await self._body(request)
+        change = await store.update(endpoint, data, actor, request.headers.get("if-match"))
+        return _tagged(json_response(change), change["after"]["revision"])
 
     async def history(self, request: Request) -> Response:
         self._actor(request)
         endpoint = request.query_params.get("endpoint")
-        try:
-            limit = int(request.query_params.get("limit", "100"))
-        except ValueError as exc:
-            raise InvalidInputError("limit must be an integer") from exc
-        return json_response({"changes": self._store().audit.history(endpoint, limit)})
+        text = request.query_params.get("limit", "100")
+        if not (text.isascii() and text.isdigit() and len(text) <= 6) or not (
+            1 <= int(text) <= MAX_HISTORY
+        ):
+            raise InvalidInputError(f"limit must be an integer from 1 to {MAX_HISTORY}")
+        return json_response({"changes": self._store().audit.history(endpoint, int(text))})
+
+
+def _tagged(response: Response, revision: int) -> Response:
+    response.headers["etag"] = f'"{revision}"'
+    return response
 
 
 def admin_routes(state: AppState, tokens: dict[str, SecretStr]) -> list[HttpRoute]:

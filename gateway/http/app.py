@@ -5,19 +5,19 @@ from __future__ import annotations
 import gc
 import logging
 import re
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import AsyncExitStack, asynccontextmanager
 from typing import Any
 
-from prometheus_client import CollectorRegistry
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import Response
-from starlette.routing import Route
+from starlette.routing import Match, Route
 
 from gateway import __version__
-from gateway.assembly import start_core
+from gateway.assembly import Peers, start_core
 from gateway.errors import (
     GatewayError,
     InvalidInputError,
@@ -27,11 +27,14 @@ from gateway.errors import (
     PayloadTooLargeError,
     UnknownModelError,
 )
+from gateway.feedback import FeedbackDisabledError
 from gateway.http._asgi import Receive, Scope, Send, error_status, register_status
+from gateway.http._paths import decode_path
 from gateway.http.admin import AdminAuthError, AdminDisabledError, admin_routes
 from gateway.http.endpoints import (
     AppState,
     FastHandler,
+    FeedbackEndpoint,
     InferEndpoint,
     MetadataEndpoints,
     PredictEndpoint,
@@ -39,6 +42,7 @@ from gateway.http.endpoints import (
 )
 from gateway.metrics import GatewayMetrics
 from gateway.settings import GatewaySettings
+from gateway.traffic import RevisionMismatchError, RouteConflictError
 from registry_client import Registry
 
 __all__ = ["GatewayApp", "create_app"]
@@ -54,6 +58,9 @@ register_status(NotReadyError, 503)  # also OverloadedError and DeadlineExceeded
 register_status(AdminAuthError, 401)
 register_status(AdminDisabledError, 403)
 register_status(ModelLoadError, 409)  # a route change naming a model that cannot load
+register_status(RouteConflictError, 409)  # other replicas' changes kept coming first
+register_status(RevisionMismatchError, 412)  # If-Match named another revision
+register_status(FeedbackDisabledError, 404)
 
 
 def create_app(
@@ -61,8 +68,10 @@ def create_app(
     *,
     metrics_registry: CollectorRegistry | None = None,
     registry: Registry | None = None,
+    peers: Peers | None = None,
 ) -> GatewayApp:
-    """Build the gateway's ASGI app; models load when its lifespan starts."""
+    """Build the gateway's ASGI app; models load when its lifespan starts. ``peers``: the
+    other worker processes of this server, if any."""
     metrics = GatewayMetrics(metrics_registry or CollectorRegistry(), __version__)
     state = AppState(
         version=__version__,
@@ -70,13 +79,18 @@ def create_app(
         max_body_bytes=settings.server.max_body_bytes,
         routing_key_header=settings.server.routing_key_header.lower().encode("latin-1"),
         pin_header=settings.server.pin_header.lower().encode("latin-1"),
+        readiness=settings.server.readiness,
+        feedback_enabled=settings.feedback.enabled,
     )
 
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         async with AsyncExitStack() as stack:
-            core = await start_core(settings, metrics, stack, registry)
+            core = await start_core(settings, metrics, stack, registry, peers)
             state.service, state.route_store = core.service, core.routes
+            state.feedback = core.feedback
+            if peers is not None:
+                await peers.ready(metrics.registry)
             log.info("gateway ready: %s", sorted(core.service.traffic.routes))
             # Everything built so far lives as long as the process: keep it out of the
             # collector's reach, so full collections stay cheap under load.
@@ -84,7 +98,7 @@ def create_app(
             try:
                 yield
             finally:
-                state.service = state.route_store = None
+                state.service = state.route_store = state.feedback = None
 
     meta = MetadataEndpoints(state)
     infer = InferEndpoint(state)
@@ -99,9 +113,10 @@ def create_app(
         Route("/v2/models/{name}/versions/{version}/ready", meta.model_ready, methods=["GET"]),
         Route("/v2/models/{name}/infer", infer, methods=["POST"]),
         Route("/v2/models/{name}/versions/{version}/infer", infer, methods=["POST"]),
+        Route("/v2/models/{name}/feedback", FeedbackEndpoint(state).submit, methods=["POST"]),
         Route("/v1/models/{name}:predict", predict, methods=["POST"]),
         Route("/v1/models/{name}/versions/{version}:predict", predict, methods=["POST"]),
-        Route("/metrics", meta.metrics, methods=["GET"]),
+        Route("/metrics", meta.metrics if peers is None else _all_workers(peers), methods=["GET"]),
         *admin_routes(state, settings.admin.tokens),
     ]
     return GatewayApp(
@@ -128,6 +143,8 @@ class GatewayApp(Starlette):
 
     def __init__(self, infer: InferEndpoint, predict: PredictEndpoint, **kwargs: Any) -> None:
         super().__init__(**kwargs)
+        # A redirect to the added or dropped slash would be built from the Host header.
+        self.router.redirect_slashes = False
         self._fast: tuple[tuple[re.Pattern[str], InferEndpoint | PredictEndpoint], ...] = (
             (_INFER_PATH, infer),
             (_PREDICT_PATH, predict),
@@ -142,6 +159,9 @@ class GatewayApp(Starlette):
         return None
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        raw_path = scope.get("raw_path")
+        if raw_path and (b"%2F" in raw_path or b"%2f" in raw_path):
+            scope["path"] = scope.get("root_path", "") + decode_path(raw_path)  # any server
         if scope["type"] == "http" and scope["method"] == "POST":
             for pattern, endpoint in self._fast:
                 match = pattern.match(scope["path"])
@@ -153,6 +173,13 @@ class GatewayApp(Starlette):
                     await endpoint(scope, receive, send)
                     return
         await super().__call__(scope, receive, send)
+
+
+def _all_workers(peers: Peers) -> Callable[[Request], Awaitable[Response]]:
+    async def metrics(request: Request) -> Response:
+        return Response(await peers.exposition(), media_type=CONTENT_TYPE_LATEST)
+
+    return metrics
 
 
 async def _gateway_error(request: Request, exc: Exception) -> Response:
@@ -167,9 +194,24 @@ async def _gateway_error(request: Request, exc: Exception) -> Response:
 
 async def _http_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, HTTPException)
+    if exc.status_code == 405:
+        allowed = ", ".join(_allowed_methods(request))
+        message = f"method {request.method} is not allowed on {request.url.path}; use {allowed}"
+        response = json_response({"error": message}, 405)
+        response.headers["allow"] = allowed
+        return response
     message = exc.detail
     if exc.status_code == 404:
         message = f"no route {request.method} {request.url.path}"
-    elif exc.status_code == 405:
-        message = f"method {request.method} is not allowed on {request.url.path}"
     return json_response({"error": message}, exc.status_code)
+
+
+def _allowed_methods(request: Request) -> list[str]:
+    """Every method some route takes on the request's path (Starlette's 405 names one route's)."""
+    methods: set[str] = set()
+    for route in request.app.routes:
+        if isinstance(route, Route) and route.methods:
+            match, _ = route.matches(request.scope)
+            if match is not Match.NONE:
+                methods |= route.methods
+    return sorted(methods)

@@ -20,6 +20,7 @@ from starlette.responses import Response
 
 from gateway.errors import GatewayError, InvalidInputError, NotReadyError
 from gateway.featurelog import RequestInfo
+from gateway.feedback import FeedbackDisabledError, FeedbackService
 from gateway.http._asgi import (
     JSON,
     Headers,
@@ -45,7 +46,15 @@ from gateway.protocol import (
 from gateway.serving import Deployment, LoadedModel
 from gateway.traffic import RouteStore
 
-__all__ = ["AppState", "FastHandler", "InferEndpoint", "PredictEndpoint"]
+__all__ = [
+    "LARGE_BODY_BYTES",
+    "AppState",
+    "Body",
+    "FastHandler",
+    "FeedbackEndpoint",
+    "InferEndpoint",
+    "PredictEndpoint",
+]
 
 log = logging.getLogger(__name__)
 
@@ -66,6 +75,10 @@ class AppState:
     pin_header: bytes
     service: InferenceService | None = None
     route_store: RouteStore | None = None
+    # /v2/health/ready: every endpoint ready ("all") or at least one ("any").
+    readiness: str = "any"
+    feedback: FeedbackService | None = None
+    feedback_enabled: bool = False
 
     def require_service(self) -> InferenceService:
         if self.service is None:
@@ -85,6 +98,13 @@ def _request_id() -> str:
 
 _WATCH_AFTER_S = 0.02
 
+# A body larger than this is joined, decompressed and decoded on a worker thread: its size is
+# the client's choice, and on the event loop it would stall every other connection.
+LARGE_BODY_BYTES = 256 * 1024
+
+# A request body: whole, or (a large one) as the chunks it arrived in, joined off the loop.
+Body = bytes | list[bytes]
+
 
 class FastHandler(Protocol):
     """An infer endpoint's callback driver (``_InferBase.handle``)."""
@@ -94,9 +114,9 @@ class FastHandler(Protocol):
         name: str,
         version: str | None,
         headers: Headers,
-        body: bytes,
+        body: Body,
         respond: Callable[[Reply | None], None],
-    ) -> asyncio.Future[Tensors] | None: ...
+    ) -> asyncio.Future[Any] | None: ...
 
 
 class _ClientGoneError(Exception):
@@ -138,10 +158,14 @@ class _InferBase(Generic[ParsedT]):
     def __init__(self, state: AppState) -> None:
         self.state = state
 
+    def decode(self, headers: Headers, body: bytes) -> Any:
+        """The model-independent part of parsing (a worker thread runs it for large bodies)."""
+        return body
+
     def parse(
-        self, model: LoadedModel, info: RequestInfo, headers: Headers, body: bytes
+        self, model: LoadedModel, info: RequestInfo, headers: Headers, decoded: Any
     ) -> ParsedT:
-        """Decode the body into the request's tensors (and whatever rendering needs)."""
+        """Turn the decoded body into the request's tensors (and whatever rendering needs)."""
         raise NotImplementedError
 
     def inputs(self, parsed: ParsedT) -> dict[str, np.ndarray]:
@@ -169,19 +193,29 @@ class _InferBase(Generic[ParsedT]):
         info: RequestInfo,
         version: str | None,
         headers: Headers,
-        body: bytes,
+        decoded: Any,
         started: float,
     ) -> _Call[ParsedT]:
-        """Pick the variant, parse, check and queue the request; raises GatewayError."""
+        """Pick the variant, parse, check and queue the request; raises GatewayError.
+
+        ``decoded`` is what ``decode`` returned, or the exception it raised.
+        """
         pin = header(headers, self.state.pin_header)
         # From here to the batcher's queue nothing yields to the event loop, so neither a model
         # swap nor a route change can slip in between choosing the version and queueing on it.
         model = service.pick(info, pin.decode("latin-1") if pin else None, version)
         try:
-            parsed = self.parse(model, info, headers, body)
+            if isinstance(decoded, Exception):
+                raise decoded
+            parsed = self.parse(model, info, headers, decoded)
         except GatewayError as exc:
             service.reject(model, info, started, exc)
             raise
+        except Exception as exc:  # a bug: still answered with the request id, and counted
+            log.exception("unexpected error parsing a request for %s", model.name)
+            error = _internal_error_exception()
+            service.reject(model, info, started, error)
+            raise error from exc
         inputs = self.inputs(parsed)
         try:
             rows, future = service.start(model, inputs, info)
@@ -216,24 +250,65 @@ class _InferBase(Generic[ParsedT]):
         name: str,
         version: str | None,
         headers: Headers,
-        body: bytes,
+        body: Body,
         respond: Callable[[Reply | None], None],
-    ) -> asyncio.Future[Tensors] | None:
+    ) -> asyncio.Future[Any] | None:
         """Answer a whole request through ``respond`` (called once, maybe before returning).
 
-        Returns the batch future while the request waits (cancel it when the client goes).
+        Returns a future while the request waits (cancel it when the client goes): the batch's,
+        or, for a large body, one that stands for the decoding on a worker thread and the batch.
         """
         started = time.perf_counter()
         info = RequestInfo(_request_id(), time.time(), name)
         try:
             service = self.admit(info, headers)
-            body = decode_body(body, headers, self.state.max_body_bytes)
-            call = self.begin(service, info, version, headers, body, started)
+        except GatewayError as exc:
+            respond(error_reply(exc, info.request_id))
+            return None
+        if isinstance(body, bytes) and len(body) <= LARGE_BODY_BYTES:
+            result = self._decode(headers, body, encoded=True)
+            return self._queue(service, info, version, headers, result, started, respond)
+        loop = asyncio.get_running_loop()
+        waiting: asyncio.Future[Any] = loop.create_future()
+        work = loop.run_in_executor(None, self._decode, headers, body, True)
+
+        def decoded(done: asyncio.Future[Any]) -> None:
+            if waiting.cancelled():
+                return  # the caller has gone before its request was queued
+            call = self._queue(service, info, version, headers, done.result(), started, respond)
+            if call is not None:
+                waiting.add_done_callback(lambda _: call.cancel())
+
+        work.add_done_callback(decoded)
+        return waiting
+
+    def _decode(self, headers: Headers, body: Body, encoded: bool) -> Any:
+        """Join, undo the Content-Encoding and ``decode``: the result, or the exception."""
+        try:
+            whole = body if isinstance(body, bytes) else b"".join(body)
+            if encoded:
+                whole = decode_body(whole, headers, self.state.max_body_bytes)
+            return self.decode(headers, whole)
+        except Exception as exc:  # raised again by begin(), where the model is known
+            return exc
+
+    def _queue(
+        self,
+        service: InferenceService,
+        info: RequestInfo,
+        version: str | None,
+        headers: Headers,
+        decoded: Any,
+        started: float,
+        respond: Callable[[Reply | None], None],
+    ) -> asyncio.Future[Tensors] | None:
+        try:
+            call = self.begin(service, info, version, headers, decoded, started)
         except GatewayError as exc:
             respond(error_reply(exc, info.request_id))
             return None
         except Exception:
-            log.exception("unexpected error answering an inference call for %s", name)
+            log.exception("unexpected error answering an inference call for %s", info.endpoint)
             respond(_internal_error())
             return None
 
@@ -241,7 +316,7 @@ class _InferBase(Generic[ParsedT]):
             try:
                 reply = self.end(service, call)
             except Exception:
-                log.exception("unexpected error answering an inference call for %s", name)
+                log.exception("unexpected error answering an inference call for %s", info.endpoint)
                 reply = _internal_error()
             respond(reply)
 
@@ -257,8 +332,13 @@ class _InferBase(Generic[ParsedT]):
         try:
             service = self.admit(info, headers)
             body = await read_body(scope, receive, self.state.max_body_bytes)
+            if len(body) <= LARGE_BODY_BYTES:
+                decoded = self._decode(headers, body, encoded=False)
+            else:
+                loop = asyncio.get_running_loop()
+                decoded = await loop.run_in_executor(None, self._decode, headers, body, False)
             call = self.begin(
-                service, info, scope["path_params"].get("version"), headers, body, started
+                service, info, scope["path_params"].get("version"), headers, decoded, started
             )
             with contextlib.suppress(_ClientGoneError):  # then the future is cancelled
                 await self._wait(call.future, receive)
@@ -317,16 +397,22 @@ class _InferBase(Generic[ParsedT]):
 class InferEndpoint(_InferBase[InferRequest]):
     """``POST /v2/models/{name}[/versions/{version}]/infer``: OIP v2, JSON or binary tensors."""
 
-    def parse(
-        self, model: LoadedModel, info: RequestInfo, headers: Headers, body: bytes
-    ) -> InferRequest:
+    def decode(self, headers: Headers, body: bytes) -> InferRequest:
         raw_length = header(headers, b"inference-header-content-length")
         header_length = None
         if raw_length is not None:
-            if not raw_length.strip().isdigit():
-                raise InvalidInputError("Inference-Header-Content-Length must be an integer")
+            raw_length = raw_length.strip()
+            if not raw_length.isdigit() or len(raw_length) > 20:
+                raise InvalidInputError(
+                    "Inference-Header-Content-Length must be an integer of at most 20 digits"
+                )
             header_length = int(raw_length)
-        request = parse_infer_request(body, header_length)
+        return parse_infer_request(body, header_length)
+
+    def parse(
+        self, model: LoadedModel, info: RequestInfo, headers: Headers, decoded: Any
+    ) -> InferRequest:
+        request: InferRequest = decoded
         if request.id is not None:
             info.request_id = request.id
         for requested in request.outputs or ():
@@ -354,9 +440,12 @@ class PredictEndpoint(_InferBase[Tensors]):
     """``POST /v1/models/{name}:predict``: named features in, one prediction per row out."""
 
     def parse(
-        self, model: LoadedModel, info: RequestInfo, headers: Headers, body: bytes
+        self, model: LoadedModel, info: RequestInfo, headers: Headers, decoded: Any
     ) -> Tensors:
-        request_id, inputs = parse_instances(body, model.signature, model.metadata)
+        # the JSON itself is decoded here, on the loop: its rows need the model's features
+        request_id, inputs = parse_instances(
+            decoded, model.signature, model.metadata, model.feature_inputs
+        )
         if request_id is not None:
             info.request_id = request_id
         return inputs
@@ -371,8 +460,12 @@ class PredictEndpoint(_InferBase[Tensors]):
         return Reply(200, body, head=_served_by(model, info) + _JSON_TYPE)
 
 
+def _internal_error_exception() -> GatewayError:
+    return GatewayError("internal error in the gateway; see its log")
+
+
 def _internal_error() -> Reply:
-    return error_reply(GatewayError("internal error in the gateway; see its log"))
+    return error_reply(_internal_error_exception())
 
 
 _JSON_TYPE = b"content-type: " + JSON + b"\r\n"
@@ -399,19 +492,30 @@ class MetadataEndpoints:
         return json_response({"live": True})
 
     async def ready(self, request: Request) -> Response:
+        """Ready when every endpoint (``server.readiness: all``) or at least one (``any``) has
+        every variant that takes traffic loaded; the endpoints that are not are named."""
         service = self.state.service
-        if service is not None and service.traffic.ready:
+        if service is None:
+            return json_response({"ready": False, "error": "the gateway is starting"}, 503)
+        problems: dict[str, dict[str, str]] = {}
+        deployments = service.traffic.manager.deployments
+        for route in service.traffic.routes.values():
+            for variant in route.variants:
+                deployment = deployments.get((route.endpoint, variant.name))
+                if variant.weight > 0 and (deployment is None or deployment.current is None):
+                    error = deployment.last_error if deployment is not None else None
+                    problems.setdefault(route.endpoint, {})[variant.name] = error or "loading"
+        routes = len(service.traffic.routes)
+        if self.state.readiness == "all":
+            ready = not problems
+        else:
+            ready = routes == 0 or len(problems) < routes
+        if not problems:
             return json_response({"ready": True})
-        problems = {}
-        if service is not None:
-            problems = {
-                f"{endpoint}/{variant}": d.last_error or "loading"
-                for (endpoint, variant), d in service.traffic.manager.deployments.items()
-                if d.current is None
-            }
-        return json_response(
-            {"ready": False, "error": f"models not ready: {problems or 'starting'}"}, 503
-        )
+        doc: dict[str, object] = {"ready": ready, "not_ready": problems}
+        if not ready:
+            doc["error"] = f"models not ready: {problems}"
+        return json_response(doc, 200 if ready else 503)
 
     async def server(self, request: Request) -> Response:
         return json_response(
@@ -436,13 +540,18 @@ class MetadataEndpoints:
             "outputs": [spec.describe() for spec in signature.outputs],
         }
         metadata = model.metadata
+        parameters: dict[str, object] = {
+            "ref": str(model.ref),
+            "variant": model.variant,
+            "sources": model.runtime.version.sources,
+            "class_labels": metadata.class_labels,
+        }
         if metadata.features:
-            doc["parameters"] = {
-                "ref": str(model.ref),
-                "variant": model.variant,
-                "features": [f.model_dump(exclude_none=True) for f in metadata.features],
-                "class_labels": metadata.class_labels,
-            }
+            parameters["features"] = [
+                _feature_doc(f.model_dump(exclude_none=True), model.feature_inputs)
+                for f in metadata.features
+            ]
+        doc["parameters"] = parameters
         return json_response(doc)
 
     async def model_ready(self, request: Request) -> Response:
@@ -460,6 +569,35 @@ class MetadataEndpoints:
         if version is None:
             return service.traffic.primary(name)
         return service.traffic.pick(name, version=version)
+
+
+def _feature_doc(feature: dict[str, object], inputs: dict[str, str]) -> dict[str, object]:
+    """A feature's metadata, with the input that takes it where that is named otherwise."""
+    name = str(feature["name"])
+    if inputs.get(name, name) != name:
+        feature["input"] = inputs[name]
+    return feature
+
+
+class FeedbackEndpoint:
+    """``POST /v2/models/{name}/feedback``: ground truth for served predictions, answered 202
+    once the items are checked and queued on the feedback log."""
+
+    def __init__(self, state: AppState) -> None:
+        self.state = state
+
+    async def submit(self, request: Request) -> Response:
+        if not self.state.feedback_enabled:
+            raise FeedbackDisabledError(
+                "feedback is not enabled on this gateway (feedback.enabled)"
+            )
+        self.state.require_service()
+        feedback = self.state.feedback
+        if feedback is None:
+            raise NotReadyError("the gateway is starting")
+        body = await read_body(request.scope, request.receive, self.state.max_body_bytes)
+        accepted = feedback.submit(request.path_params["name"], body, time.time())
+        return json_response({"accepted": accepted}, 202)
 
 
 def service_versions(state: AppState, endpoint: str) -> list[Deployment]:

@@ -11,6 +11,10 @@ the graceful shutdown (it calls ``shutdown`` on every connection and waits for o
 HTTP/1.1 keep-alive and pipelining (answered in order), ``Expect: 100-continue``, gzip/deflate
 bodies (undone by the endpoints) are handled; chunked request bodies are read whole; upgrades
 (websockets) and streaming responses are not: the gateway has neither.
+
+A request head over the limits (``_limits.py``), one the parser refuses, or a body over
+``max_body_bytes`` is answered with its 4xx/5xx in turn, after every earlier request on the
+connection, and the connection then closes; nothing after it is read.
 """
 
 from __future__ import annotations
@@ -20,16 +24,17 @@ import http
 import logging
 from collections import deque
 from typing import Any
-from urllib.parse import unquote
 
 import httptools
 import orjson
 
 from gateway.http._asgi import Reply
+from gateway.http._limits import HeadError, HeadMeter, HttpLimits, check_head
+from gateway.http._paths import decode_path
 from gateway.http.app import GatewayApp
-from gateway.http.endpoints import FastHandler
+from gateway.http.endpoints import LARGE_BODY_BYTES, Body, FastHandler
 
-__all__ = ["GatewayProtocol", "protocol_class"]
+__all__ = ["GatewayProtocol", "HttpLimits", "protocol_class"]
 
 log = logging.getLogger(__name__)
 access_log = logging.getLogger("uvicorn.access")
@@ -40,8 +45,14 @@ _STATUS_LINES = {
 }
 # Requests a connection may queue (pipelined) before the protocol stops reading from it.
 _MAX_PIPELINED = 16
-# URLs whose inference endpoint is remembered (the cache starts over when full).
+# URLs whose inference endpoint is remembered (the cache starts over when full); only short
+# URLs are, so the cache holds at most about a megabyte whatever URLs clients send.
 _MAX_TARGETS = 4096
+_MAX_TARGET_URL = 256
+# After refusing a request, how long the connection reads and drops what the client still
+# sends before closing: closing with unread data resets the connection, and the client may
+# lose the answer (nginx's lingering close).
+_LINGER_S = 2.0
 
 
 def _status_line(status: int) -> bytes:
@@ -58,7 +69,7 @@ class _Request:
         method: str,
         url: bytes,
         headers: list[tuple[bytes, bytes]],
-        body: bytes,
+        body: Body,
         keep_alive: bool,
         version: str,
         error: tuple[int, str] | None,
@@ -89,7 +100,10 @@ class _Exchange:
     async def receive(self) -> dict[str, Any]:
         if not self._sent_body:
             self._sent_body = True
-            return {"type": "http.request", "body": self._request.body, "more_body": False}
+            body = self._request.body
+            if not isinstance(body, bytes):
+                body = b"".join(body)
+            return {"type": "http.request", "body": body, "more_body": False}
         await self._conn.disconnected()  # nothing more to read: wait for the client to go
         return {"type": "http.disconnect"}
 
@@ -117,7 +131,7 @@ class GatewayProtocol(asyncio.Protocol):
     no task per request. Everything else is served by the ASGI app.
     """
 
-    max_body_bytes = 16 * 1024 * 1024
+    limits = HttpLimits()
     gateway_app: GatewayApp | None = None
     targets: dict[bytes, tuple[FastHandler, str, str | None] | None] = {}
 
@@ -136,6 +150,9 @@ class GatewayProtocol(asyncio.Protocol):
         self._keep_alive_s: float = config.timeout_keep_alive
         self._access_log = bool(config.access_log) and access_log.hasHandlers()
         self._parser = httptools.HttpRequestParser(self)
+        # any version digits parse, so that check_head can answer 505 rather than 400
+        self._parser.set_dangerous_leniencies(lenient_version=True)
+        self._meter = HeadMeter(self.limits)
         self._transport: asyncio.Transport | None = None
         self._server: tuple[str, int] | None = None
         self._client: tuple[str, int] | None = None
@@ -144,8 +161,12 @@ class GatewayProtocol(asyncio.Protocol):
         self._active: asyncio.Future[Any] | None = None  # a task, or a batch future
         self._gone: asyncio.Future[None] | None = None
         self._idle: asyncio.TimerHandle | None = None
+        self._head_timer: asyncio.TimerHandle | None = None
+        self._linger: asyncio.TimerHandle | None = None
         self._last_read = 0.0
         self._closing = False
+        self._rejected = False  # a request was refused: read nothing more, close once answered
+        self._continue = False  # a request waits for its 100 Continue until those before it end
         self._lost = False
         self._write_paused = False
         self._read_paused = False
@@ -154,7 +175,10 @@ class GatewayProtocol(asyncio.Protocol):
         self._headers: list[tuple[bytes, bytes]] = []
         self._body: list[bytes] = []
         self._size = 0
-        self._error: tuple[int, str] | None = None
+        self._version = "1.1"
+        self._in_head = False
+        self._messages = 0
+        self._head_started = 0.0
 
     # -- asyncio.Protocol ---------------------------------------------------------------------
 
@@ -174,18 +198,38 @@ class GatewayProtocol(asyncio.Protocol):
             self._active.cancel()  # an inference call waiting for its batch
         self._server_state.connections.discard(self)
         self._cancel_idle()
+        for timer in (self._head_timer, self._linger):
+            if timer is not None:
+                timer.cancel()
         self._queue.clear()
         if self._gone is not None and not self._gone.done():
             self._gone.set_result(None)
 
     def data_received(self, data: bytes) -> None:
+        if self._rejected:
+            return  # what follows a refused request is dropped unread
         self._last_read = self._loop.time()
+        in_head, messages = self._in_head, self._messages
         try:
             self._parser.feed_data(data)
+            if self._in_head:
+                if in_head and messages == self._messages:
+                    self._meter.read(len(data))
+                if self._head_timer is None:
+                    self._arm_head_timer()
+        except HeadError as exc:
+            self._reject(exc.status, exc.message)
+        except httptools.HttpParserCallbackError as exc:
+            cause = exc.__context__
+            if isinstance(cause, HeadError):
+                self._reject(cause.status, cause.message)
+            else:
+                log.error("error in the HTTP protocol's callbacks", exc_info=cause)
+                self._reject(500, "internal error in the gateway; see its log")
         except httptools.HttpParserUpgrade:
-            self._refuse(400, "protocol upgrades (websockets) are not supported")
+            self._reject(400, "protocol upgrades (websockets) are not supported")
         except httptools.HttpParserError as exc:
-            self._refuse(400, f"malformed HTTP request: {exc}")
+            self._reject(400, f"malformed HTTP request: {exc}")
 
     def pause_writing(self) -> None:
         self._write_paused = True
@@ -198,7 +242,8 @@ class GatewayProtocol(asyncio.Protocol):
     def shutdown(self) -> None:
         """uvicorn's graceful shutdown: finish what was received, then close."""
         self._closing = True
-        if self._active is None and not self._queue and self._transport is not None:
+        idle = self._active is None and not self._queue
+        if (idle or self._linger is not None) and self._transport is not None:
             self._transport.close()
 
     # -- httptools callbacks ------------------------------------------------------------------
@@ -208,46 +253,54 @@ class GatewayProtocol(asyncio.Protocol):
         self._headers = []
         self._body = []
         self._size = 0
-        self._error = None
+        self._in_head = True
+        self._messages += 1
+        self._head_started = self._last_read
+        self._meter.reset()
 
     def on_url(self, url: bytes) -> None:
+        self._meter.url(len(url))
         self._url += url
 
     def on_header(self, name: bytes, value: bytes) -> None:
+        self._meter.header(len(name) + len(value))
         self._headers.append((name.lower(), value))
 
     def on_headers_complete(self) -> None:
-        expect_continue = False
-        for name, value in self._headers:
-            if name == b"content-length" and value.isdigit():
-                if int(value) > self.max_body_bytes:
-                    self._error = (413, f"request body exceeds {self.max_body_bytes} bytes")
-            elif name == b"expect" and value.lower() == b"100-continue":
-                expect_continue = True
-        if expect_continue and self._error is None and self._transport is not None:
-            self._transport.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+        self._in_head = False
+        self._version = self._parser.get_http_version()
+        if self._parser.should_upgrade():
+            raise HeadError(400, "protocol upgrades (websockets) are not supported")
+        if check_head(self._version, self._headers, self.limits.max_body_bytes):
+            if self._active is None and not self._queue:
+                self._send_continue()
+            else:  # sent once the requests before this one are answered
+                self._continue = True
 
     def on_body(self, body: bytes) -> None:
-        if self._error is not None:
-            return
         self._size += len(body)
-        if self._size > self.max_body_bytes:
-            self._error = (413, f"request body exceeds {self.max_body_bytes} bytes")
-            self._body = []
-        else:
-            self._body.append(body)
+        if self._size > self.limits.max_body_bytes:  # chunked, or no Content-Length
+            raise HeadError(413, f"request body exceeds {self.limits.max_body_bytes} bytes")
+        self._body.append(body)
 
     def on_message_complete(self) -> None:
+        if self._transport is None or self._transport.is_closing():
+            return  # an earlier answer closed the connection
+        self._continue = False
         parser = self._parser
-        body = self._body[0] if len(self._body) == 1 else b"".join(self._body)
+        # a large body is joined where it is decoded, off the loop (the endpoints' handle)
+        chunks = self._body
+        body: Body = chunks[0] if len(chunks) == 1 else chunks
+        if len(chunks) > 1 and self._size <= LARGE_BODY_BYTES:
+            body = b"".join(chunks)
         request = _Request(
             parser.get_method().decode("ascii"),
             self._url,
             self._headers,
             body,
             parser.should_keep_alive(),
-            parser.get_http_version(),
-            self._error,
+            self._version,
+            None,
         )
         self._queue.append(request)
         if self._active is None:
@@ -260,7 +313,10 @@ class GatewayProtocol(asyncio.Protocol):
     def _start_next(self) -> None:
         request = self._queue.popleft()
         if request.method == "POST" and request.error is None and self.gateway_app is not None:
-            target = self._target(request.url)
+            try:
+                target = self._target(request.url)
+            except httptools.HttpParserInvalidURLError:
+                target, request.error = None, _BAD_URL
             if target is not None:
                 self._handle_inference(request, *target)
                 return
@@ -274,12 +330,18 @@ class GatewayProtocol(asyncio.Protocol):
     async def _serve(self, request: _Request) -> None:
         exchange = _Exchange(self, request)
         try:
-            if request.error is not None:
-                status, message = request.error
+            scope = None
+            if request.error is None:
+                try:
+                    scope = self._scope(request)
+                except httptools.HttpParserInvalidURLError:
+                    request.error = _BAD_URL
+            if scope is None or request.error is not None:
+                status, message = request.error or _BAD_URL
                 self.respond(request, status, _JSON, orjson.dumps({"error": message}), close=True)
                 exchange.done = True
                 return
-            await self._app(self._scope(request), exchange.receive, exchange.send)
+            await self._app(scope, exchange.receive, exchange.send)
         except Exception:
             log.exception("unhandled error answering %s %s", request.method, request.url[:200])
             if not exchange.done:
@@ -300,10 +362,11 @@ class GatewayProtocol(asyncio.Protocol):
         except KeyError:
             pass
         assert self.gateway_app is not None
-        target = self.gateway_app.inference_target(_path(url))
-        if len(targets) >= _MAX_TARGETS:
-            targets.clear()
-        targets[url] = target
+        target = self.gateway_app.inference_target(decode_path(httptools.parse_url(url).path))
+        if len(url) <= _MAX_TARGET_URL:
+            if len(targets) >= _MAX_TARGETS:
+                targets.clear()
+            targets[url] = target
         return target
 
     def _handle_inference(
@@ -327,7 +390,7 @@ class GatewayProtocol(asyncio.Protocol):
     def _scope(self, request: _Request) -> dict[str, Any]:
         url = httptools.parse_url(request.url)
         raw_path: bytes = url.path
-        path = _decode_path(raw_path)
+        path = decode_path(raw_path)
         return {
             "type": "http",
             "asgi": {"version": "3.0", "spec_version": "2.3"},
@@ -383,7 +446,7 @@ class GatewayProtocol(asyncio.Protocol):
         if not keep_alive:
             self._closing = True
             self._queue.clear()
-            self._transport.close()
+            self._close()
 
     def _finished(self) -> None:
         self._active = None
@@ -392,10 +455,17 @@ class GatewayProtocol(asyncio.Protocol):
         if self._queue and not self._closing:
             self._start_next()
         elif self._closing:
-            self._transport.close()
+            self._close()
         else:
+            if self._continue:
+                self._send_continue()
             self._update_reading()
             self._arm_idle()
+
+    def _send_continue(self) -> None:
+        self._continue = False
+        if self._transport is not None and not self._transport.is_closing():
+            self._transport.write(b"HTTP/1.1 100 Continue\r\n\r\n")
 
     async def disconnected(self) -> None:
         """Wait until the client has gone."""
@@ -407,24 +477,35 @@ class GatewayProtocol(asyncio.Protocol):
 
     # -- connection housekeeping --------------------------------------------------------------
 
-    def _refuse(self, status: int, message: str) -> None:
-        if self._transport is None or self._transport.is_closing():
+    def _reject(self, status: int, message: str) -> None:
+        """Refuse the request being received: answer it after those before it, then close."""
+        if self._rejected or self._lost or self._transport is None:
             return
-        body = orjson.dumps({"error": message})
-        self._transport.write(
-            _status_line(status)
-            + b"content-type: application/json\r\ncontent-length: %d\r\n" % len(body)
-            + b"connection: close\r\n\r\n"
-            + body
-        )
-        self._closing = True
-        self._queue.clear()
-        self._transport.close()
+        self._rejected = True
+        self._in_head = self._continue = False
+        self._update_reading()  # read nothing more
+        request = _Request("GET", self._url[:200], [], b"", False, "1.1", (status, message))
+        self._queue.append(request)
+        if self._active is None:
+            self._start_next()
+
+    def _close(self) -> None:
+        transport = self._transport
+        if transport is None or self._linger is not None or transport.is_closing():
+            return
+        if not self._rejected or not transport.can_write_eof():
+            transport.close()
+            return
+        # The client may still be sending the request we refused: end our side, and read and
+        # drop its data (data_received ignores it) until it closes or the linger time is up.
+        transport.write_eof()
+        transport.resume_reading()
+        self._linger = self._loop.call_later(_LINGER_S, transport.close)
 
     def _update_reading(self) -> None:
-        if self._transport is None or self._lost:
+        if self._transport is None or self._lost or self._linger is not None:
             return
-        pause = self._write_paused or len(self._queue) >= _MAX_PIPELINED
+        pause = self._write_paused or self._rejected or len(self._queue) >= _MAX_PIPELINED
         if pause and not self._read_paused:
             self._transport.pause_reading()
             self._read_paused = True
@@ -446,24 +527,33 @@ class GatewayProtocol(asyncio.Protocol):
         self._idle = None
         if self._active is not None or self._queue or self._transport is None:
             return  # busy: re-armed when the connection is idle again
+        if self._in_head or self._rejected:
+            return  # the head timer, or the answer, ends it
         quiet_s = self._loop.time() - self._last_read
         if quiet_s >= self._keep_alive_s:
             self._transport.close()
         else:
             self._idle = self._loop.call_later(self._keep_alive_s - quiet_s, self._close_idle)
 
+    def _arm_head_timer(self) -> None:
+        deadline = self._head_started + self.limits.head_timeout_s
+        self._head_timer = self._loop.call_at(deadline, self._head_timed_out)
+
+    def _head_timed_out(self) -> None:
+        self._head_timer = None
+        if not self._in_head or self._lost:
+            return
+        if self._read_paused:  # not reading is ours, not the client's: give it the time again
+            self._head_started = self._loop.time()
+        if self._loop.time() < self._head_started + self.limits.head_timeout_s:
+            self._arm_head_timer()  # a later request's head, begun after this timer was set
+            return
+        self._reject(408, f"the request head did not arrive within {self.limits.head_timeout_s} s")
+
 
 _JSON = [(b"content-type", b"application/json")]
 _CLOSE_FRAMING = b"content-length: %d\r\nconnection: close\r\n\r\n"
-
-
-def _decode_path(raw_path: bytes) -> str:
-    path = raw_path.decode("ascii", "replace")
-    return unquote(path) if "%" in path else path
-
-
-def _path(url: bytes) -> str:
-    return _decode_path(httptools.parse_url(url).path)
+_BAD_URL = (400, "the request URL is not valid")
 
 
 def _address(value: Any) -> tuple[str, int] | None:
@@ -473,11 +563,11 @@ def _address(value: Any) -> tuple[str, int] | None:
 
 
 def protocol_class(
-    max_body_bytes: int, gateway_app: GatewayApp | None = None
+    limits: HttpLimits, gateway_app: GatewayApp | None = None
 ) -> type[GatewayProtocol]:
-    """The protocol class for ``uvicorn.Config(http=...)``: the body limit, the fast path."""
+    """The protocol class for ``uvicorn.Config(http=...)``: the limits, the fast path."""
     attributes: dict[str, object] = {
-        "max_body_bytes": max_body_bytes,
+        "limits": limits,
         "gateway_app": gateway_app,
         "targets": {},
     }

@@ -8,7 +8,7 @@ import orjson
 
 from gateway.errors import InvalidInputError
 
-__all__ = ["load_object", "request_id"]
+__all__ = ["MAX_DIMS", "check_scalars", "load_object", "request_id"]
 
 
 def load_object(body: bytes | memoryview) -> dict[str, Any]:
@@ -33,3 +33,66 @@ def request_id(doc: dict[str, Any]) -> str | None:
     if len(value) > 256 or not value.isprintable():
         raise InvalidInputError("'id' must be printable text of at most 256 characters")
     return value
+
+
+# Tensors of more dimensions are refused (numpy 1 stops at 32, numpy 2 at 64).
+MAX_DIMS = 32
+
+# The JSON types a tensor of each kind of datatype takes: a numeric string, a boolean in a
+# number tensor or a fraction in an integer tensor would otherwise be cast without a word.
+# null is a missing value where the tensor can hold one: NaN in a float tensor (refused later
+# unless server.allow_nan), "" in a BYTES tensor (the parsers put it there).
+_TYPES: dict[str, frozenset[type]] = {
+    "BOOL": frozenset({bool}),
+    "INT": frozenset({int}),
+    "UINT": frozenset({int}),
+    "FP": frozenset({int, float, type(None)}),
+    "BYTES": frozenset({str, type(None)}),
+}
+
+
+def check_scalars(data: list[Any], datatype: str) -> str | None:
+    """What is wrong with the JSON values of a ``datatype`` tensor (flat or nested), or None.
+
+    >>> check_scalars([1.5, "2"], "FP32")
+    "FP32 data holds str values ('2'); send JSON numbers"
+    """
+    allowed = _TYPES[datatype.rstrip("0123456789")]
+    found = _types(data, 0)
+    if found is None:
+        return f"data is nested deeper than {MAX_DIMS} dimensions"
+    wrong = found - allowed
+    if not wrong:
+        return None
+    kind = sorted(t.__name__ for t in wrong)
+    example = _first_of(data, tuple(wrong))
+    want = {"BOOL": "true/false", "BYTES": "strings"}.get(datatype, "JSON numbers")
+    if allowed == {int}:
+        want = "JSON integers"
+    return f"{datatype} data holds {'/'.join(kind)} values ({example!r}); send {want}"
+
+
+def _types(data: list[Any], depth: int) -> set[type] | None:
+    if depth >= MAX_DIMS:
+        return None
+    types = set(map(type, data))
+    if list in types:
+        types.discard(list)
+        for item in data:
+            if type(item) is list:
+                inner = _types(item, depth + 1)
+                if inner is None:
+                    return None
+                types |= inner
+    return types
+
+
+def _first_of(data: list[Any], kinds: tuple[type, ...]) -> object:
+    for item in data:
+        if type(item) is list:
+            found = _first_of(item, kinds)
+            if found is not None:
+                return found
+        elif type(item) in kinds:
+            return item
+    return None

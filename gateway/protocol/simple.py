@@ -7,13 +7,14 @@ Response: ``{"model_name", "model_version", "id", "predictions": [{"output": val
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
 import orjson
 
 from gateway.errors import InvalidInputError
-from gateway.protocol._json import load_object, request_id
+from gateway.protocol._json import check_scalars, load_object, request_id
 from gateway.serving import Signature, TensorSpec, feature_input
 from registry_client.metadata import ModelMetadata
 
@@ -21,9 +22,16 @@ __all__ = ["parse_instances", "render_predictions"]
 
 
 def parse_instances(
-    body: bytes, signature: Signature, metadata: ModelMetadata
+    body: bytes,
+    signature: Signature,
+    metadata: ModelMetadata,
+    feature_inputs: Mapping[str, str] | None = None,
 ) -> tuple[str | None, dict[str, np.ndarray]]:
-    """Turn named-feature rows into the model's input tensors; returns the request id too."""
+    """Turn named-feature rows into the model's input tensors; returns the request id too.
+
+    ``feature_inputs`` (feature -> input, ``per_feature_inputs``) lets callers name the
+    features of a model with one input per feature as its metadata does.
+    """
     doc = load_object(body)
     caller_id = request_id(doc)
     if "instances" in doc:
@@ -39,7 +47,9 @@ def parse_instances(
     column_input = feature_input(signature, metadata)
     if column_input is not None:
         return caller_id, {column_input.name: _columns(rows, column_input, metadata)}
-    return caller_id, _per_input(rows, signature)
+    if feature_inputs:
+        return caller_id, _per_input(rows, signature, feature_inputs, metadata.feature_names)
+    return caller_id, _per_input(rows, signature, {i.name: i.name for i in signature.inputs}, [])
 
 
 def _columns(rows: list[Any], spec: TensorSpec, metadata: ModelMetadata) -> np.ndarray:
@@ -68,26 +78,45 @@ def _columns(rows: list[Any], spec: TensorSpec, metadata: ModelMetadata) -> np.n
     return _to_array(matrix, spec, lambda i, j: f"instances[{i}] feature {names[j]!r}")
 
 
-def _per_input(rows: list[Any], signature: Signature) -> dict[str, np.ndarray]:
-    expected = {spec.name for spec in signature.inputs}
+def _per_input(
+    rows: list[Any], signature: Signature, inputs: Mapping[str, str], ordered: list[str]
+) -> dict[str, np.ndarray]:
+    """Rows keyed by the caller's names of the inputs (``inputs``: name -> input), or lists
+    in the order of ``ordered`` when given."""
+    expected = set(inputs)
+    objects = []
     for index, row in enumerate(rows):
+        if isinstance(row, list) and ordered:
+            if len(row) != len(ordered):
+                raise InvalidInputError(
+                    f"instances[{index}]: has {len(row)} values, the model takes "
+                    f"{len(ordered)} features {ordered}"
+                )
+            row = dict(zip(ordered, row, strict=True))
         if not isinstance(row, dict):
             raise InvalidInputError(f"instances[{index}] must be an object keyed by input name")
         if set(row) != expected:
+            what = "features" if ordered else "inputs"
             raise InvalidInputError(
-                f"instances[{index}]: expected inputs {sorted(expected)}, got {sorted(row)}"
+                f"instances[{index}]: expected {what} {sorted(expected)}, got {sorted(row)}"
             )
+        objects.append(row)
     result = {}
-    for spec in signature.inputs:
-        values = [row[spec.name] for row in rows]
-        array = _to_array(values, spec, lambda i, _j, n=spec.name: f"instances[{i}] input {n!r}")
+    for name, input_name in inputs.items():
+        spec = signature.input(input_name)
+        assert spec is not None
+        values = [row[name] for row in objects]
+        array = _to_array(values, spec, lambda i, _j, n=name: f"instances[{i}] input {n!r}")
         if array.ndim == 1 and len(spec.shape) == 2 and spec.shape[1] in (1, -1):
             array = array.reshape(-1, 1)
-        result[spec.name] = array
+        result[input_name] = array
     return result
 
 
 def _to_array(values: list[Any], spec: TensorSpec, where: Any) -> np.ndarray:
+    problem = check_scalars(values, spec.datatype)
+    if problem is not None:
+        raise InvalidInputError(_locate(values, spec, where) or problem)
     try:
         if spec.datatype == "BYTES":
             array = np.array(values, dtype=object)
@@ -98,8 +127,6 @@ def _to_array(values: list[Any], spec: TensorSpec, where: Any) -> np.ndarray:
                 elif not isinstance(value, str):
                     raise TypeError("expected strings")
             return array
-        if spec.datatype == "BOOL" and None in np.array(values, dtype=object).reshape(-1).tolist():
-            raise TypeError("BOOL values cannot be null")
         return np.asarray(values, dtype=spec.dtype)
     except (ValueError, TypeError, OverflowError) as exc:
         raise InvalidInputError(_locate(values, spec, where) or f"bad value: {exc}") from exc
@@ -113,11 +140,10 @@ def _locate(values: list[Any], spec: TensorSpec, where: Any) -> str | None:
             try:
                 if spec.datatype == "BYTES":
                     ok = cell is None or isinstance(cell, str)
-                elif spec.datatype == "BOOL" and cell is None:
-                    ok = False
                 else:
-                    np.asarray(cell, dtype=spec.dtype)
                     ok = not isinstance(cell, list | dict)
+                    ok = ok and check_scalars([cell], spec.datatype) is None
+                    np.asarray(cell, dtype=spec.dtype)
             except (ValueError, TypeError, OverflowError):
                 ok = False
             if not ok:

@@ -15,7 +15,7 @@ import numpy as np
 import orjson
 
 from gateway.errors import InvalidInputError
-from gateway.protocol._json import load_object, request_id
+from gateway.protocol._json import MAX_DIMS, check_scalars, load_object, request_id
 from gateway.serving import DATATYPE_TO_NUMPY, datatype_of
 
 __all__ = ["InferRequest", "RequestedOutput", "parse_infer_request", "render_infer_response"]
@@ -92,6 +92,8 @@ def _parse_input(
         isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in shape
     ):
         raise InvalidInputError(f"input {name!r}: 'shape' must be a list of non-negative integers")
+    if len(shape) > MAX_DIMS:
+        raise InvalidInputError(f"input {name!r}: more than {MAX_DIMS} dimensions")
     count = prod(shape)
     size = _parameters(raw, f"input {name!r}").get("binary_data_size")
     if size is not None:
@@ -113,6 +115,9 @@ def _parse_input(
 def _from_json(name: str, datatype: str, shape: list[int], count: int, data: Any) -> np.ndarray:
     if not isinstance(data, list):
         data = [data]
+    problem = check_scalars(data, datatype)
+    if problem is not None:
+        raise InvalidInputError(f"input {name!r}: {problem}")
     try:
         if datatype == "BYTES":
             array = np.array(data, dtype=object)
@@ -120,14 +125,10 @@ def _from_json(name: str, datatype: str, shape: list[int], count: int, data: Any
             for i, item in enumerate(flat):
                 if item is None:  # null: "" for the model, a missing value for the monitor
                     flat[i] = ""
-                elif not isinstance(item, str):
-                    raise InvalidInputError(f"input {name!r}: BYTES data must be strings or null")
+                elif type(item) is not str:
+                    raise ValueError("nested lists of uneven lengths")
         else:
-            if datatype == "BOOL" and None in np.array(data, dtype=object).reshape(-1).tolist():
-                raise InvalidInputError(f"input {name!r}: BOOL data cannot be null")
             array = np.asarray(data, dtype=DATATYPE_TO_NUMPY[datatype])
-            if datatype != "BOOL" and array.dtype.kind != "b" and _has_bools(data):
-                raise InvalidInputError(f"input {name!r}: {datatype} data holds booleans")
     except (ValueError, TypeError, OverflowError) as exc:
         raise InvalidInputError(f"input {name!r}: data does not fit {datatype}: {exc}") from exc
     if array.size != count:
@@ -135,15 +136,6 @@ def _from_json(name: str, datatype: str, shape: list[int], count: int, data: Any
             f"input {name!r}: shape {shape} needs {count} values, data has {array.size}"
         )
     return array.reshape(shape)
-
-
-def _has_bools(data: list[Any]) -> bool:
-    # JSON true/false would silently become 1/0 in a numeric tensor; only flat lists are checked
-    # cheaply, nested ones through their first element.
-    first = data[0] if data else None
-    while isinstance(first, list) and first:
-        first = first[0]
-    return isinstance(first, bool)
 
 
 def _from_binary(name: str, datatype: str, count: int, raw: memoryview) -> np.ndarray:

@@ -14,6 +14,7 @@ from gateway.serving.signature import (
     TensorSpec,
     datatype_of,
     feature_input,
+    per_feature_inputs,
 )
 
 __all__ = [
@@ -33,5 +34,6 @@ __all__ = [
     "Tensors",
     "datatype_of",
     "feature_input",
+    "per_feature_inputs",
     "wait_woken",
 ]

@@ -19,7 +19,7 @@ from gateway.metrics import GatewayMetrics
 from gateway.serving.batcher import Batcher
 from gateway.serving.runtime import ModelRuntime, RuntimeOptions
 from gateway.serving.settings import BatchingSettings
-from gateway.serving.signature import Signature, feature_input
+from gateway.serving.signature import Signature, feature_input, per_feature_inputs
 from registry_client import ModelRef, ModelVersion, Registry, RegistryError
 from registry_client.metadata import ModelMetadata
 
@@ -43,6 +43,9 @@ class LoadedModel:
     # Computed once: the feature-log record builder needs them for every request.
     feature_input: str | None = field(init=False)
     feature_names: list[str] = field(init=False)
+    # One input per feature: feature -> input, and input -> feature where the names differ.
+    feature_inputs: dict[str, str] = field(init=False)
+    input_features: dict[str, str] = field(init=False)
     served_by_head: bytes = field(init=False)  # the x-model-variant/-version header lines
 
     def __post_init__(self) -> None:
@@ -56,6 +59,14 @@ class LoadedModel:
         )
         spec = feature_input(self.signature, metadata)
         self.feature_input = spec.name if spec is not None else None
+        self.feature_inputs = per_feature_inputs(self.signature, metadata)
+        self.input_features = {i: f for f, i in self.feature_inputs.items() if i != f}
+        if self.feature_names and spec is None and not self.feature_inputs:
+            log.warning(
+                "model %s version %s: its features %s match neither one 2-D input of that width "
+                "nor one input per feature (inputs %s); it takes tensors by input name only",
+                self.name, self.version, self.feature_names, sorted(self.signature.input_names),
+            )  # fmt: skip
 
     @property
     def signature(self) -> Signature:
@@ -268,7 +279,14 @@ class Deployment:
 
 
 class ModelManager:
-    """Every loaded deployment, keyed by (endpoint, variant); started and stopped together."""
+    """Every loaded deployment, keyed by (endpoint, variant); started and stopped together.
+
+    Changes of one variant are serialised, so concurrent changes never load a deployment that
+    nothing keeps (and that would go on polling the registry) or unload one twice. A route
+    change first ``prepare``s the models it needs beside those serving, then ``ensure``
+    switches to them when the change applies; what a change that did not apply prepared is
+    ``discard``ed.
+    """
 
     def __init__(
         self,
@@ -279,26 +297,64 @@ class ModelManager:
         self._factory = factory
         self._executor = executor
         self._retiring: set[asyncio.Task[None]] = set()
+        self._prepared: dict[tuple[str, str, str], Deployment] = {}
+        self._locks: dict[tuple[str, str], asyncio.Lock] = {}
 
     async def __aenter__(self) -> ModelManager:
         return self
 
     async def __aexit__(self, *exc_info: object) -> None:
-        await asyncio.gather(*(d.stop() for d in self.deployments.values()))
+        prepared = list(self._prepared.values())
+        self._prepared.clear()
+        await asyncio.gather(*(d.stop() for d in [*self.deployments.values(), *prepared]))
         if self._retiring:
             await asyncio.gather(*self._retiring, return_exceptions=True)
         self._executor.shutdown(wait=False, cancel_futures=True)
 
+    async def prepare(self, endpoint: str, variant: str, ref: str) -> None:
+        """Load ``ref`` for a variant beside what serves it now (nothing moves yet); raises
+        ModelLoadError when it cannot be loaded. Nothing to do when it serves already."""
+        key = (endpoint, variant)
+        async with self._lock(key):
+            existing = self.deployments.get(key)
+            serving = existing is not None and existing.ref == ModelRef.parse(ref)
+            if serving or (*key, ref) in self._prepared:
+                return
+            self._prepared[(*key, ref)] = await self._load(endpoint, variant, ref, required=True)
+
+    def discard(self, endpoint: str, variant: str, ref: str) -> None:
+        """Unload what ``prepare`` loaded for a change that did not apply (no-op if it did)."""
+        deployment = self._prepared.pop((endpoint, variant, ref), None)
+        if deployment is not None:
+            self._retire(deployment)
+
     async def ensure(self, endpoint: str, variant: str, ref: str, *, required: bool) -> Deployment:
-        """The deployment of that variant at ``ref``, loaded now if it is new.
+        """The deployment of that variant at ``ref``: the serving one, the prepared one, or
+        one loaded now; the one it replaces drains and unloads.
 
         With ``required`` a version that cannot be loaded raises ModelLoadError (an operator's
         change is refused); without it the deployment stays, not ready, and keeps retrying.
         """
         key = (endpoint, variant)
-        existing = self.deployments.get(key)
-        if existing is not None and str(existing.ref) == ref:
-            return existing
+        async with self._lock(key):
+            existing = self.deployments.get(key)
+            if existing is not None and existing.ref == ModelRef.parse(ref):
+                return existing
+            deployment = self._prepared.pop((*key, ref), None)
+            if deployment is None:
+                deployment = await self._load(endpoint, variant, ref, required=required)
+            self.deployments[key] = deployment
+            if existing is not None:
+                self._retire(existing)
+            return deployment
+
+    def retire(self, endpoint: str, variant: str) -> None:
+        """Stop serving a variant; its queued requests finish first."""
+        deployment = self.deployments.pop((endpoint, variant), None)
+        if deployment is not None:
+            self._retire(deployment)
+
+    async def _load(self, endpoint: str, variant: str, ref: str, *, required: bool) -> Deployment:
         deployment = self._factory(endpoint, variant, ModelRef.parse(ref))
         await deployment.start()
         if deployment.current is None and required:
@@ -306,16 +362,13 @@ class ModelManager:
             raise ModelLoadError(
                 f"{endpoint} variant {variant}: {ref} could not be loaded: {deployment.last_error}"
             )
-        self.deployments[key] = deployment
-        if existing is not None:
-            self._retire(existing)
         return deployment
 
-    def retire(self, endpoint: str, variant: str) -> None:
-        """Stop serving a variant; its queued requests finish first."""
-        deployment = self.deployments.pop((endpoint, variant), None)
-        if deployment is not None:
-            self._retire(deployment)
+    def _lock(self, key: tuple[str, str]) -> asyncio.Lock:
+        lock = self._locks.get(key)
+        if lock is None:
+            lock = self._locks[key] = asyncio.Lock()
+        return lock
 
     def _retire(self, deployment: Deployment) -> None:
         task = asyncio.create_task(deployment.stop(), name=f"retire:{deployment.name}")

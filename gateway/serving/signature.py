@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -15,6 +16,7 @@ __all__ = [
     "TensorSpec",
     "datatype_of",
     "feature_input",
+    "per_feature_inputs",
 ]
 
 # Open Inference Protocol datatype -> numpy dtype. BYTES travels as object arrays of str/bytes.
@@ -146,5 +148,39 @@ def feature_input(signature: Signature, metadata: ModelMetadata) -> TensorSpec |
     if metadata.feature_input is not None:
         return signature.input(metadata.feature_input)
     if len(signature.inputs) == 1 and len(signature.inputs[0].shape) == 2:
-        return signature.inputs[0]
+        width = signature.inputs[0].shape[1]
+        if width in (-1, len(metadata.features)):
+            return signature.inputs[0]
     return None
+
+
+def per_feature_inputs(signature: Signature, metadata: ModelMetadata) -> dict[str, str]:
+    """Feature name -> input name, when the model takes one input per feature; else empty.
+
+    The inputs are named as the features, or as skl2onnx names them when it converts a
+    pipeline on a data frame (``od280/od315`` becomes ``od280_od315``), so callers and the
+    feature log keep the features' own names.
+    """
+    names = [spec.name for spec in signature.inputs]
+    features = metadata.feature_names
+    if not features or len(features) != len(names) or feature_input(signature, metadata):
+        return {}
+    if set(features) == set(names):
+        return {name: name for name in features}
+    taken: set[str] = set()
+    renamed = {feature: _skl2onnx_name(feature, taken) for feature in features}
+    return renamed if set(renamed.values()) == set(names) else {}
+
+
+def _skl2onnx_name(seed: str, taken: set[str]) -> str:
+    """The name skl2onnx gives a data frame column's input (its C-style clean-up, then a
+    number appended until the name is unused), taking it."""
+    name = re.sub(r"[^\w+]", "_", seed)
+    if re.match(r"[0-9]", name):
+        name = "_" + name
+    unique, i = name, 0
+    while unique in taken:
+        i += 1
+        unique = f"{name}{i}"
+    taken.add(unique)
+    return unique

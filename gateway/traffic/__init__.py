@@ -7,20 +7,41 @@ only these names.
 
 from gateway.traffic.canary import VariantStats
 from gateway.traffic.cli import add_routes_commands, run_routes_command
-from gateway.traffic.control import ControlChannel
-from gateway.traffic.route_store import AuditLog, RouteStore
+from gateway.traffic.control import ControlChannel, ControlSigner, RouteChannel
+from gateway.traffic.route_store import (
+    AuditLog,
+    AuditLogError,
+    ControlUnavailableError,
+    RevisionMismatchError,
+    RouteConflictError,
+    RouteStore,
+)
 from gateway.traffic.router import Traffic
-from gateway.traffic.routes import CanaryRule, Route, ShadowSpec, VariantSpec, follow
+from gateway.traffic.routes import (
+    CanaryRule,
+    QualityGate,
+    Route,
+    ShadowSpec,
+    VariantSpec,
+    follow,
+)
 from gateway.traffic.settings import AdminSettings, ControlSettings
 from gateway.traffic.shadow import ShadowDispatcher
 
 __all__ = [
     "AdminSettings",
     "AuditLog",
+    "AuditLogError",
     "CanaryRule",
     "ControlChannel",
     "ControlSettings",
+    "ControlSigner",
+    "ControlUnavailableError",
+    "QualityGate",
+    "RevisionMismatchError",
     "Route",
+    "RouteChannel",
+    "RouteConflictError",
     "RouteStore",
     "ShadowDispatcher",
     "ShadowSpec",

@@ -10,9 +10,11 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
+import httpx
 import numpy as np
 
 from gateway.traffic.routes import CanaryRule, Route
+from gateway.traffic.verdicts import Comparison, fetch_comparison
 
 __all__ = ["CanaryController", "VariantStats", "WindowSummary"]
 
@@ -62,6 +64,7 @@ class VariantStats:
 
 ChangeFn = Callable[[Route, str, str], Awaitable[Any]]
 RouteOf = Callable[[str], Route | None]
+VersionOf = Callable[[str, str], str | None]  # (endpoint, variant) -> version served
 
 
 class CanaryController:
@@ -77,15 +80,18 @@ class CanaryController:
         route_of: RouteOf,
         stats: VariantStats,
         change: ChangeFn,
+        version_of: VersionOf | None = None,
         check_interval_s: float = 0.5,
     ) -> None:
         self.endpoint = endpoint
+        self._version_of = version_of
         self._route_of = route_of
         self._stats = stats
         self._change = change
         self._check_interval_s = check_interval_s
         self._task: asyncio.Task[None] | None = None
         self._last_step = time.monotonic()
+        self._client: httpx.AsyncClient | None = None  # for a rule with a quality gate
 
     def start(self) -> None:
         self._task = asyncio.create_task(self._run(), name=f"canary:{self.endpoint}")
@@ -95,6 +101,9 @@ class CanaryController:
         if task is not None and task is not asyncio.current_task():
             task.cancel()
             await asyncio.gather(task, return_exceptions=True)
+        client, self._client = self._client, None
+        if client is not None:
+            await client.aclose()
 
     async def _run(self) -> None:
         while True:
@@ -115,9 +124,10 @@ class CanaryController:
         if rule.state == "pending":
             await self._step(route, rule, 0, "canary started")
             return True
-        breach = self._breach(rule)
+        quality = await self._quality(rule)
+        breach = self._breach(rule) or _quality_breach(quality)
         if breach is not None:
-            weights = _weights(route, rule, 0.0)
+            weights = _weights(route, rule, 0)
             new = route.with_weights(weights, canary=_with_state(rule, "rolled_back"))
             log.warning("canary %s: rolling back %s: %s", self.endpoint, rule.variant, breach)
             await self._change(new, "canary", f"rolled back {rule.variant}: {breach}")
@@ -129,6 +139,10 @@ class CanaryController:
         if canary.requests < rule.min_requests:
             return False  # not enough evidence to go further yet
         if step + 1 >= len(rule.steps):
+            if rule.quality is not None and (
+                quality is None or quality.low <= -rule.quality.margin
+            ):
+                return False  # not shown to be within the margin of the baseline yet
             new = route.model_copy(update={"canary": _with_state(rule, "promoted")})
             await self._change(new, "canary", f"promoted {rule.variant}")
             return True
@@ -140,7 +154,27 @@ class CanaryController:
         new = route.with_weights(
             _weights(route, rule, percent), canary=_with_state(rule, f"step-{index}")
         )
-        await self._change(new, "canary", f"{reason} to {percent:g}%")
+        await self._change(new, "canary", f"{reason} to {percent}%")
+
+    async def _quality(self, rule: CanaryRule) -> Comparison | None:
+        """The monitor's A/B comparison of the two variants, when the rule gates on it."""
+        if rule.quality is None:
+            return None
+        versions = {
+            name: self._version_of(self.endpoint, name) if self._version_of else None
+            for name in (rule.baseline, rule.variant)
+        }
+        if None in versions.values():
+            return None  # a variant is still loading
+        if self._client is None:
+            self._client = httpx.AsyncClient(timeout=rule.quality.timeout_s)
+        return await fetch_comparison(
+            self._client,
+            rule.quality.monitor_url,
+            self.endpoint,
+            (rule.baseline, versions[rule.baseline] or ""),
+            (rule.variant, versions[rule.variant] or ""),
+        )
 
     def _breach(self, rule: CanaryRule) -> str | None:
         stats = self._stats
@@ -165,7 +199,16 @@ class CanaryController:
         return None
 
 
-def _weights(route: Route, rule: CanaryRule, percent: float) -> dict[str, float]:
+def _quality_breach(quality: Comparison | None) -> str | None:
+    if quality is None or not quality.worse:
+        return None
+    return (
+        f"accuracy {quality.difference:+.3f} vs baseline, interval [{quality.low:+.3f}, "
+        f"{quality.high:+.3f}] over {quality.labels} labels: significantly worse"
+    )
+
+
+def _weights(route: Route, rule: CanaryRule, percent: int) -> dict[str, int]:
     """The canary at ``percent``; the baseline absorbs the difference, others keep theirs."""
     canary = route.variant(rule.variant)
     baseline = route.variant(rule.baseline)

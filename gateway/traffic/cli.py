@@ -15,37 +15,54 @@ __all__ = ["add_routes_commands", "run_routes_command"]
 
 def add_routes_commands(sub: Any) -> None:
     """Add ``routes`` and its sub-commands to the ``gateway`` parser."""
+    # --url and --token go before or after the action: every action's parser takes them too,
+    # with no default of its own, so one given before the action is not reset after it.
     routes = sub.add_parser("routes", help="show and change traffic routes (admin API)")
-    routes.add_argument("--url", default=os.environ.get("GATEWAY_URL", "http://127.0.0.1:8080"))
-    routes.add_argument(
-        "--token",
-        default=os.environ.get("GATEWAY_ADMIN_TOKEN"),
-        help="admin bearer token (default: $GATEWAY_ADMIN_TOKEN)",
-    )
+    options = argparse.ArgumentParser(add_help=False)
+    for parser, url, token in (
+        (routes, os.environ.get("GATEWAY_URL", "http://127.0.0.1:8080"),
+         os.environ.get("GATEWAY_ADMIN_TOKEN")),
+        (options, argparse.SUPPRESS, argparse.SUPPRESS),
+    ):  # fmt: skip
+        parser.add_argument("--url", default=url, help="the gateway (default: $GATEWAY_URL)")
+        parser.add_argument(
+            "--token", default=token, help="admin bearer token (default: $GATEWAY_ADMIN_TOKEN)"
+        )
     actions = routes.add_subparsers(dest="action", required=True)
-    show = actions.add_parser("show", help="print routes")
+    show = actions.add_parser("show", parents=[options], help="print routes")
     show.add_argument("endpoint", nargs="?")
-    set_cmd = actions.add_parser("set", help="set weights: gateway routes set fraud a=90 b=10")
+    set_cmd = actions.add_parser(
+        "set", parents=[options], help="set weights: gateway routes set fraud a=90 b=10"
+    )
     set_cmd.add_argument("endpoint")
     set_cmd.add_argument("weights", nargs="+", metavar="VARIANT=PERCENT")
     shadow = actions.add_parser(
-        "shadow", help="shadow a share of traffic: gateway routes shadow fraud cand 20%% --ref m/7"
+        "shadow",
+        parents=[options],
+        help="shadow a share of traffic: gateway routes shadow fraud cand 20%% --ref m/7",
     )
     shadow.add_argument("endpoint")
     shadow.add_argument("name")
     shadow.add_argument("share", help="e.g. 20%% or 0.2; 0 removes the shadow")
     shadow.add_argument("--ref", help="registry reference of the shadow (needed when new)")
-    canary = actions.add_parser("canary", help="ramp a variant with automatic rollback")
+    canary = actions.add_parser(
+        "canary",
+        parents=[options],
+        help="ramp a variant with automatic rollback; --remove stops it",
+    )
     canary.add_argument("endpoint")
-    canary.add_argument("variant")
-    canary.add_argument("--baseline", required=True)
+    canary.add_argument("variant", nargs="?", help="the variant to ramp (not with --remove)")
+    canary.add_argument("--baseline", help="the variant it is compared with (required)")
+    canary.add_argument("--remove", action="store_true", help="remove the endpoint's canary rule")
     canary.add_argument("--steps", default="5,25,50,100", help="percent steps, comma separated")
     canary.add_argument("--interval", type=float, default=60.0, help="seconds between steps")
     canary.add_argument("--window", type=float, default=60.0, help="seconds of evidence")
     canary.add_argument("--min-requests", type=int, default=50)
     canary.add_argument("--max-error-increase", type=float, default=0.01)
     canary.add_argument("--max-p99-ratio", type=float, default=1.5)
-    history = actions.add_parser("history", help="the audit trail of route changes")
+    history = actions.add_parser(
+        "history", parents=[options], help="the audit trail of route changes"
+    )
     history.add_argument("endpoint", nargs="?")
     history.add_argument("--limit", type=int, default=20)
 
@@ -67,6 +84,8 @@ def run_routes_command(args: argparse.Namespace) -> int:
             message = response.json().get("error", response.text)
         except ValueError:
             message = response.text
+        if response.status_code == 401 and not args.token:
+            message += " (give --token or set GATEWAY_ADMIN_TOKEN)"
         print(f"gateway routes: {response.status_code}: {message}", file=sys.stderr)
         return 1
     print(json.dumps(response.json(), indent=2))
@@ -88,7 +107,7 @@ def _call(client: httpx.Client, args: argparse.Namespace) -> httpx.Response:
             name, _, value = item.partition("=")
             if not value:
                 raise ValueError(f"expected VARIANT=PERCENT, got {item!r}")
-            weights[name] = float(value.rstrip("%"))
+            weights[name] = int(value.rstrip("%"))
         return client.patch(path, json={"weights": weights})
     if args.action == "shadow":
         current = client.get(path)
@@ -104,10 +123,14 @@ def _call(client: httpx.Client, args: argparse.Namespace) -> httpx.Response:
             shadows.append({**(existing or {}), "name": args.name, "ref": ref, "sample": share})
         return client.patch(path, json={"shadows": shadows})
     if args.action == "canary":
+        if args.remove:
+            return client.patch(path, json={"canary": None})
+        if args.variant is None or args.baseline is None:
+            raise ValueError("canary needs VARIANT and --baseline (or --remove)")
         rule = {
             "variant": args.variant,
             "baseline": args.baseline,
-            "steps": [float(s) for s in args.steps.split(",")],
+            "steps": [int(s) for s in args.steps.split(",")],
             "interval_s": args.interval,
             "window_s": args.window,
             "min_requests": args.min_requests,

@@ -1,15 +1,23 @@
 """The control topic: route changes travel on one Kafka partition that every replica reads from
 its beginning, so all replicas apply the same changes in the same order, and a restarted
 replica comes back with the latest routes.
+
+Every message is signed: ``gwctl1 <HMAC-SHA256 hex> <JSON change>``, the MAC over the topic's
+name and the JSON, keyed with ``control.signing_key``. A message without a valid signature (by
+the key or one of ``control.previous_signing_keys``) is skipped and counted, so whoever can
+write to the topic but lacks the key changes nothing. Replaying a genuine old message changes
+nothing either: a change names the revision it was made from, and revisions only grow.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
+import hmac
 import logging
-from collections.abc import Awaitable, Callable
-from typing import Any
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Any, Protocol
 
 import orjson
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
@@ -17,20 +25,75 @@ from aiokafka.errors import KafkaError
 
 from monitors.broker import BrokerError, create_topics
 
-__all__ = ["ControlChannel"]
+__all__ = ["ControlChannel", "ControlSigner", "RouteChannel"]
 
 log = logging.getLogger(__name__)
 
 Handler = Callable[[dict[str, Any]], Awaitable[None]]
+_MAGIC = b"gwctl1"
+
+
+class ControlSigner:
+    """Signs control messages with one key and accepts those of any of ``keys``."""
+
+    def __init__(self, topic: str, key: bytes, previous: Sequence[bytes] = ()) -> None:
+        self._topic = topic.encode()
+        self._key = key
+        self._keys = [key, *previous]
+
+    def sign(self, change: dict[str, Any]) -> bytes:
+        """The message for ``change``."""
+        payload = orjson.dumps(change)
+        return b" ".join((_MAGIC, self._mac(self._key, payload), payload))
+
+    def open(self, message: bytes) -> tuple[dict[str, Any] | None, str]:
+        """The change a message carries, or None and why it is refused: ``unsigned``,
+        ``bad_signature`` or ``malformed``."""
+        magic, _, rest = message.partition(b" ")
+        if magic != _MAGIC:
+            return None, "unsigned"
+        mac, _, payload = rest.partition(b" ")
+        if not any(hmac.compare_digest(mac, self._mac(key, payload)) for key in self._keys):
+            return None, "bad_signature"
+        try:
+            change = orjson.loads(payload)
+        except orjson.JSONDecodeError:
+            return None, "malformed"
+        if not isinstance(change, dict):
+            return None, "malformed"
+        return change, ""
+
+    def _mac(self, key: bytes, payload: bytes) -> bytes:
+        return hmac.new(key, self._topic + b"\n" + payload, hashlib.sha256).hexdigest().encode()
+
+
+class RouteChannel(Protocol):
+    """How route changes reach every replica: the control topic, or the worker processes'
+    supervisor (``gateway.workers``)."""
+
+    async def start(self, handler: Handler) -> None: ...
+
+    async def stop(self) -> None: ...
+
+    async def publish(self, event: dict[str, Any]) -> None: ...
 
 
 class ControlChannel:
     """Publish route changes and apply every change on the topic, oldest first."""
 
-    def __init__(self, topic: str, options: dict[str, Any], timeout_s: float) -> None:
+    def __init__(
+        self,
+        topic: str,
+        options: dict[str, Any],
+        timeout_s: float,
+        signer: ControlSigner,
+        on_rejected: Callable[[str], None],
+    ) -> None:
         self.topic = topic
         self._options = options
         self._timeout_s = timeout_s
+        self._signer = signer
+        self._on_rejected = on_rejected
         self._producer: AIOKafkaProducer | None = None
         self._task: asyncio.Task[None] | None = None
         self._next_offset = 0
@@ -61,18 +124,26 @@ class ControlChannel:
                     await producer.stop()
 
     async def publish(self, event: dict[str, Any]) -> None:
-        """Append a change to the topic (acknowledged by the broker before this returns)."""
+        """Append a change to the topic (acknowledged by the broker before this returns);
+        raises what aiokafka raises (KafkaError, OSError, TimeoutError) when it cannot."""
         if self._producer is None:
             producer = AIOKafkaProducer(
                 acks="all", request_timeout_ms=int(self._timeout_s * 1000), **self._options
             )
-            async with asyncio.timeout(self._timeout_s):
-                await producer.start()
+            try:
+                async with asyncio.timeout(self._timeout_s):
+                    await producer.start()
+            except BaseException:
+                with contextlib.suppress(Exception):
+                    await producer.stop()
+                raise
             self._producer = producer
         try:
             async with asyncio.timeout(self._timeout_s):
                 await self._producer.send_and_wait(
-                    self.topic, orjson.dumps(event), key=str(event.get("endpoint", "")).encode()
+                    self.topic,
+                    self._signer.sign(event),
+                    key=str(event.get("endpoint", "")).encode(),
                 )
         except BaseException:
             producer, self._producer = self._producer, None
@@ -126,8 +197,14 @@ class ControlChannel:
                     self._next_offset = message.offset + 1
                     if message.value is None:
                         continue
+                    change, refused = self._signer.open(message.value)
+                    if change is None:
+                        log.warning("control topic: message at offset %d refused: %s",
+                                    message.offset, refused)  # fmt: skip
+                        self._on_rejected(refused)
+                        continue
                     try:
-                        await handler(orjson.loads(message.value))
+                        await handler(change)
                     except Exception:
                         log.exception(
                             "control topic: change at offset %d not applied", message.offset

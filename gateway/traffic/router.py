@@ -103,9 +103,17 @@ class Traffic:
             return
         if rule.owner is not None and rule.owner != self.replica_id:
             return  # another replica drives this ramp; this one follows its route changes
-        controller = CanaryController(route.endpoint, self.routes.get, self.stats, self.change)
+        controller = CanaryController(
+            route.endpoint, self.routes.get, self.stats, self.change, self._version_of
+        )
         controller.start()
         self._canaries[route.endpoint] = controller
+
+    def _version_of(self, endpoint: str, variant: str) -> str | None:
+        """The model version a variant serves now (None while it loads)."""
+        deployment = self.manager.deployments.get((endpoint, variant))
+        current = deployment.current if deployment is not None else None
+        return current.version if current is not None else None
 
     def route(self, endpoint: str) -> Route:
         """The route of an endpoint."""

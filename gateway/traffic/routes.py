@@ -5,6 +5,12 @@ Traffic is split on a table of 10,000 buckets. A request's bucket is a hash of i
 change, ``rebalance`` moves only as many buckets as the change requires, from the variants that
 lost weight to those that gained it, so a key moves only if its variant had to give up share.
 The table travels with the route (run-length encoded), so every replica routes identically.
+
+Every change of a route raises its ``revision`` by one: the admin API's ETag, and what a change
+on the control topic names as the state it was made from.
+
+The models are strict (integer weights, booleans as booleans, no numbers as text) and bounded
+(name lengths, variants and shadows per route, steps), since operators' JSON lands here.
 """
 
 from __future__ import annotations
@@ -12,8 +18,9 @@ from __future__ import annotations
 import hashlib
 import random
 from bisect import bisect_right
+from typing import Annotated
 
-from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, model_validator
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, StrictBool, model_validator
 
 from registry_client import ModelRef
 from registry_client.errors import InvalidReferenceError
@@ -21,6 +28,7 @@ from registry_client.errors import InvalidReferenceError
 __all__ = [
     "BUCKETS",
     "CanaryRule",
+    "QualityGate",
     "Route",
     "ShadowSpec",
     "VariantSpec",
@@ -30,7 +38,14 @@ __all__ = [
 ]
 
 BUCKETS = 10_000
+MAX_VARIANTS = 16
+MAX_SHADOWS = 8
 _NAME = r"^[A-Za-z0-9][A-Za-z0-9_.\-]*$"
+Name = Annotated[str, Field(strict=True, pattern=_NAME, min_length=1, max_length=128)]
+# A registry reference, "name@alias" or "name/version": ModelRef.parse bounds each part.
+Ref = Annotated[str, Field(strict=True, min_length=1)]
+Percent = Annotated[int, Field(strict=True, ge=0, le=100)]
+Seconds = Annotated[float, Field(strict=True, gt=0)]
 
 
 class _Frozen(BaseModel):
@@ -48,9 +63,9 @@ def _check_ref(ref: str) -> str:
 class VariantSpec(_Frozen):
     """A model version (by registry reference) taking a share of an endpoint's traffic."""
 
-    name: str = Field(pattern=_NAME)
-    ref: str
-    weight: float = Field(ge=0, le=100)
+    name: Name
+    ref: Ref
+    weight: Percent
 
     @model_validator(mode="after")
     def _ref(self) -> VariantSpec:
@@ -61,12 +76,12 @@ class VariantSpec(_Frozen):
 class ShadowSpec(_Frozen):
     """A model that gets a copy of a sampled share of requests; its answers are only compared."""
 
-    name: str = Field(pattern=_NAME)
-    ref: str
-    sample: float = Field(default=1.0, ge=0, le=1)
+    name: Name
+    ref: Ref
+    sample: float = Field(default=1.0, ge=0, le=1, strict=True)
     # Most of one core-second per second the shadow may use, so it cannot starve the primary.
-    max_busy_fraction: float = Field(default=0.25, gt=0, le=1)
-    queue_size: int = Field(default=256, ge=1)
+    max_busy_fraction: float = Field(default=0.25, gt=0, le=1, strict=True)
+    queue_size: int = Field(default=256, ge=1, le=65_536, strict=True)
 
     @model_validator(mode="after")
     def _ref(self) -> ShadowSpec:
@@ -74,26 +89,41 @@ class ShadowSpec(_Frozen):
         return self
 
 
+class QualityGate(_Frozen):
+    """Gate a canary on the monitor's A/B verdict of realized accuracy (``GET {monitor_url}/ab/
+    {endpoint}``): promote only when the challenger is not worse than the baseline by more than
+    ``margin`` (the lower bound of the difference's interval above -margin), roll back as soon
+    as it is significantly worse."""
+
+    monitor_url: str = Field(strict=True, pattern=r"^https?://", max_length=2048)
+    margin: float = Field(default=0.01, ge=0, le=1, strict=True)
+    timeout_s: Seconds = 2.0
+
+
 class CanaryRule(_Frozen):
     """Ramp ``variant`` through ``steps`` (percent) while it stays within bounds of ``baseline``."""
 
-    variant: str
-    baseline: str
-    steps: list[float] = Field(default_factory=lambda: [5.0, 25.0, 50.0, 100.0], min_length=1)
-    interval_s: float = Field(default=60.0, gt=0)
-    window_s: float = Field(default=60.0, gt=0)
-    min_requests: int = Field(default=50, ge=1)
+    variant: Name
+    baseline: Name
+    steps: list[Percent] = Field(
+        default_factory=lambda: [5, 25, 50, 100], min_length=1, max_length=20
+    )
+    interval_s: Seconds = 60.0
+    window_s: Seconds = 60.0
+    min_requests: int = Field(default=50, ge=1, strict=True)
     # Bounds relative to the baseline over the window: error rate may exceed the baseline's by
     # at most this much (absolute), p99 latency may be at most this multiple of the baseline's.
-    max_error_rate_increase: float = Field(default=0.01, ge=0)
-    max_p99_ratio: float = Field(default=1.5, gt=0)
+    max_error_rate_increase: float = Field(default=0.01, ge=0, strict=True)
+    max_p99_ratio: float = Field(default=1.5, gt=0, strict=True)
     # ... unless it is within this many seconds of the baseline's: at sub-millisecond latencies
     # scheduling noise alone moves a p99 by more than 1.5x, which must not roll a canary back.
-    min_p99_increase_s: float = Field(default=0.005, ge=0)
+    min_p99_increase_s: float = Field(default=0.005, ge=0, strict=True)
+    # Optional: the A/B verdict on realized accuracy that promotion waits for.
+    quality: QualityGate | None = None
     # Where the ramp stands: "pending", "step-N" (N indexes steps), "promoted", "rolled_back".
-    state: str = "pending"
+    state: str = Field(default="pending", max_length=32)
     # The replica that drives the ramp (the one the operator asked); others follow its changes.
-    owner: str | None = None
+    owner: str | None = Field(default=None, max_length=256)
 
     @model_validator(mode="after")
     def _steps(self) -> CanaryRule:
@@ -107,11 +137,13 @@ class CanaryRule(_Frozen):
 class Route(_Frozen):
     """An endpoint's variants (weights summing to 100), shadows and canary rule."""
 
-    endpoint: str = Field(pattern=_NAME)
-    variants: list[VariantSpec] = Field(min_length=1)
-    shadows: list[ShadowSpec] = Field(default_factory=list)
+    endpoint: Name
+    variants: list[VariantSpec] = Field(min_length=1, max_length=MAX_VARIANTS)
+    shadows: list[ShadowSpec] = Field(default_factory=list, max_length=MAX_SHADOWS)
     canary: CanaryRule | None = None
-    allow_pinning: bool = False
+    allow_pinning: StrictBool = False
+    # How many changes made this route since the config file's (0); set by the route store.
+    revision: int = Field(default=0, ge=0)
     # Run-length bucket table: (first bucket, variant name) in bucket order; filled on creation.
     buckets: list[tuple[int, str]] = Field(default_factory=list)
     _starts: list[int] = PrivateAttr(default_factory=list)
@@ -153,7 +185,7 @@ class Route(_Frozen):
         starts: list[int] = self.__pydantic_private__["_starts"]  # type: ignore[index]
         return self.buckets[bisect_right(starts, bucket) - 1][1]
 
-    def with_weights(self, weights: dict[str, float], **changes: object) -> Route:
+    def with_weights(self, weights: dict[str, int], **changes: object) -> Route:
         """A copy with new weights (and other fields changed), its bucket table moved minimally."""
         unknown = set(weights) - {v.name for v in self.variants}
         if unknown:
@@ -161,7 +193,7 @@ class Route(_Frozen):
         data = self.model_dump()
         data.update(changes)
         data["variants"] = [
-            {**v, "weight": float(weights.get(v["name"], v["weight"]))} for v in data["variants"]
+            {**v, "weight": weights.get(v["name"], v["weight"])} for v in data["variants"]
         ]
         data.pop("buckets")
         return follow(self, Route.model_validate(data))

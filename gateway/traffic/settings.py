@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, model_validator
 
 __all__ = ["AdminSettings", "ControlSettings"]
 
@@ -27,3 +27,20 @@ class ControlSettings(_Group):
     bootstrap_servers: str | None = None
     topic: str = "gateway-control"
     timeout_s: float = Field(default=10.0, gt=0)
+    # HMAC-SHA256 key every message is signed with (GATEWAY_CONTROL__SIGNING_KEY); required when
+    # the topic is on. Keys retired by a rotation still verify the topic's older messages.
+    signing_key: SecretStr | None = None
+    previous_signing_keys: list[SecretStr] = Field(default_factory=list)
+
+    @model_validator(mode="after")
+    def _signed(self) -> ControlSettings:
+        if not self.enabled:
+            return self
+        if self.signing_key is None:
+            raise ValueError(
+                "control.signing_key is required when control.enabled (an unsigned control "
+                "topic lets anyone who can write to it change routes)"
+            )
+        if len(self.signing_key.get_secret_value()) < 32:
+            raise ValueError("control.signing_key must be at least 32 characters")
+        return self

@@ -134,7 +134,6 @@ class ShadowDispatcher:
             self._metrics.outcome(primary.variant, "dropped_queue_full")
 
     async def _work(self) -> None:
-        loop = asyncio.get_running_loop()
         while True:
             copies = [await self._queue.get()]
             while not self._queue.empty() and len(copies) < 64:
@@ -144,9 +143,9 @@ class ShadowDispatcher:
                 for copy in copies:
                     self._metrics.outcome(copy.primary.variant, "dropped_not_ready")
                 continue
-            started = loop.time()
+            started = time.perf_counter()
             await asyncio.gather(*(self._run(model, copy) for copy in copies))
-            busy = loop.time() - started
+            busy = time.perf_counter() - started
             # Keep the shadow's worker idle long enough that it is busy at most the allowed share.
             await asyncio.sleep(busy * (1 / self.spec.max_busy_fraction - 1))
 

@@ -241,3 +241,62 @@ async def _sleep(seconds: float) -> None:
     import asyncio
 
     await asyncio.sleep(seconds)
+
+
+async def test_routing_is_strict_under_any_asgi_server(demo_registry: Path) -> None:
+    # the app itself keeps %2F out of routing, redirects nothing and names allowed methods,
+    # so uvicorn's own protocol (server.http_protocol: uvicorn) behaves as the gateway's does
+    async with serving(demo_registry) as client:
+        encoded = await client.get("/v2/models/breast_cancer%2Fversions%2F1")
+        assert encoded.status_code == 404
+        assert "breast_cancer%2Fversions%2F1" in encoded.json()["error"]
+        versioned = await client.post(
+            "/v2/models/breast_cancer%2Fversions%2F1/infer", json=infer_body(ROW)
+        )
+        assert versioned.status_code == 404
+        slash = await client.get("/v2/", headers={"host": "evil.example"})
+        assert slash.status_code == 404
+        assert "location" not in slash.headers
+        wrong = await client.delete("/admin/routes/breast_cancer")
+        assert wrong.status_code == 405
+        assert wrong.headers["allow"] == "GET, HEAD, PATCH, PUT"
+        assert "use GET, HEAD, PATCH, PUT" in wrong.json()["error"]
+
+
+async def test_too_many_dimensions_are_refused_with_the_request_id_and_counted(
+    demo_registry: Path,
+) -> None:
+    async with serving(demo_registry) as client:
+        # more dimensions than numpy takes: refused before numpy sees them
+        deep = {"inputs": [{"name": "input", "shape": [1] * 65, "datatype": "FP32", "data": [1]}]}
+        response = await client.post("/v2/models/breast_cancer/infer", json=deep)
+        assert response.status_code == 400
+        assert response.headers["x-request-id"]
+        metrics = (await client.get("/metrics")).text
+        assert 'outcome="invalid"' in metrics
+
+
+async def test_readiness_names_the_endpoints_that_are_not_ready(demo_registry: Path) -> None:
+    models = [
+        {"name": "breast_cancer", "ref": "breast_cancer@champion"},
+        {"name": "broken", "ref": "models:/breast_cancer/9"},
+    ]
+    for readiness, status in (("any", 200), ("all", 503)):
+        settings = load_settings(
+            registry__root=demo_registry,
+            registry__poll_interval_s=60,
+            server__readiness=readiness,
+            models=models,
+        )
+        app = create_app(settings, metrics_registry=CollectorRegistry())
+        async with app.router.lifespan_context(app):
+            transport = httpx.ASGITransport(app=app)
+            async with httpx.AsyncClient(transport=transport, base_url="http://gw") as client:
+                ready = await client.get("/v2/health/ready")
+                assert ready.status_code == status
+                doc = ready.json()
+                assert doc["ready"] is (status == 200)
+                assert list(doc["not_ready"]) == ["broken"]
+                assert "no version '9'" in doc["not_ready"]["broken"]["default"]
+                served = await client.post("/v2/models/breast_cancer/infer", json=infer_body(ROW))
+                assert served.status_code == 200

@@ -46,7 +46,7 @@ def test_toml_file(tmp_path: Path) -> None:
         ("batching: {max_batch_size: 0}", "batching.max_batch_size"),
         ("server: {port: 70000}", "server.port"),
         ("server: {prot: 1}", "server.prot"),
-        ("models: [{name: m, ref: 'not a ref!'}]", "invalid model reference"),
+        ("models: [{name: m, ref: 'not:a ref'}]", "invalid model reference"),
         ("models: [{name: m, ref: m@a}, {name: m, ref: m@b}]", "duplicate endpoint names"),
         ("models: [{name: m, ref: m@a, batching: {size: 3}}]", "unknown batching settings"),
         ("registry: {backend: mlflow}", "registry.mlflow_url is required"),
@@ -74,3 +74,21 @@ def test_mlflow_token_is_a_secret() -> None:
     assert "s3cr3t" not in repr(settings)
     assert settings.registry.mlflow_token is not None
     assert settings.registry.mlflow_token.get_secret_value() == "s3cr3t"
+
+
+def test_the_audit_log_is_relative_to_the_config_file(tmp_path: Path) -> None:
+    path = tmp_path / "conf" / "gw.yaml"
+    path.parent.mkdir()
+    path.write_text("admin: {audit_log: logs/audit.jsonl}\n")
+    assert load_settings(path).admin.audit_log == (tmp_path / "conf" / "logs" / "audit.jsonl")
+
+
+def test_the_control_topic_needs_a_signing_key(monkeypatch: pytest.MonkeyPatch) -> None:
+    with pytest.raises(ConfigError, match=r"control\.signing_key is required"):
+        load_settings(control={"enabled": True})
+    with pytest.raises(ConfigError, match="at least 32 characters"):
+        load_settings(control={"enabled": True, "signing_key": "short"})
+    monkeypatch.setenv("GATEWAY_CONTROL__SIGNING_KEY", "k" * 32)
+    settings = load_settings(control={"enabled": True})
+    assert settings.control.signing_key is not None
+    assert "k" * 32 not in repr(settings)

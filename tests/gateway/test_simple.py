@@ -71,6 +71,22 @@ def test_predictions_hold_one_object_per_row() -> None:
     assert "id" not in doc
 
 
+def test_one_input_per_feature_takes_the_features_own_names() -> None:
+    signature = Signature(
+        inputs=(TensorSpec("od280_od315", "FP32", (-1, 1)), TensorSpec("hue", "FP32", (-1, 1))),
+        outputs=(TensorSpec("y", "FP32", (-1,)),),
+    )
+    metadata = ModelMetadata(features=[FeatureSpec(name="od280/od315"), FeatureSpec(name="hue")])
+    mapping = {"od280/od315": "od280_od315", "hue": "hue"}
+    body = orjson.dumps({"instances": [{"od280/od315": 3.1, "hue": 1.0}, [2.5, 0.5]]})
+    _, inputs = parse_instances(body, signature, metadata, mapping)
+    assert inputs["od280_od315"].tolist() == [[pytest.approx(3.1)], [2.5]]
+    assert inputs["hue"].tolist() == [[1.0], [0.5]]
+    wrong = orjson.dumps({"features": {"od280_od315": 3.1, "hue": 1.0}})
+    with pytest.raises(InvalidInputError, match=r"expected features \['hue', 'od280/od315'\]"):
+        parse_instances(wrong, signature, metadata, mapping)
+
+
 def test_null_is_a_missing_value_where_the_model_can_take_one() -> None:
     signature = Signature(
         inputs=(
@@ -87,5 +103,5 @@ def test_null_is_a_missing_value_where_the_model_can_take_one() -> None:
     assert np.isnan(inputs["income"][0, 0])  # NaN for a float input
     assert inputs["city"].tolist() == [[""]]  # "" for a string input: the monitor's missing
     body = {"instances": [{"income": 1.0, "city": "x", "member": None}]}
-    with pytest.raises(InvalidInputError, match=r"input 'member': None is not a valid BOOL"):
+    with pytest.raises(InvalidInputError, match=r"'member': None is not a valid BOOL"):
         parse_instances(orjson.dumps(body), signature, ModelMetadata())

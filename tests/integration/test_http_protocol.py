@@ -16,6 +16,7 @@ import orjson
 import pytest
 from sklearn.datasets import load_breast_cancer
 
+from tests._raw_http import closed, post, read_responses
 from tests._support import start_gateway
 
 pytestmark = pytest.mark.e2e
@@ -46,51 +47,6 @@ def body(row: int = 0) -> bytes:
             ]
         }
     )
-
-
-def post(path: bytes, payload: bytes, extra: bytes = b"") -> bytes:
-    return (
-        b"POST " + path + b" HTTP/1.1\r\nHost: t\r\nContent-Type: application/json\r\n"
-        b"Content-Length: %d\r\n" % len(payload) + extra + b"\r\n" + payload
-    )
-
-
-def read_responses(
-    sock: socket.socket, count: int, timeout_s: float = 10.0
-) -> list[tuple[int, dict[str, str], bytes]]:
-    """Read ``count`` whole responses (Content-Length framed) from the socket."""
-    sock.settimeout(timeout_s)
-    buffer = b""
-    responses: list[tuple[int, dict[str, str], bytes]] = []
-    while len(responses) < count:
-        while b"\r\n\r\n" not in buffer:
-            chunk = sock.recv(65536)
-            if not chunk:
-                raise ConnectionError(f"closed after {len(responses)} responses: {buffer!r}")
-            buffer += chunk
-        head, buffer = buffer.split(b"\r\n\r\n", 1)
-        lines = head.decode("latin-1").split("\r\n")
-        status = int(lines[0].split()[1])
-        headers = {k.lower(): v.strip() for k, v in (line.split(":", 1) for line in lines[1:])}
-        if status == 100:
-            continue
-        length = int(headers.get("content-length", "0"))
-        while len(buffer) < length:
-            chunk = sock.recv(65536)
-            if not chunk:
-                raise ConnectionError("closed inside a body")
-            buffer += chunk
-        responses.append((status, headers, buffer[:length]))
-        buffer = buffer[length:]
-    return responses
-
-
-def closed(sock: socket.socket, timeout_s: float = 5.0) -> bool:
-    sock.settimeout(timeout_s)
-    try:
-        return sock.recv(1) == b""
-    except ConnectionResetError:
-        return True
 
 
 def labels(payload: bytes) -> list[int]:

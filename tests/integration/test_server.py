@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import json
+import socket
 import subprocess
 import sys
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import httpx
@@ -111,27 +114,72 @@ def test_alias_move_under_load_fails_no_request(demo_registry: Path, tmp_path: P
     assert 'gateway_model_swaps_total{model="breast_cancer",variant="default"} 1.0' in metrics
 
 
+def metric_value(base_url: str, line_start: str) -> float:
+    """The value of the first metrics line that starts with ``line_start`` (0 when none)."""
+    for line in httpx.get(f"{base_url}/metrics", timeout=30).text.splitlines():
+        if line.startswith(line_start):
+            return float(line.split()[-1])
+    return 0.0
+
+
+def wait_until(condition: Callable[[], bool], what: str, timeout_s: float = 60.0) -> None:
+    """Poll ``condition`` until it holds; the generous bound only turns a hang into a failure."""
+    deadline = time.monotonic() + timeout_s
+    while not condition():
+        assert time.monotonic() < deadline, f"{what} did not happen within {timeout_s} s"
+        time.sleep(0.05)
+
+
+def _tcp_queues(port: int) -> dict[tuple[int, int], tuple[int, int]]:
+    """(local port, remote port) -> (send queue, receive queue) of every established loopback
+    TCP socket with ``port`` at one end (Linux ``/proc/net/tcp``)."""
+    queues: dict[tuple[int, int], tuple[int, int]] = {}
+    for line in Path("/proc/net/tcp").read_text().splitlines()[1:]:
+        fields = line.split()
+        local, remote = (int(end.split(":")[1], 16) for end in fields[1:3])
+        if fields[3] == "01" and port in (local, remote):  # 01: ESTABLISHED
+            tx, rx = (int(q, 16) for q in fields[4].split(":"))
+            queues[(local, remote)] = (tx, rx)
+    return queues
+
+
+def read_by_server(port: int, clients: list[socket.socket]) -> bool:
+    """Whether the server has read every byte the ``clients`` sent it (so the requests are
+    its: accepted, parsed and in flight), seen from the kernel's socket queues."""
+    queues = _tcp_queues(port)
+    for client in clients:
+        mine = client.getsockname()[1]
+        if queues.get((mine, port), (1, 0))[0] or queues.get((port, mine), (0, 1))[1]:
+            return False
+    return True
+
+
+def raw_infer(port: int) -> socket.socket:
+    """A connection with one single-row inference request written on it."""
+    body = json.dumps({"inputs": [{"name": "input", "shape": [1, 30], "datatype": "FP32",
+                                   "data": X[0].tolist()}]}).encode()  # fmt: skip
+    head = (f"POST /v2/models/breast_cancer/infer HTTP/1.1\r\nHost: x\r\n"
+            f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n")  # fmt: skip
+    sock = socket.create_connection(("127.0.0.1", port))
+    sock.sendall(head.encode() + body)
+    return sock
+
+
+def status_of(sock: socket.socket) -> int:
+    """The status of the response read from ``sock`` (then closed)."""
+    with sock, sock.makefile("rb") as answer:
+        return int(answer.readline().split()[1])
+
+
 def test_sigterm_finishes_requests_in_flight(demo_registry: Path, tmp_path: Path) -> None:
-    results: list[int] = []
-
-    def send(url: str) -> None:
-        body = {
-            "inputs": [
-                {"name": "input", "shape": [1, 30], "datatype": "FP32", "data": X[0].tolist()}
-            ]
-        }
-        results.append(httpx.post(url, json=body, timeout=10).status_code)
-
-    # Batches wait up to 1 s for company, so the requests are still queued at SIGTERM.
-    with start_gateway(tmp_path, config(demo_registry, max_batch_delay_s=1.0)) as gw:
-        url = f"{gw.url}/v2/models/breast_cancer/infer"
-        threads = [threading.Thread(target=send, args=(url,)) for _ in range(8)]
-        for thread in threads:
-            thread.start()
-        time.sleep(0.3)
+    # A batch waits 3 s for company (and the requests' deadline is far): SIGTERM comes once
+    # the gateway has read all eight requests, while they wait in its queue.
+    batching = config(demo_registry, max_batch_delay_s=3.0, close_when_idle=False, timeout_s=60.0)
+    with start_gateway(tmp_path, batching) as gw:
+        clients = [raw_infer(gw.port) for _ in range(8)]
+        wait_until(lambda: read_by_server(gw.port, clients), "the gateway reading the requests")
         code = gw.stop()
-        for thread in threads:
-            thread.join()
+        results = [status_of(client) for client in clients]
     assert results == [200] * 8
     # uvicorn re-raises the signal it handled once shutdown is complete
     assert code in (0, -15)
@@ -164,22 +212,17 @@ def test_invalid_config_fails_at_start_naming_the_setting(tmp_path: Path) -> Non
 def test_a_caller_that_disconnects_leaves_the_queue_before_its_batch_runs(
     demo_registry: Path, tmp_path: Path
 ) -> None:
-    import json
-    import socket
-
-    # Batches wait the whole 0.5 s for company: the caller hangs up while its request is queued.
-    batching = config(demo_registry, max_batch_delay_s=0.5, close_when_idle=False)
+    # Batches wait 5 s for company: the caller hangs up while its request is queued.
+    batching = config(demo_registry, max_batch_delay_s=5.0, close_when_idle=False, timeout_s=60.0)
     with start_gateway(tmp_path, batching) as gw:
-        body = json.dumps({"inputs": [{"name": "input", "shape": [1, 30], "datatype": "FP32",
-                                       "data": X[0].tolist()}]}).encode()  # fmt: skip
-        head = (f"POST /v2/models/breast_cancer/infer HTTP/1.1\r\nHost: x\r\n"
-                f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n")  # fmt: skip
-        with socket.create_connection(("127.0.0.1", gw.port)) as sock:
-            sock.sendall(head.encode() + body)
-            time.sleep(0.1)
-        time.sleep(1.0)  # the batch deadline passes
+        with raw_infer(gw.port) as sock:
+            wait_until(lambda: read_by_server(gw.port, [sock]), "the gateway reading it")
+        cancelled = 'gateway_requests_total{model="breast_cancer",outcome="cancelled"'
+        wait_until(lambda: metric_value(gw.url, cancelled) == 1, "the cancellation counted")
+        # the next request's batch is the first one taken after the hang-up
+        assert status_of(raw_infer(gw.port)) == 200
         metrics = httpx.get(f"{gw.url}/metrics").text
     outcome = 'gateway_requests_total{model="breast_cancer",outcome="cancelled",variant="default",version="1"} 1.0'
     assert outcome in metrics
-    no_batch = 'gateway_batch_rows_count{model="breast_cancer",variant="default",version="1"} 0.0'
-    assert no_batch in metrics, "the cancelled request never reached onnxruntime"
+    one_row = 'gateway_batch_rows_sum{model="breast_cancer",variant="default",version="1"} 1.0'
+    assert one_row in metrics, "the cancelled request never reached onnxruntime"

@@ -13,7 +13,6 @@ from prometheus_client import CollectorRegistry
 from monitors.app import create_status_app
 from monitors.history import WindowHistory
 from monitors.metrics import MonitorMetrics
-from monitors.profile import ModelProfile
 from monitors.service import MonitorService
 from monitors.settings import MonitorSettings
 from tests.monitors._records import backlog, consumer_records, demo_profile
@@ -21,25 +20,23 @@ from tests.monitors._records import backlog, consumer_records, demo_profile
 MODEL = "breast_cancer"
 
 
-def service(tmp_path: Path, profile: ModelProfile, max_windows: int = 1000) -> MonitorService:
-    version = tmp_path / "registry" / MODEL / "1"
-    version.mkdir(parents=True)
-    profile.dump(version)
+def service(registry: Path, tmp_path: Path) -> MonitorService:
+    """A monitor of the demo model's version 1, whose profile holds its predicted label too."""
+    demo_profile().dump(registry / MODEL / "1")
     settings = MonitorSettings(
-        registry_root=tmp_path / "registry",
+        registry_root=registry,
         state_dir=tmp_path / "state",
         window={"by": "count", "size": 500, "slide": 500},
         decision={"consecutive": 2, "cooldown_windows": 5},
-        history={"max_windows": max_windows},
         webhooks=[{"name": "hook", "url": "http://127.0.0.1:9/none", "secret": "s"}],
     )
     return MonitorService(settings, MonitorMetrics(CollectorRegistry()))
 
 
 async def test_a_backlog_caught_up_in_one_batch_is_all_in_the_history_and_one_event(
-    tmp_path: Path,
+    demo_registry: Path, tmp_path: Path
 ) -> None:
-    monitor = service(tmp_path, demo_profile())
+    monitor = service(demo_registry, tmp_path)
     await monitor.consume(0, consumer_records(backlog()))  # one poll: nine windows
     monitor._save({})
     await monitor.webhooks.aclose()
@@ -77,8 +74,8 @@ async def test_a_backlog_caught_up_in_one_batch_is_all_in_the_history_and_one_ev
     assert 'monitor_feature_psi_threshold{feature="mean area"' in metrics
 
 
-async def test_windows_are_served_by_seq_and_limit(tmp_path: Path) -> None:
-    monitor = service(tmp_path, demo_profile())
+async def test_windows_are_served_by_seq_and_limit(demo_registry: Path, tmp_path: Path) -> None:
+    monitor = service(demo_registry, tmp_path)
     await monitor.consume(0, consumer_records(backlog()))
     monitor._save({})
     await monitor.webhooks.aclose()

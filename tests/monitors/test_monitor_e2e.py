@@ -8,16 +8,13 @@ and every window is evaluated exactly once.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import hashlib
 import hmac
 import json
-import signal
 import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
@@ -25,11 +22,10 @@ from typing import Any
 import httpx
 import numpy as np
 import pytest
-import yaml
 from sklearn.datasets import load_breast_cancer
 
 from monitors.broker import EmbeddedBroker, create_topics
-from tests._support import free_port, start_gateway, wait_http
+from tests._support import feature_log_gateway_config, free_port, start_gateway, start_monitor
 
 pytestmark = pytest.mark.e2e
 
@@ -67,32 +63,6 @@ class Receiver:
     def __exit__(self, *exc: object) -> None:
         self.server.shutdown()
         self.server.server_close()
-
-
-@contextlib.contextmanager
-def monitor(
-    tmp_path: Path, config: dict[str, Any]
-) -> Iterator[tuple[subprocess.Popen[bytes], str]]:
-    path = tmp_path / "monitor.yaml"
-    path.write_text(yaml.safe_dump(config))
-    log = (tmp_path / "monitor.log").open("ab")
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "monitors", "run", "--config", str(path)],
-        stdout=log,
-        stderr=subprocess.STDOUT,
-    )
-    url = f"http://127.0.0.1:{config['http']['port']}"
-    try:
-        wait_http(f"{url}/health", 30, proc)
-        yield proc, url
-    finally:
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)
-            try:
-                proc.wait(20)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-        log.close()
 
 
 async def send(url: str, rows: np.ndarray, prefix: str) -> None:
@@ -149,16 +119,9 @@ def test_drift_fires_one_signed_webhook_across_a_monitor_restart(
         "webhook_backoff_s": 0.2,
         "http": {"port": free_port()},
     }
-    gateway_config = {
-        "registry": {"backend": "local", "root": str(demo_registry)},
-        "models": [{"name": "breast_cancer", "ref": "breast_cancer@champion"}],
-        "feature_log": {
-            "enabled": True,
-            "bootstrap_servers": broker.bootstrap_servers,
-            "spool_dir": str(tmp_path / "spool"),
-            "linger_s": 0.01,
-        },
-    }
+    gateway_config = feature_log_gateway_config(
+        demo_registry, broker.bootstrap_servers, tmp_path / "spool"
+    )
     rng = np.random.default_rng(0)
     calm = X[rng.integers(0, len(X), 1500)]
     drifted = X[rng.integers(0, len(X), 1500)].copy()
@@ -166,12 +129,12 @@ def test_drift_fires_one_signed_webhook_across_a_monitor_restart(
     with Receiver(fail_first=2) as receiver, start_gateway(tmp_path, gateway_config) as gw:
         config["webhooks"] = [{"name": "retrain", "url": receiver.url, "secret": SECRET}]
         infer = f"{gw.url}/v2/models/breast_cancer/infer"
-        with monitor(tmp_path, config) as (first, _):
+        with start_monitor(tmp_path, config) as (first, _):
             asyncio.run(send(infer, calm[:1000], "calm"))
             wait_windows(state, 2)
             first.kill()  # no clean shutdown: state and offsets as a crash leaves them
             first.wait()
-        with monitor(tmp_path, config) as (_, status_url):
+        with start_monitor(tmp_path, config) as (_, status_url):
             asyncio.run(send(infer, calm[1000:], "calm2"))
             asyncio.run(send(infer, drifted, "drift"))
             windows = wait_windows(state, 6)

@@ -12,9 +12,9 @@ from tests.monitors._records import backlog, consumer_records, demo_profile
 from tests.monitors.test_history import service
 
 
-async def history(tmp_path: Path) -> Path:
+async def history(registry: Path, tmp_path: Path) -> Path:
     """A monitor's state directory after three calm and six drifted windows."""
-    monitor = service(tmp_path, demo_profile())
+    monitor = service(registry, tmp_path)
     await monitor.consume(0, consumer_records(backlog()))
     monitor._save({})
     await monitor.webhooks.aclose()
@@ -36,8 +36,8 @@ def report(*args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(command, capture_output=True, text=True, timeout=60, check=False)
 
 
-async def test_report_prints_features_by_windows(tmp_path: Path) -> None:
-    state = await history(tmp_path)
+async def test_report_prints_features_by_windows(demo_registry: Path, tmp_path: Path) -> None:
+    state = await history(demo_registry, tmp_path)
     done = report("--state-dir", str(state), "--last", "5")
     assert done.returncode == 0, done.stderr
     lines = done.stdout.splitlines()
@@ -51,8 +51,8 @@ async def test_report_prints_features_by_windows(tmp_path: Path) -> None:
     assert report("--state-dir", str(tmp_path / "nothing")).returncode == 2
 
 
-async def test_report_page_draws_in_a_real_browser(tmp_path: Path) -> None:
-    state = await history(tmp_path)
+async def test_report_page_draws_in_a_real_browser(demo_registry: Path, tmp_path: Path) -> None:
+    state = await history(demo_registry, tmp_path)
     page = tmp_path / "report.html"
     done = report("--state-dir", str(state), "--html", str(page), "--window", "6")
     assert done.returncode == 0, done.stderr

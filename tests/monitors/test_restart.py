@@ -32,7 +32,7 @@ from monitors.evaluate import DetectorConfig, evaluate
 from monitors.profile import load_profile
 from monitors.schema import InferenceRecord, encode_record, encode_records
 from monitors.windows import Windows, WindowSpec
-from tests._support import free_port, wait_http
+from tests._support import free_port, running_process
 from tests.monitors._records import NAMES, X
 
 pytestmark = pytest.mark.e2e
@@ -84,23 +84,9 @@ async def produce(
 
 @contextlib.contextmanager
 def monitor(config_path: Path, port: int, log: Path) -> Iterator[subprocess.Popen[bytes]]:
-    with log.open("ab") as out:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "monitors", "run", "--config", str(config_path)],
-            stdout=out,
-            stderr=subprocess.STDOUT,
-        )
-    try:
-        wait_http(f"http://127.0.0.1:{port}/health", 30, proc)
+    command = [sys.executable, "-m", "monitors", "run", "--config", str(config_path)]
+    with running_process(command, log, f"http://127.0.0.1:{port}/health") as proc:
         yield proc
-    finally:
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)
-            try:
-                proc.wait(20)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
 
 
 def audited(state: Path, count: int, timeout_s: float = 60) -> list[dict[str, Any]]:

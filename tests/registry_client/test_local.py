@@ -20,7 +20,7 @@ def test_references_parse() -> None:
     assert ModelRef.parse("fraud/7") == ModelRef("fraud", version="7")
     assert ModelRef.parse("fraud") == ModelRef("fraud", alias="latest")
     assert str(ModelRef.parse("fraud/7")) == "fraud/7"
-    for bad in ("", "a/../b", "a@", "a b", "../x"):
+    for bad in ("", "a/../b", "a@", "a:b", "../x", "models:/m-123", "models:/x/Production"):
         with pytest.raises(InvalidReferenceError):
             ModelRef.parse(bad)
 

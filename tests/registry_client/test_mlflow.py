@@ -6,6 +6,7 @@ import shutil
 import uuid
 from pathlib import Path
 from typing import Literal
+from urllib.parse import quote
 
 import httpx
 import numpy as np
@@ -156,5 +157,34 @@ async def test_missing_or_tampered_model_file_is_corrupt(
         with pytest.raises(CorruptModelError, match="sha256"):
             await registry.fetch(name, tampered)
         assert not (tmp_path / "cache" / name / tampered).exists(), "nothing half-written"
+    finally:
+        await registry.aclose()
+
+
+async def test_names_as_mlflow_allows_them_and_documents(
+    mlflow_url: str, demo_registry: Path, tmp_path: Path
+) -> None:
+    name = unique("O'Brien's model (v2) @team")
+    v1 = register_in_mlflow(mlflow_url, name, demo_registry / "breast_cancer" / "1", "champion")
+    registry = MlflowRegistry(mlflow_url, tmp_path / "cache", backoff_s=0.01)
+    try:
+        # latest (a filter with the name quoted); a bare name@x would read x as an alias
+        assert await registry.resolve(ModelRef.parse(f"models:/{quote(name)}/latest")) == v1
+        ref = ModelRef.parse(f"models:/{quote(name)}@champion")
+        fetched = await registry.get(ref)
+        assert fetched.name == name
+        assert fetched.model_file.is_file()
+        assert fetched.sources["model_file"] == "default"
+
+        assert await registry.read_document(name, v1, "notes.json") is None
+        where = await registry.store_document(name, v1, "notes.json", b'{"a": 1}')
+        assert where.startswith("runs:/")
+        assert await registry.read_document(name, v1, "notes.json") == b'{"a": 1}'
+        await registry.store_document(name, v1, "notes.json", b'{"a": 2}', inline=True)
+        assert await registry.read_document(name, v1, "notes.json") == b'{"a": 2}'
+        with pytest.raises(RegistryError, match="more than an MLflow tag holds"):
+            await registry.store_document(
+                name, v1, "big.json", b"{" + b" " * 100_000 + b"}", inline=True
+            )
     finally:
         await registry.aclose()

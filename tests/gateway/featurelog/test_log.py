@@ -3,21 +3,32 @@ from __future__ import annotations
 import asyncio
 from pathlib import Path
 
+import orjson
+from aiokafka.errors import (
+    KafkaConnectionError,
+    MessageSizeTooLargeError,
+    NotLeaderForPartitionError,
+    TopicAuthorizationFailedError,
+)
 from prometheus_client import CollectorRegistry
 
+from gateway.featurelog.kafka_sink import SendResult, refusal_reason
 from gateway.featurelog.log import FeatureLog
 from gateway.featurelog.spool import Spool
 from gateway.metrics import FeatureLogMetrics
 from monitors.schema import InferenceRecord, decode_records
+from tests._log_records import log_record
 
 
 class FlakySink:
-    """Delivers records unless ``up`` is False; remembers what it got, in order."""
+    """Delivers records unless ``up`` is False; remembers what it got, in order. ``sending``
+    is set while a send is in progress."""
 
     def __init__(self) -> None:
         self.up = True
         self.got: list[str] = []
         self.delay_s = 0.0
+        self.sending = asyncio.Event()
 
     async def start(self) -> None:
         pass
@@ -25,14 +36,18 @@ class FlakySink:
     async def stop(self) -> None:
         pass
 
-    async def send(self, records: list[tuple[bytes, bytes]]) -> int:
-        if self.delay_s:
-            await asyncio.sleep(self.delay_s)
-        if not self.up:
-            return 0
-        for _, value in records:
-            self.got.extend(record["request_id"] for record in decode_records(value))
-        return len(records)
+    async def send(self, records: list[tuple[bytes, bytes]]) -> SendResult:
+        self.sending.set()
+        try:
+            if self.delay_s:
+                await asyncio.sleep(self.delay_s)
+            if not self.up:
+                return SendResult(0)
+            for _, value in records:
+                self.got.extend(record["request_id"] for record in decode_records(value))
+            return SendResult(len(records))
+        finally:
+            self.sending.clear()
 
 
 def record(i: int) -> InferenceRecord:
@@ -40,16 +55,24 @@ def record(i: int) -> InferenceRecord:
             "version": "1", "role": "primary", "rows": 1, "status": "ok"}  # fmt: skip
 
 
-def make(sink: FlakySink, spool_dir: Path, registry: CollectorRegistry, **kw: int) -> FeatureLog:
-    options = {"queue_size": 10_000, "batch_size": 50}
-    options.update(kw)
+def make(
+    sink: FlakySink,
+    spool_dir: Path,
+    registry: CollectorRegistry,
+    spool_bytes: int = 10_000_000,
+    queue_size: int = 10_000,
+    batch_size: int = 50,
+    max_message_bytes: int = 1_000_000,
+) -> FeatureLog:
     return FeatureLog(
         sink,
-        Spool(spool_dir, max_bytes=10_000_000),
+        Spool(spool_dir, max_bytes=spool_bytes),
         FeatureLogMetrics(registry),
+        queue_size=queue_size,
+        batch_size=batch_size,
         linger_s=0.005,
+        max_message_bytes=max_message_bytes,
         replay_backoff_s=(0.01, 0.05),
-        **options,
     )
 
 
@@ -58,7 +81,8 @@ def value(registry: CollectorRegistry, name: str, **labels: str) -> float:
     return result or 0.0
 
 
-async def wait_for(condition: object, timeout_s: float = 5.0) -> None:
+async def wait_for(condition: object, timeout_s: float = 60.0) -> None:
+    """Wait until ``condition()`` holds; the generous bound only turns a hang into a failure."""
     deadline = asyncio.get_running_loop().time() + timeout_s
     while not condition():  # type: ignore[operator]
         assert asyncio.get_running_loop().time() < deadline, "condition not reached"
@@ -94,7 +118,46 @@ async def test_outage_spools_then_replays_everything_in_order(tmp_path: Path) ->
             feature_log.submit(b"m", record(i))
         await wait_for(lambda: len(sink.got) == 450)
     assert sink.got == [f"r{i}" for i in range(450)]
-    assert value(registry, "gateway_feature_log_records_total", event="replayed") >= 300
+    spooled = value(registry, "gateway_feature_log_records_total", event="spooled")
+    assert spooled >= 300
+    assert value(registry, "gateway_feature_log_records_total", event="replayed") == spooled
+    assert Spool(tmp_path, max_bytes=10_000_000).pending_records == 0
+
+
+async def test_a_stop_during_a_replay_counts_and_acknowledges_what_was_sent(
+    tmp_path: Path,
+) -> None:
+    down = FlakySink()
+    down.up = False
+    async with make(down, tmp_path, CollectorRegistry()) as feature_log:
+        for i in range(300):
+            feature_log.submit(b"m", record(i))
+    sink, registry = FlakySink(), CollectorRegistry()
+    sink.delay_s = 0.2  # the stop comes while the broker has the records but has not answered
+    async with make(sink, tmp_path, registry, batch_size=5):
+        await sink.sending.wait()
+    replayed = value(registry, "gateway_feature_log_records_total", event="replayed")
+    assert replayed == len(sink.got) > 0, "what the broker took is counted"
+    rest = FlakySink()
+    async with make(rest, tmp_path, CollectorRegistry()):
+        await wait_for(lambda: len(sink.got) + len(rest.got) == 300)
+    assert sink.got + rest.got == [f"r{i}" for i in range(300)], "nothing sent twice or lost"
+
+
+async def test_a_spool_too_small_for_one_message_recovers_when_the_broker_returns(
+    tmp_path: Path,
+) -> None:
+    sink, registry = FlakySink(), CollectorRegistry()
+    sink.up = False
+    async with make(sink, tmp_path, registry, spool_bytes=1024) as feature_log:
+        for i in range(100):
+            feature_log.submit(b"m", record(i))
+        dropped = ("gateway_feature_log_dropped_records_total", {"reason": "spool_full"})
+        await wait_for(lambda: value(registry, dropped[0], **dropped[1]) == 100)
+        sink.up = True
+        feature_log.submit(b"m", record(100))
+        await wait_for(lambda: sink.got == ["r100"])
+    assert value(registry, "gateway_feature_log_records_total", event="produced") == 1
 
 
 async def test_shutdown_spools_what_it_cannot_send_and_restart_replays(tmp_path: Path) -> None:
@@ -119,3 +182,73 @@ async def test_full_queue_drops_and_counts_never_blocks(tmp_path: Path) -> None:
         dropped = value(registry, "gateway_feature_log_dropped_records_total", reason="queue_full")
         assert dropped == 90
     assert len(sink.got) == 10
+
+
+class LimitedSink(FlakySink):
+    """Refuses every message over 1 MB for good, as a Kafka broker with its default
+    ``message.max.bytes`` does."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.rows: dict[str, int] = {}
+
+    async def send(self, records: list[tuple[bytes, bytes]]) -> SendResult:
+        refused = {i: "message_size_too_large" for i, (_, v) in enumerate(records) if len(v) > 1e6}
+        for i, (_, value) in enumerate(records):
+            if i in refused:
+                continue
+            for record in decode_records(value):
+                if record["request_id"] not in self.rows:
+                    self.got.append(record["request_id"])
+                self.rows[record["request_id"]] = (
+                    self.rows.get(record["request_id"], 0) + record["rows"]
+                )
+        return SendResult(len(records), refused)
+
+
+async def test_messages_the_broker_refuses_go_to_the_dead_letter_file_and_block_nothing(
+    tmp_path: Path,
+) -> None:
+    sink, registry = LimitedSink(), CollectorRegistry()
+    # max_message_bytes set above what the broker takes: a misconfiguration the log survives
+    async with make(sink, tmp_path, registry, max_message_bytes=4_000_000) as feature_log:
+        feature_log.submit(b"m", log_record(0))
+        feature_log.submit(b"m", log_record(1, rows=40_000))
+        for i in range(2, 200):
+            feature_log.submit(b"m", log_record(i))
+        await wait_for(lambda: "r199" in sink.got)
+    assert [i for i in sink.got if i != "r1"] == ["r0", *(f"r{i}" for i in range(2, 200))]
+    dead_letter = (tmp_path / "dead-letter.jsonl").read_bytes().splitlines()
+    lines = [orjson.loads(line) for line in dead_letter]
+    assert {line["reason"] for line in lines} == {"message_size_too_large"}
+    dead = [r for line in lines for r in decode_records(line["message"].encode())]
+    assert {r["request_id"] for r in dead} == {"r1"}
+    assert sum(r["rows"] for r in dead) + sink.rows.get("r1", 0) == 40_000, "each part somewhere"
+    reason = {"reason": "message_size_too_large"}
+    assert value(registry, "gateway_feature_log_dead_letter_records_total", **reason) == len(dead)
+    assert Spool(tmp_path, max_bytes=10_000_000).pending_records == 0, "nothing stuck"
+
+
+async def test_within_the_broker_limit_a_large_request_is_logged_whole_in_parts(
+    tmp_path: Path,
+) -> None:
+    sink, registry = LimitedSink(), CollectorRegistry()
+    async with make(sink, tmp_path, registry) as feature_log:
+        feature_log.submit(b"m", log_record(0, rows=140_000))
+        feature_log.submit(b"m", log_record(1, routing_key="k" * (1 << 20)))
+        await wait_for(lambda: "r1" in sink.got)
+    assert set(sink.got) == {"r0", "r1"}
+    assert (
+        value(registry, "gateway_feature_log_dead_letter_records_total", reason="message_too_large")
+        == 0
+    )
+    assert value(registry, "gateway_feature_log_oversized_records_total", action="split") == 1
+    assert value(registry, "gateway_feature_log_oversized_records_total", action="cut") == 1
+
+
+def test_only_non_retriable_broker_errors_are_refusals() -> None:
+    assert refusal_reason(MessageSizeTooLargeError()) == "message_size_too_large"
+    assert refusal_reason(TopicAuthorizationFailedError()) == "topic_authorization_failed"
+    assert refusal_reason(NotLeaderForPartitionError()) is None
+    assert refusal_reason(KafkaConnectionError()) is None
+    assert refusal_reason(TimeoutError()) is None

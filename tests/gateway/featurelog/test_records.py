@@ -3,7 +3,7 @@ from __future__ import annotations
 import numpy as np
 import orjson
 
-from gateway.featurelog.log import pack_messages
+from gateway.featurelog import pack_messages
 from gateway.featurelog.records import RecordBuilder, RequestInfo
 from monitors.schema import FeatureMatrix, InferenceRecord, decode_records, encode_record
 

@@ -26,8 +26,10 @@ class Recorder:
         self.fail_when = fail_when
         self.release = threading.Event()
         self.release.set()
+        self.called = threading.Event()
 
     def __call__(self, inputs: Tensors) -> Tensors:
+        self.called.set()
         self.release.wait(5)
         x = inputs["x"]
         self.batches.append(x.shape[0])
@@ -44,6 +46,11 @@ def rows(*values: float) -> Tensors:
 
 def deadline(seconds: float = 5.0) -> float:
     return asyncio.get_running_loop().time() + seconds
+
+
+async def running(model: Recorder) -> None:
+    """Wait until a batch is inside the model (however busy the machine is)."""
+    assert await asyncio.to_thread(model.called.wait, 30)
 
 
 def make(model: Recorder, executor: ThreadPoolExecutor, **kw: object) -> Batcher:
@@ -139,7 +146,7 @@ async def test_full_queue_is_refused_at_once() -> None:
         batcher = make(model, executor, max_batch_size=1, max_batch_delay_s=0, max_queue_size=2)
         async with batcher:
             first = asyncio.create_task(batcher.submit(rows(0), 1, deadline()))
-            await asyncio.sleep(0.05)  # now running, the queue is empty
+            await running(model)  # the queue is empty again
             queued = [asyncio.create_task(batcher.submit(rows(i), 1, deadline())) for i in (1, 2)]
             await asyncio.sleep(0)
             with pytest.raises(OverloadedError) as info:
@@ -156,14 +163,12 @@ async def test_missed_deadline_answers_instead_of_hanging_and_never_runs() -> No
         batcher = make(model, executor, max_batch_size=1, max_batch_delay_s=0)
         async with batcher:
             blocker = asyncio.create_task(batcher.submit(rows(0), 1, deadline()))
-            await asyncio.sleep(0.05)
-            start = time.monotonic()
+            await running(model)
+            # the model is held until after this answer: without the deadline it would hang
             with pytest.raises(DeadlineExceededError):
                 await batcher.submit(rows(7), 1, deadline(0.1))
-            assert time.monotonic() - start < 1.0
             model.release.set()
             await blocker
-            await asyncio.sleep(0.05)
     assert model.batches == [1]  # the expired request was dropped before running
 
 
@@ -173,7 +178,7 @@ async def test_cancelled_caller_leaves_its_batch_before_it_runs() -> None:
         async with make(model, executor, max_batch_delay_s=0.1) as batcher:
             gone = asyncio.create_task(batcher.submit(rows(9), 1, deadline()))
             stays = asyncio.create_task(batcher.submit(rows(1), 1, deadline()))
-            await asyncio.sleep(0.01)
+            await asyncio.sleep(0)  # both are queued; the batch closes 0.1 s after the first
             gone.cancel()
             result = await stays
             with pytest.raises(asyncio.CancelledError):
@@ -272,3 +277,86 @@ async def test_close_when_idle_keeps_filling_while_requests_keep_coming() -> Non
     assert [a["y"][0, 0] for a in answers] == [2 * i for i in range(10)]
     assert sum(model.batches) == 10
     assert len(model.batches) <= 3  # not one batch per request
+
+
+class TimingObserver:
+    """Keeps what the batcher measures."""
+
+    def __init__(self) -> None:
+        self.waits: list[float] = []
+        self.runs: list[float] = []
+
+    def batch_closed(self, rows: int, requests: int, reason: str) -> None:
+        pass
+
+    def queue_wait(self, seconds: float) -> None:
+        self.waits.append(seconds)
+
+    def queue_depth(self, depth: int) -> None:
+        pass
+
+    def run_time(self, seconds: float) -> None:
+        self.runs.append(seconds)
+
+
+def test_batch_delay_and_timings_have_sub_millisecond_resolution_under_uvloop() -> None:
+    """uvloop's clock ticks in whole milliseconds; the 2 ms bound and the histograms must not."""
+    import uvloop
+
+    seen: list[float] = []  # time from submit to the model's call, per lone request
+    model = Recorder()
+    observer = TimingObserver()
+
+    async def main() -> None:
+        with ThreadPoolExecutor(1) as pool:
+            batcher = make(model, pool, max_batch_delay_s=0.002, observer=observer)
+            async with batcher:
+                for _ in range(50):
+                    started = time.perf_counter()
+                    await batcher.submit(rows(1), 1, deadline())
+                    seen.append(time.perf_counter() - started)
+
+    with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+        runner.run(main())
+    # the batch never closes before its delay (a busy machine can only make it later)
+    assert min(seen) >= 0.002
+    assert min(observer.waits) >= 0.002
+    # run times of a sub-millisecond model are measured, not rounded to 0
+    assert all(r > 0 for r in observer.runs)
+    assert len(set(observer.runs)) > 1
+
+
+async def test_an_inline_batcher_runs_a_request_over_max_batch_size_on_the_executor() -> None:
+    threads: list[str] = []
+
+    def model(inputs: Tensors) -> Tensors:
+        threads.append(threading.current_thread().name)
+        return {"y": inputs["x"] * 2}
+
+    with ThreadPoolExecutor(1, thread_name_prefix="batch-worker") as pool:
+        async with make(model, pool, max_batch_size=4, inline=True) as batcher:  # type: ignore[arg-type]
+            small = await batcher.submit(rows(1, 2), 2, deadline())
+            large = await batcher.submit(rows(*range(10)), 10, deadline())
+    assert small["y"].shape == (2, 2)
+    assert large["y"].shape == (10, 2)
+    main = threading.current_thread().name
+    assert threads[0] == main  # small batches stay on the event loop
+    assert threads[1].startswith("batch-worker")  # the client-sized one does not
+
+
+async def test_an_oversized_request_holds_up_no_other_batch() -> None:
+    release = threading.Event()
+
+    def model(inputs: Tensors) -> Tensors:
+        if inputs["x"].shape[0] > 4:
+            release.wait(10)  # the large one runs until the small ones are answered
+        return {"y": inputs["x"] * 2}
+
+    with ThreadPoolExecutor(2) as pool:
+        async with make(model, pool, max_batch_size=4) as batcher:  # type: ignore[arg-type]
+            large = batcher.enqueue(rows(*range(10)), 10, deadline())
+            small = await batcher.submit(rows(1), 1, deadline())
+            assert small["y"].tolist() == [[2, 2]]
+            assert not large.done()
+            release.set()
+            assert (await large)["y"].shape == (10, 2)

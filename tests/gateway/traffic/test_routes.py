@@ -57,7 +57,7 @@ def test_route_round_trips_through_json() -> None:
             [{"name": "a", "ref": "m@a", "weight": 50}, {"name": "a", "ref": "m@b", "weight": 50}],
             "unique",
         ),
-        ([{"name": "a", "ref": "bad ref", "weight": 100}], "invalid model reference"),
+        ([{"name": "a", "ref": "bad:ref", "weight": 100}], "invalid model reference"),
     ],
 )
 def test_invalid_routes_say_why(variants: list[dict[str, object]], message: str) -> None:

@@ -1,0 +1,1 @@
+"""Deployment: the image's healthcheck, the Grafana dashboard generator."""

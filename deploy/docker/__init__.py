@@ -1,0 +1,1 @@
+"""The image's helpers (copied into it by the Dockerfile)."""

@@ -1,0 +1,148 @@
+"""Ground truth in: check feedback items against the model's outputs and log them to the
+feedback topic. Nothing here knows HTTP; the endpoint answers 202 once the items are queued.
+
+An item: ``{"id": request id, "row"?: 0, "label"?: value, "labels"?: {output: value},
+"time"?: seconds since the epoch, "source"?: text}``. ``label`` is the value of the model's
+first output (a classifier's predicted label); ``labels`` names outputs. A classifier's label
+may be given as a class name from the metadata's ``class_labels`` or as its index; it is logged
+as the index (what the model outputs).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import orjson
+
+from gateway.errors import GatewayError, InvalidInputError
+from gateway.featurelog import FeatureLog
+from gateway.metrics import GatewayMetrics
+from gateway.serving import LoadedModel
+from gateway.traffic import Traffic
+from monitors.feedback import FEEDBACK_SCHEMA, FeedbackRecord
+
+__all__ = ["FeedbackDisabledError", "FeedbackService"]
+
+_ITEM_KEYS = frozenset(("id", "row", "label", "labels", "time", "source"))
+
+
+class FeedbackDisabledError(GatewayError):
+    """The gateway runs without a feedback topic (``feedback.enabled`` is off)."""
+
+
+class FeedbackService:
+    """Validates feedback and puts it on the feedback log (never blocks; drops are counted)."""
+
+    def __init__(
+        self,
+        traffic: Traffic,
+        feedback_log: FeatureLog[FeedbackRecord],
+        metrics: GatewayMetrics,
+        max_items: int,
+    ) -> None:
+        self.traffic = traffic
+        self._log = feedback_log
+        self._metrics = metrics
+        self._max_items = max_items
+
+    def submit(self, endpoint: str, body: bytes, now: float) -> int:
+        """Check every item of a single or bulk (``{"items": [...]}``) body, then log them all;
+        returns how many. Raises InvalidInputError naming the first bad item (nothing logged),
+        UnknownModelError or NotReadyError."""
+        model = self.traffic.primary(endpoint)
+        try:
+            doc = orjson.loads(body)
+        except orjson.JSONDecodeError as exc:
+            raise InvalidInputError(f"feedback body is not valid JSON: {exc}") from exc
+        if not isinstance(doc, dict):
+            raise InvalidInputError('feedback body must be an object: an item or {"items": [...]}')
+        items = doc.get("items", [doc]) if "id" not in doc else [doc]
+        if not isinstance(items, list) or not items:
+            raise InvalidInputError("items must be a non-empty list")
+        if len(items) > self._max_items:
+            raise InvalidInputError(f"{len(items)} items, at most {self._max_items} per request")
+        checker = _Checker(model)
+        try:
+            records = [checker.record(endpoint, i, item, now) for i, item in enumerate(items)]
+        except InvalidInputError:
+            self._metrics.feedback_items.labels(endpoint, "invalid").inc(len(items))
+            raise
+        key = endpoint.encode()
+        for record in records:
+            self._log.submit(key, record)
+        self._metrics.feedback_items.labels(endpoint, "accepted").inc(len(records))
+        return len(records)
+
+
+class _Checker:
+    """One model's output names and class labels, for checking items."""
+
+    def __init__(self, model: LoadedModel) -> None:
+        outputs = model.signature.outputs
+        # outputs with one value per row: those can have a true value
+        self.outputs = [o.name for o in outputs if len(o.shape) <= 1 or o.shape[1:] in ((1,), ())]
+        self.first = outputs[0].name
+        labels = model.metadata.class_labels
+        self.classes = {name: index for index, name in enumerate(labels)} if labels else None
+
+    def record(self, endpoint: str, index: int, item: Any, now: float) -> FeedbackRecord:
+        where = f"item {index}"
+        if not isinstance(item, dict):
+            raise InvalidInputError(f"{where}: an item is an object with id and label(s)")
+        unknown = set(item) - _ITEM_KEYS
+        if unknown:
+            raise InvalidInputError(f"{where}: unknown keys {sorted(unknown)}")
+        request_id = item.get("id")
+        if not isinstance(request_id, str) or not request_id or not request_id.isprintable():
+            raise InvalidInputError(f"{where}: id must be the request id (x-request-id)")
+        row = item.get("row", 0)
+        if type(row) is not int or row < 0:
+            raise InvalidInputError(f"{where}: row must be an integer >= 0")
+        if ("label" in item) == ("labels" in item):
+            raise InvalidInputError(f"{where}: give either label or labels")
+        given = item["labels"] if "labels" in item else {self.first: item["label"]}
+        if not isinstance(given, dict) or not given:
+            raise InvalidInputError(f"{where}: labels must be a non-empty object {{output: value}}")
+        labels: dict[str, int | float | str] = {}
+        for output, value in given.items():
+            if output not in self.outputs:
+                raise InvalidInputError(
+                    f"{where}: {output!r} is not an output that takes labels ({self.outputs})"
+                )
+            labels[output] = self._value(where, output, value)
+        time = item.get("time", now)
+        if isinstance(time, bool) or not isinstance(time, int | float) or not math.isfinite(time):
+            raise InvalidInputError(f"{where}: time must be seconds since the epoch")
+        record: FeedbackRecord = {
+            "schema": FEEDBACK_SCHEMA,
+            "model": endpoint,
+            "request_id": request_id,
+            "row": row,
+            "labels": labels,
+            "time": float(time),
+        }
+        if isinstance(item.get("source"), str):
+            record["source"] = item["source"]
+        return record
+
+    def _value(self, where: str, output: str, value: object) -> int | float:
+        if isinstance(value, bool) or not isinstance(value, int | float | str):
+            raise InvalidInputError(f"{where}: the label of {output!r} must be a number or text")
+        if self.classes is not None and output == self.first:
+            if isinstance(value, str):
+                if value not in self.classes:
+                    raise InvalidInputError(
+                        f"{where}: unknown class {value!r}; the classes are {list(self.classes)}"
+                    )
+                return self.classes[value]
+            if not (
+                math.isfinite(value) and value == int(value) and 0 <= value < len(self.classes)
+            ):
+                raise InvalidInputError(
+                    f"{where}: class index {value!r} out of range 0..{len(self.classes) - 1}"
+                )
+            return int(value)
+        if isinstance(value, str) or not math.isfinite(value):
+            raise InvalidInputError(f"{where}: the label of {output!r} must be a finite number")
+        return value

@@ -1,0 +1,240 @@
+"""Quality and speed of the ground-truth side of the monitor (``make bench-performance``).
+
+1. False winners: two variants of equal accuracy (0.90), a look after every window of 200
+   labelled rows per variant, 50 looks; the share of seeds in which the mSPRT declares a winner
+   (must stay at or below alpha).
+2. Samples to detect a 2-point difference (0.90 against 0.92): labelled rows per variant at the
+   look that declares the better one, over seeds; and how often it is found within 200,000.
+3. The label-free estimate under covariate shift: a logistic model on synthetic data whose
+   labels follow the model's own form (so only the inputs move), calibrated on a held-out set;
+   windows of 500 rows drawn from shifted input distributions; mean absolute error between the
+   estimated and the realized accuracy, and how often the realized value lies in the interval.
+4. The join's throughput on one core: labels joined per second (``JoinStore.add_labels`` on a
+   store holding the predictions), and feedback items per second through the consumer's whole
+   path (decoding messages, joining, committing: ``GroundTruthService.consume``).
+
+    python -m loadtests.performance_quality [--seeds 200] [--repeats 3]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import statistics
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from prometheus_client import CollectorRegistry
+
+from monitors.abtest import ABState, look
+from monitors.estimate import estimate_classification
+from monitors.feedback import FEEDBACK_SCHEMA, FeedbackRecord, encode_feedback
+from monitors.ground_truth import GroundTruthService
+from monitors.join import JoinCounts, JoinStore
+from monitors.performance import calibration_table
+from monitors.performance_metrics import PerformanceMetrics
+from monitors.schema import InferenceRecord, encode_records
+from monitors.settings import MonitorSettings
+from monitors.webhooks import Webhooks
+from registry_client import Calibration, ModelMetadata, ValidationReport
+
+ALPHA, TAU, MIN_SAMPLES, MIN_EFFECT = 0.05, 0.03, 100, 0.02
+
+
+def _looks(p_a: float, p_b: float, seed: int, per_look: int, max_looks: int) -> tuple[str, int]:
+    """Run one experiment: (decision, labelled rows per variant when it was made)."""
+    rng = np.random.default_rng(seed)
+    state = ABState()
+    for k in range(1, max_looks + 1):
+        a = int(rng.binomial(per_look, p_a))
+        b = int(rng.binomial(per_look, p_b))
+        verdict = look(state, (per_look, a), (per_look, b), alpha=ALPHA, tau=TAU,
+                       min_samples=MIN_SAMPLES, min_effect=MIN_EFFECT)  # fmt: skip
+        if verdict.decision != "no_difference_yet":
+            return verdict.decision, k * per_look
+    return "no_difference_yet", max_looks * per_look
+
+
+def false_winners(seeds: int) -> dict[str, float]:
+    decided = sum(_looks(0.9, 0.9, s, 200, 50)[0] != "no_difference_yet" for s in range(seeds))
+    return {"seeds": seeds, "false_winner_rate": decided / seeds, "alpha": ALPHA}
+
+
+def samples_for_two_points(seeds: int) -> dict[str, float]:
+    runs = [_looks(0.90, 0.92, 10_000 + s, 500, 400) for s in range(seeds)]
+    found = [n for decision, n in runs if decision == "b_better"]
+    wrong = sum(decision == "a_better" for decision, _ in runs)
+    return {
+        "seeds": seeds,
+        "found_share": len(found) / seeds,
+        "wrong_direction": wrong,
+        "median_per_variant": float(np.median(found)) if found else float("nan"),
+        "p10_per_variant": float(np.percentile(found, 10)) if found else float("nan"),
+        "p90_per_variant": float(np.percentile(found, 90)) if found else float("nan"),
+    }
+
+
+def estimate_under_shift(windows: int = 200, rows: int = 500) -> dict[str, float]:
+    from sklearn.linear_model import LogisticRegression
+
+    rng = np.random.default_rng(0)
+    weights = np.array([1.5, -1.0, 0.5, 0.0, 0.0])
+
+    def draw(n: int, shift: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        x = rng.normal(size=(n, len(weights))) + shift
+        y = (rng.uniform(size=n) < 1 / (1 + np.exp(-(x @ weights + 0.3)))).astype(int)
+        return x, y
+
+    x, y = draw(20_000, np.zeros(len(weights)))
+    model = LogisticRegression().fit(x, y)
+    x_val, y_val = draw(5_000, np.zeros(len(weights)))
+    edges, rates = calibration_table(y_val, model.predict_proba(x_val))
+    calibration = Calibration(edges=edges, rates=rates)
+    errors, covered = [], 0
+    realized_range = []
+    for _ in range(windows):
+        # covariate shift: the inputs move (towards and across the boundary), P(y|x) does not
+        shift = rng.normal(scale=1.0, size=len(weights))
+        xw, yw = draw(rows, shift)
+        probs = model.predict_proba(xw)
+        realized = float((probs.argmax(axis=1) == yw).mean())
+        estimate = estimate_classification(probs, calibration)["accuracy"]
+        errors.append(abs(estimate["value"] - realized))
+        covered += estimate["low"] <= realized <= estimate["high"]
+        realized_range.append(realized)
+    return {
+        "windows": windows,
+        "rows_per_window": rows,
+        "mae": float(np.mean(errors)),
+        "coverage": covered / windows,
+        "realized_min": float(np.min(realized_range)),
+        "realized_max": float(np.max(realized_range)),
+    }
+
+
+@dataclass
+class _Message:
+    offset: int
+    value: bytes
+    timestamp: int = 0
+
+
+def join_throughput(predictions: int = 200_000, batch: int = 5_000) -> dict[str, float]:
+    """Labels joined per second by the store, on a store already holding the predictions."""
+    rng = np.random.default_rng(1)
+    with tempfile.TemporaryDirectory() as tmp:
+        store = JoinStore(Path(tmp) / "p0.sqlite")
+        stream = store.stream("m", "1", "a", classes=2)
+        probs = [np.asarray([1 - p, p], np.float32).tobytes() for p in rng.uniform(size=1000)]
+        rows = [(f"r{i}", 0, stream.id, float(i), float(i % 2), probs[i % 1000])
+                for i in range(predictions)]  # fmt: skip
+        started = time.process_time()
+        for start in range(0, predictions, batch):
+            store.add_predictions(rows[start : start + batch])
+        store.commit({}, JoinCounts())
+        stored_s = time.process_time() - started
+        labels = [(f"r{i}", 0, float(rng.integers(0, 2)), float(i)) for i in range(predictions)]
+        order = rng.permutation(predictions)
+        labels = [labels[i] for i in order]
+        started = time.process_time()
+        for start in range(0, predictions, batch):
+            store.add_labels(labels[start : start + batch])
+        store.commit({}, JoinCounts())
+        joined_s = time.process_time() - started
+        store.close()
+    return {"labels_per_s": predictions / joined_s, "predictions_per_s": predictions / stored_s}
+
+
+def consumer_throughput(items: int = 100_000) -> dict[str, float]:
+    """Feedback items per second through ``GroundTruthService.consume`` (decode, join, judge,
+    commit), the predictions already in the store."""
+    with tempfile.TemporaryDirectory() as tmp:
+        root = Path(tmp) / "registry"
+        _register(root)
+        settings = MonitorSettings(
+            registry_root=root,
+            state_dir=Path(tmp) / "state",
+            performance={
+                "enabled": True,
+                "window": {"size_s": 60, "settle_s": 60},
+                "horizon_s": 10**9,
+            },
+        )
+        service = GroundTruthService(
+            settings, PerformanceMetrics(CollectorRegistry()), Webhooks([])
+        )
+        records: list[InferenceRecord] = []
+        messages: list[_Message] = []
+        for i in range(items):
+            records.append({
+                "schema_version": 2, "request_id": f"r{i}", "time": 1000.0 + i * 0.001,
+                "endpoint": "m", "model": "m", "version": "1", "variant": "a", "role": "primary",
+                "rows": 1, "latency_s": 0.001, "status": "ok",
+                "outputs": {"label": [i % 2], "probabilities": [[0.4, 0.6]]},
+            })  # fmt: skip
+            if len(records) == 100:
+                messages.append(_Message(len(messages), encode_records(records)))
+                records = []
+        for start in range(0, len(messages), 50):
+            service.consume(0, messages[start : start + 50], [])
+        feedback: list[FeedbackRecord] = [
+            {"schema": FEEDBACK_SCHEMA, "model": "m", "request_id": f"r{i}", "row": 0,
+             "labels": {"label": (i // 3) % 2}, "time": 1000.0 + i * 0.001}
+            for i in range(items)
+        ]  # fmt: skip
+        label_messages = [
+            _Message(k, encode_feedback(feedback[s : s + 500]))
+            for k, s in enumerate(range(0, items, 500))
+        ]
+        started = time.process_time()
+        for start in range(0, len(label_messages), 10):
+            service.consume(0, [], label_messages[start : start + 10])
+        elapsed = time.process_time() - started
+        joined = service.status()["join"]["labels_joined"]
+        for partition in list(service.stores):
+            service.close(partition)
+        asyncio.run(service.webhooks.aclose())
+    assert joined == items, joined
+    return {"items_per_s": items / elapsed}
+
+
+def _register(root: Path) -> None:
+    """A version folder with metadata only: the consumer needs no model file."""
+    directory = root / "m" / "1"
+    directory.mkdir(parents=True)
+    ModelMetadata(
+        class_labels=["no", "yes"],
+        validation=ValidationReport(
+            task="classification", rows=100, metrics={"accuracy": 0.9},
+            score_output="probabilities",
+        ),
+    ).dump(directory)  # fmt: skip
+
+
+def _repeat(fn: Callable[[], dict[str, float]], key: str, repeats: int) -> str:
+    values = [fn()[key] for _ in range(repeats)]
+    return (
+        f"median {statistics.median(values):,.0f}/s "
+        f"(min {min(values):,.0f}, max {max(values):,.0f}, {repeats} runs)"
+    )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--seeds", type=int, default=200)
+    parser.add_argument("--repeats", type=int, default=3)
+    args = parser.parse_args()
+    print("false winners (equal variants, 50 looks):", false_winners(args.seeds))
+    print("2-point difference (0.90 vs 0.92):", samples_for_two_points(args.seeds))
+    print("estimate vs realized accuracy under covariate shift:", estimate_under_shift())
+    print("join, labels:", _repeat(join_throughput, "labels_per_s", args.repeats))
+    print("join, predictions:", _repeat(join_throughput, "predictions_per_s", args.repeats))
+    print("consumer, feedback items:", _repeat(consumer_throughput, "items_per_s", args.repeats))
+
+
+if __name__ == "__main__":
+    main()

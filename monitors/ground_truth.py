@@ -1,0 +1,449 @@
+"""The ground-truth side of the monitor: a consumer group over the inference log and the
+feedback topic that joins labels to predictions, judges windows of realized performance per
+model version and variant, compares variants, and fires ``performance.degraded`` webhooks.
+
+It runs beside the drift consumer, in its own consumer group (``performance.group_id``), so
+the two keep their own offsets and state. Both topics are keyed by model and should have the
+same number of partitions: the range assignor gives partition N of both to one instance, whose
+join store for N (``state_dir/performance-pN.sqlite``) holds that partition's predictions,
+labels, windows, decisions, A/B totals, undelivered events and the offsets of both topics,
+committed in one transaction before the Kafka offsets. An instance taking a partition on seeks
+to the offsets in the store, so a crash or a rebalance neither loses nor repeats anything.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition
+from aiokafka.coordinator.assignors.range import RangePartitionAssignor
+from aiokafka.errors import CommitFailedError, KafkaError
+
+from monitors.feedback import decode_feedback
+from monitors.join import JoinCounts, JoinStore
+from monitors.judge import WindowJudge, stream_key
+from monitors.outbox import Outbox
+from monitors.performance_metrics import PerformanceMetrics
+from monitors.schema import RecordError, decode_records
+from monitors.settings import MonitorSettings
+from monitors.webhooks import DEGRADED_EVENT_TYPE, Webhooks, drift_event
+from registry_client import ModelMetadata, RegistryError, ValidationReport
+
+__all__ = ["GroundTruthService", "ModelInfo"]
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    """What the join needs of a model version: its task, outputs and validation report."""
+
+    classes: int  # 0: a regressor
+    class_labels: list[str]
+    label_output: str | None  # None: the record's first output
+    score_output: str | None
+    validation: ValidationReport | None
+
+    @classmethod
+    def of(cls, metadata: ModelMetadata) -> ModelInfo:
+        report = metadata.validation
+        labels = metadata.class_labels or []
+        classification = report.task == "classification" if report else bool(labels)
+        return cls(
+            classes=len(labels) if classification else 0,
+            class_labels=labels,
+            label_output=report.label_output if report else None,
+            score_output=report.score_output if report else None,
+            validation=report,
+        )
+
+
+class GroundTruthService:
+    """Consumes both topics, joins, judges and alerts until stopped."""
+
+    def __init__(
+        self, settings: MonitorSettings, metrics: PerformanceMetrics, webhooks: Webhooks
+    ) -> None:
+        self.settings = settings
+        self.performance = settings.performance
+        self.metrics = metrics
+        self.webhooks = webhooks
+        self.outbox = Outbox(webhooks)
+        self.stores: dict[int, JoinStore] = {}
+        self.judges: dict[int, WindowJudge] = {}
+        self._models: dict[tuple[str, str], ModelInfo | None] = {}
+        self._targets: dict[str, ModelInfo] = {}  # model -> a version's info, for its labels
+        self._snapshots: dict[int, dict[str, Any]] = {}  # what /status shows, per partition
+        self._lock = asyncio.Lock()
+        self._stopping = asyncio.Event()
+
+    @property
+    def topics(self) -> tuple[str, str]:
+        return self.settings.kafka.topic, self.performance.feedback_topic
+
+    # -- partitions ---------------------------------------------------------------------------
+
+    def open(self, partition: int) -> JoinStore:
+        """Take a partition on: its store (created when new), judge and undelivered events."""
+        store = self.stores.get(partition)
+        if store is None:
+            path = self.settings.state_dir / f"performance-p{partition}.sqlite"
+            store = self.stores[partition] = JoinStore(path)
+            judge = self.judges[partition] = WindowJudge(self.performance, store)
+            self.outbox.restore(partition, store.get("outbox", {}))
+            self._snapshots[partition] = self._snapshot(store, judge)
+        return store
+
+    def close(self, partition: int) -> None:
+        """Give a partition up (its next owner resumes from the store's last commit)."""
+        store = self.stores.pop(partition, None)
+        self.judges.pop(partition, None)
+        self._snapshots.pop(partition, None)
+        self.outbox.forget(partition)
+        if store is not None:
+            store.close()
+
+    # -- the loop -----------------------------------------------------------------------------
+
+    def stop(self) -> None:
+        self._stopping.set()
+
+    async def run(self) -> None:
+        kafka = self.settings.kafka
+        consumer = AIOKafkaConsumer(
+            bootstrap_servers=kafka.bootstrap_servers,
+            group_id=self.performance.group_id,
+            enable_auto_commit=False,
+            auto_offset_reset="earliest",
+            session_timeout_ms=int(kafka.session_timeout_s * 1000),
+            heartbeat_interval_ms=int(kafka.heartbeat_interval_s * 1000),
+            partition_assignment_strategy=(RangePartitionAssignor,),
+        )
+        consumer.subscribe(list(self.topics), listener=_Rebalance(self, consumer))
+        self.outbox.start()
+        try:
+            await consumer.start()
+            while not self._stopping.is_set():
+                batches = await consumer.getmany(
+                    timeout_ms=500, max_records=kafka.max_batch_records
+                )
+                if batches:
+                    async with self._lock:
+                        await self._consume_batches(consumer, batches)
+        finally:
+            await self.outbox.stop(self.settings.webhook_timeout_s)
+            await consumer.stop()
+            for partition in list(self.stores):
+                self.close(partition)
+
+    async def _consume_batches(
+        self, consumer: AIOKafkaConsumer, batches: dict[TopicPartition, list[Any]]
+    ) -> None:
+        by_partition: dict[int, dict[str, list[Any]]] = {}
+        for tp, messages in batches.items():
+            by_partition.setdefault(tp.partition, {})[tp.topic] = messages
+        commits: dict[TopicPartition, int] = {}
+        for partition, topics in by_partition.items():
+            if partition not in self.stores:
+                continue  # revoked since the fetch: its next owner reads these again
+            predictions = topics.get(self.topics[0], [])
+            labels = topics.get(self.topics[1], [])
+            await asyncio.to_thread(self.consume, partition, predictions, labels)
+            for topic, messages in topics.items():
+                commits[TopicPartition(topic, partition)] = int(messages[-1].offset) + 1
+        self.outbox.dispatch()
+        try:
+            await consumer.commit(commits)
+        except (CommitFailedError, KafkaError) as exc:  # the store's offsets are what count
+            log.warning("performance: offsets not committed (%s)", exc)
+
+    def consume(self, partition: int, predictions: Sequence[Any], labels: Sequence[Any]) -> None:
+        """Join one partition's messages of both topics (Kafka consumer records in offset
+        order), judge the windows they close, and commit the store (blocking: a thread's)."""
+        store = self.open(partition)
+        # what the store already holds (a batch read again after a crash before the Kafka
+        # commit) is skipped: the store's offsets are the truth
+        done = store.offsets()
+        predictions = [m for m in predictions if m.offset >= done.get(self.topics[0], 0)]
+        labels = [m for m in labels if m.offset >= done.get(self.topics[1], 0)]
+        counts = JoinCounts()
+        # Each topic's clock is the latest event time read from it; windows close on the slower
+        # of the two, so a window is never judged before the labels of its time are read. A
+        # partition that never saw a label runs on the predictions' clock (estimates only).
+        clocks: dict[str, float | None] = store.get("clocks", {"predictions": 0.0, "labels": None})
+        rows, latest = self._prediction_rows(store, predictions)
+        clocks["predictions"] = max(clocks["predictions"] or 0.0, latest)
+        _add(counts, store.add_predictions(rows))
+        label_rows, latest = self._label_rows(labels)
+        if label_rows:
+            clocks["labels"] = max(clocks["labels"] or 0.0, latest)
+        _add(counts, store.add_labels(label_rows))
+        predicted_at = clocks["predictions"] or 0.0
+        labelled_at = clocks["labels"]
+        _add(
+            counts,
+            store.expire(
+                predicted_at - self.performance.horizon_s,
+                (labelled_at or 0.0) - self.performance.label_wait_s,
+            ),
+        )
+        watermark = predicted_at if labelled_at is None else min(predicted_at, labelled_at)
+        self._judge(partition, store, watermark)
+        store.put("clocks", clocks)
+        store.put("outbox", self.outbox.pending(partition))
+        offsets = {}
+        for topic, messages in zip(self.topics, (predictions, labels), strict=True):
+            if messages:
+                offsets[topic] = int(messages[-1].offset) + 1
+        store.commit(offsets, counts)
+        self.metrics.joined(counts)
+        self._snapshots[partition] = self._snapshot(store, self.judges[partition])
+
+    def _info(self, model: str, version: str) -> ModelInfo | None:
+        if (model, version) not in self._models:
+            info = None
+            try:
+                path = self.settings.registry_root / model / version
+                if path.is_dir():
+                    info = ModelInfo.of(ModelMetadata.load(path))
+            except (RegistryError, OSError, ValueError) as exc:
+                log.error("performance: no metadata for %s/%s: %s", model, version, exc)
+            self._models[(model, version)] = info
+            if info is not None:
+                self._targets[model] = info
+        return self._models[(model, version)]
+
+    def _prediction_rows(
+        self, store: JoinStore, messages: Sequence[Any]
+    ) -> tuple[list[tuple[str, int, int, float, float, bytes | None]], float]:
+        rows: list[tuple[str, int, int, float, float, bytes | None]] = []
+        latest = 0.0
+        for message in messages:
+            try:
+                records = decode_records(message.value or b"")
+            except RecordError as exc:
+                log.warning("performance: undecodable log message at %d: %s", message.offset, exc)
+                self.metrics.skipped.labels("undecodable").inc()
+                continue
+            for record in records:
+                latest = max(latest, record["time"])
+                if record["role"] != "primary" or record["status"] != "ok":
+                    continue
+                info = self._info(record["model"], record["version"])
+                outputs = record.get("outputs") or {}
+                name = (info.label_output if info else None) or next(iter(outputs), None)
+                if info is None or name not in outputs:
+                    self.metrics.skipped.labels("no_metadata_or_output").inc(record["rows"])
+                    continue
+                stream = store.stream(
+                    record["model"], record["version"], record.get("variant", "default"),
+                    info.classes,
+                )  # fmt: skip
+                values = outputs[name]
+                scores = outputs.get(info.score_output or "probabilities") if info.classes else None
+                for row in range(record["rows"]):
+                    value = _class_index(values[row], info) if info.classes else values[row]
+                    if value is None:
+                        continue
+                    blob = None
+                    if scores is not None and len(scores[row]) == info.classes:
+                        blob = np.asarray(scores[row], dtype=np.float32).tobytes()
+                    rows.append(
+                        (record["request_id"], row, stream.id, record["time"], float(value), blob)
+                    )
+        return rows, latest
+
+    def _label_rows(
+        self, messages: Sequence[Any]
+    ) -> tuple[list[tuple[str, int, float, float]], float]:
+        rows: list[tuple[str, int, float, float]] = []
+        latest = 0.0
+        for message in messages:
+            records, problems = decode_feedback(message.value or b"", message.timestamp / 1000)
+            if problems:
+                self.metrics.skipped.labels("invalid_feedback").inc(len(problems))
+                log.warning("performance: invalid feedback at %d: %s", message.offset, problems[0])
+            for record in records:
+                time = record.get("time", message.timestamp / 1000)
+                latest = max(latest, time)
+                info = self._targets.get(record["model"])
+                labels = record["labels"]
+                target = info.label_output if info is not None else None
+                value = labels.get(target) if target else None
+                if value is None and len(labels) == 1:
+                    value = next(iter(labels.values()))
+                if value is not None and info is not None and info.classes:
+                    value = _class_index(value, info)
+                if value is None or isinstance(value, str):
+                    self.metrics.skipped.labels("no_usable_label").inc()
+                    continue
+                rows.append((record["request_id"], record["row"], float(value), time))
+        return rows, latest
+
+    def _judge(self, partition: int, store: JoinStore, watermark: float) -> None:
+        """Judge every window that has closed: its end plus the settling time has passed."""
+        window = self.performance.window
+        judge = self.judges[partition]
+        next_windows: dict[str, int] = store.get("next_window", {})
+        models = sorted({s.model for s in store.streams})
+        for model in models:
+            streams = [s for s in store.streams if s.model == model]
+            number = next_windows.get(model)
+            while True:
+                if number is None or not self._any_rows(store, streams, number):
+                    first = min(
+                        (t for s in streams
+                         if (t := store.first_time(s, window.by, (number or 0) * window.size_s))
+                         is not None),
+                        default=None,
+                    )  # fmt: skip
+                    if first is None:
+                        break
+                    number = math.floor(first / window.size_s)
+                if (number + 1) * window.size_s + window.settle_s > watermark:
+                    break
+                reports = {
+                    (s.model, s.version): self._validation(s.model, s.version) for s in streams
+                }
+                for degradation in judge.judge(model, number, streams, reports):
+                    self._alert(partition, degradation.data, degradation.window_id)
+                number += 1
+            if number is not None:
+                next_windows[model] = number
+        for key, results in judge.latest.items():
+            self.metrics.observe(key, results[-1])
+        for model, pairs in judge.verdicts.items():
+            for pair in pairs.values():
+                self.metrics.verdict(model, pair)
+        store.put("next_window", next_windows)
+        judge.save()
+
+    def _any_rows(self, store: JoinStore, streams: list[Any], number: int) -> bool:
+        window = self.performance.window
+        start = number * window.size_s
+        return any(
+            (t := store.first_time(s, window.by, start)) is not None and t < start + window.size_s
+            for s in streams
+        )
+
+    def _validation(self, model: str, version: str) -> ValidationReport | None:
+        info = self._info(model, version)
+        return info.validation if info is not None else None
+
+    def _alert(self, partition: int, data: dict[str, Any], window_id: str) -> None:
+        event_id, body = drift_event(
+            self.settings.source, data["model"], data["version"], window_id, data,
+            event_type=DEGRADED_EVENT_TYPE,
+        )  # fmt: skip
+        log.warning(
+            "performance of %s/%s (%s) degraded: %s %s, validation %s",
+            data["model"], data["version"], data["variant"], data["metric"],
+            data["realized"], data["validation"],
+        )  # fmt: skip
+        self.metrics.degradations.labels(data["model"], data["version"], data["variant"]).inc()
+        self.outbox.add(partition, event_id, body)
+
+    # -- what /status shows -------------------------------------------------------------------
+
+    def _snapshot(self, store: JoinStore, judge: WindowJudge) -> dict[str, Any]:
+        """One partition's part of ``/status``, taken after its commit (in the consumer's
+        thread: the store is not read from anywhere else)."""
+        streams: dict[str, Any] = {}
+        for stream in store.streams:
+            key = stream_key(stream)
+            totals = _totals(store.totals(stream))
+            predicted = store.predicted(stream)
+            streams[key] = {
+                "model": stream.model,
+                "version": stream.version,
+                "variant": stream.variant,
+                "predictions": predicted,
+                "totals": totals,
+                "coverage": totals["labels"] / predicted if predicted else None,
+                "latest_window": judge.latest[key][-1] if judge.latest.get(key) else None,
+            }
+        verdicts = {model: dict(pairs) for model, pairs in judge.verdicts.items()}
+        return {"streams": streams, "join": store.counters(), "ab": verdicts}
+
+    def status(self) -> dict[str, Any]:
+        """Latest window per stream, running totals, join counters, A/B verdicts."""
+        streams: dict[str, Any] = {}
+        counters: dict[str, int] = {}
+        verdicts: dict[str, Any] = {}
+        for snapshot in list(self._snapshots.values()):
+            streams.update(snapshot["streams"])
+            for name, value in snapshot["join"].items():
+                counters[name] = counters.get(name, 0) + value
+            for model, pairs in snapshot["ab"].items():
+                verdicts.setdefault(model, {}).update(pairs)
+        return {"streams": streams, "join": counters, "ab": verdicts}
+
+    def verdicts(self, model: str) -> list[dict[str, Any]]:
+        """The model's A/B pairs (the canary's input)."""
+        pairs: list[dict[str, Any]] = []
+        for snapshot in list(self._snapshots.values()):
+            pairs.extend(snapshot["ab"].get(model, {}).values())
+        return pairs
+
+
+def _totals(totals: dict[str, Any]) -> dict[str, Any]:
+    if "confusion" in totals:
+        confusion = totals["confusion"]
+        n = int(confusion.sum())
+        return {
+            "labels": n,
+            "accuracy": float(np.trace(confusion)) / n if n else None,
+            "confusion": confusion.tolist(),
+        }
+    n = totals["count"]
+    return {
+        "labels": n,
+        "mae": totals["abs_sum"] / n if n else None,
+        "rmse": math.sqrt(totals["sq_sum"] / n) if n else None,
+    }
+
+
+def _class_index(value: Any, info: ModelInfo) -> int | None:
+    """A classifier output or label as its class index (class names through the metadata)."""
+    if isinstance(value, str):
+        if value in info.class_labels:
+            return info.class_labels.index(value)
+        return int(value) if value.isdigit() and int(value) < info.classes else None
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return None
+    return int(value) if value == int(value) and 0 <= value < info.classes else None
+
+
+def _add(total: JoinCounts, more: JoinCounts) -> None:
+    for name in total.__slots__:
+        setattr(total, name, getattr(total, name) + getattr(more, name))
+
+
+class _Rebalance(ConsumerRebalanceListener):  # type: ignore[misc]
+    """Closes revoked partitions' stores after the batch in progress; seeks assigned ones to
+    the offsets their stores committed."""
+
+    def __init__(self, service: GroundTruthService, consumer: AIOKafkaConsumer) -> None:
+        self._service = service
+        self._consumer = consumer
+
+    async def on_partitions_revoked(self, revoked: list[TopicPartition]) -> None:
+        async with self._service._lock:
+            for partition in {tp.partition for tp in revoked}:
+                self._service.close(partition)
+
+    async def on_partitions_assigned(self, assigned: list[TopicPartition]) -> None:
+        service = self._service
+        async with service._lock:
+            for tp in assigned:
+                store = await asyncio.to_thread(service.open, tp.partition)
+                offset = store.offsets().get(tp.topic)
+                if offset is not None:
+                    self._consumer.seek(tp, offset)
+        service.metrics.partitions.set(len({tp.partition for tp in assigned}))

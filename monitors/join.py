@@ -1,0 +1,369 @@
+"""The join of labels to logged predictions: a compact on-disk store per partition (sqlite3).
+
+Each served prediction row is kept in its compact form, keyed by (request id, row): its stream
+(model, version, variant), event time, predicted value and, for classifiers, the class
+probabilities as float32 bytes. A label that finds its row fills it in (once: a second label
+for the same row is a duplicate, counted and dropped); a label that finds no row waits in
+``pending`` (its prediction may not have been read yet) and is joined when the prediction
+comes, or counted ``unmatched`` (unknown, or expired) after ``label_wait_s``. Predictions older
+than the horizon are deleted. Running totals per stream (the confusion matrix, or the sums of
+absolute and squared errors) are updated as rows are joined.
+
+The store also keeps the consumer's offsets and the evaluation state, written in the same
+transaction as the rows: the monitor commits its Kafka offsets only after that transaction, and
+on taking a partition on it resumes from the offsets in the store, so after a crash or a
+rebalance no record is lost or counted twice.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import orjson
+
+__all__ = ["JoinCounts", "JoinStore", "Stream"]
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS streams (
+    id INTEGER PRIMARY KEY, model TEXT NOT NULL, version TEXT NOT NULL, variant TEXT NOT NULL,
+    classes INTEGER NOT NULL, UNIQUE (model, version, variant));
+CREATE TABLE IF NOT EXISTS predictions (
+    request_id TEXT NOT NULL, row INTEGER NOT NULL, stream INTEGER NOT NULL, time REAL NOT NULL,
+    pred REAL NOT NULL, probs BLOB, label REAL, label_time REAL,
+    PRIMARY KEY (request_id, row)) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS predictions_by_time ON predictions (stream, time);
+CREATE TABLE IF NOT EXISTS pending (
+    request_id TEXT NOT NULL, row INTEGER NOT NULL, label REAL NOT NULL, time REAL NOT NULL,
+    PRIMARY KEY (request_id, row)) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS confusion (
+    stream INTEGER NOT NULL, label INTEGER NOT NULL, pred INTEGER NOT NULL, count INTEGER NOT NULL,
+    PRIMARY KEY (stream, label, pred)) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS errors (
+    stream INTEGER PRIMARY KEY, count INTEGER NOT NULL, abs_sum REAL NOT NULL,
+    sq_sum REAL NOT NULL);
+CREATE TABLE IF NOT EXISTS kv (key TEXT PRIMARY KEY, value BLOB NOT NULL) WITHOUT ROWID;
+CREATE TEMP TABLE IF NOT EXISTS incoming (
+    request_id TEXT NOT NULL, row INTEGER NOT NULL, label REAL NOT NULL, time REAL NOT NULL);
+"""
+
+_COUNTERS = (
+    "predictions",
+    "duplicate_predictions",
+    "labels_joined",
+    "duplicate_labels",
+    "labels_pending",
+    "labels_unmatched",
+    "predictions_expired",
+)
+
+
+@dataclass(frozen=True, slots=True)
+class Stream:
+    """A model version served under a variant; ``classes`` is 0 for a regressor."""
+
+    id: int
+    model: str
+    version: str
+    variant: str
+    classes: int
+
+
+@dataclass(slots=True)
+class JoinCounts:
+    """What one call did, by outcome (added to the store's counters)."""
+
+    predictions: int = 0
+    duplicate_predictions: int = 0
+    labels_joined: int = 0
+    duplicate_labels: int = 0
+    labels_pending: int = 0
+    labels_unmatched: int = 0
+    predictions_expired: int = 0
+
+
+class JoinStore:
+    """One partition's join state in ``path`` (an sqlite3 database). Not thread-safe."""
+
+    def __init__(self, path: Path) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self.path = path
+        self._db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+        # WAL: a transaction is on disk when COMMIT returns, and a crash mid-way rolls it back
+        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.execute("PRAGMA synchronous=NORMAL")
+        # labels come in any order: a page cache that holds the working set of the key's
+        # B-tree saves a read from the OS per label (64 MiB; the default is 2 MiB)
+        self._db.execute("PRAGMA cache_size=-65536")
+        self._db.execute("PRAGMA temp_store=MEMORY")
+        self._db.executescript(_SCHEMA)
+        self._streams: dict[tuple[str, str, str], Stream] = {}
+        for sid, model, version, variant, classes in self._db.execute("SELECT * FROM streams"):
+            self._streams[(model, version, variant)] = Stream(sid, model, version, variant, classes)
+        self._db.execute("BEGIN")
+
+    def close(self) -> None:
+        """Roll back what was not committed, and close."""
+        if self._db.in_transaction:
+            self._db.execute("ROLLBACK")
+        self._db.close()
+
+    # -- transactions ---------------------------------------------------------------------------
+
+    def commit(self, offsets: dict[str, int], counts: JoinCounts) -> None:
+        """Make everything since the last commit durable, with the offsets it goes with."""
+        self._put("offsets", {**self.offsets(), **offsets})
+        totals = self.counters()
+        for name in _COUNTERS:
+            totals[name] = totals.get(name, 0) + getattr(counts, name)
+        self._put("counters", totals)
+        self._db.execute("COMMIT")
+        self._db.execute("BEGIN")
+
+    def offsets(self) -> dict[str, int]:
+        """The next offset to read per topic, as of the last commit."""
+        value: dict[str, int] = self.get("offsets", {})
+        return value
+
+    def counters(self) -> dict[str, int]:
+        value: dict[str, int] = self.get("counters", {})
+        return value
+
+    def get(self, key: str, default: Any = None) -> Any:
+        row = self._db.execute("SELECT value FROM kv WHERE key = ?", (key,)).fetchone()
+        return default if row is None else orjson.loads(row[0])
+
+    def put(self, key: str, value: Any) -> None:
+        """Keep a JSON value with the state (committed with the next ``commit``)."""
+        self._put(key, value)
+
+    def _put(self, key: str, value: Any) -> None:
+        blob = orjson.dumps(value, option=orjson.OPT_SERIALIZE_NUMPY)
+        self._db.execute("INSERT OR REPLACE INTO kv VALUES (?, ?)", (key, blob))
+
+    # -- streams ------------------------------------------------------------------------------
+
+    def stream(self, model: str, version: str, variant: str, classes: int) -> Stream:
+        key = (model, version, variant)
+        stream = self._streams.get(key)
+        if stream is None:
+            cursor = self._db.execute(
+                "INSERT INTO streams (model, version, variant, classes) VALUES (?, ?, ?, ?)",
+                (model, version, variant, classes),
+            )
+            assert cursor.lastrowid is not None
+            stream = self._streams[key] = Stream(cursor.lastrowid, model, version, variant, classes)
+        return stream
+
+    @property
+    def streams(self) -> list[Stream]:
+        return list(self._streams.values())
+
+    # -- the join -----------------------------------------------------------------------------
+
+    def add_predictions(
+        self, rows: Sequence[tuple[str, int, int, float, float, bytes | None]]
+    ) -> JoinCounts:
+        """Store (request id, row, stream, time, predicted value, probabilities) rows; join the
+        pending labels they were waiting for."""
+        db = self._db
+        by_stream: dict[int, list[tuple[str, int, int, float, float, bytes | None]]] = {}
+        for row in rows:
+            by_stream.setdefault(row[2], []).append(row)
+        predicted = self._predicted()
+        counts = JoinCounts()
+        for sid, group in by_stream.items():
+            before = db.total_changes
+            db.executemany(
+                "INSERT OR IGNORE INTO predictions VALUES (?, ?, ?, ?, ?, ?, NULL, NULL)", group
+            )
+            stored = db.total_changes - before
+            predicted[str(sid)] = predicted.get(str(sid), 0) + stored
+            counts.predictions += stored
+            counts.duplicate_predictions += len(group) - stored
+        self._put("predicted", predicted)
+        if counts.predictions and db.execute("SELECT 1 FROM pending LIMIT 1").fetchone():
+            counts.labels_joined = self._join_pending()
+        return counts
+
+    def _predicted(self) -> dict[str, int]:
+        value: dict[str, int] = self.get("predicted", {})
+        return value
+
+    def add_labels(self, rows: Iterable[tuple[str, int, float, float]]) -> JoinCounts:
+        """Join (request id, row, label, time) labels to their predictions, or keep them pending.
+
+        One pass over the predictions' key for the batch (a join with the batch in a temporary
+        table), then an update by key of the rows that get their label.
+        """
+        db = self._db
+        unique: dict[tuple[str, int], tuple[str, int, float, float]] = {}
+        given = 0
+        for label in rows:  # the first label of a (request, row) in the batch counts
+            unique.setdefault((label[0], label[1]), label)
+            given += 1
+        # in key order: the lookups and updates then walk the predictions' B-tree in order
+        db.executemany("INSERT INTO incoming VALUES (?, ?, ?, ?)", sorted(unique.values()))
+        counts = JoinCounts(duplicate_labels=given - len(unique))
+        found = db.execute(
+            "SELECT i.request_id, i.row, i.label, i.time, p.stream, p.pred, p.label IS NOT NULL "
+            "FROM incoming i LEFT JOIN predictions p "
+            "ON p.request_id = i.request_id AND p.row = i.row"
+        ).fetchall()
+        db.execute("DELETE FROM incoming")
+        updates, joined, waiting = [], [], []
+        for request_id, row, label, time, stream, pred, labelled in found:
+            if stream is None:
+                waiting.append((request_id, row, label, time))
+            elif labelled:
+                counts.duplicate_labels += 1
+            else:
+                updates.append((label, time, request_id, row))
+                joined.append((stream, label, pred))
+        db.executemany(
+            "UPDATE predictions SET label = ?, label_time = ? WHERE request_id = ? AND row = ?",
+            updates,
+        )
+        self._add_totals(joined)
+        counts.labels_joined = len(joined)
+        before = db.total_changes
+        db.executemany("INSERT OR IGNORE INTO pending VALUES (?, ?, ?, ?)", waiting)
+        counts.labels_pending = db.total_changes - before
+        counts.duplicate_labels += len(waiting) - counts.labels_pending  # already pending
+        return counts
+
+    def _join_pending(self) -> int:
+        """Fill in the labels that waited for the predictions just stored."""
+        db = self._db
+        joined = db.execute(
+            "SELECT p.stream, s.label, p.pred FROM pending s JOIN predictions p "
+            "ON p.request_id = s.request_id AND p.row = s.row WHERE p.label IS NULL"
+        ).fetchall()
+        if joined:
+            db.execute(
+                "UPDATE predictions SET label = s.label, label_time = s.time FROM pending s "
+                "WHERE predictions.request_id = s.request_id AND predictions.row = s.row "
+                "AND predictions.label IS NULL"
+            )
+            self._add_totals(joined)
+        db.execute(
+            "DELETE FROM pending WHERE EXISTS (SELECT 1 FROM predictions p WHERE "
+            "p.request_id = pending.request_id AND p.row = pending.row)"
+        )
+        return len(joined)
+
+    def _add_totals(self, joined: list[tuple[int, float, float]]) -> None:
+        """Add joined (stream, label, predicted) rows to the streams' running totals."""
+        if not joined:
+            return
+        db = self._db
+        table = np.asarray(joined, dtype=np.float64)
+        by_id = {s.id: s for s in self._streams.values()}
+        for sid in np.unique(table[:, 0]):
+            mine = table[table[:, 0] == sid]
+            stream = by_id[int(sid)]
+            if stream.classes:
+                k = stream.classes
+                truth, predicted = mine[:, 1], mine[:, 2]
+                valid = (truth >= 0) & (truth < k) & (predicted >= 0) & (predicted < k)
+                codes = (truth[valid] * k + predicted[valid]).astype(np.int64)
+                cells = np.bincount(codes, minlength=k * k)
+                db.executemany(
+                    "INSERT INTO confusion VALUES (?, ?, ?, ?) ON CONFLICT DO UPDATE SET "
+                    "count = count + excluded.count",
+                    [(stream.id, int(c // k), int(c % k), int(cells[c]))
+                     for c in np.flatnonzero(cells)],
+                )  # fmt: skip
+            else:
+                errors = mine[:, 2] - mine[:, 1]
+                db.execute(
+                    "INSERT INTO errors VALUES (?, ?, ?, ?) ON CONFLICT DO UPDATE SET "
+                    "count = count + excluded.count, abs_sum = abs_sum + excluded.abs_sum, "
+                    "sq_sum = sq_sum + excluded.sq_sum",
+                    (stream.id, len(mine), float(np.abs(errors).sum()), float((errors**2).sum())),
+                )
+
+    def expire(self, before: float, labels_before: float) -> JoinCounts:
+        """Drop predictions older than ``before``, and count the labels that waited since
+        before ``labels_before`` for a prediction that never came as unmatched."""
+        db = self._db
+        counts = JoinCounts()
+        for stream in self._streams.values():
+            cursor = db.execute(
+                "DELETE FROM predictions WHERE stream = ? AND time < ?", (stream.id, before)
+            )
+            counts.predictions_expired += cursor.rowcount
+        cursor = db.execute("DELETE FROM pending WHERE time < ?", (labels_before,))
+        counts.labels_unmatched = cursor.rowcount
+        return counts
+
+    # -- reading ------------------------------------------------------------------------------
+
+    def window(
+        self, stream: Stream, by: str, start: float, end: float
+    ) -> tuple[int, np.ndarray, np.ndarray, np.ndarray | None, np.ndarray]:
+        """(rows predicted, predicted values, labels, probabilities, all rows' probabilities) of
+        a window of prediction time (``by="prediction"``) or of label time; the labelled rows'
+        arrays come first, the probabilities of every predicted row last (the estimate's input)."""
+        column = "time" if by == "prediction" else "label_time"
+        rows = self._db.execute(
+            f"SELECT pred, label, probs FROM predictions WHERE stream = ? AND {column} >= ? "
+            f"AND {column} < ?",
+            (stream.id, start, end),
+        ).fetchall()
+        labelled = [r for r in rows if r[1] is not None]
+        pred = np.fromiter((r[0] for r in labelled), np.float64, len(labelled))
+        label = np.fromiter((r[1] for r in labelled), np.float64, len(labelled))
+        probs = all_probs = None
+        if stream.classes:
+            probs = _matrix([r[2] for r in labelled], stream.classes)
+            all_probs = _matrix([r[2] for r in rows], stream.classes)
+        return (
+            len(rows),
+            pred,
+            label,
+            probs,
+            all_probs if all_probs is not None else np.zeros((0, 0)),
+        )
+
+    def first_time(self, stream: Stream, by: str, after: float) -> float | None:
+        """The earliest prediction (or label) time of a stream at or after ``after``."""
+        column = "time" if by == "prediction" else "label_time"
+        (value,) = self._db.execute(
+            f"SELECT min({column}) FROM predictions WHERE stream = ? AND {column} >= ?",
+            (stream.id, after),
+        ).fetchone()
+        return None if value is None else float(value)
+
+    def totals(self, stream: Stream) -> dict[str, Any]:
+        """Every label joined to the stream so far: the confusion matrix, or error sums."""
+        if stream.classes:
+            confusion = np.zeros((stream.classes, stream.classes), dtype=np.int64)
+            for label, pred, count in self._db.execute(
+                "SELECT label, pred, count FROM confusion WHERE stream = ?", (stream.id,)
+            ):
+                if 0 <= label < stream.classes and 0 <= pred < stream.classes:
+                    confusion[label, pred] += count
+            return {"confusion": confusion}
+        row = self._db.execute(
+            "SELECT count, abs_sum, sq_sum FROM errors WHERE stream = ?", (stream.id,)
+        ).fetchone()
+        count, abs_sum, sq_sum = row if row is not None else (0, 0.0, 0.0)
+        return {"count": count, "abs_sum": abs_sum, "sq_sum": sq_sum}
+
+    def predicted(self, stream: Stream) -> int:
+        """Prediction rows stored for a stream so far (duplicates once)."""
+        return self._predicted().get(str(stream.id), 0)
+
+
+def _matrix(blobs: list[bytes | None], classes: int) -> np.ndarray:
+    """The probabilities of rows as a (rows, classes) matrix; NaN when a row has none."""
+    present = [b for b in blobs if b is not None]
+    if len(present) < len(blobs):
+        return np.full((len(blobs), classes), np.nan)
+    matrix = np.frombuffer(b"".join(present), dtype=np.float32).reshape(len(blobs), classes)
+    return matrix.astype(np.float64)

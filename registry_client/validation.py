@@ -1,0 +1,44 @@
+"""A model version's validation report: how it did on held-out data when it was registered.
+
+The monitor compares realized performance with it (degradation) and calibrates its label-free
+estimate with ``calibration``.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+__all__ = ["Calibration", "ValidationReport"]
+
+
+class Calibration(BaseModel):
+    """Per class, the observed frequency of the class among held-out rows whose predicted
+    probability of it fell in each bin (``edges`` over [0, 1]): a reliability table."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    edges: list[float] = Field(min_length=2)
+    rates: list[list[float]]  # class -> bin -> observed frequency (NaN-free; empty bins: centre)
+
+    @model_validator(mode="after")
+    def _shape(self) -> Calibration:
+        if any(len(r) != len(self.edges) - 1 for r in self.rates):
+            raise ValueError("calibration: each class needs one rate per bin")
+        return self
+
+
+class ValidationReport(BaseModel):
+    """Metrics on a held-out set, and which outputs the labels and the scores are."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    task: Literal["classification", "regression"]
+    label_output: str = "label"
+    score_output: str | None = None  # a classifier's class probabilities, one column per class
+    rows: int = Field(ge=1)
+    # classification: accuracy, macro_precision, macro_recall, macro_f1, roc_auc, log_loss;
+    # regression: mae, rmse, r2
+    metrics: dict[str, float]
+    calibration: Calibration | None = None

@@ -1,0 +1,394 @@
+"""deploy/kubernetes: every manifest valid against the Kubernetes schema, file by file and as
+kustomize renders the base and the overlays, and the policies a platform team checks."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import kubernetes_validate
+import pytest
+import yaml
+from prometheus_client import CollectorRegistry
+
+from gateway.metrics import GatewayMetrics
+from gateway.settings import GatewaySettings, load_settings
+from monitors.settings import MonitorSettings
+from monitors.settings import load_settings as load_monitor_settings
+from tests.deploy._tools import run_ok, tool
+
+KUBERNETES = Path(__file__).resolve().parents[2] / "deploy/kubernetes"
+# The oldest Kubernetes minor still commonly run, and the newest the schemas know.
+VERSIONS = ("1.30.0", kubernetes_validate.latest_version())
+TARGETS = ("base", "overlays/production")
+Doc = dict[str, Any]
+
+
+def _documents(path: Path) -> list[Doc]:
+    return [doc for doc in yaml.safe_load_all(path.read_text()) if doc]
+
+
+def _render(target: str) -> list[Doc]:
+    """``kubectl kustomize`` (kustomize built into kubectl) of a kustomization directory."""
+    kubectl = tool("kubectl", "kubectl, which has kustomize built in")
+    rendered = run_ok([kubectl, "kustomize", str(KUBERNETES / target)])
+    return [doc for doc in yaml.safe_load_all(rendered) if doc]
+
+
+def _manifest_files() -> list[Path]:
+    """Whole objects, each file valid on its own (patches and kustomizations are not)."""
+    files = [*sorted((KUBERNETES / "base").glob("*.yaml")), KUBERNETES / "secrets.example.yaml"]
+    return [f for f in files if f.name != "kustomization.yaml"]
+
+
+def _validate(doc: Doc) -> None:
+    for version in VERSIONS:
+        kubernetes_validate.validate(doc, version, strict=True)
+
+
+def _is_custom(doc: Doc) -> bool:
+    return str(doc["apiVersion"]).startswith("monitoring.coreos.com/")
+
+
+@pytest.mark.parametrize("path", _manifest_files(), ids=lambda p: p.name)
+def test_each_manifest_file_is_valid_on_its_own(path: Path) -> None:
+    for doc in _documents(path):
+        if _is_custom(doc):
+            _check_service_monitor(doc)
+        else:
+            _validate(doc)
+
+
+@pytest.mark.parametrize("target", TARGETS)
+def test_rendered_manifests_are_valid_and_follow_policy(target: str) -> None:
+    docs = _render(target)
+    for doc in docs:
+        if _is_custom(doc):
+            _check_service_monitor(doc)
+        else:
+            _validate(doc)
+    kinds = sorted({doc["kind"] for doc in docs})
+    assert kinds == sorted(
+        [
+            "ConfigMap",
+            "Deployment",
+            "HorizontalPodAutoscaler",
+            "Ingress",
+            "NetworkPolicy",
+            "PersistentVolumeClaim",
+            "PodDisruptionBudget",
+            "Service",
+            "ServiceAccount",
+            "ServiceMonitor",
+        ]
+    )
+    assert not [d for d in docs if d["kind"] == "Secret"], "secrets are created apart"
+    for deployment in _of(docs, "Deployment"):
+        _check_pod_policy(deployment)
+        _check_references(deployment, docs)
+    _check_selectors(docs)
+
+
+@pytest.mark.parametrize("target", TARGETS)
+def test_rendered_configs_and_environment_make_valid_settings(target: str) -> None:
+    docs = _render(target)
+    gateway = _settings(docs, "gateway")
+    assert isinstance(gateway, GatewaySettings)
+    monitor = _settings(docs, "monitor")
+    assert isinstance(monitor, MonitorSettings)
+    gateway_pod = _deployment(docs, "gateway")["spec"]["template"]["spec"]
+    monitor_pod = _deployment(docs, "monitor")["spec"]["template"]["spec"]
+    # everything written at run time lies on a writable volume (the root filesystem is not)
+    for path in (
+        gateway.registry.cache_dir,
+        gateway.feature_log.spool_dir,
+        gateway.admin.audit_log,
+    ):
+        assert _on_writable_volume(gateway_pod, path), path
+    assert _on_writable_volume(monitor_pod, monitor.state_dir)
+    assert gateway.server.host == monitor.http.host == "0.0.0.0"
+    gateway_ports = {p["containerPort"] for p in gateway_pod["containers"][0]["ports"]}
+    assert gateway.server.port in gateway_ports
+    assert monitor.http.port in {p["containerPort"] for p in monitor_pod["containers"][0]["ports"]}
+    # the grace period covers the preStop delay and the gateway's own drain
+    container = gateway_pod["containers"][0]
+    delay = int(container["lifecycle"]["preStop"]["exec"]["command"][-1])
+    assert gateway_pod["terminationGracePeriodSeconds"] > delay + gateway.server.shutdown_timeout_s
+    assert gateway.feature_log.enabled
+    assert gateway.control.enabled
+    if target == "overlays/production":
+        assert gateway.registry.backend == "mlflow"
+        assert gateway.feature_log.security_protocol == "SASL_SSL"
+        assert gateway.feature_log.ssl_cafile is not None
+        assert _on_volume(gateway_pod, gateway.feature_log.ssl_cafile)
+        assert monitor.kafka.security_protocol == "SASL_SSL"
+        assert monitor.kafka.sasl_mechanism == gateway.feature_log.sasl_mechanism
+        assert monitor.kafka.ssl_cafile is not None
+        assert _on_volume(monitor_pod, monitor.kafka.ssl_cafile)
+    assert monitor.kafka.bootstrap_servers == gateway.feature_log.bootstrap_servers
+
+
+def test_queue_depth_autoscaling_uses_the_adapters_metric_which_the_gateway_exports() -> None:
+    hpa = next(d for d in _render("overlays/production") if d["kind"] == "HorizontalPodAutoscaler")
+    pods = [m["pods"]["metric"]["name"] for m in hpa["spec"]["metrics"] if m["type"] == "Pods"]
+    resources = [m["resource"]["name"] for m in hpa["spec"]["metrics"] if m["type"] == "Resource"]
+    assert resources == ["cpu"]
+    rules = yaml.safe_load((KUBERNETES / "prometheus-adapter/rules.yaml").read_text())
+    published = [rule["name"]["as"] for rule in rules["rules"]["custom"]]
+    assert pods == ["gateway_queue_depth"]
+    assert set(pods) <= set(published)
+    exported = {
+        metric.name for metric in GatewayMetrics(CollectorRegistry(), "test").registry.collect()
+    }
+    for rule in rules["rules"]["custom"]:
+        assert rule["seriesQuery"].split("{")[0] in exported
+
+
+def test_the_ingress_routes_no_admin_or_metrics_path_out_of_the_cluster() -> None:
+    (ingress,) = [d for d in _render("base") if d["kind"] == "Ingress"]
+    paths = [path for rule in ingress["spec"]["rules"] for path in rule["http"]["paths"]]
+    for path in paths:
+        assert not path["path"].startswith(("/admin", "/metrics")), path
+        assert path["pathType"] in ("Exact", "Prefix")
+        assert path["path"].startswith(("/v1/models", "/v2")), path
+        assert path["backend"]["service"]["name"] == "model-gateway"
+
+
+# -- policy ----------------------------------------------------------------------------------
+
+
+def _of(docs: list[Doc], kind: str) -> list[Doc]:
+    return [d for d in docs if d["kind"] == kind]
+
+
+def _deployment(docs: list[Doc], component: str) -> Doc:
+    (found,) = [
+        d
+        for d in _of(docs, "Deployment")
+        if d["metadata"]["labels"]["app.kubernetes.io/component"] == component
+    ]
+    return found
+
+
+def _check_pod_policy(deployment: Doc) -> None:
+    name = deployment["metadata"]["name"]
+    pod = deployment["spec"]["template"]["spec"]
+    assert pod["automountServiceAccountToken"] is False, name
+    pod_security = pod["securityContext"]
+    assert pod_security["runAsNonRoot"] is True, name
+    assert pod_security["runAsUser"] != 0, name
+    assert pod_security["seccompProfile"]["type"] == "RuntimeDefault", name
+    for container in pod["containers"]:
+        where = f"{name}/{container['name']}"
+        for probe in ("livenessProbe", "readinessProbe"):
+            assert container[probe]["httpGet"]["path"], f"{where}: {probe}"
+        for kind in ("requests", "limits"):
+            assert set(container["resources"][kind]) == {"cpu", "memory"}, f"{where}: {kind}"
+        security = container["securityContext"]
+        assert security["allowPrivilegeEscalation"] is False, where
+        assert security["readOnlyRootFilesystem"] is True, where
+        assert security["runAsNonRoot"] is True, where
+        assert security["capabilities"]["drop"] == ["ALL"], where
+        assert "privileged" not in security, where
+        for env in container.get("env", []):
+            if any(
+                word in env["name"] for word in ("TOKEN", "PASSWORD", "KEY", "SECRET", "WEBHOOK")
+            ):
+                assert "secretKeyRef" in env["valueFrom"], (
+                    f"{where}: {env['name']} not from a Secret"
+                )
+        assert not container["image"].endswith(":latest"), where
+    if deployment["metadata"]["labels"]["app.kubernetes.io/component"] == "gateway":
+        (container,) = pod["containers"]
+        assert container["livenessProbe"]["httpGet"]["path"] == "/v2/health/live"
+        assert container["readinessProbe"]["httpGet"]["path"] == "/v2/health/ready"
+        assert container["lifecycle"]["preStop"]["exec"]["command"][0] == "sleep"
+
+
+def _env_refs(pod: Doc) -> Iterator[tuple[str, str, str, bool]]:
+    """(kind, name, key, optional) of every ConfigMap and Secret key the pod reads."""
+    for container in pod["containers"]:
+        for env in container.get("env", []):
+            source = env.get("valueFrom", {})
+            for field, kind in (("configMapKeyRef", "ConfigMap"), ("secretKeyRef", "Secret")):
+                if field in source:
+                    ref = source[field]
+                    yield kind, ref["name"], ref["key"], bool(ref.get("optional"))
+    for volume in pod.get("volumes", []):
+        if "configMap" in volume:
+            yield "ConfigMap", volume["configMap"]["name"], "", False
+        if "secret" in volume:
+            for item in volume["secret"].get("items", [{"key": ""}]):
+                yield "Secret", volume["secret"]["secretName"], item["key"], False
+        if "persistentVolumeClaim" in volume:
+            yield "PersistentVolumeClaim", volume["persistentVolumeClaim"]["claimName"], "", False
+
+
+def _example_secrets() -> dict[str, dict[str, str]]:
+    return {
+        doc["metadata"]["name"]: doc["stringData"]
+        for doc in _documents(KUBERNETES / "secrets.example.yaml")
+    }
+
+
+def _check_references(deployment: Doc, docs: list[Doc]) -> None:
+    """Every ConfigMap key is rendered; every Secret key is in secrets.example.yaml."""
+    secrets = _example_secrets()
+    for kind, name, key, _optional in _env_refs(deployment["spec"]["template"]["spec"]):
+        if kind == "Secret":
+            assert name in secrets, f"Secret {name} is not in secrets.example.yaml"
+            assert key == "" or key in secrets[name], f"Secret {name} has no key {key}"
+            continue
+        (found,) = [d for d in _of(docs, kind) if d["metadata"]["name"] == name]
+        assert key == "" or key in found["data"], f"{kind} {name} has no key {key}"
+
+
+def _matches(selector: dict[str, str], labels: dict[str, str]) -> bool:
+    return all(labels.get(k) == v for k, v in selector.items())
+
+
+def _check_selectors(docs: list[Doc]) -> None:
+    pods = {
+        d["metadata"]["name"]: d["spec"]["template"]["metadata"]["labels"]
+        for d in _of(docs, "Deployment")
+    }
+    ports = {
+        d["metadata"]["name"]: {
+            p["name"] for c in d["spec"]["template"]["spec"]["containers"] for p in c["ports"]
+        }
+        for d in _of(docs, "Deployment")
+    }
+    for deployment in _of(docs, "Deployment"):
+        selector = deployment["spec"]["selector"]["matchLabels"]
+        assert _matches(selector, pods[deployment["metadata"]["name"]])
+    for service in _of(docs, "Service"):
+        targets = [n for n, labels in pods.items() if _matches(service["spec"]["selector"], labels)]
+        assert len(targets) == 1, service["metadata"]["name"]
+        for port in service["spec"]["ports"]:
+            assert port["targetPort"] in ports[targets[0]]
+    for kind in ("PodDisruptionBudget", "NetworkPolicy"):
+        for doc in _of(docs, kind):
+            key = "podSelector" if kind == "NetworkPolicy" else "selector"
+            selector = doc["spec"][key]["matchLabels"]
+            targets = [n for n, labels in pods.items() if _matches(selector, labels)]
+            assert len(targets) == 1, doc["metadata"]["name"]
+            for rule in doc["spec"].get("ingress", []):
+                assert {p["port"] for p in rule["ports"]} <= ports[targets[0]]
+    (hpa,) = _of(docs, "HorizontalPodAutoscaler")
+    assert hpa["spec"]["scaleTargetRef"]["name"] in pods
+    assert hpa["spec"]["minReplicas"] >= 2, "one replica could not be drained by the PDB"
+    (monitor,) = _of(docs, "ServiceMonitor")
+    scraped = [
+        s
+        for s in _of(docs, "Service")
+        if _matches(monitor["spec"]["selector"]["matchLabels"], s["metadata"]["labels"])
+    ]
+    assert sorted(s["metadata"]["name"] for s in scraped) == [
+        "model-gateway",
+        "model-gateway-monitor",
+    ]
+    for service in scraped:
+        names = {p["name"] for p in service["spec"]["ports"]}
+        assert {e["port"] for e in monitor["spec"]["endpoints"]} <= names
+
+
+def _check_service_monitor(doc: Doc) -> None:
+    """The Prometheus Operator's CRD, which kubernetes-validate has no schema for."""
+    assert doc["apiVersion"] == "monitoring.coreos.com/v1"
+    assert doc["kind"] == "ServiceMonitor"
+    assert set(doc) == {"apiVersion", "kind", "metadata", "spec"}
+    assert set(doc["spec"]) <= {"selector", "endpoints", "namespaceSelector", "jobLabel"}
+    assert doc["spec"]["selector"]["matchLabels"]
+    for endpoint in doc["spec"]["endpoints"]:
+        assert set(endpoint) <= {"port", "path", "interval", "scrapeTimeout", "scheme"}
+        assert endpoint["path"] == "/metrics"
+
+
+# -- the configs as the pods see them -------------------------------------------------------
+
+
+def _settings(docs: list[Doc], component: str) -> GatewaySettings | MonitorSettings:
+    """The component's settings from its rendered config file and container environment
+    (Secret values from secrets.example.yaml), loaded by the component's own loader."""
+    pod = _deployment(docs, component)["spec"]["template"]["spec"]
+    (container,) = pod["containers"]
+    config_arg = container["command"][container["command"].index("--config") + 1]
+    files = _mounted_files(pod, docs)
+    env = _environment(container, docs)
+    return _load(component, files[config_arg], env)
+
+
+def _mounted_files(pod: Doc, docs: list[Doc]) -> dict[str, str]:
+    files: dict[str, str] = {}
+    volumes = {v["name"]: v for v in pod.get("volumes", [])}
+    for mount in pod["containers"][0]["volumeMounts"]:
+        volume = volumes[mount["name"]]
+        if "configMap" in volume:
+            (config_map,) = [
+                d
+                for d in _of(docs, "ConfigMap")
+                if d["metadata"]["name"] == volume["configMap"]["name"]
+            ]
+            for key, text in config_map["data"].items():
+                files[f"{mount['mountPath']}/{key}"] = text
+    return files
+
+
+def _environment(container: Doc, docs: list[Doc]) -> dict[str, str]:
+    secrets = _example_secrets()
+    env: dict[str, str] = {}
+    for entry in container.get("env", []):
+        if "value" in entry:
+            env[entry["name"]] = entry["value"]
+            continue
+        source = entry["valueFrom"]
+        if "configMapKeyRef" in source:
+            ref = source["configMapKeyRef"]
+            (config_map,) = [
+                d for d in _of(docs, "ConfigMap") if d["metadata"]["name"] == ref["name"]
+            ]
+            env[entry["name"]] = config_map["data"][ref["key"]]
+        elif "secretKeyRef" in source:
+            ref = source["secretKeyRef"]
+            env[entry["name"]] = secrets[ref["name"]][ref["key"]]
+        elif "fieldRef" in source:
+            env[entry["name"]] = "model-gateway-0"
+    return env
+
+
+def _load(component: str, text: str, env: dict[str, str]) -> GatewaySettings | MonitorSettings:
+    with tempfile.TemporaryDirectory() as directory, pytest.MonkeyPatch.context() as patch:
+        for key in list(os.environ):
+            if key.startswith(("GATEWAY_", "MONITOR_")):
+                patch.delenv(key)
+        for key, value in env.items():
+            patch.setenv(key, value)
+        path = Path(directory) / "config.yaml"
+        path.write_text(text)
+        if component == "gateway":
+            return load_settings(path)
+        return load_monitor_settings(path)
+
+
+def _mounts(pod: Doc) -> list[tuple[Path, Doc, bool]]:
+    volumes = {v["name"]: v for v in pod.get("volumes", [])}
+    return [
+        (Path(m["mountPath"]), volumes[m["name"]], bool(m.get("readOnly")))
+        for m in pod["containers"][0]["volumeMounts"]
+    ]
+
+
+def _on_volume(pod: Doc, path: Path) -> bool:
+    return any(path.is_relative_to(mount) for mount, _, _ in _mounts(pod))
+
+
+def _on_writable_volume(pod: Doc, path: Path) -> bool:
+    return any(
+        path.is_relative_to(mount)
+        and not read_only
+        and ("emptyDir" in volume or "persistentVolumeClaim" in volume)
+        for mount, volume, read_only in _mounts(pod)
+    )

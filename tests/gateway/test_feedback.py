@@ -1,0 +1,135 @@
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from aiokafka import AIOKafkaConsumer
+from prometheus_client import CollectorRegistry
+
+from gateway.feedback_client import read_feedback_csv
+from gateway.http import create_app
+from gateway.settings import load_settings
+from monitors.broker import EmbeddedBroker
+from monitors.feedback import FeedbackRecord, decode_feedback
+
+
+@asynccontextmanager
+async def gateway(registry: Path, tmp_path: Path, **kw: Any) -> AsyncIterator[httpx.AsyncClient]:
+    settings = load_settings(
+        registry__root=registry,
+        registry__poll_interval_s=60,
+        models=[{"name": "breast_cancer", "ref": "breast_cancer@champion"}],
+        feedback__spool_dir=str(tmp_path / "feedback-spool"),
+        **kw,
+    )
+    app = create_app(settings, metrics_registry=CollectorRegistry())
+    async with app.router.lifespan_context(app):
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://gateway") as client:
+            yield client
+
+
+async def read_feedback(bootstrap: str, expected: int) -> list[FeedbackRecord]:
+    consumer = AIOKafkaConsumer(
+        "model-feedback", bootstrap_servers=bootstrap, auto_offset_reset="earliest"
+    )
+    await consumer.start()
+    records: list[FeedbackRecord] = []
+    try:
+        async with asyncio.timeout(60):
+            while len(records) < expected:
+                batches = await consumer.getmany(timeout_ms=200)
+                for messages in batches.values():
+                    for message in messages:
+                        got, problems = decode_feedback(message.value or b"", 0.0)
+                        assert problems == []
+                        assert message.key == b"breast_cancer"
+                        records.extend(got)
+    finally:
+        await consumer.stop()
+    return records
+
+
+async def test_feedback_is_checked_answered_202_and_logged_to_its_topic(
+    demo_registry: Path, tmp_path: Path, broker: EmbeddedBroker
+) -> None:
+    options = {
+        "feature_log__enabled": True,
+        "feature_log__bootstrap_servers": broker.bootstrap_servers,
+        "feature_log__spool_dir": str(tmp_path / "log-spool"),
+        "feedback__enabled": True,
+    }
+    async with gateway(demo_registry, tmp_path, **options) as client:
+        url = "/v2/models/breast_cancer/feedback"
+        one = await client.post(url, json={"id": "r1", "label": "benign", "time": 5.0})
+        assert one.status_code == 202
+        assert one.json() == {"accepted": 1}
+        bulk = await client.post(
+            url,
+            json={"items": [{"id": "r2", "row": 1, "label": 0},
+                            {"id": "r3", "labels": {"label": 1}, "source": "crm"}]},
+        )  # fmt: skip
+        assert bulk.status_code == 202
+        assert bulk.json() == {"accepted": 2}
+        bad = {
+            "not json": b"{",
+            "a list": b"[1]",
+            "no items": b'{"items": []}',
+            "unknown class": b'{"id": "r", "label": "tumour"}',
+            "class index out of range": b'{"id": "r", "label": 2}',
+            "probabilities are not labels": b'{"id": "r", "labels": {"probabilities": 1}}',
+            "unknown output": b'{"id": "r", "labels": {"score": 1}}',
+            "both forms": b'{"id": "r", "label": 1, "labels": {"label": 1}}',
+            "negative row": b'{"id": "r", "row": -1, "label": 1}',
+            "no id": b'{"label": 1}',
+            "unknown key": b'{"id": "r", "label": 1, "weight": 2}',
+        }
+        for case, body in bad.items():
+            response = await client.post(url, content=body)
+            assert response.status_code == 400, case
+            assert "error" in response.json(), case
+        second_bad = await client.post(url, json={"items": [{"id": "ok", "label": 1}, {"id": 3}]})
+        assert second_bad.status_code == 400
+        assert second_bad.json()["error"].startswith("item 1:")
+        unknown = await client.post("/v2/models/nope/feedback", json={"id": "r", "label": 1})
+        assert unknown.status_code == 404
+        metrics = (await client.get("/metrics")).text
+        assert (
+            'gateway_feedback_items_total{model="breast_cancer",outcome="accepted"} 3.0' in metrics
+        )
+    records = await read_feedback(broker.bootstrap_servers, 3)
+    assert [(r["request_id"], r["row"], r["labels"]) for r in records] == [
+        ("r1", 0, {"label": 1}),  # "benign" is class 1 of the demo model
+        ("r2", 1, {"label": 0}),
+        ("r3", 0, {"label": 1}),
+    ]
+    assert records[0]["time"] == 5.0
+    assert records[2]["source"] == "crm"
+
+
+async def test_feedback_endpoint_is_404_when_off(demo_registry: Path, tmp_path: Path) -> None:
+    async with gateway(demo_registry, tmp_path) as client:
+        response = await client.post("/v2/models/breast_cancer/feedback", json={"id": "r"})
+        assert response.status_code == 404
+        assert "feedback.enabled" in response.json()["error"]
+
+
+def test_csv_rows_become_items(tmp_path: Path) -> None:
+    path = tmp_path / "outcomes.csv"
+    path.write_text("id,row,label\na,0,benign\nb,2,1\nc,0,\n")
+    assert list(read_feedback_csv(path)) == [
+        {"id": "a", "row": 0, "label": "benign"},
+        {"id": "b", "row": 2, "label": 1},
+    ]
+    named = tmp_path / "named.csv"
+    named.write_text("id,time,label:label\na,12.5,0\n")
+    assert list(read_feedback_csv(named)) == [{"id": "a", "time": 12.5, "labels": {"label": 0}}]
+    broken = tmp_path / "broken.csv"
+    broken.write_text("request,label\na,1\n")
+    with pytest.raises(ValueError, match="no 'id' column"):
+        list(read_feedback_csv(broken))

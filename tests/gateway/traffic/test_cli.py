@@ -1,0 +1,45 @@
+from __future__ import annotations
+
+import argparse
+
+import pytest
+
+from gateway.traffic import add_routes_commands, run_routes_command
+
+
+def parse(argv: list[str]) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="gateway")
+    add_routes_commands(parser.add_subparsers(dest="command"))
+    return parser.parse_args(argv)
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["routes", "--url", "http://gw:9", "--token", "t", "show", "e"],
+        ["routes", "show", "e", "--url", "http://gw:9", "--token", "t"],
+        ["routes", "--url", "http://gw:9", "show", "--token", "t", "e"],
+    ],
+)
+def test_global_options_go_before_or_after_the_action(argv: list[str]) -> None:
+    args = parse(argv)
+    assert (args.url, args.token, args.action, args.endpoint) == ("http://gw:9", "t", "show", "e")
+
+
+def test_url_and_token_default_to_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("GATEWAY_URL", "http://from-env:1")
+    monkeypatch.setenv("GATEWAY_ADMIN_TOKEN", "env-token")
+    args = parse(["routes", "set", "e", "a=90", "b=10"])
+    assert (args.url, args.token) == ("http://from-env:1", "env-token")
+    assert parse(["routes", "set", "e", "a=1", "--token", "given"]).token == "given"
+
+
+def test_canary_is_removed_or_needs_a_variant_and_a_baseline(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    assert parse(["routes", "canary", "e", "--remove"]).remove
+    # nothing listens on port 9: a complete rule would fail to connect (1); this one is
+    # refused before any request (2)
+    args = parse(["routes", "--url", "http://127.0.0.1:9", "canary", "e", "v"])
+    assert run_routes_command(args) == 2
+    assert "canary needs VARIANT and --baseline (or --remove)" in capsys.readouterr().err

@@ -1,0 +1,68 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from monitors.join import JoinCounts, JoinStore
+
+
+def _probs(p: float) -> bytes:
+    return np.asarray([1 - p, p], dtype=np.float32).tobytes()
+
+
+def test_labels_join_either_order_and_duplicates_count_once(tmp_path: Path) -> None:
+    store = JoinStore(tmp_path / "p0.sqlite")
+    stream = store.stream("m", "1", "a", classes=2)
+    early = store.add_labels([("r2", 0, 1.0, 10.0)])  # before its prediction
+    assert early.labels_pending == 1
+    counts = store.add_predictions(
+        [("r1", 0, stream.id, 1.0, 1.0, _probs(0.9)), ("r1", 1, stream.id, 1.0, 0.0, _probs(0.2)),
+         ("r2", 0, stream.id, 2.0, 1.0, _probs(0.8)), ("r1", 0, stream.id, 1.0, 1.0, _probs(0.9))]
+    )  # fmt: skip
+    assert (counts.predictions, counts.duplicate_predictions, counts.labels_joined) == (3, 1, 1)
+    counts = store.add_labels(
+        [("r1", 0, 1.0, 11.0), ("r1", 0, 1.0, 11.0), ("r1", 1, 1.0, 12.0), ("r2", 0, 0.0, 13.0),
+         ("nope", 0, 1.0, 14.0)]
+    )  # fmt: skip
+    # r1/0 twice in the batch, r2/0 already labelled, nope pending
+    assert (counts.labels_joined, counts.duplicate_labels, counts.labels_pending) == (2, 2, 1)
+    again = store.add_labels([("nope", 0, 1.0, 15.0)])
+    assert (again.duplicate_labels, again.labels_pending) == (1, 0)
+    confusion = store.totals(stream)["confusion"]
+    assert confusion.tolist() == [[0, 0], [1, 2]]  # true 1: predicted 0 once, 1 twice
+    assert store.predicted(stream) == 3
+    expired = store.expire(before=1.5, labels_before=20.0)
+    assert (expired.predictions_expired, expired.labels_unmatched) == (2, 1)
+    predicted, pred, label, probs, _all_probs = store.window(stream, "prediction", 0.0, 10.0)
+    assert predicted == 1
+    assert label.tolist() == [1.0]
+    assert pred.tolist() == [1.0]
+    assert probs is not None
+    assert np.allclose(probs, [[0.2, 0.8]])
+    store.close()
+
+
+def test_only_committed_state_survives_a_reopen(tmp_path: Path) -> None:
+    path = tmp_path / "p0.sqlite"
+    store = JoinStore(path)
+    stream = store.stream("m", "1", "a", classes=0)
+    store.add_predictions([("r1", 0, stream.id, 1.0, 2.5, None)])
+    store.put("watermark", 1.0)
+    store.commit({"inference-log": 5}, JoinCounts(predictions=1))
+    store.add_predictions([("r2", 0, stream.id, 2.0, 3.0, None)])
+    store.commit({"inference-log": 6}, JoinCounts(predictions=1))
+    store.add_labels([("r1", 0, 2.0, 3.0)])  # never committed: a crash before the commit
+    store.put("watermark", 9.0)
+    store._db.close()  # the process dies: no rollback, no commit
+
+    reopened = JoinStore(path)
+    assert reopened.offsets() == {"inference-log": 6}
+    assert reopened.counters()["predictions"] == 2
+    assert reopened.get("watermark") == 1.0
+    (stream,) = reopened.streams
+    assert reopened.totals(stream) == {"count": 0, "abs_sum": 0.0, "sq_sum": 0.0}
+    counts = reopened.add_labels([("r1", 0, 2.0, 3.0)])
+    assert counts.labels_joined == 1
+    assert reopened.totals(stream) == {"count": 1, "abs_sum": 0.5, "sq_sum": 0.25}
+    reopened.close()

@@ -1,0 +1,132 @@
+from __future__ import annotations
+
+import numpy as np
+from sklearn.metrics import (
+    accuracy_score,
+    confusion_matrix,
+    f1_score,
+    log_loss,
+    mean_absolute_error,
+    mean_squared_error,
+    precision_score,
+    r2_score,
+    recall_score,
+    roc_auc_score,
+)
+
+from monitors.abtest import ABState, look
+from monitors.estimate import estimate_classification
+from monitors.performance import (
+    calibration_table,
+    classification_metrics,
+    degraded,
+    regression_metrics,
+    wilson,
+)
+
+
+def _classifier_data(n: int, classes: int, seed: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    probs = rng.dirichlet(np.ones(classes), size=n)
+    y_pred = probs.argmax(axis=1)
+    y_true = np.array([rng.choice(classes, p=p) for p in probs])
+    return y_true, y_pred, probs
+
+
+def test_classification_metrics_match_scikit_learn() -> None:
+    for classes in (2, 3):
+        y_true, y_pred, probs = _classifier_data(2000, classes, seed=classes)
+        result = classification_metrics(y_true, y_pred, probs, classes)
+        assert result["accuracy"]["value"] == accuracy_score(y_true, y_pred)
+        assert result["confusion"] == confusion_matrix(y_true, y_pred).tolist()
+        for name, ours in (("precision", precision_score), ("recall", recall_score)):
+            expected = ours(y_true, y_pred, average=None, zero_division=0)
+            got = [c[name]["value"] for c in result["per_class"]]
+            np.testing.assert_allclose(got, expected)
+        np.testing.assert_allclose(
+            result["macro_f1"]["value"], f1_score(y_true, y_pred, average="macro")
+        )
+        auc = (
+            roc_auc_score(y_true, probs[:, 1])
+            if classes == 2
+            else roc_auc_score(y_true, probs, multi_class="ovr", average="macro")
+        )
+        np.testing.assert_allclose(result["roc_auc"]["value"], auc)
+        np.testing.assert_allclose(result["log_loss"]["value"], log_loss(y_true, probs))
+        for metric in ("accuracy", "macro_f1", "roc_auc", "log_loss"):
+            interval = result[metric]
+            assert interval["low"] <= interval["value"] <= interval["high"]
+
+
+def test_regression_metrics_match_scikit_learn() -> None:
+    rng = np.random.default_rng(1)
+    y_true = rng.normal(size=500)
+    y_pred = y_true + rng.normal(scale=0.3, size=500)
+    result = regression_metrics(y_true, y_pred)
+    np.testing.assert_allclose(result["mae"]["value"], mean_absolute_error(y_true, y_pred))
+    np.testing.assert_allclose(result["rmse"]["value"], mean_squared_error(y_true, y_pred) ** 0.5)
+    np.testing.assert_allclose(result["r2"]["value"], r2_score(y_true, y_pred))
+
+
+def test_wilson_interval_covers_the_proportion_and_shrinks() -> None:
+    low, high = wilson(90, 100)
+    assert low < 0.9 < high
+    low2, high2 = wilson(900, 1000)
+    assert high2 - low2 < high - low
+    assert wilson(0, 0) == (0.0, 1.0)
+
+
+def test_degradation_needs_the_whole_interval_below_validation_minus_margin() -> None:
+    window = {"accuracy": {"value": 0.80, "low": 0.75, "high": 0.85}}
+    assert degraded(window, "accuracy", 0.95, 0.02) is True
+    assert degraded(window, "accuracy", 0.86, 0.02) is False
+    losses = {"log_loss": {"value": 0.5, "low": 0.4, "high": 0.6}}
+    assert degraded(losses, "log_loss", 0.2, 0.1) is True
+    assert degraded({}, "accuracy", 0.9, 0.0) is None
+
+
+def test_estimate_tracks_the_accuracy_of_calibrated_probabilities() -> None:
+    y_true, _, probs = _classifier_data(5000, 2, seed=7)
+    estimate = estimate_classification(probs)
+    realized = float((probs.argmax(axis=1) == y_true).mean())
+    assert estimate["accuracy"]["low"] <= realized <= estimate["accuracy"]["high"]
+
+
+def test_calibration_table_corrects_overconfident_probabilities() -> None:
+    rng = np.random.default_rng(3)
+    true_p = rng.uniform(size=20_000)
+    y = (rng.uniform(size=true_p.size) < true_p).astype(int)
+    sharp = np.clip((true_p - 0.5) * 1.8 + 0.5, 0, 1)  # overconfident
+    probs = np.column_stack([1 - sharp, sharp])
+    edges, rates = calibration_table(y, probs)
+    from registry_client import Calibration
+
+    calibration = Calibration(edges=edges, rates=rates)
+    realized = float((probs.argmax(axis=1) == y).mean())
+    raw = estimate_classification(probs)["accuracy"]["value"]
+    calibrated = estimate_classification(probs, calibration)["accuracy"]["value"]
+    assert abs(calibrated - realized) < abs(raw - realized)
+    assert abs(calibrated - realized) < 0.01
+
+
+def test_ab_test_declares_the_better_variant_and_not_equal_ones() -> None:
+    rng = np.random.default_rng(0)
+    state = ABState()
+    verdict = None
+    for _ in range(100):
+        a = int(rng.binomial(200, 0.80))
+        b = int(rng.binomial(200, 0.90))
+        verdict = look(state, (200, a), (200, b), alpha=0.05, tau=0.03, min_samples=100,
+                       min_effect=0.02)  # fmt: skip
+        if verdict.decision != "no_difference_yet":
+            break
+    assert verdict is not None
+    assert verdict.decision == "b_better"
+    assert verdict.low > 0
+    assert verdict.samples_needed == 0
+    equal = ABState()
+    for _ in range(5):
+        same = look(equal, (100, 90), (100, 90), alpha=0.05, tau=0.03, min_samples=100,
+                    min_effect=0.02)  # fmt: skip
+    assert same.decision == "no_difference_yet"
+    assert same.samples_needed > 0

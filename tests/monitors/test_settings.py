@@ -1,0 +1,71 @@
+"""The monitor's settings: the Kafka cluster's security, as the gateway's feature log has it."""
+
+from __future__ import annotations
+
+import ssl
+from pathlib import Path
+
+import certifi
+import pytest
+import yaml
+from aiokafka import AIOKafkaConsumer
+
+from monitors.settings import MonitorSettings, SettingsError, load_settings
+
+
+def _config(tmp_path: Path, kafka: dict[str, str]) -> Path:
+    path = tmp_path / "monitor.yaml"
+    path.write_text(yaml.safe_dump({"kafka": kafka}))
+    return path
+
+
+def _sasl_over_tls(tmp_path: Path) -> MonitorSettings:
+    ca = tmp_path / "tls" / "ca.crt"
+    ca.parent.mkdir()
+    ca.write_bytes(Path(certifi.where()).read_bytes())
+    kafka = {
+        "bootstrap_servers": "kafka-0.example:9094",
+        "security_protocol": "SASL_SSL",
+        "sasl_mechanism": "SCRAM-SHA-512",
+        "sasl_username": "monitor",
+        "sasl_password": "s3cret",
+        "ssl_cafile": "tls/ca.crt",  # relative to the config file
+    }
+    return load_settings(_config(tmp_path, kafka))
+
+
+def test_sasl_over_tls_gives_the_consumer_its_credentials_and_ca(tmp_path: Path) -> None:
+    settings = _sasl_over_tls(tmp_path)
+    assert settings.kafka.ssl_cafile == tmp_path / "tls" / "ca.crt"
+    assert "s3cret" not in repr(settings)
+    options = settings.kafka.security_options()
+    context = options.pop("ssl_context")
+    assert isinstance(context, ssl.SSLContext)
+    assert context.verify_mode == ssl.CERT_REQUIRED
+    assert options == {
+        "security_protocol": "SASL_SSL",
+        "sasl_mechanism": "SCRAM-SHA-512",
+        "sasl_plain_username": "monitor",
+        "sasl_plain_password": "s3cret",
+    }
+
+
+async def test_aiokafka_takes_the_security_options_as_they_are(tmp_path: Path) -> None:
+    # aiokafka checks the protocol, the mechanism and the TLS context together
+    settings = _sasl_over_tls(tmp_path)
+    consumer = AIOKafkaConsumer(
+        bootstrap_servers=settings.kafka.bootstrap_servers, **settings.kafka.security_options()
+    )
+    await consumer.stop()
+
+
+def test_plaintext_is_the_default_and_adds_nothing() -> None:
+    assert load_settings().kafka.security_options() == {"security_protocol": "PLAINTEXT"}
+
+
+def test_sasl_without_its_credentials_is_refused_naming_the_settings(tmp_path: Path) -> None:
+    path = _config(tmp_path, {"security_protocol": "SASL_PLAINTEXT", "sasl_username": "monitor"})
+    with pytest.raises(
+        SettingsError, match=r"kafka\.sasl_mechanism, sasl_username and sasl_password"
+    ):
+        load_settings(path)
