@@ -27,8 +27,9 @@ from aiokafka.structs import ConsumerRecord
 from prometheus_client import CollectorRegistry
 
 from gateway.featurelog import RecordBuilder, RequestInfo, pack_messages
-from loadtests.drift_quality import NAMES, X, profile
+from loadtests.drift_quality import NAMES, X, registered
 from monitors.metrics import MonitorMetrics
+from monitors.profile import ModelProfile, build_profile
 from monitors.schema import InferenceRecord, encode_record
 from monitors.service import MonitorService
 from monitors.settings import MonitorSettings
@@ -36,6 +37,15 @@ from monitors.settings import MonitorSettings
 MODEL = "m"
 POLL = 50  # messages per consumer poll: 5,000 records, the monitor's max_batch_records
 BATCH = 500  # records per send of the feature log (feature_log.batch_size)
+
+
+def profile() -> ModelProfile:
+    """The model's 30 features and its predicted label (what its records hold)."""
+    columns = {name: X[:, j] for j, name in enumerate(NAMES)}
+    columns["prediction:label"] = (np.random.default_rng(1).uniform(size=len(X)) > 0.5).astype(
+        float
+    )
+    return build_profile(columns)
 
 
 def requests(count: int) -> list[tuple[np.ndarray, np.ndarray, np.ndarray]]:
@@ -147,9 +157,7 @@ def main() -> None:
         f"{args.records} records in {len(messages)} messages ({args.encoding}, {size:.0f} B/record)"
     )
     with tempfile.TemporaryDirectory() as registry:
-        version = Path(registry) / MODEL / "1"
-        version.mkdir(parents=True)
-        profile().dump(version)
+        registered(Path(registry), MODEL, profile())
         monitor: list[Clock] = []
         gateway: list[Clock] = []
         for _ in range(args.repeats):

@@ -1,3 +1,4 @@
-"""Streaming drift monitor (reads the inference log from Kafka). Not built yet: see issue 6."""
+"""Streaming drift monitor: reads the inference log from Kafka, judges windows against the
+models' reference profiles, keeps their history, calls webhooks (README: drift monitor)."""
 
 __all__: list[str] = []

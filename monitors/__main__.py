@@ -1,4 +1,5 @@
-"""``python -m monitors run --config FILE`` and ``python -m monitors profile build ...``."""
+"""``python -m monitors run --config FILE``, ``python -m monitors profile build ...`` and
+``python -m monitors report --model M --version V [--html FILE]``."""
 
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ import numpy as np
 
 if TYPE_CHECKING:
     from monitors.profile import ModelProfile
+    from registry_client import ModelMetadata, Registry
 
 
 def _run(config: Path | None) -> int:
@@ -77,48 +79,97 @@ def _run(config: Path | None) -> int:
 
 
 def _profile(args: argparse.Namespace) -> int:
-    from monitors.profile import build_profile
+    from monitors.profile import PROFILE_FILE, ProfileError, build_model_profile
+    from registry_client import ModelMetadata, RegistryError
 
     directory = Path(args.registry or ".") / args.model / args.version
     if args.registry is not None and not directory.is_dir():
         print(f"monitors: no model version folder {directory}", file=sys.stderr)
         return 2
-    if args.demo:
-        from sklearn.datasets import load_breast_cancer
+    try:
+        if args.mlflow_url is None:
+            metadata, outputs = ModelMetadata.load(directory), _outputs(directory / "model.onnx")
+        else:
+            metadata, outputs = asyncio.run(_mlflow_version(args))
+        if args.demo:
+            from sklearn.datasets import load_breast_cancer
 
-        data = load_breast_cancer()
-        columns = {str(n): data.data[:, j] for j, n in enumerate(data.feature_names)}
-        columns["prediction:label"] = data.target.astype(float)
-    else:
-        import csv
-
-        with open(args.csv, newline="") as fh:
-            rows = list(csv.DictReader(fh))
-        columns = {}
-        for name in rows[0]:
-            raw = [r[name] for r in rows]
-            try:
-                columns[name] = np.asarray([float(v) if v != "" else np.nan for v in raw])
-            except ValueError:
-                columns[name] = np.asarray(raw, dtype=object)
-    categorical = {n for n, v in columns.items() if v.dtype == object} | set(args.categorical)
-    profile = build_profile(columns, categorical, bins=args.bins)
+            data = load_breast_cancer()
+            columns = {str(n): data.data[:, j] for j, n in enumerate(data.feature_names)}
+            columns["prediction:label"] = data.target.astype(float)
+        else:
+            columns = _read_csv(Path(args.csv))
+        profile, ignored = build_model_profile(
+            metadata,
+            columns,
+            outputs=outputs,
+            categorical=set(args.categorical),
+            bins=args.bins,
+        )
+    except (ProfileError, RegistryError, OSError) as exc:
+        print(f"monitors: {exc}", file=sys.stderr)
+        return 2
+    if ignored:
+        print(f"ignored columns that are neither features nor predictions: {ignored}")
     if args.mlflow_url is None:
         profile.dump(directory)
-        print(f"wrote {directory / 'reference_profile.json'} ({len(columns)} columns)")
+        print(f"wrote {directory / PROFILE_FILE} ({len(profile.features)} columns)")
         return 0
     return asyncio.run(_store_in_mlflow(args, profile))
+
+
+def _read_csv(path: Path) -> dict[str, np.ndarray]:
+    """A CSV file's columns as text (the profile builder reads them by the declared types)."""
+    import csv
+
+    from monitors.profile import ProfileError
+
+    with path.open(newline="") as fh:
+        reader = csv.reader(fh)
+        header = next(reader, None)
+        rows = list(reader)
+    if not header or not rows:
+        raise ProfileError(f"{path} holds no header row and data rows")
+    columns = {name: np.empty(len(rows), dtype=object) for name in header}
+    for j, name in enumerate(header):
+        columns[name][:] = [row[j] if j < len(row) else "" for row in rows]
+    return columns
+
+
+def _outputs(model_file: Path) -> list[str] | None:
+    """The names of the model's outputs, from its ONNX graph when there is one."""
+    if not model_file.is_file():
+        return None
+    import onnxruntime
+
+    session = onnxruntime.InferenceSession(str(model_file), providers=["CPUExecutionProvider"])
+    return [output.name for output in session.get_outputs()]
+
+
+def _mlflow_registry(args: argparse.Namespace) -> Registry:
+    from registry_client.settings import RegistrySettings, open_registry
+
+    token = os.environ.get("MLFLOW_TRACKING_TOKEN")
+    return open_registry(
+        RegistrySettings(backend="mlflow", mlflow_url=args.mlflow_url, mlflow_token=token)
+    )
+
+
+async def _mlflow_version(args: argparse.Namespace) -> tuple[ModelMetadata, list[str] | None]:
+    """The version's metadata (its features and their types) and its outputs, from MLflow."""
+    registry = _mlflow_registry(args)
+    try:
+        version = await registry.fetch(args.model, args.version)
+    finally:
+        await registry.aclose()
+    return version.metadata, _outputs(version.model_file)
 
 
 async def _store_in_mlflow(args: argparse.Namespace, profile: ModelProfile) -> int:
     from monitors.references import store_profile
     from registry_client import RegistryError
-    from registry_client.settings import RegistrySettings, open_registry
 
-    token = os.environ.get("MLFLOW_TRACKING_TOKEN")
-    registry = open_registry(
-        RegistrySettings(backend="mlflow", mlflow_url=args.mlflow_url, mlflow_token=token)
-    )
+    registry = _mlflow_registry(args)
     try:
         where = await store_profile(
             registry, args.model, args.version, profile, inline=args.mlflow_tag
@@ -129,6 +180,27 @@ async def _store_in_mlflow(args: argparse.Namespace, profile: ModelProfile) -> i
     finally:
         await registry.aclose()
     print(f"stored the profile of {args.model} version {args.version} ({where})")
+    return 0
+
+
+def _report(args: argparse.Namespace) -> int:
+    from monitors.pictures import render_html
+    from monitors.report import ReportError, load_report, table
+    from monitors.settings import SettingsError, load_settings
+
+    try:
+        state_dir = args.state_dir
+        if state_dir is None and args.url is None:
+            state_dir = load_settings(args.config).state_dir
+        last = None if args.html else args.last  # the page draws every window kept
+        report = load_report(args.model, args.version, state_dir=state_dir, url=args.url, last=last)
+        print(table(report, args.last))
+        if args.html is not None:
+            Path(args.html).write_text(render_html(report, report.window(args.window)))
+            print(f"wrote {args.html}")
+    except (ReportError, SettingsError, OSError) as exc:
+        print(f"monitors: {exc}", file=sys.stderr)
+        return 2
     return 0
 
 
@@ -154,11 +226,34 @@ def main(argv: list[str] | None = None) -> int:
     build.add_argument("--version", required=True)
     source = build.add_mutually_exclusive_group(required=True)
     source.add_argument(
-        "--csv", help="training data with a header row (features, and prediction:<output> columns)"
+        "--csv",
+        help="training data with a header row: a column per feature the model's metadata "
+        "declares, prediction:<output> columns; other columns are ignored",
     )
     source.add_argument("--demo", action="store_true", help="the demo model's training data")
-    build.add_argument("--categorical", nargs="*", default=[])
+    build.add_argument(
+        "--categorical",
+        nargs="*",
+        default=[],
+        help="columns to treat as categorical besides those the metadata declares so",
+    )
     build.add_argument("--bins", type=int, default=10)
+    report = sub.add_parser(
+        "report", help="a model version's windows: a table of features by windows, pictures"
+    )
+    report.add_argument("--model", required=True)
+    report.add_argument("--version", required=True)
+    where = report.add_mutually_exclusive_group()
+    where.add_argument("--config", type=Path, help="the monitor's config (its state_dir)")
+    where.add_argument("--state-dir", help="the monitor's state_dir")
+    where.add_argument("--url", help="a running monitor, e.g. http://127.0.0.1:8090")
+    report.add_argument(
+        "--last", type=int, default=12, help="windows in the table, the newest (default 12)"
+    )
+    report.add_argument("--html", help="also write an HTML page with pictures to this file")
+    report.add_argument(
+        "--window", type=int, help="the window (seq) whose histograms the page draws"
+    )
     args = parser.parse_args(argv)
     logging.basicConfig(
         level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
@@ -166,6 +261,8 @@ def main(argv: list[str] | None = None) -> int:
     logging.getLogger("aiokafka").setLevel(logging.CRITICAL)
     if args.command == "run":
         return _run(args.config)
+    if args.command == "report":
+        return _report(args)
     return _profile(args)
 
 

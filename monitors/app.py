@@ -1,7 +1,9 @@
-"""The monitor's small HTTP side: latest window results, decisions, webhook deliveries, metrics."""
+"""The monitor's small HTTP side: latest window results, the history of windows, decisions,
+webhook deliveries, metrics."""
 
 from __future__ import annotations
 
+import asyncio
 from dataclasses import asdict
 
 import orjson
@@ -23,15 +25,16 @@ def _json(doc: object) -> Response:
     )
 
 
-def _not_found(message: str) -> Response:
-    return Response(orjson.dumps({"error": message}), 404, media_type="application/json")
+def _error(status: int, message: str) -> Response:
+    return Response(orjson.dumps({"error": message}), status, media_type="application/json")
 
 
 def create_status_app(
     service: MonitorService, ground_truth: GroundTruthService | None = None
 ) -> Starlette:
-    """``GET /status``, ``GET /status/{model}/{version}``, ``GET /health``, ``GET /metrics``;
-    with the ground-truth side, ``GET /performance`` and ``GET /ab/{model}`` too."""
+    """``GET /status``, ``GET /status/{model}/{version}``, ``GET /windows/{model}/{version}``,
+    ``GET /health``, ``GET /metrics``; with the ground-truth side, ``GET /performance`` and
+    ``GET /ab/{model}`` too."""
 
     async def status(request: Request) -> Response:
         return _json(
@@ -46,20 +49,38 @@ def create_status_app(
 
     async def performance(request: Request) -> Response:
         if ground_truth is None:
-            return _not_found("the ground-truth side is off (performance.enabled)")
+            return _error(404, "the ground-truth side is off (performance.enabled)")
         return _json(ground_truth.status())
 
     async def ab(request: Request) -> Response:
         if ground_truth is None:
-            return _not_found("the ground-truth side is off (performance.enabled)")
+            return _error(404, "the ground-truth side is off (performance.enabled)")
         model = request.path_params["model"]
         return _json({"model": model, "pairs": ground_truth.verdicts(model)})
 
     async def model_status(request: Request) -> Response:
         key = f"{request.path_params['model']}/{request.path_params['version']}"
         if key not in service.latest:
-            return _not_found(f"no window closed yet for {key}")
+            return _error(404, f"no window closed yet for {key}")
         return _json(service.latest[key])
+
+    async def windows(request: Request) -> Response:
+        """The model version's evaluated windows, oldest first (``monitors/history.py``):
+        ``since`` (a window's ``seq``) for those after it, ``limit`` for the newest few."""
+        model, version = request.path_params["model"], request.path_params["version"]
+        query = {}
+        for name in ("limit", "since"):
+            text = request.query_params.get(name)
+            if text is not None:
+                if not text.isdigit():
+                    return _error(400, f"'{name}' must be a non-negative integer")
+                query[name] = int(text)
+        history = service.history
+        found = await asyncio.to_thread(history.windows, model, version, **query)
+        reference = await asyncio.to_thread(history.reference, model, version)
+        if reference is None:
+            return _error(404, f"no window of {model}/{version} evaluated yet")
+        return _json({"model": model, "version": version, "reference": reference, "windows": found})
 
     async def health(request: Request) -> Response:
         return _json({"live": True})
@@ -71,6 +92,7 @@ def create_status_app(
         routes=[
             Route("/status", status),
             Route("/status/{model}/{version}", model_status),
+            Route("/windows/{model}/{version}", windows),
             Route("/performance", performance),
             Route("/ab/{model}", ab),
             Route("/health", health),

@@ -39,12 +39,13 @@ class Part:
 
 def served_primaries(
     message: MessageColumns, offset: int
-) -> tuple[dict[tuple[str, str], Part], int]:
+) -> tuple[dict[tuple[str, str], Part], dict[str, int]]:
     """The message's records served by a primary (status ok), by model version, and how many
-    other records it holds."""
+    other records it holds, by why they are not: ``shadow``, or the status of a request that
+    failed (``invalid``, ``rejected``, ``timeout``, ``error``, ``cancelled``)."""
     fields, count = message.fields, message.count
     if not count:
-        return {}, 0
+        return {}, {}
     roles, statuses = fields["role"], fields["status"]
     models, versions = fields["model"], fields["version"]
     if (
@@ -54,19 +55,21 @@ def served_primaries(
         and versions.count(versions[0]) == count
     ):
         key = (models[0], versions[0])  # the common case: one model version, all served
-        return {key: Part(message, None, np.full(count, offset, dtype=np.int64))}, 0
+        return {key: Part(message, None, np.full(count, offset, dtype=np.int64))}, {}
     groups: dict[tuple[str, str], list[int]] = {}
-    served = 0
+    others: dict[str, int] = {}
     each = zip(roles, statuses, models, versions, strict=True)
     for i, (role, status, model, version) in enumerate(each):
         if role == "primary" and status == "ok":
             groups.setdefault((model, version), []).append(i)
-            served += 1
+        else:
+            reason = "shadow" if role != "primary" else str(status)
+            others[reason] = others.get(reason, 0) + 1
     parts = {
         key: Part(message, np.asarray(indices), np.full(len(indices), offset, dtype=np.int64))
         for key, indices in groups.items()
     }
-    return parts, count - served
+    return parts, others
 
 
 @dataclass(frozen=True, slots=True)
@@ -84,6 +87,13 @@ class Column:
     def take(self, records: np.ndarray) -> Column:
         lengths = np.diff(self.starts)[records]
         return Column(self.values[_ranges(self.starts[records], lengths)], _starts(lengths))
+
+    def split(self, record: int, rows: int, of: int) -> Column:
+        """Record ``record`` (of ``of`` rows) as two: its first ``rows`` rows, then the rest.
+        A record with a value per row splits there; one with other lengths in proportion."""
+        first, end = int(self.starts[record]), int(self.starts[record + 1])
+        cut = rows if end - first == of else (end - first) * rows // of
+        return Column(self.values, np.insert(self.starts, record + 1, first + cut))
 
 
 @dataclass(frozen=True, slots=True)
@@ -117,6 +127,19 @@ class RecordBatch:
             {name: column.take(records) for name, column in self.columns.items()},
         )
 
+    def split(self, record: int, rows: int) -> RecordBatch:
+        """Record ``record`` as two records of the same time and offset: its first ``rows``
+        rows, then the rest (so a count window holds exactly its size)."""
+        of = int(self.rows[record])
+        counts = np.insert(self.rows, record + 1, of - rows)
+        counts[record] = rows
+        return RecordBatch(
+            counts,
+            np.insert(self.times, record + 1, self.times[record]),
+            np.insert(self.offsets, record + 1, self.offsets[record]),
+            {name: column.split(record, rows, of) for name, column in self.columns.items()},
+        )
+
     @classmethod
     def from_records(
         cls, profile: ModelProfile, records: Sequence[Mapping[str, Any]], offsets: Iterable[int]
@@ -146,8 +169,8 @@ class RecordBatch:
             output = name.removeprefix(_PREDICTION) if name.startswith(_PREDICTION) else None
             key = name if output is None else output
             convert = _floats if ref.kind == "numeric" else _objects
-            # a record without a numeric feature has a missing value per row (not so outputs)
-            pad = ref.kind == "numeric" and output is None
+            # a record without a feature has a missing value per row (not so outputs)
+            pad = output is None
             chunks: list[Values] = []
             lengths: list[Values] = []
             for part, block in zip(parts, whole["outputs" if output else "features"], strict=True):

@@ -10,14 +10,21 @@ monotonically, so the exact two-sample statistic on the raw values lies between 
 ``D_b`` and ``D_b + m``, where ``m`` is the largest probability mass one bin holds in either
 sample (``ks_binned(...).error_bound``). Ten quantile bins give ``m`` of about 0.1; the p-value
 is computed from ``D_b``, so it errs towards "no drift".
+
+P-values far in the tail underflow: at a few thousand rows a large shift has a p-value below
+the smallest float, and 0.0 is what it is. Each test also gives ``log10_p``, its base-10
+logarithm, which stays finite: computed from the distribution's tail where the p-value is a
+float, else from an asymptotic expression of the tail (KS: ``2 exp(-2 n D^2)``, an upper bound;
+chi-square: the leading terms of the gamma function's upper tail).
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import numpy as np
-from scipy import stats
+from scipy import special, stats
 
 __all__ = [
     "TestResult",
@@ -26,10 +33,13 @@ __all__ = [
     "bonferroni",
     "chi_square",
     "jensen_shannon",
+    "js_noise_level",
     "ks_binned",
     "psi",
     "psi_noise_level",
+    "rejection_threshold",
     "wasserstein_binned",
+    "wasserstein_noise_level",
 ]
 
 _EPS = 1e-4  # floor for empty bins in PSI, as is customary
@@ -37,11 +47,13 @@ _EPS = 1e-4  # floor for empty bins in PSI, as is customary
 
 @dataclass(frozen=True, slots=True)
 class TestResult:
-    """A test's statistic, its p-value (None for distances) and the bound on its binning error."""
+    """A test's statistic, its p-value and log10 p-value (None for distances) and the bound on
+    its binning error."""
 
     statistic: float
     p_value: float | None = None
     error_bound: float = 0.0
+    log10_p: float | None = None
 
 
 def bin_counts(values: np.ndarray, edges: np.ndarray) -> np.ndarray:
@@ -61,12 +73,16 @@ def ks_binned(reference: np.ndarray, window: np.ndarray) -> TestResult:
     """Two-sample Kolmogorov-Smirnov on counts over the same bins (asymptotic p-value)."""
     n, m = int(reference.sum()), int(window.sum())
     if n == 0 or m == 0:
-        return TestResult(0.0, 1.0, 1.0)
+        return TestResult(0.0, 1.0, 1.0, 0.0)
     p, q = _shares(reference), _shares(window)
     d = float(np.max(np.abs(np.cumsum(p) - np.cumsum(q))))
     effective = round(n * m / (n + m))
     p_value = float(np.clip(stats.kstwo.sf(d, effective), 0.0, 1.0))
-    return TestResult(d, p_value, float(max(p.max(), q.max())))
+    if p_value > 1e-300:
+        log10_p = math.log10(p_value)
+    else:  # the asymptotic tail, an upper bound (Dvoretzky-Kiefer-Wolfowitz-Massart)
+        log10_p = min(0.0, (math.log(2) - 2 * effective * d * d) / math.log(10))
+    return TestResult(d, p_value, float(max(p.max(), q.max())), log10_p)
 
 
 def chi_square(reference: np.ndarray, window: np.ndarray) -> TestResult:
@@ -75,10 +91,23 @@ def chi_square(reference: np.ndarray, window: np.ndarray) -> TestResult:
     table = np.vstack([reference, window]).astype(np.float64)
     table = table[:, table.sum(axis=0) > 0]
     if table.shape[1] < 2 or (table.sum(axis=1) == 0).any():
-        return TestResult(0.0, 1.0)
-    chi2, p_value, _, _ = stats.chi2_contingency(table, correction=False)
+        return TestResult(0.0, 1.0, log10_p=0.0)
+    chi2, p_value, dof, _ = stats.chi2_contingency(table, correction=False)
     cramers_v = float(np.sqrt(chi2 / table.sum()))  # min(rows, cols) - 1 == 1 for two rows
-    return TestResult(cramers_v, float(p_value))
+    log10_p = _chi2_log10_sf(float(chi2), int(dof), float(p_value))
+    return TestResult(cramers_v, float(p_value), log10_p=log10_p)
+
+
+def _chi2_log10_sf(chi2: float, dof: int, p_value: float) -> float:
+    """log10 of the chi-square upper tail ``p_value``, finite where it underflows: the gamma
+    upper tail Q(a, x) ~ x^(a-1) e^-x / Gamma(a) (1 + (a-1)/x + (a-1)(a-2)/x^2), a = dof/2,
+    x = chi2/2 (x far above a there)."""
+    if p_value > 1e-300:
+        return math.log10(p_value)
+    a, x = dof / 2, chi2 / 2
+    series = 1 + (a - 1) / x + (a - 1) * (a - 2) / x**2
+    log_q = (a - 1) * math.log(x) - x - float(special.gammaln(a)) + math.log(series)
+    return min(0.0, log_q / math.log(10))
 
 
 def psi(reference: np.ndarray, window: np.ndarray) -> TestResult:
@@ -94,6 +123,12 @@ def psi_noise_level(bins: int, n_reference: int, n_window: int) -> float:
     if n_reference == 0 or n_window == 0:
         return float("inf")
     return (bins - 1) * (1 / n_reference + 1 / n_window)
+
+
+def js_noise_level(bins: int, n_reference: int, n_window: int) -> float:
+    """The squared Jensen-Shannon distance (base 2) expected when nothing drifted: an eighth
+    of PSI's, in bits, since both are chi-square-like sums for small differences."""
+    return psi_noise_level(bins, n_reference, n_window) / (8 * math.log(2))
 
 
 def jensen_shannon(reference: np.ndarray, window: np.ndarray) -> TestResult:
@@ -122,6 +157,21 @@ def wasserstein_binned(
     return TestResult(distance / scale, None, float(np.max(np.diff(edges))) / scale)
 
 
+def wasserstein_noise_level(
+    reference: np.ndarray, edges: np.ndarray, scale: float, n_window: int
+) -> float:
+    """The binned Wasserstein distance (over ``scale``) expected when nothing drifted: at each
+    inner edge the two empirical CDFs differ by about sqrt(2/pi) sqrt(F(1 - F)(1/n + 1/m))."""
+    n = int(reference.sum())
+    if n == 0 or n_window == 0:
+        return float("inf")
+    cdf = np.cumsum(_shares(reference))[:-1]
+    centres = (edges[:-1] + edges[1:]) / 2
+    spread = np.sqrt(cdf * (1 - cdf) * (1 / n + 1 / n_window))
+    scale = scale if scale > 0 else 1.0
+    return float(np.sqrt(2 / np.pi) * np.sum(spread * np.diff(centres)) / scale)
+
+
 def bonferroni(p_values: np.ndarray, alpha: float) -> np.ndarray:
     """Which hypotheses are rejected at family-wise level ``alpha``."""
     p_values = np.asarray(p_values, dtype=np.float64)
@@ -142,3 +192,12 @@ def benjamini_hochberg(p_values: np.ndarray, alpha: float) -> np.ndarray:
         last = int(np.nonzero(passed)[0].max())
         rejected[order[: last + 1]] = True
     return rejected
+
+
+def rejection_threshold(rejected: np.ndarray, alpha: float, correction: str) -> float:
+    """The p-value at or below which a hypothesis was rejected: alpha / m for Bonferroni;
+    alpha R / m for Benjamini-Hochberg with R rejections (alpha / m when none)."""
+    count = max(len(rejected), 1)
+    if correction == "bonferroni":
+        return alpha / count
+    return alpha * max(int(np.sum(rejected)), 1) / count

@@ -46,8 +46,26 @@ class MonitorMetrics:
             (*mv, "feature"),
             registry=registry,
         )
+        self.neg_log10_p = Gauge(
+            "monitor_feature_neg_log10_p_value",
+            "Latest window's p-value as -log10 (finite where the p-value underflows to 0).",
+            (*mv, "feature"),
+            registry=registry,
+        )
         self.psi = Gauge(
             "monitor_feature_psi", "Latest window's PSI.", (*mv, "feature"), registry=registry
+        )
+        self.psi_threshold = Gauge(
+            "monitor_feature_psi_threshold",
+            "Latest window's PSI threshold (the setting plus PSI's noise level at its size).",
+            (*mv, "feature"),
+            registry=registry,
+        )
+        self.flagged = Gauge(
+            "monitor_feature_drifted",
+            "1 when the latest window flagged the feature as drifted, else 0.",
+            (*mv, "feature"),
+            registry=registry,
         )
         self.decisions = Counter(
             "monitor_drift_decisions", "Drift episodes that fired webhooks.", mv, registry=registry

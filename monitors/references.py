@@ -17,7 +17,7 @@ from collections.abc import Callable, Iterable
 
 from pydantic import ValidationError
 
-from monitors.profile import PROFILE_FILE, ModelProfile, profile_from_metadata
+from monitors.profile import PROFILE_FILE, ModelProfile, profile_from_metadata, with_types
 from registry_client import Registry, RegistryError
 
 __all__ = ["ReferenceProfiles", "store_profile"]
@@ -74,10 +74,18 @@ class ReferenceProfiles:
 
     async def _read(self, model: str, version: str) -> ModelProfile | None:
         document = await self.registry.read_document(model, version, PROFILE_FILE)
-        if document is not None:
-            return ModelProfile.model_validate_json(document)
-        fetched = await self.registry.fetch(model, version)
-        return profile_from_metadata(fetched.metadata)
+        if document is None:
+            metadata = (await self.registry.fetch(model, version)).metadata
+            profile = profile_from_metadata(metadata)
+            return None if profile is None else with_types(profile, metadata)
+        profile = ModelProfile.model_validate_json(document)
+        try:
+            metadata = (await self.registry.fetch(model, version)).metadata
+        except RegistryError as exc:  # the profile holds the types it was built with
+            log.warning("%s/%s: profile read without the model's metadata: %s", model, version, exc)
+            return profile
+        # the metadata's types: how categories are labelled, which features are categorical
+        return with_types(profile, metadata)
 
 
 async def store_profile(

@@ -17,7 +17,8 @@ import json
 import logging
 import time
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition
@@ -27,6 +28,7 @@ from prometheus_client import Gauge
 from monitors.batch import Part, RecordBatch, served_primaries
 from monitors.decision import Decider, DecisionState
 from monitors.evaluate import DetectorConfig, WindowResult, evaluate
+from monitors.history import HISTORY_DIR, WindowHistory, history_entry
 from monitors.metrics import MonitorMetrics
 from monitors.outbox import Outbox
 from monitors.profile import ModelProfile
@@ -71,6 +73,7 @@ class MonitorService:
             on_delivery=metrics.delivered,
         )
         self.outbox = Outbox(self.webhooks)
+        self.history = WindowHistory(settings.state_dir / HISTORY_DIR, settings.history.max_windows)
         self.latest: dict[str, dict[str, Any]] = {}
         self._positions: dict[int, int] = {}
         self._windows: dict[tuple[int, str, str], Windows] = {}
@@ -81,6 +84,9 @@ class MonitorService:
         self._revoked: set[int] = set()
         self._audit: list[dict[str, Any]] = []
         self._audited: deque[str] | None = None
+        # drift events of the batch being consumed, not in the outbox yet: later windows of the
+        # same episode in the batch (a monitor catching up) are added to them
+        self._events: dict[str, _Event] = {}
         self._stopping = asyncio.Event()
 
     # -- state --------------------------------------------------------------------------------
@@ -100,9 +106,11 @@ class MonitorService:
         return snapshot
 
     def _save(self, snapshots: dict[int, PartitionSnapshot]) -> None:
-        """The audit trail first (deduplicated by window id), then the snapshots."""
+        """The history and the audit trail first (deduplicated by window id), then the
+        snapshots."""
         directory = self.settings.state_dir
         directory.mkdir(parents=True, exist_ok=True)
+        self.history.flush()
         if self._audit:
             audited = self._audit_ids()
             with (directory / _AUDIT_FILE).open("a") as fh:
@@ -219,6 +227,7 @@ class MonitorService:
                 # committed here (that owner resumes from the snapshot of the last commit).
                 commits = {tp: o for tp, o in commits.items() if tp.partition not in self._revoked}
                 self._audit = [e for e in self._audit if e["partition"] not in self._revoked]
+                self.history.discard(self._revoked)
                 snapshots = {
                     tp.partition: self._snapshot(tp.partition, o) for tp, o in commits.items()
                 }
@@ -255,8 +264,8 @@ class MonitorService:
                 self.metrics.skipped.labels("undecodable").inc()
                 continue
             parts, others = served_primaries(columns, message.offset)
-            if others:
-                self.metrics.skipped.labels("not_a_served_primary").inc(others)
+            for reason, count in others.items():
+                self.metrics.skipped.labels(reason).inc(count)
             for key, part in parts.items():
                 groups.setdefault(key, []).append(part)
         await self.references.load_all(groups)
@@ -284,8 +293,17 @@ class MonitorService:
                     start_time=panes[0].start_time,
                     end_time=panes[-1].end_time,
                 )
-                await self._act(result, partition)
+                doc = result.to_dict()
+                entry = history_entry(doc, summary, windows.profile, partition)
+                self.history.add(partition, entry, windows.profile)
+                self._act(result, doc, partition)
                 self._evaluated[stream] = sequence
+        for event in self._events.values():
+            event_id, body = drift_event(
+                self.settings.source, event.model, event.version, event.window_id, event.data
+            )
+            self.outbox.add(event.partition, event_id, body)
+        self._events.clear()
         return int(messages[-1].offset) + 1
 
     def _windows_for(self, partition: int, model: str, version: str) -> Windows | None:
@@ -300,15 +318,21 @@ class MonitorService:
     def _profile(self, model: str, version: str) -> ModelProfile | None:
         return self.references.get(model, version)
 
-    async def _act(self, result: WindowResult, partition: int) -> None:
+    def _act(self, result: WindowResult, summary: dict[str, Any], partition: int) -> None:
+        """Metrics, the latest result, the audit trail, the decision (``summary``: the result
+        as ``to_dict`` gives it)."""
         labels = (result.model, result.version)
         self.metrics.windows.labels(*labels, result.status).inc()
         for feature in result.features:
-            self.metrics.statistic.labels(*labels, feature.name).set(feature.statistic)
-            self.metrics.p_value.labels(*labels, feature.name).set(feature.p_value)
-            self.metrics.psi.labels(*labels, feature.name).set(feature.psi)
-        summary = result.to_dict()
-        self.latest[f"{result.model}/{result.version}"] = summary
+            gauges = (*labels, feature.name)
+            self.metrics.statistic.labels(*gauges).set(feature.statistic)
+            self.metrics.p_value.labels(*gauges).set(feature.p_value)
+            self.metrics.neg_log10_p.labels(*gauges).set(-feature.log10_p)
+            self.metrics.psi.labels(*gauges).set(feature.psi)
+            self.metrics.psi_threshold.labels(*gauges).set(feature.psi_threshold)
+            self.metrics.flagged.labels(*gauges).set(1 if feature.drifted else 0)
+        key = f"{result.model}/{result.version}"
+        self.latest[key] = summary
         self._audit.append(
             {
                 "window_id": result.window_id,
@@ -321,10 +345,29 @@ class MonitorService:
                 "time": time.time(),
             }
         )
-        key = f"{result.model}/{result.version}"
-        if self.decider.observe(key, result.status):
-            self.metrics.decisions.labels(*labels).inc()
-            data = {
+        brief = {
+            "id": result.window_id,
+            "start_time": result.start_time,
+            "end_time": result.end_time,
+            "rows": result.rows,
+            "drifted_features": result.drifted_features,
+        }
+        event = self._events.get(key)
+        if not self.decider.observe(key, result.status, brief):
+            if event is not None and event.open and result.status != "insufficient":
+                if result.status == "drift":  # the episode goes on in the same batch
+                    event.add(brief)
+                else:
+                    event.open = False
+            return
+        self.metrics.decisions.labels(*labels).inc()
+        episode = self.decider.states[key].episode
+        self._events[key] = _Event(
+            partition,
+            result.model,
+            result.version,
+            result.window_id,
+            {
                 "model": result.model,
                 "version": result.version,
                 "window": {
@@ -334,19 +377,41 @@ class MonitorService:
                     "rows": result.rows,
                 },
                 "decision": "drift",
-                "drifted_features": result.drifted_features,
+                "episode": {"windows": list(episode)},
+                "drifted_features": _union(w.get("drifted_features", []) for w in episode),
                 "features": summary["features"],
-            }
-            event_id, body = drift_event(
-                self.settings.source, result.model, result.version, result.window_id, data
-            )
-            log.warning(
-                "drift in %s: %s; notifying %d targets",
-                key,
-                result.drifted_features,
-                len(self.webhooks.targets),
-            )
-            self.outbox.add(partition, event_id, body)
+            },
+        )
+        log.warning(
+            "drift in %s: %s; notifying %d targets",
+            key,
+            result.drifted_features,
+            len(self.webhooks.targets),
+        )
+
+
+def _union(lists: Iterable[list[str]]) -> list[str]:
+    """The names of several lists, each once, in the order first seen."""
+    return list(dict.fromkeys(name for names in lists for name in names))
+
+
+@dataclass
+class _Event:
+    """A drift event decided in the batch being consumed: still open to later windows of its
+    episode until a window that did not drift."""
+
+    partition: int
+    model: str
+    version: str
+    window_id: str
+    data: dict[str, Any]
+    open: bool = True
+
+    def add(self, window: dict[str, Any]) -> None:
+        self.data["episode"]["windows"].append(window)
+        self.data["drifted_features"] = _union(
+            [self.data["drifted_features"], window["drifted_features"]]
+        )
 
 
 class _Revocations(ConsumerRebalanceListener):  # type: ignore[misc]

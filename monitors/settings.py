@@ -80,6 +80,8 @@ class DetectorSettings(_Group):
     alpha: float = Field(default=0.05, gt=0, lt=1)
     correction: Literal["bh", "bonferroni"] = "bh"
     psi_threshold: float = Field(default=0.1, ge=0)
+    js_threshold: float = Field(default=0.1, ge=0)
+    wasserstein_threshold: float = Field(default=0.1, ge=0)
     min_rows: int = Field(default=200, ge=1)
     max_missing_increase: float = Field(default=0.05, ge=0)
     max_unseen_share: float = Field(default=0.05, ge=0)
@@ -89,6 +91,11 @@ class DetectorSettings(_Group):
 class DecisionSettings(_Group):
     consecutive: int = Field(default=2, ge=1)
     cooldown_windows: int = Field(default=10, ge=0)
+
+
+class HistorySettings(_Group):
+    # evaluated windows kept per model version (state_dir/history), for /windows and reports
+    max_windows: int = Field(default=1000, ge=1)
 
 
 class WebhookSettings(_Group):
@@ -120,6 +127,7 @@ class MonitorSettings(BaseSettings):
     window: WindowSettings = Field(default_factory=WindowSettings)
     detector: DetectorSettings = Field(default_factory=DetectorSettings)
     decision: DecisionSettings = Field(default_factory=DecisionSettings)
+    history: HistorySettings = Field(default_factory=HistorySettings)
     webhooks: list[WebhookSettings] = Field(default_factory=list)
     webhook_timeout_s: float = Field(default=5.0, gt=0)
     webhook_max_attempts: int = Field(default=5, ge=1)

@@ -2,10 +2,12 @@
 as raw rows, so memory is bounded whatever the traffic.
 
 A window is a run of consecutive panes: tumbling when the slide equals the size, sliding when
-it is a fraction of it. Panes close by count (rows) or by event time (with allowed lateness:
-a pane closes once the latest event time seen has passed its end by the lateness; a record for
-a pane already closed is dropped and counted). ``to_state``/``restore`` carry the panes through
-a snapshot, so a restarted monitor continues exactly where the snapshot left off.
+it is a fraction of it. Panes close by count (a pane holds exactly ``slide`` rows: a request of
+several rows that crosses its end is split between it and the next) or by event time (with
+allowed lateness: a pane closes once the latest event time seen has passed its end by the
+lateness; a record for a pane already closed is dropped and counted). ``to_state``/``restore``
+carry the panes through a snapshot, so a restarted monitor continues exactly where the
+snapshot left off.
 """
 
 from __future__ import annotations
@@ -18,7 +20,8 @@ from typing import Any, Literal
 import numpy as np
 
 from monitors.batch import RecordBatch
-from monitors.profile import OTHER, ModelProfile
+from monitors.categories import count_categories
+from monitors.profile import ModelProfile
 
 __all__ = ["Pane", "Summary", "WindowSpec", "Windows", "summarize"]
 
@@ -84,15 +87,9 @@ def summarize(batch: RecordBatch, profile: ModelProfile) -> Summary:
             summary.bins[name] = np.bincount(index, minlength=len(edges) - 1)
             summary.missing[name] = int(len(values) - len(present))
         else:
-            labels, counts = np.unique(
-                np.asarray([str(v) for v in values.tolist()]), return_counts=True
-            )
-            known = ref.categories
-            cats: dict[str, int] = {}
-            for label, n in zip(labels.tolist(), counts.tolist(), strict=True):
-                key = label if label in known else OTHER
-                cats[key] = cats.get(key, 0) + n
-            summary.categories[name] = cats
+            counts, missing = count_categories(values.tolist(), ref.dtype, ref.categories)
+            summary.categories[name] = counts
+            summary.missing[name] = missing
     return summary
 
 
@@ -129,10 +126,14 @@ class Windows:
         start = 0
         while start < len(batch):
             before = int(total[start - 1]) if start else 0
+            need = before + slide - pending_rows
             # the record that completes the pane: the first whose rows reach the slide
-            end = start + int(np.searchsorted(total[start:], before + slide - pending_rows))
+            end = start + int(np.searchsorted(total[start:], need))
             if end >= len(batch):
                 break
+            if total[end] > need:  # a request of several rows: its rest goes to the next pane
+                batch = batch.split(end, int(batch.rows[end] - (total[end] - need)))
+                total = np.cumsum(batch.rows)
             self._extend_pane(self._count_key, batch.slice(start, end + 1))
             emitted += self._close(self._count_key)
             self._count_key += 1

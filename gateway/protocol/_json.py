@@ -40,12 +40,14 @@ MAX_DIMS = 32
 
 # The JSON types a tensor of each kind of datatype takes: a numeric string, a boolean in a
 # number tensor or a fraction in an integer tensor would otherwise be cast without a word.
+# null is a missing value where the tensor can hold one: NaN in a float tensor (refused later
+# unless server.allow_nan), "" in a BYTES tensor (the parsers put it there).
 _TYPES: dict[str, frozenset[type]] = {
     "BOOL": frozenset({bool}),
     "INT": frozenset({int}),
     "UINT": frozenset({int}),
-    "FP": frozenset({int, float}),
-    "BYTES": frozenset({str}),
+    "FP": frozenset({int, float, type(None)}),
+    "BYTES": frozenset({str, type(None)}),
 }
 
 

@@ -120,8 +120,12 @@ def _to_array(values: list[Any], spec: TensorSpec, where: Any) -> np.ndarray:
     try:
         if spec.datatype == "BYTES":
             array = np.array(values, dtype=object)
-            if not all(isinstance(v, str) for v in array.reshape(-1)):
-                raise TypeError("expected strings")
+            flat = array.reshape(-1)
+            for i, value in enumerate(flat):
+                if value is None:  # null: "" for the model, a missing value for the monitor
+                    flat[i] = ""
+                elif not isinstance(value, str):
+                    raise TypeError("expected strings")
             return array
         return np.asarray(values, dtype=spec.dtype)
     except (ValueError, TypeError, OverflowError) as exc:
@@ -135,7 +139,7 @@ def _locate(values: list[Any], spec: TensorSpec, where: Any) -> str | None:
         for j, cell in enumerate(cells):
             try:
                 if spec.datatype == "BYTES":
-                    ok = isinstance(cell, str)
+                    ok = cell is None or isinstance(cell, str)
                 else:
                     ok = not isinstance(cell, list | dict)
                     ok = ok and check_scalars([cell], spec.datatype) is None

@@ -121,8 +121,12 @@ def _from_json(name: str, datatype: str, shape: list[int], count: int, data: Any
     try:
         if datatype == "BYTES":
             array = np.array(data, dtype=object)
-            if any(type(item) is not str for item in array.reshape(-1)):
-                raise ValueError("nested lists of uneven lengths")
+            flat = array.reshape(-1)
+            for i, item in enumerate(flat):
+                if item is None:  # null: "" for the model, a missing value for the monitor
+                    flat[i] = ""
+                elif type(item) is not str:
+                    raise ValueError("nested lists of uneven lengths")
         else:
             array = np.asarray(data, dtype=DATATYPE_TO_NUMPY[datatype])
     except (ValueError, TypeError, OverflowError) as exc:

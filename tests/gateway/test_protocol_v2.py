@@ -56,7 +56,6 @@ def test_every_datatype_parses(datatype: str, data: list[object], dtype: type) -
         ({"name": "x", "shape": [2], "datatype": "FP99", "data": [1, 2]}, "datatype 'FP99'"),
         ({"name": "x", "shape": [2], "datatype": "FP32", "data": ["a", 1]}, "FP32 data holds str"),
         ({"name": "x", "shape": [2], "datatype": "FP32", "data": [1, "2.5"]}, "holds str values"),
-        ({"name": "x", "shape": [2], "datatype": "FP32", "data": [1, None]}, "NoneType"),
         ({"name": "x", "shape": [2], "datatype": "INT64", "data": [1, 2.5]}, "JSON integers"),
         ({"name": "x", "shape": [1], "datatype": "BOOL", "data": [1]}, "true/false"),
         ({"name": "x", "shape": [1] * 65, "datatype": "FP32", "data": [1]}, "32 dimensions"),
@@ -67,11 +66,26 @@ def test_every_datatype_parses(datatype: str, data: list[object], dtype: type) -
         ({"name": "x", "shape": [2], "datatype": "FP32", "data": [True, False]}, "bool values"),
         ({"name": "x", "shape": [2], "datatype": "FP32", "data": [1.0, [True]]}, "bool values"),
         ({"name": "x", "shape": [2], "datatype": "FP32", "data": [[1], [2, 3]]}, "FP32"),
+        ({"name": "x", "shape": [2], "datatype": "BOOL", "data": [True, None]}, "NoneType"),
+        ({"name": "x", "shape": [2], "datatype": "INT64", "data": [1, None]}, "NoneType"),
+        ({"name": "x", "shape": [2], "datatype": "BYTES", "data": ["a", 1]}, "int values"),
     ],
 )
 def test_bad_inputs_are_named_in_the_error(raw: dict[str, object], message: str) -> None:
     with pytest.raises(InvalidInputError, match=message):
         parse_infer_request(body(raw))
+
+
+def test_null_is_a_missing_value_in_float_and_string_inputs() -> None:
+    inputs = parse_infer_request(
+        body(
+            {"name": "x", "shape": [2], "datatype": "FP32", "data": [1.5, None]},
+            {"name": "s", "shape": [2, 1], "datatype": "BYTES", "data": [["a"], [None]]},
+        )
+    ).inputs
+    assert inputs["x"][0] == 1.5
+    assert np.isnan(inputs["x"][1])
+    assert inputs["s"].tolist() == [["a"], [""]]  # what the model gets; the monitor: missing
 
 
 def test_malformed_bodies_are_refused() -> None:

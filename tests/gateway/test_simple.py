@@ -85,3 +85,23 @@ def test_one_input_per_feature_takes_the_features_own_names() -> None:
     wrong = orjson.dumps({"features": {"od280_od315": 3.1, "hue": 1.0}})
     with pytest.raises(InvalidInputError, match=r"expected features \['hue', 'od280/od315'\]"):
         parse_instances(wrong, signature, metadata, mapping)
+
+
+def test_null_is_a_missing_value_where_the_model_can_take_one() -> None:
+    signature = Signature(
+        inputs=(
+            TensorSpec("income", "FP32", (-1, 1)),
+            TensorSpec("city", "BYTES", (-1, 1)),
+            TensorSpec("member", "BOOL", (-1, 1)),
+        ),
+        outputs=(TensorSpec("label", "INT64", (-1,)),),
+    )
+    body: dict[str, list[dict[str, object]]] = {
+        "instances": [{"income": None, "city": None, "member": True}]
+    }
+    _, inputs = parse_instances(orjson.dumps(body), signature, ModelMetadata())
+    assert np.isnan(inputs["income"][0, 0])  # NaN for a float input
+    assert inputs["city"].tolist() == [[""]]  # "" for a string input: the monitor's missing
+    body = {"instances": [{"income": 1.0, "city": "x", "member": None}]}
+    with pytest.raises(InvalidInputError, match=r"'member': None is not a valid BOOL"):
+        parse_instances(orjson.dumps(body), signature, ModelMetadata())

@@ -114,17 +114,22 @@ def test_windows_from_columns_are_the_windows_from_decoded_records() -> None:
                 assert columnar[v].to_state() == decoded[v].to_state()
 
 
-def test_served_primaries_groups_by_version_and_counts_the_others() -> None:
+def test_served_primaries_groups_by_version_and_counts_the_others_by_reason() -> None:
     records = stream(200, 9)
     parts, others = served_primaries(decode_columns(encode_records(records)), 42)  # type: ignore[arg-type]
     served = [r for r in records if r["role"] == "primary" and r["status"] == "ok"]
-    assert others == len(records) - len(served)
+    shadows = sum(r["role"] == "shadow" for r in records)
+    invalid = sum(r["role"] == "primary" and r["status"] == "invalid" for r in records)
+    assert shadows
+    assert invalid
+    assert others == {"shadow": shadows, "invalid": invalid}
+    assert sum(others.values()) == len(records) - len(served)
     assert set(parts) == {("m", "1"), ("m", "2")}
     assert sum(len(p) for p in parts.values()) == len(served)
     assert all((p.offsets == 42).all() for p in parts.values())
 
 
-def test_a_record_without_a_numeric_feature_counts_its_rows_as_missing() -> None:
+def test_a_record_without_a_feature_counts_its_rows_as_missing() -> None:
     records = [
         {"time": 1.0, "rows": 2, "features": {"a": [0.1, 0.2], "b": [1.0, None]}},
         {"time": 2.0, "rows": 3, "features": {"a": [0.3, 0.4, 0.5], "colour": ["red"] * 3}},
@@ -135,7 +140,8 @@ def test_a_record_without_a_numeric_feature_counts_its_rows_as_missing() -> None
     assert np.isnan(b[1:]).all()
     assert len(b) == 5
     assert batch.columns["b"].starts.tolist() == [0, 2, 5]
-    assert batch.columns["colour"].starts.tolist() == [0, 0, 3]  # categories: none counted
+    assert batch.columns["colour"].starts.tolist() == [0, 2, 5]  # missing for every kind
+    assert batch.columns["colour"].values.tolist() == [None, None, "red", "red", "red"]
     assert batch.columns["prediction:label"].values.tolist() == []
     second = batch.take(np.array([1]))
     assert second.columns["a"].values.tolist() == [0.3, 0.4, 0.5]

@@ -17,6 +17,7 @@ from monitors.detectors import (
     ks_binned,
     psi,
     psi_noise_level,
+    rejection_threshold,
     wasserstein_binned,
 )
 
@@ -119,3 +120,52 @@ def test_multiple_testing_corrections_match_scipy() -> None:
     assert (benjamini_hochberg(p_values, 0.05) == (adjusted <= 0.05)).all()
     assert (bonferroni(p_values, 0.05) == (p_values <= 0.05 / 30)).all()
     assert benjamini_hochberg(np.array([]), 0.05).size == 0
+
+
+def test_ks_keeps_an_underflowed_p_value_at_0_with_a_finite_log10_bound() -> None:
+    edges = np.linspace(-4, 4, 11)
+    rng = np.random.default_rng(0)
+    reference = bin_counts(rng.normal(size=20_000), edges)
+    for size, shift in [(2_000, 1.5), (50_000, 5.0)]:
+        window = bin_counts(rng.normal(size=size) + shift, edges)
+        result = ks_binned(reference, window)
+        assert result.p_value is not None
+        assert result.p_value == 0.0 or result.p_value < 1e-300
+        assert result.log10_p is not None
+        assert -1e9 < result.log10_p < -300
+        exact = stats.kstwo.logsf(result.statistic, round(20_000 * size / (20_000 + size)))
+        if np.isfinite(exact):  # the asymptotic tail bounds the exact one from above
+            assert result.log10_p >= exact / np.log(10)
+    calm = ks_binned(reference, bin_counts(rng.normal(size=500), edges))
+    assert calm.p_value is not None
+    assert calm.log10_p == pytest.approx(np.log10(calm.p_value))
+
+
+def test_chi_square_log10_p_follows_the_tail_beyond_the_float_range() -> None:
+    reference = np.array([5000, 3000, 2000, 0])
+    previous = 0.0
+    for size in [100, 1_000, 10_000, 100_000]:
+        window = np.array([0, size // 2, size - size // 2, 0])  # the commonest category gone
+        result = chi_square(reference, window)
+        assert result.log10_p is not None
+        assert result.log10_p < previous
+        previous = result.log10_p
+        if result.p_value is not None and result.p_value > 1e-300:
+            assert result.log10_p == pytest.approx(np.log10(result.p_value))
+        else:
+            assert result.p_value == 0.0
+            table = np.vstack([reference, window])[:, :3]
+            chi2 = stats.chi2_contingency(table, correction=False)[0]
+            # three categories: two degrees of freedom, whose tail is exactly exp(-chi2 / 2)
+            assert result.log10_p == pytest.approx(-chi2 / 2 / np.log(10), rel=1e-9)
+    assert previous < -1000
+
+
+def test_corrections_reject_p_values_of_0_and_say_where_they_cut() -> None:
+    p_values = np.array([0.0, 0.0, 0.3, 0.011, 0.9])
+    assert benjamini_hochberg(p_values, 0.05).tolist() == [True, True, False, True, False]
+    assert bonferroni(p_values, 0.05).tolist() == [True, True, False, False, False]
+    rejected = benjamini_hochberg(p_values, 0.05)
+    assert rejection_threshold(rejected, 0.05, "bh") == pytest.approx(0.05 * 3 / 5)
+    assert rejection_threshold(bonferroni(p_values, 0.05), 0.05, "bonferroni") == 0.01
+    assert not benjamini_hochberg(np.array([np.nan, 0.5]), 0.05).any()

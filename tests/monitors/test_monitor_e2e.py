@@ -11,6 +11,8 @@ import asyncio
 import hashlib
 import hmac
 import json
+import subprocess
+import sys
 import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -143,6 +145,12 @@ def test_drift_fires_one_signed_webhook_across_a_monitor_restart(
                 time.sleep(0.2)
             status = httpx.get(f"{status_url}/status").json()
             metrics = httpx.get(f"{status_url}/metrics").text
+            history = httpx.get(f"{status_url}/windows/breast_cancer/1").json()["windows"]
+            report = subprocess.run(
+                [sys.executable, "-m", "monitors", "report", "--url", status_url,
+                 "--model", "breast_cancer", "--version", "1"],
+                capture_output=True, text=True, timeout=60, check=False,
+            )  # fmt: skip
     ids = [w["window_id"] for w in windows]
     assert len(ids) == len(set(ids)) == 6, ids
     assert sum(w["rows"] for w in windows) == 3000, "every record in exactly one window"
@@ -160,5 +168,13 @@ def test_drift_fires_one_signed_webhook_across_a_monitor_restart(
     data = event["data"]
     assert data["model"] == "breast_cancer"
     assert {"mean radius", "mean perimeter", "mean area"} <= set(data["drifted_features"])
+    episode = [w["id"] for w in data["episode"]["windows"]]
+    drifted = [w["window_id"] for w in windows if w["status"] == "drift"]
+    assert episode[:2] == drifted[:2], "the windows that made the episode"
+    assert set(episode) <= set(drifted)
+    assert data["window"]["id"] == drifted[1]
+    assert sorted(w["window_id"] for w in history) == sorted(ids), "every window in the history"
+    assert report.returncode == 0, report.stderr
+    assert "mean radius" in report.stdout
     assert status["decisions"]["breast_cancer/1"]["alerts"] == 1
     assert 'monitor_webhook_deliveries_total{status="delivered",target="retrain"} 1.0' in metrics

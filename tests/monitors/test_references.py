@@ -43,7 +43,9 @@ async def test_profiles_are_cached_stored_and_looked_up_again(demo_registry: Pat
     assert await profiles.load("breast_cancer", "2") is None  # still within retry_s
     clock.now = 11
     stored = await profiles.load("breast_cancer", "2")
-    assert stored == built
+    assert stored is not None
+    typed = built.features["mean radius"].model_copy(update={"dtype": "float"})
+    assert stored.features == {"mean radius": typed}, "as built, with the metadata's types"
 
     # a registry error is logged and treated as "no profile"
     shutil.rmtree(demo_registry / "breast_cancer" / "1")

@@ -3,9 +3,10 @@ from __future__ import annotations
 import numpy as np
 
 from monitors.decision import Decider
+from monitors.detectors import bin_counts
 from monitors.evaluate import DetectorConfig, evaluate
 from monitors.windows import Windows, WindowSpec
-from tests.monitors._records import demo_profile, records, sample
+from tests.monitors._records import NAMES, demo_profile, records, sample
 
 PROFILE = demo_profile()
 
@@ -60,5 +61,35 @@ def test_evaluation_flags_the_shifted_feature_only() -> None:
 def test_hysteresis_then_cooldown() -> None:
     decider = Decider(consecutive=2, cooldown_windows=3)
     statuses = ["drift", "ok", "drift", "drift", "drift", "drift", "drift", "drift", "drift"]
-    fired = [decider.observe("m/1", s) for s in statuses]
+    fired = [decider.observe("m/1", s, {"id": i}) for i, s in enumerate(statuses)]
     assert fired == [False, False, False, True, False, False, False, False, True]
+    assert decider.states["m/1"].episode == [{"id": 7}, {"id": 8}]  # the windows that fired
+
+
+def test_count_windows_hold_their_size_when_requests_carry_several_rows() -> None:
+    rng = np.random.default_rng(4)
+    sizes = rng.integers(1, 700, 60)  # some requests larger than a pane
+    rows = sample(rng, int(sizes.sum()))
+    batch, start = [], 0
+    for i, size in enumerate(sizes):
+        chunk = rows[start : start + size]
+        batch.append({
+            "time": float(i), "rows": int(size),
+            "features": {name: chunk[:, j].tolist() for j, name in enumerate(NAMES)},
+            "outputs": {"label": (chunk[:, 0] > 14).astype(int).tolist()},
+        })  # fmt: skip
+        start += size
+    for spec in (WindowSpec("count", 1000, 1000), WindowSpec("count", 1000, 250)):
+        windows = Windows(spec, PROFILE)
+        closed = []
+        for i in range(0, len(batch), 7):  # several polls
+            closed += windows.add(batch[i : i + 7], [i] * len(batch[i : i + 7]))
+        assert [summary.rows for _, summary in closed] == [1000] * len(closed)
+        step = int(spec.slide)
+        for k, (_, summary) in enumerate(closed):
+            expected = rows[k * step : k * step + 1000, 0]
+            edges = np.asarray(PROFILE.features[NAMES[0]].bin_edges)
+            assert summary.bins[NAMES[0]].tolist() == bin_counts(expected, edges).tolist()
+            assert int(summary.bins["prediction:label"].sum()) == 1000
+        pending = sum(p.summary.rows for p in windows.open.values())
+        assert len(closed) * step + pending + (spec.panes - 1) * step == len(rows)

@@ -1,0 +1,118 @@
+"""Judging windows: every detector flags an extreme shift at any window size, p-values that
+underflow stay 0 (with a finite log10 p-value), never 1."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from monitors.evaluate import DetectorConfig, WindowResult, evaluate
+from monitors.profile import build_profile
+from monitors.windows import Windows, WindowSpec
+
+RNG = np.random.default_rng(1)
+REFERENCE_ROWS = 20_000
+COLOURS = np.array(["red", "green", "blue", "grey"], dtype=object)
+PROFILE = build_profile(
+    {
+        "x": RNG.normal(size=REFERENCE_ROWS),
+        "y": RNG.exponential(size=REFERENCE_ROWS),
+        "colour": RNG.choice(COLOURS, REFERENCE_ROWS, p=[0.5, 0.3, 0.15, 0.05]),
+    },
+    categorical={"colour"},
+)
+
+
+def window(
+    rows: int, seed: int, *, shift_sigma: float = 0.0, replace: tuple[str, str] | None = None
+) -> WindowResult:
+    """A window of one request of ``rows`` rows, optionally drifted, judged."""
+    rng = np.random.default_rng(seed)
+    x = rng.normal(size=rows) + shift_sigma
+    colour = rng.choice(COLOURS, rows, p=[0.5, 0.3, 0.15, 0.05])
+    if replace is not None:
+        colour[colour == replace[0]] = replace[1]
+    record = {
+        "time": 1.0,
+        "rows": rows,
+        "features": {
+            "x": x.tolist(),
+            "y": rng.exponential(size=rows).tolist(),
+            "colour": colour.tolist(),
+        },
+    }
+    ((_, summary),) = Windows(WindowSpec("count", rows, rows), PROFILE).add([record], [0])
+    return evaluate(summary, PROFILE, DetectorConfig(), model="m", version="1", window_id="w",
+                    start_time=0, end_time=1)  # fmt: skip
+
+
+@pytest.mark.parametrize("rows", [200, 1_000, 5_000, 20_000, 100_000])
+def test_an_extreme_shift_is_flagged_by_every_detector_at_every_window_size(rows: int) -> None:
+    result = window(rows, rows, shift_sigma=5.0, replace=("red", "green"))
+    assert result.status == "drift"
+    by_name = {f.name: f for f in result.features}
+    x, colour = by_name["x"], by_name["colour"]
+    assert x.flags == {"test": True, "psi": True, "js": True, "wasserstein": True, "missing": False}
+    assert colour.flags == {
+        "test": True,
+        "psi": True,
+        "js": True,
+        "missing": False,
+        "unseen": False,
+    }
+    for feature in (x, colour):
+        assert feature.drifted
+        assert feature.p_value < 1e-30
+        assert feature.p_value <= result.p_threshold
+        assert feature.log10_p < -30
+        assert np.isfinite(feature.log10_p)
+    assert set(result.drifted_features) == {"x", "colour"}
+
+
+def test_a_window_of_50000_rows_reports_underflowed_p_values_as_0_below_the_float_range() -> None:
+    result = window(50_000, 7, shift_sigma=5.0, replace=("red", "green"))
+    for name in ("x", "colour"):
+        feature = next(f for f in result.features if f.name == name)
+        assert feature.p_value == 0.0, "underflowed: kept as 0, not turned into 1"
+        assert feature.log10_p < -308, "below the smallest float, and says by how much"
+        assert feature.drifted
+        assert any("below the float range" in r for r in feature.reasons)
+    doc = result.to_dict()
+    assert {f["name"]: f["p_value"] for f in doc["features"]}["x"] == 0.0
+
+
+@pytest.mark.parametrize("rows", [200, 2_000, 20_000])
+def test_calm_windows_flag_nothing(rows: int) -> None:
+    flagged = 0
+    for seed in range(10):
+        result = window(rows, 100 + seed)
+        flagged += result.status == "drift"
+        for feature in result.features:
+            assert not feature.flags["psi"], (rows, feature)
+            assert not feature.flags["js"], (rows, feature)
+            assert not feature.flags.get("wasserstein"), (rows, feature)
+    assert flagged <= 1
+
+
+@pytest.mark.parametrize("shift", [0.0, 0.05, 0.2, 1.0, 3.0, 8.0])
+@pytest.mark.parametrize("rows", [200, 5_000, 100_000])
+def test_no_detector_reports_p_1_for_a_statistic_not_near_0(shift: float, rows: int) -> None:
+    result = window(
+        rows, int(shift * 10) + rows, shift_sigma=shift, replace=("blue", "grey") if shift else None
+    )
+    for feature in result.features:
+        if feature.p_value == 1.0:
+            assert feature.statistic < 0.01, feature
+        assert feature.log10_p <= 0.0
+        if feature.p_value > 1e-300:
+            assert feature.log10_p == pytest.approx(np.log10(feature.p_value))
+
+
+def test_a_result_names_every_threshold() -> None:
+    result = window(1_000, 3, shift_sigma=1.0)
+    x = next(f for f in result.features if f.name == "x")
+    assert x.psi_threshold > 0.1
+    assert x.js_threshold > 0.1
+    assert x.wasserstein_threshold is not None
+    assert x.wasserstein_threshold > 0.1
+    assert 0 < result.p_threshold <= 0.05

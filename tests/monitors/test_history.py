@@ -1,0 +1,122 @@
+"""Every evaluated window kept and served: a monitor that catches up on a backlog evaluates
+several windows in one batch, all of them land in the history, on /windows and in the
+metrics, and the one webhook event names every window of the drift episode."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import httpx
+import orjson
+from prometheus_client import CollectorRegistry
+
+from monitors.app import create_status_app
+from monitors.history import WindowHistory
+from monitors.metrics import MonitorMetrics
+from monitors.service import MonitorService
+from monitors.settings import MonitorSettings
+from tests.monitors._records import backlog, consumer_records, demo_profile
+
+MODEL = "breast_cancer"
+
+
+def service(registry: Path, tmp_path: Path) -> MonitorService:
+    """A monitor of the demo model's version 1, whose profile holds its predicted label too."""
+    demo_profile().dump(registry / MODEL / "1")
+    settings = MonitorSettings(
+        registry_root=registry,
+        state_dir=tmp_path / "state",
+        window={"by": "count", "size": 500, "slide": 500},
+        decision={"consecutive": 2, "cooldown_windows": 5},
+        webhooks=[{"name": "hook", "url": "http://127.0.0.1:9/none", "secret": "s"}],
+    )
+    return MonitorService(settings, MonitorMetrics(CollectorRegistry()))
+
+
+async def test_a_backlog_caught_up_in_one_batch_is_all_in_the_history_and_one_event(
+    demo_registry: Path, tmp_path: Path
+) -> None:
+    monitor = service(demo_registry, tmp_path)
+    await monitor.consume(0, consumer_records(backlog()))  # one poll: nine windows
+    monitor._save({})
+    await monitor.webhooks.aclose()
+
+    entries = monitor.history.windows(MODEL, "1")
+    assert [e["seq"] for e in entries] == list(range(1, 10))
+    assert [e["status"] for e in entries] == ["ok"] * 3 + ["drift"] * 6
+    assert [e["window_id"] for e in entries] == [f"{MODEL}/1/p0/{n}" for n in range(1, 10)]
+    assert all(e["rows"] == 500 for e in entries)
+    feature = next(f for f in entries[5]["features"] if f["name"] == "mean area")
+    for key in ("statistic", "p_value", "log10_p", "psi", "psi_threshold", "js_distance",
+                "js_threshold", "wasserstein", "wasserstein_threshold", "flags", "drifted"):  # fmt: skip
+        assert key in feature, key
+    assert feature["drifted"] is True
+    assert sum(feature["histogram"]) == 500
+    reference = monitor.history.reference(MODEL, "1")
+    assert reference is not None
+    assert len(reference["features"]["mean area"]["counts"]) == len(feature["histogram"])
+
+    (body,) = monitor.outbox.pending(0).values()
+    data = orjson.loads(body)["data"]
+    episode = [w["id"] for w in data["episode"]["windows"]]
+    assert episode == [f"{MODEL}/1/p0/{n}" for n in range(4, 10)], "every window of the episode"
+    assert data["window"]["id"] == f"{MODEL}/1/p0/5"  # the one that completed the episode
+    assert {"mean radius", "mean perimeter", "mean area"} <= set(data["drifted_features"])
+
+    metrics = (await _get(monitor, "/metrics")).text
+    assert 'monitor_skipped_records_total{reason="invalid"} 1.0' in metrics
+    assert 'monitor_skipped_records_total{reason="shadow"} 1.0' in metrics
+    assert (
+        'monitor_feature_drifted{feature="mean area",model="breast_cancer",version="1"} 1.0'
+        in metrics
+    )
+    assert 'monitor_feature_neg_log10_p_value{feature="mean area"' in metrics
+    assert 'monitor_feature_psi_threshold{feature="mean area"' in metrics
+
+
+async def test_windows_are_served_by_seq_and_limit(demo_registry: Path, tmp_path: Path) -> None:
+    monitor = service(demo_registry, tmp_path)
+    await monitor.consume(0, consumer_records(backlog()))
+    monitor._save({})
+    await monitor.webhooks.aclose()
+    doc = (await _get(monitor, f"/windows/{MODEL}/1?limit=3")).json()
+    assert [w["seq"] for w in doc["windows"]] == [7, 8, 9]
+    assert "mean area" in doc["reference"]["features"]
+    doc = (await _get(monitor, f"/windows/{MODEL}/1?since=7")).json()
+    assert [w["seq"] for w in doc["windows"]] == [8, 9]
+    assert (await _get(monitor, f"/windows/{MODEL}/1?limit=x")).status_code == 400
+    assert (await _get(monitor, f"/windows/{MODEL}/2")).status_code == 404
+
+
+def test_history_skips_windows_written_before_and_keeps_the_newest(tmp_path: Path) -> None:
+    profile = demo_profile()
+    history = WindowHistory(tmp_path, max_windows=5)
+    for n in range(1, 21):
+        history.add(0, {"model": "m", "version": "1", "window_id": f"m/1/p0/{n}"}, profile)
+        if n % 3 == 0:
+            history.flush()
+    history.flush()
+    assert [e["seq"] for e in history.windows("m", "1")] == [16, 17, 18, 19, 20]
+    lines = (tmp_path / "m" / "1" / "windows.jsonl").read_text().splitlines()
+    assert len(lines) <= 10
+    again = WindowHistory(tmp_path, max_windows=5)  # a restarted monitor
+    again.add(0, {"model": "m", "version": "1", "window_id": "m/1/p0/20"}, profile)  # re-read
+    again.add(1, {"model": "m", "version": "1", "window_id": "m/1/p1/1"}, profile)
+    again.add(2, {"model": "m", "version": "1", "window_id": "m/1/p2/1"}, profile)
+    again.discard({2})  # revoked before it was written
+    again.flush()
+    assert [(e["seq"], e["window_id"]) for e in again.windows("m", "1", limit=2)] == [
+        (20, "m/1/p0/20"),
+        (21, "m/1/p1/1"),
+    ]
+    odd = WindowHistory(tmp_path)
+    odd.add(0, {"model": "../x", "version": ".", "window_id": "w"}, profile)
+    odd.flush()
+    assert [e["window_id"] for e in odd.windows("../x", ".")] == ["w"]
+    assert not (tmp_path.parent / "x").exists()
+
+
+async def _get(monitor: MonitorService, path: str) -> httpx.Response:
+    transport = httpx.ASGITransport(app=create_status_app(monitor))
+    async with httpx.AsyncClient(transport=transport, base_url="http://monitor") as client:
+        return await client.get(path)
