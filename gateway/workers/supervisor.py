@@ -152,6 +152,9 @@ class _Supervisor:
             await slot.link.close()
         if self._stopping.is_set():
             return
+        if process.exitcode is None:
+            # the sentinel closes as the process exits, a moment before the kernel can reap it
+            await asyncio.to_thread(process.join, 5.0)
         code = process.exitcode
         how = f"signal {-code}" if code is not None and code < 0 else f"exit status {code}"
         lived = time.monotonic() - slot.started

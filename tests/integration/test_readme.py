@@ -18,6 +18,7 @@ import signal
 import site
 import subprocess
 import sys
+import time
 import tomllib
 from pathlib import Path
 
@@ -140,6 +141,10 @@ def test_every_readme_command_works_in_order_on_a_fresh_copy(tmp_path: Path) -> 
         os.killpg(stack.pid, signal.SIGINT)  # what Ctrl-C in its terminal does
         # make ends by the signal it got (as a shell expects) once gateway stack has stopped
         assert stack.wait(90) in (0, -signal.SIGINT)
+        # make may be gone before the stack has stopped its monitor and broker and said so
+        deadline = time.monotonic() + 60
+        while running_in(repo) and time.monotonic() < deadline:
+            time.sleep(0.1)
     finally:
         if stack is not None and stack.poll() is None:
             os.killpg(stack.pid, signal.SIGKILL)
