@@ -106,8 +106,11 @@ def test_every_readme_command_works_in_order_on_a_fresh_copy(tmp_path: Path) -> 
     assert [c for c in shown if words(c) == LONG_RUNNING], "the README starts with make serve"
 
     repo = fresh_copy(tmp_path / "repo")
+    # a fresh terminal: no settings of ours, and not inside CI's `make test` (a make started
+    # from make prints "Entering/Leaving directory" around the stack's own log)
     env = {k: v for k, v in os.environ.items()
-           if not k.startswith(("GATEWAY_", "MONITOR_")) and k != "PYTHONPATH"}  # fmt: skip
+           if not k.startswith(("GATEWAY_", "MONITOR_", "MAKE", "MFLAGS"))
+           and k != "PYTHONPATH"}  # fmt: skip
     ports = {"GATEWAY_PORT": free_port(), "MONITOR_PORT": free_port(), "BROKER_PORT": free_port()}
     env.update({k: str(v) for k, v in ports.items()})
     exports: list[str] = []
