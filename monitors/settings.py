@@ -9,6 +9,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, model_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
+from monitors.kafka_security import KafkaSecurity
 from monitors.performance_settings import PerformanceSettings
 from registry_client.settings import RegistrySettings
 
@@ -23,7 +24,9 @@ class _Group(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
 
-class KafkaSettings(_Group):
+class KafkaSettings(KafkaSecurity):
+    """The inference-log topic, the consumer group, and the cluster's security."""
+
     bootstrap_servers: str = "127.0.0.1:9092"
     topic: str = "inference-log"
     group_id: str = "drift-monitor"
@@ -31,42 +34,6 @@ class KafkaSettings(_Group):
     # How soon the group notices an instance that died (its partitions move after this).
     session_timeout_s: float = Field(default=10.0, gt=0)
     heartbeat_interval_s: float = Field(default=3.0, gt=0)
-    # The cluster's security: the same keys as the gateway's feature_log settings.
-    security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = "PLAINTEXT"
-    sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"] | None = None
-    sasl_username: str | None = None
-    sasl_password: SecretStr | None = None
-    ssl_cafile: Path | None = None
-    ssl_certfile: Path | None = None
-    ssl_keyfile: Path | None = None
-
-    @model_validator(mode="after")
-    def _sasl_complete(self) -> KafkaSettings:
-        if self.security_protocol.startswith("SASL") and (
-            self.sasl_mechanism is None or self.sasl_username is None or self.sasl_password is None
-        ):
-            raise ValueError(
-                "kafka.sasl_mechanism, sasl_username and sasl_password are required with "
-                f"security_protocol {self.security_protocol}"
-            )
-        return self
-
-    def security_options(self) -> dict[str, Any]:
-        """The security keyword arguments of an aiokafka client (secrets included)."""
-        options: dict[str, Any] = {"security_protocol": self.security_protocol}
-        if self.security_protocol.startswith("SASL") and self.sasl_password is not None:
-            options["sasl_mechanism"] = self.sasl_mechanism
-            options["sasl_plain_username"] = self.sasl_username
-            options["sasl_plain_password"] = self.sasl_password.get_secret_value()
-        if self.security_protocol in ("SSL", "SASL_SSL"):
-            from aiokafka.helpers import create_ssl_context
-
-            options["ssl_context"] = create_ssl_context(
-                cafile=str(self.ssl_cafile) if self.ssl_cafile else None,
-                certfile=str(self.ssl_certfile) if self.ssl_certfile else None,
-                keyfile=str(self.ssl_keyfile) if self.ssl_keyfile else None,
-            )
-        return options
 
 
 class WindowSettings(_Group):

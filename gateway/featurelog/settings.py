@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal
+from typing import ClassVar, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, model_validator
+from pydantic import BaseModel, ConfigDict, Field, SecretStr
+
+from monitors.kafka_security import KafkaSecurity
 
 __all__ = ["FeatureLogSettings"]
 
@@ -14,7 +16,9 @@ class _Group(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
 
-class FeatureLogSettings(_Group):
+class FeatureLogSettings(KafkaSecurity):
+    group: ClassVar[str] = "feature_log"
+
     enabled: bool = False
     bootstrap_servers: str = "127.0.0.1:9092"
     topic: str = "inference-log"
@@ -31,13 +35,6 @@ class FeatureLogSettings(_Group):
     batch_size: int = Field(default=500, ge=1)
     queue_size: int = Field(default=50_000, ge=1)
     timeout_s: float = Field(default=5.0, gt=0)
-    security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = "PLAINTEXT"
-    sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"] | None = None
-    sasl_username: str | None = None
-    sasl_password: SecretStr | None = None
-    ssl_cafile: Path | None = None
-    ssl_certfile: Path | None = None
-    ssl_keyfile: Path | None = None
     # Kafka refuses a message over the broker's message.max.bytes (1,048,588 by default) or the
     # topic's max.message.bytes: messages are packed to stay at or under this many bytes.
     max_message_bytes: int = Field(default=1_000_000, ge=16 * 1024)
@@ -50,14 +47,3 @@ class FeatureLogSettings(_Group):
     drop_features: list[str] = Field(default_factory=list)
     hash_features: list[str] = Field(default_factory=list)
     hash_key: SecretStr = SecretStr("")
-
-    @model_validator(mode="after")
-    def _sasl_complete(self) -> FeatureLogSettings:
-        if self.security_protocol.startswith("SASL") and (
-            self.sasl_mechanism is None or self.sasl_username is None or self.sasl_password is None
-        ):
-            raise ValueError(
-                "feature_log.sasl_mechanism, sasl_username and sasl_password are required with "
-                f"security_protocol {self.security_protocol}"
-            )
-        return self

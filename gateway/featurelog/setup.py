@@ -31,21 +31,8 @@ def producer_options(settings: FeatureLogSettings) -> dict[str, Any]:
         "compression_type": None if settings.compression == "none" else settings.compression,
         "enable_idempotence": settings.idempotent,
         "linger_ms": int(settings.linger_s * 1000),
-        "security_protocol": settings.security_protocol,
+        **settings.security_options(),
     }
-    if settings.sasl_mechanism is not None:
-        options["sasl_mechanism"] = settings.sasl_mechanism
-        options["sasl_plain_username"] = settings.sasl_username
-        if settings.sasl_password is not None:
-            options["sasl_plain_password"] = settings.sasl_password.get_secret_value()
-    if settings.security_protocol in ("SSL", "SASL_SSL"):
-        from aiokafka.helpers import create_ssl_context
-
-        options["ssl_context"] = create_ssl_context(
-            cafile=str(settings.ssl_cafile) if settings.ssl_cafile else None,
-            certfile=str(settings.ssl_certfile) if settings.ssl_certfile else None,
-            keyfile=str(settings.ssl_keyfile) if settings.ssl_keyfile else None,
-        )
     return options
 
 
