@@ -103,5 +103,5 @@ def build_demo_registry(root: Path) -> LocalRegistry:
             path.write_bytes(onnx_model.SerializeToString())
             with_report = metadata.model_copy(update={"validation": report})
             version = registry.register(DEMO_MODEL, path, with_report)
-            registry.set_alias(DEMO_MODEL, alias, version)
+            registry.set_alias_sync(DEMO_MODEL, alias, version)
     return registry

@@ -100,7 +100,7 @@ def register_benchmark_models(root: Path) -> dict[str, Path]:
                     path = Path(tmp) / "model.onnx"
                     path.write_bytes(build().SerializeToString())
                     registry.register(name, path, metadata)
-            registry.set_alias(name, "champion", registry.versions(name)[0])
+            registry.set_alias_sync(name, "champion", registry.versions(name)[0])
         files[name] = root / name / registry.aliases(name)["champion"] / "model.onnx"
     build_demo_registry(root)
     files[DEMO_MODEL] = root / DEMO_MODEL / registry.aliases(DEMO_MODEL)["champion"] / "model.onnx"

@@ -6,12 +6,15 @@ import abc
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from registry_client.errors import CorruptModelError
-from registry_client.metadata import MODEL_FILE, ModelMetadata, file_sha256
-from registry_client.mlmodel import VersionFiles, describe_version_dir
+from registry_client.errors import CorruptModelError, RegistryError
+from registry_client.metadata import METADATA_FILE, MODEL_FILE, ModelMetadata, file_sha256
+from registry_client.mlmodel import MLMODEL_FILE, VersionFiles, describe_version_dir
 from registry_client.reference import ModelRef
 
-__all__ = ["ModelVersion", "Registry", "verify_version_dir"]
+__all__ = ["ModelVersion", "Registry", "document_name", "verify_version_dir"]
+
+# Files of the version itself, which a document must not replace.
+_VERSION_FILES = frozenset({MODEL_FILE, METADATA_FILE, MLMODEL_FILE})
 
 
 @dataclass(frozen=True, slots=True)
@@ -63,6 +66,27 @@ class Registry(abc.ABC):
         """Store a document with the version under ``key``; return where it went. ``inline``
         asks for the registry's own metadata (an MLflow version tag) rather than a file."""
 
+    @abc.abstractmethod
+    async def register_version(
+        self,
+        name: str,
+        model_file: Path,
+        metadata: ModelMetadata,
+        documents: dict[str, bytes] | None = None,
+    ) -> str:
+        """Register ``model_file`` as a new version of ``name`` (created if new) with its
+        metadata (its ``model_sha256`` set from the file) and ``documents`` stored with it as
+        ``store_document`` would; return the new version. Atomic: a failure leaves no visible
+        version, so a version ``fetch`` can see is always whole."""
+
+    @abc.abstractmethod
+    async def set_alias(self, name: str, alias: str, version: str) -> None:
+        """Point ``name@alias`` at an existing ``version`` (created or moved)."""
+
+    @abc.abstractmethod
+    async def get_aliases(self, name: str) -> dict[str, str]:
+        """The model's aliases and the versions they point at (``latest`` only where set)."""
+
     async def get(self, ref: ModelRef) -> ModelVersion:
         """Resolve and fetch in one call."""
         version = ref.version if ref.version is not None else await self.resolve(ref)
@@ -88,3 +112,13 @@ def verify_version_dir(name: str, version: str, path: Path) -> VersionFiles:
                 f"does not match metadata {expected[:12]}..."
             )
     return files
+
+
+def document_name(key: str) -> str:
+    """``key`` as the file name of a document stored with a version: a plain file name that
+    is none of the version's own files; RegistryError otherwise."""
+    if not key or "/" in key or "\\" in key or key.startswith("."):
+        raise RegistryError(f"invalid document name {key!r}: a plain file name is expected")
+    if key in _VERSION_FILES:
+        raise RegistryError(f"invalid document name {key!r}: the version's own file has it")
+    return key

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import errno
 import json
 import os
 import shutil
 import tempfile
 from pathlib import Path
 
-from registry_client.base import ModelVersion, Registry, verify_version_dir
+from registry_client.base import ModelVersion, Registry, document_name, verify_version_dir
 from registry_client.errors import (
     CorruptModelError,
     ModelNotFoundError,
@@ -47,7 +48,7 @@ class LocalRegistry(Registry):
         return ModelVersion.of(name, version, path, files)
 
     async def read_document(self, name: str, version: str, key: str) -> bytes | None:
-        path = self._version_dir(name, version) / _document_name(key)
+        path = self._version_dir(name, version) / document_name(key)
         try:
             return await asyncio.to_thread(path.read_bytes)
         except FileNotFoundError:
@@ -57,7 +58,7 @@ class LocalRegistry(Registry):
         self, name: str, version: str, key: str, data: bytes, *, inline: bool = False
     ) -> str:
         """Write the document as a file in the version folder (``inline`` changes nothing)."""
-        path = self._version_dir(name, version) / _document_name(key)
+        path = self._version_dir(name, version) / document_name(key)
         await asyncio.to_thread(_write_atomically, path, data)
         return str(path)
 
@@ -88,32 +89,53 @@ class LocalRegistry(Registry):
             raise RegistryError(f"model {name}: {_ALIASES_FILE} must hold an object")
         return {str(k): str(v) for k, v in data.items()}
 
-    # -- writing ------------------------------------------------------------------------------
+    async def register_version(
+        self,
+        name: str,
+        model_file: Path,
+        metadata: ModelMetadata,
+        documents: dict[str, bytes] | None = None,
+    ) -> str:
+        """The next integer version, its documents as files in its folder (see ``register``)."""
+        return await asyncio.to_thread(self.register, name, model_file, metadata, None, documents)
+
+    async def set_alias(self, name: str, alias: str, version: str) -> None:
+        await asyncio.to_thread(self.set_alias_sync, name, alias, version)
+
+    async def get_aliases(self, name: str) -> dict[str, str]:
+        return await asyncio.to_thread(self.aliases, name)
+
+    # -- writing, blocking (for scripts and test set-ups without an event loop) ----------------
 
     def register(
-        self, name: str, model_file: Path, metadata: ModelMetadata, version: str | None = None
+        self,
+        name: str,
+        model_file: Path,
+        metadata: ModelMetadata,
+        version: str | None = None,
+        documents: dict[str, bytes] | None = None,
     ) -> str:
-        """Copy a model file in as a new version (next integer unless given); return the version."""
+        """Copy a model file in as a new version (next integer unless given), with its documents;
+        return the version. The folder is built aside and renamed into place, so the version
+        appears whole or not at all; two writers never get the same number."""
+        ModelRef.parse(f"{name}/{version or '1'}")  # rejects path tricks such as '..'
+        for key in documents or {}:
+            document_name(key)
         model_dir = self.root / name
         model_dir.mkdir(parents=True, exist_ok=True)
-        if version is None:
-            numeric = [int(v) for v in self.versions(name) if v.isdigit()]
-            version = str(max(numeric, default=0) + 1)
-        target = model_dir / version
-        if target.exists():
-            raise RegistryError(f"model {name} version {version} already exists")
-        staging = Path(tempfile.mkdtemp(prefix=f".{version}-", dir=model_dir))
+        staging = Path(tempfile.mkdtemp(prefix=".register-", dir=model_dir))
         try:
             shutil.copyfile(model_file, staging / MODEL_FILE)
             checksum = file_sha256(staging / MODEL_FILE)
             metadata.model_copy(update={"model_sha256": checksum}).dump(staging)
-            os.replace(staging, target)  # a version appears whole or not at all
+            for key, data in (documents or {}).items():
+                (staging / key).write_bytes(data)
+            return _install_version(model_dir, staging, name, version)
         except BaseException:
             shutil.rmtree(staging, ignore_errors=True)
             raise
-        return version
 
-    def set_alias(self, name: str, alias: str, version: str) -> None:
+    def set_alias_sync(self, name: str, alias: str, version: str) -> None:
         """Point an alias at an existing version, atomically."""
         ModelRef.parse(f"{name}@{alias}")
         self._version_dir(name, version)
@@ -151,10 +173,25 @@ class LocalRegistry(Registry):
         raise VersionNotFoundError(f"model {name!r} has no alias {alias!r}")
 
 
-def _document_name(key: str) -> str:
-    if not key or "/" in key or key.startswith("."):
-        raise RegistryError(f"invalid document name {key!r}: a plain file name is expected")
-    return key
+def _install_version(model_dir: Path, staging: Path, name: str, version: str | None) -> str:
+    """Rename a built version folder into place as ``version``, or as the next free integer."""
+    while True:
+        if version is None:
+            found = [p.name for p in model_dir.iterdir() if p.is_dir() and p.name.isdigit()]
+            target = model_dir / str(max(map(int, found), default=0) + 1)
+        else:
+            target = model_dir / version
+        try:
+            # rename(2) of a folder onto an existing non-empty one fails: no two writers get
+            # the same version, and a version appears whole or not at all
+            os.rename(staging, target)
+        except OSError as exc:
+            if exc.errno not in (errno.ENOTEMPTY, errno.EEXIST):
+                raise
+            if version is not None:
+                raise RegistryError(f"model {name} version {version} already exists") from None
+            continue
+        return target.name
 
 
 def _write_atomically(path: Path, data: bytes) -> None:

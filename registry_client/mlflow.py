@@ -17,22 +17,30 @@ place) or not at all.
 Documents stored with a version (``read_document``/``store_document``, the monitor's reference
 profiles) live in a version tag named after the document: the document itself, or the
 ``runs:/<run_id>/<path>`` of an artifact of the version's run.
+
+``register_version`` writes as the MLflow client would, over REST: a run in the experiment
+``experiment`` (created if missing) gets ``model/model.onnx``, ``model/metadata.json`` and the
+documents beside them as artifacts, then the version is created from that folder, the one step
+that makes it visible; a failure before it deletes the run, one during it deletes any version
+made from the run.
 """
 
 from __future__ import annotations
 
 import asyncio
 import hashlib
+import logging
 import os
 import shutil
 import tempfile
+import time
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote, urlsplit
 
 import httpx
 
-from registry_client.base import ModelVersion, Registry, verify_version_dir
+from registry_client.base import ModelVersion, Registry, document_name, verify_version_dir
 from registry_client.errors import (
     CorruptModelError,
     ModelNotFoundError,
@@ -40,7 +48,7 @@ from registry_client.errors import (
     RegistryUnavailableError,
     VersionNotFoundError,
 )
-from registry_client.metadata import MODEL_FILE
+from registry_client.metadata import METADATA_FILE, MODEL_FILE, ModelMetadata, file_sha256
 from registry_client.mlmodel import (
     MLMODEL_FILE,
     VersionFiles,
@@ -52,12 +60,16 @@ from registry_client.reference import ModelRef
 
 __all__ = ["MlflowRegistry"]
 
+log = logging.getLogger(__name__)
+
 _API = "/api/2.0/mlflow"
 _ARTIFACTS = "/api/2.0/mlflow-artifacts/artifacts"
 # Written last into a verified version folder; holds model.onnx's size for a cheap re-check.
 _COMPLETE = ".complete"
 _CHUNK_BYTES = 1 << 20
 _MAX_TAG_CHARS = 100_000  # MLflow's limit on a model version tag's value
+_EXPERIMENT = "model-gateway registrations"
+_READY_TIMEOUT_S = 60.0  # for a server that registers versions asynchronously
 
 
 class MlflowRegistry(Registry):
@@ -73,9 +85,11 @@ class MlflowRegistry(Registry):
         retries: int = 3,
         backoff_s: float = 0.2,
         transport: httpx.AsyncBaseTransport | None = None,
+        experiment: str = _EXPERIMENT,
     ) -> None:
         self.base_url = base_url.rstrip("/")
         self.cache_dir = Path(cache_dir)
+        self.experiment = experiment
         self._retries = retries
         self._backoff_s = backoff_s
         headers = {"Authorization": f"Bearer {token}"} if token else {}
@@ -178,6 +192,176 @@ class MlflowRegistry(Registry):
         _check(response, f"{what}: uploading {key}")
         await self._set_tag(name, version, key, location)
         return location
+
+    async def register_version(
+        self,
+        name: str,
+        model_file: Path,
+        metadata: ModelMetadata,
+        documents: dict[str, bytes] | None = None,
+    ) -> str:
+        ModelRef.parse(f"{name}/1")  # a name the gateway can refer to
+        for key in documents or {}:
+            document_name(key)
+        checksum = await asyncio.to_thread(file_sha256, model_file)
+        described = metadata.model_copy(update={"model_sha256": checksum})
+        files = {METADATA_FILE: described.model_dump_json(indent=2, exclude_none=True).encode()}
+        files.update(documents or {})
+        await self._create_model(name)
+        run_id, artifact_uri = await self._create_run(name)
+        source = _join(artifact_uri, "model")
+        try:
+            folder = await self._proxy_path(source, f"model {name}: run {run_id}")
+            await self._upload(f"{folder}/{MODEL_FILE}", model_file)
+            for key, data in files.items():
+                await self._upload(f"{folder}/{key}", data)
+        except BaseException:
+            await asyncio.shield(self._delete_run(run_id))
+            raise
+        try:
+            version = await self._create_version(name, source, run_id)
+        except BaseException:
+            # the answer may be lost after the server made the version: take back any
+            await asyncio.shield(self._delete_versions_of_run(name, run_id))
+            await asyncio.shield(self._delete_run(run_id))
+            raise
+        await self._send("POST", "runs/update", run_id=run_id, status="FINISHED",
+                         end_time=int(time.time() * 1000))  # fmt: skip
+        return version
+
+    async def set_alias(self, name: str, alias: str, version: str) -> None:
+        ModelRef.parse(f"{name}@{alias}")
+        await self._require_version(name, version)
+        response = await self._send(
+            "POST", "registered-models/alias", name=name, alias=alias, version=version
+        )
+        _check(response, f"model {name!r}: alias {alias!r} -> {version}")
+
+    async def get_aliases(self, name: str) -> dict[str, str]:
+        response = await self._get(f"{_API}/registered-models/get", name=name)
+        if _not_found(response):
+            raise ModelNotFoundError(f"model {name!r} is not in the MLflow registry")
+        _check(response, f"model {name!r}")
+        entries = _field(response, "registered_model").get("aliases", [])
+        return {str(a["alias"]): str(a["version"]) for a in entries}
+
+    # -- registry writes ----------------------------------------------------------------------
+
+    async def _create_model(self, name: str) -> None:
+        response = await self._send("POST", "registered-models/create", name=name)
+        if response.status_code == 400 and _error_code(response) == "RESOURCE_ALREADY_EXISTS":
+            return
+        _check(response, f"creating model {name!r}")
+
+    async def _create_run(self, name: str) -> tuple[str, str]:
+        """A run to hold the new version's files: (run id, artifact URI)."""
+        response = await self._get(
+            f"{_API}/experiments/get-by-name", experiment_name=self.experiment
+        )
+        if _not_found(response):
+            created = await self._send("POST", "experiments/create", name=self.experiment)
+            if _error_code(created) != "RESOURCE_ALREADY_EXISTS":  # else another writer won
+                _check(created, f"creating experiment {self.experiment!r}")
+                experiment_id = str(_field(created, "experiment_id"))
+            else:
+                again = await self._get(
+                    f"{_API}/experiments/get-by-name", experiment_name=self.experiment
+                )
+                _check(again, f"experiment {self.experiment!r}")
+                experiment_id = str(_field(again, "experiment", "experiment_id"))
+        else:
+            _check(response, f"experiment {self.experiment!r}")
+            experiment_id = str(_field(response, "experiment", "experiment_id"))
+        run = await self._send(
+            "POST", "runs/create", experiment_id=experiment_id,
+            start_time=int(time.time() * 1000), run_name=f"register {name}",
+        )  # fmt: skip
+        _check(run, f"model {name!r}: creating a run in experiment {self.experiment!r}")
+        info = _field(run, "run", "info")
+        return str(info["run_id"]), str(info["artifact_uri"])
+
+    async def _upload(self, path: str, content: Path | bytes) -> None:
+        data = (
+            content if isinstance(content, bytes) else await asyncio.to_thread(content.read_bytes)
+        )
+        last: Exception | None = None
+        for attempt in range(self._retries + 1):
+            if attempt:
+                await asyncio.sleep(self._backoff_s * 2 ** (attempt - 1))
+            try:
+                response = await self._client.put(f"{_ARTIFACTS}/{quote(path)}", content=data)
+            except httpx.TransportError as exc:
+                last = exc
+                continue
+            if response.status_code < 500:
+                _check(response, f"uploading {path}")
+                return
+            last = RegistryUnavailableError(f"{response.status_code} {_message(response)}")
+        raise RegistryUnavailableError(
+            f"MLflow at {self.base_url}: uploading {path} failed after {self._retries + 1} tries: "
+            f"{last!r}"
+        ) from last
+
+    async def _create_version(self, name: str, source: str, run_id: str) -> str:
+        """Create the version (never retried: a second try could make a second version) and
+        wait until the server calls it READY."""
+        what = f"model {name!r}: new version from run {run_id}"
+        body = {"name": name, "source": source, "run_id": run_id}
+        try:
+            response = await self._client.post(f"{_API}/model-versions/create", json=body)
+        except httpx.TransportError as exc:
+            raise RegistryUnavailableError(f"{what}: {exc!r}; nothing registered") from exc
+        _check(response, what)
+        details = _field(response, "model_version")
+        version = str(details["version"])
+        deadline = time.monotonic() + _READY_TIMEOUT_S
+        while details.get("status", "READY") == "PENDING_REGISTRATION":
+            if time.monotonic() > deadline:
+                raise RegistryUnavailableError(f"{what}: still pending after {_READY_TIMEOUT_S} s")
+            await asyncio.sleep(self._backoff_s)
+            details = await self._version(name, version)
+        if details.get("status", "READY") != "READY":
+            raise RegistryError(f"{what}: {details.get('status')} {details.get('status_message')}")
+        return version
+
+    async def _delete_versions_of_run(self, name: str, run_id: str) -> None:
+        try:
+            response = await self._get(
+                f"{_API}/model-versions/search",
+                filter=f"name={_quoted(name)} and run_id='{run_id}'",
+            )
+            for entry in _field(response, "model_versions", default=[]):
+                await self._send(
+                    "DELETE", "model-versions/delete", name=name, version=str(entry["version"])
+                )
+        except (httpx.HTTPError, RegistryError):
+            log.warning("model %s: could not remove a version of run %s", name, run_id)
+
+    async def _delete_run(self, run_id: str) -> None:
+        try:
+            await self._send("POST", "runs/delete", run_id=run_id)
+        except (httpx.HTTPError, RegistryError):
+            log.warning("could not delete run %s of a failed registration", run_id)
+
+    async def _send(self, method: str, endpoint: str, /, **body: object) -> httpx.Response:
+        """A write that may be repeated (creates answer 'already exists'), retried like ``_get``."""
+        last: Exception | None = None
+        problem = ""
+        for attempt in range(self._retries + 1):
+            if attempt:
+                await asyncio.sleep(self._backoff_s * 2 ** (attempt - 1))
+            try:
+                response = await self._client.request(method, f"{_API}/{endpoint}", json=body)
+            except httpx.TransportError as exc:
+                last, problem = exc, repr(exc)
+                continue
+            if response.status_code < 500:
+                return response
+            problem = f"{response.status_code} {_message(response)}"
+        raise RegistryUnavailableError(
+            f"MLflow registry at {self.base_url} unreachable after {self._retries + 1} tries "
+            f"({endpoint}): {problem}"
+        ) from last
 
     # -- registry calls -----------------------------------------------------------------------
 
@@ -431,6 +615,13 @@ def _field(response: httpx.Response, *keys: str, default: Any = None) -> Any:
             f"unexpected answer from MLflow at {response.url}: {response.text[:200]!r}"
         ) from exc
     return value
+
+
+def _error_code(response: httpx.Response) -> str:
+    try:
+        return str(response.json().get("error_code", ""))
+    except (ValueError, AttributeError):
+        return ""
 
 
 def _message(response: httpx.Response) -> str:

@@ -90,7 +90,7 @@ def _register(registry_root: Path, model: onnx.ModelProto, alias: str) -> str:
         path = Path(tmp) / "model.onnx"
         path.write_bytes(model.SerializeToString())
         version = registry.register("breast_cancer", path, metadata)
-    registry.set_alias("breast_cancer", alias, version)
+    registry.set_alias_sync("breast_cancer", alias, version)
     return version
 
 

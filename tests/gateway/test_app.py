@@ -180,7 +180,7 @@ async def test_alias_move_swaps_version_and_a_broken_version_never_serves(
             broken = tmp_path / "broken.onnx"
             broken.write_bytes(b"this is not an onnx model")
             bad = registry.register("breast_cancer", broken, ModelMetadata())
-            registry.set_alias("breast_cancer", "champion", bad)
+            registry.set_alias_sync("breast_cancer", "champion", bad)
             for _ in range(100):
                 metrics = (await client.get("/metrics")).text
                 if 'outcome="failure"' in metrics:
@@ -193,7 +193,7 @@ async def test_alias_move_swaps_version_and_a_broken_version_never_serves(
             still = await client.post("/v2/models/breast_cancer/infer", json=infer_body(ROW))
             assert still.json()["model_version"] == "1"
 
-            registry.set_alias("breast_cancer", "champion", "2")
+            registry.set_alias_sync("breast_cancer", "champion", "2")
             for _ in range(100):
                 response = await client.post("/v2/models/breast_cancer/infer", json=infer_body(ROW))
                 if response.json()["model_version"] == "2":

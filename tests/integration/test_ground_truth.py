@@ -67,7 +67,7 @@ def register_weak_version(root: Path) -> str:
         path = Path(tmp) / "weak.onnx"
         path.write_bytes(onnx_model.SerializeToString())
         version = registry.register("breast_cancer", path, metadata)
-    registry.set_alias("breast_cancer", "weak", version)
+    registry.set_alias_sync("breast_cancer", "weak", version)
     return version
 
 

@@ -97,7 +97,7 @@ def test_alias_move_under_load_fails_no_request(demo_registry: Path, tmp_path: P
         for thread in threads:
             thread.start()
         wait_until(lambda: len(statuses) >= 150, "150 answers before the move")
-        LocalRegistry(demo_registry).set_alias("breast_cancer", "champion", "2")
+        LocalRegistry(demo_registry).set_alias_sync("breast_cancer", "champion", "2")
         wait_until(lambda: versions.count("2") >= 150, "150 answers by version 2")
         stop.set()
         for thread in threads:

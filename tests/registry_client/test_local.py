@@ -30,7 +30,7 @@ async def test_resolve_aliases_versions_and_latest(demo_registry: Path, demo_mod
     assert await registry.resolve(ModelRef.parse(f"{demo_model}@champion")) == "1"
     assert await registry.resolve(ModelRef.parse(f"{demo_model}@challenger")) == "2"
     assert await registry.resolve(ModelRef.parse(demo_model)) == "2"  # latest
-    registry.set_alias(demo_model, "champion", "2")
+    registry.set_alias_sync(demo_model, "champion", "2")
     assert await registry.resolve(ModelRef.parse(f"{demo_model}@champion")) == "2"
     version = await registry.get(ModelRef.parse(f"{demo_model}/1"))
     assert version.model_file.is_file()
@@ -48,7 +48,7 @@ async def test_clear_errors(demo_registry: Path, demo_model: str) -> None:
     with pytest.raises(VersionNotFoundError, match="no version '9'"):
         await registry.fetch(demo_model, "9")
     with pytest.raises(VersionNotFoundError):
-        registry.set_alias(demo_model, "champion", "9")
+        registry.set_alias_sync(demo_model, "champion", "9")
 
 
 async def test_missing_or_tampered_model_file_is_corrupt(

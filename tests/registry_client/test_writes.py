@@ -1,0 +1,197 @@
+"""Registry writes (register_version, set_alias, get_aliases) on the local registry and on a real
+``mlflow server``: what is registered is fetched whole, and a failed registration leaves nothing."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import uuid
+from pathlib import Path
+
+import httpx
+import pytest
+
+from registry_client import (
+    LocalRegistry,
+    ModelMetadata,
+    ModelNotFoundError,
+    ModelRef,
+    RegistryError,
+    RegistryUnavailableError,
+    VersionNotFoundError,
+)
+from registry_client.metadata import file_sha256
+from registry_client.mlflow import MlflowRegistry
+
+
+def _source(demo_registry: Path) -> tuple[Path, ModelMetadata]:
+    folder = demo_registry / "breast_cancer" / "2"
+    metadata = ModelMetadata.load(folder).model_copy(update={"model_sha256": None})
+    return folder / "model.onnx", metadata
+
+
+async def test_local_register_version_with_documents_then_aliases(
+    demo_registry: Path, tmp_path: Path
+) -> None:
+    model_file, metadata = _source(demo_registry)
+    registry = LocalRegistry(tmp_path / "registry")
+    report = json.dumps({"accuracy": 0.97}).encode()
+    first = await registry.register_version("m", model_file, metadata, {"report.json": report})
+    second = await registry.register_version("m", model_file, metadata)
+    assert (first, second) == ("1", "2")
+    fetched = await registry.fetch("m", first)
+    assert fetched.metadata.model_sha256 == file_sha256(model_file)
+    assert fetched.metadata.class_labels == metadata.class_labels
+    assert await registry.read_document("m", first, "report.json") == report
+    assert await registry.read_document("m", second, "report.json") is None
+
+    assert await registry.get_aliases("m") == {}
+    await registry.set_alias("m", "champion", first)
+    await registry.set_alias("m", "candidate", second)
+    await registry.set_alias("m", "champion", second)
+    assert await registry.get_aliases("m") == {"champion": "2", "candidate": "2"}
+    assert await registry.resolve(ModelRef.parse("m@champion")) == "2"
+    with pytest.raises(VersionNotFoundError, match="no version '9'"):
+        await registry.set_alias("m", "champion", "9")
+    with pytest.raises(ModelNotFoundError):
+        await registry.get_aliases("other")
+
+
+async def test_local_failed_registration_leaves_no_version(
+    demo_registry: Path, tmp_path: Path
+) -> None:
+    model_file, metadata = _source(demo_registry)
+    registry = LocalRegistry(tmp_path / "registry")
+    await registry.register_version("m", model_file, metadata)
+    for documents in ({"metadata.json": b"{}"}, {"../x": b""}, {".hidden": b""}):
+        with pytest.raises(RegistryError, match="invalid document name"):
+            await registry.register_version("m", model_file, metadata, documents)
+    with pytest.raises(FileNotFoundError):
+        await registry.register_version("m", tmp_path / "missing.onnx", metadata)
+    assert registry.versions("m") == ["1"]
+    assert [p.name for p in (tmp_path / "registry" / "m").iterdir()] == ["1"]  # no staging left
+
+
+async def test_local_concurrent_registrations_get_distinct_versions(
+    demo_registry: Path, tmp_path: Path
+) -> None:
+    model_file, metadata = _source(demo_registry)
+    registry = LocalRegistry(tmp_path / "registry")
+    versions = await asyncio.gather(
+        *(registry.register_version("m", model_file, metadata) for _ in range(8))
+    )
+    assert sorted(versions, key=int) == [str(i) for i in range(1, 9)]
+    for version in versions:
+        assert (await registry.fetch("m", version)).model_file.is_file()
+
+
+async def test_mlflow_register_version_is_fetched_whole_with_documents(
+    mlflow_url: str, demo_registry: Path, tmp_path: Path
+) -> None:
+    model_file, metadata = _source(demo_registry)
+    name = f"writes-{uuid.uuid4().hex[:8]}"
+    report = json.dumps({"accuracy": 0.97}).encode()
+    writer = MlflowRegistry(mlflow_url, tmp_path / "writer-cache", backoff_s=0.01)
+    reader = MlflowRegistry(mlflow_url, tmp_path / "reader-cache", backoff_s=0.01)
+    try:
+        first = await writer.register_version(name, model_file, metadata, {"report.json": report})
+        second = await writer.register_version(name, model_file, metadata)
+        assert (first, second) == ("1", "2")
+        fetched = await reader.fetch(name, first)
+        assert fetched.model_file.read_bytes() == model_file.read_bytes()
+        assert fetched.metadata.model_sha256 == file_sha256(model_file)
+        assert fetched.metadata.features == metadata.features
+        assert await reader.read_document(name, first, "report.json") == report
+        assert await reader.read_document(name, second, "report.json") is None
+
+        assert await reader.get_aliases(name) == {}
+        await writer.set_alias(name, "champion", first)
+        await writer.set_alias(name, "candidate", second)
+        await writer.set_alias(name, "champion", second)
+        assert await reader.get_aliases(name) == {"champion": "2", "candidate": "2"}
+        assert await reader.resolve(ModelRef.parse(f"{name}@champion")) == "2"
+        with pytest.raises(VersionNotFoundError, match="no version '9'"):
+            await writer.set_alias(name, "champion", "9")
+        with pytest.raises(ModelNotFoundError):
+            await reader.get_aliases(f"{name}-absent")
+        with pytest.raises(RegistryError, match="invalid document name"):
+            await writer.register_version(name, model_file, metadata, {"model.onnx": b""})
+    finally:
+        await writer.aclose()
+        await reader.aclose()
+
+
+class _LoseAnswer(httpx.AsyncBaseTransport):
+    """Forwards every request to the server, but loses the answer to the one named: the server
+    did the work, the client never hears of it."""
+
+    def __init__(self, method: str, path_part: str) -> None:
+        self._inner = httpx.AsyncHTTPTransport()
+        self._method = method
+        self._part = path_part
+
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        response = await self._inner.handle_async_request(request)
+        if request.method == self._method and self._part in request.url.path:
+            await response.aread()
+            raise httpx.ReadTimeout("answer lost", request=request)
+        return response
+
+    async def aclose(self) -> None:
+        await self._inner.aclose()
+
+
+async def _versions(url: str, name: str) -> list[dict[str, object]]:
+    async with httpx.AsyncClient(base_url=url) as client:
+        response = await client.get(
+            "/api/2.0/mlflow/model-versions/search", params={"filter": f"name='{name}'"}
+        )
+        response.raise_for_status()
+        found: list[dict[str, object]] = response.json().get("model_versions", [])
+        return found
+
+
+async def _active_runs(url: str, name: str) -> int:
+    """Runs of this model's registrations that are not deleted."""
+    async with httpx.AsyncClient(base_url=url) as client:
+        response = await client.get(
+            "/api/2.0/mlflow/experiments/get-by-name",
+            params={"experiment_name": "model-gateway registrations"},
+        )
+        response.raise_for_status()
+        experiment_id = response.json()["experiment"]["experiment_id"]
+        response = await client.post(
+            "/api/2.0/mlflow/runs/search",
+            json={
+                "experiment_ids": [experiment_id],
+                "filter": f"attributes.run_name = 'register {name}'",
+                "run_view_type": "ACTIVE_ONLY",
+            },
+        )
+        response.raise_for_status()
+        return len(response.json().get("runs", []))
+
+
+@pytest.mark.parametrize(
+    "lost", [("POST", "model-versions/create"), ("PUT", "mlflow-artifacts/artifacts")]
+)
+async def test_mlflow_failed_registration_leaves_no_version(
+    mlflow_url: str, demo_registry: Path, tmp_path: Path, lost: tuple[str, str]
+) -> None:
+    model_file, metadata = _source(demo_registry)
+    name = f"atomic-{uuid.uuid4().hex[:8]}"
+    good = MlflowRegistry(mlflow_url, tmp_path / "cache", backoff_s=0.01)
+    flaky = MlflowRegistry(mlflow_url, tmp_path / "cache", retries=0, transport=_LoseAnswer(*lost))
+    try:
+        assert await good.register_version(name, model_file, metadata) == "1"
+        with pytest.raises(RegistryUnavailableError):
+            await flaky.register_version(name, model_file, metadata, {"report.json": b"{}"})
+        assert [v["version"] for v in await _versions(mlflow_url, name)] == ["1"]
+        assert await _active_runs(mlflow_url, name) == 1
+        # the next registration goes on as if the failed one never happened
+        assert await good.register_version(name, model_file, metadata) in ("2", "3")
+        assert len(await _versions(mlflow_url, name)) == 2
+        assert await _active_runs(mlflow_url, name) == 2
+    finally:
+        await good.aclose()
+        await flaky.aclose()
