@@ -1,0 +1,1 @@
+"""The retraining worker: receives events, trains, validates, registers, starts a canary."""
