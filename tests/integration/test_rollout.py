@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import threading
 import time
+import uuid
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +18,7 @@ from sklearn.datasets import load_breast_cancer
 
 from monitors.retrain.rollout import RolloutError, RolloutOutcome, RolloutSettings, roll_out
 from registry_client import LocalRegistry, ModelMetadata
+from registry_client.mlflow import MlflowRegistry
 from tests._models import failing_model
 from tests._support import GatewayProcess, free_port, start_gateway
 
@@ -241,6 +243,54 @@ async def test_a_canary_that_outlives_the_timeout_is_rolled_back_explicitly(
     assert [(v["name"], v["weight"]) for v in route["variants"]] == [("champion", 100)]
     assert route["canary"] is None
     assert (await registry.get_aliases(MODEL))["champion"] == "1"
+
+
+async def test_promotion_with_the_mlflow_registry(
+    mlflow_url: str, demo_registry: Path, tmp_path: Path
+) -> None:
+    """The same loop on MLflow: versions registered and aliases moved over its REST API, the
+    gateway following them from the same server."""
+    name = f"rollout-{uuid.uuid4().hex[:8]}"
+    registry = MlflowRegistry(mlflow_url, tmp_path / "worker-cache")
+    metadata = ModelMetadata.load(demo_registry / MODEL / "1").model_copy(
+        update={"model_sha256": None}
+    )
+    try:
+        champion = await registry.register_version(
+            name, demo_registry / MODEL / "1" / "model.onnx", metadata
+        )
+        await registry.set_alias(name, "champion", champion)
+        candidate = await registry.register_version(
+            name, demo_registry / MODEL / "2" / "model.onnx", metadata
+        )
+        config = {
+            "registry": {"backend": "mlflow", "mlflow_url": mlflow_url,
+                         "cache_dir": str(tmp_path / "gateway-cache"), "poll_interval_s": 0.5},
+            "routes": [{"endpoint": MODEL, "variants": [
+                {"name": "champion", "ref": f"{name}@champion", "weight": 100}]}],
+            "admin": {"tokens": {"retrain": TOKEN}, "audit_log": str(tmp_path / "audit.jsonl")},
+        }  # fmt: skip
+        with (
+            start_gateway(tmp_path, config) as gw,
+            Load(f"{gw.url}/v2/models/{MODEL}/infer") as load,
+        ):
+            outcome = await roll_out(registry, settings(gw), model=name, endpoint=MODEL,
+                                     champion=champion, candidate=candidate)  # fmt: skip
+            served = len(load.results)
+            deadline = time.monotonic() + 60
+            while len(load.results) < served + 20:
+                assert time.monotonic() < deadline, "the load stopped"
+                await asyncio.sleep(0.05)
+            route = restored(gw)
+        aliases = await registry.get_aliases(name)
+    finally:
+        await registry.aclose()
+    assert outcome.state == "promoted", outcome
+    assert aliases == {"champion": candidate, "candidate": candidate}
+    assert [(v["name"], v["weight"]) for v in route["variants"]] == [("champion", 100)]
+    assert {status for status, _, _ in load.results} == {200}
+    tail = {(variant, version) for _, variant, version in load.results[served:]}
+    assert tail == {("champion", candidate)}
 
 
 def test_settings_name_what_is_wrong() -> None:
