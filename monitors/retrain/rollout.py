@@ -342,13 +342,18 @@ class _Rollout:
                 "promoted", f"version {self.candidate} is already {self.champion_ref}", []
             )
         for change in reversed(await self._history(self.deadline)):
-            before = change.get("before") or {}
-            if (
-                change.get("actor") == "canary"
-                and self._is_mine(before)
-                and (change.get("after") or {}).get("canary", {}).get("state") == "rolled_back"
-            ):
-                return RolloutOutcome("rolled_back", str(change.get("reason")), [])
+            before, after = change.get("before") or {}, change.get("after") or {}
+            if change.get("actor") == "canary" and self._is_mine(after):
+                if after["canary"].get("state") == "rolled_back":
+                    return RolloutOutcome("rolled_back", str(change.get("reason")), [])
+            elif self._is_mine(before) and not self._is_mine(after):
+                state = str(before["canary"].get("state"))
+                if state.startswith(("pending", "step")):  # stopped, not cleaned up after
+                    reason = (
+                        f"the canary of {self.candidate_ref} was stopped at {state} by "
+                        f"{change.get('actor')} (the rollout's timeout or an operator)"
+                    )
+                    return RolloutOutcome("rolled_back", reason, [])
         return None
 
     def _taken_away(self, route: dict[str, Any]) -> RolloutOutcome:

@@ -237,6 +237,12 @@ async def test_a_canary_that_outlives_the_timeout_is_rolled_back_explicitly(
             )
         took = time.monotonic() - started
         route = restored(gw)
+        again = await roll_out(registry, rule, model=MODEL, endpoint=MODEL, champion="1",
+                               candidate=candidate)  # fmt: skip
+        assert restored(gw)["revision"] == route["revision"]  # no second canary
+    assert again.state == "rolled_back"
+    assert again.reason.startswith(f"the canary of {MODEL}/{candidate} was stopped at step-")
+    assert again.reason.endswith(" by retrain (the rollout's timeout or an operator)")
     assert outcome.state == "rolled_back", outcome
     assert outcome.reason.startswith("the canary did not finish within 6 s"), outcome.reason
     assert 6 <= took < 60
