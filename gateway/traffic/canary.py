@@ -139,13 +139,13 @@ class CanaryController:
         if canary.requests < rule.min_requests:
             return False  # not enough evidence to go further yet
         if step + 1 >= len(rule.steps):
-            if rule.quality is not None and (
-                quality is None or quality.low <= -rule.quality.margin
-            ):
+            if _quality_unproven(rule, quality):
                 return False  # not shown to be within the margin of the baseline yet
-            new = route.model_copy(update={"canary": _with_state(rule, "promoted")})
+            new = route.model_copy(update={"canary": rule.model_copy(update={"state": "promoted"})})
             await self._change(new, "canary", f"promoted {rule.variant}")
             return True
+        if rule.steps[step + 1] >= 100 and _quality_unproven(rule, quality):
+            return False  # all traffic waits for the verdict that promotion waits for
         await self._step(route, rule, step + 1, f"ramped {rule.variant}")
         return True
 
@@ -197,6 +197,14 @@ class CanaryController:
                 f"(allowed x{rule.max_p99_ratio} or +{rule.min_p99_increase_s * 1000:g} ms)"
             )
         return None
+
+
+def _quality_unproven(rule: CanaryRule, quality: Comparison | None) -> bool:
+    """Whether the rule gates on quality and the challenger is not yet shown to be within its
+    margin of the baseline (no verdict counts as not shown)."""
+    if rule.quality is None:
+        return False
+    return quality is None or quality.low <= -rule.quality.margin
 
 
 def _quality_breach(quality: Comparison | None) -> str | None:
