@@ -67,7 +67,7 @@ async def build_history(registry: Path, state: Path) -> None:
         )
     ]  # fmt: skip
     await service.consume(0, messages)
-    service._save({})
+    service._save_audit()
     await service.webhooks.aclose()
 
 

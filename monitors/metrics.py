@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Counter, Gauge
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 from monitors.webhooks import Delivery
 
@@ -79,8 +79,41 @@ class MonitorMetrics:
 
         self.restores = Counter(
             "monitor_state_restores",
-            "Partitions taken on, by outcome: restored from their snapshot, or empty windows.",
+            "Partitions taken on, by where their state came from: changelog, cache (the local "
+            "copy of the changelog's latest snapshot), empty (no snapshot), stale (a snapshot "
+            "older than the committed offset), failed (retried).",
             ("outcome",),
+            registry=registry,
+        )
+        self.restore_seconds = Histogram(
+            "monitor_state_restore_seconds",
+            "Time to take a partition on: reading the changelog, decoding, restoring windows.",
+            buckets=(0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0),
+            registry=registry,
+        )
+        self.changelog_writes = Counter(
+            "monitor_changelog_writes",
+            "Snapshots written to the changelog topic, by layout (single record, or chunked "
+            "because the compressed snapshot was over kafka.changelog.max_message_bytes).",
+            ("layout",),
+            registry=registry,
+        )
+        self.changelog_bytes = Counter(
+            "monitor_changelog_written_bytes",
+            "Compressed snapshot bytes written to the changelog topic.",
+            registry=registry,
+        )
+        self.snapshot_bytes = Gauge(
+            "monitor_changelog_snapshot_bytes",
+            "Compressed size of the partition's latest snapshot.",
+            ("partition",),
+            registry=registry,
+        )
+        self.changelog_errors = Counter(
+            "monitor_changelog_errors",
+            "Changelog operations that failed (write: the offsets stay uncommitted; read: the "
+            "partition is taken on again at the next batch).",
+            ("operation",),
             registry=registry,
         )
 

@@ -1,12 +1,15 @@
 """The monitor service: a Kafka consumer group over the inference log, windows per model version,
 evaluation, decisions, webhooks; offsets committed only behind state that is safe.
 
-Safety: after each batch of a partition, its window panes, decision state and evaluation marks
-are written to a snapshot file (atomically, see ``monitors/state.py``) with the offset after the
-batch, and only then is that offset committed. A restarted or newly assigned instance resumes
-from the snapshot that goes with the committed offset, so every record lands in exactly one
-window, whatever the number of records per Kafka message or of model versions per partition;
-a window is evaluated once (its id is the model version's window sequence number).
+Safety: after each batch of a partition, its window panes, decision state, evaluation marks and
+undelivered webhook events are written with the offset after the batch to the changelog topic
+(``monitors/changelog.py``), and once the broker acknowledged them, to the local cache
+(``monitors/state.py``); only then is that offset committed. An instance taking a partition on,
+on this machine or another, restores the partition's latest snapshot and reads on from the
+offset stored in it (which is the committed one, or later when an instance died between its
+snapshot and its commit), so every record lands in exactly one window, whatever the number of
+records per Kafka message or of model versions per partition; a window is evaluated once (its id
+is the model version's window sequence number).
 """
 
 from __future__ import annotations
@@ -26,6 +29,7 @@ from aiokafka.errors import CommitFailedError, KafkaError
 from prometheus_client import Gauge
 
 from monitors.batch import Part, RecordBatch, served_primaries
+from monitors.changelog import Changelog, ChangelogError
 from monitors.decision import Decider, DecisionState
 from monitors.evaluate import DetectorConfig, WindowResult, evaluate
 from monitors.history import HISTORY_DIR, WindowHistory, history_entry
@@ -35,7 +39,8 @@ from monitors.profile import ModelProfile
 from monitors.references import ReferenceProfiles
 from monitors.schema import RecordError, decode_columns
 from monitors.settings import MonitorSettings
-from monitors.state import PartitionSnapshot, SnapshotStore
+from monitors.snapshot_codec import SnapshotCodecError, assemble, decode, encode
+from monitors.state import CachedSnapshot, PartitionSnapshot, SnapshotCache, choose_source
 from monitors.webhooks import Webhooks, WebhookTarget, drift_event
 from monitors.windows import Windows, WindowSpec
 from registry_client.settings import open_registry
@@ -79,7 +84,8 @@ class MonitorService:
         self._windows: dict[tuple[int, str, str], Windows] = {}
         self._sequence: dict[tuple[int, str, str], int] = {}
         self._evaluated: dict[tuple[int, str, str], int] = {}
-        self._store = SnapshotStore(settings.state_dir, settings.kafka.topic)
+        self._cache = SnapshotCache(settings.state_dir, settings.kafka.topic)
+        self.changelog = Changelog(settings.kafka, metrics)
         self._restored: set[int] = set()
         self._revoked: set[int] = set()
         self._audit: list[dict[str, Any]] = []
@@ -105,9 +111,26 @@ class MonitorService:
         snapshot.pending = self.outbox.pending(partition)
         return snapshot
 
-    def _save(self, snapshots: dict[int, PartitionSnapshot]) -> None:
-        """The history and the audit trail first (deduplicated by window id), then the
-        snapshots."""
+    async def _save(self, snapshots: dict[int, PartitionSnapshot]) -> set[int]:
+        """The history and the audit trail first (deduplicated by window id), then each
+        snapshot to the changelog and the cache; the partitions whose snapshot is safe."""
+        await asyncio.to_thread(self._save_audit)
+        saved = await asyncio.gather(*(self._persist(p, s) for p, s in snapshots.items()))
+        return {p for p, ok in zip(snapshots, saved, strict=True) if ok}
+
+    async def _persist(self, partition: int, snapshot: PartitionSnapshot) -> bool:
+        limit = self.settings.kafka.changelog.max_message_bytes
+        try:
+            encoded = await asyncio.to_thread(encode, partition, snapshot, limit)
+            offset = await self.changelog.write(partition, encoded)
+        except (ChangelogError, SnapshotCodecError) as exc:
+            # The state in memory goes on; the next snapshot of the partition covers it.
+            log.error("partition %d: offset %d not committed: %s", partition, snapshot.offset, exc)
+            return False
+        await asyncio.to_thread(self._cache.save, partition, CachedSnapshot(offset, snapshot))
+        return True
+
+    def _save_audit(self) -> None:
         directory = self.settings.state_dir
         directory.mkdir(parents=True, exist_ok=True)
         self.history.flush()
@@ -119,8 +142,6 @@ class MonitorService:
                         fh.write(json.dumps(entry) + "\n")
                         audited.append(entry["window_id"])
             self._audit.clear()
-        for partition, snapshot in snapshots.items():
-            self._store.save(partition, snapshot)
 
     def _audit_ids(self) -> deque[str]:
         if self._audited is None:
@@ -131,17 +152,43 @@ class MonitorService:
             )
         return self._audited
 
-    async def _restore(self, consumer: AIOKafkaConsumer, tp: TopicPartition) -> None:
-        """Take on a partition: the state that goes with its committed offset, or none."""
+    async def _restore(self, consumer: AIOKafkaConsumer, tp: TopicPartition) -> bool:
+        """Take on a partition: the latest snapshot of the changelog (or its cached copy), or
+        none; False when the changelog cannot be read (the partition is taken on later)."""
+        began = time.monotonic()
         committed = await consumer.committed(tp)
-        snapshot = await asyncio.to_thread(self._store.load, tp.partition, committed)
+        try:
+            latest = await self.changelog.read(tp.partition)
+        except ChangelogError as exc:
+            self.metrics.restores.labels("failed").inc()
+            log.error("partition %d: not taken on yet: %s", tp.partition, exc)
+            return False
+        cache = await asyncio.to_thread(self._cache.load, tp.partition)
+        source: str = choose_source(latest.offset, cache)
+        snapshot: PartitionSnapshot | None = None
+        if source == "cache" and cache is not None:
+            snapshot = cache.snapshot
+        elif source == "changelog" and latest.head is not None:
+            try:
+                snapshot = await asyncio.to_thread(decode, assemble(latest.head, latest.chunks))
+            except SnapshotCodecError as exc:
+                source = "undecodable"
+                log.error("partition %d: changelog snapshot unusable: %s", tp.partition, exc)
+        else:
+            await asyncio.to_thread(self._cache.drop, tp.partition)
+        if snapshot is not None and committed is not None and snapshot.offset < committed:
+            # Committed by an instance that did not write this changelog: not this offset's.
+            source, snapshot = "stale", None
         self._restored.add(tp.partition)
+        self.metrics.restores.labels(source).inc()
+        self.metrics.restore_seconds.observe(time.monotonic() - began)
         if snapshot is None:
-            self.metrics.restores.labels("empty").inc()
+            if committed is not None:
+                self._positions[tp.partition] = committed
             log.info(
-                "partition %d: no snapshot for offset %s, empty windows", tp.partition, committed
+                "partition %d: %s, empty windows from offset %s", tp.partition, source, committed
             )
-            return
+            return True
         keys = (key.partition("/") for key in snapshot.windows)
         await self.references.load_all((model, version) for model, _, version in keys)
         for key, state in snapshot.windows.items():
@@ -163,15 +210,21 @@ class MonitorService:
             self.decider.states[key] = DecisionState(**decision)
         self.outbox.restore(tp.partition, snapshot.pending)
         self._positions[tp.partition] = snapshot.offset
-        self.metrics.restores.labels("restored").inc()
-        log.info("partition %d: state restored at offset %d", tp.partition, snapshot.offset)
+        log.info(
+            "partition %d: state restored from the %s at offset %d (committed: %s)",
+            tp.partition,
+            source,
+            snapshot.offset,
+            committed,
+        )
+        return True
 
     def _drop_revoked(self) -> None:
         revoked = set(self._revoked)
         self._revoked.clear()  # in place: the rebalance listener holds this set
         for partition in revoked:
             self._restored.discard(partition)
-            self._store.forget(partition)
+            self.changelog.forget(partition)
             self.outbox.forget(partition)
             self._positions.pop(partition, None)
             for stream in [k for k in self._windows if k[0] == partition]:
@@ -207,6 +260,7 @@ class MonitorService:
         )
         self.outbox.start()
         try:
+            await self.changelog.start()
             await consumer.start()
             while not self._stopping.is_set():
                 batches = await consumer.getmany(
@@ -218,27 +272,38 @@ class MonitorService:
                 commits: dict[TopicPartition, int] = {}
                 for tp, messages in batches.items():
                     if tp.partition not in self._restored:
-                        await self._restore(consumer, tp)
+                        if not await self._restore(consumer, tp):
+                            consumer.seek(tp, messages[0].offset)  # read again, later
+                            continue
+                        # the snapshot may be ahead of the committed offset
+                        start = self._positions.get(tp.partition, 0)
+                        messages = [m for m in messages if m.offset >= start]
+                        if not messages:
+                            consumer.seek(tp, start)
+                            continue
                     commits[tp] = await self.consume(tp.partition, messages)
                     highwater = consumer.highwater(tp)
                     if highwater is not None:
                         self.metrics.lag.labels(str(tp.partition)).set(highwater - commits[tp])
                 # A partition revoked meanwhile belongs to its next owner: neither saved nor
-                # committed here (that owner resumes from the snapshot of the last commit).
+                # committed here (that owner resumes from the partition's latest snapshot).
                 commits = {tp: o for tp, o in commits.items() if tp.partition not in self._revoked}
                 self._audit = [e for e in self._audit if e["partition"] not in self._revoked]
                 self.history.discard(self._revoked)
                 snapshots = {
                     tp.partition: self._snapshot(tp.partition, o) for tp, o in commits.items()
                 }
-                await asyncio.to_thread(self._save, snapshots)
+                saved = await self._save(snapshots)
                 self.outbox.dispatch()  # events are in the snapshots now
                 self._positions.update({tp.partition: o for tp, o in commits.items()})
+                commits = {tp: o for tp, o in commits.items() if tp.partition in saved}
+                if not commits:
+                    continue
                 try:
                     await consumer.commit(commits)
                 except (CommitFailedError, KafkaError) as exc:
-                    # The snapshot before this one still goes with the committed offset.
-                    log.warning("offsets not committed (%s); the batch will be read again", exc)
+                    # Harmless: the snapshots hold the offsets, and are ahead of the commit.
+                    log.warning("offsets not committed (%s); the snapshots hold them", exc)
         finally:
             await self._shutdown(consumer)
 
@@ -247,8 +312,9 @@ class MonitorService:
         await self.outbox.stop(self.settings.webhook_timeout_s)
         self._drop_revoked()
         snapshots = {p: self._snapshot(p, o) for p, o in self._positions.items()}
-        await asyncio.to_thread(self._save, snapshots)  # same offsets as committed
+        await self._save(snapshots)  # same offsets as committed
         await consumer.stop()
+        await self.changelog.stop()
         await self.webhooks.aclose()
         await self.references.aclose()
 

@@ -24,6 +24,20 @@ class _Group(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
 
+class ChangelogSettings(_Group):
+    """The compacted topic that holds each partition's latest snapshot (monitors/changelog.py)."""
+
+    # None: "<group_id>-state-changelog"
+    topic: str | None = None
+    create: bool = True  # create it (cleanup.policy=compact) when it is missing
+    replication_factor: int = Field(default=3, ge=1)
+    partitions: int | None = Field(default=None, ge=1)  # None: as many as the inference log
+    # A snapshot record never exceeds this (the broker's message.max.bytes, 1 MB by default);
+    # a larger snapshot is split into chunks.
+    max_message_bytes: int = Field(default=1_000_000, ge=4096)
+    timeout_s: float = Field(default=60.0, gt=0)  # for a write's acknowledgement, and a restore
+
+
 class KafkaSettings(KafkaSecurity):
     """The inference-log topic, the consumer group, and the cluster's security."""
 
@@ -34,6 +48,11 @@ class KafkaSettings(KafkaSecurity):
     # How soon the group notices an instance that died (its partitions move after this).
     session_timeout_s: float = Field(default=10.0, gt=0)
     heartbeat_interval_s: float = Field(default=3.0, gt=0)
+    changelog: ChangelogSettings = Field(default_factory=ChangelogSettings)
+
+    @property
+    def changelog_topic(self) -> str:
+        return self.changelog.topic or f"{self.group_id}-state-changelog"
 
 
 class WindowSettings(_Group):

@@ -1,18 +1,12 @@
-"""Snapshots of one partition's monitor state, written atomically beside its committed offset.
+"""A partition's monitor state (``PartitionSnapshot``) and the local cache of it.
 
 The service processes a batch of a partition, writes the partition's snapshot (window panes,
-decision state, how far windows were evaluated, and the offset after the batch), and only then
-commits that offset. The file keeps the snapshot before it too. On assignment the snapshot whose
-offset equals the group's committed offset is the state that offset stands for:
-
-- the current one after a clean stop or a crash after the commit;
-- the previous one after a crash between writing and committing (the batch is read again and
-  rebuilt exactly; windows it closed are not evaluated twice, because the evaluation marks,
-  decisions and undelivered webhook events of the current snapshot are kept);
-- none when the file was written by an instance that lost the partition since, or by none:
-  the partition starts from its committed offset with empty windows (the partial windows of
-  the previous owner are lost, counted in ``monitor_state_restores_total{outcome="missing"}``;
-  nothing is counted twice). A state directory shared by every instance avoids that.
+decision state, how far windows were evaluated, undelivered webhook events, and the offset after
+the batch) to the changelog topic (``monitors/changelog.py``), and once the broker acknowledged
+it, writes it to the local cache with the changelog offset it got, and only then commits the
+input offset. An instance taking a partition on reads the changelog's latest record for it and
+uses the cached copy only when the cache holds that very record (same changelog offset or a
+later one): anything older was written before another instance owned the partition.
 """
 
 from __future__ import annotations
@@ -20,16 +14,16 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import orjson
 
-__all__ = ["PartitionSnapshot", "SnapshotStore"]
+__all__ = ["CachedSnapshot", "PartitionSnapshot", "SnapshotCache", "choose_source"]
 
 
 @dataclass
 class PartitionSnapshot:
-    """One partition's state as of ``offset`` (the next offset to read)."""
+    """One partition's state as of ``offset`` (the next input offset to read)."""
 
     offset: int
     windows: dict[str, Any] = field(default_factory=dict)  # "model/version" -> Windows state
@@ -60,25 +54,40 @@ class PartitionSnapshot:
         )
 
 
-class SnapshotStore:
-    """``<dir>/<topic>-<partition>.json`` per partition: the current and the previous snapshot."""
+@dataclass
+class CachedSnapshot:
+    """A snapshot as the cache holds it: with the changelog offset its record was written at."""
+
+    changelog_offset: int
+    snapshot: PartitionSnapshot
+
+
+def choose_source(
+    changelog_offset: int | None, cache: CachedSnapshot | None
+) -> Literal["cache", "changelog", "empty"]:
+    """Where a partition's state comes from: ``changelog_offset`` is the offset of the
+    changelog's latest record for the partition (None: no record, or a tombstone)."""
+    if changelog_offset is None:
+        return "empty"
+    if cache is not None and cache.changelog_offset >= changelog_offset:
+        return "cache"
+    return "changelog"
+
+
+class SnapshotCache:
+    """``<dir>/<topic>-<partition>.snapshot.json`` per partition, written atomically."""
 
     def __init__(self, directory: Path, topic: str) -> None:
         self._directory = Path(directory)
         self._topic = topic
-        self._last: dict[int, PartitionSnapshot] = {}
 
     def _path(self, partition: int) -> Path:
-        return self._directory / f"{self._topic}-{partition}.json"
+        return self._directory / f"{self._topic}-{partition}.snapshot.json"
 
-    def save(self, partition: int, snapshot: PartitionSnapshot) -> None:
-        """Write atomically (temporary file, fsync, rename); the last save becomes previous."""
+    def save(self, partition: int, cached: CachedSnapshot) -> None:
+        """Write atomically: a temporary file, fsync, rename."""
         self._directory.mkdir(parents=True, exist_ok=True)
-        previous = self._last.get(partition)
-        doc = {
-            "current": snapshot.to_dict(),
-            "previous": previous.to_dict() if previous is not None else None,
-        }
+        doc = {"changelog_offset": cached.changelog_offset, "snapshot": cached.snapshot.to_dict()}
         path = self._path(partition)
         tmp = path.with_suffix(f".tmp{os.getpid()}")
         with tmp.open("wb") as fh:
@@ -86,34 +95,18 @@ class SnapshotStore:
             fh.flush()
             os.fsync(fh.fileno())
         os.replace(tmp, path)
-        self._last[partition] = snapshot
 
-    def load(self, partition: int, committed: int | None) -> PartitionSnapshot | None:
-        """The snapshot that goes with the committed offset, or None (see the module doc)."""
-        self._last.pop(partition, None)
+    def load(self, partition: int) -> CachedSnapshot | None:
+        """The cached snapshot, or None when there is none or it cannot be read."""
         path = self._path(partition)
-        if committed is None or not path.is_file():
-            return None
         try:
             doc = orjson.loads(path.read_bytes())
-        except (OSError, orjson.JSONDecodeError):
+            return CachedSnapshot(
+                int(doc["changelog_offset"]), PartitionSnapshot.from_dict(doc["snapshot"])
+            )
+        except (OSError, orjson.JSONDecodeError, KeyError, TypeError, ValueError):
             return None
-        current = PartitionSnapshot.from_dict(doc["current"])
-        if current.offset == committed:
-            self._last[partition] = current
-            return current
-        if doc.get("previous") is not None:
-            previous = PartitionSnapshot.from_dict(doc["previous"])
-            if previous.offset == committed:
-                # Crashed before the commit: the previous windows, re-read from its offset,
-                # rebuild the current ones; the evaluation marks stay the current ones.
-                previous.evaluated = current.evaluated
-                previous.decisions = current.decisions
-                previous.pending = current.pending
-                self._last[partition] = previous
-                return previous
-        return None
 
-    def forget(self, partition: int) -> None:
-        """Stop rotating a partition this instance no longer owns."""
-        self._last.pop(partition, None)
+    def drop(self, partition: int) -> None:
+        """Remove a partition's cached snapshot (its changelog record was deleted)."""
+        self._path(partition).unlink(missing_ok=True)

@@ -38,7 +38,7 @@ async def test_a_backlog_caught_up_in_one_batch_is_all_in_the_history_and_one_ev
 ) -> None:
     monitor = service(demo_registry, tmp_path)
     await monitor.consume(0, consumer_records(backlog()))  # one poll: nine windows
-    monitor._save({})
+    monitor._save_audit()
     await monitor.webhooks.aclose()
 
     entries = monitor.history.windows(MODEL, "1")
@@ -77,7 +77,7 @@ async def test_a_backlog_caught_up_in_one_batch_is_all_in_the_history_and_one_ev
 async def test_windows_are_served_by_seq_and_limit(demo_registry: Path, tmp_path: Path) -> None:
     monitor = service(demo_registry, tmp_path)
     await monitor.consume(0, consumer_records(backlog()))
-    monitor._save({})
+    monitor._save_audit()
     await monitor.webhooks.aclose()
     doc = (await _get(monitor, f"/windows/{MODEL}/1?limit=3")).json()
     assert [w["seq"] for w in doc["windows"]] == [7, 8, 9]

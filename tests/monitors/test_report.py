@@ -16,7 +16,7 @@ async def history(registry: Path, tmp_path: Path) -> Path:
     """A monitor's state directory after three calm and six drifted windows."""
     monitor = service(registry, tmp_path)
     await monitor.consume(0, consumer_records(backlog()))
-    monitor._save({})
+    monitor._save_audit()
     await monitor.webhooks.aclose()
     return tmp_path / "state"
 

@@ -6,7 +6,7 @@ import numpy as np
 import orjson
 import pytest
 
-from monitors.state import PartitionSnapshot, SnapshotStore
+from monitors.state import CachedSnapshot, PartitionSnapshot, SnapshotCache, choose_source
 from monitors.windows import Pane, Summary, Windows, WindowSpec
 from tests.monitors._records import demo_profile, records, sample
 
@@ -40,30 +40,32 @@ def test_a_snapshot_for_another_window_spec_is_refused() -> None:
         Windows.restore(WindowSpec("count", 500, 500), PROFILE, state)
 
 
-def test_the_snapshot_that_goes_with_the_committed_offset_is_chosen(tmp_path: Path) -> None:
-    store = SnapshotStore(tmp_path, "log")
-    store.save(0, PartitionSnapshot(100, evaluated={"m/1": 3}))
-    store.save(0, PartitionSnapshot(250, evaluated={"m/1": 5}))
-    fresh = SnapshotStore(tmp_path, "log")  # another process
-    current = fresh.load(0, committed=250)
-    assert current is not None
-    assert current.offset == 250
-    # Crashed after writing 250 but before committing it: the batch is read again from 100,
-    # and the windows it closes, evaluated before the crash, are not evaluated again.
-    previous = fresh.load(0, committed=100)
-    assert previous is not None
-    assert previous.offset == 100
-    assert previous.evaluated == {"m/1": 5}
-    # Written by an owner that lost the partition since: not the state of this offset.
-    assert fresh.load(0, committed=400) is None
-    assert fresh.load(0, committed=None) is None
-    assert fresh.load(1, committed=100) is None
+def test_the_cache_is_used_only_when_it_holds_the_changelogs_latest_record(
+    tmp_path: Path,
+) -> None:
+    cache = SnapshotCache(tmp_path, "log")
+    cache.save(0, CachedSnapshot(7, PartitionSnapshot(250, evaluated={"m/1": 5})))
+    cached = SnapshotCache(tmp_path, "log").load(0)  # another process, same directory
+    assert cached is not None
+    assert (cached.changelog_offset, cached.snapshot.offset) == (7, 250)
+    assert cached.snapshot.evaluated == {"m/1": 5}
+    assert choose_source(7, cached) == "cache"
+    # Another instance owned the partition since and wrote a later snapshot.
+    assert choose_source(12, cached) == "changelog"
+    assert choose_source(12, None) == "changelog"
+    # No record, or a tombstone: start afresh, whatever the cache holds.
+    assert choose_source(None, cached) == "empty"
+    assert choose_source(None, None) == "empty"
 
 
-def test_saving_rotates_current_into_previous(tmp_path: Path) -> None:
-    store = SnapshotStore(tmp_path, "log")
-    for offset in (10, 20, 30):
-        store.save(3, PartitionSnapshot(offset))
-    doc = orjson.loads((tmp_path / "log-3.json").read_bytes())
-    assert (doc["current"]["offset"], doc["previous"]["offset"]) == (30, 20)
+def test_a_missing_or_unreadable_cache_is_none_and_drop_removes_it(tmp_path: Path) -> None:
+    cache = SnapshotCache(tmp_path, "log")
+    assert cache.load(3) is None
+    cache.save(3, CachedSnapshot(1, PartitionSnapshot(10)))
+    (path,) = tmp_path.glob("log-3.*")
     assert not list(tmp_path.glob("*.tmp*")), "no temporary file left behind"
+    path.write_bytes(b"{not json")
+    assert cache.load(3) is None
+    cache.drop(3)
+    assert not path.exists()
+    cache.drop(3)  # twice is fine
