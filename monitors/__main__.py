@@ -24,6 +24,7 @@ def _run(config: Path | None) -> int:
     from prometheus_client import CollectorRegistry
 
     from monitors.app import create_status_app
+    from monitors.changelog import ChangelogError
     from monitors.metrics import MonitorMetrics
     from monitors.service import MonitorService
     from monitors.settings import SettingsError, load_settings
@@ -74,7 +75,11 @@ def _run(config: Path | None) -> int:
             server.should_exit = True
             await http
 
-    asyncio.run(main())
+    try:
+        asyncio.run(main())
+    except ChangelogError as exc:  # the topic cannot be created or reached
+        print(f"monitors: {exc}", file=sys.stderr)
+        return 1
     return 0
 
 

@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
-from aiokafka.errors import KafkaError, TopicAlreadyExistsError
+from aiokafka.errors import KafkaError, TopicAlreadyExistsError, for_code
 
 from monitors.snapshot_codec import ChangelogRecord, EncodedSnapshot, chunk_keys, partition_key
 
@@ -131,10 +131,19 @@ class Changelog:
                 topic_configs={"cleanup.policy": "compact"},
             )
             try:
-                await admin.create_topics([topic])
-                log.info("created the changelog topic %s (%d partitions)", self.topic, partitions)
+                response = await admin.create_topics([topic])
             except TopicAlreadyExistsError:  # another instance was quicker
-                pass
+                return partitions
+            for entry in response.topic_errors:  # (name, error code[, message])
+                error = for_code(entry[1])
+                if entry[1] not in (0, TopicAlreadyExistsError.errno):
+                    detail = entry[2] if len(entry) > 2 and entry[2] else error.__name__
+                    raise ChangelogError(
+                        f"cannot create the changelog topic {self.topic} (replication factor "
+                        f"{self._settings.replication_factor}, kafka.changelog."
+                        f"replication_factor): {detail}"
+                    )
+            log.info("created the changelog topic %s (%d partitions)", self.topic, partitions)
             return partitions
         except KafkaError as exc:
             raise ChangelogError(f"cannot create the changelog topic {self.topic}: {exc}") from exc

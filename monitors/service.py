@@ -94,6 +94,9 @@ class MonitorService:
         # same episode in the batch (a monitor catching up) are added to them
         self._events: dict[str, _Event] = {}
         self._stopping = asyncio.Event()
+        # held from a poll's return to its commit: a revocation waits for the batch's snapshots,
+        # so the partition's next owner reads them (Kafka Streams commits on revocation too)
+        self._batch_lock = asyncio.Lock()
 
     # -- state --------------------------------------------------------------------------------
 
@@ -256,7 +259,8 @@ class MonitorService:
             **kafka.security_options(),
         )
         consumer.subscribe(
-            [kafka.topic], listener=_Revocations(self._revoked, self.metrics.partitions)
+            [kafka.topic],
+            listener=_Revocations(self._revoked, self._batch_lock, self.metrics.partitions),
         )
         self.outbox.start()
         try:
@@ -266,46 +270,53 @@ class MonitorService:
                 batches = await consumer.getmany(
                     timeout_ms=500, max_records=kafka.max_batch_records
                 )
-                self._drop_revoked()
-                if not batches:
-                    continue
-                commits: dict[TopicPartition, int] = {}
-                for tp, messages in batches.items():
-                    if tp.partition not in self._restored:
-                        if not await self._restore(consumer, tp):
-                            consumer.seek(tp, messages[0].offset)  # read again, later
-                            continue
-                        # the snapshot may be ahead of the committed offset
-                        start = self._positions.get(tp.partition, 0)
-                        messages = [m for m in messages if m.offset >= start]
-                        if not messages:
-                            consumer.seek(tp, start)
-                            continue
-                    commits[tp] = await self.consume(tp.partition, messages)
-                    highwater = consumer.highwater(tp)
-                    if highwater is not None:
-                        self.metrics.lag.labels(str(tp.partition)).set(highwater - commits[tp])
-                # A partition revoked meanwhile belongs to its next owner: neither saved nor
-                # committed here (that owner resumes from the partition's latest snapshot).
-                commits = {tp: o for tp, o in commits.items() if tp.partition not in self._revoked}
-                self._audit = [e for e in self._audit if e["partition"] not in self._revoked]
-                self.history.discard(self._revoked)
-                snapshots = {
-                    tp.partition: self._snapshot(tp.partition, o) for tp, o in commits.items()
-                }
-                saved = await self._save(snapshots)
-                self.outbox.dispatch()  # events are in the snapshots now
-                self._positions.update({tp.partition: o for tp, o in commits.items()})
-                commits = {tp: o for tp, o in commits.items() if tp.partition in saved}
-                if not commits:
-                    continue
-                try:
-                    await consumer.commit(commits)
-                except (CommitFailedError, KafkaError) as exc:
-                    # Harmless: the snapshots hold the offsets, and are ahead of the commit.
-                    log.warning("offsets not committed (%s); the snapshots hold them", exc)
+                async with self._batch_lock:
+                    await self._process(consumer, batches)
         finally:
             await self._shutdown(consumer)
+
+    async def _process(
+        self, consumer: AIOKafkaConsumer, batches: dict[TopicPartition, list[Any]]
+    ) -> None:
+        """Consume a poll's batches, snapshot the partitions, commit."""
+        self._drop_revoked()
+        assigned = consumer.assignment()  # what a rebalance took away meanwhile is not ours
+        batches = {tp: messages for tp, messages in batches.items() if tp in assigned}
+        if not batches:
+            return
+        commits: dict[TopicPartition, int] = {}
+        for tp, messages in batches.items():
+            if tp.partition not in self._restored:
+                if not await self._restore(consumer, tp):
+                    consumer.seek(tp, messages[0].offset)  # read again, later
+                    continue
+                # the snapshot may be ahead of the committed offset
+                start = self._positions.get(tp.partition, 0)
+                messages = [m for m in messages if m.offset >= start]
+                if not messages:
+                    consumer.seek(tp, start)
+                    continue
+            commits[tp] = await self.consume(tp.partition, messages)
+            highwater = consumer.highwater(tp)
+            if highwater is not None:
+                self.metrics.lag.labels(str(tp.partition)).set(highwater - commits[tp])
+        # A partition revoked meanwhile belongs to its next owner: neither saved nor
+        # committed here (that owner resumes from the partition's latest snapshot).
+        commits = {tp: o for tp, o in commits.items() if tp.partition not in self._revoked}
+        self._audit = [e for e in self._audit if e["partition"] not in self._revoked]
+        self.history.discard(self._revoked)
+        snapshots = {tp.partition: self._snapshot(tp.partition, o) for tp, o in commits.items()}
+        saved = await self._save(snapshots)
+        self.outbox.dispatch()  # events are in the snapshots now
+        self._positions.update({tp.partition: o for tp, o in commits.items()})
+        commits = {tp: o for tp, o in commits.items() if tp.partition in saved}
+        if not commits:
+            return
+        try:
+            await consumer.commit(commits)
+        except (CommitFailedError, KafkaError) as exc:
+            # Harmless: the snapshots hold the offsets, and are ahead of the commit.
+            log.warning("offsets not committed (%s); the snapshots hold them", exc)
 
     async def _shutdown(self, consumer: AIOKafkaConsumer) -> None:
         """Deliver what is queued, note what was delivered in the snapshots, stop."""
@@ -483,12 +494,14 @@ class _Event:
 class _Revocations(ConsumerRebalanceListener):  # type: ignore[misc]
     """Notes revoked partitions; the loop drops their state (and takes on new ones lazily)."""
 
-    def __init__(self, revoked: set[int], assigned: Gauge) -> None:
+    def __init__(self, revoked: set[int], batch_lock: asyncio.Lock, assigned: Gauge) -> None:
         self._revoked = revoked
+        self._batch_lock = batch_lock
         self._assigned = assigned
 
     async def on_partitions_revoked(self, revoked: list[TopicPartition]) -> None:
-        self._revoked.update(tp.partition for tp in revoked)
+        async with self._batch_lock:  # the batch in progress is snapshotted and committed first
+            self._revoked.update(tp.partition for tp in revoked)
 
     async def on_partitions_assigned(self, assigned: list[TopicPartition]) -> None:
         self._assigned.set(len(assigned))

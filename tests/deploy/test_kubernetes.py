@@ -78,7 +78,6 @@ def test_rendered_manifests_are_valid_and_follow_policy(target: str) -> None:
             "HorizontalPodAutoscaler",
             "Ingress",
             "NetworkPolicy",
-            "PersistentVolumeClaim",
             "PodDisruptionBudget",
             "Service",
             "ServiceAccount",
@@ -109,6 +108,13 @@ def test_rendered_configs_and_environment_make_valid_settings(target: str) -> No
     ):
         assert _on_writable_volume(gateway_pod, path), path
     assert _on_writable_volume(monitor_pod, monitor.state_dir)
+    # the monitor's state lives in the changelog topic: its directory is a cache, on no shared
+    # or persistent volume, so its pods can run on any node
+    (state,) = [v for v in monitor_pod["volumes"] if v["name"] == "state"]
+    assert "emptyDir" in state, state
+    assert not [v for v in monitor_pod["volumes"] if "persistentVolumeClaim" in v]
+    assert monitor.kafka.changelog.create
+    assert monitor.kafka.changelog.max_message_bytes <= 1_000_000
     assert gateway.server.host == monitor.http.host == "0.0.0.0"
     gateway_ports = {p["containerPort"] for p in gateway_pod["containers"][0]["ports"]}
     assert gateway.server.port in gateway_ports
