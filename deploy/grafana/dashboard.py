@@ -113,6 +113,8 @@ ROWS: list[tuple[str, list[Chart]]] = [
             chart("Feature p-value, latest window", "short", (f"monitor_feature_p_value{{{MON}}}", "{{model}} v{{version}} {{feature}}")),
             chart("Webhook deliveries", "short", (f"sum by (target, status) (increase(monitor_webhook_deliveries_total[{R}]))", "{{target}} {{status}}")),
             chart("Partitions assigned", "short", ("sum by (instance) (monitor_assigned_partitions)", "{{instance}}")),
+            chart("State changelog: bytes written", "Bps", (f"sum by (instance) (rate(monitor_changelog_written_bytes_total[{R}]))", "{{instance}}")),
+            chart("Partitions taken on by state source; changelog errors", "short", (f"sum by (outcome) (increase(monitor_state_restores_total[{R}]))", "{{outcome}}"), (f"sum by (instance, operation) (increase(monitor_changelog_errors_total[{R}]))", "{{instance}} {{operation}} errors")),
         ],
     ),
 ]  # fmt: skip

@@ -218,3 +218,49 @@ def test_three_instances_with_their_own_directories_evaluate_as_one_pass(
     assert len(expected_fired) >= 3, "the drift decisions straddle the moves"
     assert audit(tmp_path) == sorted(expected_windows), "each window evaluated once, exactly"
     assert fired(receiver) == expected_fired
+
+
+async def _rewind(bootstrap: str, offset: int) -> None:
+    """Commit an earlier offset for partition 0, as a member of the (otherwise empty) group."""
+    consumer = AIOKafkaConsumer(
+        TOPIC, bootstrap_servers=bootstrap, group_id=GROUP, enable_auto_commit=False
+    )
+    await consumer.start()
+    try:
+        tp = TopicPartition(TOPIC, 0)
+        deadline = time.monotonic() + 60
+        while tp not in consumer.assignment() and time.monotonic() < deadline:
+            await consumer.getmany(timeout_ms=200)
+        await consumer.commit({tp: offset})
+    finally:
+        await consumer.stop()
+
+
+def test_a_snapshot_ahead_of_the_commit_is_read_on_from_its_own_offset(
+    demo_registry: Path, tmp_path: Path, broker: EmbeddedBroker
+) -> None:
+    """An instance that died between its snapshot and its commit: the next owner, on another
+    machine, neither reads the snapshot's records again nor loses its partial windows."""
+    bootstrap = broker.bootstrap_servers
+    asyncio.run(create_topics(bootstrap, [TOPIC], partitions=1))
+    first, second = make_records(0, 650, MODEL, 0.0), make_records(650, 600, MODEL, 0.0)
+
+    def committed() -> int | None:
+        return asyncio.run(_committed(bootstrap))[0]
+
+    with Receiver(fail_first=0) as receiver:
+        port_a = write_config(tmp_path / "a.yaml", broker, demo_registry, receiver.url)
+        port_b = write_config(tmp_path / "b.yaml", broker, demo_registry, receiver.url)
+        with monitor(tmp_path / "a.yaml", port_a, tmp_path / "a.log"):
+            asyncio.run(produce(bootstrap, first, 0))
+            wait_until(lambda: committed() == 7, "A's commit")
+        # As if A had died after its snapshot of offset 7 but before committing it.
+        asyncio.run(_rewind(bootstrap, 3))
+        assert committed() == 3
+        with monitor(tmp_path / "b.yaml", port_b, tmp_path / "b.log"):
+            asyncio.run(produce(bootstrap, second, 0))
+            wait_until(lambda: committed() == 13, "B's commit")
+            restores = metric(port_b, 'monitor_state_restores_total{outcome="changelog"}')
+    assert restores == 1
+    expected, _ = one_pass(demo_registry, MODEL, 0, first + second)
+    assert audit(tmp_path) == sorted(expected)
