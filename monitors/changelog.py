@@ -112,7 +112,9 @@ class Changelog:
         admin = AIOKafkaAdminClient(bootstrap_servers=self._kafka.bootstrap_servers, **security)
         try:
             await admin.start()
-            topics = {t["topic"]: t for t in await admin.describe_topics()}
+            existing = set(await admin.list_topics())
+            wanted = [t for t in (self.topic, self._kafka.topic) if t in existing]
+            topics = {t["topic"]: t for t in await admin.describe_topics(wanted)} if wanted else {}
             if self.topic in topics:
                 return max(1, len(topics[self.topic]["partitions"]))
             if not self._settings.create:

@@ -33,17 +33,19 @@ def _big(offset: int) -> PartitionSnapshot:
     return PartitionSnapshot(offset, pending={"e": os.urandom(12_000).hex()})
 
 
-async def _topic_config(broker: EmbeddedBroker, topic: str) -> dict[str, str]:
+async def _topic(broker: EmbeddedBroker, topic: str) -> tuple[int, dict[str, str]]:
+    """The topic's partition count and configuration."""
     admin = AIOKafkaAdminClient(bootstrap_servers=broker.bootstrap_servers)
     await admin.start()
     try:
+        (description,) = await admin.describe_topics([topic])
         (response,) = await admin.describe_configs(
             [ConfigResource(ConfigResourceType.TOPIC, topic)]
         )
     finally:
         await admin.close()
     (resource,) = response.resources
-    return {entry[0]: entry[1] for entry in resource[4]}
+    return len(description["partitions"]), {entry[0]: entry[1] for entry in resource[4]}
 
 
 async def test_the_topic_is_created_compacted_with_the_logs_partitions(
@@ -58,7 +60,8 @@ async def test_the_topic_is_created_compacted_with_the_logs_partitions(
     await changelog.start()
     await changelog.stop()
     await changelog.stop()  # twice is fine
-    config = await _topic_config(broker, "drift-monitor-state-changelog")
+    partitions, config = await _topic(broker, "drift-monitor-state-changelog")
+    assert partitions == 3
     assert config.get("cleanup.policy") == "compact"
     again = Changelog(_settings(broker, create=False), metrics)  # it exists now
     await again.start()
