@@ -132,3 +132,19 @@ def _snapshot(latest: Latest) -> PartitionSnapshot:
 
 def _exposition(metrics: MonitorMetrics) -> str:
     return generate_latest(metrics.registry).decode()
+
+
+async def test_a_record_over_the_limit_is_refused_and_counted(broker: EmbeddedBroker) -> None:
+    """The embedded broker has no size limit; the producer enforces the configured one."""
+    metrics = MonitorMetrics(CollectorRegistry())
+    changelog = Changelog(_settings(broker, partitions=1), metrics)
+    await changelog.start()
+    try:
+        too_big = encode(0, _big(1), 10 * LIMIT)  # one record of about 12 kB
+        assert len(too_big.records) == 1
+        with pytest.raises(ChangelogError, match="not written"):
+            await changelog.write(0, too_big)
+        assert 'monitor_changelog_errors_total{operation="write"} 1.0' in _exposition(metrics)
+        assert (await changelog.read(0)).head is None
+    finally:
+        await changelog.stop()
