@@ -16,7 +16,6 @@ import numpy as np
 from monitors.performance import calibration_table, classification_metrics
 from monitors.profile import build_profile
 from registry_client import (
-    Calibration,
     FeatureSpec,
     LocalRegistry,
     ModelMetadata,
@@ -46,14 +45,13 @@ def validation_report(y_true: np.ndarray, probs: np.ndarray) -> ValidationReport
     code, so validation and production figures are computed alike)."""
     metrics = classification_metrics(y_true, probs.argmax(axis=1), probs, probs.shape[1])
     names = ("accuracy", "macro_precision", "macro_recall", "macro_f1", "roc_auc", "log_loss")
-    edges, rates = calibration_table(y_true, probs)
     return ValidationReport(
         task="classification",
         label_output="label",
         score_output="probabilities",
         rows=len(y_true),
         metrics={name: metrics[name]["value"] for name in names},
-        calibration=Calibration(edges=edges, rates=rates),
+        calibration=calibration_table(y_true, probs),
     )
 
 

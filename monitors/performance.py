@@ -15,6 +15,8 @@ from typing import Any
 import numpy as np
 from scipy.stats import norm
 
+from registry_client import Calibration
+
 __all__ = [
     "HIGHER_IS_BETTER",
     "calibration_table",
@@ -209,17 +211,21 @@ def degraded(result: dict[str, Any], metric: str, validation: float, margin: flo
     return bool(interval["low"] > validation + margin)
 
 
-def calibration_table(
-    y_true: np.ndarray, probs: np.ndarray, bins: int = 10
-) -> tuple[list[float], list[list[float]]]:
-    """Per class, the observed frequency of the class in each bin of its predicted probability
-    (equal-width bins on [0, 1]; an empty bin keeps its centre): a reliability table."""
+def calibration_table(y_true: np.ndarray, probs: np.ndarray, bins: int = 10) -> Calibration:
+    """Per class and bin of its predicted probability (equal-width bins on [0, 1]): the observed
+    frequency of the class, the rows, and their mean predicted probability (an empty bin keeps
+    its centre for both): a reliability table."""
     edges = np.linspace(0.0, 1.0, bins + 1)
+    centres = (edges[:-1] + edges[1:]) / 2
     rates: list[list[float]] = []
+    counts: list[list[int]] = []
+    means: list[list[float]] = []
     for c in range(probs.shape[1]):
         where = np.clip(np.searchsorted(edges, probs[:, c], side="right") - 1, 0, bins - 1)
         hits = np.bincount(where, weights=(y_true == c).astype(float), minlength=bins)
-        counts = np.bincount(where, minlength=bins)
-        centres = (edges[:-1] + edges[1:]) / 2
-        rates.append(np.where(counts > 0, hits / np.maximum(counts, 1), centres).tolist())
-    return edges.tolist(), rates
+        scores = np.bincount(where, weights=probs[:, c].astype(float), minlength=bins)
+        n = np.bincount(where, minlength=bins)
+        rates.append(np.where(n > 0, hits / np.maximum(n, 1), centres).tolist())
+        means.append(np.where(n > 0, scores / np.maximum(n, 1), centres).tolist())
+        counts.append(n.tolist())
+    return Calibration(edges=edges.tolist(), rates=rates, counts=counts, means=means)

@@ -21,11 +21,27 @@ class Calibration(BaseModel):
 
     edges: list[float] = Field(min_length=2)
     rates: list[list[float]]  # class -> bin -> observed frequency (NaN-free; empty bins: centre)
+    # class -> bin -> held-out rows behind the rate: the table's own error enters the estimate's
+    # interval (a table without counts gives an interval of the sampling error only)
+    counts: list[list[int]] | None = None
+    # class -> bin -> mean predicted probability of the bin's rows (where the rate was seen;
+    # without it, the bins' centres)
+    means: list[list[float]] | None = None
 
     @model_validator(mode="after")
     def _shape(self) -> Calibration:
         if any(len(r) != len(self.edges) - 1 for r in self.rates):
             raise ValueError("calibration: each class needs one rate per bin")
+        if self.counts is not None and (
+            len(self.counts) != len(self.rates)
+            or any(len(c) != len(self.edges) - 1 or min(c) < 0 for c in self.counts)
+        ):
+            raise ValueError("calibration: counts need one non-negative count per class and bin")
+        if self.means is not None and (
+            len(self.means) != len(self.rates)
+            or any(len(m) != len(self.edges) - 1 for m in self.means)
+        ):
+            raise ValueError("calibration: means need one value per class and bin")
         return self
 
 

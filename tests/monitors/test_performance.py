@@ -23,6 +23,7 @@ from monitors.performance import (
     regression_metrics,
     wilson,
 )
+from registry_client import Calibration
 
 
 def _classifier_data(n: int, classes: int, seed: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -98,15 +99,49 @@ def test_calibration_table_corrects_overconfident_probabilities() -> None:
     y = (rng.uniform(size=true_p.size) < true_p).astype(int)
     sharp = np.clip((true_p - 0.5) * 1.8 + 0.5, 0, 1)  # overconfident
     probs = np.column_stack([1 - sharp, sharp])
-    edges, rates = calibration_table(y, probs)
-    from registry_client import Calibration
-
-    calibration = Calibration(edges=edges, rates=rates)
+    calibration = calibration_table(y, probs)
     realized = float((probs.argmax(axis=1) == y).mean())
     raw = estimate_classification(probs)["accuracy"]["value"]
     calibrated = estimate_classification(probs, calibration)["accuracy"]["value"]
     assert abs(calibrated - realized) < abs(raw - realized)
     assert abs(calibrated - realized) < 0.01
+
+
+def test_estimate_interval_carries_the_reliability_tables_own_error() -> None:
+    y_val, _, val_probs = _classifier_data(600, 2, seed=11)
+    _, _, probs = _classifier_data(20_000, 2, seed=12)
+    table = calibration_table(y_val, val_probs)
+    bigger = calibration_table(*_classifier_data(60_000, 2, seed=13)[::2])
+    no_counts = table.model_copy(update={"counts": None})
+
+    def width(calibration: Calibration | None) -> float:
+        interval = estimate_classification(probs, calibration)["accuracy"]
+        return float(interval["high"] - interval["low"])
+
+    # 20,000 rows: the sampling part alone is narrow; 600 held-out rows dominate it
+    assert width(table) > 2 * width(no_counts)
+    assert width(no_counts) < width(bigger) < width(table)
+
+
+def test_estimate_interval_covers_with_small_reliability_tables() -> None:
+    # overconfident scores, corrected by a table from only 400 held-out rows: the table's error
+    # is as large as the window's sampling error, and the interval must hold both
+    rng = np.random.default_rng(5)
+
+    def draw(n: int) -> tuple[np.ndarray, np.ndarray]:
+        true_p = rng.beta(0.7, 0.7, size=n)
+        y = (rng.uniform(size=n) < true_p).astype(int)
+        sharp = np.clip((true_p - 0.5) * 1.6 + 0.5, 0, 1)
+        return y, np.column_stack([1 - sharp, sharp])
+
+    covered = 0
+    trials = 200
+    for _ in range(trials):
+        table = calibration_table(*draw(400))
+        y, probs = draw(2000)
+        interval = estimate_classification(probs, table)["accuracy"]
+        covered += interval["low"] <= float((probs.argmax(axis=1) == y).mean()) <= interval["high"]
+    assert covered / trials >= 0.9
 
 
 def test_ab_test_declares_the_better_variant_and_not_equal_ones() -> None:
