@@ -53,7 +53,7 @@ def _looks(p_a: float, p_b: float, seed: int, per_look: int, max_looks: int) -> 
     for k in range(1, max_looks + 1):
         a = int(rng.binomial(per_look, p_a))
         b = int(rng.binomial(per_look, p_b))
-        verdict = look(state, (per_look, a), (per_look, b), alpha=ALPHA, tau=TAU,
+        verdict = look(state, [[per_look, a, a]], [[per_look, b, b]], alpha=ALPHA, tau=TAU,
                        min_samples=MIN_SAMPLES, min_effect=MIN_EFFECT)  # fmt: skip
         if verdict.decision != "no_difference_yet":
             return verdict.decision, k * per_look

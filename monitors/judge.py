@@ -13,7 +13,7 @@ from typing import Any
 
 import numpy as np
 
-from monitors.abtest import ABState, look
+from monitors.abtest import ABState, UnsupportedMetricError, ab_groups, check_metric, look
 from monitors.decision import Decider, DecisionState
 from monitors.estimate import estimate_classification
 from monitors.join import JoinStore, Stream
@@ -52,7 +52,7 @@ class WindowJudge:
         states = store.get("decisions", {})
         self.decider = Decider(settings.consecutive, settings.cooldown_windows)
         self.decider.states = {k: DecisionState(**v) for k, v in states.items()}
-        self.ab = {k: ABState(**v) for k, v in store.get("ab", {}).items()}
+        self.ab = {k: ABState.from_dict(v) for k, v in store.get("ab", {}).items()}
         self.verdicts: dict[str, dict[str, Any]] = store.get("verdicts", {})
         self.latest: dict[str, list[dict[str, Any]]] = store.get("latest", {})
 
@@ -75,7 +75,7 @@ class WindowJudge:
         size = self.settings.window.size_s
         start, end = window * size, (window + 1) * size
         found: list[Degradation] = []
-        accuracy: dict[Stream, tuple[int, int]] = {}
+        labelled: dict[Stream, _Labelled] = {}
         for stream in streams:
             predicted, pred, label, probs, all_probs = self.store.window(
                 stream, self.settings.window.by, start, end
@@ -95,9 +95,9 @@ class WindowJudge:
             recent = self.latest.setdefault(stream_key(stream), [])
             recent.append(result)
             del recent[:-_RECENT]
-            if stream.classes and len(label):
-                accuracy[stream] = (len(label), int((pred == label).sum()))
-        self._ab(model, accuracy)
+            if len(label):
+                labelled[stream] = _labelled(stream, pred, label, probs)
+        self._ab(model, labelled, validation)
         return found
 
     def _metrics(
@@ -159,24 +159,72 @@ class WindowJudge:
         }
         return Degradation(stream, window_id, data)
 
-    def _ab(self, model: str, accuracy: dict[Stream, tuple[int, int]]) -> None:
+    def _ab(
+        self,
+        model: str,
+        labelled: dict[Stream, _Labelled],
+        validation: dict[tuple[str, str], ValidationReport | None],
+    ) -> None:
         """One look for every pair of the model's variants that both have labels this window."""
         ab = self.settings.ab
-        streams = sorted(accuracy, key=lambda s: (s.variant, s.version))
+        streams = sorted(labelled, key=lambda s: (s.variant, s.version))
         pairs = self.verdicts.setdefault(model, {})
         for i, a in enumerate(streams):
             for b in streams[i + 1 :]:
-                if a.variant == b.variant:
+                if a.variant == b.variant or bool(a.classes) != bool(b.classes):
                     continue
                 key = f"{a.variant}/{a.version}|{b.variant}/{b.version}"
-                state = self.ab.setdefault(f"{model}|{key}", ABState())
-                verdict = look(
-                    state, accuracy[a], accuracy[b], alpha=ab.alpha, tau=ab.tau,
-                    min_samples=ab.min_samples, min_effect=ab.min_effect,
-                )  # fmt: skip
-                pairs[key] = {
-                    "metric": "accuracy",
+                sides = {
                     "a": {"variant": a.variant, "version": a.version},
                     "b": {"variant": b.variant, "version": b.version},
-                    **verdict.to_dict(),
                 }
+                try:
+                    metric = self._metric(a, b, validation)
+                except UnsupportedMetricError as exc:
+                    pairs[key] = {**sides, "metric": None, "error": str(exc),
+                                  "decision": "no_difference_yet"}  # fmt: skip
+                    continue
+                add_a, add_b = (ab_groups(metric, *labelled[s], s.classes) for s in (a, b))
+                if add_a is None or add_b is None:
+                    continue  # the window lacks the metric's input (probabilities)
+                state = self.ab.get(f"{model}|{key}")
+                if state is None or state.metric != metric:
+                    state = self.ab[f"{model}|{key}"] = ABState(metric)
+                verdict = look(
+                    state, add_a, add_b, alpha=ab.alpha, tau=ab.tau,
+                    min_samples=ab.min_samples, min_effect=ab.min_effect,
+                )  # fmt: skip
+                pairs[key] = {**sides, **verdict.to_dict()}
+
+    def _metric(
+        self, a: Stream, b: Stream, validation: dict[tuple[str, str], ValidationReport | None]
+    ) -> str:
+        """The pair's metric: the one configured, or the versions' primary metric."""
+        if self.settings.ab.metric != "primary":
+            return self.settings.ab.metric
+        default = "accuracy" if a.classes else "mae"
+        named = {
+            report.primary if report is not None else default
+            for report in (validation.get((s.model, s.version)) for s in (a, b))
+        }
+        if len(named) > 1:
+            raise UnsupportedMetricError(
+                f"the versions' primary metrics differ ({', '.join(sorted(named))}): set "
+                "performance.ab.metric to compare them"
+            )
+        return check_metric(named.pop())
+
+
+_Labelled = tuple[np.ndarray, np.ndarray, np.ndarray | None]  # labels, predictions, probs
+
+
+def _labelled(
+    stream: Stream, pred: np.ndarray, label: np.ndarray, probs: np.ndarray | None
+) -> _Labelled:
+    """A window's labelled rows the A/B test can use (a classifier's: known classes only)."""
+    if not stream.classes:
+        return label, pred, None
+    known = (label >= 0) & (label < stream.classes) & (label == np.round(label))
+    if probs is not None and not np.isfinite(probs).all():
+        probs = None
+    return label[known], pred[known], None if probs is None else probs[known]

@@ -54,8 +54,9 @@ class PerformanceMetrics:
         pair = ("model", "a", "b")
         self.ab_difference = Gauge(
             "monitor_ab_difference",
-            "Accuracy of b minus a, with the bounds of its always-valid interval.",
-            (*pair, "bound"),
+            "The compared metric of b minus a (rmse: the mean squared error's), with the bounds "
+            "of its always-valid interval.",
+            (*pair, "metric", "bound"),
             registry=registry,
         )
         self.ab_decision = Gauge(
@@ -98,8 +99,12 @@ class PerformanceMetrics:
     def verdict(self, model: str, pair: dict[str, Any]) -> None:
         a = f"{pair['a']['variant']}/{pair['a']['version']}"
         b = f"{pair['b']['variant']}/{pair['b']['version']}"
+        metric = pair.get("metric")
+        if metric is None:  # no metric to compare them on (see the pair's error)
+            return
         for bound, name in (("value", "difference"), ("low", "low"), ("high", "high")):
-            self.ab_difference.labels(model, a, b, bound).set(pair[name])
+            if pair[name] is not None:
+                self.ab_difference.labels(model, a, b, metric, bound).set(pair[name])
         for decision in _DECISIONS:
             self.ab_decision.labels(model, a, b, decision).set(pair["decision"] == decision)
         self.ab_samples_needed.labels(model, a, b).set(pair["samples_needed"])

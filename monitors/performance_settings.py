@@ -4,7 +4,9 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from monitors.abtest import AB_METRICS
 
 __all__ = ["ABSettings", "PerformanceSettings", "PerformanceWindowSettings"]
 
@@ -22,13 +24,27 @@ class PerformanceWindowSettings(_Group):
 
 
 class ABSettings(_Group):
+    # The metric variants are compared on: "primary" (each version's metadata names it, by
+    # default accuracy for classifiers and MAE for regressors) or one of ``AB_METRICS``.
+    metric: str = "primary"
     alpha: float = Field(default=0.05, gt=0, lt=1)
-    # The mixture's scale: the difference in accuracy the test finds fastest.
+    # The mixture's scale: the difference (in the metric's units) the test finds fastest.
     tau: float = Field(default=0.03, gt=0)
     # Labelled rows each variant needs before the first look.
     min_samples: int = Field(default=100, ge=1)
     # The difference "samples needed" is computed for while the estimate is smaller.
     min_effect: float = Field(default=0.02, gt=0)
+
+    @field_validator("metric")
+    @classmethod
+    def _supported(cls, metric: str) -> str:
+        if metric != "primary" and metric not in AB_METRICS:
+            raise ValueError(
+                f"performance.ab.metric {metric!r} has no sequential A/B test; use 'primary' "
+                f"or one of {', '.join(AB_METRICS)} (F1, ROC AUC and R2 are not means of "
+                "per-row quantities)"
+            )
+        return metric
 
 
 class PerformanceSettings(_Group):

@@ -45,6 +45,14 @@ class Calibration(BaseModel):
         return self
 
 
+_METRICS = {
+    "classification": (
+        "accuracy", "macro_precision", "macro_recall", "macro_f1", "roc_auc", "log_loss",
+    ),
+    "regression": ("mae", "rmse", "r2"),
+}  # fmt: skip
+
+
 class ValidationReport(BaseModel):
     """Metrics on a held-out set, and which outputs the labels and the scores are."""
 
@@ -58,3 +66,21 @@ class ValidationReport(BaseModel):
     # regression: mae, rmse, r2
     metrics: dict[str, float]
     calibration: Calibration | None = None
+    # The metric the version is judged on first (A/B verdicts compare variants on it unless
+    # the monitor names one): by default accuracy for a classifier, MAE for a regressor.
+    primary_metric: str | None = None
+
+    @model_validator(mode="after")
+    def _primary(self) -> ValidationReport:
+        known = _METRICS[self.task]
+        if self.primary_metric is not None and self.primary_metric not in known:
+            raise ValueError(
+                f"validation.primary_metric {self.primary_metric!r} is not a {self.task} "
+                f"metric; one of {', '.join(known)}"
+            )
+        return self
+
+    @property
+    def primary(self) -> str:
+        """The primary metric, or the task's default."""
+        return self.primary_metric or _METRICS[self.task][0]

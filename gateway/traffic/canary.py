@@ -211,8 +211,9 @@ def _quality_breach(quality: Comparison | None) -> str | None:
     if quality is None or not quality.worse:
         return None
     return (
-        f"accuracy {quality.difference:+.3f} vs baseline, interval [{quality.low:+.3f}, "
-        f"{quality.high:+.3f}] over {quality.labels} labels: significantly worse"
+        f"{quality.metric} gain {quality.difference:+.3f} vs baseline, interval "
+        f"[{quality.low:+.3f}, {quality.high:+.3f}] over {quality.labels} labels: "
+        "significantly worse"
     )
 
 

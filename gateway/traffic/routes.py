@@ -90,10 +90,11 @@ class ShadowSpec(_Frozen):
 
 
 class QualityGate(_Frozen):
-    """Gate a canary on the monitor's A/B verdict of realized accuracy (``GET {monitor_url}/ab/
-    {endpoint}``): promote only when the challenger is not worse than the baseline by more than
-    ``margin`` (the lower bound of the difference's interval above -margin), roll back as soon
-    as it is significantly worse."""
+    """Gate a canary on the monitor's A/B verdict (``GET {monitor_url}/ab/{endpoint}``, on
+    the metric the monitor compares: accuracy or the versions' primary metric): promote only
+    when the challenger is not worse than the baseline by more than ``margin`` (in the metric's
+    units: the lower bound of the gain's interval above -margin), roll back as soon as it is
+    significantly worse."""
 
     monitor_url: str = Field(strict=True, pattern=r"^https?://", max_length=2048)
     margin: float = Field(default=0.01, ge=0, le=1, strict=True)
@@ -118,7 +119,7 @@ class CanaryRule(_Frozen):
     # ... unless it is within this many seconds of the baseline's: at sub-millisecond latencies
     # scheduling noise alone moves a p99 by more than 1.5x, which must not roll a canary back.
     min_p99_increase_s: float = Field(default=0.005, ge=0, strict=True)
-    # Optional: the A/B verdict on realized accuracy that promotion waits for.
+    # Optional: the A/B verdict on a realized metric that promotion waits for.
     quality: QualityGate | None = None
     # Where the ramp stands: "pending", "step-N" (N indexes steps), "promoted", "rolled_back".
     state: str = Field(default="pending", max_length=32)

@@ -1,9 +1,10 @@
 """The A/B verdict a canary gates on, asked of the monitor over HTTP (``GET /ab/{model}``).
 
-The gateway never imports the monitor's code: the monitor computes realized accuracy per
-variant from the labels it joins to the inference log, and answers, per pair of variants, the
-difference b - a, its always-valid interval and the decision. This module reads that answer
-and turns it into the challenger's view of the comparison.
+The gateway never imports the monitor's code: the monitor computes a realized metric per
+variant (accuracy, or the versions' primary metric) from the labels it joins to the inference
+log, and answers, per pair of variants, the metric, which way is better, the difference b - a,
+its always-valid interval and the decision. This module reads that answer and turns it into the
+challenger's view of the comparison: a gain, positive when the challenger is better.
 """
 
 from __future__ import annotations
@@ -21,8 +22,10 @@ log = logging.getLogger(__name__)
 
 @dataclass(frozen=True, slots=True)
 class Comparison:
-    """Challenger accuracy minus the baseline's, with the bounds of its interval."""
+    """The challenger's gain over the baseline on the metric (its metric minus the baseline's,
+    negated where lower is better), with the bounds of its interval."""
 
+    metric: str
     difference: float
     low: float
     high: float
@@ -52,13 +55,21 @@ async def fetch_comparison(
         pair = next(
             p for p in pairs if {(p[s]["variant"], p[s]["version"]) for s in ("a", "b")} == wanted
         )
+        if pair.get("error"):
+            log.warning("canary %s: no A/B verdict: %s", endpoint, pair["error"])
+            return None
+        if pair["low"] is None or pair["high"] is None:
+            return None  # not enough labels for a look yet
         sign = 1.0 if (pair["b"]["variant"], pair["b"]["version"]) == challenger else -1.0
+        if pair.get("higher_is_better", True) is False:
+            sign = -sign
         difference, low, high = (sign * float(pair[k]) for k in ("difference", "low", "high"))
         labels = int(pair["n_a"]) + int(pair["n_b"])
+        metric = str(pair.get("metric", "accuracy"))
     except StopIteration:
         return None  # no look at these two versions yet
     except (KeyError, TypeError, ValueError) as exc:
         log.warning("canary %s: unreadable A/B verdict from %s: %s", endpoint, url, exc)
         return None
     low, high = sorted((low, high))
-    return Comparison(difference, low, high, high < 0, labels)
+    return Comparison(metric, difference, low, high, high < 0, labels)

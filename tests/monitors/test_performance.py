@@ -1,6 +1,10 @@
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
+import pytest
+from pydantic import ValidationError
 from sklearn.metrics import (
     accuracy_score,
     confusion_matrix,
@@ -14,7 +18,7 @@ from sklearn.metrics import (
     roc_auc_score,
 )
 
-from monitors.abtest import ABState, look
+from monitors.abtest import ABState, UnsupportedMetricError, ab_groups, check_metric, look
 from monitors.estimate import estimate_classification
 from monitors.performance import (
     calibration_table,
@@ -23,7 +27,8 @@ from monitors.performance import (
     regression_metrics,
     wilson,
 )
-from registry_client import Calibration
+from monitors.performance_settings import PerformanceSettings
+from registry_client import Calibration, ValidationReport
 
 
 def _classifier_data(n: int, classes: int, seed: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -151,17 +156,106 @@ def test_ab_test_declares_the_better_variant_and_not_equal_ones() -> None:
     for _ in range(100):
         a = int(rng.binomial(200, 0.80))
         b = int(rng.binomial(200, 0.90))
-        verdict = look(state, (200, a), (200, b), alpha=0.05, tau=0.03, min_samples=100,
+        verdict = look(state, [[200, a, a]], [[200, b, b]], alpha=0.05, tau=0.03, min_samples=100,
                        min_effect=0.02)  # fmt: skip
         if verdict.decision != "no_difference_yet":
             break
     assert verdict is not None
     assert verdict.decision == "b_better"
+    assert verdict.low is not None
     assert verdict.low > 0
     assert verdict.samples_needed == 0
     equal = ABState()
     for _ in range(5):
-        same = look(equal, (100, 90), (100, 90), alpha=0.05, tau=0.03, min_samples=100,
+        same = look(equal, [[100, 90, 90]], [[100, 90, 90]], alpha=0.05, tau=0.03, min_samples=100,
                     min_effect=0.02)  # fmt: skip
     assert same.decision == "no_difference_yet"
     assert same.samples_needed > 0
+
+
+def _run(metric: str, draw_a: Any, draw_b: Any, looks: int, seed: int, classes: int = 0) -> Any:
+    rng = np.random.default_rng(seed)
+    state = ABState(metric)
+    verdict = None
+    for _ in range(looks):
+        groups = []
+        for draw in (draw_a, draw_b):
+            label, pred, probs = draw(rng)
+            groups.append(ab_groups(metric, label, pred, probs, classes))
+        assert groups[0] is not None
+        assert groups[1] is not None
+        verdict = look(state, groups[0], groups[1], alpha=0.05, tau=0.03, min_samples=100,
+                       min_effect=0.02)  # fmt: skip
+        if verdict.decision != "no_difference_yet":
+            break
+    return verdict
+
+
+def _regressor(error: float) -> Any:
+    def draw(rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray, None]:
+        truth = rng.normal(size=300)
+        return truth, truth + rng.normal(scale=error, size=300), None
+
+    return draw
+
+
+def _classifier(accuracy_by_class: list[float]) -> Any:
+    def draw(rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        truth = rng.integers(0, 3, size=300)
+        right = rng.uniform(size=300) < np.asarray(accuracy_by_class)[truth]
+        pred = np.where(right, truth, (truth + 1) % 3)
+        probs = np.full((300, 3), 0.1)
+        probs[np.arange(300), pred] = 0.8
+        return truth.astype(float), pred.astype(float), probs
+
+    return draw
+
+
+def test_ab_test_on_losses_declares_the_variant_with_the_lower_loss() -> None:
+    for metric in ("mae", "rmse"):
+        verdict = _run(metric, _regressor(0.30), _regressor(0.25), 50, seed=1)
+        assert verdict.decision == "b_better", metric
+        assert verdict.higher_is_better is False
+        assert verdict.difference < 0  # b's error minus a's
+    worse = _run("log_loss", _classifier([0.9, 0.9, 0.9]), _classifier([0.8, 0.8, 0.8]), 50,
+                 seed=2, classes=3)  # fmt: skip
+    assert worse.decision == "a_better"
+
+
+def test_ab_test_on_macro_recall_weighs_classes_equally() -> None:
+    # b is better on the one class a fails: macro recall sees it
+    verdict = _run("macro_recall", _classifier([0.9, 0.9, 0.6]), _classifier([0.9, 0.9, 0.8]),
+                   50, seed=3, classes=3)  # fmt: skip
+    assert verdict.decision == "b_better"
+    assert verdict.metric == "macro_recall"
+
+
+def test_ab_test_on_equal_regressors_rarely_declares_a_winner() -> None:
+    decided = sum(
+        _run("mae", _regressor(0.3), _regressor(0.3), 30, seed=100 + s).decision
+        != "no_difference_yet"
+        for s in range(60)
+    )
+    assert decided <= 6  # alpha 0.05 of 60 is 3; a binomial tail above 6 has p < 0.03
+
+
+def test_unsupported_ab_metrics_are_refused_when_configured() -> None:
+    for metric in ("macro_f1", "roc_auc", "r2", "nonsense"):
+        with pytest.raises(ValidationError, match=f"performance.ab.metric '{metric}' has no"):
+            PerformanceSettings(ab={"metric": metric})
+        with pytest.raises(UnsupportedMetricError, match="supported: accuracy"):
+            check_metric(metric)
+    assert PerformanceSettings(ab={"metric": "rmse"}).ab.metric == "rmse"
+    with pytest.raises(ValidationError, match="primary_metric 'rmse' is not a classification"):
+        ValidationReport(task="classification", rows=1, metrics={}, primary_metric="rmse")
+    report = ValidationReport(task="regression", rows=1, metrics={})
+    assert report.primary == "mae"
+
+
+def test_a_stored_accuracy_only_state_is_read_as_accuracy_sums() -> None:
+    state = ABState.from_dict(
+        {"n_a": 200, "s_a": 180, "n_b": 200, "s_b": 190, "low": -0.1, "high": 0.2, "looks": 2}
+    )
+    assert state.metric == "accuracy"
+    assert state.a == [[200.0, 180.0, 180.0]]
+    assert ABState.from_dict(state.to_dict()) == state
