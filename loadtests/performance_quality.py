@@ -200,8 +200,12 @@ def consumer_throughput(items: int = 100_000) -> dict[str, float]:
             if len(records) == 100:
                 messages.append(_Message(len(messages), encode_records(records)))
                 records = []
-        for start in range(0, len(messages), 50):
-            service.consume(0, messages[start : start + 50], [])
+
+        async def predictions() -> None:
+            for start in range(0, len(messages), 50):
+                await service.consume(0, messages[start : start + 50], [])
+
+        asyncio.run(predictions())
         feedback: list[FeedbackRecord] = [
             {"schema": FEEDBACK_SCHEMA, "model": "m", "request_id": f"r{i}", "row": 0,
              "labels": {"label": (i // 3) % 2}, "time": 1000.0 + i * 0.001}
@@ -211,10 +215,14 @@ def consumer_throughput(items: int = 100_000) -> dict[str, float]:
             _Message(k, encode_feedback(feedback[s : s + 500]))
             for k, s in enumerate(range(0, items, 500))
         ]
-        started = time.process_time()
-        for start in range(0, len(label_messages), 10):
-            service.consume(0, [], label_messages[start : start + 10])
-        elapsed = time.process_time() - started
+
+        async def labels() -> float:
+            started = time.process_time()
+            for start in range(0, len(label_messages), 10):
+                await service.consume(0, [], label_messages[start : start + 10])
+            return time.process_time() - started
+
+        elapsed = asyncio.run(labels())
         joined = service.status()["join"]["labels_joined"]
         for partition in list(service.stores):
             service.close(partition)
@@ -224,9 +232,10 @@ def consumer_throughput(items: int = 100_000) -> dict[str, float]:
 
 
 def _register(root: Path) -> None:
-    """A version folder with metadata only: the consumer needs no model file."""
+    """A version folder whose model file is a placeholder: the consumer reads the metadata."""
     directory = root / "m" / "1"
     directory.mkdir(parents=True)
+    (directory / "model.onnx").write_bytes(b"placeholder")
     ModelMetadata(
         class_labels=["no", "yes"],
         validation=ValidationReport(

@@ -17,7 +17,6 @@ import asyncio
 import logging
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -28,47 +27,29 @@ from aiokafka.errors import CommitFailedError, KafkaError
 from monitors.feedback import decode_feedback
 from monitors.join import JoinCounts, JoinStore
 from monitors.judge import WindowJudge, stream_key
+from monitors.model_info import ModelInfo, ModelInfos
 from monitors.outbox import Outbox
 from monitors.performance_metrics import PerformanceMetrics
-from monitors.schema import RecordError, decode_records
+from monitors.schema import InferenceRecord, RecordError, decode_records
 from monitors.settings import MonitorSettings
 from monitors.webhooks import DEGRADED_EVENT_TYPE, Webhooks, drift_event
-from registry_client import ModelMetadata, RegistryError, ValidationReport
+from registry_client import Registry, ValidationReport
+from registry_client.settings import open_registry
 
-__all__ = ["GroundTruthService", "ModelInfo"]
+__all__ = ["GroundTruthService"]
 
 log = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True)
-class ModelInfo:
-    """What the join needs of a model version: its task, outputs and validation report."""
-
-    classes: int  # 0: a regressor
-    class_labels: list[str]
-    label_output: str | None  # None: the record's first output
-    score_output: str | None
-    validation: ValidationReport | None
-
-    @classmethod
-    def of(cls, metadata: ModelMetadata) -> ModelInfo:
-        report = metadata.validation
-        labels = metadata.class_labels or []
-        classification = report.task == "classification" if report else bool(labels)
-        return cls(
-            classes=len(labels) if classification else 0,
-            class_labels=labels,
-            label_output=report.label_output if report else None,
-            score_output=report.score_output if report else None,
-            validation=report,
-        )
 
 
 class GroundTruthService:
     """Consumes both topics, joins, judges and alerts until stopped."""
 
     def __init__(
-        self, settings: MonitorSettings, metrics: PerformanceMetrics, webhooks: Webhooks
+        self,
+        settings: MonitorSettings,
+        metrics: PerformanceMetrics,
+        webhooks: Webhooks,
+        registry: Registry | None = None,
     ) -> None:
         self.settings = settings
         self.performance = settings.performance
@@ -77,8 +58,10 @@ class GroundTruthService:
         self.outbox = Outbox(webhooks)
         self.stores: dict[int, JoinStore] = {}
         self.judges: dict[int, WindowJudge] = {}
-        self._models: dict[tuple[str, str], ModelInfo | None] = {}
-        self._targets: dict[str, ModelInfo] = {}  # model -> a version's info, for its labels
+        # versions' metadata through the configured registry (local folder or MLflow)
+        self.infos = ModelInfos(
+            registry or open_registry(settings.registry), settings.profile_retry_s
+        )
         self._snapshots: dict[int, dict[str, Any]] = {}  # what /status shows, per partition
         self._lock = asyncio.Lock()
         self._stopping = asyncio.Event()
@@ -141,6 +124,7 @@ class GroundTruthService:
             await consumer.stop()
             for partition in list(self.stores):
                 self.close(partition)
+            await self.infos.aclose()
 
     async def _consume_batches(
         self, consumer: AIOKafkaConsumer, batches: dict[TopicPartition, list[Any]]
@@ -154,7 +138,7 @@ class GroundTruthService:
                 continue  # revoked since the fetch: its next owner reads these again
             predictions = topics.get(self.topics[0], [])
             labels = topics.get(self.topics[1], [])
-            await asyncio.to_thread(self.consume, partition, predictions, labels)
+            await self.consume(partition, predictions, labels)
             for topic, messages in topics.items():
                 commits[TopicPartition(topic, partition)] = int(messages[-1].offset) + 1
         self.outbox.dispatch()
@@ -163,14 +147,41 @@ class GroundTruthService:
         except (CommitFailedError, KafkaError) as exc:  # the store's offsets are what count
             log.warning("performance: offsets not committed (%s)", exc)
 
-    def consume(self, partition: int, predictions: Sequence[Any], labels: Sequence[Any]) -> None:
+    async def consume(
+        self, partition: int, predictions: Sequence[Any], labels: Sequence[Any]
+    ) -> None:
         """Join one partition's messages of both topics (Kafka consumer records in offset
-        order), judge the windows they close, and commit the store (blocking: a thread's)."""
+        order), judge the windows they close, and commit the store: the log is decoded and
+        the store written in a thread, the versions' metadata read from the registry between."""
+        decoded = await asyncio.to_thread(self._decode, predictions)
+        for model, version in sorted({(r["model"], r["version"]) for _, rs in decoded for r in rs}):
+            await self.infos.load(model, version)
+        await asyncio.to_thread(self._consume, partition, decoded, labels)
+
+    def _decode(self, messages: Sequence[Any]) -> list[tuple[int, list[InferenceRecord]]]:
+        """(offset, records) of each message of the inference log; undecodable ones counted."""
+        decoded: list[tuple[int, list[InferenceRecord]]] = []
+        for message in messages:
+            try:
+                records = decode_records(message.value or b"")
+            except RecordError as exc:
+                log.warning("performance: undecodable log message at %d: %s", message.offset, exc)
+                self.metrics.skipped.labels("undecodable").inc()
+                records = []
+            decoded.append((int(message.offset), records))
+        return decoded
+
+    def _consume(
+        self,
+        partition: int,
+        predictions: list[tuple[int, list[InferenceRecord]]],
+        labels: Sequence[Any],
+    ) -> None:
         store = self.open(partition)
         # what the store already holds (a batch read again after a crash before the Kafka
         # commit) is skipped: the store's offsets are the truth
         done = store.offsets()
-        predictions = [m for m in predictions if m.offset >= done.get(self.topics[0], 0)]
+        predictions = [m for m in predictions if m[0] >= done.get(self.topics[0], 0)]
         labels = [m for m in labels if m.offset >= done.get(self.topics[1], 0)]
         counts = JoinCounts()
         # Each topic's clock is the latest event time read from it; windows close on the slower
@@ -198,44 +209,25 @@ class GroundTruthService:
         store.put("clocks", clocks)
         store.put("outbox", self.outbox.pending(partition))
         offsets = {}
-        for topic, messages in zip(self.topics, (predictions, labels), strict=True):
-            if messages:
-                offsets[topic] = int(messages[-1].offset) + 1
+        if predictions:
+            offsets[self.topics[0]] = predictions[-1][0] + 1
+        if labels:
+            offsets[self.topics[1]] = int(labels[-1].offset) + 1
         store.commit(offsets, counts)
         self.metrics.joined(counts)
         self._snapshots[partition] = self._snapshot(store, self.judges[partition])
 
-    def _info(self, model: str, version: str) -> ModelInfo | None:
-        if (model, version) not in self._models:
-            info = None
-            try:
-                path = self.settings.registry_root / model / version
-                if path.is_dir():
-                    info = ModelInfo.of(ModelMetadata.load(path))
-            except (RegistryError, OSError, ValueError) as exc:
-                log.error("performance: no metadata for %s/%s: %s", model, version, exc)
-            self._models[(model, version)] = info
-            if info is not None:
-                self._targets[model] = info
-        return self._models[(model, version)]
-
     def _prediction_rows(
-        self, store: JoinStore, messages: Sequence[Any]
+        self, store: JoinStore, messages: list[tuple[int, list[InferenceRecord]]]
     ) -> tuple[list[tuple[str, int, int, float, float, bytes | None]], float]:
         rows: list[tuple[str, int, int, float, float, bytes | None]] = []
         latest = 0.0
-        for message in messages:
-            try:
-                records = decode_records(message.value or b"")
-            except RecordError as exc:
-                log.warning("performance: undecodable log message at %d: %s", message.offset, exc)
-                self.metrics.skipped.labels("undecodable").inc()
-                continue
+        for _, records in messages:
             for record in records:
                 latest = max(latest, record["time"])
                 if record["role"] != "primary" or record["status"] != "ok":
                     continue
-                info = self._info(record["model"], record["version"])
+                info = self.infos.get(record["model"], record["version"])
                 outputs = record.get("outputs") or {}
                 name = (info.label_output if info else None) or next(iter(outputs), None)
                 if info is None or name not in outputs:
@@ -272,7 +264,7 @@ class GroundTruthService:
             for record in records:
                 time = record.get("time", message.timestamp / 1000)
                 latest = max(latest, time)
-                info = self._targets.get(record["model"])
+                info = self.infos.targets.get(record["model"])
                 labels = record["labels"]
                 target = info.label_output if info is not None else None
                 value = labels.get(target) if target else None
@@ -333,7 +325,7 @@ class GroundTruthService:
         )
 
     def _validation(self, model: str, version: str) -> ValidationReport | None:
-        info = self._info(model, version)
+        info = self.infos.get(model, version)
         return info.validation if info is not None else None
 
     def _alert(self, partition: int, data: dict[str, Any], window_id: str) -> None:

@@ -4,7 +4,7 @@ does, and the label coverage, totals and windows are those of a direct computati
 
 from __future__ import annotations
 
-import asyncio
+import uuid
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -18,6 +18,7 @@ from monitors.performance_metrics import PerformanceMetrics
 from monitors.schema import InferenceRecord, encode_records
 from monitors.settings import MonitorSettings
 from monitors.webhooks import Webhooks
+from tests._mlflow_server import register_in_mlflow
 
 
 @dataclass
@@ -27,7 +28,9 @@ class Message:
     timestamp: int = 0
 
 
-def traffic(seed: int) -> tuple[list[list[Message]], list[list[Message]], dict[str, Any]]:
+def traffic(
+    seed: int, model: str = "breast_cancer"
+) -> tuple[list[list[Message]], list[list[Message]], dict[str, Any]]:
     """Three polls of prediction and label messages; what a direct computation gives."""
     rng = np.random.default_rng(seed)
     predictions: list[list[Message]] = []
@@ -46,7 +49,7 @@ def traffic(seed: int) -> tuple[list[list[Message]], list[list[Message]], dict[s
                 rid = f"{offset}-{i}"
                 records.append({
                     "schema_version": 2, "request_id": rid, "time": 100.0 + poll * 20 + i * 0.1,
-                    "endpoint": "breast_cancer", "model": "breast_cancer",
+                    "endpoint": model, "model": model,
                     "version": "1" if variant == "a" else "2", "variant": variant,
                     "role": "primary", "rows": 1, "latency_s": 0.001, "status": "ok",
                     "outputs": {"label": [pred], "probabilities": [[1 - p1, p1]]},
@@ -54,7 +57,7 @@ def traffic(seed: int) -> tuple[list[list[Message]], list[list[Message]], dict[s
                 if rng.random() < 0.8:  # some labels never come
                     right = rng.random() < (0.9 if variant == "a" else 0.7)
                     label = pred if right else 1 - pred
-                    feedback.append({"schema": FEEDBACK_SCHEMA, "model": "breast_cancer",
+                    feedback.append({"schema": FEEDBACK_SCHEMA, "model": model,
                                      "request_id": rid, "row": 0, "labels": {"label": label},
                                      "time": 100.0 + poll * 20 + 5})  # fmt: skip
                     truth[variant].append((pred, label))
@@ -70,9 +73,12 @@ def traffic(seed: int) -> tuple[list[list[Message]], list[list[Message]], dict[s
     return predictions, labels, direct
 
 
-def service(registry: Path, state_dir: Path) -> GroundTruthService:
+def service(registry: Path, state_dir: Path, mlflow_url: str | None = None) -> GroundTruthService:
     settings = MonitorSettings(
         registry_root=registry,
+        registry={"backend": "mlflow", "mlflow_url": mlflow_url, "cache_dir": state_dir / "cache"}
+        if mlflow_url
+        else {},
         state_dir=state_dir,
         performance={
             "enabled": True,
@@ -84,20 +90,23 @@ def service(registry: Path, state_dir: Path) -> GroundTruthService:
     return GroundTruthService(settings, PerformanceMetrics(CollectorRegistry()), Webhooks([]))
 
 
-def finish(gt: GroundTruthService) -> dict[str, Any]:
+async def finish(gt: GroundTruthService) -> dict[str, Any]:
     status = gt.status()
     for partition in list(gt.stores):
         gt.close(partition)
-    asyncio.run(gt.webhooks.aclose())
+    await gt.webhooks.aclose()
+    await gt.infos.aclose()
     return status
 
 
-def test_crashes_and_batches_read_again_change_nothing(demo_registry: Path, tmp_path: Path) -> None:
+async def test_crashes_and_batches_read_again_change_nothing(
+    demo_registry: Path, tmp_path: Path
+) -> None:
     predictions, labels, direct = traffic(seed=5)
     whole = service(demo_registry, tmp_path / "whole")
     for p, lab in zip(predictions, labels, strict=True):
-        whole.consume(0, p, lab)
-    expected = finish(whole)
+        await whole.consume(0, p, lab)
+    expected = await finish(whole)
     got = {s["variant"]: (s["totals"]["labels"], s["totals"]["accuracy"])
            for s in expected["streams"].values()}  # fmt: skip
     assert got == direct
@@ -106,31 +115,56 @@ def test_crashes_and_batches_read_again_change_nothing(demo_registry: Path, tmp_
 
     state = tmp_path / "crashing"
     first = service(demo_registry, state)
-    first.consume(0, predictions[0], labels[0])
-    first.consume(0, predictions[1], labels[1])
+    await first.consume(0, predictions[0], labels[0])
+    await first.consume(0, predictions[1], labels[1])
     # dies after the store's commit of the second poll, before Kafka's: it comes again
     second = service(demo_registry, state)
-    second.consume(0, predictions[1], labels[1])
+    await second.consume(0, predictions[1], labels[1])
     store = second.stores[0]
     store.add_labels([("0-1", 0, 1.0, 999.0)])  # dies mid-batch: never committed, and its
     store.close()  # connection goes with the process (sqlite rolls the transaction back)
     third = service(demo_registry, state)
-    third.consume(0, predictions[2], labels[2])
-    interrupted = finish(third)
+    await third.consume(0, predictions[2], labels[2])
+    interrupted = await finish(third)
     assert interrupted == expected
     second.stores.clear()
     for gt in (first, second):
-        finish(gt)
+        await finish(gt)
 
 
-def test_labels_before_their_predictions_wait_and_join(demo_registry: Path, tmp_path: Path) -> None:
+async def test_labels_before_their_predictions_wait_and_join(
+    demo_registry: Path, tmp_path: Path
+) -> None:
     predictions, labels, direct = traffic(seed=6)
     gt = service(demo_registry, tmp_path)
-    gt.consume(0, [], [m for poll in labels for m in poll])  # every label first
+    await gt.consume(0, [], [m for poll in labels for m in poll])  # every label first
     assert gt.status()["join"]["labels_pending"] == sum(n for n, _ in direct.values())
     for poll in predictions:
-        gt.consume(0, poll, [])
-    status = finish(gt)
+        await gt.consume(0, poll, [])
+    status = await finish(gt)
     got = {s["variant"]: (s["totals"]["labels"], s["totals"]["accuracy"])
            for s in status["streams"].values()}  # fmt: skip
     assert got == direct
+
+
+async def test_metadata_comes_through_the_configured_mlflow_registry(
+    demo_registry: Path, mlflow_url: str, tmp_path: Path
+) -> None:
+    name = f"gt-{uuid.uuid4().hex[:8]}"
+    for version in ("1", "2"):  # the demo's versions, registered as 1 and 2 of a new model
+        assert (
+            register_in_mlflow(mlflow_url, name, demo_registry / "breast_cancer" / version)
+            == version
+        )
+    predictions, labels, direct = traffic(seed=7, model=name)
+    empty = tmp_path / "no-local-registry"
+    empty.mkdir()
+    gt = service(empty, tmp_path / "state", mlflow_url)
+    for p, lab in zip(predictions, labels, strict=True):
+        await gt.consume(0, p, lab)
+    status = await finish(gt)
+    got = {s["variant"]: (s["totals"]["labels"], s["totals"]["accuracy"])
+           for s in status["streams"].values()}  # fmt: skip
+    assert got == direct
+    pair = next(iter(status["ab"][name].values()))
+    assert pair["metric"] == "accuracy"  # the demo metadata's validation report, read from MLflow
