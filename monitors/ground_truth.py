@@ -202,6 +202,7 @@ class GroundTruthService:
             store.expire(
                 predicted_at - self.performance.horizon_s,
                 (labelled_at or 0.0) - self.performance.label_wait_s,
+                predicted_at - 2 * self.performance.horizon_s,
             ),
         )
         watermark = predicted_at if labelled_at is None else min(predicted_at, labelled_at)

@@ -5,9 +5,11 @@ Each served prediction row is kept in its compact form, keyed by (request id, ro
 probabilities as float32 bytes. A label that finds its row fills it in (once: a second label
 for the same row is a duplicate, counted and dropped); a label that finds no row waits in
 ``pending`` (its prediction may not have been read yet) and is joined when the prediction
-comes, or counted ``unmatched`` (unknown, or expired) after ``label_wait_s``. Predictions older
-than the horizon are deleted. Running totals per stream (the confusion matrix, or the sums of
-absolute and squared errors) are updated as rows are joined.
+comes, or counted ``unknown`` after ``label_wait_s``. Predictions older than the horizon are
+deleted, their keys kept (``expired``, for as long again) so that a label that comes for one
+later is counted ``expired`` at once rather than waiting to be counted unknown. Running totals
+per stream (the confusion matrix, or the sums of absolute and squared errors) are updated as
+rows are joined.
 
 The store also keeps the consumer's offsets and the evaluation state, written in the same
 transaction as the rows: the monitor commits its Kafka offsets only after that transaction, and
@@ -40,6 +42,10 @@ CREATE INDEX IF NOT EXISTS predictions_by_time ON predictions (stream, time);
 CREATE TABLE IF NOT EXISTS pending (
     request_id TEXT NOT NULL, row INTEGER NOT NULL, label REAL NOT NULL, time REAL NOT NULL,
     PRIMARY KEY (request_id, row)) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS expired (
+    request_id TEXT NOT NULL, row INTEGER NOT NULL, time REAL NOT NULL,
+    PRIMARY KEY (request_id, row)) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS expired_by_time ON expired (time);
 CREATE TABLE IF NOT EXISTS confusion (
     stream INTEGER NOT NULL, label INTEGER NOT NULL, pred INTEGER NOT NULL, count INTEGER NOT NULL,
     PRIMARY KEY (stream, label, pred)) WITHOUT ROWID;
@@ -57,7 +63,8 @@ _COUNTERS = (
     "labels_joined",
     "duplicate_labels",
     "labels_pending",
-    "labels_unmatched",
+    "labels_unknown",
+    "labels_expired",
     "predictions_expired",
 )
 
@@ -82,7 +89,8 @@ class JoinCounts:
     labels_joined: int = 0
     duplicate_labels: int = 0
     labels_pending: int = 0
-    labels_unmatched: int = 0
+    labels_unknown: int = 0  # no prediction came for them within label_wait_s
+    labels_expired: int = 0  # their prediction was there, and dropped after the horizon
     predictions_expired: int = 0
 
 
@@ -214,10 +222,20 @@ class JoinStore:
             "FROM incoming i LEFT JOIN predictions p "
             "ON p.request_id = i.request_id AND p.row = i.row"
         ).fetchall()
+        gone: set[tuple[str, int]] = set()
+        if any(f[4] is None for f in found):  # only misses look among the expired keys
+            gone = set(
+                db.execute(
+                    "SELECT i.request_id, i.row FROM incoming i JOIN expired e "
+                    "ON e.request_id = i.request_id AND e.row = i.row"
+                ).fetchall()
+            )
         db.execute("DELETE FROM incoming")
         updates, joined, waiting = [], [], []
         for request_id, row, label, time, stream, pred, labelled in found:
-            if stream is None:
+            if stream is None and (request_id, row) in gone:
+                counts.labels_expired += 1
+            elif stream is None:
                 waiting.append((request_id, row, label, time))
             elif labelled:
                 counts.duplicate_labels += 1
@@ -287,18 +305,28 @@ class JoinStore:
                     (stream.id, len(mine), float(np.abs(errors).sum()), float((errors**2).sum())),
                 )
 
-    def expire(self, before: float, labels_before: float) -> JoinCounts:
-        """Drop predictions older than ``before``, and count the labels that waited since
-        before ``labels_before`` for a prediction that never came as unmatched."""
+    def expire(
+        self, before: float, labels_before: float, forget_before: float | None = None
+    ) -> JoinCounts:
+        """Drop predictions older than ``before`` (their keys kept until ``forget_before``,
+        prediction time), and count the labels that waited since before ``labels_before`` for a
+        prediction that never came as unknown."""
         db = self._db
         counts = JoinCounts()
         for stream in self._streams.values():
+            db.execute(
+                "INSERT OR IGNORE INTO expired SELECT request_id, row, time FROM predictions "
+                "WHERE stream = ? AND time < ?",
+                (stream.id, before),
+            )
             cursor = db.execute(
                 "DELETE FROM predictions WHERE stream = ? AND time < ?", (stream.id, before)
             )
             counts.predictions_expired += cursor.rowcount
+        if forget_before is not None:
+            db.execute("DELETE FROM expired WHERE time < ?", (forget_before,))
         cursor = db.execute("DELETE FROM pending WHERE time < ?", (labels_before,))
-        counts.labels_unmatched = cursor.rowcount
+        counts.labels_unknown = cursor.rowcount
         return counts
 
     # -- reading ------------------------------------------------------------------------------

@@ -21,8 +21,9 @@ class PerformanceMetrics:
         self.feedback = Counter(
             "monitor_join_items",
             "Items through the join, by outcome: predictions (stored), duplicate_predictions, "
-            "labels_joined, duplicate_labels, labels_pending, labels_unmatched (unknown or "
-            "expired ids), predictions_expired.",
+            "labels_joined, duplicate_labels, labels_pending, labels_unknown (no prediction "
+            "within label_wait_s), labels_expired (the prediction was dropped after the "
+            "horizon), predictions_expired.",
             ("outcome",),
             registry=registry,
         )

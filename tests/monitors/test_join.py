@@ -33,7 +33,7 @@ def test_labels_join_either_order_and_duplicates_count_once(tmp_path: Path) -> N
     assert confusion.tolist() == [[0, 0], [1, 2]]  # true 1: predicted 0 once, 1 twice
     assert store.predicted(stream) == 3
     expired = store.expire(before=1.5, labels_before=20.0)
-    assert (expired.predictions_expired, expired.labels_unmatched) == (2, 1)
+    assert (expired.predictions_expired, expired.labels_unknown) == (2, 1)
     predicted, pred, label, probs, _all_probs = store.window(stream, "prediction", 0.0, 10.0)
     assert predicted == 1
     assert label.tolist() == [1.0]
@@ -65,4 +65,31 @@ def test_only_committed_state_survives_a_reopen(tmp_path: Path) -> None:
     counts = reopened.add_labels([("r1", 0, 2.0, 3.0)])
     assert counts.labels_joined == 1
     assert reopened.totals(stream) == {"count": 1, "abs_sum": 0.5, "sq_sum": 0.25}
+    reopened.close()
+
+
+def test_labels_for_expired_predictions_and_for_unknown_ids_are_counted_apart(
+    tmp_path: Path,
+) -> None:
+    store = JoinStore(tmp_path / "p0.sqlite")
+    stream = store.stream("m", "1", "a", classes=2)
+    store.add_predictions([(f"r{i}", 0, stream.id, float(i), 1.0, None) for i in range(10)])
+    store.add_predictions([("r9", 1, stream.id, 100.0, 1.0, None)])
+    assert store.expire(before=5.0, labels_before=0.0).predictions_expired == 5
+    counts = store.add_labels(
+        [("r0", 0, 1.0, 50.0), ("r4", 0, 0.0, 50.0), ("r7", 0, 1.0, 50.0), ("who", 0, 1.0, 50.0)]
+    )
+    # r0 and r4 were served and dropped: expired at once; "who" waits for its prediction
+    assert (counts.labels_expired, counts.labels_joined, counts.labels_pending) == (2, 1, 1)
+    later = store.expire(before=5.0, labels_before=60.0)
+    assert (later.labels_unknown, later.labels_expired) == (1, 0)
+    # the expired keys are forgotten after their own horizon: a label then is unknown
+    store.expire(before=5.0, labels_before=60.0, forget_before=3.0)
+    forgotten = store.add_labels([("r1", 0, 1.0, 70.0), ("r3", 0, 1.0, 70.0)])
+    assert (forgotten.labels_expired, forgotten.labels_pending) == (1, 1)  # r3 kept, r1 not
+    store.commit({}, forgotten)
+    store.close()
+    reopened = JoinStore(tmp_path / "p0.sqlite")
+    assert reopened.add_labels([("r2", 0, 1.0, 80.0)]).labels_pending == 1  # forgotten too
+    assert reopened.add_labels([("r4", 0, 1.0, 80.0)]).labels_expired == 1  # kept, committed
     reopened.close()
