@@ -38,7 +38,7 @@ from monitors.ground_truth import GroundTruthService
 from monitors.join import JoinCounts, JoinStore
 from monitors.performance import calibration_table
 from monitors.performance_metrics import PerformanceMetrics
-from monitors.schema import InferenceRecord, encode_records
+from monitors.schema import InferenceRecord, decode_records, encode_records
 from monitors.settings import MonitorSettings
 from monitors.webhooks import Webhooks
 from registry_client import ModelMetadata, ValidationReport
@@ -170,36 +170,55 @@ def join_throughput(predictions: int = 200_000, batch: int = 5_000) -> dict[str,
     return {"labels_per_s": predictions / joined_s, "predictions_per_s": predictions / stored_s}
 
 
+def _prediction_messages(items: int, features: int = 0) -> list[_Message]:
+    """Messages of 100 one-row records, with ``features`` float features each (the demo model
+    has 30)."""
+    records: list[InferenceRecord] = []
+    messages: list[_Message] = []
+    values = np.random.default_rng(2).normal(size=(1000, max(features, 1))).round(4)
+    for i in range(items):
+        record: InferenceRecord = {
+            "schema_version": 2, "request_id": f"r{i}", "time": 1000.0 + i * 0.001,
+            "endpoint": "m", "model": "m", "version": "1", "variant": "a", "role": "primary",
+            "rows": 1, "latency_s": 0.001, "status": "ok",
+            "outputs": {"label": [i % 2], "probabilities": [[0.4, 0.6]]},
+        }  # fmt: skip
+        if features:
+            record["features"] = {f"f{j}": [float(values[i % 1000, j])] for j in range(features)}
+        records.append(record)
+        if len(records) == 100:
+            messages.append(_Message(len(messages), encode_records(records)))
+            records = []
+    return messages
+
+
+def _service(tmp: str) -> GroundTruthService:
+    root = Path(tmp) / "registry"
+    _register(root)
+    settings = MonitorSettings(
+        registry_root=root,
+        state_dir=Path(tmp) / "state",
+        performance={
+            "enabled": True,
+            "window": {"size_s": 60, "settle_s": 60},
+            "horizon_s": 10**9,
+        },
+    )
+    return GroundTruthService(settings, PerformanceMetrics(CollectorRegistry()), Webhooks([]))
+
+
+def _finish(service: GroundTruthService) -> None:
+    for partition in list(service.stores):
+        service.close(partition)
+    asyncio.run(service.webhooks.aclose())
+
+
 def consumer_throughput(items: int = 100_000) -> dict[str, float]:
     """Feedback items per second through ``GroundTruthService.consume`` (decode, join, judge,
     commit), the predictions already in the store."""
     with tempfile.TemporaryDirectory() as tmp:
-        root = Path(tmp) / "registry"
-        _register(root)
-        settings = MonitorSettings(
-            registry_root=root,
-            state_dir=Path(tmp) / "state",
-            performance={
-                "enabled": True,
-                "window": {"size_s": 60, "settle_s": 60},
-                "horizon_s": 10**9,
-            },
-        )
-        service = GroundTruthService(
-            settings, PerformanceMetrics(CollectorRegistry()), Webhooks([])
-        )
-        records: list[InferenceRecord] = []
-        messages: list[_Message] = []
-        for i in range(items):
-            records.append({
-                "schema_version": 2, "request_id": f"r{i}", "time": 1000.0 + i * 0.001,
-                "endpoint": "m", "model": "m", "version": "1", "variant": "a", "role": "primary",
-                "rows": 1, "latency_s": 0.001, "status": "ok",
-                "outputs": {"label": [i % 2], "probabilities": [[0.4, 0.6]]},
-            })  # fmt: skip
-            if len(records) == 100:
-                messages.append(_Message(len(messages), encode_records(records)))
-                records = []
+        service = _service(tmp)
+        messages = _prediction_messages(items)
 
         async def predictions() -> None:
             for start in range(0, len(messages), 50):
@@ -224,11 +243,42 @@ def consumer_throughput(items: int = 100_000) -> dict[str, float]:
 
         elapsed = asyncio.run(labels())
         joined = service.status()["join"]["labels_joined"]
-        for partition in list(service.stores):
-            service.close(partition)
-        asyncio.run(service.webhooks.aclose())
+        _finish(service)
     assert joined == items, joined
     return {"items_per_s": items / elapsed}
+
+
+def decode_share(items: int = 100_000, features: int = 30) -> dict[str, float]:
+    """What decoding the inference log costs the ground-truth consumer, which decodes it a
+    second time beside the drift consumer: prediction rows per second (records of ``features``
+    features) through its whole prediction path (decode, metadata, store, commit) and through
+    the decode alone."""
+    messages = _prediction_messages(items, features)
+    started = time.process_time()
+    for message in messages:
+        decode_records(message.value)  # what the drift side's decode of records costs
+    full_s = time.process_time() - started
+    started = time.process_time()
+    for message in messages:
+        decode_records(message.value, features=False)  # what the ground truth does
+    decode_s = time.process_time() - started
+    with tempfile.TemporaryDirectory() as tmp:
+        service = _service(tmp)
+
+        async def predictions() -> float:
+            started = time.process_time()
+            for start in range(0, len(messages), 50):
+                await service.consume(0, messages[start : start + 50], [])
+            return time.process_time() - started
+
+        path_s = asyncio.run(predictions())
+        _finish(service)
+    return {
+        "full_decode_rows_per_s": items / full_s,
+        "decode_rows_per_s": items / decode_s,
+        "path_rows_per_s": items / path_s,
+        "decode_share": decode_s / path_s,
+    }
 
 
 def _register(root: Path) -> None:
@@ -246,7 +296,11 @@ def _register(root: Path) -> None:
 
 
 def _repeat(fn: Callable[[], dict[str, float]], key: str, repeats: int) -> str:
-    values = [fn()[key] for _ in range(repeats)]
+    return _spread([fn()[key] for _ in range(repeats)])
+
+
+def _spread(values: list[float]) -> str:
+    repeats = len(values)
     return (
         f"median {statistics.median(values):,.0f}/s "
         f"(min {min(values):,.0f}, max {max(values):,.0f}, {repeats} runs)"
@@ -264,6 +318,14 @@ def main() -> None:
     print("join, labels:", _repeat(join_throughput, "labels_per_s", args.repeats))
     print("join, predictions:", _repeat(join_throughput, "predictions_per_s", args.repeats))
     print("consumer, feedback items:", _repeat(consumer_throughput, "items_per_s", args.repeats))
+    shares = [decode_share() for _ in range(args.repeats)]
+    print(
+        "consumer, prediction rows: path",
+        _spread([s["path_rows_per_s"] for s in shares]),
+        "; decode alone",
+        _spread([s["decode_rows_per_s"] for s in shares]),
+        f"; decode share median {statistics.median(s['decode_share'] for s in shares):.0%}",
+    )
 
 
 if __name__ == "__main__":

@@ -163,7 +163,7 @@ class GroundTruthService:
         decoded: list[tuple[int, list[InferenceRecord]]] = []
         for message in messages:
             try:
-                records = decode_records(message.value or b"")
+                records = decode_records(message.value or b"", features=False)
             except RecordError as exc:
                 log.warning("performance: undecodable log message at %d: %s", message.offset, exc)
                 self.metrics.skipped.labels("undecodable").inc()

@@ -116,6 +116,16 @@ def test_version_1_messages_are_still_read() -> None:
     assert message_records(message) == 2
 
 
+def test_records_decoded_without_features_are_otherwise_the_same() -> None:
+    records = [served(0), served(1, rows=2, outputs={"label": [1, 0]})]
+    lines = b"\n".join(orjson.dumps({**r, "schema_version": 1}) for r in as_lines_read(records))
+    for message in (encode_records(records), lines):
+        whole = decode_records(message)
+        assert all("features" in r for r in whole)
+        without = decode_records(message, features=False)
+        assert without == [{k: v for k, v in r.items() if k != "features"} for r in whole]
+
+
 def broken(change: str) -> bytes:
     doc = orjson.loads(encode_records([served(0), served(1, rows=2)]))
     if change == "count":
