@@ -1,4 +1,4 @@
-"""The Grafana dashboard of the gateway and the drift monitor, built with Grafana's typed builders
+"""The Grafana dashboard of the gateway and the monitor (drift, ground truth, A/B verdicts), built with Grafana's typed builders
 (grafana-foundation-sdk) and written to ``deploy/grafana/model-gateway.json``:
 
     python -m deploy.grafana.dashboard
@@ -109,12 +109,27 @@ ROWS: list[tuple[str, list[Chart]]] = [
             chart("Windows closed by status", "short", (f"sum by (model, version, status) (increase(monitor_windows_total{{{MON}}}[{R}]))", "{{model}} v{{version}} {{status}}")),
             chart("Drift decisions", "short", (f"sum by (model, version) (increase(monitor_drift_decisions_total{{{MON}}}[{R}]))", "{{model}} v{{version}}")),
             chart("Feature drift statistic (KS D or Cramer's V), latest window", "short", (f"monitor_feature_statistic{{{MON}}}", "{{model}} v{{version}} {{feature}}"), width=24),
-            chart("Feature PSI, latest window", "short", (f"monitor_feature_psi{{{MON}}}", "{{model}} v{{version}} {{feature}}")),
-            chart("Feature p-value, latest window", "short", (f"monitor_feature_p_value{{{MON}}}", "{{model}} v{{version}} {{feature}}")),
+            chart("Feature PSI and its threshold, latest window", "short", (f"monitor_feature_psi{{{MON}}}", "{{model}} v{{version}} {{feature}}"), (f"monitor_feature_psi_threshold{{{MON}}}", "threshold {{model}} v{{version}} {{feature}}")),
+            chart("Feature drift evidence, -log10 p, latest window (higher: stronger)", "short", (f"monitor_feature_neg_log10_p_value{{{MON}}}", "{{model}} v{{version}} {{feature}}")),
+            chart("Features flagged as drifted, latest window", "short", (f"sum by (model, version) (monitor_feature_drifted{{{MON}}})", "{{model}} v{{version}}")),
             chart("Webhook deliveries", "short", (f"sum by (target, status) (increase(monitor_webhook_deliveries_total[{R}]))", "{{target}} {{status}}")),
             chart("Partitions assigned", "short", ("sum by (instance) (monitor_assigned_partitions)", "{{instance}}")),
             chart("State changelog: bytes written", "Bps", (f"sum by (instance) (rate(monitor_changelog_written_bytes_total[{R}]))", "{{instance}}")),
             chart("Partitions taken on by state source; changelog errors", "short", (f"sum by (outcome) (increase(monitor_state_restores_total[{R}]))", "{{outcome}}"), (f"sum by (instance, operation) (increase(monitor_changelog_errors_total[{R}]))", "{{instance}} {{operation}} errors")),
+        ],
+    ),
+    (
+        "Ground truth and A/B",
+        [
+            chart("Realized and estimated $metric per variant, latest judged window", "short", (f'monitor_performance_metric{{{MON}, metric=~"$metric", bound="value"}}', "{{model}}/{{variant}} v{{version}} {{metric}} {{kind}}"), width=24),
+            chart("Realized $metric per variant with its interval", "short", (f'monitor_performance_metric{{{MON}, metric=~"$metric", kind="realized"}}', "{{model}}/{{variant}} v{{version}} {{metric}} {{bound}}")),
+            chart("Estimated $metric per variant with its interval (before labels)", "short", (f'monitor_performance_metric{{{MON}, metric=~"$metric", kind="estimated"}}', "{{model}}/{{variant}} v{{version}} {{metric}} {{bound}}")),
+            chart("Label coverage per variant", "percentunit", (f"monitor_performance_label_coverage{{{MON}}}", "{{model}}/{{variant}} v{{version}}")),
+            chart("Join: items by outcome", "cps", (f"sum by (outcome) (rate(monitor_join_items_total[{R}]))", "{{outcome}}"), (f"sum by (reason) (rate(monitor_performance_skipped_total[{R}]))", "skipped {{reason}}")),
+            chart("A/B difference b - a with its always-valid interval", "short", (f"monitor_ab_difference{{{MON}}}", "{{model}} {{b}} - {{a}} {{metric}} {{bound}}")),
+            chart("A/B decision and labelled rows still needed", "short", (f"monitor_ab_decision{{{MON}}} == 1", "{{model}} {{a}} vs {{b}}: {{decision}}"), (f"monitor_ab_samples_needed{{{MON}}}", "{{model}} {{a}} vs {{b}} rows needed")),
+            chart("Performance degradations", "short", (f"sum by (model, version, variant) (increase(monitor_performance_degradations_total{{{MON}}}[{R}]))", "{{model}}/{{variant}} v{{version}}")),
+            chart("Ground-truth partitions assigned", "short", ("sum by (instance) (monitor_performance_assigned_partitions)", "{{instance}}")),
         ],
     ),
 ]  # fmt: skip
@@ -162,7 +177,9 @@ def build() -> dashboard.Dashboard:
     board = (
         dashboard.Dashboard("Model gateway")
         .uid("model-gateway")
-        .description("Serving, batching, feature log, traffic changes and drift monitor.")
+        .description(
+            "Serving, batching, feature log, traffic changes, drift monitor, ground truth and A/B."
+        )
         .tags(["model-gateway"])
         .editable()
         .refresh("30s")
@@ -177,6 +194,11 @@ def build() -> dashboard.Dashboard:
         .with_variable(
             _label_variable(
                 "model", "Monitored model", "label_values(monitor_records_total, model)"
+            )
+        )
+        .with_variable(
+            _label_variable(
+                "metric", "Performance metric", "label_values(monitor_performance_metric, metric)"
             )
         )
     )

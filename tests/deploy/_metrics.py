@@ -11,6 +11,7 @@ from prometheus_client import CollectorRegistry
 from deploy.grafana.dashboard import OUTPUT
 from gateway.metrics import GatewayMetrics
 from monitors.metrics import MonitorMetrics
+from monitors.performance_metrics import PerformanceMetrics
 
 __all__ = ["dashboard_queries", "exported_series", "metric_names"]
 
@@ -23,10 +24,9 @@ _SUFFIXES = {
 
 def exported_series() -> set[str]:
     """Every series name on the gateway's and the monitor's /metrics (labels or not)."""
-    registries = (
-        GatewayMetrics(CollectorRegistry(), "test").registry,
-        MonitorMetrics(CollectorRegistry()).registry,
-    )
+    monitor = MonitorMetrics(CollectorRegistry())
+    PerformanceMetrics(monitor.registry)  # the ground-truth side, on the monitor's registry
+    registries = (GatewayMetrics(CollectorRegistry(), "test").registry, monitor.registry)
     return {
         family.name + suffix
         for registry in registries

@@ -23,8 +23,18 @@ COVERED = {
     "monitor_lag_records",
     "monitor_feature_statistic",
     "monitor_feature_psi",
+    "monitor_feature_neg_log10_p_value",
     "monitor_webhook_deliveries_total",
+    # issue #14: realized and estimated performance per variant, the join, A/B verdicts
+    "monitor_performance_metric",
+    "monitor_performance_label_coverage",
+    "monitor_join_items_total",
+    "monitor_ab_difference",
+    "monitor_ab_decision",
 }
+# The raw p-value underflows to 0 on large windows and reads as a flat line near 0: plotted as
+# -log10 p instead.
+NOT_PLOTTED = {"monitor_feature_p_value"}
 
 
 def _dashboard() -> dict[str, Any]:
@@ -45,6 +55,7 @@ def test_every_query_names_metrics_the_gateway_or_the_monitor_exports() -> None:
         assert names <= exported, f"{expr}: unknown {sorted(names - exported)}"
         used |= names
     assert used >= COVERED, sorted(COVERED - used)
+    assert not used & NOT_PLOTTED
 
 
 def test_panels_have_unique_ids_a_datasource_and_do_not_overlap() -> None:

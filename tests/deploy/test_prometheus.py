@@ -189,7 +189,7 @@ def test_prometheus_scrapes_gateway_and_monitor_and_fires_feature_log_spooling(
             for expr in dashboard_queries():
                 promql = expr.replace("$__rate_interval", "1m").replace("$endpoint", ".*")
                 if not promql.startswith("label_values("):
-                    _query(prometheus, promql.replace("$model", ".*"))
+                    _query(prometheus, promql.replace("$model", ".*").replace("$metric", ".*"))
             assert "FeatureLogSpooling" not in _firing(prometheus)
             assert "GatewayDown" not in _firing(prometheus)
 
