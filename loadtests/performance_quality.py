@@ -2,7 +2,8 @@
 
 1. False winners: two variants of equal accuracy (0.90), a look after every window of 200
    labelled rows per variant, 50 looks; the share of seeds in which the mSPRT declares a winner
-   (must stay at or below alpha).
+   (must stay at or below alpha); the same for equal regressors compared on MAE and RMSE
+   (heavy-tailed errors, t with 5 degrees of freedom).
 2. Samples to detect a 2-point difference (0.90 against 0.92): labelled rows per variant at the
    look that declares the better one, over seeds; and how often it is found within 200,000.
 3. The label-free estimate under covariate shift: a logistic model on synthetic data whose
@@ -31,7 +32,7 @@ from pathlib import Path
 import numpy as np
 from prometheus_client import CollectorRegistry
 
-from monitors.abtest import ABState, look
+from monitors.abtest import ABState, ab_groups, look
 from monitors.estimate import estimate_classification
 from monitors.feedback import FEEDBACK_SCHEMA, FeedbackRecord, encode_feedback
 from monitors.ground_truth import GroundTruthService
@@ -63,6 +64,31 @@ def _looks(p_a: float, p_b: float, seed: int, per_look: int, max_looks: int) -> 
 def false_winners(seeds: int) -> dict[str, float]:
     decided = sum(_looks(0.9, 0.9, s, 200, 50)[0] != "no_difference_yet" for s in range(seeds))
     return {"seeds": seeds, "false_winner_rate": decided / seeds, "alpha": ALPHA}
+
+
+def false_winners_on_losses(seeds: int) -> dict[str, float]:
+    """The same under equal regressors compared on MAE and on RMSE (per-row losses, whose
+    variance the test estimates from the running sums): 300 labelled rows per look, 50 looks."""
+    result: dict[str, float] = {"seeds": seeds, "alpha": ALPHA}
+    for metric in ("mae", "rmse"):
+        decided = 0
+        for seed in range(seeds):
+            rng = np.random.default_rng(20_000 + seed)
+            state = ABState(metric)
+            for _ in range(50):
+                arms = []
+                for _ in range(2):
+                    truth = rng.normal(size=300)
+                    groups = ab_groups(metric, truth, truth + rng.standard_t(5, size=300), None, 0)
+                    assert groups is not None
+                    arms.append(groups)
+                verdict = look(state, arms[0], arms[1], alpha=ALPHA, tau=TAU,
+                               min_samples=MIN_SAMPLES, min_effect=MIN_EFFECT)  # fmt: skip
+                if verdict.decision != "no_difference_yet":
+                    decided += 1
+                    break
+        result[f"{metric}_false_winner_rate"] = decided / seeds
+    return result
 
 
 def samples_for_two_points(seeds: int) -> dict[str, float]:
@@ -313,6 +339,7 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     args = parser.parse_args()
     print("false winners (equal variants, 50 looks):", false_winners(args.seeds))
+    print("false winners on MAE and RMSE (equal regressors):", false_winners_on_losses(args.seeds))
     print("2-point difference (0.90 vs 0.92):", samples_for_two_points(args.seeds))
     print("estimate vs realized accuracy under covariate shift:", estimates_under_shift(args.seeds))
     print("join, labels:", _repeat(join_throughput, "labels_per_s", args.repeats))
