@@ -25,12 +25,12 @@ class Comparison:
     """The challenger's gain over the baseline on the metric (its metric minus the baseline's,
     negated where lower is better), with the bounds of its interval."""
 
-    metric: str
     difference: float
     low: float
     high: float
     worse: bool  # significantly worse: the whole interval below zero
     labels: int  # labelled rows behind it, both variants together
+    metric: str = "accuracy"
 
 
 async def fetch_comparison(
@@ -72,4 +72,4 @@ async def fetch_comparison(
         log.warning("canary %s: unreadable A/B verdict from %s: %s", endpoint, url, exc)
         return None
     low, high = sorted((low, high))
-    return Comparison(metric, difference, low, high, high < 0, labels)
+    return Comparison(difference, low, high, high < 0, labels, metric)
