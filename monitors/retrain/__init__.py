@@ -1,1 +1,2 @@
-"""The retraining worker: receives events, trains, validates, registers, starts a canary."""
+"""The retraining worker: receives the monitor's events, trains, validates, registers a
+candidate and rolls it out through a canary."""

@@ -1,0 +1,162 @@
+"""The worker's HTTP API: ``POST /events`` (the monitor's webhook), ``GET /jobs``,
+``GET /jobs/{id}``, ``/metrics``, ``/health``.
+
+An event is accepted only with a valid ``x-signature-256`` (HMAC-SHA256 of the body with the
+shared secret, as ``monitors/webhooks.py`` signs); its ``idempotency-key`` (the CloudEvent's id
+when absent) is recorded durably with the job it joined before the answer, 202, goes out, so a
+repeat is answered 202 and starts nothing.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+import time
+from typing import Any
+
+import orjson
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
+
+from monitors.retrain.jobs import JobStore
+from monitors.retrain.metrics import RetrainMetrics
+from monitors.webhooks import SIGNATURE_HEADER, signature
+
+__all__ = ["create_app", "trigger_of"]
+
+
+class EventError(ValueError):
+    """An event body that is not a CloudEvent the worker can act on."""
+
+
+def _json(doc: Any, status: int = 200) -> Response:
+    return Response(
+        orjson.dumps(doc, option=orjson.OPT_SERIALIZE_NUMPY),
+        status_code=status,
+        media_type="application/json",
+    )
+
+
+def _error(status: int, message: str) -> Response:
+    return _json({"error": message}, status)
+
+
+def _number(value: object) -> float | None:
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        return float(value)
+    return None
+
+
+def trigger_of(event: object, received: float) -> tuple[str | None, dict[str, Any]]:
+    """(model, trigger) of a CloudEvent; raises EventError naming what is wrong."""
+    if not isinstance(event, dict):
+        raise EventError("the body must be a CloudEvent: a JSON object")
+    if event.get("specversion") != "1.0":
+        raise EventError("specversion must be '1.0'")
+    for key in ("id", "type", "source"):
+        if not isinstance(event.get(key), str) or not event[key]:
+            raise EventError(f"'{key}' must be a non-empty string")
+    data = event.get("data")
+    if not isinstance(data, dict):
+        raise EventError("'data' must be an object")
+    model = data.get("model")
+    if not isinstance(model, str) or not model:
+        raise EventError("data.model must be a non-empty string")
+    window: dict[str, Any] = data["window"] if isinstance(data.get("window"), dict) else {}
+    trigger: dict[str, Any] = {
+        "event_id": event["id"],
+        "type": event["type"],
+        "time": event.get("time"),
+        "received": received,
+        "version": data.get("version"),
+        "window_id": window.get("id") or window.get("window_id"),
+        "window_start": _number(window.get("start_time")),
+        "window_end": _number(window.get("end_time")),
+    }
+    episode = data.get("episode")
+    if isinstance(episode, dict) and isinstance(episode.get("windows"), list):
+        starts = [
+            t
+            for w in episode["windows"]
+            if isinstance(w, dict) and (t := _number(w.get("start_time"))) is not None
+        ]
+        if starts and (trigger["window_start"] is None or min(starts) < trigger["window_start"]):
+            trigger["window_start"] = min(starts)
+    for key in ("drifted_features", "metric", "realized", "validation", "variant"):
+        if key in data:
+            trigger[key] = data[key]
+    return model, trigger
+
+
+def create_app(
+    store: JobStore,
+    metrics: RetrainMetrics,
+    secret: str,
+    event_types: list[str],
+    max_body_bytes: int,
+    wake: Any,
+) -> Starlette:
+    """The worker's API over its job store; ``wake()`` after an event made or changed a job."""
+    key = secret
+
+    async def events(request: Request) -> Response:
+        body = bytearray()
+        async for chunk in request.stream():
+            body += chunk
+            if len(body) > max_body_bytes:
+                metrics.events.labels("invalid").inc()
+                return _error(413, f"event bodies are at most {max_body_bytes} bytes")
+        given = request.headers.get(SIGNATURE_HEADER, "")
+        if not given:
+            metrics.events.labels("unauthenticated").inc()
+            return _error(401, f"missing {SIGNATURE_HEADER} header (sha256=<HMAC of the body>)")
+        if not hmac.compare_digest(given.encode(), signature(key, bytes(body)).encode()):
+            metrics.events.labels("unauthenticated").inc()
+            return _error(401, f"{SIGNATURE_HEADER} does not match the body")
+        try:
+            event = orjson.loads(body)
+            model, trigger = trigger_of(event, time.time())
+        except (orjson.JSONDecodeError, EventError) as exc:
+            metrics.events.labels("invalid").inc()
+            return _error(400, f"invalid event: {exc}")
+        idempotency_key = request.headers.get("idempotency-key") or trigger["event_id"]
+        if trigger["type"] not in event_types:
+            model = None
+        received = await asyncio.to_thread(store.receive, idempotency_key, model, trigger)
+        metrics.events.labels(received.outcome).inc()
+        if received.outcome in ("queued", "coalesced"):
+            wake()
+        return _json({"outcome": received.outcome, "job": received.job_id}, 202)
+
+    async def jobs(request: Request) -> Response:
+        text = request.query_params.get("limit", "100")
+        if not (text.isascii() and text.isdigit() and 1 <= int(text) <= 1000):
+            return _error(400, "'limit' must be an integer from 1 to 1000")
+        model = request.query_params.get("model")
+        found = await asyncio.to_thread(store.jobs, model, int(text))
+        return _json({"jobs": [j.as_dict() for j in found]})
+
+    async def job(request: Request) -> Response:
+        found = await asyncio.to_thread(store.get, request.path_params["id"])
+        if found is None:
+            return _error(404, f"no job {request.path_params['id'][:100]!r}")
+        return _json(found.as_dict())
+
+    async def health(request: Request) -> Response:
+        return _json({"live": True})
+
+    async def prometheus(request: Request) -> Response:
+        return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
+
+    return Starlette(
+        routes=[
+            Route("/events", events, methods=["POST"]),
+            Route("/jobs", jobs, methods=["GET"]),
+            Route("/jobs/{id}", job, methods=["GET"]),
+            Route("/health", health, methods=["GET"]),
+            Route("/metrics", prometheus, methods=["GET"]),
+        ]
+    )

@@ -1,0 +1,153 @@
+"""Retraining worker settings: a YAML file, overridden by ``RETRAIN_*`` environment variables."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, model_validator
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+
+from monitors.kafka_security import KafkaSecurity
+from registry_client.settings import RegistrySettings
+
+__all__ = ["RetrainSettings", "SettingsError", "load_settings"]
+
+PRIMARY_METRICS = ("accuracy", "macro_precision", "macro_recall", "macro_f1", "roc_auc")
+
+
+class SettingsError(ValueError):
+    """The worker's configuration is invalid; the message names the setting."""
+
+
+class _Group(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class KafkaSettings(KafkaSecurity):
+    """Where the training data comes from: the inference log and the feedback topic."""
+
+    bootstrap_servers: str = "127.0.0.1:9092"
+    topic: str = "inference-log"
+    feedback_topic: str = "model-feedback"
+    # how long a read of the topics may take before the job fails
+    read_timeout_s: float = Field(default=120.0, gt=0)
+
+
+class DatasetSettings(_Group):
+    # the event's window(s), this much earlier data too, and what came after them until the job
+    # reads (labels come late)
+    lookback_s: float = Field(default=3600.0, ge=0)
+    min_labelled_rows: int = Field(default=200, ge=1)
+    # the newest share of labelled rows, held out for the validation gate
+    holdout_fraction: float = Field(default=0.3, gt=0, lt=1)
+
+
+class ValidationSettings(_Group):
+    primary_metric: Literal[
+        "accuracy", "macro_precision", "macro_recall", "macro_f1", "roc_auc"
+    ] = "accuracy"
+    # the candidate is rejected when its primary metric is below the champion's by more
+    margin: float = Field(default=0.0, ge=0)
+    # significance level of McNemar's exact test reported beside the metrics
+    alpha: float = Field(default=0.05, gt=0, lt=1)
+
+
+class CanarySettings(_Group):
+    """The canary that rolls a registered candidate out (``monitors/retrain/rollout.py``)."""
+
+    enabled: bool = True
+    gateway_url: str = "http://127.0.0.1:8080"
+    admin_token: SecretStr | None = None
+    # the gateway endpoint serving each model (default: the model's name)
+    endpoints: dict[str, str] = Field(default_factory=dict)
+    # the rest of RolloutSettings' fields, as its keys (steps, interval, window, bounds...)
+    options: dict[str, Any] = Field(default_factory=dict)
+
+
+class HttpSettings(_Group):
+    host: str = "127.0.0.1"
+    port: int = Field(default=8091, ge=0, le=65535)
+    max_body_bytes: int = Field(default=1_048_576, ge=1024)
+
+
+class RetrainSettings(BaseSettings):
+    """Everything the retraining worker reads at start."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="RETRAIN_", env_nested_delimiter="__", extra="forbid"
+    )
+
+    # the shared secret of the monitor's webhook target (x-signature-256)
+    secret: SecretStr
+    state_dir: Path = Path("retrain-state")
+    kafka: KafkaSettings = Field(default_factory=KafkaSettings)
+    registry_root: Path = Path("registry")
+    registry: RegistrySettings = Field(default_factory=RegistrySettings)
+    # ``module:attribute`` (or ``module.attribute``) of a trainer factory, called with options
+    trainer: str = "monitors.retrain.demo_model:DemoTrainer"
+    trainer_options: dict[str, Any] = Field(default_factory=dict)
+    champion_alias: str = "champion"
+    dataset: DatasetSettings = Field(default_factory=DatasetSettings)
+    validation: ValidationSettings = Field(default_factory=ValidationSettings)
+    canary: CanarySettings = Field(default_factory=CanarySettings)
+    http: HttpSettings = Field(default_factory=HttpSettings)
+    # events of these types start a job; others are answered 202 and ignored
+    event_types: list[str] = Field(
+        default_factory=lambda: [
+            "io.model-gateway.drift.detected",
+            "io.model-gateway.performance.degraded",
+        ]
+    )
+
+    @model_validator(mode="after")
+    def _checks(self) -> RetrainSettings:
+        if "root" not in self.registry.model_fields_set:
+            self.registry = self.registry.model_copy(update={"root": self.registry_root})
+        if not self.secret.get_secret_value():
+            raise ValueError("secret must not be empty")
+        if self.canary.enabled and self.canary.admin_token is None:
+            raise ValueError("canary.admin_token is required when canary.enabled is true")
+        return self
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        return (env_settings, init_settings)
+
+
+def load_settings(path: Path | None = None, **overrides: Any) -> RetrainSettings:
+    """Read the YAML file, apply the environment, validate; name what is wrong."""
+    data: dict[str, Any] = {}
+    if path is not None:
+        if not path.is_file():
+            raise SettingsError(f"config file {path} does not exist")
+        loaded = yaml.safe_load(path.read_text()) or {}
+        if not isinstance(loaded, dict):
+            raise SettingsError(f"config file {path} must hold a mapping")
+        data = loaded
+        groups: tuple[tuple[Any, str], ...] = (
+            (data, "registry_root"),
+            (data, "state_dir"),
+            (data.get("registry"), "root"),
+            (data.get("registry"), "cache_dir"),
+        )
+        for group, key in groups:
+            value = group.get(key) if isinstance(group, dict) else None
+            if isinstance(value, str) and not Path(value).is_absolute():
+                group[key] = str((path.parent / value).resolve())
+    data.update(overrides)
+    try:
+        return RetrainSettings(**data)
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"{'.'.join(str(p) for p in e['loc']) or 'config'}: {e['msg']}" for e in exc.errors()
+        )
+        raise SettingsError(f"invalid configuration: {problems}") from exc

@@ -1,0 +1,105 @@
+"""The worker's HTTP API: signed events only, repeats dropped, clear errors, jobs and metrics."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import httpx
+import orjson
+
+from monitors.retrain.app import create_app
+from monitors.retrain.jobs import JobStore
+from monitors.retrain.metrics import RetrainMetrics
+from monitors.webhooks import DEGRADED_EVENT_TYPE, drift_event, signature
+
+SECRET = "shared-secret"
+DRIFT = "io.model-gateway.drift.detected"
+
+
+def event(window: str, model: str = "m", event_type: str = DRIFT) -> tuple[str, bytes]:
+    data = {
+        "model": model,
+        "version": "1",
+        "window": {"id": window, "start_time": 1000.0, "end_time": 1100.0, "rows": 500},
+        "episode": {"windows": [{"id": "w0", "start_time": 900.0, "end_time": 1000.0}]},
+        "drifted_features": ["a"],
+    }
+    return drift_event("test", model, "1", window, data, event_type=event_type)
+
+
+def client(store: JobStore, woken: list[int], metrics: RetrainMetrics) -> httpx.AsyncClient:
+    app = create_app(store, metrics, SECRET, [DRIFT], 4096, lambda: woken.append(1))
+    return httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://w")
+
+
+def headers(event_id: str, body: bytes, secret: str = SECRET) -> dict[str, str]:
+    return {"x-signature-256": signature(secret, body), "idempotency-key": event_id}
+
+
+async def test_a_signed_event_makes_one_job_and_its_repeat_nothing(tmp_path: Path) -> None:
+    store, woken, metrics = JobStore(tmp_path / "j.sqlite"), [], RetrainMetrics()
+    event_id, body = event("w1")
+    async with client(store, woken, metrics) as http:
+        first = await http.post("/events", content=body, headers=headers(event_id, body))
+        again = await http.post("/events", content=body, headers=headers(event_id, body))
+        listed = (await http.get("/jobs")).json()["jobs"]
+        one = await http.get(f"/jobs/{first.json()['job']}")
+        text = (await http.get("/metrics")).text
+    assert first.status_code == 202
+    assert first.json()["outcome"] == "queued"
+    assert again.status_code == 202
+    assert again.json() == {"outcome": "duplicate", "job": None}
+    assert woken == [1]
+    assert len(listed) == 1
+    job = one.json()
+    assert job["state"] == "queued"
+    assert job["model"] == "m"
+    trigger = job["triggers"][0]
+    assert trigger["event_id"] == event_id
+    assert trigger["window_start"] == 900.0, "the episode's first window"
+    assert trigger["window_end"] == 1100.0
+    assert trigger["drifted_features"] == ["a"]
+    assert 'retrain_events_total{outcome="queued"} 1.0' in text
+    assert 'retrain_events_total{outcome="duplicate"} 1.0' in text
+
+
+async def test_unsigned_wrongly_signed_and_malformed_events_are_refused(tmp_path: Path) -> None:
+    store, woken, metrics = JobStore(tmp_path / "j.sqlite"), [], RetrainMetrics()
+    event_id, body = event("w1")
+    async with client(store, woken, metrics) as http:
+        unsigned = await http.post("/events", content=body)
+        wrong = await http.post("/events", content=body, headers=headers(event_id, body, "x"))
+        tampered = body.replace(b'"m"', b'"n"')
+        changed = await http.post("/events", content=tampered, headers=headers(event_id, body))
+        junk = b"not json"
+        malformed = await http.post("/events", content=junk, headers=headers("k", junk))
+        no_model = orjson.dumps({"specversion": "1.0", "id": "x", "type": DRIFT, "source": "s",
+                                 "data": {}})  # fmt: skip
+        missing = await http.post("/events", content=no_model, headers=headers("k2", no_model))
+        big = b"{" + b" " * 5000 + b"}"
+        too_big = await http.post("/events", content=big, headers=headers("k3", big))
+        bad_limit = await http.get("/jobs", params={"limit": "lots"})
+        unknown = await http.get("/jobs/nope")
+    assert unsigned.status_code == 401
+    assert "x-signature-256" in unsigned.json()["error"]
+    assert wrong.status_code == 401
+    assert changed.status_code == 401
+    assert malformed.status_code == 400
+    assert "invalid event" in malformed.json()["error"]
+    assert missing.status_code == 400
+    assert "data.model" in missing.json()["error"]
+    assert too_big.status_code == 413
+    assert bad_limit.status_code == 400
+    assert unknown.status_code == 404
+    assert store.jobs() == []
+    assert woken == []
+
+
+async def test_an_event_type_not_configured_starts_nothing(tmp_path: Path) -> None:
+    store, woken, metrics = JobStore(tmp_path / "j.sqlite"), [], RetrainMetrics()
+    event_id, body = event("w1", event_type=DEGRADED_EVENT_TYPE)
+    async with client(store, woken, metrics) as http:
+        answer = await http.post("/events", content=body, headers=headers(event_id, body))
+    assert answer.status_code == 202
+    assert answer.json()["outcome"] == "ignored"
+    assert store.jobs() == []
