@@ -6,6 +6,7 @@ STATE ?= var
 # `make serve`'s ports (or from the environment: GATEWAY_PORT=18080 make serve)
 GATEWAY_PORT ?= 8080
 MONITOR_PORT ?= 8090
+RETRAIN_PORT ?= 8091
 BROKER_PORT ?= 9092
 
 .PHONY: serve test bench bench-overload bench-drift bench-performance clean
@@ -23,10 +24,11 @@ $(VENV)/.dev-installed: pyproject.toml | $(BIN)/python
 	touch $@ $(VENV)/.serve-installed
 
 ## Bring the stack up on embedded defaults: demo model in the local registry, embedded
-## Kafka-protocol broker, drift monitor, gateway. Ctrl-C stops everything.
+## Kafka-protocol broker, drift monitor, retraining worker, gateway. Ctrl-C stops everything.
 serve: $(VENV)/.serve-installed
 	$(BIN)/gateway stack --config examples/gateway.yaml --monitor-config examples/monitor.yaml \
-		--port $(GATEWAY_PORT) --monitor-port $(MONITOR_PORT) --broker-port $(BROKER_PORT)
+		--retrain-config examples/retrain.yaml --port $(GATEWAY_PORT) \
+		--monitor-port $(MONITOR_PORT) --retrain-port $(RETRAIN_PORT) --broker-port $(BROKER_PORT)
 
 ## Lint, type-check and run the whole test suite (real components included).
 test: $(VENV)/.dev-installed

@@ -21,7 +21,8 @@ log = logging.getLogger("gateway")
 
 _DESCRIPTION = (
     "A model-serving gateway: serve ONNX models over the Open Inference Protocol v2 (serve), "
-    "run the demo stack with its broker and drift monitor (stack, what 'make serve' runs), "
+    "run the demo stack with its broker, drift monitor and retraining worker (stack, what "
+    "'make serve' runs), "
     "register the demo model (demo), show and change traffic routes (routes). "
     "'gateway COMMAND --help' tells more."
 )
@@ -52,6 +53,8 @@ def main(argv: list[str] | None = None) -> int:
     stack_cmd.add_argument("--port", type=int, help="override the gateway's server.port")
     stack_cmd.add_argument("--monitor-port", type=int, help="override the monitor's http.port")
     stack_cmd.add_argument("--broker-port", type=int, default=9092, help="the embedded broker's")
+    stack_cmd.add_argument("--retrain-config", type=Path, help="retraining worker config file")
+    stack_cmd.add_argument("--retrain-port", type=int, help="override the worker's http.port")
     add_routes_commands(sub)
     add_feedback_command(sub)
     args = parser.parse_args(argv)
@@ -71,7 +74,13 @@ def main(argv: list[str] | None = None) -> int:
 
         try:
             return run_stack(
-                args.config, args.monitor_config, args.broker_port, args.port, args.monitor_port
+                args.config,
+                args.monitor_config,
+                args.broker_port,
+                args.port,
+                args.monitor_port,
+                retrain_config=args.retrain_config,
+                retrain_port=args.retrain_port,
             )
         except (ConfigError, SettingsError) as exc:
             print(f"gateway: {exc}", file=sys.stderr)

@@ -1,5 +1,6 @@
 """``python -m monitors run --config FILE``, ``python -m monitors profile build ...`` and
-``python -m monitors report --model M --version V [--html FILE]``."""
+``python -m monitors report --model M --version V [--html FILE]``,
+``python -m monitors retrain serve --config FILE`` and ``python -m monitors retrain status``."""
 
 from __future__ import annotations
 
@@ -259,6 +260,18 @@ def main(argv: list[str] | None = None) -> int:
     report.add_argument(
         "--window", type=int, help="the window (seq) whose histograms the page draws"
     )
+    retrain = sub.add_parser("retrain", help="the retraining worker")
+    retrain_sub = retrain.add_subparsers(dest="action", required=True)
+    retrain_serve = retrain_sub.add_parser(
+        "serve", help="receive the monitor's events; train, validate, register, roll out"
+    )
+    retrain_serve.add_argument("--config", type=Path)
+    retrain_status = retrain_sub.add_parser("status", help="the worker's jobs")
+    source = retrain_status.add_mutually_exclusive_group()
+    source.add_argument("--url", help="a running worker, e.g. http://127.0.0.1:8091")
+    source.add_argument("--config", type=Path, help="the worker's config (its state_dir)")
+    retrain_status.add_argument("--job", help="one job, by its id")
+    retrain_status.add_argument("--json", action="store_true", help="print the JSON documents")
     args = parser.parse_args(argv)
     logging.basicConfig(
         level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
@@ -268,6 +281,14 @@ def main(argv: list[str] | None = None) -> int:
         return _run(args.config)
     if args.command == "report":
         return _report(args)
+    if args.command == "retrain":
+        from monitors.retrain.serve import serve, status
+
+        if args.action == "serve":
+            return serve(args.config)
+        if args.url is None and args.config is None:
+            args.url = "http://127.0.0.1:8091"
+        return status(args.url, args.config, args.job, args.json)
     return _profile(args)
 
 

@@ -2,8 +2,9 @@
 
 Each change is one transaction, so a worker killed at any point restarts from the last state it
 recorded. One job per model runs at a time; a trigger for a model whose job is still queued joins
-that job, and one whose windows lie inside data a running or finished job already read is noted
-on that job ("covered") instead of starting another.
+that job; one whose windows lie inside data a running or finished job already read, or that
+concerns the version a running or successful job is replacing (the drift and the degradation
+of one episode arrive apart), is noted on that job ("covered") instead of starting another.
 """
 
 from __future__ import annotations
@@ -35,6 +36,7 @@ STATES = (
 # registered: the end when the canary is off (canary.enabled false)
 TERMINAL = frozenset(("rejected", "registered", "promoted", "rolled_back", "failed"))
 ACTIVE = frozenset(STATES) - TERMINAL - {"queued"}
+_REPLACING = ACTIVE | {"registered", "promoted"}
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS events (
@@ -174,12 +176,22 @@ class JobStore:
         window_end = trigger.get("window_end")
         for job in jobs:
             # a job that has not read yet will read past this event; one that has, up to
-            # data_until
+            # data_until; and an event about the version a job is replacing, or has replaced,
+            # is the same story (drift and degradation of one episode arrive apart)
             reads_past = job.data_until is None and job.state in ACTIVE
-            if reads_past or (
-                window_end is not None
-                and job.data_until is not None
-                and window_end <= job.data_until
+            replacing = (
+                trigger.get("version") is not None
+                and trigger.get("version") == job.champion
+                and job.state in _REPLACING
+            )
+            if (
+                reads_past
+                or replacing
+                or (
+                    window_end is not None
+                    and job.data_until is not None
+                    and window_end <= job.data_until
+                )
             ):
                 job.covered.append(trigger)
                 self._write(job, now)

@@ -55,15 +55,27 @@ class ValidationSettings(_Group):
 
 
 class CanarySettings(_Group):
-    """The canary that rolls a registered candidate out (``monitors/retrain/rollout.py``)."""
+    """The canary that rolls a registered candidate out through the gateway's admin API
+    (``monitors/retrain/rollout.py``; the rule's keys are the gateway's canary rule's)."""
 
     enabled: bool = True
     gateway_url: str = "http://127.0.0.1:8080"
-    admin_token: SecretStr | None = None
+    admin_token: SecretStr | None = None  # the worker's own admin token
     # the gateway endpoint serving each model (default: the model's name)
     endpoints: dict[str, str] = Field(default_factory=dict)
-    # the rest of RolloutSettings' fields, as its keys (steps, interval, window, bounds...)
-    options: dict[str, Any] = Field(default_factory=dict)
+    steps: list[int] = Field(default_factory=lambda: [5, 25, 50, 100])
+    interval_s: float = Field(default=60.0, gt=0)
+    window_s: float = Field(default=60.0, gt=0)
+    min_requests: int = Field(default=50, ge=1)
+    max_error_rate_increase: float = Field(default=0.01, ge=0)
+    max_p99_ratio: float = Field(default=1.5, gt=0)
+    min_p99_increase_s: float = Field(default=0.005, ge=0)
+    # gate on realized accuracy too: the monitor's A/B verdict, within the margin
+    quality_monitor_url: str | None = None
+    quality_margin: float = Field(default=0.01, ge=0, le=1)
+    timeout_s: float = Field(default=3600.0, gt=0)
+    # after promotion, how long the champion variant may take to load the new version
+    swap_timeout_s: float = Field(default=300.0, gt=0)
 
 
 class HttpSettings(_Group):

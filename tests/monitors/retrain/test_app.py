@@ -37,7 +37,8 @@ def headers(event_id: str, body: bytes, secret: str = SECRET) -> dict[str, str]:
 
 
 async def test_a_signed_event_makes_one_job_and_its_repeat_nothing(tmp_path: Path) -> None:
-    store, woken, metrics = JobStore(tmp_path / "j.sqlite"), [], RetrainMetrics()
+    store, metrics = JobStore(tmp_path / "j.sqlite"), RetrainMetrics()
+    woken: list[int] = []
     event_id, body = event("w1")
     async with client(store, woken, metrics) as http:
         first = await http.post("/events", content=body, headers=headers(event_id, body))
@@ -64,7 +65,8 @@ async def test_a_signed_event_makes_one_job_and_its_repeat_nothing(tmp_path: Pat
 
 
 async def test_unsigned_wrongly_signed_and_malformed_events_are_refused(tmp_path: Path) -> None:
-    store, woken, metrics = JobStore(tmp_path / "j.sqlite"), [], RetrainMetrics()
+    store, metrics = JobStore(tmp_path / "j.sqlite"), RetrainMetrics()
+    woken: list[int] = []
     event_id, body = event("w1")
     async with client(store, woken, metrics) as http:
         unsigned = await http.post("/events", content=body)
@@ -96,7 +98,8 @@ async def test_unsigned_wrongly_signed_and_malformed_events_are_refused(tmp_path
 
 
 async def test_an_event_type_not_configured_starts_nothing(tmp_path: Path) -> None:
-    store, woken, metrics = JobStore(tmp_path / "j.sqlite"), [], RetrainMetrics()
+    store, metrics = JobStore(tmp_path / "j.sqlite"), RetrainMetrics()
+    woken: list[int] = []
     event_id, body = event("w1", event_type=DEGRADED_EVENT_TYPE)
     async with client(store, woken, metrics) as http:
         answer = await http.post("/events", content=body, headers=headers(event_id, body))

@@ -1,0 +1,39 @@
+"""Trainers the tests name by dotted path: a worse one, and one that waits to be killed."""
+
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+
+import numpy as np
+
+from monitors.retrain.dataset import Dataset
+from monitors.retrain.demo_model import DemoTrainer
+from monitors.retrain.trainer import TrainedModel
+from registry_client import ModelMetadata
+
+
+class FlippedTrainer(DemoTrainer):
+    """Learns the opposite of every label: a candidate far worse than any champion."""
+
+    def labels(self, dataset: Dataset) -> np.ndarray:
+        return 1 - dataset.y
+
+
+class BlockingTrainer(DemoTrainer):
+    """Writes ``<marker>`` and then, while ``<marker>.block`` exists, waits: a test kills the
+    worker in between and removes the block before restarting it."""
+
+    def __init__(self, marker: str, **options: object) -> None:
+        super().__init__(**options)  # type: ignore[arg-type]
+        self.marker = Path(marker)
+
+    def train(self, dataset: Dataset, template: ModelMetadata) -> TrainedModel:
+        with self.marker.open("a") as fh:
+            fh.write(f"{os.getpid()}\n")
+        block = self.marker.with_name(self.marker.name + ".block")
+        deadline = time.monotonic() + 120
+        while block.exists() and time.monotonic() < deadline:
+            time.sleep(0.05)  # a file is the only signal across the kill
+        return super().train(dataset, template)

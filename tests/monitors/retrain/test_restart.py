@@ -1,0 +1,76 @@
+"""A worker killed (SIGKILL) mid-training: the job resumes from its saved dataset when the
+worker comes back, no version appears in between, and a repeat of the event starts nothing."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from monitors.broker import EmbeddedBroker, create_topics
+from registry_client import LocalRegistry
+from tests._support import free_port
+from tests.monitors.retrain._traffic import drifted, publish
+from tests.monitors.retrain._worker import post_event, start_worker, wait_until
+
+pytestmark = pytest.mark.e2e
+
+SECRET = "restart-secret"
+
+
+def test_a_worker_killed_mid_training_resumes_the_job_and_registers_once(
+    tmp_path: Path, demo_registry: Path, broker: EmbeddedBroker
+) -> None:
+    asyncio.run(create_topics(broker.bootstrap_servers, ["inference-log", "model-feedback"], 3))
+    x, y = drifted(700)
+    asyncio.run(publish(broker.bootstrap_servers, x, y, labelled=700))
+    marker = tmp_path / "training-started"
+    block = tmp_path / "training-started.block"
+    block.touch()
+    config = {
+        "secret": SECRET,
+        "state_dir": str(tmp_path / "state"),
+        "kafka": {"bootstrap_servers": broker.bootstrap_servers},
+        "registry_root": str(demo_registry),
+        "trainer": "tests.monitors.retrain._trainers:BlockingTrainer",
+        "trainer_options": {"marker": str(marker)},
+        "dataset": {"min_labelled_rows": 200},
+        "canary": {"enabled": False},
+        "http": {"port": free_port()},
+    }
+    now = time.time()
+    data = {"model": "breast_cancer", "version": "1",
+            "window": {"id": "w1", "start_time": now - 60, "end_time": now}}  # fmt: skip
+    with start_worker(tmp_path, config) as (proc, url):
+        answer = post_event(url, SECRET, "w1", data)
+        assert answer.status_code == 202, answer.text
+        job_id = answer.json()["job"]
+        wait_until("training started", marker.exists)
+        job: dict[str, Any] = httpx.get(f"{url}/jobs/{job_id}").json()
+        assert job["state"] == "training"
+        proc.kill()
+        proc.wait()
+    assert LocalRegistry(demo_registry).versions("breast_cancer") == ["1", "2"]
+    block.unlink()
+    with start_worker(tmp_path, config, "worker-again") as (_, url):
+        repeat = post_event(url, SECRET, "w1", data)
+        assert repeat.json() == {"outcome": "duplicate", "job": None}
+
+        def finished() -> dict[str, Any] | None:
+            doc: dict[str, Any] = httpx.get(f"{url}/jobs/{job_id}").json()
+            return doc if doc["state"] in ("registered", "failed", "rejected") else None
+
+        job = wait_until("the job resumed and ended", finished)
+        jobs = httpx.get(f"{url}/jobs").json()["jobs"]
+    assert job["state"] == "registered", job["reason"]
+    assert job["resumed"] == 1
+    assert len(marker.read_text().split()) == 2, "trained once in each worker"
+    assert [j["id"] for j in jobs] == [job_id], "the repeat made no second job"
+    registry = LocalRegistry(demo_registry)
+    assert registry.versions("breast_cancer") == ["1", "2", "3"]
+    assert job["candidate"] == "3"
+    assert asyncio.run(registry.fetch("breast_cancer", "3")).metadata.validation is not None
