@@ -90,8 +90,8 @@ def stamp(t: float) -> str:
 async def watch(
     worker: str, since: float, stop: asyncio.Event, timeout_s: float
 ) -> dict[str, Any] | None:
-    """Print the stages of each job created after ``since`` as they happen; return the first
-    such job once it has ended."""
+    """Print the stages of each job created after ``since`` as they happen; once every such job
+    has ended, return the first."""
     seen: set[tuple[str, str]] = set()
     deadline = time.monotonic() + timeout_s
     async with httpx.AsyncClient(base_url=worker, timeout=10) as client:
@@ -110,7 +110,7 @@ async def watch(
                         seen.add((job["id"], f"rollout-{i}"))
                         what = entry.get("reason") or entry.get("version") or ""
                         print(f"  {stamp(entry['time'])}     canary  {entry['event']:18} {what}")
-            if jobs and jobs[-1]["state"] in TERMINAL:
+            if jobs and all(j["state"] in TERMINAL for j in jobs):
                 stop.set()
                 return dict(jobs[-1])
             await asyncio.sleep(0.5)
@@ -171,23 +171,28 @@ async def main(args: argparse.Namespace) -> int:
         return 1
     async with httpx.AsyncClient(base_url=args.worker, timeout=10) as client:
         listed = (await client.get("/jobs")).json()["jobs"]
-    jobs = sum(j["created"] >= started for j in listed)
-    webhook = job["triggers"][0]["received"]
-    registered = job["timings"].get("canary", {}).get("start")
-    promoted = job["timings"].get("promoted", {}).get("start")
+    jobs = [j for j in reversed(listed) if j["created"] >= started]
     print("\ntimeline (seconds after drift onset)")
-    print(f"  webhook received    {webhook - onset:7.1f}")
-    if registered:
-        print(f"  version registered  {registered - onset:7.1f}   (version {job['candidate']})")
-    if promoted:
-        print(f"  version promoted    {promoted - onset:7.1f}")
-    print(f"  job ended           {job['state']}   {job['reason']}")
+    for one in jobs:
+        first = one["triggers"][0]
+        kind = first["type"].rsplit(".", 2)[-2]
+        print(f"  job {one['id'][:8]} ({kind} event on version {first['version']}): "
+              f"{one['state']} {one['reason']}")  # fmt: skip
+        stages = [("webhook received", one["triggers"][0]["received"])]
+        if "canary" in one["timings"]:
+            stages.append(
+                (f"version {one['candidate']} registered", one["timings"]["canary"]["start"])
+            )
+        if "promoted" in one["timings"]:
+            stages.append(
+                (f"version {one['candidate']} promoted", one["timings"]["promoted"]["start"])
+            )
+        for what, t in stages:
+            print(f"    {what:28} {t - onset:7.1f}")
     print("\naccuracy on the drifted traffic each version served")
-    old = job["champion"]
-    for name, version in (("old", old), ("new", job.get("candidate"))):
-        if version:
-            value, n = drift.accuracy(version)
-            print(f"  {name} model (version {version}): {value:.3f} over {n} requests")
+    for version in sorted({v for v, _, _ in drift.answers}, key=lambda v: (len(v), v)):
+        value, n = drift.accuracy(version)
+        print(f"  version {version}: {value:.3f} over {n} requests")
     if job.get("report"):
         metrics = job["report"]["metrics"]
         rows = job["report"]["holdout_rows"]
@@ -195,7 +200,7 @@ async def main(args: argparse.Namespace) -> int:
               f"{metrics['champion']['accuracy']:.3f}, candidate "
               f"{metrics['candidate']['accuracy']:.3f}")  # fmt: skip
     print(f"\nfailed requests: {calm.failed + drift.failed}; "
-          f"retraining jobs since the drift: {jobs}")  # fmt: skip
+          f"retraining jobs since the drift: {len(jobs)}")  # fmt: skip
     return 0 if job["state"] in ("promoted", "registered") else 1
 
 

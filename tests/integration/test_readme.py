@@ -109,9 +109,10 @@ def test_every_readme_command_works_in_order_on_a_fresh_copy(tmp_path: Path) -> 
     # a fresh terminal: no settings of ours, and not inside CI's `make test` (a make started
     # from make prints "Entering/Leaving directory" around the stack's own log)
     env = {k: v for k, v in os.environ.items()
-           if not k.startswith(("GATEWAY_", "MONITOR_", "MAKE", "MFLAGS"))
+           if not k.startswith(("GATEWAY_", "MONITOR_", "RETRAIN_", "MAKE", "MFLAGS"))
            and k != "PYTHONPATH"}  # fmt: skip
-    ports = {"GATEWAY_PORT": free_port(), "MONITOR_PORT": free_port(), "BROKER_PORT": free_port()}
+    ports = {"GATEWAY_PORT": free_port(), "MONITOR_PORT": free_port(),
+             "RETRAIN_PORT": free_port(), "BROKER_PORT": free_port()}  # fmt: skip
     env.update({k: str(v) for k, v in ports.items()})
     exports: list[str] = []
     stack: subprocess.Popen[bytes] | None = None
@@ -128,6 +129,7 @@ def test_every_readme_command_works_in_order_on_a_fresh_copy(tmp_path: Path) -> 
                     )  # fmt: skip
                 wait_http(f"http://127.0.0.1:{ports['GATEWAY_PORT']}/v2/health/ready", 180, stack)
                 wait_http(f"http://127.0.0.1:{ports['MONITOR_PORT']}/health", 60, stack)
+                wait_http(f"http://127.0.0.1:{ports['RETRAIN_PORT']}/health", 60, stack)
                 continue
             script = "\n".join(["set -euo pipefail", *exports, command])
             done = subprocess.run(
@@ -141,6 +143,7 @@ def test_every_readme_command_works_in_order_on_a_fresh_copy(tmp_path: Path) -> 
         assert stack is not None
         started = stack_log.read_text(errors="replace")
         assert f"drift monitor http://127.0.0.1:{ports['MONITOR_PORT']}/status" in started
+        assert f"retraining worker http://127.0.0.1:{ports['RETRAIN_PORT']}/jobs" in started
         os.killpg(stack.pid, signal.SIGINT)  # what Ctrl-C in its terminal does
         # make ends by the signal it got (as a shell expects) once gateway stack has stopped
         assert stack.wait(90) in (0, -signal.SIGINT)
@@ -156,7 +159,7 @@ def test_every_readme_command_works_in_order_on_a_fresh_copy(tmp_path: Path) -> 
     assert "Traceback" not in log, log[-4000:]
     assert "ERROR" not in log, log[-4000:]
     assert log.rstrip().endswith("gateway.stack: stopped"), log[-2000:]
-    assert running_in(repo) == [], "Ctrl-C stopped the broker and the monitor too"
+    assert running_in(repo) == [], "Ctrl-C stopped the broker, the monitor and the worker too"
 
 
 def running_in(directory: Path) -> list[str]:
