@@ -29,7 +29,12 @@ def drifted(rows: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
 
 
 async def publish(
-    bootstrap_servers: str, x: np.ndarray, y: np.ndarray, labelled: int, prefix: str = "r"
+    bootstrap_servers: str,
+    x: np.ndarray,
+    y: np.ndarray,
+    labelled: int,
+    prefix: str = "r",
+    model: str = "breast_cancer",
 ) -> None:
     """One log record per row on ``inference-log``; labels for the first ``labelled`` rows on
     ``model-feedback``."""
@@ -40,7 +45,7 @@ async def publish(
         records: list[InferenceRecord] = [
             {
                 "schema_version": 2, "request_id": f"{prefix}{i}", "time": now - len(x) + i,
-                "endpoint": "breast_cancer", "model": "breast_cancer", "version": "1",
+                "endpoint": model, "model": model, "version": "1",
                 "variant": "default", "role": "primary", "rows": 1, "latency_s": 0.001,
                 "status": "ok", "features": FeatureMatrix(NAMES, x[i : i + 1]),
                 "outputs": {"label": np.array([1])},
@@ -49,15 +54,15 @@ async def publish(
         ]  # fmt: skip
         for start in range(0, len(records), 200):
             chunk = records[start : start + 200]
-            await producer.send_and_wait("inference-log", encode_records(chunk), b"breast_cancer")
+            await producer.send_and_wait("inference-log", encode_records(chunk), model.encode())
         feedback: list[FeedbackRecord] = [
-            {"schema": "feedback/1", "model": "breast_cancer", "request_id": f"{prefix}{i}",
+            {"schema": "feedback/1", "model": model, "request_id": f"{prefix}{i}",
              "row": 0, "labels": {"label": int(y[i])}, "time": now}
             for i in range(labelled)
         ]  # fmt: skip
         for start in range(0, len(feedback), 300):
             value = encode_feedback(feedback[start : start + 300])
-            await producer.send_and_wait("model-feedback", value, b"breast_cancer")
+            await producer.send_and_wait("model-feedback", value, model.encode())
     finally:
         await producer.stop()
 

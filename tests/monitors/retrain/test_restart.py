@@ -4,6 +4,9 @@ worker comes back, no version appears in between, and a repeat of the event star
 from __future__ import annotations
 
 import asyncio
+import json
+import subprocess
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -20,6 +23,16 @@ from tests.monitors.retrain._worker import post_event, start_worker, wait_until
 pytestmark = pytest.mark.e2e
 
 SECRET = "restart-secret"
+
+
+def status(*args: str) -> str:
+    """``python -m monitors retrain status ...``'s output (it must succeed)."""
+    done = subprocess.run(
+        [sys.executable, "-m", "monitors", "retrain", "status", *args],
+        capture_output=True, text=True, timeout=60, check=False,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    return done.stdout
 
 
 def test_a_worker_killed_mid_training_resumes_the_job_and_registers_once(
@@ -66,6 +79,12 @@ def test_a_worker_killed_mid_training_resumes_the_job_and_registers_once(
 
         job = wait_until("the job resumed and ended", finished)
         jobs = httpx.get(f"{url}/jobs").json()["jobs"]
+        online = status("--url", url)
+    offline = status("--config", str(tmp_path / "worker.yaml"), "--job", job_id, "--json")
+    assert job_id in online
+    assert "registered" in online
+    assert "training" in online, "seconds per stage"
+    assert json.loads(offline)["state"] == "registered"
     assert job["state"] == "registered", job["reason"]
     assert job["resumed"] == 1
     assert len(marker.read_text().split()) == 2, "trained once in each worker"

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import json
 import time
+import uuid
 from pathlib import Path
 from typing import Any
 
@@ -15,30 +16,33 @@ from monitors.retrain.metrics import RetrainMetrics
 from monitors.retrain.settings import RetrainSettings
 from monitors.retrain.worker import REPORT_DOCUMENT, Worker
 from registry_client import LocalRegistry, ModelMetadata
+from registry_client.mlflow import MlflowRegistry
 from tests.monitors.retrain._traffic import drifted, publish
 
 TRIGGER = {"event_id": "e1", "type": "io.model-gateway.drift.detected", "window_start": None}
 
 
-def settings(tmp_path: Path, registry: Path, servers: str, **extra: Any) -> RetrainSettings:
+def settings(tmp_path: Path, root: Path, servers: str, **extra: Any) -> RetrainSettings:
     return RetrainSettings(
         secret="s",
         state_dir=tmp_path / "state",
         kafka={"bootstrap_servers": servers, "read_timeout_s": 60},
-        registry_root=registry,
+        registry_root=root,
         canary={"enabled": False},
         dataset={"min_labelled_rows": 200, "lookback_s": 3600, "holdout_fraction": 0.3},
         **extra,
     )
 
 
-async def run_one(config: RetrainSettings, timeout_s: float = 120) -> tuple[Job, str]:
+async def run_one(
+    config: RetrainSettings, timeout_s: float = 120, model: str = "breast_cancer"
+) -> tuple[Job, str]:
     """Receive one event, run the worker until its job ends; (the job, /metrics text)."""
     store = JobStore(config.state_dir / "jobs.sqlite")
     metrics = RetrainMetrics()
     worker = Worker(config, store, metrics)
     running = asyncio.create_task(worker.run())
-    job_id = store.receive("e1", "breast_cancer", dict(TRIGGER)).job_id
+    job_id = store.receive("e1", model, dict(TRIGGER)).job_id
     assert job_id is not None
     worker.wake()
     deadline = time.monotonic() + timeout_s
@@ -129,3 +133,41 @@ async def test_a_worse_candidate_is_rejected_and_never_registered(
     assert job.report["significance"]["significant"]
     assert job.candidate is None
     assert LocalRegistry(demo_registry).versions("breast_cancer") == ["1", "2"]
+
+
+async def test_with_mlflow_the_candidate_is_registered_there_whole(
+    tmp_path: Path, demo_registry: Path, broker: EmbeddedBroker, mlflow_url: str
+) -> None:
+    name = f"retrain-{uuid.uuid4().hex[:8]}"
+    source = demo_registry / "breast_cancer" / "1"
+    metadata = ModelMetadata.load(source).model_copy(update={"model_sha256": None})
+    writer = MlflowRegistry(mlflow_url, tmp_path / "writer-cache", backoff_s=0.01)
+    try:
+        champion = await writer.register_version(name, source / "model.onnx", metadata)
+        await writer.set_alias(name, "champion", champion)
+    finally:
+        await writer.aclose()
+    await topics(broker)
+    x, y = drifted(700)
+    await publish(broker.bootstrap_servers, x, y, labelled=700, model=name)
+    config = settings(
+        tmp_path,
+        demo_registry,
+        broker.bootstrap_servers,
+        registry={"backend": "mlflow", "mlflow_url": mlflow_url,
+                  "cache_dir": str(tmp_path / "worker-cache")},
+    )  # fmt: skip
+    job, _ = await run_one(config, model=name)
+    assert job.state == "registered", job.reason
+    assert (job.champion, job.candidate) == ("1", "2")
+    reader = MlflowRegistry(mlflow_url, tmp_path / "reader-cache", backoff_s=0.01)
+    try:
+        fetched = await reader.fetch(name, "2")
+        stored = await reader.read_document(name, "2", REPORT_DOCUMENT)
+        aliases = await reader.get_aliases(name)
+    finally:
+        await reader.aclose()
+    assert fetched.metadata.validation is not None
+    assert fetched.model_file.stat().st_size > 0
+    assert json.loads(stored or b"")["passed"]
+    assert aliases["champion"] == "1"
