@@ -151,8 +151,10 @@ async def read_topic(
                 for message in batch:
                     if message.offset < remaining.get(tp, -1) and message.value is not None:
                         messages.append((message.timestamp, message.value))
-                if batch and batch[-1].offset + 1 >= remaining.get(tp, 0):
-                    remaining.pop(tp, None)
+            for tp in list(remaining):
+                # the position, not the last message: offsets may skip (transaction markers)
+                if await consumer.position(tp) >= remaining[tp]:
+                    del remaining[tp]
         return messages
     except (KafkaError, TimeoutError, OSError) as exc:
         raise DatasetError(f"reading {topic!r} from {bootstrap_servers}: {exc!r}") from exc
