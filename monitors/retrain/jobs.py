@@ -4,7 +4,8 @@ Each change is one transaction, so a worker killed at any point restarts from th
 recorded. One job per model runs at a time; a trigger for a model whose job is still queued joins
 that job; one whose windows lie inside data a running or finished job already read, or that
 concerns the version a running or successful job is replacing (the drift and the degradation
-of one episode arrive apart), is noted on that job ("covered") instead of starting another.
+of one episode arrive apart) or a job rejected less than ``rejected_cooldown_s`` ago tried to
+replace, is noted on that job ("covered") instead of starting another.
 """
 
 from __future__ import annotations
@@ -126,7 +127,7 @@ class Received:
 class JobStore:
     """Jobs and seen event ids in ``<state_dir>/jobs.sqlite``; safe from several threads."""
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, rejected_cooldown_s: float = 0.0) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
         self._db = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
         self._db.row_factory = sqlite3.Row
@@ -134,6 +135,7 @@ class JobStore:
         self._db.execute("PRAGMA synchronous=FULL")
         self._db.executescript(_SCHEMA)
         self._lock = threading.Lock()
+        self._rejected_cooldown_s = rejected_cooldown_s
 
     def close(self) -> None:
         self._db.close()
@@ -163,8 +165,7 @@ class JobStore:
         jobs = [
             Job._of(r)
             for r in self._db.execute(
-                "SELECT * FROM jobs WHERE model = ? AND state NOT IN ('failed', 'rejected') "
-                "ORDER BY seq DESC",
+                "SELECT * FROM jobs WHERE model = ? AND state != 'failed' ORDER BY seq DESC",
                 (model,),
             )
         ]
@@ -179,10 +180,12 @@ class JobStore:
             # data_until; and an event about the version a job is replacing, or has replaced,
             # is the same story (drift and degradation of one episode arrive apart)
             reads_past = job.data_until is None and job.state in ACTIVE
-            replacing = (
-                trigger.get("version") is not None
-                and trigger.get("version") == job.champion
-                and job.state in _REPLACING
+            same_version = (
+                trigger.get("version") is not None and trigger.get("version") == job.champion
+            )
+            replacing = same_version and (
+                job.state in _REPLACING
+                or (job.state == "rejected" and now - job.updated <= self._rejected_cooldown_s)
             )
             if (
                 reads_past

@@ -34,7 +34,7 @@ def serve(config: Path | None) -> int:
         print(f"monitors retrain: {exc}", file=sys.stderr)
         return 2
     settings.state_dir.mkdir(parents=True, exist_ok=True)
-    store = JobStore(settings.state_dir / "jobs.sqlite")
+    store = JobStore(settings.state_dir / "jobs.sqlite", settings.rejected_cooldown_s)
     metrics = RetrainMetrics()
 
     async def main() -> None:

@@ -101,6 +101,9 @@ class RetrainSettings(BaseSettings):
     trainer: str = "monitors.retrain.demo_model:DemoTrainer"
     trainer_options: dict[str, Any] = Field(default_factory=dict)
     champion_alias: str = "champion"
+    # after a candidate is rejected, more events about the same champion version within this
+    # long join the rejected job instead of training again on nearly the same data
+    rejected_cooldown_s: float = Field(default=600.0, ge=0)
     dataset: DatasetSettings = Field(default_factory=DatasetSettings)
     validation: ValidationSettings = Field(default_factory=ValidationSettings)
     canary: CanarySettings = Field(default_factory=CanarySettings)

@@ -55,6 +55,24 @@ def test_one_runnable_job_per_model_the_one_under_way_first(tmp_path: Path) -> N
     assert [j.id for j in store.runnable(set())] == [later.job_id]
 
 
+def test_after_a_rejection_events_about_the_same_champion_wait_out_the_cooldown(
+    tmp_path: Path,
+) -> None:
+    store = JobStore(tmp_path / "jobs.sqlite", rejected_cooldown_s=3600)
+    first = store.receive("e1", "m", {**trigger("e1"), "version": "1"}).job_id or ""
+    store.transition(first, "assembling", data_until=300.0, champion="1")
+    store.transition(first, "rejected", reason="worse")
+    late = store.receive("e2", "m", {**trigger("e2", 350, 400), "version": "1"})
+    assert (late.outcome, late.job_id) == ("covered", first)
+    other = store.receive("e3", "m", {**trigger("e3", 350, 400), "version": "2"})
+    assert other.outcome == "queued", "another version is another story"
+    store.transition(other.job_id or "", "failed", reason="x")
+    no_cooldown = JobStore(tmp_path / "jobs.sqlite")
+    assert no_cooldown.receive("e4", "m", {**trigger("e4", 350, 400), "version": "1"}).outcome == (
+        "queued"
+    )
+
+
 def test_transitions_record_timings_and_reject_unknown_states(tmp_path: Path) -> None:
     store = JobStore(tmp_path / "jobs.sqlite")
     job_id = store.receive("e1", "m", trigger("e1")).job_id or ""
