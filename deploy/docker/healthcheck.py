@@ -3,9 +3,10 @@
 Docker runs this every interval, so it stays on the standard library (importing the gateway's
 settings to read the port would cost most of a second of CPU each time). Instead it finds the
 TCP ports that the main process (PID 1 in a container; ``--pid`` elsewhere) and its children
-listen on, which follows the config file, ``GATEWAY_*``/``MONITOR_*`` variables and ``--port``
-alike, and gets the health path of what the command line started: ``/v2/health/live`` for the
-gateway, ``/health`` for the drift monitor. Exit status 0 when one answers 200, else 1.
+listen on, which follows the config file, ``GATEWAY_*``/``MONITOR_*``/``RETRAIN_*`` variables and
+``--port`` alike, and gets the health path of what the command line started: ``/v2/health/live``
+for the gateway, ``/health`` for the drift monitor and the retraining worker (``python -m
+monitors ...``). Exit status 0 when one answers 200, else 1.
 """
 
 from __future__ import annotations

@@ -46,8 +46,10 @@ def chart(title: str, unit: str, *queries: tuple[str, str], width: int = 12) -> 
     return Chart(title, unit, queries, width)
 
 
-def _quantiles(metric: str, by: str, matchers: str) -> tuple[tuple[str, str], ...]:
-    """p50 and p99 of a histogram, per ``by``."""
+def _quantiles(
+    metric: str, by: str, matchers: str, qs: tuple[float, ...] = (0.5, 0.99)
+) -> tuple[tuple[str, str], ...]:
+    """p50 and p99 (or ``qs``) of a histogram, per ``by``."""
     legend = " ".join("{{" + label.strip() + "}}" for label in by.split(","))
     return tuple(
         (
@@ -55,7 +57,7 @@ def _quantiles(metric: str, by: str, matchers: str) -> tuple[tuple[str, str], ..
             f"(rate({metric}_bucket{{{matchers}}}[{R}])))",
             f"p{round(q * 100)} {legend}",
         )
-        for q in (0.5, 0.99)
+        for q in qs
     )
 
 
@@ -132,6 +134,15 @@ ROWS: list[tuple[str, list[Chart]]] = [
             chart("Ground-truth partitions assigned", "short", ("sum by (instance) (monitor_performance_assigned_partitions)", "{{instance}}")),
         ],
     ),
+    (
+        "Retraining",
+        [
+            chart("Retraining jobs by state", "short", ("sum by (state) (retrain_jobs)", "{{state}}")),
+            chart("Jobs entering each state", "ops", (f"sum by (state) (rate(retrain_job_transitions_total[{R}]))", "{{state}}")),
+            chart("Time in state p50 and p95", "s", *_quantiles("retrain_job_state_duration_seconds", "state", "", (0.5, 0.95))),
+            chart("Events received by outcome", "ops", (f"sum by (outcome) (rate(retrain_events_total[{R}]))", "{{outcome}}")),
+        ],
+    ),
 ]  # fmt: skip
 
 
@@ -178,7 +189,8 @@ def build() -> dashboard.Dashboard:
         dashboard.Dashboard("Model gateway")
         .uid("model-gateway")
         .description(
-            "Serving, batching, feature log, traffic changes, drift monitor, ground truth and A/B."
+            "Serving, batching, feature log, traffic changes, drift monitor, ground truth and A/B, "
+            "retraining."
         )
         .tags(["model-gateway"])
         .editable()

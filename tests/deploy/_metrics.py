@@ -1,5 +1,5 @@
-"""The series names the gateway and the monitor export, and the metric names a PromQL expression
-uses, so dashboards and rules can be checked against the code."""
+"""The series names the gateway, the monitor and the retraining worker export, and the metric
+names a PromQL expression uses, so dashboards and rules can be checked against the code."""
 
 from __future__ import annotations
 
@@ -12,6 +12,7 @@ from deploy.grafana.dashboard import OUTPUT
 from gateway.metrics import GatewayMetrics
 from monitors.metrics import MonitorMetrics
 from monitors.performance_metrics import PerformanceMetrics
+from monitors.retrain.metrics import RetrainMetrics
 
 __all__ = ["dashboard_queries", "exported_series", "metric_names"]
 
@@ -23,10 +24,14 @@ _SUFFIXES = {
 
 
 def exported_series() -> set[str]:
-    """Every series name on the gateway's and the monitor's /metrics (labels or not)."""
+    """Every series name on the gateway's, the monitor's and the worker's /metrics."""
     monitor = MonitorMetrics(CollectorRegistry())
     PerformanceMetrics(monitor.registry)  # the ground-truth side, on the monitor's registry
-    registries = (GatewayMetrics(CollectorRegistry(), "test").registry, monitor.registry)
+    registries = (
+        GatewayMetrics(CollectorRegistry(), "test").registry,
+        monitor.registry,
+        RetrainMetrics(CollectorRegistry()).registry,
+    )
     return {
         family.name + suffix
         for registry in registries
@@ -36,10 +41,10 @@ def exported_series() -> set[str]:
 
 
 def metric_names(expr: str) -> set[str]:
-    """The gateway's and monitor's metric names in a PromQL expression (label values and
+    """The gateway's, monitor's and worker's metric names in a PromQL expression (label values and
     Grafana variables, in quotes, do not count)."""
     unquoted = re.sub(r'"[^"]*"', '""', expr)
-    return set(re.findall(r"\b(?:gateway|monitor)_[a-z0-9_]+\b", unquoted))
+    return set(re.findall(r"\b(?:gateway|monitor|retrain)_[a-z0-9_]+\b", unquoted))
 
 
 def dashboard_queries() -> list[str]:

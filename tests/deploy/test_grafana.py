@@ -31,6 +31,11 @@ COVERED = {
     "monitor_join_items_total",
     "monitor_ab_difference",
     "monitor_ab_decision",
+    # issue #15: the retraining worker
+    "retrain_jobs",
+    "retrain_job_transitions_total",
+    "retrain_job_state_duration_seconds_bucket",
+    "retrain_events_total",
 }
 # The raw p-value underflows to 0 on large windows and reads as a flat line near 0: plotted as
 # -log10 p instead.
@@ -46,7 +51,7 @@ def test_committed_dashboard_is_what_the_generator_builds() -> None:
     assert OUTPUT.read_text() == render(), "run: python -m deploy.grafana.dashboard"
 
 
-def test_every_query_names_metrics_the_gateway_or_the_monitor_exports() -> None:
+def test_every_query_names_metrics_the_gateway_the_monitor_or_the_worker_exports() -> None:
     exported = exported_series()
     used: set[str] = set()
     for expr in dashboard_queries():

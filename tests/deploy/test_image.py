@@ -13,12 +13,15 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import orjson
 import pytest
 import yaml
 
 from gateway.settings import load_settings
 from monitors.broker import EmbeddedBroker
+from monitors.retrain.settings import load_settings as load_retrain_settings
 from monitors.settings import load_settings as load_monitor_settings
+from monitors.webhooks import SIGNATURE_HEADER, signature
 from tests._support import free_port, running_process
 from tests.deploy._dockerfile import Copy, Stage, read_stages
 from tests.deploy._tools import run_ok, tool
@@ -28,6 +31,13 @@ DOCKERFILE = ROOT / "Dockerfile"
 BIN = Path(sys.executable).parent
 # The monitor's documented command (README "Deployment"), run from the same image.
 MONITOR_COMMAND = ["python", "-m", "monitors", "run", "--config", "/etc/model-gateway/monitor.yaml"]
+# The retraining worker's (README "Deployment"), from the same image.
+RETRAIN_COMMAND = [
+    *("python", "-m", "monitors", "retrain", "serve"),
+    *("--config", "/etc/model-gateway/retrain.yaml"),
+]
+# The runtime stage installs the wheel with the extras of build argument EXTRAS (none by default).
+INSTALL = 'pip install "$(ls /tmp/wheels/model_gateway-*.whl)${EXTRAS:+[$EXTRAS]}"'
 
 
 def _run_stage() -> Stage:
@@ -61,7 +71,19 @@ def test_dockerignore_admits_exactly_what_the_dockerfile_copies() -> None:
         assert (ROOT / source).exists(), source
 
 
-def test_everything_the_servers_write_is_under_the_image_users_directories() -> None:
+def test_the_runtime_stage_installs_the_extras_its_build_argument_names() -> None:
+    stage = _run_stage()
+    assert stage.all("ARG") == ['EXTRAS=""'], "no extras by default: the demo's are large"
+    assert INSTALL in " ".join(stage.all("RUN"))
+    header = DOCKERFILE.read_text()
+    readme = (ROOT / "README.md").read_text()
+    for text in (header, readme):
+        assert "docker build --build-arg EXTRAS=demo -t model-gateway-retrain ." in text
+
+
+def test_everything_the_servers_write_is_under_the_image_users_directories(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     stage = _run_stage()
     user = stage.one("USER")
     uid = user.split(":")[0]
@@ -81,12 +103,19 @@ def test_everything_the_servers_write_is_under_the_image_users_directories() -> 
     ]
     gateway = load_settings(ROOT / "deploy/docker/gateway.yaml")
     monitor = load_monitor_settings(ROOT / "deploy/docker/monitor.yaml")
+    # the worker's two secrets come from the environment only
+    monkeypatch.setenv("RETRAIN_SECRET", "webhook-secret")
+    monkeypatch.setenv("RETRAIN_CANARY__ADMIN_TOKEN", "worker-token")
+    retrain = load_retrain_settings(ROOT / "deploy/docker/retrain.yaml")
     written = [
         gateway.registry.cache_dir,
         gateway.feature_log.spool_dir,
         gateway.admin.audit_log.parent,
         monitor.state_dir,
+        retrain.state_dir,
     ]
+    # an MLflow registry's downloads: inside the worker's state directory, made at run time
+    assert retrain.registry.cache_dir.is_relative_to(retrain.state_dir)
     for path in written:
         assert any(Path(c).is_relative_to(path) for c in created), f"{path} is not made"
         assert any(path.is_relative_to(o) for o in owned), f"{path} is not owned by {user}"
@@ -134,8 +163,9 @@ def _install(tmp_path: Path, root: Path, registry: Path) -> dict[str, str]:
     assert "gateway demo --registry /registry" in " ".join(build.all("RUN"))
     wheels = tmp_path / "wheels"
     pip("wheel", "--no-deps", "--wheel-dir", str(wheels), str(context))
-    # the run stage: the wheel alone, no demo extra
-    assert "pip install /tmp/wheels/*.whl" in " ".join(run.all("RUN"))
+    # the run stage: the wheel with EXTRAS at its default, none (no demo extra)
+    assert INSTALL in " ".join(run.all("RUN"))
+    assert run.all("ARG") == ['EXTRAS=""']
     pip("install", *map(str, wheels.glob("*.whl")))
     for command in " ".join(run.all("RUN")).split("&&"):
         if command.split()[:2] == ["mkdir", "-p"]:
@@ -169,6 +199,50 @@ def _healthcheck(root: Path, env: dict[str, str], pid: int) -> int:
     return subprocess.run(
         [*command, "--pid", str(pid)], env=env, capture_output=True, check=False, timeout=60
     ).returncode
+
+
+def _start_worker(root: Path, env: dict[str, str], workdir: str, log: Path) -> None:
+    """The worker with the image's default config: refused without its secret; with it,
+    healthy, refusing unsigned and wrongly signed events, accepting a signed one."""
+    command = [_inside(root, arg) for arg in RETRAIN_COMMAND]
+    refused = subprocess.run(
+        command, env=env, cwd=workdir, capture_output=True, text=True, check=False, timeout=60
+    )
+    assert refused.returncode == 2, refused.stderr
+    assert "secret" in refused.stderr, refused.stderr
+    port = free_port()
+    secret = "webhook-secret-of-the-test"
+    worker_env = {
+        **env,
+        "RETRAIN_SECRET": secret,
+        "RETRAIN_CANARY__ADMIN_TOKEN": "worker-admin-token",
+        "RETRAIN_HTTP__PORT": str(port),
+    }
+    url = f"http://127.0.0.1:{port}"
+    with running_process(command, log, f"{url}/health", 60, worker_env, workdir) as worker:
+        assert _healthcheck(root, worker_env, worker.pid) == 0
+        event = {
+            "specversion": "1.0",
+            "id": "image-test-1",
+            "type": "io.model-gateway.test.ignored",
+            "source": "tests/deploy",
+            "data": {"model": "breast_cancer"},
+        }
+        body = orjson.dumps(event)
+        unsigned = httpx.post(f"{url}/events", content=body, timeout=10)
+        assert unsigned.status_code == 401, unsigned.text
+        forged = {SIGNATURE_HEADER: signature("another-secret", body)}
+        wrong = httpx.post(f"{url}/events", content=body, headers=forged, timeout=10)
+        assert wrong.status_code == 401, wrong.text
+        assert SIGNATURE_HEADER in wrong.json()["error"]
+        signed = {SIGNATURE_HEADER: signature(secret, body)}
+        accepted = httpx.post(f"{url}/events", content=body, headers=signed, timeout=10)
+        assert accepted.status_code == 202, accepted.text
+        assert accepted.json()["outcome"] == "ignored"
+        assert httpx.get(f"{url}/jobs", timeout=10).json() == {"jobs": []}
+    assert worker.returncode == 0, log.read_text()[-3000:]
+    state = Path(_inside(root, "/var/lib/model-gateway/retrain-state"))
+    assert (state / "jobs.sqlite").is_file(), "the job store is in the image's state directory"
 
 
 @pytest.mark.e2e
@@ -209,9 +283,13 @@ def test_image_steps_install_and_start_the_gateway_and_the_monitor_from_a_clean_
         with running_process(monitor_command, log, health, 60, monitor_env, workdir) as monitor:
             assert _healthcheck(root, monitor_env, monitor.pid) == 0
         assert monitor.returncode == 0, (tmp_path / "monitor.log").read_text()[-3000:]
+        worker_env = {**env, "RETRAIN_KAFKA__BOOTSTRAP_SERVERS": broker.bootstrap_servers}
+        _start_worker(root, worker_env, workdir, tmp_path / "retrain.log")
     output = (tmp_path / "gateway.log").read_text()
     # uvicorn ends by re-raising the SIGTERM it handled, after a clean shutdown
     assert gateway.returncode == -signal.SIGTERM, output[-3000:]
     assert "Application shutdown complete" in output
     assert _healthcheck(root, gateway_env, gateway.pid) == 1, "a stopped server is unhealthy"
-    assert shlex.join(MONITOR_COMMAND) in (ROOT / "README.md").read_text()
+    readme = (ROOT / "README.md").read_text()
+    assert shlex.join(MONITOR_COMMAND) in readme
+    assert shlex.join(RETRAIN_COMMAND) in readme

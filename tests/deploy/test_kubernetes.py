@@ -16,6 +16,8 @@ from prometheus_client import CollectorRegistry
 
 from gateway.metrics import GatewayMetrics
 from gateway.settings import GatewaySettings, load_settings
+from monitors.retrain.settings import RetrainSettings
+from monitors.retrain.settings import load_settings as load_retrain_settings
 from monitors.settings import MonitorSettings
 from monitors.settings import load_settings as load_monitor_settings
 from tests.deploy._tools import run_ok, tool
@@ -78,6 +80,7 @@ def test_rendered_manifests_are_valid_and_follow_policy(target: str) -> None:
             "HorizontalPodAutoscaler",
             "Ingress",
             "NetworkPolicy",
+            "PersistentVolumeClaim",
             "PodDisruptionBudget",
             "Service",
             "ServiceAccount",
@@ -135,6 +138,79 @@ def test_rendered_configs_and_environment_make_valid_settings(target: str) -> No
         assert monitor.kafka.ssl_cafile is not None
         assert _on_volume(monitor_pod, monitor.kafka.ssl_cafile)
     assert monitor.kafka.bootstrap_servers == gateway.feature_log.bootstrap_servers
+    _check_retrain_settings(target, docs, gateway)
+
+
+def _check_retrain_settings(target: str, docs: list[Doc], gateway: GatewaySettings) -> None:
+    """The retraining worker's settings as its pod sees them, and its wiring to the others."""
+    retrain = _settings(docs, "retrain")
+    assert isinstance(retrain, RetrainSettings)
+    deployment = _deployment(docs, "retrain")
+    pod = deployment["spec"]["template"]["spec"]
+    # its sqlite job store has one writer: one pod, the old one gone before the new one starts
+    assert deployment["spec"]["replicas"] == 1
+    assert deployment["spec"]["strategy"] == {"type": "Recreate"}
+    # the job store outlives the pod, so a restarted worker resumes or fails its jobs
+    assert _on_writable_volume(pod, retrain.state_dir)
+    assert _on_persistent_volume(pod, retrain.state_dir)
+    assert _on_writable_volume(pod, retrain.registry.cache_dir)
+    assert retrain.http.host == "0.0.0.0"
+    assert retrain.http.port in {p["containerPort"] for p in pod["containers"][0]["ports"]}
+    assert retrain.kafka.bootstrap_servers == gateway.feature_log.bootstrap_servers
+    # the canary goes through the gateway's Service, with a token the gateway accepts
+    assert retrain.canary.enabled
+    assert retrain.canary.gateway_url == _service_url(docs, "model-gateway")
+    assert retrain.canary.admin_token is not None
+    tokens = gateway.admin.tokens
+    assert retrain.canary.admin_token.get_secret_value() in [
+        t.get_secret_value() for t in tokens.values()
+    ]
+    if target == "overlays/production":
+        assert retrain.registry.backend == gateway.registry.backend == "mlflow"
+        assert retrain.registry.mlflow_url == gateway.registry.mlflow_url
+        assert retrain.kafka.security_protocol == "SASL_SSL"
+        assert retrain.kafka.sasl_mechanism == gateway.feature_log.sasl_mechanism
+        assert retrain.kafka.ssl_cafile is not None
+        assert _on_volume(pod, retrain.kafka.ssl_cafile)
+
+
+def _service_url(docs: list[Doc], name: str) -> str:
+    (service,) = [d for d in _of(docs, "Service") if d["metadata"]["name"] == name]
+    return f"http://{name}:{service['spec']['ports'][0]['port']}"
+
+
+def test_the_monitors_webhook_reaches_the_worker_with_its_secret() -> None:
+    docs = _render("base")
+    secrets = _example_secrets()
+    webhooks = yaml.safe_load(secrets["model-gateway-webhooks"]["webhooks"])
+    (retrain,) = [w for w in webhooks if w["name"] == "retrain"]
+    # the worker's receiver is POST /events (monitors/retrain/app.py)
+    assert retrain["url"] == _service_url(docs, "model-gateway-retrain") + "/events"
+    assert retrain["secret"] == secrets["model-gateway-retrain"]["secret"]
+    # only the monitor pods (and Prometheus) may open the worker's port
+    (policy,) = [
+        d for d in _of(docs, "NetworkPolicy") if d["metadata"]["name"] == "model-gateway-retrain"
+    ]
+    monitor_pod = _deployment(docs, "monitor")["spec"]["template"]["metadata"]["labels"]
+    gateway_pod = _deployment(docs, "gateway")["spec"]["template"]["metadata"]["labels"]
+    (rule,) = policy["spec"]["ingress"]
+    pods = [p["podSelector"]["matchLabels"] for p in rule["from"] if "podSelector" in p]
+    assert [_matches(p, monitor_pod) for p in pods] == [True]
+    assert not _matches(pods[0], gateway_pod)
+    namespaces = [p["namespaceSelector"] for p in rule["from"] if "namespaceSelector" in p]
+    assert namespaces == [{"matchLabels": {"kubernetes.io/metadata.name": "monitoring"}}]
+    # and the worker may reach the gateway's admin API
+    retrain_pod = _deployment(docs, "retrain")["spec"]["template"]["metadata"]["labels"]
+    (gateway_policy,) = [
+        d for d in _of(docs, "NetworkPolicy") if d["metadata"]["name"] == "model-gateway"
+    ]
+    admitted = [
+        p["podSelector"]["matchLabels"]
+        for r in gateway_policy["spec"]["ingress"]
+        for p in r["from"]
+        if "podSelector" in p
+    ]
+    assert any(_matches(p, retrain_pod) for p in admitted)
 
 
 def test_queue_depth_autoscaling_uses_the_adapters_metric_which_the_gateway_exports() -> None:
@@ -212,6 +288,10 @@ def _check_pod_policy(deployment: Doc) -> None:
         assert container["livenessProbe"]["httpGet"]["path"] == "/v2/health/live"
         assert container["readinessProbe"]["httpGet"]["path"] == "/v2/health/ready"
         assert container["lifecycle"]["preStop"]["exec"]["command"][0] == "sleep"
+    if deployment["metadata"]["labels"]["app.kubernetes.io/component"] in ("monitor", "retrain"):
+        (container,) = pod["containers"]
+        for probe in ("livenessProbe", "readinessProbe"):
+            assert container[probe]["httpGet"]["path"] == "/health", f"{name}: {probe}"
 
 
 def _env_refs(pod: Doc) -> Iterator[tuple[str, str, str, bool]]:
@@ -295,6 +375,7 @@ def _check_selectors(docs: list[Doc]) -> None:
     assert sorted(s["metadata"]["name"] for s in scraped) == [
         "model-gateway",
         "model-gateway-monitor",
+        "model-gateway-retrain",
     ]
     for service in scraped:
         names = {p["name"] for p in service["spec"]["ports"]}
@@ -316,7 +397,9 @@ def _check_service_monitor(doc: Doc) -> None:
 # -- the configs as the pods see them -------------------------------------------------------
 
 
-def _settings(docs: list[Doc], component: str) -> GatewaySettings | MonitorSettings:
+def _settings(
+    docs: list[Doc], component: str
+) -> GatewaySettings | MonitorSettings | RetrainSettings:
     """The component's settings from its rendered config file and container environment
     (Secret values from secrets.example.yaml), loaded by the component's own loader."""
     pod = _deployment(docs, component)["spec"]["template"]["spec"]
@@ -365,10 +448,12 @@ def _environment(container: Doc, docs: list[Doc]) -> dict[str, str]:
     return env
 
 
-def _load(component: str, text: str, env: dict[str, str]) -> GatewaySettings | MonitorSettings:
+def _load(
+    component: str, text: str, env: dict[str, str]
+) -> GatewaySettings | MonitorSettings | RetrainSettings:
     with tempfile.TemporaryDirectory() as directory, pytest.MonkeyPatch.context() as patch:
         for key in list(os.environ):
-            if key.startswith(("GATEWAY_", "MONITOR_")):
+            if key.startswith(("GATEWAY_", "MONITOR_", "RETRAIN_")):
                 patch.delenv(key)
         for key, value in env.items():
             patch.setenv(key, value)
@@ -376,6 +461,8 @@ def _load(component: str, text: str, env: dict[str, str]) -> GatewaySettings | M
         path.write_text(text)
         if component == "gateway":
             return load_settings(path)
+        if component == "retrain":
+            return load_retrain_settings(path)
         return load_monitor_settings(path)
 
 
@@ -389,6 +476,13 @@ def _mounts(pod: Doc) -> list[tuple[Path, Doc, bool]]:
 
 def _on_volume(pod: Doc, path: Path) -> bool:
     return any(path.is_relative_to(mount) for mount, _, _ in _mounts(pod))
+
+
+def _on_persistent_volume(pod: Doc, path: Path) -> bool:
+    return any(
+        path.is_relative_to(mount) and not read_only and "persistentVolumeClaim" in volume
+        for mount, volume, read_only in _mounts(pod)
+    )
 
 
 def _on_writable_volume(pod: Doc, path: Path) -> bool:
