@@ -213,6 +213,23 @@ def test_the_monitors_webhook_reaches_the_worker_with_its_secret() -> None:
     assert any(_matches(p, retrain_pod) for p in admitted)
 
 
+def test_the_gateways_reach_the_monitor_for_the_canary_quality_gate() -> None:
+    docs = _render("base")
+    gateway_pod = _deployment(docs, "gateway")["spec"]["template"]["metadata"]["labels"]
+    retrain_pod = _deployment(docs, "retrain")["spec"]["template"]["metadata"]["labels"]
+    (policy,) = [
+        d for d in _of(docs, "NetworkPolicy") if d["metadata"]["name"] == "model-gateway-monitor"
+    ]
+    admitted = [
+        p["podSelector"]["matchLabels"]
+        for r in policy["spec"]["ingress"]
+        for p in r["from"]
+        if "podSelector" in p
+    ]
+    assert any(_matches(p, gateway_pod) for p in admitted)
+    assert any(_matches(p, retrain_pod) for p in admitted)
+
+
 def test_queue_depth_autoscaling_uses_the_adapters_metric_which_the_gateway_exports() -> None:
     hpa = next(d for d in _render("overlays/production") if d["kind"] == "HorizontalPodAutoscaler")
     pods = [m["pods"]["metric"]["name"] for m in hpa["spec"]["metrics"] if m["type"] == "Pods"]
