@@ -73,11 +73,15 @@ class Registry(abc.ABC):
         model_file: Path,
         metadata: ModelMetadata,
         documents: dict[str, bytes] | None = None,
+        *,
+        key: str | None = None,
     ) -> str:
         """Register ``model_file`` as a new version of ``name`` (created if new) with its
         metadata (its ``model_sha256`` set from the file) and ``documents`` stored with it as
         ``store_document`` would; return the new version. Atomic: a failure leaves no visible
-        version, so a version ``fetch`` can see is always whole."""
+        version, so a version ``fetch`` can see is always whole. With a ``key`` (a job id, say)
+        it is idempotent: the version an earlier call with the same key registered is returned
+        instead of a second one, so a writer killed before it learnt the answer can ask again."""
 
     @abc.abstractmethod
     async def set_alias(self, name: str, alias: str, version: str) -> None:

@@ -24,6 +24,8 @@ from registry_client.reference import ModelRef
 __all__ = ["LocalRegistry"]
 
 _ALIASES_FILE = "aliases.json"
+# The registration key of a version registered with one (``register(key=...)``).
+_KEY_FILE = ".registration-key"
 
 
 class LocalRegistry(Registry):
@@ -95,9 +97,13 @@ class LocalRegistry(Registry):
         model_file: Path,
         metadata: ModelMetadata,
         documents: dict[str, bytes] | None = None,
+        *,
+        key: str | None = None,
     ) -> str:
         """The next integer version, its documents as files in its folder (see ``register``)."""
-        return await asyncio.to_thread(self.register, name, model_file, metadata, None, documents)
+        return await asyncio.to_thread(
+            self.register, name, model_file, metadata, None, documents, key=key
+        )
 
     async def set_alias(self, name: str, alias: str, version: str) -> None:
         await asyncio.to_thread(self.set_alias_sync, name, alias, version)
@@ -114,22 +120,31 @@ class LocalRegistry(Registry):
         metadata: ModelMetadata,
         version: str | None = None,
         documents: dict[str, bytes] | None = None,
+        *,
+        key: str | None = None,
     ) -> str:
         """Copy a model file in as a new version (next integer unless given), with its documents;
         return the version. The folder is built aside and renamed into place, so the version
-        appears whole or not at all; two writers never get the same number."""
+        appears whole or not at all; two writers never get the same number. With a ``key``, a
+        version registered before under that key (kept in its folder) is returned instead."""
         ModelRef.parse(f"{name}/{version or '1'}")  # rejects path tricks such as '..'
-        for key in documents or {}:
-            document_name(key)
+        for document in documents or {}:
+            document_name(document)
         model_dir = self.root / name
         model_dir.mkdir(parents=True, exist_ok=True)
+        if key is not None:
+            earlier = self._registered_under(name, key)
+            if earlier is not None:
+                return earlier
         staging = Path(tempfile.mkdtemp(prefix=".register-", dir=model_dir))
         try:
             shutil.copyfile(model_file, staging / MODEL_FILE)
             checksum = file_sha256(staging / MODEL_FILE)
             metadata.model_copy(update={"model_sha256": checksum}).dump(staging)
-            for key, data in (documents or {}).items():
-                (staging / key).write_bytes(data)
+            for document, data in (documents or {}).items():
+                (staging / document).write_bytes(data)
+            if key is not None:
+                (staging / _KEY_FILE).write_text(key)
             return _install_version(model_dir, staging, name, version)
         except BaseException:
             shutil.rmtree(staging, ignore_errors=True)
@@ -145,6 +160,13 @@ class LocalRegistry(Registry):
         _write_atomically(model_dir / _ALIASES_FILE, json.dumps(aliases, indent=2).encode())
 
     # -- internals ----------------------------------------------------------------------------
+
+    def _registered_under(self, name: str, key: str) -> str | None:
+        for version in self.versions(name):
+            path = self.root / name / version / _KEY_FILE
+            if path.is_file() and path.read_text() == key:
+                return version
+        return None
 
     def _model_dir(self, name: str) -> Path:
         model_dir = self.root / name

@@ -69,6 +69,7 @@ _COMPLETE = ".complete"
 _CHUNK_BYTES = 1 << 20
 _MAX_TAG_CHARS = 100_000  # MLflow's limit on a model version tag's value
 _EXPERIMENT = "model-gateway registrations"
+_KEY_TAG = "model_gateway.registration_key"  # the run tag of a keyed registration
 _READY_TIMEOUT_S = 60.0  # for a server that registers versions asynchronously
 
 
@@ -199,16 +200,22 @@ class MlflowRegistry(Registry):
         model_file: Path,
         metadata: ModelMetadata,
         documents: dict[str, bytes] | None = None,
+        *,
+        key: str | None = None,
     ) -> str:
         ModelRef.parse(f"{name}/1")  # a name the gateway can refer to
-        for key in documents or {}:
-            document_name(key)
+        for document in documents or {}:
+            document_name(document)
+        if key is not None:
+            earlier = await self._registered_under(name, key)
+            if earlier is not None:
+                return earlier
         checksum = await asyncio.to_thread(file_sha256, model_file)
         described = metadata.model_copy(update={"model_sha256": checksum})
         files = {METADATA_FILE: described.model_dump_json(indent=2, exclude_none=True).encode()}
         files.update(documents or {})
         await self._create_model(name)
-        run_id, artifact_uri = await self._create_run(name)
+        run_id, artifact_uri = await self._create_run(name, key)
         source = _join(artifact_uri, "model")
         try:
             folder = await self._proxy_path(source, f"model {name}: run {run_id}")
@@ -253,8 +260,38 @@ class MlflowRegistry(Registry):
             return
         _check(response, f"creating model {name!r}")
 
-    async def _create_run(self, name: str) -> tuple[str, str]:
-        """A run to hold the new version's files: (run id, artifact URI)."""
+    async def _registered_under(self, name: str, key: str) -> str | None:
+        """The version a registration with ``key`` made, found by its run's tag; runs of such a
+        registration that never made a version (its writer died) are deleted on the way."""
+        response = await self._get(
+            f"{_API}/experiments/get-by-name", experiment_name=self.experiment
+        )
+        if _not_found(response):
+            return None
+        _check(response, f"experiment {self.experiment!r}")
+        experiment_id = str(_field(response, "experiment", "experiment_id"))
+        tag = f"tags.`{_KEY_TAG}` = {_quoted(key)}"
+        found = await self._send(
+            "POST", "runs/search", experiment_ids=[experiment_id], filter=tag, max_results=100
+        )
+        _check(found, f"model {name!r}: runs registered under key {key!r}")
+        for run in _field(found, "runs", default=[]):
+            run_id = str(run["info"]["run_id"])
+            versions = await self._get(
+                f"{_API}/model-versions/search",
+                filter=f"name={_quoted(name)} and run_id='{run_id}'",
+            )
+            _check(versions, f"model {name!r}: versions of run {run_id}")
+            for entry in _field(versions, "model_versions", default=[]):
+                if entry.get("status", "READY") == "READY":
+                    return str(entry["version"])
+            await self._delete_versions_of_run(name, run_id)
+            await self._delete_run(run_id)
+        return None
+
+    async def _create_run(self, name: str, key: str | None = None) -> tuple[str, str]:
+        """A run to hold the new version's files: (run id, artifact URI); tagged with the
+        registration's key, if it has one."""
         response = await self._get(
             f"{_API}/experiments/get-by-name", experiment_name=self.experiment
         )
@@ -275,6 +312,7 @@ class MlflowRegistry(Registry):
         run = await self._send(
             "POST", "runs/create", experiment_id=experiment_id,
             start_time=int(time.time() * 1000), run_name=f"register {name}",
+            tags=[{"key": _KEY_TAG, "value": key}] if key is not None else [],
         )  # fmt: skip
         _check(run, f"model {name!r}: creating a run in experiment {self.experiment!r}")
         info = _field(run, "run", "info")

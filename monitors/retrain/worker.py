@@ -9,8 +9,9 @@ Stages and what each leaves on disk (``<state_dir>/jobs/<id>/``) before the job'
 
 A job found unfinished at start resumes at its state: the files of the earlier stages are
 there (each written atomically before the state moved). Registration is one atomic call; the
-version is recorded with the move to ``canary``, so a worker killed during it registers again on
-restart (the first attempt left either a whole version or none) and never aliases half a model.
+version is recorded with the move to ``canary``; it is keyed by the job, so a worker killed
+during it asks again on restart and gets the version the first attempt made, if it made one (a
+whole version or none), and never aliases half a model.
 """
 
 from __future__ import annotations
@@ -270,7 +271,7 @@ class Worker:
         }
         try:
             version = await self.registry.register_version(
-                job.model, folder / _CANDIDATE, metadata, documents
+                job.model, folder / _CANDIDATE, metadata, documents, key=f"retrain-job-{job.id}"
             )
         except RegistryError as exc:
             raise _JobFailed(f"registering: {exc}") from exc

@@ -195,3 +195,54 @@ async def test_mlflow_failed_registration_leaves_no_version(
     finally:
         await good.aclose()
         await flaky.aclose()
+
+
+async def test_local_keyed_registration_returns_the_version_the_key_made(
+    demo_registry: Path, tmp_path: Path
+) -> None:
+    model_file, metadata = _source(demo_registry)
+    registry = LocalRegistry(tmp_path / "registry")
+    first = await registry.register_version("m", model_file, metadata, key="job-1")
+    # the writer died before it learnt the answer, and asks again on restart
+    assert await registry.register_version("m", model_file, metadata, key="job-1") == first
+    other = await registry.register_version("m", model_file, metadata, key="job-2")
+    unkeyed = await registry.register_version("m", model_file, metadata)
+    assert (first, other, unkeyed) == ("1", "2", "3")
+    assert registry.versions("m") == ["1", "2", "3"]
+    assert (await registry.fetch("m", first)).metadata.class_labels == metadata.class_labels
+
+
+async def test_mlflow_keyed_registration_returns_the_version_the_key_made(
+    mlflow_url: str, demo_registry: Path, tmp_path: Path
+) -> None:
+    model_file, metadata = _source(demo_registry)
+    name = f"keyed-{uuid.uuid4().hex[:8]}"
+    registry = MlflowRegistry(mlflow_url, tmp_path / "cache", backoff_s=0.01)
+    try:
+        # a writer that died after creating its tagged run, before any version: its run goes
+        await registry.register_version(name, model_file, metadata)  # the experiment exists
+        async with httpx.AsyncClient(base_url=mlflow_url) as client:
+            experiment = await client.get(
+                "/api/2.0/mlflow/experiments/get-by-name",
+                params={"experiment_name": "model-gateway registrations"},
+            )
+            created = await client.post(
+                "/api/2.0/mlflow/runs/create",
+                json={
+                    "experiment_id": experiment.json()["experiment"]["experiment_id"],
+                    "run_name": f"register {name}",
+                    "tags": [{"key": "model_gateway.registration_key", "value": "job-7"}],
+                },
+            )
+            created.raise_for_status()
+        assert await _active_runs(mlflow_url, name) == 2
+        keyed = await registry.register_version(name, model_file, metadata, key="job-7")
+        assert keyed == "2"
+        assert await _active_runs(mlflow_url, name) == 2  # the dead writer's run was deleted
+        # asked again (the writer died before it learnt the answer): the same version
+        assert await registry.register_version(name, model_file, metadata, key="job-7") == "2"
+        assert await registry.register_version(name, model_file, metadata, key="job-8") == "3"
+        versions = sorted(str(v["version"]) for v in await _versions(mlflow_url, name))
+        assert versions == ["1", "2", "3"]
+    finally:
+        await registry.aclose()
