@@ -8,7 +8,8 @@ fresh per repeat as in ``bench_serving`` (same configs). Servers alternate order
 repeats; the table gives the median of the repeats and their range.
 
 ``python -m loadtests.closedloop [--repeats 3] [--connections 16 64 256] [--seconds 10]``
-writes ``loadtests/results/closedloop-<time>.json`` and prints a markdown table.
+writes ``loadtests/results/closedloop-<time>.json`` (with the machine) and prints a markdown
+table; ``--append FILE`` adds this invocation's repeats to an earlier file.
 """
 
 from __future__ import annotations
@@ -55,7 +56,7 @@ def parse_wrk(output: str) -> dict[str, Any]:
         elif line.strip().startswith("Non-2xx or 3xx responses:"):
             result["non_2xx"] = int(parts[-1])
         elif line.strip().startswith("Socket errors:"):
-            result["socket_errors"] = sum(int(n.rstrip(",")) for n in parts[2::2])
+            result["socket_errors"] = sum(int(n.rstrip(",")) for n in parts[3::2])
         elif "requests in" in line:
             result["requests"] = int(parts[0])
     return result
@@ -78,6 +79,7 @@ def main() -> None:
     parser.add_argument(
         "--admission", type=json.loads, help='gateways\' admission settings: {"enabled": false}'
     )
+    parser.add_argument("--append", type=Path, help="add this invocation's repeats to a file")
     args = parser.parse_args()
     if shutil.which("wrk") is None:
         raise SystemExit("wrk is not installed (Debian: apt-get install wrk)")
@@ -100,8 +102,11 @@ def main() -> None:
         'wrk.method = "POST"\nwrk.headers["Content-Type"] = "application/json"\n'
         f"wrk.body = {json.dumps(body.decode())}\n"
     )
+    saved: dict[str, Any] = (
+        json.loads(args.append.read_text()) if args.append else {"invocations": [], "runs": {}}
+    )
+    runs: dict[str, list[dict[str, Any]]] = saved["runs"]
     before = machine_info()
-    runs: dict[str, list[dict[str, Any]]] = {}
     for repeat in range(args.repeats):
         for server in servers if repeat % 2 == 0 else list(reversed(servers)):
             with running(scenario, server, files, registry, work) as started:
@@ -112,13 +117,13 @@ def main() -> None:
                     runs.setdefault(f"{server.name}@{connections}", []).append(result)
                     print(f"[{repeat + 1}/{args.repeats}] {server.name} c={connections}: "
                           f"{result}", flush=True)  # fmt: skip
-    report = summarize(runs)
-    meta = {"before": before, "after": machine_info(), "repeats": args.repeats,
-            "seconds": args.seconds, "generator": "wrk -t1, CPU 1; servers on CPU 0"}  # fmt: skip
-    stamp = time.strftime("%Y%m%d-%H%M%S")
+    saved["summary"] = report = summarize(runs)
+    saved["invocations"].append({"before": before, "after": machine_info(),
+                                 "repeats": args.repeats, "seconds": args.seconds,
+                                 "generator": "wrk -t1 on CPU 1; servers on CPU 0"})  # fmt: skip
     RESULTS.mkdir(exist_ok=True)
-    out = RESULTS / f"closedloop-{stamp}.json"
-    out.write_text(json.dumps({"meta": meta, "summary": report, "runs": runs}, indent=1))
+    out = args.append or RESULTS / f"closedloop-{time.strftime('%Y%m%d-%H%M%S')}.json"
+    out.write_text(json.dumps(saved, indent=1))
     print(markdown(report))
     print(f"written {out}")
 
