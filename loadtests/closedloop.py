@@ -120,6 +120,7 @@ def main() -> None:
     saved["summary"] = report = summarize(runs)
     saved["invocations"].append({"before": before, "after": machine_info(),
                                  "repeats": args.repeats, "seconds": args.seconds,
+                                 "admission": args.admission,
                                  "generator": "wrk -t1 on CPU 1; servers on CPU 0"})  # fmt: skip
     RESULTS.mkdir(exist_ok=True)
     out = args.append or RESULTS / f"closedloop-{time.strftime('%Y%m%d-%H%M%S')}.json"

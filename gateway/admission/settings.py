@@ -19,20 +19,14 @@ class LimitSettings(_Group):
     # "adaptive": the in-flight limit moves between min_in_flight and max_in_flight on the
     # measured queue delay (AIMD, once every interval_s); "fixed": it stays at max_in_flight.
     mode: Literal["adaptive", "fixed"] = "adaptive"
-    # One full batch and its successor: a limit that starts lower refuses a burst of
-    # connections (64 wrk connections: 4,900 refusals in the first second) before it grows.
-    initial_in_flight: int = Field(default=128, ge=1)
+    initial_in_flight: int = Field(default=32, ge=1)
     # The floor keeps batches worth running when waits grow for reasons the load does not
     # explain (a noisy neighbour taking the CPU): a lower limit would not shorten them.
     min_in_flight: int = Field(default=16, ge=1)
     max_in_flight: int = Field(default=1024, ge=1)
     # How long a request may wait, from its first byte seen to the start of its batch, beyond
     # the time the batch ahead of it takes to run (measured per model, a moving average).
-    # 20 ms: what a closed loop of 256 connections waits at this machine kind's capacity
-    # (256 / 13,000 req/s), inside a 50 ms p99 budget. At 5 ms such clients, which come back
-    # at once when refused, were mostly refused (93% at 256 wrk connections): refusing does not
-    # shorten a closed loop's queue, it only spends the CPU on refusals.
-    queue_delay_target_s: float = Field(default=0.02, gt=0)
+    queue_delay_target_s: float = Field(default=0.005, gt=0)
     # One caller's rate (token bucket per API key or routing key); None: no per-client limit.
     client_rate_per_s: float | None = Field(default=None, gt=0)
     # How many requests a caller may send at once above its rate (the bucket's size).
