@@ -39,6 +39,7 @@ import httpx
 import numpy as np
 
 from loadtests.bench_serving import P99_BOUND_MS, RESULTS, running
+from loadtests.machine import machine_info
 from loadtests.models import register_benchmark_models
 from loadtests.openloop import Result, find_max_rate, run, run_phases_async
 from loadtests.probe import probe_liveness
@@ -287,6 +288,7 @@ def main() -> None:
     schedule = Schedule(args.calm_s, args.phase_s, args.recovery_s)
     logging = {"both": [False, True], "on": [True], "off": [False]}[args.logging]
     runs: list[dict[str, Any]] = []
+    machine_before = machine_info()
     started = time.time()
     for repeat in range(args.repeats):
         for log_on in logging:
@@ -316,7 +318,8 @@ def main() -> None:
     meta = {"cpu_count": os.cpu_count(), "python": sys.version.split()[0],
             "repeats": args.repeats, "schedule": schedule.__dict__, "targets": TARGETS,
             "probe_period_s": args.probe_period_s,
-            "seconds": round(time.time() - started)}  # fmt: skip
+            "seconds": round(time.time() - started),
+            "machine_before": machine_before, "machine_after": machine_info()}  # fmt: skip
     (RESULTS / f"overload-{stamp}.json").write_text(
         json.dumps({"meta": meta, "summary": report, "runs": runs}, indent=1)
     )

@@ -37,6 +37,11 @@ log = logging.getLogger(__name__)
 # larger one, whose size a client controls, on a worker thread.
 _PACK_INLINE_BYTES = 1024 * 1024
 _PACK_INLINE_ITEMS = 2000  # the same for records of another kind, counted
+# A sender behind takes up to this many batches' worth of queued records in one round: a
+# round's cost is mostly fixed (a pass to a worker thread, a produce request, its
+# acknowledgement: several passes of a busy event loop), so rounds of ``batch_size`` fall
+# behind a saturated server, and the backlog then fills the queue until records are dropped.
+_MAX_BATCHES_A_ROUND = 20
 
 # What a log carries: inference records by default; the feedback log carries feedback records.
 RecordT = TypeVar("RecordT", default=InferenceRecord)
@@ -164,7 +169,8 @@ class FeatureLog(Generic[RecordT]):
                 while len(self._queue) < self._batch_size and not self._closing:
                     if not await wait_woken(self._wake, close_at - loop.time()):
                         break
-            batch = await self._pack(self._take(self._batch_size))
+            backlog = min(len(self._queue), self._batch_size * _MAX_BATCHES_A_ROUND)
+            batch = await self._pack(self._take(max(self._batch_size, backlog)))
             async with self._order:
                 if not self._healthy:
                     await self._to_spool(batch)

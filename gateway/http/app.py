@@ -35,7 +35,7 @@ from gateway.http._paths import decode_path
 from gateway.http.admin import AdminAuthError, AdminDisabledError, admin_routes
 from gateway.http.endpoints import (
     AppState,
-    FastHandler,
+    FastEndpoint,
     FeedbackEndpoint,
     InferEndpoint,
     MetadataEndpoints,
@@ -167,12 +167,12 @@ class GatewayApp(Starlette):
         )
         self.probes = probes  # health and metrics: answered by the protocol, ahead of the rest
 
-    def inference_target(self, path: str) -> tuple[FastHandler, str, str | None] | None:
+    def inference_target(self, path: str) -> tuple[FastEndpoint, str, str | None] | None:
         """The endpoint that answers ``POST path`` (an inference call), its model and version."""
         for pattern, endpoint in self._fast:
             match = pattern.match(path)
             if match is not None:
-                return endpoint.handle, match["name"], match["version"]
+                return endpoint, match["name"], match["version"]
         return None
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:

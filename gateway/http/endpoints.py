@@ -51,6 +51,7 @@ __all__ = [
     "LARGE_BODY_BYTES",
     "AppState",
     "Body",
+    "FastEndpoint",
     "FastHandler",
     "FeedbackEndpoint",
     "InferEndpoint",
@@ -120,6 +121,22 @@ class FastHandler(Protocol):
         respond: Callable[[Reply | None], None],
         arrived: float,
     ) -> asyncio.Future[Any] | None: ...
+
+
+class FastEndpoint(Protocol):
+    """An infer endpoint as the gateway's own HTTP protocol drives it."""
+
+    def handle(
+        self,
+        name: str,
+        version: str | None,
+        headers: Headers,
+        body: Body,
+        respond: Callable[[Reply | None], None],
+        arrived: float,
+    ) -> asyncio.Future[Any] | None: ...
+
+    def refuse_early(self, name: str, headers: Headers) -> Reply | None: ...
 
 
 class _ClientGoneError(Exception):
@@ -210,6 +227,18 @@ class _InferBase(Generic[ParsedT]):
             head = b"".join(b"%s: %s\r\n" % pair for pair in error.headers)
             reply = self._refusals[refusal] = Reply(error.status, error.body, head=head)
         return reply
+
+    def refuse_early(self, name: str, headers: Headers) -> Reply | None:
+        """The answer ``admit`` gives a request from its head alone, before its body is read:
+        a refusal (counted), or None, and then no place is kept (the request is admitted
+        again once it is whole)."""
+        admitted = self.admit(name, headers)
+        if isinstance(admitted, Reply):
+            return admitted
+        gate = admitted[1]
+        if gate is not None:
+            gate.release()
+        return None
 
     def begin(
         self,

@@ -34,7 +34,7 @@ from gateway.http._asgi import Reply
 from gateway.http._limits import HeadError, HeadMeter, HttpLimits, check_head
 from gateway.http._paths import decode_path
 from gateway.http.app import GatewayApp
-from gateway.http.endpoints import LARGE_BODY_BYTES, Body, FastHandler
+from gateway.http.endpoints import LARGE_BODY_BYTES, Body, FastEndpoint
 
 __all__ = ["GatewayProtocol", "HttpLimits", "protocol_class"]
 
@@ -137,7 +137,7 @@ class GatewayProtocol(asyncio.Protocol):
 
     limits = HttpLimits()
     gateway_app: GatewayApp | None = None
-    targets: dict[bytes, tuple[FastHandler, str, str | None] | None] = {}
+    targets: dict[bytes, tuple[FastEndpoint, str, str | None] | None] = {}
     # Health and metrics: answered as soon as they are read, with no task (ahead of the
     # inference callbacks and tasks waiting on the loop), whatever the backlog.
     probes: dict[bytes, Callable[[], Reply]] = {}
@@ -227,10 +227,14 @@ class GatewayProtocol(asyncio.Protocol):
                     self._arm_head_timer()
         except HeadError as exc:
             self._reject(exc.status, exc.message)
+        except _EarlyRefusal as exc:
+            self._refuse_now(exc.reply)
         except httptools.HttpParserCallbackError as exc:
             cause = exc.__context__
             if isinstance(cause, HeadError):
                 self._reject(cause.status, cause.message)
+            elif isinstance(cause, _EarlyRefusal):
+                self._refuse_now(cause.reply)
             else:
                 log.error("error in the HTTP protocol's callbacks", exc_info=cause)
                 self._reject(500, "internal error in the gateway; see its log")
@@ -280,11 +284,32 @@ class GatewayProtocol(asyncio.Protocol):
         self._version = self._parser.get_http_version()
         if self._parser.should_upgrade():
             raise HeadError(400, "protocol upgrades (websockets) are not supported")
-        if check_head(self._version, self._headers, self.limits.max_body_bytes):
+        expect = check_head(self._version, self._headers, self.limits.max_body_bytes)
+        if self._active is None and not self._queue and self.gateway_app is not None:
+            self._refuse_from_head(expect)
+        if expect:
             if self._active is None and not self._queue:
                 self._send_continue()
             else:  # sent once the requests before this one are answered
                 self._continue = True
+
+    def _refuse_from_head(self, expect: bool) -> None:
+        """Refuse an inference call before its body is read, when admission would refuse it
+        and the body is worth not reading: one the client waits to send (``Expect:
+        100-continue``), or a large or chunked one. Raises ``_EarlyRefusal``; small bodies
+        arrive with their head, and are refused once whole (a refusal parses nothing)."""
+        if not expect and not _large_body(self._headers):
+            return
+        if self._parser.get_method() != b"POST":
+            return
+        try:
+            target = self._target(self._url)
+        except httptools.HttpParserInvalidURLError:
+            return
+        if target is not None:
+            reply = target[0].refuse_early(target[1], self._headers)
+            if reply is not None:
+                raise _EarlyRefusal(reply)
 
     def on_body(self, body: bytes) -> None:
         self._size += len(body)
@@ -371,7 +396,7 @@ class GatewayProtocol(asyncio.Protocol):
                 self.respond(request, 500, _JSON, b'{"error":"no response"}', close=True)
             self._finished()
 
-    def _target(self, url: bytes) -> tuple[FastHandler, str, str | None] | None:
+    def _target(self, url: bytes) -> tuple[FastEndpoint, str, str | None] | None:
         """The inference endpoint of a POST to ``url``, remembered: callers repeat their URLs."""
         targets = self.targets
         try:
@@ -387,7 +412,7 @@ class GatewayProtocol(asyncio.Protocol):
         return target
 
     def _handle_inference(
-        self, request: _Request, handle: FastHandler, name: str, version: str | None
+        self, request: _Request, endpoint: FastEndpoint, name: str, version: str | None
     ) -> None:
         def respond(reply: Reply | None) -> None:
             if reply is None:
@@ -399,6 +424,7 @@ class GatewayProtocol(asyncio.Protocol):
             self._finished()
 
         # ``handle`` answers at once (and returns None) or later, from the future's callback
+        handle = endpoint.handle
         future = handle(name, version, request.headers, request.body, respond, request.arrived)
         if future is not None:
             self._active = future  # connection_lost cancels it: the request leaves its batch
@@ -507,6 +533,20 @@ class GatewayProtocol(asyncio.Protocol):
         if self._active is None:
             self._start_next()
 
+    def _refuse_now(self, reply: Reply) -> None:
+        """Answer the request whose head was just read with ``reply`` (nothing is ahead of it),
+        read nothing more of it, and close: its body, if the client sends it, is dropped."""
+        if self._rejected or self._lost or self._transport is None:
+            return
+        self._rejected = True
+        self._in_head = self._continue = False
+        self._update_reading()
+        request = _Request("POST", b"", [], b"", False, self._version, None, self._arrived)
+        if reply.head is not None:
+            self._write(request, reply.status, reply.head, reply.body, True)
+        else:
+            self.respond(request, reply.status, reply.headers, reply.body, close=True)
+
     def _close(self) -> None:
         transport = self._transport
         if transport is None or self._linger is not None or transport.is_closing():
@@ -567,6 +607,27 @@ class GatewayProtocol(asyncio.Protocol):
             self._arm_head_timer()  # a later request's head, begun after this timer was set
             return
         self._reject(408, f"the request head did not arrive within {self.limits.head_timeout_s} s")
+
+
+class _EarlyRefusal(Exception):
+    """Raised from the parser's head callback: admission refused the request from its head."""
+
+    def __init__(self, reply: Reply) -> None:
+        super().__init__(reply.status)
+        self.reply = reply
+
+
+# A body this large is not read for a request that admission refuses from its head.
+_EARLY_REFUSAL_BYTES = 64 * 1024
+
+
+def _large_body(headers: list[tuple[bytes, bytes]]) -> bool:
+    for name, value in headers:
+        if name == b"content-length":
+            return int(value) > _EARLY_REFUSAL_BYTES  # check_head has checked the digits
+        if name == b"transfer-encoding":
+            return True  # chunked: of any length
+    return False
 
 
 _JSON = [(b"content-type", b"application/json")]

@@ -15,7 +15,7 @@ import httpx
 import orjson
 import pytest
 
-from tests._raw_http import post, read_responses
+from tests._raw_http import post, read_responses, read_until_closed
 from tests._support import GatewayProcess, start_gateway
 from tests.integration.test_http_protocol import PATH, ROWS, body
 
@@ -108,3 +108,42 @@ def test_a_request_whose_deadline_passed_before_it_was_read_is_dropped_unparsed(
         assert metric(gw, timeouts).endswith(" 1.0")
         no_batch = 'gateway_batch_rows_count{model="breast_cancer",variant="default",version="1"}'
         assert metric(gw, no_batch) == f"{no_batch} 0.0", "the model never ran"
+
+
+def test_a_large_or_expecting_request_is_refused_from_its_head_unread(
+    demo_registry: Path, tmp_path: Path
+) -> None:
+    # one request per 1,000 s per caller, a burst of one: the caller's second request is refused
+    settings = config(
+        demo_registry,
+        admission={"limits": {"client_rate_per_s": 0.001, "client_burst": 1}},
+    )
+    key = b"X-Api-Key: k\r\n"
+    large = 1024 * 1024
+    with start_gateway(tmp_path, settings) as gw:
+        with socket.create_connection(("127.0.0.1", gw.port)) as sock:
+            sock.sendall(post(PATH, body(), key))  # takes the caller's one token
+            ((status, _, _),) = read_responses(sock, 1)
+        assert status == 200
+        head = b"POST " + PATH + b" HTTP/1.1\r\nHost: k\r\n" + key
+        # Expect: 100-continue: the refusal comes instead of the 100 Continue, and the
+        # connection closes (the client need not send the body)
+        with socket.create_connection(("127.0.0.1", gw.port)) as sock:
+            sock.sendall(head + b"Expect: 100-continue\r\nContent-Length: %d\r\n\r\n" % large)
+            responses, was_closed = read_until_closed(sock)
+        assert [r[0] for r in responses] == [429]
+        assert was_closed
+        assert responses[0][1]["retry-after"] == "1000"
+        # a large body: refused once its head is in, whatever of the body has been sent
+        with socket.create_connection(("127.0.0.1", gw.port)) as sock:
+            sock.sendall(head + b"Content-Length: %d\r\n\r\n" % large + b"x" * 1000)
+            responses, was_closed = read_until_closed(sock)
+        assert [r[0] for r in responses] == [429]
+        assert was_closed
+        assert b"exceeds its rate" in responses[0][2]
+        # a small body is refused once whole, and the connection stays open
+        with socket.create_connection(("127.0.0.1", gw.port)) as sock:
+            sock.sendall(post(PATH, body(), key) + post(PATH, body(), key))
+            assert [r[0] for r in read_responses(sock, 2)] == [429, 429]
+        refusals = 'gateway_admission_refusals_total{model="breast_cancer",reason="client_rate"}'
+        assert metric(gw, refusals) == f"{refusals} 4.0"
