@@ -15,7 +15,7 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import AsyncExitStack
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Any, Protocol
 
 from prometheus_client import CollectorRegistry
 
@@ -163,11 +163,7 @@ async def start_core(
     )
     channel: RouteChannel | None = None
     if settings.control.enabled:
-        options = producer_options(settings.feature_log)
-        options = {k: v for k, v in options.items() if k not in _PRODUCER_ONLY}
-        options["bootstrap_servers"] = (
-            settings.control.bootstrap_servers or settings.feature_log.bootstrap_servers
-        )
+        options = control_options(settings)
         control = settings.control
         assert control.signing_key is not None  # the settings require it when enabled
         signer = ControlSigner(
@@ -204,7 +200,20 @@ async def start_core(
     return Core(service, store, feedback)
 
 
-_PRODUCER_ONLY = ("acks", "compression_type", "enable_idempotence", "linger_ms")
+# The feature log's producer options that the control channel's consumer would refuse (it takes
+# the rest: the connection and its security).
+_PRODUCER_ONLY = ("acks", "compression_type", "enable_idempotence", "linger_ms", "max_batch_size")
+
+
+def control_options(settings: GatewaySettings) -> dict[str, Any]:
+    """The Kafka client options of the control channel (its producer and its consumer): the
+    feature log's connection and security, on the control topic's brokers."""
+    options = producer_options(settings.feature_log)
+    options = {k: v for k, v in options.items() if k not in _PRODUCER_ONLY}
+    options["bootstrap_servers"] = (
+        settings.control.bootstrap_servers or settings.feature_log.bootstrap_servers
+    )
+    return options
 
 
 def _batch_observers(

@@ -92,3 +92,23 @@ def test_the_control_topic_needs_a_signing_key(monkeypatch: pytest.MonkeyPatch) 
     settings = load_settings(control={"enabled": True})
     assert settings.control.signing_key is not None
     assert "k" * 32 not in repr(settings)
+
+
+async def test_control_channel_options_suit_both_its_producer_and_its_consumer() -> None:
+    """The control channel takes the feature log's connection; a producer-only option there
+    made its consumer refuse to start (every route change then timed out)."""
+    from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+
+    from gateway.assembly import control_options
+
+    settings = load_settings(
+        None,
+        feature_log={"enabled": True, "bootstrap_servers": "127.0.0.1:1"},
+        control={"enabled": True, "signing_key": "k" * 32, "bootstrap_servers": "127.0.0.1:2"},
+    )
+    options = control_options(settings)
+    assert options["bootstrap_servers"] == "127.0.0.1:2"
+    consumer = AIOKafkaConsumer("gateway-control", **options)  # raises on an unknown option
+    producer = AIOKafkaProducer(**options)
+    await consumer.stop()
+    await producer.stop()
