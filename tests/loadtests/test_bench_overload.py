@@ -9,9 +9,17 @@ from loadtests.bench_overload import Schedule, analyze, markdown, summarize
 
 def _row(health_ms: float | None, health_failed: int) -> dict[str, Any]:
     schedule = Schedule(calm_s=1.0, phase_s=1.0, recovery_s=1.0)
-    samples = [(0.5, 0.002, "200"), (1.2, 0.004, "200"), (2.5, 0.002, "200")]
+    samples: list[tuple[float, float | None, str]] = [
+        (0.5, 0.002, "200"),
+        (1.2, 0.004, "200"),
+        (2.5, 0.002, "200"),
+    ]
     # the main port's probes: one before the overload (not counted), a slow one during it
-    probes = [(0.5, 0.9, "200"), (1.1, 0.8, "200"), (1.6, None, "TimeoutError")]
+    probes: list[tuple[float, float | None, str]] = [
+        (0.5, 0.9, "200"),
+        (1.1, 0.8, "200"),
+        (1.6, None, "TimeoutError"),
+    ]
     row = analyze(samples, probes, capacity=1.0, schedule=schedule)
     row.update(multiple=2.0, server="gateway-admission", capacity=1.0, loadavg_1m_before=1.0,
                cores={"others_on_cpu0": 0.0})  # fmt: skip
