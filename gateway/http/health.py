@@ -31,6 +31,7 @@ log = logging.getLogger(__name__)
 
 _JSON = [(b"content-type", b"application/json")]
 _STARTING = Reply(503, orjson.dumps({"ready": False, "error": "the gateway is starting"}), _JSON)
+_STOPPING = Reply(503, orjson.dumps({"ready": False, "error": "the gateway is stopping"}), _JSON)
 
 
 class Heartbeat:
@@ -78,7 +79,7 @@ class Heartbeat:
         self, loop: asyncio.AbstractEventLoop, ready: Callable[[], Reply]
     ) -> Callable[[], None]:
         """Beat on ``loop`` every ``interval_s`` with ``ready()``'s answer until the returned
-        function is called."""
+        function is called (then not ready: stopping)."""
         handle: asyncio.TimerHandle | None = None
 
         def tick() -> None:
@@ -89,6 +90,7 @@ class Heartbeat:
         def stop() -> None:
             if handle is not None:
                 handle.cancel()
+            self.beat(_STOPPING)  # the lifespan has ended: the models are gone
 
         tick()
         return stop

@@ -149,6 +149,8 @@ async def test_the_loop_beats_until_stopped() -> None:
     await asyncio.wait_for(third.wait(), 10)  # the loop beats on its own
     assert heartbeat.stall() is None
     stop()
+    assert heartbeat.ready().status == 503
+    assert b"the gateway is stopping" in heartbeat.ready().body
     beats = len(ready_calls)
     await asyncio.sleep(0.2)
     assert len(ready_calls) == beats
