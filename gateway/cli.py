@@ -115,7 +115,11 @@ def main(argv: list[str] | None = None) -> int:
     workers = worker_count(settings.server.workers)
     if workers > 1:
         return supervise(settings, workers, args.log_level)
-    serve(settings, args.log_level)
+    try:
+        serve(settings, args.log_level)
+    except ConfigError as exc:  # found only as it starts: a port in use
+        print(f"gateway: {exc}", file=sys.stderr)
+        return 2
     return 0
 
 

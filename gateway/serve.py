@@ -19,21 +19,40 @@ def serve(
     *,
     peers: Peers | None = None,
     sockets: list[socket.socket] | None = None,
+    health_socket: socket.socket | None = None,
 ) -> None:
     """Run the gateway with uvicorn until SIGINT/SIGTERM, then shut down gracefully.
 
-    A worker of ``gateway serve --workers N`` passes its ``peers`` and the listening socket it
-    shares with the others; otherwise uvicorn binds ``server.host:server.port`` itself.
+    A worker of ``gateway serve --workers N`` passes its ``peers`` and the listening sockets it
+    shares with the others (the main port's, and the health port's when that is on); otherwise
+    uvicorn binds ``server.host:server.port`` itself, and the health port is bound here
+    (ConfigError naming ``server.health_port`` when it cannot be).
     """
     import uvicorn
+    from prometheus_client import CollectorRegistry
 
-    from gateway.http import create_app
+    from gateway.http import HealthServer, Heartbeat, bind_health, create_app
 
     # A batch finishing on a worker thread needs the GIL back from a busy event loop; Python
     # hands it over only every switch interval (5 ms by default), which would add up to 5 ms
     # to every batch under load.
     sys.setswitchinterval(settings.runtime.gil_switch_interval_s)
-    app = create_app(settings, peers=peers)
+    registry = CollectorRegistry()
+    heartbeat: Heartbeat | None = None
+    health: HealthServer | None = None
+    if settings.server.health_port is not None:
+        if health_socket is None:
+            health_socket = bind_health(settings.server.host, settings.server.health_port)
+        heartbeat = Heartbeat(settings.server.health_stall_limit_s)
+        # With workers, this worker's registry is a part of the server's metrics; the main
+        # port's /metrics sums them, over the workers' event loops.
+        health = HealthServer(
+            health_socket,
+            heartbeat,
+            registry if peers is None else None,
+            metrics_elsewhere="with --workers N, /metrics on server.port sums every worker's",
+        )
+    app = create_app(settings, metrics_registry=registry, peers=peers, heartbeat=heartbeat)
     http: str | type[asyncio.Protocol] = "httptools" if find_spec("httptools") else "h11"
     if settings.server.http_protocol == "gateway" and find_spec("httptools"):
         from gateway.http.server import HttpLimits, protocol_class
@@ -63,4 +82,10 @@ def serve(
         # X-Forwarded-* rewriting costs a middleware call per request; on only when asked.
         proxy_headers=settings.server.proxy_headers,
     )
-    uvicorn.Server(config).run(sockets=sockets)
+    if health is not None:
+        health.start()
+    try:
+        uvicorn.Server(config).run(sockets=sockets)
+    finally:
+        if health is not None:
+            health.stop()

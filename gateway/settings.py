@@ -76,6 +76,18 @@ class ServerSettings(_Group):
     # /v2/health/ready answers 200 when every endpoint is ready ("all") or at least one ("any");
     # either way it names the endpoints that are not.
     readiness: Literal["all", "any"] = "any"
+    # A second port answering /v2/health/live, /v2/health/ready and /metrics from a thread of
+    # its own, so a busy event loop cannot delay them (README "Health port"); off when unset.
+    health_port: int | None = Field(default=None, ge=1, le=65535)
+    # On the health port, liveness fails (503) once the event loop has made no progress for
+    # this long: far above any delay load causes, so only a wedged loop fails it.
+    health_stall_limit_s: float = Field(default=30.0, gt=0)
+
+    @model_validator(mode="after")
+    def _health_port_apart(self) -> ServerSettings:
+        if self.health_port is not None and self.health_port == self.port:
+            raise ValueError(f"health_port: {self.health_port} is also server.port")
+        return self
 
 
 class RegistrySettings(BaseRegistrySettings):

@@ -6,7 +6,9 @@ measured first, with admission control on: the larger of the highest rate it ser
 that (``measure_capacity``); the server without admission control is offered the same rates.
 Then, for each multiple, one open-loop schedule: ``--calm-s`` at half the capacity (the normal
 latency), ``--phase-s`` at the multiple, ``--recovery-s`` at half again, while a liveness
-prober in its own process opens a connection every ``--probe-period-s``.
+prober in its own process opens a connection every ``--probe-period-s``. With
+``--health-port``, the gateway also serves its health port (``server.health_port``) and a
+second prober probes liveness there, so both ports' slowest probe are reported.
 
 Reported per overload phase (requests counted by their scheduled time): goodput (answers 200
 within 50 ms, per second, and as a share of the capacity), refusals (503/429) and how fast
@@ -16,7 +18,8 @@ bin of the recovery phase after it: p99 within twice the calm p99 or 10 ms, whic
 larger, and nothing refused or lost). The server runs pinned to CPU 0, the generator and the
 prober on CPU 1 (``loadtests/README.md``); the machine's own load is measured beside.
 
-``python -m loadtests.bench_overload [--repeats 3] [--multiples 1 1.5 2 4] [--phase-s 10]``
+``python -m loadtests.bench_overload [--repeats 3] [--multiples 1 1.5 2 4] [--phase-s 10]
+[--health-port]``
 writes ``loadtests/results/overload-<time>.json`` and ``overload.md``.
 """
 
@@ -38,7 +41,7 @@ from typing import Any
 import httpx
 import numpy as np
 
-from loadtests.bench_serving import P99_BOUND_MS, RESULTS, running
+from loadtests.bench_serving import P99_BOUND_MS, RESULTS, free_port, running
 from loadtests.machine import machine_info
 from loadtests.models import register_benchmark_models
 from loadtests.openloop import Result, find_max_rate, run, run_phases_async
@@ -65,9 +68,11 @@ class Schedule:
     recovery_s: float
 
 
-def _server(admission: bool, logging: bool) -> Server:
+def _server(admission: bool, logging: bool, health_port: int | None = None) -> Server:
     name = f"gateway-{'admission' if admission else 'no-admission'}{'-logging' if logging else ''}"
-    config = {"batching": {"enabled": True}, "admission": {"enabled": admission}}
+    config: dict[str, Any] = {"batching": {"enabled": True}, "admission": {"enabled": admission}}
+    if health_port is not None:
+        config["server"] = {"health_port": health_port}
     return Server(name, "gateway", gateway=config, broker=logging)
 
 
@@ -126,21 +131,26 @@ def overload_run(
     schedule: Schedule,
     probe_period_s: float,
     server_pid: int,
+    health_port: int | None = None,
 ) -> dict[str, Any]:
-    """One schedule (calm, overload, recovery) with the prober beside; its analysis."""
+    """One schedule (calm, overload, recovery) with the prober beside (and a second on the
+    health port, when there is one); its analysis."""
     phases = [(capacity / 2, schedule.calm_s), (capacity * multiple, schedule.phase_s),
               (capacity / 2, schedule.recovery_s)]  # fmt: skip
     total_s = sum(seconds for _, seconds in phases)
     host_port = url.split("/")[2]
     host, port = host_port.split(":")
     context = multiprocessing.get_context("spawn")
-    receive, send = context.Pipe(duplex=False)
-    start_at = time.perf_counter() + 2.0  # the prober's process starts meanwhile
-    prober = context.Process(
-        target=probe_liveness,
-        args=(host, int(port), start_at, total_s + 1.0, probe_period_s, 10.0, send),
-    )
-    prober.start()
+    start_at = time.perf_counter() + 2.0  # the probers' processes start meanwhile
+    probers = []
+    for probed in [int(port)] if health_port is None else [int(port), health_port]:
+        receive, send = context.Pipe(duplex=False)
+        prober = context.Process(
+            target=probe_liveness,
+            args=(host, probed, start_at, total_s + 1.0, probe_period_s, 10.0, send),
+        )
+        prober.start()
+        probers.append((prober, receive))
     load_before = os.getloadavg()[0]
     base = url.split("/v2/")[0]
     before = admission_stats(base)
@@ -156,10 +166,15 @@ def overload_run(
     after = admission_stats(base)
     server = {key: round(after[key] - before.get(key, 0.0), 3) for key in after if key != "limit"}
     server["limit_after"] = after.get("limit", 0.0)
-    probes: list[tuple[float, float | None, str]] = receive.recv()
-    prober.join()
+    probes: list[list[tuple[float, float | None, str]]] = []
+    for prober, receive in probers:
+        probes.append(receive.recv())
+        prober.join()
     assert result.samples is not None
-    analysis = analyze(result.samples, probes, capacity, schedule)
+    analysis = analyze(result.samples, probes[0], capacity, schedule)
+    if health_port is not None:
+        slowest, failed = _liveness(probes[1], schedule.calm_s)
+        analysis.update(health_liveness_max_ms=slowest, health_liveness_failed=failed)
     return {"multiple": multiple, "offered_rate": round(capacity * multiple), **analysis,
             "loadavg_1m_before": round(load_before, 2), "cores": cores,
             "server_stats": server}  # fmt: skip
@@ -217,8 +232,7 @@ def analyze(
     outcomes: dict[str, int] = {}
     for _, status in phase:
         outcomes[status] = outcomes.get(status, 0) + 1
-    after = [p for p in probes if p[0] >= start]
-    liveness = [lat for _, lat, status in after if lat is not None and status == "200"]
+    liveness_max_ms, liveness_failed = _liveness(probes, start)
     calm_p99 = float(np.percentile(calm, 99)) if calm else 0.0
     goodput = good / schedule.phase_s
     return {
@@ -234,10 +248,19 @@ def analyze(
         "refusal_max_ms": round(max(refused) * 1000, 2) if refused else None,
         "timeouts": outcomes.get("TimeoutError", 0),
         "calm_p99_ms": round(calm_p99 * 1000, 2),
-        "liveness_max_ms": round(max(liveness) * 1000, 1) if liveness else None,
-        "liveness_failed": len(after) - len(liveness),
+        "liveness_max_ms": liveness_max_ms,
+        "liveness_failed": liveness_failed,
         "recovery_s": recovery_s(samples, end, schedule.recovery_s, calm_p99),
     }
+
+
+def _liveness(
+    probes: list[tuple[float, float | None, str]], start: float
+) -> tuple[float | None, int]:
+    """The slowest answered probe from ``start`` on (ms), and how many got no 200."""
+    after = [p for p in probes if p[0] >= start]
+    liveness = [lat for _, lat, status in after if lat is not None and status == "200"]
+    return (round(max(liveness) * 1000, 1) if liveness else None), len(after) - len(liveness)
 
 
 def recovery_s(
@@ -275,6 +298,9 @@ def main() -> None:
     parser.add_argument("--logging", choices=["both", "on", "off"], default="both")
     parser.add_argument("--no-baseline", action="store_true", help="skip admission off")
     parser.add_argument(
+        "--health-port", action="store_true", help="serve and probe the health port too"
+    )
+    parser.add_argument(
         "--registry", type=Path, help="the benchmark models' registry (made there if missing)"
     )
     args = parser.parse_args()
@@ -294,7 +320,8 @@ def main() -> None:
         for log_on in logging:
             capacity, found = 0.0, dict[str, float]()
             for admission in [True] if args.no_baseline else [True, False]:
-                server = _server(admission, log_on)
+                health_port = free_port() if args.health_port else None
+                server = _server(admission, log_on, health_port)
                 with running(scenario, server, files, registry, work) as under_test:
                     url = f"{under_test.base}/v2/models/mlp/infer"
                     warm = run(url, body, 50, 2.0, headers)
@@ -305,7 +332,8 @@ def main() -> None:
                         print(f"capacity {capacity:.0f} req/s ({found})", flush=True)
                     for multiple in args.multiples:
                         row = overload_run(url, body, headers, capacity, multiple, schedule,
-                                           args.probe_period_s, under_test.pid)  # fmt: skip
+                                           args.probe_period_s, under_test.pid,
+                                           health_port)  # fmt: skip
                         row.update(server=server.name, repeat=repeat, capacity=capacity,
                                    capacity_found=found)  # fmt: skip
                         runs.append(row)
@@ -317,7 +345,7 @@ def main() -> None:
     stamp = time.strftime("%Y%m%d-%H%M%S")
     meta = {"cpu_count": os.cpu_count(), "python": sys.version.split()[0],
             "repeats": args.repeats, "schedule": schedule.__dict__, "targets": TARGETS,
-            "probe_period_s": args.probe_period_s,
+            "probe_period_s": args.probe_period_s, "health_port": args.health_port,
             "seconds": round(time.time() - started),
             "machine_before": machine_before, "machine_after": machine_info()}  # fmt: skip
     (RESULTS / f"overload-{stamp}.json").write_text(
@@ -332,14 +360,15 @@ def _line(row: dict[str, Any]) -> str:
     return (f"goodput {row['goodput_rate']}/s ({row['goodput_share']:.0%}), p50/p99 "
             f"{row['answered_p50_ms']}/{row['answered_p99_ms']} ms, refused {row['refused']} "
             f"(p99 {row['refusal_p99_ms']} ms), timeouts {row['timeouts']}, liveness max "
-            f"{row['liveness_max_ms']} ms, recovery {row['recovery_s']} s, "
+            f"{row['liveness_max_ms']} ms (health port "
+            f"{row.get('health_liveness_max_ms', '-')} ms), recovery {row['recovery_s']} s, "
             f"load {row['loadavg_1m_before']}, cores {row['cores']}, "
             f"server {row['server_stats']}")  # fmt: skip
 
 
 _FIGURES = ("capacity", "goodput_rate", "goodput_share", "answered_p50_ms", "answered_p99_ms",
             "refused", "refusal_p50_ms", "refusal_p99_ms", "timeouts", "liveness_max_ms",
-            "recovery_s", "loadavg_1m_before")  # fmt: skip
+            "health_liveness_max_ms", "recovery_s", "loadavg_1m_before")  # fmt: skip
 
 
 def summarize(runs: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
@@ -351,7 +380,7 @@ def summarize(runs: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
     for key, rows in groups.items():
         entry: dict[str, Any] = {}
         for figure in _FIGURES:
-            values = [row[figure] for row in rows]
+            values = [row.get(figure) for row in rows]
             known = [v for v in values if v is not None]
             entry[figure] = {"median": statistics.median(known) if known else None,
                              "runs": values}  # fmt: skip
@@ -366,13 +395,17 @@ def _targets_held(row: dict[str, Any]) -> dict[str, bool]:
     def within(value: float | None, bound: float) -> bool:
         return value is not None and value <= bound
 
+    # what the kubelet probes: the health port when it is on
+    on_health = "health_liveness_max_ms" in row
+    prefix = "health_" if on_health else ""
+
     return {
         "goodput": row["goodput_share"] >= TARGETS["goodput_share"],
         "p99": within(row["answered_p99_ms"], TARGETS["p99_ms"]),
         "refusals_fast": row["refused"] == 0 or within(row["refusal_p99_ms"], 5.0),
         "no_timeouts": row["timeouts"] == 0,
-        "liveness": within(row["liveness_max_ms"], TARGETS["liveness_ms"])
-        and row["liveness_failed"] == 0,
+        "liveness": within(row[f"{prefix}liveness_max_ms"], TARGETS["liveness_ms"])
+        and row[f"{prefix}liveness_failed"] == 0,
         "recovery": row["recovery_s"] <= TARGETS["recovery_s"],
     }
 
@@ -390,8 +423,9 @@ def markdown(report: dict[str, dict[str, Any]]) -> str:
     lines = [
         "| server @ offered | capacity req/s | goodput req/s | goodput / capacity | "
         "p50 / p99 answered ms | refused | refusal p50 / p99 ms | client timeouts | "
-        "slowest liveness ms | recovery s | load avg before | others' cores on CPU 0 |",
-        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+        "slowest liveness ms, main port | health port | recovery s | load avg before | "
+        "others' cores on CPU 0 |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
     for key, entry in report.items():
         lines.append(
@@ -402,6 +436,7 @@ def markdown(report: dict[str, dict[str, Any]]) -> str:
             f"{cell(entry, 'refusal_p50_ms', '{:.1f}')} / "
             f"{cell(entry, 'refusal_p99_ms', '{:.1f}')} | {cell(entry, 'timeouts')} | "
             f"{cell(entry, 'liveness_max_ms', '{:.0f}')} | "
+            f"{cell(entry, 'health_liveness_max_ms', '{:.0f}')} | "
             f"{cell(entry, 'recovery_s', '{:.1f}')} | "
             f"{cell(entry, 'loadavg_1m_before', '{:.1f}')} | "
             f"{', '.join(f'{v:.2f}' for v in entry['others_on_cpu0'])} |"

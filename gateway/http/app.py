@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import gc
 import logging
 import re
@@ -42,6 +43,7 @@ from gateway.http.endpoints import (
     PredictEndpoint,
     json_response,
 )
+from gateway.http.health import Heartbeat
 from gateway.metrics import GatewayMetrics
 from gateway.settings import GatewaySettings
 from gateway.traffic import RevisionMismatchError, RouteConflictError
@@ -72,9 +74,11 @@ def create_app(
     metrics_registry: CollectorRegistry | None = None,
     registry: Registry | None = None,
     peers: Peers | None = None,
+    heartbeat: Heartbeat | None = None,
 ) -> GatewayApp:
     """Build the gateway's ASGI app; models load when its lifespan starts. ``peers``: the
-    other worker processes of this server, if any."""
+    other worker processes of this server, if any; ``heartbeat``: published for the health
+    port while the lifespan runs."""
     metrics = GatewayMetrics(metrics_registry or CollectorRegistry(), __version__)
     state = AppState(
         version=__version__,
@@ -92,6 +96,8 @@ def create_app(
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         async with AsyncExitStack() as stack:
+            if heartbeat is not None:  # from the start: loading models is progress too
+                stack.callback(heartbeat.run_on(asyncio.get_running_loop(), meta.ready_reply))
             core = await start_core(settings, metrics, stack, registry, peers, state.admission)
             state.service, state.route_store = core.service, core.routes
             state.feedback = core.feedback

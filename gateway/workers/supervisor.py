@@ -22,6 +22,8 @@ from dataclasses import dataclass, field
 from multiprocessing.process import BaseProcess
 from pathlib import Path
 
+from gateway.errors import ConfigError
+from gateway.http import bind_health
 from gateway.settings import GatewaySettings
 from gateway.workers._hub import Hub
 from gateway.workers._link import Link
@@ -61,8 +63,17 @@ def supervise(settings: GatewaySettings, workers: int, log_level: str = "info") 
     except OSError as exc:
         log.error("cannot listen on %s:%s: %s", settings.server.host, settings.server.port, exc)
         return 1
-    with listener:
-        return asyncio.run(_Supervisor(settings, workers, log_level, listener).run())
+    health: socket.socket | None = None
+    if settings.server.health_port is not None:
+        try:
+            health = bind_health(settings.server.host, settings.server.health_port)
+        except ConfigError as exc:
+            listener.close()
+            log.error("%s", exc)
+            return 1
+        health.set_inheritable(True)
+    with listener, health or contextlib.nullcontext():
+        return asyncio.run(_Supervisor(settings, workers, log_level, listener, health).run())
 
 
 def _listen(host: str, port: int) -> socket.socket:
@@ -88,11 +99,17 @@ class _Slot:
 
 class _Supervisor:
     def __init__(
-        self, settings: GatewaySettings, workers: int, log_level: str, listener: socket.socket
+        self,
+        settings: GatewaySettings,
+        workers: int,
+        log_level: str,
+        listener: socket.socket,
+        health: socket.socket | None,
     ) -> None:
         self._settings = settings
         self._log_level = log_level
         self._listener = listener
+        self._health = health
         self._slots = [_Slot(k) for k in range(workers)]
         self._hub = Hub(apply_timeout_s=settings.control.timeout_s)
         self._replica_base = settings.server.replica_id or f"{socket.gethostname()}-{os.getpid()}"
@@ -119,7 +136,7 @@ class _Supervisor:
         settings = worker_settings(self._settings, slot.index, self._replica_base)
         process = self._context.Process(
             target=run_worker,
-            args=(settings, slot.index, self._log_level, self._listener, theirs),
+            args=(settings, slot.index, self._log_level, self._listener, theirs, self._health),
             name=f"gateway-worker-{slot.index}",
         )
         process.start()

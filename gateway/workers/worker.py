@@ -36,6 +36,7 @@ def run_worker(
     log_level: str,
     listener: socket.socket,
     link: socket.socket,
+    health: socket.socket | None = None,
 ) -> None:
     """The worker's main function (a spawned process): serve until SIGTERM or SIGINT."""
     logging.basicConfig(
@@ -44,4 +45,4 @@ def run_worker(
     )
     logging.getLogger("aiokafka").setLevel(logging.CRITICAL)  # as `gateway serve` does
     peers = WorkerPeers(link, slot, settings.control.timeout_s)
-    serve(settings, log_level, peers=peers, sockets=[listener])
+    serve(settings, log_level, peers=peers, sockets=[listener], health_socket=health)

@@ -304,6 +304,13 @@ def _check_pod_policy(deployment: Doc) -> None:
         (container,) = pod["containers"]
         assert container["livenessProbe"]["httpGet"]["path"] == "/v2/health/live"
         assert container["readinessProbe"]["httpGet"]["path"] == "/v2/health/ready"
+        # liveness and readiness on the health port, which the gateway is told to open
+        ports = {port["name"]: port["containerPort"] for port in container["ports"]}
+        env = {e["name"]: e.get("value") for e in container["env"]}
+        assert env["GATEWAY_SERVER__HEALTH_PORT"] == str(ports["health"])
+        for probe in ("livenessProbe", "readinessProbe"):
+            assert container[probe]["httpGet"]["port"] == "health", probe
+        assert container["startupProbe"]["httpGet"]["port"] == "http"  # open after loading
         assert container["lifecycle"]["preStop"]["exec"]["command"][0] == "sleep"
     if deployment["metadata"]["labels"]["app.kubernetes.io/component"] in ("monitor", "retrain"):
         (container,) = pod["containers"]

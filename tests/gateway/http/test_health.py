@@ -1,0 +1,156 @@
+"""The health port's listener: live, ready and stalled from the heartbeat; 404, 405; the port."""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+import httpx
+import pytest
+from prometheus_client import CollectorRegistry, Counter
+
+from gateway.errors import ConfigError
+from gateway.http import HealthServer, Heartbeat, bind_health
+from gateway.http._asgi import Reply
+
+
+class _Clock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+_READY = Reply(200, b'{"ready":true}', [(b"content-type", b"application/json")])
+
+
+@contextmanager
+def _health(heartbeat: Heartbeat, metrics: CollectorRegistry | None) -> Iterator[str]:
+    server = HealthServer(
+        bind_health("127.0.0.1", 0), heartbeat, metrics, metrics_elsewhere="ask the main port"
+    )
+    server.start()
+    try:
+        host, port = server.address
+        yield f"http://{host}:{port}"
+    finally:
+        server.stop()
+        server.stop()  # safe twice
+
+
+def test_live_ready_and_a_stalled_loop() -> None:
+    clock = _Clock()
+    heartbeat = Heartbeat(stall_limit_s=30.0, clock=clock)
+    with _health(heartbeat, None) as url, httpx.Client(base_url=url, timeout=10) as client:
+        assert client.get("/v2/health/live").json() == {"live": True}
+        starting = client.get("/v2/health/ready")
+        assert starting.status_code == 503
+        assert starting.json()["error"] == "the gateway is starting"
+
+        heartbeat.beat(_READY)
+        ready = client.get("/v2/health/ready")
+        assert ready.status_code == 200
+        assert ready.json() == {"ready": True}
+
+        clock.now += 29.0  # slow beats under load stay far inside the limit
+        assert client.get("/v2/health/live").status_code == 200
+        assert client.get("/v2/health/ready").status_code == 200
+
+        clock.now += 2.0  # 31 s without a beat: wedged
+        live = client.get("/v2/health/live")
+        assert live.status_code == 503
+        assert live.json()["live"] is False
+        assert "31.0 s" in live.json()["error"]
+        assert "server.health_stall_limit_s" in live.json()["error"]
+        stalled = client.get("/v2/health/ready")
+        assert stalled.status_code == 503
+        assert "no progress" in stalled.json()["error"]
+
+        heartbeat.beat(_READY)  # the loop is back
+        assert client.get("/v2/health/live").status_code == 200
+        assert client.get("/v2/health/ready").status_code == 200
+
+
+def test_metrics_render_the_registry_or_name_where_they_are() -> None:
+    registry = CollectorRegistry()
+    counter = Counter("probe_things_total", "things", registry=registry)
+    counter.inc(3)
+    heartbeat = Heartbeat(stall_limit_s=30.0)
+    with _health(heartbeat, registry) as url:
+        response = httpx.get(f"{url}/metrics", timeout=10)
+        assert response.status_code == 200
+        assert response.headers["content-type"].startswith("text/plain")
+        assert "probe_things_total 3.0" in response.text
+    with _health(heartbeat, None) as url:
+        elsewhere = httpx.get(f"{url}/metrics", timeout=10)
+        assert elsewhere.status_code == 404
+        assert "ask the main port" in elsewhere.json()["error"]
+
+
+def test_unknown_paths_and_other_methods() -> None:
+    heartbeat = Heartbeat(stall_limit_s=30.0)
+    with _health(heartbeat, None) as url, httpx.Client(base_url=url, timeout=10) as client:
+        missing = client.get("/v2/models/x/infer")
+        assert missing.status_code == 404
+        assert missing.json() == {"error": "no route GET /v2/models/x/infer on the health port"}
+        for method in ("POST", "PUT", "DELETE", "HEAD"):
+            refused = client.request(method, "/v2/health/live")
+            assert refused.status_code == 405, method
+            assert refused.headers["allow"] == "GET"
+            if method != "HEAD":
+                assert refused.json()["error"].startswith(f"method {method} is not allowed")
+        # the connection is kept alive across all of them (HTTP/1.1)
+        assert client.get("/v2/health/live").status_code == 200
+
+
+def test_a_bad_request_line_gets_a_json_error() -> None:
+    with _health(Heartbeat(stall_limit_s=30.0), None) as url:
+        host, port = url.removeprefix("http://").split(":")
+        with socket.create_connection((host, int(port)), timeout=10) as sock:
+            sock.sendall(b"GARBAGE\r\n\r\n")
+            answer = b""
+            while chunk := sock.recv(4096):
+                answer += chunk
+        assert answer.startswith(b"HTTP/1.1 400 ")
+        assert b'{"error":' in answer
+
+
+def test_a_port_in_use_names_the_setting() -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        with pytest.raises(
+            ConfigError, match=rf"server.health_port: cannot listen on 127.0.0.1:{port}"
+        ):
+            bind_health("127.0.0.1", port)
+
+
+async def test_the_loop_beats_until_stopped() -> None:
+    clock = _Clock()
+    heartbeat = Heartbeat(stall_limit_s=0.2, clock=clock)
+    assert heartbeat.interval_s == pytest.approx(0.05)
+    ready_calls: list[int] = []
+    third = asyncio.Event()
+
+    def ready() -> Reply:
+        ready_calls.append(len(ready_calls))
+        if len(ready_calls) == 3:
+            third.set()
+        return _READY
+
+    stop = heartbeat.run_on(asyncio.get_running_loop(), ready)
+    assert ready_calls == [0]  # a beat at once
+    clock.now += 1.0
+    assert heartbeat.stall() is not None
+    await asyncio.wait_for(third.wait(), 10)  # the loop beats on its own
+    assert heartbeat.stall() is None
+    stop()
+    assert heartbeat.ready().status == 503
+    assert b"the gateway is stopping" in heartbeat.ready().body
+    beats = len(ready_calls)
+    await asyncio.sleep(0.2)
+    assert len(ready_calls) == beats
