@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, model_validator
@@ -13,7 +13,7 @@ from monitors.kafka_security import KafkaSecurity
 from monitors.performance_settings import PerformanceSettings
 from registry_client.settings import RegistrySettings
 
-__all__ = ["MonitorSettings", "SettingsError", "load_settings"]
+__all__ = ["FileSettings", "MonitorSettings", "SettingsError", "load_settings", "read_settings"]
 
 
 class SettingsError(ValueError):
@@ -95,7 +95,26 @@ class HttpSettings(_Group):
     port: int = Field(default=8090, ge=0, le=65535)
 
 
-class MonitorSettings(BaseSettings):
+class FileSettings(BaseSettings):
+    """Settings read from a file with the environment over it (``read_settings``): the
+    environment's values win over the file's."""
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        return (env_settings, init_settings)
+
+
+SettingsT = TypeVar("SettingsT", bound=FileSettings)
+
+
+class MonitorSettings(FileSettings):
     """Everything the monitor reads at start."""
 
     model_config = SettingsConfigDict(
@@ -128,20 +147,27 @@ class MonitorSettings(BaseSettings):
             self.registry = self.registry.model_copy(update={"root": self.registry_root})
         return self
 
-    @classmethod
-    def settings_customise_sources(
-        cls,
-        settings_cls: type[BaseSettings],
-        init_settings: PydanticBaseSettingsSource,
-        env_settings: PydanticBaseSettingsSource,
-        dotenv_settings: PydanticBaseSettingsSource,
-        file_secret_settings: PydanticBaseSettingsSource,
-    ) -> tuple[PydanticBaseSettingsSource, ...]:
-        return (env_settings, init_settings)
-
 
 def load_settings(path: Path | None = None, **overrides: Any) -> MonitorSettings:
     """Read the YAML file, apply the environment, validate; name what is wrong."""
+    return read_settings(MonitorSettings, path, overrides)
+
+
+# Paths a config file may give relative to itself: (group or None for the top, key).
+_RELATIVE_PATHS = (
+    (None, "registry_root"),
+    (None, "state_dir"),
+    ("registry", "root"),
+    ("registry", "cache_dir"),
+    ("kafka", "ssl_cafile"),
+    ("kafka", "ssl_certfile"),
+    ("kafka", "ssl_keyfile"),
+)
+
+
+def read_settings(cls: type[SettingsT], path: Path | None, overrides: dict[str, Any]) -> SettingsT:
+    """``cls`` from a YAML file (its relative paths taken from the file's folder), the
+    environment over it and ``overrides`` over both; SettingsError names what is wrong."""
     data: dict[str, Any] = {}
     if path is not None:
         if not path.is_file():
@@ -150,22 +176,16 @@ def load_settings(path: Path | None = None, **overrides: Any) -> MonitorSettings
         if not isinstance(loaded, dict):
             raise SettingsError(f"config file {path} must hold a mapping")
         data = loaded
-        groups: tuple[tuple[Any, str], ...] = (
-            (data, "registry_root"),
-            (data, "state_dir"),
-            (data.get("registry"), "root"),
-            (data.get("registry"), "cache_dir"),
-            (data.get("kafka"), "ssl_cafile"),
-            (data.get("kafka"), "ssl_certfile"),
-            (data.get("kafka"), "ssl_keyfile"),
-        )
-        for group, key in groups:
-            value = group.get(key) if isinstance(group, dict) else None
+        for group_name, key in _RELATIVE_PATHS:
+            group = data if group_name is None else data.get(group_name)
+            if not isinstance(group, dict):
+                continue
+            value = group.get(key)
             if isinstance(value, str) and not Path(value).is_absolute():
                 group[key] = str((path.parent / value).resolve())
     data.update(overrides)
     try:
-        return MonitorSettings(**data)
+        return cls(**data)
     except ValidationError as exc:
         problems = "; ".join(
             f"{'.'.join(str(p) for p in e['loc']) or 'config'}: {e['msg']}" for e in exc.errors()

@@ -5,20 +5,16 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Literal
 
-import yaml
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, model_validator
-from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, model_validator
+from pydantic_settings import SettingsConfigDict
 
 from monitors.kafka_security import KafkaSecurity
+from monitors.settings import FileSettings, SettingsError, read_settings
 from registry_client.settings import RegistrySettings
 
 __all__ = ["RetrainSettings", "SettingsError", "load_settings"]
 
 PRIMARY_METRICS = ("accuracy", "macro_precision", "macro_recall", "macro_f1", "roc_auc")
-
-
-class SettingsError(ValueError):
-    """The worker's configuration is invalid; the message names the setting."""
 
 
 class _Group(BaseModel):
@@ -84,7 +80,7 @@ class HttpSettings(_Group):
     max_body_bytes: int = Field(default=1_048_576, ge=1024)
 
 
-class RetrainSettings(BaseSettings):
+class RetrainSettings(FileSettings):
     """Everything the retraining worker reads at start."""
 
     model_config = SettingsConfigDict(
@@ -126,43 +122,7 @@ class RetrainSettings(BaseSettings):
             raise ValueError("canary.admin_token is required when canary.enabled is true")
         return self
 
-    @classmethod
-    def settings_customise_sources(
-        cls,
-        settings_cls: type[BaseSettings],
-        init_settings: PydanticBaseSettingsSource,
-        env_settings: PydanticBaseSettingsSource,
-        dotenv_settings: PydanticBaseSettingsSource,
-        file_secret_settings: PydanticBaseSettingsSource,
-    ) -> tuple[PydanticBaseSettingsSource, ...]:
-        return (env_settings, init_settings)
-
 
 def load_settings(path: Path | None = None, **overrides: Any) -> RetrainSettings:
     """Read the YAML file, apply the environment, validate; name what is wrong."""
-    data: dict[str, Any] = {}
-    if path is not None:
-        if not path.is_file():
-            raise SettingsError(f"config file {path} does not exist")
-        loaded = yaml.safe_load(path.read_text()) or {}
-        if not isinstance(loaded, dict):
-            raise SettingsError(f"config file {path} must hold a mapping")
-        data = loaded
-        groups: tuple[tuple[Any, str], ...] = (
-            (data, "registry_root"),
-            (data, "state_dir"),
-            (data.get("registry"), "root"),
-            (data.get("registry"), "cache_dir"),
-        )
-        for group, key in groups:
-            value = group.get(key) if isinstance(group, dict) else None
-            if isinstance(value, str) and not Path(value).is_absolute():
-                group[key] = str((path.parent / value).resolve())
-    data.update(overrides)
-    try:
-        return RetrainSettings(**data)
-    except ValidationError as exc:
-        problems = "; ".join(
-            f"{'.'.join(str(p) for p in e['loc']) or 'config'}: {e['msg']}" for e in exc.errors()
-        )
-        raise SettingsError(f"invalid configuration: {problems}") from exc
+    return read_settings(RetrainSettings, path, overrides)

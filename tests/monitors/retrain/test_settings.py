@@ -55,3 +55,16 @@ def test_serve_refuses_a_bad_trainer_or_canary_rule_at_start(
     steps = write(tmp_path, {**base, "canary": {"admin_token": "t", "steps": [50, 10]}})
     assert main(["retrain", "serve", "--config", str(steps)]) == 2
     assert "steps [50, 10] must be increasing" in capsys.readouterr().err
+
+
+def test_kafka_certificate_paths_are_relative_to_the_config_file(tmp_path: Path) -> None:
+    """The worker reads its file as the monitor does (one reader): a CA file named relative
+    to the config is found from any working directory."""
+    config = tmp_path / "conf" / "retrain.yaml"
+    config.parent.mkdir()
+    config.write_text(
+        "secret: s\ncanary: {enabled: false}\nkafka: {ssl_cafile: certs/ca.pem}\nstate_dir: state\n"
+    )
+    settings = load_settings(config)
+    assert settings.kafka.ssl_cafile == tmp_path / "conf" / "certs" / "ca.pem"
+    assert settings.state_dir == tmp_path / "conf" / "state"
