@@ -383,13 +383,18 @@ class MlflowRegistry(Registry):
 
     async def _send(self, method: str, endpoint: str, /, **body: object) -> httpx.Response:
         """A write that may be repeated (creates answer 'already exists'), retried like ``_get``."""
+        return await self._retried(endpoint, method, f"{_API}/{endpoint}", json=body)
+
+    async def _retried(self, what: str, method: str, url: str, **options: Any) -> httpx.Response:
+        """One request with exponential backoff on connection errors, timeouts and 5xx
+        answers; any other answer is returned as it is."""
         last: Exception | None = None
         problem = ""
         for attempt in range(self._retries + 1):
             if attempt:
                 await asyncio.sleep(self._backoff_s * 2 ** (attempt - 1))
             try:
-                response = await self._client.request(method, f"{_API}/{endpoint}", json=body)
+                response = await self._client.request(method, url, **options)
             except httpx.TransportError as exc:
                 last, problem = exc, repr(exc)
                 continue
@@ -398,7 +403,7 @@ class MlflowRegistry(Registry):
             problem = f"{response.status_code} {_message(response)}"
         raise RegistryUnavailableError(
             f"MLflow registry at {self.base_url} unreachable after {self._retries + 1} tries "
-            f"({endpoint}): {problem}"
+            f"({what}): {problem}"
         ) from last
 
     # -- registry calls -----------------------------------------------------------------------
@@ -538,23 +543,7 @@ class MlflowRegistry(Registry):
 
     async def _get(self, endpoint: str, /, **params: str) -> httpx.Response:
         """GET with exponential backoff on connection errors, timeouts and 5xx answers."""
-        last: Exception | None = None
-        problem = ""
-        for attempt in range(self._retries + 1):
-            if attempt:
-                await asyncio.sleep(self._backoff_s * 2 ** (attempt - 1))
-            try:
-                response = await self._client.get(endpoint, params=params)
-            except httpx.TransportError as exc:
-                last, problem = exc, repr(exc)
-                continue
-            if response.status_code < 500:
-                return response
-            problem = f"{response.status_code} {_message(response)}"
-        raise RegistryUnavailableError(
-            f"MLflow registry at {self.base_url} unreachable after {self._retries + 1} tries "
-            f"({endpoint}): {problem}"
-        ) from last
+        return await self._retried(endpoint, "GET", endpoint, params=params)
 
 
 def _staging_dir(cache_dir: Path, prefix: str) -> Path:
