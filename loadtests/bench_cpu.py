@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from loadtests.bench_serving import P99_BOUND_MS, RESULTS, Started, running
-from loadtests.machine import machine_info, process_tree_cpu_s
+from loadtests.machine import machine_info, process_tree_cpu
 from loadtests.models import register_benchmark_models
 from loadtests.openloop import find_max_rate, run
 from loadtests.scenarios import SCENARIOS, Server, request_body
@@ -48,9 +48,11 @@ def cpu_run(
     started: Started, url: str, body: bytes, rate: float, seconds: float, headers: dict[str, str]
 ) -> dict[str, Any]:
     """One open-loop run at ``rate``: its latency summary and the server's CPU a request."""
-    before = process_tree_cpu_s(started.pid)
+    user_before, system_before = process_tree_cpu(started.pid)
     result = run(url, body, rate, seconds, headers)
-    used = process_tree_cpu_s(started.pid) - before
+    user_after, system_after = process_tree_cpu(started.pid)
+    user, system = user_after - user_before, system_after - system_before
+    used = user + system
     summary = result.summary()
     done = result.completed
     return {
@@ -58,6 +60,8 @@ def cpu_run(
         **{k: summary[k] for k in ("p50_ms", "p99_ms", "statuses")},
         "cpu_s": round(used, 3),
         "cpu_us_per_request": round(used / done * 1e6, 1) if done else None,
+        # the kernel's part (system time: socket reads, writes, wake-ups) and the process's own
+        "system_us_per_request": round(system / done * 1e6, 1) if done else None,
     }
 
 
@@ -136,6 +140,8 @@ def _brief(result: dict[str, Any]) -> str:
 
 
 def _spread(values: list[float]) -> dict[str, Any]:
+    if not values:  # e.g. the kernel's part, in a file from before it was recorded
+        return {"median": None, "min": None, "max": None, "runs": []}
     return {"median": statistics.median(values), "min": min(values), "max": max(values),
             "runs": values}  # fmt: skip
 
@@ -150,6 +156,8 @@ def summarize(runs: dict[str, list[dict[str, Any]]]) -> dict[str, dict[str, Any]
             values = [r["fixed"][rate]["cpu_us_per_request"] for r in results]
             row[f"cpu_us@{rate}"] = _spread([v for v in values if v is not None])
             row[f"p99_ms@{rate}"] = _spread([r["fixed"][rate]["p99_ms"] for r in results])
+            kernel = [r["fixed"][rate].get("system_us_per_request") for r in results]
+            row[f"system_us@{rate}"] = _spread([v for v in kernel if v is not None])
         if "max_rate" in results[0]:
             row["max_rate"] = _spread([r["max_rate"] for r in results])
             at_max = [r["at_max"]["cpu_us_per_request"] for r in results if r.get("at_max")]
@@ -185,6 +193,20 @@ def markdown(report: dict[str, dict[str, Any]]) -> str:
                 continue
             ratio = f", {ratios[key]}x" if key in ratios else ""
             cells.append(f"{entry['median']:,.0f} ({entry['min']:,.0f}-{entry['max']:,.0f}{ratio})")
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    fixed = [k for k in keys if k != "cpu_us@max"]
+    lines += ["", "Of which system (kernel) time, us a request, median (min-max):", "",
+              "| server | " + " | ".join(f"at {k.split('@')[1]}/s" for k in fixed) + " |",
+              "| --- |" + " --- |" * len(fixed)]  # fmt: skip
+    for name, row in report.items():
+        cells = []
+        for key in fixed:
+            entry = row.get("system_us@" + key.split("@")[1])
+            cells.append(
+                f"{entry['median']:,.0f} ({entry['min']:,.0f}-{entry['max']:,.0f})"
+                if entry and entry["runs"]
+                else ""
+            )
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 

@@ -38,6 +38,7 @@ import httpx
 import yaml
 
 from loadtests.bench_serving import P99_BOUND_MS, free_port, gateway_stats, mean_batch, stop_group
+from loadtests.machine import process_tree_cpu_s
 from loadtests.models import register_benchmark_models
 from loadtests.openloop import find_max_rate, run
 from loadtests.scenarios import MAX_DELAY_MS, request_body
@@ -53,27 +54,6 @@ def cores(text: str) -> list[int]:
         first, _, last = part.partition("-")
         found.extend(range(int(first), int(last or first) + 1))
     return found
-
-
-def tree_cpu_s(root: int) -> float:
-    """CPU seconds (user + system) of ``root`` and every process below it, now."""
-    parents: dict[int, int] = {}
-    used: dict[int, float] = {}
-    tick = os.sysconf("SC_CLK_TCK")
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        with contextlib.suppress(OSError):
-            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
-            parents[int(entry.name)] = int(fields[1])
-            used[int(entry.name)] = (int(fields[11]) + int(fields[12])) / tick
-    members = {root}
-    grew = True
-    while grew:
-        below = {pid for pid, parent in parents.items() if parent in members} - members
-        members |= below
-        grew = bool(below)
-    return sum(used.get(pid, 0.0) for pid in members)
 
 
 @contextlib.contextmanager
@@ -146,9 +126,9 @@ def measure(
     for name, rate in (("at_max", max_rate), ("at_fixed", fixed_rate)):
         if not rate:
             continue
-        stats, cpu = gateway_stats(base), tree_cpu_s(pid)
+        stats, cpu = gateway_stats(base), process_tree_cpu_s(pid)
         done = run(url, body, rate, step_s * 2, headers, processes)
-        used = tree_cpu_s(pid) - cpu
+        used = process_tree_cpu_s(pid) - cpu
         result[name] = {
             **done.summary(),
             "cpu_s": round(used, 3),

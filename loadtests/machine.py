@@ -13,7 +13,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-__all__ = ["machine_info", "process_tree_cpu_s"]
+__all__ = ["machine_info", "process_tree_cpu", "process_tree_cpu_s", "thread_cpu_s"]
 
 _PACKAGES = ("onnxruntime", "numpy", "uvicorn", "uvloop", "httptools", "starlette", "aiokafka")
 
@@ -59,18 +59,25 @@ def _children(pid: int) -> list[int]:
         return []
 
 
-def _cpu_s(pid: int) -> float:
-    """User plus system CPU seconds of one process (all its threads), 0 if it is gone."""
+def _stat(path: Path) -> tuple[float, float]:
+    """User and system CPU seconds from a /proc stat file; zeros if the process is gone."""
     try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        fields = path.read_text().rsplit(")", 1)[1].split()
     except OSError:
-        return 0.0
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+        return 0.0, 0.0
+    tick = os.sysconf("SC_CLK_TCK")
+    return int(fields[11]) / tick, int(fields[12]) / tick
 
 
 def process_tree_cpu_s(pid: int) -> float:
     """CPU seconds of ``pid`` and every living descendant (the server's whole process tree)."""
-    total = 0.0
+    user, system = process_tree_cpu(pid)
+    return user + system
+
+
+def process_tree_cpu(pid: int) -> tuple[float, float]:
+    """User and system CPU seconds of ``pid`` and every living descendant."""
+    user = system = 0.0
     pending = [pid]
     seen: set[int] = set()
     while pending:
@@ -78,6 +85,17 @@ def process_tree_cpu_s(pid: int) -> float:
         if current in seen:
             continue
         seen.add(current)
-        total += _cpu_s(current)
+        more_user, more_system = _stat(Path(f"/proc/{current}/stat"))
+        user += more_user
+        system += more_system
         pending += _children(current)
-    return total
+    return user, system
+
+
+def thread_cpu_s(pid: int) -> dict[int, float]:
+    """CPU seconds (user plus system) of each thread of one process, by thread id."""
+    try:
+        tasks = list(Path(f"/proc/{pid}/task").iterdir())
+    except OSError:
+        return {}
+    return {int(task.name): sum(_stat(task / "stat")) for task in tasks}

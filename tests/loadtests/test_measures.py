@@ -7,7 +7,7 @@ import sys
 import time
 
 from loadtests.closedloop import parse_wrk
-from loadtests.machine import machine_info, process_tree_cpu_s
+from loadtests.machine import machine_info, process_tree_cpu, process_tree_cpu_s, thread_cpu_s
 
 _BURN = "import time\nend = time.process_time() + {s}\nwhile time.process_time() < end: pass\n"
 _PARENT = (
@@ -42,6 +42,46 @@ def test_process_tree_cpu_of_a_gone_process_is_zero() -> None:
     with subprocess.Popen([sys.executable, "-c", "pass"]) as proc:
         proc.wait()
     assert process_tree_cpu_s(proc.pid) == 0.0
+
+
+_THREAD_BURN = (
+    "import sys, threading, time\n"
+    "done = threading.Event()\n"
+    "def burn():\n"
+    "    end = time.thread_time() + 0.6\n"
+    "    while time.thread_time() < end: pass\n"
+    "    done.set(); threading.Event().wait()\n"
+    "threading.Thread(target=burn, daemon=True).start(); done.wait()\n"
+    "sys.stdout.write('burnt\\n'); sys.stdout.flush(); sys.stdin.read()\n"
+)
+
+
+def test_thread_cpu_names_the_thread_that_burnt() -> None:
+    # the main thread waits while a second one burns 0.6 s: the split must say which
+    with subprocess.Popen(
+        [sys.executable, "-c", _THREAD_BURN],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    ) as proc:
+        try:
+            assert proc.stdout is not None
+            assert proc.stdout.readline() == "burnt\n"
+            threads = thread_cpu_s(proc.pid)
+            main = threads.pop(proc.pid)
+            assert max(threads.values()) >= 0.5
+            assert main < 0.4
+            user, system = process_tree_cpu(proc.pid)
+            assert user + system >= 0.5  # the burn loop reads its clock: much is system time
+        finally:
+            proc.kill()
+
+
+def test_thread_cpu_of_a_gone_process_is_empty() -> None:
+    with subprocess.Popen([sys.executable, "-c", "pass"]) as proc:
+        proc.wait()
+    assert thread_cpu_s(proc.pid) == {}
+    assert process_tree_cpu(proc.pid) == (0.0, 0.0)
 
 
 _WRK = """Running 5s test @ http://127.0.0.1:8000/v2/models/mlp/infer
