@@ -2,20 +2,18 @@
 
 from __future__ import annotations
 
-import os
-import tomllib
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
-from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic_settings import SettingsConfigDict
 
 from gateway.admission import AdmissionSettings
 from gateway.errors import ConfigError
 from gateway.featurelog import FeatureLogSettings, FeedbackSettings
 from gateway.serving import BatchingSettings, RuntimeSettings
 from gateway.traffic import AdminSettings, ControlSettings, Route, VariantSpec
+from monitors.settings import FileSettings, read_settings
 from registry_client import ModelRef
 from registry_client.errors import InvalidReferenceError
 from registry_client.settings import RegistrySettings as BaseRegistrySettings
@@ -122,7 +120,7 @@ class ModelSettings(_Group):
         return ModelRef.parse(self.ref)
 
 
-class GatewaySettings(BaseSettings):
+class GatewaySettings(FileSettings):
     """Everything the gateway reads at start."""
 
     model_config = SettingsConfigDict(
@@ -175,72 +173,23 @@ class GatewaySettings(BaseSettings):
         """The global batching settings with the model's overrides applied."""
         return BatchingSettings.model_validate({**self.batching.model_dump(), **model.batching})
 
-    @classmethod
-    def settings_customise_sources(
-        cls,
-        settings_cls: type[BaseSettings],
-        init_settings: PydanticBaseSettingsSource,
-        env_settings: PydanticBaseSettingsSource,
-        dotenv_settings: PydanticBaseSettingsSource,
-        file_secret_settings: PydanticBaseSettingsSource,
-    ) -> tuple[PydanticBaseSettingsSource, ...]:
-        # The file's values come in as init arguments; the environment overrides them.
-        return (env_settings, init_settings)
+
+# Paths a config file may give relative to itself: (group or None for the top, key).
+_RELATIVE_PATHS = (
+    ("registry", "root"),
+    ("registry", "cache_dir"),
+    ("admin", "audit_log"),
+    ("feature_log", "spool_dir"),
+    ("feature_log", "ssl_cafile"),
+    ("feature_log", "ssl_certfile"),
+    ("feature_log", "ssl_keyfile"),
+    ("feedback", "spool_dir"),
+)
 
 
 def load_settings(path: Path | None = None, **overrides: Any) -> GatewaySettings:
-    """Read the config file (YAML or TOML), apply the environment, validate; name what is wrong."""
-    data: dict[str, Any] = {}
-    if path is not None:
-        data = _read_file(Path(path))
-    for key, value in overrides.items():
-        group, _, field = key.partition("__")
-        if field:
-            data.setdefault(group, {})[field] = value
-        else:
-            data[key] = value
-    try:
-        return GatewaySettings(**data)
-    except ValidationError as exc:
-        problems = "; ".join(
-            f"{'.'.join(str(p) for p in err['loc']) or 'config'}: {err['msg']}"
-            for err in exc.errors()
-        )
-        raise ConfigError(f"invalid configuration: {problems}") from exc
-
-
-def _read_file(path: Path) -> dict[str, Any]:
-    if not path.is_file():
-        raise ConfigError(f"config file {path} does not exist")
-    text = path.read_text()
-    try:
-        if path.suffix == ".toml":
-            data: Any = tomllib.loads(text)
-        else:
-            data = yaml.safe_load(text) or {}
-    except (tomllib.TOMLDecodeError, yaml.YAMLError) as exc:
-        raise ConfigError(f"config file {path} cannot be parsed: {exc}") from exc
-    if not isinstance(data, dict):
-        raise ConfigError(f"config file {path} must hold a mapping at the top level")
-    # Relative paths in the file are relative to the file, not to the working directory.
-    registry = data.get("registry")
-    if isinstance(registry, dict):
-        _resolve_paths(registry, path.parent, ("root", "cache_dir"))
-    admin = data.get("admin")
-    if isinstance(admin, dict):
-        _resolve_paths(admin, path.parent, ("audit_log",))
-    feature_log = data.get("feature_log")
-    if isinstance(feature_log, dict):
-        _resolve_paths(
-            feature_log, path.parent, ("spool_dir", "ssl_cafile", "ssl_certfile", "ssl_keyfile")
-        )
-    feedback = data.get("feedback")
-    if isinstance(feedback, dict):
-        _resolve_paths(feedback, path.parent, ("spool_dir",))
-    return data
-
-
-def _resolve_paths(group: dict[str, Any], base: Path, keys: tuple[str, ...]) -> None:
-    for key in keys:
-        if isinstance(group.get(key), str) and not os.path.isabs(group[key]):
-            group[key] = str((base / group[key]).resolve())
+    """Read the config file (YAML or TOML), apply the environment, validate; name what is wrong
+    (ConfigError)."""
+    return read_settings(
+        GatewaySettings, path, overrides, relative_paths=_RELATIVE_PATHS, error=ConfigError
+    )

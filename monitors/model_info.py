@@ -8,18 +8,12 @@ could not be read (not registered yet, registry unreachable) is looked up again 
 
 from __future__ import annotations
 
-import logging
-import time
-from collections.abc import Callable
 from dataclasses import dataclass
 
-from pydantic import ValidationError
-
-from registry_client import ModelMetadata, Registry, RegistryError, ValidationReport
+from monitors.version_cache import VersionCache
+from registry_client import ModelMetadata, ValidationReport
 
 __all__ = ["ModelInfo", "ModelInfos"]
-
-log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -46,42 +40,15 @@ class ModelInfo:
         )
 
 
-class ModelInfos:
+class ModelInfos(VersionCache[ModelInfo]):
     """The versions' infos, loaded from the registry (async) and read from the cache (sync)."""
 
-    def __init__(
-        self,
-        registry: Registry,
-        retry_s: float = 30.0,
-        clock: Callable[[], float] = time.monotonic,
-    ) -> None:
-        self.registry = registry
-        self._retry_s = retry_s
-        self._clock = clock
-        self._found: dict[tuple[str, str], ModelInfo] = {}
-        self._look_again: dict[tuple[str, str], float] = {}
-        self.targets: dict[str, ModelInfo] = {}  # model -> a version's info, for its labels
+    missing = "performance: no metadata"
 
-    def get(self, model: str, version: str) -> ModelInfo | None:
-        """The cached info of a version (``load`` it first)."""
-        return self._found.get((model, version))
+    @property
+    def targets(self) -> dict[str, ModelInfo]:
+        """model -> a version's info, for its labels."""
+        return self.latest
 
-    async def load(self, model: str, version: str) -> ModelInfo | None:
-        """The version's info, from the cache or the registry; None when it cannot be read."""
-        key = (model, version)
-        if key in self._found:
-            return self._found[key]
-        if self._clock() < self._look_again.get(key, float("-inf")):
-            return None
-        try:
-            info = ModelInfo.of((await self.registry.fetch(model, version)).metadata)
-        except (RegistryError, ValidationError, ValueError, OSError) as exc:
-            log.error("performance: no metadata for %s/%s: %s", model, version, exc)
-            self._look_again[key] = self._clock() + self._retry_s
-            return None
-        self._look_again.pop(key, None)
-        self._found[key] = self.targets[model] = info
-        return info
-
-    async def aclose(self) -> None:
-        await self.registry.aclose()
+    async def _read(self, model: str, version: str) -> ModelInfo:
+        return ModelInfo.of((await self.registry.fetch(model, version)).metadata)

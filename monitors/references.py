@@ -12,12 +12,9 @@ looked up again after ``retry_s`` (so a profile built after it went live is pick
 from __future__ import annotations
 
 import logging
-import time
-from collections.abc import Callable, Iterable
-
-from pydantic import ValidationError
 
 from monitors.profile import PROFILE_FILE, ModelProfile, profile_from_metadata, with_types
+from monitors.version_cache import VersionCache
 from registry_client import Registry, RegistryError
 
 __all__ = ["ReferenceProfiles", "store_profile"]
@@ -25,52 +22,13 @@ __all__ = ["ReferenceProfiles", "store_profile"]
 log = logging.getLogger(__name__)
 
 
-class ReferenceProfiles:
+class ReferenceProfiles(VersionCache[ModelProfile]):
     """The profiles of the model versions the monitor sees, cached."""
 
-    def __init__(
-        self,
-        registry: Registry,
-        retry_s: float = 30.0,
-        clock: Callable[[], float] = time.monotonic,
-    ) -> None:
-        self.registry = registry
-        self._retry_s = retry_s
-        self._clock = clock
-        self._found: dict[tuple[str, str], ModelProfile] = {}
-        self._look_again: dict[tuple[str, str], float] = {}
+    missing = "no reference profile"
 
-    def get(self, model: str, version: str) -> ModelProfile | None:
-        """The cached profile of a version (``load`` it first)."""
-        return self._found.get((model, version))
-
-    async def load_all(self, versions: Iterable[tuple[str, str]]) -> None:
-        """Load the profiles of these (model, version) pairs that are not cached yet."""
-        for model, version in versions:
-            await self.load(model, version)
-
-    async def load(self, model: str, version: str) -> ModelProfile | None:
-        """The version's profile, from the cache or the registry; None when it has none."""
-        key = (model, version)
-        if key in self._found:
-            return self._found[key]
-        if self._clock() < self._look_again.get(key, float("-inf")):
-            return None
-        try:
-            profile = await self._read(model, version)
-        except (RegistryError, ValidationError, ValueError, OSError) as exc:
-            log.error("no reference profile for %s/%s: %s", model, version, exc)
-            profile = None
-        if profile is None:
-            self._look_again[key] = self._clock() + self._retry_s
-            return None
-        self._look_again.pop(key, None)
-        self._found[key] = profile
-        log.info("reference profile of %s/%s: %d columns", model, version, len(profile.features))
-        return profile
-
-    async def aclose(self) -> None:
-        await self.registry.aclose()
+    def _loaded(self, model: str, version: str, value: ModelProfile) -> None:
+        log.info("reference profile of %s/%s: %d columns", model, version, len(value.features))
 
     async def _read(self, model: str, version: str) -> ModelProfile | None:
         document = await self.registry.read_document(model, version, PROFILE_FILE)

@@ -1,7 +1,9 @@
-"""Monitor settings: a YAML file, overridden by ``MONITOR_*`` environment variables."""
+"""Monitor settings: a YAML (or TOML) file, overridden by ``MONITOR_*`` environment variables."""
 
 from __future__ import annotations
 
+import tomllib
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any, Literal, TypeVar
 
@@ -165,29 +167,58 @@ _RELATIVE_PATHS = (
 )
 
 
-def read_settings(cls: type[SettingsT], path: Path | None, overrides: dict[str, Any]) -> SettingsT:
-    """``cls`` from a YAML file (its relative paths taken from the file's folder), the
-    environment over it and ``overrides`` over both; SettingsError names what is wrong."""
+def read_settings(
+    cls: type[SettingsT],
+    path: Path | str | None,
+    overrides: dict[str, Any],
+    *,
+    relative_paths: Iterable[tuple[str | None, str]] = _RELATIVE_PATHS,
+    error: Callable[[str], Exception] = SettingsError,
+) -> SettingsT:
+    """``cls`` from a YAML file (TOML where it ends in ``.toml``), the environment over it and
+    ``overrides`` over both (``group__key``: the key of a group); ``error`` names what is wrong.
+
+    ``relative_paths`` are the (group or None for the top, key) the file may give relative to
+    itself: they are taken from the file's folder, not the working directory."""
     data: dict[str, Any] = {}
     if path is not None:
-        if not path.is_file():
-            raise SettingsError(f"config file {path} does not exist")
-        loaded = yaml.safe_load(path.read_text()) or {}
-        if not isinstance(loaded, dict):
-            raise SettingsError(f"config file {path} must hold a mapping")
-        data = loaded
-        for group_name, key in _RELATIVE_PATHS:
-            group = data if group_name is None else data.get(group_name)
-            if not isinstance(group, dict):
-                continue
-            value = group.get(key)
-            if isinstance(value, str) and not Path(value).is_absolute():
-                group[key] = str((path.parent / value).resolve())
-    data.update(overrides)
+        data = _read_file(Path(path), relative_paths, error)
+    for name, value in overrides.items():
+        group, _, key = name.partition("__")
+        if not key:
+            data[name] = value
+        elif isinstance(data.get(group), dict):
+            data[group][key] = value
+        else:
+            data[group] = {key: value}
     try:
         return cls(**data)
     except ValidationError as exc:
         problems = "; ".join(
             f"{'.'.join(str(p) for p in e['loc']) or 'config'}: {e['msg']}" for e in exc.errors()
         )
-        raise SettingsError(f"invalid configuration: {problems}") from exc
+        raise error(f"invalid configuration: {problems}") from exc
+
+
+def _read_file(
+    path: Path,
+    relative_paths: Iterable[tuple[str | None, str]],
+    error: Callable[[str], Exception],
+) -> dict[str, Any]:
+    if not path.is_file():
+        raise error(f"config file {path} does not exist")
+    text = path.read_text()
+    try:
+        data: Any = tomllib.loads(text) if path.suffix == ".toml" else yaml.safe_load(text) or {}
+    except (tomllib.TOMLDecodeError, yaml.YAMLError) as exc:
+        raise error(f"config file {path} cannot be parsed: {exc}") from exc
+    if not isinstance(data, dict):
+        raise error(f"config file {path} must hold a mapping at the top level")
+    for group_name, key in relative_paths:
+        group = data if group_name is None else data.get(group_name)
+        if not isinstance(group, dict):
+            continue
+        value = group.get(key)
+        if isinstance(value, str) and not Path(value).is_absolute():
+            group[key] = str((path.parent / value).resolve())
+    return data

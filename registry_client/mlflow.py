@@ -322,23 +322,9 @@ class MlflowRegistry(Registry):
         data = (
             content if isinstance(content, bytes) else await asyncio.to_thread(content.read_bytes)
         )
-        last: Exception | None = None
-        for attempt in range(self._retries + 1):
-            if attempt:
-                await asyncio.sleep(self._backoff_s * 2 ** (attempt - 1))
-            try:
-                response = await self._client.put(f"{_ARTIFACTS}/{quote(path)}", content=data)
-            except httpx.TransportError as exc:
-                last = exc
-                continue
-            if response.status_code < 500:
-                _check(response, f"uploading {path}")
-                return
-            last = RegistryUnavailableError(f"{response.status_code} {_message(response)}")
-        raise RegistryUnavailableError(
-            f"MLflow at {self.base_url}: uploading {path} failed after {self._retries + 1} tries: "
-            f"{last!r}"
-        ) from last
+        what = f"uploading {path}"
+        response = await self._retried(what, "PUT", f"{_ARTIFACTS}/{quote(path)}", content=data)
+        _check(response, what)
 
     async def _create_version(self, name: str, source: str, run_id: str) -> str:
         """Create the version (never retried: a second try could make a second version) and

@@ -138,7 +138,7 @@ ROWS: list[tuple[str, list[Chart]]] = [
         "Retraining",
         [
             chart("Retraining jobs by state", "short", ("sum by (state) (retrain_jobs)", "{{state}}")),
-            chart("Jobs entering each state", "ops", (f"sum by (state) (rate(retrain_job_transitions_total[{R}]))", "{{state}}")),
+            chart("Jobs entering each state", "ops", (f"sum by (model, state) (rate(retrain_job_transitions_total[{R}]))", "{{model}} {{state}}")),
             chart("Time in state p50 and p95", "s", *_quantiles("retrain_job_state_duration_seconds", "state", "", (0.5, 0.95))),
             chart("Events received by outcome", "ops", (f"sum by (outcome) (rate(retrain_events_total[{R}]))", "{{outcome}}")),
         ],

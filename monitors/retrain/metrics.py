@@ -22,8 +22,8 @@ class RetrainMetrics:
         )
         self.transitions = Counter(
             "retrain_job_transitions_total",
-            "Jobs entering each state",
-            ["state"],
+            "Jobs entering each state, by model",
+            ["model", "state"],
             registry=self.registry,
         )
         self.durations = Histogram(

@@ -142,7 +142,7 @@ class Worker:
             spent = moved.timings.get(before, {})
             if "start" in spent and "end" in spent:
                 self.metrics.durations.labels(before).observe(spent["end"] - spent["start"])
-            self.metrics.transitions.labels(state).inc()
+            self.metrics.transitions.labels(job.model, state).inc()
             self._refresh_gauge()
             log.info("job %s of %s: %s -> %s", job.id, job.model, before, state)
         return moved

@@ -69,3 +69,20 @@ def test_sasl_without_its_credentials_is_refused_naming_the_settings(tmp_path: P
         SettingsError, match=r"kafka\.sasl_mechanism, sasl_username and sasl_password"
     ):
         load_settings(path)
+
+
+@pytest.mark.parametrize(
+    ("name", "text", "named"),
+    [
+        ("monitor.yaml", "window: [1", "cannot be parsed"),
+        ("monitor.yaml", "- 1", "mapping at the top level"),
+        ("monitor.toml", "[window]\nsize = 0\n", r"window\.size"),
+    ],
+)
+def test_a_bad_config_file_is_named_not_raised_as_it_is(
+    tmp_path: Path, name: str, text: str, named: str
+) -> None:
+    path = tmp_path / name
+    path.write_text(text)
+    with pytest.raises(SettingsError, match=named):
+        load_settings(path)

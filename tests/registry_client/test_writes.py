@@ -141,6 +141,47 @@ class _LoseAnswer(httpx.AsyncBaseTransport):
         await self._inner.aclose()
 
 
+class _UploadsFailFirst(httpx.AsyncBaseTransport):
+    """Forwards every request to the server, but the first artifact upload is answered 503 and
+    the second never reaches it (a connection error): both are for the client to retry."""
+
+    def __init__(self) -> None:
+        self._inner = httpx.AsyncHTTPTransport()
+        self.uploads = 0
+
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        if request.method == "PUT" and "mlflow-artifacts/artifacts" in request.url.path:
+            self.uploads += 1
+            if self.uploads == 1:
+                return httpx.Response(503, json={"message": "busy"})
+            if self.uploads == 2:
+                raise httpx.ConnectError("connection refused", request=request)
+        return await self._inner.handle_async_request(request)
+
+    async def aclose(self) -> None:
+        await self._inner.aclose()
+
+
+async def test_mlflow_uploads_are_retried_on_5xx_and_connection_errors(
+    mlflow_url: str, demo_registry: Path, tmp_path: Path
+) -> None:
+    model_file, metadata = _source(demo_registry)
+    name = f"upload-{uuid.uuid4().hex[:8]}"
+    transport = _UploadsFailFirst()
+    writer = MlflowRegistry(
+        mlflow_url, tmp_path / "writer", retries=2, backoff_s=0.01, transport=transport
+    )
+    reader = MlflowRegistry(mlflow_url, tmp_path / "reader", backoff_s=0.01)
+    try:
+        version = await writer.register_version(name, model_file, metadata)
+        assert transport.uploads >= 3, "the model file was tried three times"
+        fetched = await reader.fetch(name, version)
+        assert fetched.model_file.read_bytes() == model_file.read_bytes()
+    finally:
+        await writer.aclose()
+        await reader.aclose()
+
+
 async def _versions(url: str, name: str) -> list[dict[str, object]]:
     async with httpx.AsyncClient(base_url=url) as client:
         response = await client.get(

@@ -95,7 +95,7 @@ async def test_a_better_candidate_is_registered_with_its_report_and_profile(
     assert metadata.reference is not None
     assert metadata.reference.rows == 560
     assert registry.aliases("breast_cancer")["champion"] == "1", "the canary moves aliases"
-    assert 'retrain_job_transitions_total{state="registered"} 1.0' in metrics
+    assert 'retrain_job_transitions_total{model="breast_cancer",state="registered"} 1.0' in metrics
     assert 'retrain_job_state_duration_seconds_count{state="training"} 1.0' in metrics
     assert not (config.state_dir / "jobs" / job.id / "dataset.npz").exists()
 
