@@ -29,20 +29,17 @@ import argparse
 import json
 import os
 import statistics
-import tempfile
 import time
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 import onnxruntime as ort
 
 from loadtests.bench_onnxruntime import rows_per_second
-from loadtests.bench_serving import RESULTS, Started, gateway_stats, running
+from loadtests.bench_serving import RESULTS, Started, gateway_stats, prepare, running
 from loadtests.machine import machine_info, process_tree_cpu_s, thread_cpu_s
-from loadtests.models import register_benchmark_models
 from loadtests.openloop import run
-from loadtests.scenarios import HEAVY_BATCH, SCENARIOS, request_body
+from loadtests.scenarios import HEAVY_BATCH, request_body
 
 
 def served_run(
@@ -101,11 +98,8 @@ def main() -> None:
     parser.add_argument("--rates", type=float, nargs="+", default=[1500, 2000, 2400, 2800])
     parser.add_argument("--seconds", type=float, default=6.0)
     args = parser.parse_args()
-    os.sched_setaffinity(0, {1})
-    work = Path(tempfile.mkdtemp(prefix="ceiling-"))
-    registry = work / "registry"
-    files = register_benchmark_models(registry)
-    scenario = next(s for s in SCENARIOS if s.name == "heavy")
+    bench = prepare("ceiling-", "heavy")
+    work, registry, files, scenario = bench.work, bench.registry, bench.files, bench.scenario
     server = next(s for s in scenario.servers if s.name == "gateway-batching-logging")
     body, _ = request_body(32, 1, False)
     url_path = f"/v2/models/{scenario.model}/infer"

@@ -20,18 +20,15 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import statistics
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
-from loadtests.bench_serving import P99_BOUND_MS, RESULTS, Started, running
+from loadtests.bench_serving import P99_BOUND_MS, RESULTS, Started, prepare, running
 from loadtests.machine import machine_info, process_tree_cpu
-from loadtests.models import register_benchmark_models
 from loadtests.openloop import find_max_rate, run
-from loadtests.scenarios import SCENARIOS, Server, request_body
+from loadtests.scenarios import Server, request_body
 
 _REFUSING = Server(
     "gateway-refusing",
@@ -98,11 +95,8 @@ def main() -> None:
     parser.add_argument("--no-max", dest="max", action="store_false", help="fixed rates only")
     parser.add_argument("--append", type=Path, help="add this invocation's repeats to a file")
     args = parser.parse_args()
-    os.sched_setaffinity(0, {1})
-    work = Path(tempfile.mkdtemp(prefix="cpu-"))
-    registry = work / "registry"
-    files = register_benchmark_models(registry)
-    scenario = next(s for s in SCENARIOS if s.name == "mlp")
+    bench = prepare("cpu-", "mlp")
+    work, registry, files, scenario = bench.work, bench.registry, bench.files, bench.scenario
     known = {s.name: s for s in [*scenario.servers, _REFUSING]}
     servers = [known[name] for name in args.servers]
     body, _ = request_body(32, 1, False)

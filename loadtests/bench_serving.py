@@ -43,6 +43,27 @@ FIXED_RATE = {"heavy": 150.0}  # req/s of the fixed-rate latency run; 300 unless
 P99_BOUND_MS = 50.0
 
 
+@dataclass
+class Bench:
+    """A benchmark's working files: the registry with the benchmark models, and one scenario."""
+
+    work: Path
+    registry: Path
+    files: dict[str, Path]
+    scenario: Scenario
+
+
+def prepare(prefix: str, scenario_name: str) -> Bench:
+    """Move this process (the generator) to CPU 1, register the models in a new temporary
+    directory and pick the scenario: what every single-scenario benchmark starts with."""
+    os.sched_setaffinity(0, {1})
+    work = Path(tempfile.mkdtemp(prefix=prefix))
+    registry = work / "registry"
+    files = register_benchmark_models(registry)
+    scenario = next(s for s in SCENARIOS if s.name == scenario_name)
+    return Bench(work, registry, files, scenario)
+
+
 def free_port() -> int:
     import socket
 
