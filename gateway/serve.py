@@ -25,8 +25,8 @@ def serve(
 
     A worker of ``gateway serve --workers N`` passes its ``peers`` and the listening sockets it
     shares with the others (the main port's, and the health port's when that is on); otherwise
-    uvicorn binds ``server.host:server.port`` itself, and the health port is bound here
-    (ConfigError naming ``server.health_port`` when it cannot be).
+    ``server.host:server.port`` is bound here, and so is the health port (ConfigError naming
+    ``server.port`` or ``server.health_port`` when one cannot be).
     """
     import uvicorn
     from prometheus_client import CollectorRegistry
@@ -82,10 +82,15 @@ def serve(
         # X-Forwarded-* rewriting costs a middleware call per request; on only when asked.
         proxy_headers=settings.server.proxy_headers,
     )
+    from gateway.http.accept import AcceptingServer, bind_main
+
+    if sockets is None:
+        sockets = [bind_main(settings.server.host, settings.server.port, config.backlog)]
     if health is not None:
         health.start()
     try:
-        uvicorn.Server(config).run(sockets=sockets)
+        # accepting every waiting connection a pass, not uvloop's one (gateway/http/accept.py)
+        AcceptingServer(config).run(sockets=sockets)
     finally:
         if health is not None:
             health.stop()

@@ -18,6 +18,14 @@ bin of the recovery phase after it: p99 within twice the calm p99 or 10 ms, whic
 larger, and nothing refused or lost). The server runs pinned to CPU 0, the generator and the
 prober on CPU 1 (``loadtests/README.md``); the machine's own load is measured beside.
 
+Where each request's time went, so that a generator that falls behind is not taken for a slow
+server: the generator keeps each request's send lag (written, less scheduled), and the gateway
+(``LOADTESTS_TIMINGS_FILE``, see ``gateway/http/server.py``) when it saw the request's first
+byte and when it wrote the answer, per client port; joined request by request on each
+connection (one request in flight on each), a latency splits into the send lag, the way to the
+gateway (the kernel, and the gateway's event loop not yet reading the socket), the time in the
+gateway, and the way back (the kernel, and the generator's loop not yet reading the answer).
+
 ``python -m loadtests.bench_overload [--repeats 3] [--multiples 1 1.5 2 4] [--phase-s 10]
 [--health-port]``
 writes ``loadtests/results/overload-<time>.json`` and ``overload.md``.
@@ -30,6 +38,7 @@ import asyncio
 import json
 import multiprocessing
 import os
+import signal
 import statistics
 import sys
 import tempfile
@@ -41,10 +50,11 @@ from typing import Any
 import httpx
 import numpy as np
 
+from gateway.http.server import TIMINGS_ENV
 from loadtests.bench_serving import P99_BOUND_MS, RESULTS, free_port, running
 from loadtests.machine import machine_info
 from loadtests.models import register_benchmark_models
-from loadtests.openloop import Result, find_max_rate, run, run_phases_async
+from loadtests.openloop import Result, Sample, find_max_rate, run, run_phases_async
 from loadtests.probe import probe_liveness
 from loadtests.scenarios import Scenario, Server, request_body
 
@@ -132,9 +142,11 @@ def overload_run(
     probe_period_s: float,
     server_pid: int,
     health_port: int | None = None,
+    timings_path: Path | None = None,
 ) -> dict[str, Any]:
     """One schedule (calm, overload, recovery) with the prober beside (and a second on the
-    health port, when there is one); its analysis."""
+    health port, when there is one); its analysis. With ``timings_path`` (the gateway's
+    ``LOADTESTS_TIMINGS_FILE``), where the overload phase's time went."""
     phases = [(capacity / 2, schedule.calm_s), (capacity * multiple, schedule.phase_s),
               (capacity / 2, schedule.recovery_s)]  # fmt: skip
     total_s = sum(seconds for _, seconds in phases)
@@ -154,6 +166,8 @@ def overload_run(
     load_before = os.getloadavg()[0]
     base = url.split("/v2/")[0]
     before = admission_stats(base)
+    if timings_path is not None:
+        server_timings(server_pid, timings_path)  # start over: the earlier runs' are not needed
 
     async def measure() -> tuple[Result, dict[str, float]]:
         overload = start_at + schedule.calm_s
@@ -172,9 +186,16 @@ def overload_run(
         prober.join()
     assert result.samples is not None
     analysis = analyze(result.samples, probes[0], capacity, schedule)
+    analysis["waited_for_connection"] = sum(
+        1 for t in result.waited or [] if schedule.calm_s <= t < schedule.calm_s + schedule.phase_s
+    )
     if health_port is not None:
         slowest, failed = _liveness(probes[1], schedule.calm_s)
         analysis.update(health_liveness_max_ms=slowest, health_liveness_failed=failed)
+    if timings_path is not None:
+        timings = server_timings(server_pid, timings_path)
+        window = (schedule.calm_s, schedule.calm_s + schedule.phase_s)
+        analysis["where"] = where_time_went(result.samples, result.begin, timings, window)
     return {"multiple": multiple, "offered_rate": round(capacity * multiple), **analysis,
             "loadavg_1m_before": round(load_before, 2), "cores": cores,
             "server_stats": server}  # fmt: skip
@@ -217,21 +238,24 @@ def admission_stats(base: str) -> dict[str, float]:
 
 
 def analyze(
-    samples: list[tuple[float, float | None, str]],
+    samples: list[Sample],
     probes: list[tuple[float, float | None, str]],
     capacity: float,
     schedule: Schedule,
 ) -> dict[str, Any]:
     """The figures of one schedule's overload phase, and its recovery."""
     start, end = schedule.calm_s, schedule.calm_s + schedule.phase_s
-    calm = [lat for t, lat, status in samples if t < start and status == "200" and lat is not None]
-    phase = [(lat, status) for t, lat, status in samples if start <= t < end]
-    answered = [lat for lat, status in phase if status == "200" and lat is not None]
-    refused = [lat for lat, status in phase if status in ("503", "429") and lat is not None]
+    calm = [s[1] for s in samples if s[0] < start and s[2] == "200" and s[1] is not None]
+    phase = [s for s in samples if start <= s[0] < end]
+    answered = [s[1] for s in phase if s[2] == "200" and s[1] is not None]
+    refused = [s[1] for s in phase if s[2] in _REFUSED and s[1] is not None]
     good = sum(1 for lat in answered if lat <= P99_BOUND_MS / 1000)
     outcomes: dict[str, int] = {}
-    for _, status in phase:
-        outcomes[status] = outcomes.get(status, 0) + 1
+    for sample in phase:
+        outcomes[sample[2]] = outcomes.get(sample[2], 0) + 1
+    lags = [s[3] for s in phase if s[3] is not None]
+    answered_lags = [s[3] for s in phase if s[2] == "200" and s[3] is not None]
+    refused_lags = [s[3] for s in phase if s[2] in _REFUSED and s[3] is not None]
     liveness_max_ms, liveness_failed = _liveness(probes, start)
     calm_p99 = float(np.percentile(calm, 99)) if calm else 0.0
     goodput = good / schedule.phase_s
@@ -246,12 +270,121 @@ def analyze(
         "refusal_p50_ms": _percentile_ms(refused, 50),
         "refusal_p99_ms": _percentile_ms(refused, 99),
         "refusal_max_ms": round(max(refused) * 1000, 2) if refused else None,
+        # the generator's own lag: when each request was written, less its scheduled time
+        "send_lag_p50_ms": _percentile_ms(lags, 50),
+        "send_lag_p99_ms": _percentile_ms(lags, 99),
+        "answered_send_lag_p99_ms": _percentile_ms(answered_lags, 99),
+        "refused_send_lag_p99_ms": _percentile_ms(refused_lags, 99),
         "timeouts": outcomes.get("TimeoutError", 0),
         "calm_p99_ms": round(calm_p99 * 1000, 2),
         "liveness_max_ms": liveness_max_ms,
         "liveness_failed": liveness_failed,
         "recovery_s": recovery_s(samples, end, schedule.recovery_s, calm_p99),
     }
+
+
+_REFUSED = ("503", "429")
+# The parts of a latency, in order (``where_time_went``).
+PARTS = ("send_lag", "to_gateway", "in_gateway", "back")
+
+
+def server_timings(pid: int, path: Path, timeout_s: float = 30.0) -> np.ndarray:
+    """The gateway's per-request timings since the last call: rows of (client port, first
+    byte seen, answer written, status); asks for them with SIGUSR1 and waits for the file."""
+    path.unlink(missing_ok=True)
+    os.kill(pid, signal.SIGUSR1)
+    deadline = time.monotonic() + timeout_s
+    while not path.exists():
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"the gateway wrote no timings to {path} in {timeout_s} s")
+        time.sleep(0.05)
+    timings = np.fromfile(path, dtype=np.float64).reshape(-1, 4)
+    path.unlink()
+    return timings
+
+
+def join_timings(
+    samples: list[Sample], begin: float, timings: np.ndarray
+) -> tuple[list[tuple[float, str, tuple[float, float, float, float]]], int]:
+    """Each answered request matched with the gateway's record of it: on each connection
+    (client port) the k-th request sent is the k-th the gateway saw, one being in flight at a
+    time. Returns (scheduled offset, status, its latency's parts in seconds: send lag, to the
+    gateway, in the gateway, back) for every match, and the number of answered requests left
+    unmatched (on a connection whose counts or statuses disagree: a port reused, or a request
+    the gateway answered after the client gave up on it)."""
+    sent: dict[int, list[Sample]] = {}
+    for sample in samples:
+        if sample[3] is not None and sample[4]:
+            sent.setdefault(sample[4], []).append(sample)
+    seen: dict[int, list[tuple[float, float, float]]] = {}
+    for port, arrived, written, status in timings.tolist():
+        if arrived >= begin:  # not an earlier run's connection on the same port
+            seen.setdefault(int(port), []).append((arrived, written, status))
+    matched: list[tuple[float, str, tuple[float, float, float, float]]] = []
+    unmatched = 0
+    for port, requests in sent.items():
+        requests.sort(key=lambda s: s[0] + (s[3] or 0.0))  # by when each was written
+        records = sorted(seen.get(port, []))
+        answered = sum(1 for s in requests if s[1] is not None)
+        pairs = []
+        # a last request the client gave up on may or may not have been answered
+        if len(records) in (len(requests), len(requests) - 1):
+            for (offset, latency, status, lag, _), (arrived, written, code) in zip(
+                requests, records, strict=False
+            ):
+                if latency is None or lag is None:
+                    continue
+                if status != str(int(code)):
+                    break
+                at = begin + offset
+                pairs.append((offset, status, (lag, arrived - (at + lag), written - arrived,
+                                               at + latency - written)))  # fmt: skip
+        if len(pairs) < answered:
+            unmatched += answered
+        else:
+            matched += pairs
+    return matched, unmatched
+
+
+def where_time_went(
+    samples: list[Sample], begin: float, timings: np.ndarray, window: tuple[float, float]
+) -> dict[str, Any]:
+    """For the answered (200) and the refused requests scheduled in ``window``: the p50 and
+    p99 of the latency and of each of its parts, and the mean of each part over the slowest
+    1% (where the tail's time went), in ms; and how many answered requests were joined."""
+    matched, unmatched = join_timings(samples, begin, timings)
+    report: dict[str, Any] = {"joined": len(matched), "unmatched": unmatched}
+    start, end = begin + window[0], begin + window[1]
+    inside = timings[(timings[:, 1] >= start) & (timings[:, 1] < end)]
+    passes = inside[inside[:, 0] < 0]
+    for generation in range(3):
+        pauses = (passes[passes[:, 0] == -1 - generation][:, 2]
+                  - passes[passes[:, 0] == -1 - generation][:, 1]) * 1000  # fmt: skip
+        report[f"gc{generation}"] = {"passes": len(pauses),
+                                     "max_ms": round(float(pauses.max(initial=0.0)), 3),
+                                     "total_ms": round(float(pauses.sum()), 3)}  # fmt: skip
+    # the gateway's longest silences: no request seen and no answer written (a long loop pass)
+    events = np.sort(np.concatenate([inside[inside[:, 0] >= 0][:, 1],
+                                     inside[inside[:, 0] >= 0][:, 2]]))  # fmt: skip
+    gaps = np.sort(np.diff(events))[::-1][:5] * 1000 if len(events) > 1 else np.empty(0)
+    report["longest_silences_ms"] = [round(float(g), 1) for g in gaps]
+    for kind, statuses in (("answered", ("200",)), ("refused", _REFUSED)):
+        rows = [parts for offset, status, parts in matched
+                if window[0] <= offset < window[1] and status in statuses]  # fmt: skip
+        if not rows:
+            continue
+        parts = np.asarray(rows) * 1000
+        total = parts.sum(axis=1)
+        tail = parts[total >= np.percentile(total, 99)]
+        entry: dict[str, Any] = {"n": len(rows)}
+        for name, values in (("latency", total), *zip(PARTS, parts.T, strict=True)):
+            entry[name] = {"p50": round(float(np.percentile(values, 50)), 3),
+                           "p99": round(float(np.percentile(values, 99)), 3)}  # fmt: skip
+        entry["slowest_1pct_mean"] = {
+            name: round(float(v), 3) for name, v in zip(PARTS, tail.mean(axis=0), strict=True)
+        }
+        report[kind] = entry
+    return report
 
 
 def _liveness(
@@ -264,7 +397,7 @@ def _liveness(
 
 
 def recovery_s(
-    samples: list[tuple[float, float | None, str]],
+    samples: list[Sample],
     overload_end: float,
     recovery_phase_s: float,
     calm_p99_s: float,
@@ -274,7 +407,7 @@ def recovery_s(
     whole recovery phase when its last bin is still abnormal."""
     normal_s = max(2 * calm_p99_s, 0.010)
     bins: dict[int, list[tuple[float | None, str]]] = {}
-    for t, lat, status in samples:
+    for t, lat, status, *_ in samples:
         if overload_end <= t < overload_end + recovery_phase_s:
             bins.setdefault(int((t - overload_end) / _BIN_S), []).append((lat, status))
     last_abnormal = -1
@@ -309,6 +442,8 @@ def main() -> None:
     registry = args.registry or work / "registry"
     files = register_benchmark_models(registry)
     os.sched_setaffinity(0, {1})  # the generator's CPU; servers get CPU 0
+    timings_path = work / "timings.bin"
+    os.environ[TIMINGS_ENV] = str(timings_path)  # the gateways started here keep timings
     scenario = Scenario("mlp", "mlp", 1, [])
     body, headers = request_body(32, 1, False)
     schedule = Schedule(args.calm_s, args.phase_s, args.recovery_s)
@@ -333,7 +468,7 @@ def main() -> None:
                     for multiple in args.multiples:
                         row = overload_run(url, body, headers, capacity, multiple, schedule,
                                            args.probe_period_s, under_test.pid,
-                                           health_port)  # fmt: skip
+                                           health_port, timings_path)  # fmt: skip
                         row.update(server=server.name, repeat=repeat, capacity=capacity,
                                    capacity_found=found)  # fmt: skip
                         runs.append(row)
@@ -351,7 +486,7 @@ def main() -> None:
     (RESULTS / f"overload-{stamp}.json").write_text(
         json.dumps({"meta": meta, "summary": report, "runs": runs}, indent=1)
     )
-    table = markdown(report)
+    table = markdown(report) + "\n" + markdown_where(runs)
     (RESULTS / "overload.md").write_text(table)
     print(table)
 
@@ -362,13 +497,16 @@ def _line(row: dict[str, Any]) -> str:
             f"(p99 {row['refusal_p99_ms']} ms), timeouts {row['timeouts']}, liveness max "
             f"{row['liveness_max_ms']} ms (health port "
             f"{row.get('health_liveness_max_ms', '-')} ms), recovery {row['recovery_s']} s, "
+            f"send lag p50/p99 {row['send_lag_p50_ms']}/{row['send_lag_p99_ms']} ms "
+            f"({row['waited_for_connection']} waited for a connection), "
             f"load {row['loadavg_1m_before']}, cores {row['cores']}, "
-            f"server {row['server_stats']}")  # fmt: skip
+            f"server {row['server_stats']}, where {row.get('where')}")  # fmt: skip
 
 
 _FIGURES = ("capacity", "goodput_rate", "goodput_share", "answered_p50_ms", "answered_p99_ms",
             "refused", "refusal_p50_ms", "refusal_p99_ms", "timeouts", "liveness_max_ms",
-            "health_liveness_max_ms", "recovery_s", "loadavg_1m_before")  # fmt: skip
+            "health_liveness_max_ms", "recovery_s", "loadavg_1m_before", "send_lag_p50_ms",
+            "send_lag_p99_ms")  # fmt: skip
 
 
 def summarize(runs: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
@@ -441,6 +579,30 @@ def markdown(report: dict[str, dict[str, Any]]) -> str:
             f"{cell(entry, 'loadavg_1m_before', '{:.1f}')} | "
             f"{', '.join(f'{v:.2f}' for v in entry['others_on_cpu0'])} |"
         )
+    return "\n".join(lines) + "\n"
+
+
+def markdown_where(runs: list[dict[str, Any]]) -> str:
+    """Per run, answered and refused apart: the p99 of the latency the client saw and of each
+    of its parts, then the mean parts of the slowest 1% (ms)."""
+    lines = [
+        "| server @ offered, run | requests | p99 latency | p99 send lag | p99 to gateway | "
+        "p99 in gateway | p99 back | slowest 1%: send lag / to gateway / in gateway / back |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- |",
+    ]
+    for row in runs:
+        where = row.get("where") or {}
+        for kind in ("answered", "refused"):
+            entry = where.get(kind)
+            if entry is None:
+                continue
+            tail = " / ".join(f"{entry['slowest_1pct_mean'][p]:.1f}" for p in PARTS)
+            lines.append(
+                f"| {row['server']}@{row['multiple']}x, {row['repeat'] + 1} | {kind} "
+                f"{entry['n']:,} | {entry['latency']['p99']:.1f} | "
+                + " | ".join(f"{entry[p]['p99']:.1f}" for p in PARTS)
+                + f" | {tail} |"
+            )
     return "\n".join(lines) + "\n"
 
 

@@ -2,10 +2,12 @@
 
 Latency is measured from each request's *scheduled* send time to the end of its answer, so a
 server that falls behind shows its queueing in the numbers instead of slowing the generator
-down (no coordinated omission). Connections are HTTP/1.1 keep-alive asyncio protocols, one
-request in flight on each (far cheaper per request than an HTTP client library or streams); a
-request that finds every connection busy opens another, up to ``max_connections``, then waits,
-and that wait counts in its latency.
+down (no coordinated omission). So that a generator that falls behind is not mistaken for a
+slow server, each request's *send lag* is kept too: when it was written to its socket, less its
+scheduled time (a saturated generator writes late, and reads answers late). Connections are
+HTTP/1.1 keep-alive asyncio protocols, one request in flight on each (far cheaper per request
+than an HTTP client library or streams); a request that finds every connection busy opens
+another, up to ``max_connections``, then waits, and that wait counts in its latency.
 
 ``python -m loadtests.openloop --url URL --body-file F --rate 500 --duration 5`` prints JSON.
 """
@@ -23,7 +25,15 @@ from urllib.parse import urlsplit
 
 import numpy as np
 
-__all__ = ["Result", "find_max_rate", "run", "run_async", "run_phases_async"]
+__all__ = ["Result", "Sample", "find_max_rate", "run", "run_async", "run_phases_async"]
+
+# One request: its scheduled time (seconds from the schedule's start); its latency from then
+# to the end of its answer (None: no answer); the HTTP status or the error's name; its send
+# lag (when it was written, less its scheduled time; None: never written); the port of the
+# connection it was sent on (0: none).
+Sample = tuple[float, float | None, str, float | None, int]
+# time.perf_counter on Linux: the machine's monotonic clock, comparable across processes.
+_clock = time.perf_counter
 
 
 @dataclass
@@ -37,9 +47,15 @@ class Result:
     statuses: dict[str, int] = field(default_factory=dict)
     errors: dict[str, int] = field(default_factory=dict)
     latencies_s: list[float] = field(default_factory=list)
-    # With ``keep_samples``: every request as (scheduled offset from the start in seconds,
-    # latency in seconds or None, HTTP status or error name).
-    samples: list[tuple[float, float | None, str]] | None = None
+    # Of each answered request: when it was written, less its scheduled time.
+    send_lags_s: list[float] = field(default_factory=list)
+    # With ``keep_samples``: every request as a ``Sample``.
+    samples: list[Sample] | None = None
+    # The schedule's start (``time.perf_counter``): the samples' offsets are from it.
+    begin: float = 0.0
+    # With ``keep_samples``: the scheduled offsets of the requests that found every connection
+    # busy and waited in the generator for one (that wait is in their send lag).
+    waited: list[float] | None = None
 
     @property
     def achieved_rate(self) -> float:
@@ -49,6 +65,11 @@ class Result:
         if not self.latencies_s:
             return float("inf")
         return float(np.percentile(np.asarray(self.latencies_s), q)) * 1000
+
+    def send_lag_ms(self, q: float) -> float | None:
+        if not self.send_lags_s:
+            return None
+        return round(float(np.percentile(np.asarray(self.send_lags_s), q)) * 1000, 3)
 
     @property
     def failed(self) -> int:
@@ -67,12 +88,15 @@ class Result:
             "errors": self.errors,
             **{f"p{q}_ms": round(self.percentile_ms(q), 3) for q in (50, 90, 99, 99.9)},
             "max_ms": round(max(self.latencies_s, default=float("inf")) * 1000, 3),
+            "send_lag_p50_ms": self.send_lag_ms(50),
+            "send_lag_p99_ms": self.send_lag_ms(99),
         }
 
     def merge(self, other: Result) -> None:
         self.sent += other.sent
         self.completed += other.completed
         self.latencies_s.extend(other.latencies_s)
+        self.send_lags_s.extend(other.send_lags_s)
         for mine, theirs in ((self.statuses, other.statuses), (self.errors, other.errors)):
             for key, n in theirs.items():
                 mine[key] = mine.get(key, 0) + n
@@ -86,13 +110,19 @@ class _Client(asyncio.Protocol):
         self.transport: asyncio.Transport | None = None
         self.buffer = bytearray()
         self.scheduled: float | None = None  # the request in flight: its scheduled send time
+        self.sent = 0.0  # and when it was written
+        self.port = 0  # this end's port: the server sees it as the client's
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
+        address = transport.get_extra_info("sockname")
+        if isinstance(address, tuple) and len(address) >= 2:
+            self.port = address[1]
 
     def send(self, scheduled: float) -> None:
         assert self.transport is not None
         self.scheduled = scheduled
+        self.sent = _clock()
         self.transport.write(self.pool.payload)
 
     def data_received(self, data: bytes) -> None:
@@ -162,6 +192,8 @@ class _Pool:
             task.add_done_callback(self.tasks.discard)
         else:
             self.waiting.append(scheduled)
+            if self.result.waited is not None:
+                self.result.waited.append(scheduled - self.begin)
 
     async def _open(self, scheduled: float) -> None:
         loop = asyncio.get_running_loop()
@@ -177,12 +209,14 @@ class _Pool:
 
     def answered(self, client: _Client, scheduled: float, status: str) -> None:
         result = self.result
-        latency = time.perf_counter() - scheduled
+        latency = _clock() - scheduled
+        send_lag = client.sent - scheduled
         result.latencies_s.append(latency)
+        result.send_lags_s.append(send_lag)
         result.completed += 1
         result.statuses[status] = result.statuses.get(status, 0) + 1
         if result.samples is not None:
-            result.samples.append((scheduled - self.begin, latency, status))
+            result.samples.append((scheduled - self.begin, latency, status, send_lag, client.port))
         self._settle()
         if self.waiting:
             client.send(self.waiting.popleft())
@@ -195,13 +229,16 @@ class _Pool:
         if client in self.idle:
             self.idle.remove(client)
         if scheduled is not None:
-            self._fail(type(exc).__name__ if exc is not None else "ConnectionClosed", scheduled)
+            name = type(exc).__name__ if exc is not None else "ConnectionClosed"
+            self._fail(name, scheduled, client)
 
-    def _fail(self, name: str, scheduled: float) -> None:
+    def _fail(self, name: str, scheduled: float, client: _Client | None = None) -> None:
+        """Count a request that got no answer (``client``: the connection it was sent on)."""
         result = self.result
         result.errors[name] = result.errors.get(name, 0) + 1
         if result.samples is not None:
-            result.samples.append((scheduled - self.begin, None, name))
+            sent = (None, 0) if client is None else (client.sent - scheduled, client.port)
+            result.samples.append((scheduled - self.begin, None, name, *sent))
         self._settle()
 
     def _settle(self) -> None:
@@ -215,7 +252,7 @@ class _Pool:
         for client in list(self.busy):
             if client.scheduled is not None and client.scheduled < limit:
                 scheduled, client.scheduled = client.scheduled, None
-                self._fail("TimeoutError", scheduled)
+                self._fail("TimeoutError", scheduled, client)
                 if client.transport is not None:
                     client.transport.close()
         while self.waiting and self.waiting[0] < limit:
@@ -270,9 +307,10 @@ async def run_phases_async(
     offered = phases[0][0] if len(phases) == 1 else sent / duration_s if duration_s else 0.0
     result = Result(offered_rate=offered, duration_s=duration_s)
     if keep_samples:
-        result.samples = []
+        result.samples, result.waited = [], []
     # perf_counter, not loop.time(): uvloop's clock ticks in whole milliseconds
     begin = start_at if start_at is not None else time.perf_counter() + 0.05
+    result.begin = begin
     pool = _Pool(host, port, payload, max_connections, result, begin)
     next_expiry = begin + 0.1
     schedule = [

@@ -15,14 +15,27 @@ bodies (undone by the endpoints) are handled; chunked request bodies are read wh
 A request head over the limits (``_limits.py``), one the parser refuses, or a body over
 ``max_body_bytes`` is answered with its 4xx/5xx in turn, after every earlier request on the
 connection, and the connection then closes; nothing after it is read.
+
+For the overload benchmark only: with ``LOADTESTS_TIMINGS_FILE`` set in its environment, a
+single-process gateway keeps, per inference call answered, the client's port, when its first
+byte was seen, when its answer was about to be written (``time.perf_counter``: the machine's
+monotonic clock, the same in every process) and its status, and writes them to that file
+(float64 quadruples) on ``SIGUSR1``, starting over (``loadtests/bench_overload.py`` joins them
+with what its generator saw); each pass of the garbage collector is kept there too (port
+-1 - its generation, its start and end). Unset, the cost is one attribute test per inference
+answer.
 """
 
 from __future__ import annotations
 
 import asyncio
+import gc
 import http
 import logging
+import os
+import signal
 import time
+from array import array
 from collections import deque
 from collections.abc import Callable
 from typing import Any
@@ -36,7 +49,7 @@ from gateway.http._paths import decode_path
 from gateway.http.app import GatewayApp
 from gateway.http.endpoints import LARGE_BODY_BYTES, Body, FastEndpoint
 
-__all__ = ["GatewayProtocol", "HttpLimits", "protocol_class"]
+__all__ = ["TIMINGS_ENV", "GatewayProtocol", "HttpLimits", "protocol_class"]
 
 log = logging.getLogger(__name__)
 access_log = logging.getLogger("uvicorn.access")
@@ -141,6 +154,8 @@ class GatewayProtocol(asyncio.Protocol):
     # Health and metrics: answered as soon as they are read, with no task (ahead of the
     # inference callbacks and tasks waiting on the loop), whatever the backlog.
     probes: dict[bytes, Callable[[], Reply]] = {}
+    # The overload benchmark's per-request timings (see the module's docstring), or None.
+    timings: array[float] | None = None
 
     def __init__(
         self,
@@ -417,10 +432,15 @@ class GatewayProtocol(asyncio.Protocol):
         def respond(reply: Reply | None) -> None:
             if reply is None:
                 pass  # the caller has gone
-            elif reply.head is not None:
-                self._write(request, reply.status, reply.head, reply.body, False)
             else:
-                self.respond(request, reply.status, reply.headers, reply.body)
+                timings = self.timings
+                if timings is not None and self._client is not None:  # the benchmark's hook
+                    answered = (self._client[1], request.arrived, time.perf_counter())
+                    timings.extend((*answered, reply.status))
+                if reply.head is not None:
+                    self._write(request, reply.status, reply.head, reply.body, False)
+                else:
+                    self.respond(request, reply.status, reply.headers, reply.body)
             self._finished()
 
         # ``handle`` answers at once (and returns None) or later, from the future's callback
@@ -652,4 +672,37 @@ def protocol_class(
         "targets": {},
         "probes": {path.encode(): probe for path, probe in probes.items()},
     }
+    path = os.environ.get(TIMINGS_ENV)
+    if path:
+        attributes["timings"] = _keep_timings(path)
     return type("GatewayProtocol", (GatewayProtocol,), attributes)
+
+
+# The overload benchmark's hook: where the per-request timings go on SIGUSR1.
+TIMINGS_ENV = "LOADTESTS_TIMINGS_FILE"
+
+
+def _keep_timings(path: str) -> array[float]:
+    """The timings' buffer; SIGUSR1 writes it to ``path`` (whole: written aside, then renamed)
+    and empties it."""
+    timings: array[float] = array("d")
+    collecting = [0.0]
+
+    def collector(phase: str, info: dict[str, int]) -> None:
+        # the collector's passes, as rows with port -1 - generation: they stop the loop too
+        if phase == "start":
+            collecting[0] = time.perf_counter()
+        else:
+            timings.extend((-1 - info["generation"], collecting[0], time.perf_counter(), 0))
+
+    gc.callbacks.append(collector)
+
+    def dump(signum: int, frame: object) -> None:
+        aside = f"{path}.part"
+        with open(aside, "wb") as out:
+            timings.tofile(out)
+        os.replace(aside, path)
+        del timings[:]
+
+    signal.signal(signal.SIGUSR1, dump)
+    return timings

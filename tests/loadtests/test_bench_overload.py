@@ -5,14 +5,15 @@ from __future__ import annotations
 from typing import Any
 
 from loadtests.bench_overload import Schedule, analyze, markdown, summarize
+from loadtests.openloop import Sample
 
 
 def _row(health_ms: float | None, health_failed: int) -> dict[str, Any]:
     schedule = Schedule(calm_s=1.0, phase_s=1.0, recovery_s=1.0)
-    samples: list[tuple[float, float | None, str]] = [
-        (0.5, 0.002, "200"),
-        (1.2, 0.004, "200"),
-        (2.5, 0.002, "200"),
+    samples: list[Sample] = [
+        (0.5, 0.002, "200", 0.0, 1),
+        (1.2, 0.004, "200", 0.0, 1),
+        (2.5, 0.002, "200", 0.0, 1),
     ]
     # the main port's probes: one before the overload (not counted), a slow one during it
     probes: list[tuple[float, float | None, str]] = [
