@@ -259,6 +259,7 @@ def analyze(
     liveness_max_ms, liveness_failed = _liveness(probes, start)
     calm_p99 = float(np.percentile(calm, 99)) if calm else 0.0
     goodput = good / schedule.phase_s
+    settled, abnormal_bins = settled_s(samples, end, schedule.recovery_s, calm_p99)
     return {
         "sent": len(phase),
         "outcomes": outcomes,
@@ -280,6 +281,8 @@ def analyze(
         "liveness_max_ms": liveness_max_ms,
         "liveness_failed": liveness_failed,
         "recovery_s": recovery_s(samples, end, schedule.recovery_s, calm_p99),
+        "settled_s": settled,
+        "abnormal_bins_after": abnormal_bins,
     }
 
 
@@ -396,27 +399,58 @@ def _liveness(
     return (round(max(liveness) * 1000, 1) if liveness else None), len(after) - len(liveness)
 
 
+def _abnormal_bins(
+    samples: list[Sample], overload_end: float, recovery_phase_s: float, calm_p99_s: float
+) -> list[bool]:
+    """Per 100 ms bin of the recovery phase: whether it was abnormal (p99 of the answered
+    above max(2 x calm p99, 10 ms), or anything refused or lost). A bin with no request is
+    normal."""
+    normal_s = max(2 * calm_p99_s, 0.010)
+    count = max(1, round(recovery_phase_s / _BIN_S))
+    bins: list[list[tuple[float | None, str]]] = [[] for _ in range(count)]
+    for t, lat, status, *_ in samples:
+        if overload_end <= t < overload_end + recovery_phase_s:
+            bins[min(count - 1, int((t - overload_end) / _BIN_S))].append((lat, status))
+    flags = []
+    for items in bins:
+        answered = [lat for lat, status in items if status == "200" and lat is not None]
+        bad = len(answered) < len(items)
+        flags.append(bad or bool(answered and float(np.percentile(answered, 99)) > normal_s))
+    return flags
+
+
 def recovery_s(
     samples: list[Sample],
     overload_end: float,
     recovery_phase_s: float,
     calm_p99_s: float,
 ) -> float:
-    """Seconds from the overload's end to the end of the last abnormal 100 ms bin after it
-    (p99 of the answered above max(2 x calm p99, 10 ms), or anything refused or lost); the
-    whole recovery phase when its last bin is still abnormal."""
-    normal_s = max(2 * calm_p99_s, 0.010)
-    bins: dict[int, list[tuple[float | None, str]]] = {}
-    for t, lat, status, *_ in samples:
-        if overload_end <= t < overload_end + recovery_phase_s:
-            bins.setdefault(int((t - overload_end) / _BIN_S), []).append((lat, status))
-    last_abnormal = -1
-    for index, items in bins.items():
-        answered = [lat for lat, status in items if status == "200" and lat is not None]
-        bad = len(answered) < len(items)
-        if bad or (answered and float(np.percentile(answered, 99)) > normal_s):
-            last_abnormal = max(last_abnormal, index)
-    return round(min((last_abnormal + 1) * _BIN_S, recovery_phase_s), 2)
+    """Seconds from the overload's end to the end of the last abnormal 100 ms bin after it;
+    the whole recovery phase when its last bin is still abnormal. Strict: one late stray bin
+    counts as not recovered until then (``settled_s`` is the lenient reading)."""
+    flags = _abnormal_bins(samples, overload_end, recovery_phase_s, calm_p99_s)
+    last = max((i for i, bad in enumerate(flags) if bad), default=-1)
+    return round(min((last + 1) * _BIN_S, recovery_phase_s), 2)
+
+
+def settled_s(
+    samples: list[Sample],
+    overload_end: float,
+    recovery_phase_s: float,
+    calm_p99_s: float,
+    stretch_s: float = 1.0,
+) -> tuple[float, int]:
+    """Seconds from the overload's end to the start of the first ``stretch_s`` of normal
+    bins in a row (the whole phase when there is none), and how many abnormal bins the
+    recovery phase held in all."""
+    flags = _abnormal_bins(samples, overload_end, recovery_phase_s, calm_p99_s)
+    need = max(1, round(stretch_s / _BIN_S))
+    run = 0
+    for index, bad in enumerate(flags):
+        run = 0 if bad else run + 1
+        if run == need:
+            return round((index + 1 - need) * _BIN_S, 2), sum(flags)
+    return recovery_phase_s, sum(flags)
 
 
 def main() -> None:
@@ -496,7 +530,8 @@ def _line(row: dict[str, Any]) -> str:
             f"{row['answered_p50_ms']}/{row['answered_p99_ms']} ms, refused {row['refused']} "
             f"(p99 {row['refusal_p99_ms']} ms), timeouts {row['timeouts']}, liveness max "
             f"{row['liveness_max_ms']} ms (health port "
-            f"{row.get('health_liveness_max_ms', '-')} ms), recovery {row['recovery_s']} s, "
+            f"{row.get('health_liveness_max_ms', '-')} ms), recovery {row['recovery_s']} s "
+            f"(settled {row['settled_s']} s, {row['abnormal_bins_after']} abnormal bins), "
             f"send lag p50/p99 {row['send_lag_p50_ms']}/{row['send_lag_p99_ms']} ms "
             f"({row['waited_for_connection']} waited for a connection), "
             f"load {row['loadavg_1m_before']}, cores {row['cores']}, "
@@ -505,7 +540,8 @@ def _line(row: dict[str, Any]) -> str:
 
 _FIGURES = ("capacity", "goodput_rate", "goodput_share", "answered_p50_ms", "answered_p99_ms",
             "refused", "refusal_p50_ms", "refusal_p99_ms", "timeouts", "liveness_max_ms",
-            "health_liveness_max_ms", "recovery_s", "loadavg_1m_before", "send_lag_p50_ms",
+            "health_liveness_max_ms", "recovery_s", "settled_s", "abnormal_bins_after",
+            "loadavg_1m_before", "send_lag_p50_ms",
             "send_lag_p99_ms")  # fmt: skip
 
 
@@ -561,9 +597,10 @@ def markdown(report: dict[str, dict[str, Any]]) -> str:
     lines = [
         "| server @ offered | capacity req/s | goodput req/s | goodput / capacity | "
         "p50 / p99 answered ms | refused | refusal p50 / p99 ms | client timeouts | "
-        "slowest liveness ms, main port | health port | recovery s | load avg before | "
+        "slowest liveness ms, main port | health port | recovery s (last abnormal bin) | "
+        "settled s (1 s normal) | load avg before | "
         "others' cores on CPU 0 |",
-        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+        "|" + " --- |" * 14,
     ]
     for key, entry in report.items():
         lines.append(
@@ -576,6 +613,7 @@ def markdown(report: dict[str, dict[str, Any]]) -> str:
             f"{cell(entry, 'liveness_max_ms', '{:.0f}')} | "
             f"{cell(entry, 'health_liveness_max_ms', '{:.0f}')} | "
             f"{cell(entry, 'recovery_s', '{:.1f}')} | "
+            f"{cell(entry, 'settled_s', '{:.1f}')} | "
             f"{cell(entry, 'loadavg_1m_before', '{:.1f}')} | "
             f"{', '.join(f'{v:.2f}' for v in entry['others_on_cpu0'])} |"
         )

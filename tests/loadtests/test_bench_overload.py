@@ -4,7 +4,14 @@ from __future__ import annotations
 
 from typing import Any
 
-from loadtests.bench_overload import Schedule, analyze, markdown, summarize
+from loadtests.bench_overload import (
+    Schedule,
+    analyze,
+    markdown,
+    recovery_s,
+    settled_s,
+    summarize,
+)
 from loadtests.openloop import Sample
 
 
@@ -40,3 +47,32 @@ def test_the_liveness_target_is_read_on_the_health_port_when_it_is_on() -> None:
     table = markdown(report)
     assert "| health port |" in table
     assert "| 800 (800, 800, 800) | 4 (-, 4, 3) |" in table
+
+
+def _recovery_samples(bad_bins: set[int]) -> list[Sample]:
+    # the overload ends at 10.0 s; 5 s of recovery in 100 ms bins, 3 answers a bin: 2 ms,
+    # or 80 ms in the bins named bad
+    samples: list[Sample] = []
+    for index in range(50):
+        latency = 0.080 if index in bad_bins else 0.002
+        for k in range(3):
+            samples.append((10.0 + index * 0.1 + 0.02 + k * 0.03, latency, "200", 0.0, 1))
+    return samples
+
+
+def test_recovery_counts_to_the_last_abnormal_bin_and_settled_to_the_first_calm_second() -> None:
+    # slow for the first 0.3 s, then one stray slow bin at 4.2 s
+    samples = _recovery_samples({0, 1, 2, 42})
+    assert recovery_s(samples, 10.0, 5.0, 0.003) == 4.3
+    assert settled_s(samples, 10.0, 5.0, 0.003) == (0.3, 4)
+
+
+def test_settled_needs_a_whole_calm_second() -> None:
+    # abnormal every 0.9 s: never ten normal bins in a row
+    samples = _recovery_samples(set(range(0, 50, 9)))
+    assert settled_s(samples, 10.0, 5.0, 0.003) == (5.0, 6)
+    # a refusal makes its bin abnormal whatever the latency
+    calm = _recovery_samples(set())
+    calm[0] = (10.02, 0.001, "503", 0.0, 1)
+    assert recovery_s(calm, 10.0, 5.0, 0.003) == 0.1
+    assert settled_s(calm, 10.0, 5.0, 0.003) == (0.1, 1)
