@@ -129,5 +129,9 @@ def test_the_gateway_timings_join_every_answered_request(
     latencies = {s[0]: s[1] for s in result.samples}
     for offset, status, parts in matched:
         assert status == "200"
-        assert min(parts) > -1e-4  # one clock: no part runs backwards
+        send_lag, *after_send = parts
+        # the generator may write up to a timer tick early (its sleeps wake on uvloop's
+        # millisecond clock, and it sends what is due within 0.5 ms): a lag a little below 0
+        assert send_lag > -2e-3
+        assert min(after_send) > -1e-4  # one clock: no later part runs backwards
         assert sum(parts) == pytest.approx(latencies[offset], abs=1e-6)
