@@ -24,6 +24,7 @@ from pathlib import Path
 
 from gateway.errors import ConfigError
 from gateway.http import bind_health
+from gateway.http.accept import bind_main
 from gateway.settings import GatewaySettings
 from gateway.workers._hub import Hub
 from gateway.workers._link import Link
@@ -59,10 +60,11 @@ def worker_count(workers: int | str) -> int:
 def supervise(settings: GatewaySettings, workers: int, log_level: str = "info") -> int:
     """Run ``workers`` worker processes on one port until SIGTERM/SIGINT; the exit status."""
     try:
-        listener = _listen(settings.server.host, settings.server.port)
-    except OSError as exc:
-        log.error("cannot listen on %s:%s: %s", settings.server.host, settings.server.port, exc)
+        listener = bind_main(settings.server.host, settings.server.port, 2048)
+    except ConfigError as exc:
+        log.error("%s", exc)
         return 1
+    listener.set_inheritable(True)
     health: socket.socket | None = None
     if settings.server.health_port is not None:
         try:
@@ -74,16 +76,6 @@ def supervise(settings: GatewaySettings, workers: int, log_level: str = "info") 
         health.set_inheritable(True)
     with listener, health or contextlib.nullcontext():
         return asyncio.run(_Supervisor(settings, workers, log_level, listener, health).run())
-
-
-def _listen(host: str, port: int) -> socket.socket:
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    sock = socket.socket(family, socket.SOCK_STREAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    sock.bind((host, port))
-    sock.listen(2048)
-    sock.set_inheritable(True)
-    return sock
 
 
 @dataclass
