@@ -18,6 +18,7 @@ __all__ = [
     "FeatureLogMetrics",
     "GatewayMetrics",
     "LoadSnapshot",
+    "ProcessLoad",
     "ShadowMetrics",
 ]
 
@@ -48,6 +49,7 @@ WORKER_AGGREGATION: dict[str, str] = {
     "gateway_admission_queue_delay_seconds": "max",
     "gateway_admission_all_in_flight": "sum",
     "gateway_admission_all_limit": "sum",
+    "gateway_admission_waiting_turn": "sum",
 }
 _SERVING = ("model", "version", "variant", "outcome")
 _VERSION = ("model", "version", "variant")
@@ -204,9 +206,7 @@ class GatewayMetrics:
             registry=registry,
         )
 
-    def watch_admission(
-        self, snapshot: Callable[[], tuple[list[LoadSnapshot], int, int]]
-    ) -> AdmissionCollector:
+    def watch_admission(self, snapshot: Callable[[], ProcessLoad]) -> AdmissionCollector:
         """Expose admission control's state, read when scraped (nothing per request)."""
         collector = AdmissionCollector(snapshot)
         self.registry.register(collector)
@@ -368,28 +368,45 @@ class LoadSnapshot:
     refusals: dict[str, int]
 
 
+@dataclass(frozen=True)
+class ProcessLoad:
+    """Admission control's state at a scrape: per endpoint, and for the whole process."""
+
+    endpoints: list[LoadSnapshot]
+    in_flight: int
+    limit: int
+    waiting_turn: int  # admitted inference calls waiting for a pass of the event loop
+    deferred: int  # how many ever have (a counter)
+
+
 class AdmissionCollector(Collector):
     """In flight, limits, queue delay and refusals by reason, read from admission control's
     own counters when scraped: admitting or refusing a request touches no metric object."""
 
-    def __init__(self, snapshot: Callable[[], tuple[list[LoadSnapshot], int, int]]) -> None:
+    def __init__(self, snapshot: Callable[[], ProcessLoad]) -> None:
         self._snapshot = snapshot
 
     def describe(self) -> Iterator[Metric]:
         return iter(self._families())
 
     def collect(self) -> Iterator[Metric]:
-        loads, total_in_flight, total_limit = self._snapshot()
-        in_flight, limit, delay, refusals, all_in_flight, all_limit = self._families()
-        for load in loads:
+        process = self._snapshot()
+        in_flight, limit, delay, refusals, all_in_flight, all_limit, waiting, deferred = (
+            self._families()
+        )
+        for load in process.endpoints:
             in_flight.add_metric([load.model], load.in_flight)
             limit.add_metric([load.model], load.limit)
             delay.add_metric([load.model], load.queue_delay_s)
             for reason, count in load.refusals.items():
                 refusals.add_metric([load.model, reason], count)
-        all_in_flight.add_metric([], total_in_flight)
-        all_limit.add_metric([], total_limit)
-        return iter((in_flight, limit, delay, refusals, all_in_flight, all_limit))
+        all_in_flight.add_metric([], process.in_flight)
+        all_limit.add_metric([], process.limit)
+        waiting.add_metric([], process.waiting_turn)
+        deferred.add_metric([], process.deferred)
+        return iter(
+            (in_flight, limit, delay, refusals, all_in_flight, all_limit, waiting, deferred)
+        )
 
     @staticmethod
     def _families() -> tuple[
@@ -399,6 +416,8 @@ class AdmissionCollector(Collector):
         CounterMetricFamily,
         GaugeMetricFamily,
         GaugeMetricFamily,
+        GaugeMetricFamily,
+        CounterMetricFamily,
     ]:
         return (
             GaugeMetricFamily(
@@ -429,5 +448,14 @@ class AdmissionCollector(Collector):
             GaugeMetricFamily(
                 "gateway_admission_all_limit",
                 "The bound on requests in flight over all endpoints.",
+            ),
+            GaugeMetricFamily(
+                "gateway_admission_waiting_turn",
+                "Admitted inference calls waiting for a pass of the event loop to be parsed.",
+            ),
+            CounterMetricFamily(
+                "gateway_admission_deferred",
+                "Admitted inference calls that waited for a later pass of the event loop "
+                "(admission.pass_slice_s).",
             ),
         )

@@ -78,9 +78,16 @@ class Schedule:
     recovery_s: float
 
 
-def _server(admission: bool, logging: bool, health_port: int | None = None) -> Server:
+def _server(
+    admission: bool, logging: bool, health_port: int | None = None, slice_s: float | None = None
+) -> Server:
+    """The gateway under test; ``slice_s``: its ``admission.pass_slice_s`` (None: the default),
+    named in the server's name when given."""
     name = f"gateway-{'admission' if admission else 'no-admission'}{'-logging' if logging else ''}"
     config: dict[str, Any] = {"batching": {"enabled": True}, "admission": {"enabled": admission}}
+    if slice_s is not None:
+        config["admission"]["pass_slice_s"] = slice_s
+        name += f"-slice{slice_s * 1000:g}ms"
     if health_port is not None:
         config["server"] = {"health_port": health_port}
     return Server(name, "gateway", gateway=config, broker=logging)
@@ -467,6 +474,12 @@ def main() -> None:
     parser.add_argument(
         "--health-port", action="store_true", help="serve and probe the health port too"
     )
+    parser.add_argument("--rows", type=int, default=1, help="rows a request (default 1)")
+    parser.add_argument(
+        "--pass-slice-s", type=float, nargs="+",
+        help="compare gateways with these admission.pass_slice_s (0: off) on one capacity, "
+             "in turn (the order alternates between repeats)",
+    )  # fmt: skip
     parser.add_argument(
         "--registry", type=Path, help="the benchmark models' registry (made there if missing)"
     )
@@ -479,7 +492,7 @@ def main() -> None:
     timings_path = work / "timings.bin"
     os.environ[TIMINGS_ENV] = str(timings_path)  # the gateways started here keep timings
     scenario = Scenario("mlp", "mlp", 1, [])
-    body, headers = request_body(32, 1, False)
+    body, headers = request_body(32, args.rows, False)
     schedule = Schedule(args.calm_s, args.phase_s, args.recovery_s)
     logging = {"both": [False, True], "on": [True], "off": [False]}[args.logging]
     runs: list[dict[str, Any]] = []
@@ -488,9 +501,15 @@ def main() -> None:
     for repeat in range(args.repeats):
         for log_on in logging:
             capacity, found = 0.0, dict[str, float]()
-            for admission in [True] if args.no_baseline else [True, False]:
+            slices: list[float | None] = list(args.pass_slice_s or [None])
+            if repeat % 2:
+                slices.reverse()
+            variants = [(True, s) for s in slices]
+            if not args.no_baseline:
+                variants.append((False, None))
+            for admission, slice_s in variants:
                 health_port = free_port() if args.health_port else None
-                server = _server(admission, log_on, health_port)
+                server = _server(admission, log_on, health_port, slice_s)
                 with running(scenario, server, files, registry, work) as under_test:
                     url = f"{under_test.base}/v2/models/mlp/infer"
                     warm = run(url, body, 50, 2.0, headers)
@@ -513,7 +532,8 @@ def main() -> None:
     report = summarize(runs)
     stamp = time.strftime("%Y%m%d-%H%M%S")
     meta = {"cpu_count": os.cpu_count(), "python": sys.version.split()[0],
-            "repeats": args.repeats, "schedule": schedule.__dict__, "targets": TARGETS,
+            "repeats": args.repeats, "rows": args.rows, "schedule": schedule.__dict__,
+            "targets": TARGETS,
             "probe_period_s": args.probe_period_s, "health_port": args.health_port,
             "seconds": round(time.time() - started),
             "machine_before": machine_before, "machine_after": machine_info()}  # fmt: skip

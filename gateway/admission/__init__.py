@@ -7,5 +7,6 @@ that the HTTP layer maps to 503 or 429 with ``Retry-After``.
 from gateway.admission.controller import Admission
 from gateway.admission.gate import REASONS, Gate
 from gateway.admission.settings import AdmissionSettings, LimitSettings
+from gateway.admission.turns import Turns
 
-__all__ = ["REASONS", "Admission", "AdmissionSettings", "Gate", "LimitSettings"]
+__all__ = ["REASONS", "Admission", "AdmissionSettings", "Gate", "LimitSettings", "Turns"]

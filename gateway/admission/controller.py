@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from gateway.admission.gate import REASONS, Gate, InFlightTotal
 from gateway.admission.settings import AdmissionSettings
-from gateway.metrics import LoadSnapshot
+from gateway.admission.turns import Turns
+from gateway.metrics import LoadSnapshot, ProcessLoad
 
 __all__ = ["Admission"]
 
@@ -20,6 +21,8 @@ class Admission:
             name.lower().encode("latin-1") for name in settings.client_key_headers
         )
         self.readiness_reports_overload = settings.readiness_reports_overload
+        # where admitted inference calls wait for a pass of the event loop; None: they never do
+        self.turns = Turns(settings.pass_slice_s) if settings.pass_slice_s > 0 else None
 
     def gate(self, endpoint: str) -> Gate:
         """The gate of ``endpoint`` (call it for served endpoints only: gates are kept)."""
@@ -51,7 +54,7 @@ class Admission:
         since = now - self._settings.interval_s
         return any(gate.last_shed >= since for gate in self._gates.values())
 
-    def snapshot(self) -> tuple[list[LoadSnapshot], int, int]:
+    def snapshot(self) -> ProcessLoad:
         """Per endpoint: in flight, limit, queue delay, refusals; and the process's total."""
         loads = [
             LoadSnapshot(
@@ -63,4 +66,11 @@ class Admission:
             )
             for gate in list(self._gates.values())
         ]
-        return loads, self.total.in_flight, self.total.limit
+        turns = self.turns
+        return ProcessLoad(
+            loads,
+            self.total.in_flight,
+            self.total.limit,
+            turns.waiting if turns is not None else 0,
+            turns.deferred if turns is not None else 0,
+        )

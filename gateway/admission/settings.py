@@ -57,6 +57,11 @@ class AdmissionSettings(_Group):
     interval_s: float = Field(default=0.1, gt=0, le=10)
     # The adaptive limit's multiplicative decrease when the queue delay is above target.
     backoff_ratio: float = Field(default=0.9, gt=0, lt=1)
+    # How much of each pass of the event loop may go to decoding, checking and queueing
+    # admitted inference calls (seconds); the rest wait for the next passes, in order, so the
+    # loop polls its sockets again soon and answers refusals and probes within about a pass
+    # (gateway/admission/turns.py). 0: every call is worked on as soon as it is read.
+    pass_slice_s: float = Field(default=0.001, ge=0, le=1)
     # Retry-After (seconds, rounded up to whole seconds) on a 503 refusal.
     retry_after_s: float = Field(default=1.0, gt=0)
     # Headers that name a caller for the per-client rate; the first one present counts.

@@ -91,6 +91,7 @@ def create_app(
     )
     if settings.admission.enabled:
         state.admission = Admission(settings.admission)
+        state.turns = state.admission.turns
         metrics.watch_admission(state.admission.snapshot)
 
     @asynccontextmanager

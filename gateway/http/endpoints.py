@@ -18,7 +18,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.requests import Request
 from starlette.responses import Response
 
-from gateway.admission import Admission, Gate
+from gateway.admission import Admission, Gate, Turns
 from gateway.errors import GatewayError, InvalidInputError, NotReadyError
 from gateway.featurelog import RequestInfo
 from gateway.feedback import FeedbackDisabledError, FeedbackService
@@ -82,6 +82,8 @@ class AppState:
     feedback: FeedbackService | None = None
     feedback_enabled: bool = False
     admission: Admission | None = None
+    # Where admitted inference calls wait for a pass of the loop (with admission on).
+    turns: Turns | None = None
 
     def require_service(self) -> InferenceService:
         if self.service is None:
@@ -326,22 +328,31 @@ class _InferBase(Generic[ParsedT]):
             respond = _released_first(gate, respond)
         started = arrived
         info = RequestInfo(_request_id(), time.time(), name)
-        if isinstance(body, bytes) and len(body) <= LARGE_BODY_BYTES:
+        small = isinstance(body, bytes) and len(body) <= LARGE_BODY_BYTES
+        turns = self.state.turns
+        if small and (turns is None or turns.now()):
             result = self._decode(headers, body, encoded=True)
             return self._queue(service, info, version, headers, result, started, respond)
+        # Later: in a later pass of the loop (``gateway/admission/turns.py``), or, for a large
+        # body, once a worker thread has decoded it. ``waiting`` stands for the request until
+        # then; the connection cancels it when the caller goes, and then nothing runs.
         loop = asyncio.get_running_loop()
         waiting: asyncio.Future[Any] = loop.create_future()
-        work = loop.run_in_executor(None, self._decode, headers, body, True)
 
-        def decoded(done: asyncio.Future[Any]) -> None:
+        def queue(decoded: Any) -> None:
             if waiting.cancelled():
                 respond(None)  # the caller has gone before its request was queued
                 return
-            call = self._queue(service, info, version, headers, done.result(), started, respond)
+            call = self._queue(service, info, version, headers, decoded, started, respond)
             if call is not None:
                 waiting.add_done_callback(lambda _: call.cancel())
 
-        work.add_done_callback(decoded)
+        if small:
+            assert turns is not None
+            turns.later(lambda: queue(self._decode(headers, body, encoded=True)))
+        else:
+            work = loop.run_in_executor(None, self._decode, headers, body, True)
+            work.add_done_callback(lambda done: queue(done.result()))
         return waiting
 
     def _decode(self, headers: Headers, body: Body, encoded: bool) -> Any:
