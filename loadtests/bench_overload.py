@@ -15,7 +15,11 @@ within 50 ms, per second, and as a share of the capacity), refusals (503/429) an
 they came back, client timeouts (5 s), p50/p99 of the answered, the slowest liveness probe,
 and the recovery: how long after the overload ends the latency is normal again (every 100 ms
 bin of the recovery phase after it: p99 within twice the calm p99 or 10 ms, whichever is
-larger, and nothing refused or lost). The server runs pinned to CPU 0, the generator and the
+larger, and nothing refused or lost; ``recovery_s``, strict: to the last abnormal bin). First,
+per server start (``--control``, on by default), one calm control: the same schedule with its
+middle phase at the calm rate, judged by the same bins, so the machine's own abnormal bins are
+known; ``recovered_s`` is the recovery against them (``recovered_s``'s docstring). The server
+runs pinned to CPU 0, the generator and the
 prober on CPU 1 (``loadtests/README.md``); the machine's own load is measured beside.
 
 Where each request's time went, so that a generator that falls behind is not taken for a slow
@@ -27,7 +31,7 @@ gateway (the kernel, and the gateway's event loop not yet reading the socket), t
 gateway, and the way back (the kernel, and the generator's loop not yet reading the answer).
 
 ``python -m loadtests.bench_overload [--repeats 3] [--multiples 1 1.5 2 4] [--phase-s 10]
-[--health-port]``
+[--health-port] [--no-control]``
 writes ``loadtests/results/overload-<time>.json`` and ``overload.md``.
 """
 
@@ -69,6 +73,8 @@ TARGETS = {
     "recovery_s": 1.0,
 }
 _BIN_S = 0.1
+# The calm control's middle phase: the calm rate (half the capacity), so no overload at all.
+CONTROL_MULTIPLE = 0.5
 
 
 @dataclass(frozen=True)
@@ -143,10 +149,13 @@ def overload_run(
     server_pid: int,
     health_port: int | None = None,
     timings_path: Path | None = None,
+    control_abnormal: int | None = None,
 ) -> dict[str, Any]:
     """One schedule (calm, overload, recovery) with the prober beside (and a second on the
     health port, when there is one); its analysis. With ``timings_path`` (the gateway's
-    ``LOADTESTS_TIMINGS_FILE``), where the overload phase's time went."""
+    ``LOADTESTS_TIMINGS_FILE``), where the overload phase's time went. ``multiple`` 0.5 is the
+    calm control: the middle phase at the calm rate (``control`` in the row).
+    ``control_abnormal``: the abnormal bins after the control's middle phase (``analyze``)."""
     phases = [(capacity / 2, schedule.calm_s), (capacity * multiple, schedule.phase_s),
               (capacity / 2, schedule.recovery_s)]  # fmt: skip
     total_s = sum(seconds for _, seconds in phases)
@@ -185,7 +194,8 @@ def overload_run(
         probes.append(receive.recv())
         prober.join()
     assert result.samples is not None
-    analysis = analyze(result.samples, probes[0], capacity, schedule)
+    control = multiple == CONTROL_MULTIPLE
+    analysis = analyze(result.samples, probes[0], capacity, schedule, control_abnormal, control)
     analysis["waited_for_connection"] = sum(
         1 for t in result.waited or [] if schedule.calm_s <= t < schedule.calm_s + schedule.phase_s
     )
@@ -196,7 +206,8 @@ def overload_run(
         timings = server_timings(server_pid, timings_path)
         window = (schedule.calm_s, schedule.calm_s + schedule.phase_s)
         analysis["where"] = where_time_went(result.samples, result.begin, timings, window)
-    return {"multiple": multiple, "offered_rate": round(capacity * multiple), **analysis,
+    return {"multiple": multiple, "control": control,
+            "offered_rate": round(capacity * multiple), **analysis,
             "loadavg_1m_before": round(load_before, 2), "cores": cores,
             "server_stats": server}  # fmt: skip
 
@@ -242,8 +253,13 @@ def analyze(
     probes: list[tuple[float, float | None, str]],
     capacity: float,
     schedule: Schedule,
+    control_abnormal: int | None = None,
+    is_control: bool = False,
 ) -> dict[str, Any]:
-    """The figures of one schedule's overload phase, and its recovery."""
+    """The figures of one schedule's overload phase, and its recovery. ``control_abnormal``:
+    how many abnormal bins the same server's calm control showed after its middle phase (the
+    allowance of ``recovered_s``; without it, that figure is None). ``is_control``: this is
+    the control itself (its middle phase at the calm rate), its own count its allowance."""
     start, end = schedule.calm_s, schedule.calm_s + schedule.phase_s
     calm = [s[1] for s in samples if s[0] < start and s[2] == "200" and s[1] is not None]
     phase = [s for s in samples if start <= s[0] < end]
@@ -260,6 +276,16 @@ def analyze(
     calm_p99 = float(np.percentile(calm, 99)) if calm else 0.0
     goodput = good / schedule.phase_s
     settled, abnormal_bins = settled_s(samples, end, schedule.recovery_s, calm_p99)
+    flags = _abnormal_bins(samples, end, schedule.recovery_s, calm_p99)
+    control_figures: dict[str, Any] = {}
+    if is_control:
+        control_abnormal = abnormal_bins
+        # its middle phase is calm traffic too: a longer sample of the same bins
+        middle = sum(_abnormal_bins(samples, start, schedule.phase_s, calm_p99))
+        control_figures = {
+            "abnormal_bins_middle": middle,
+            "abnormal_per_s_middle": round(middle / schedule.phase_s, 2),
+        }
     return {
         "sent": len(phase),
         "outcomes": outcomes,
@@ -283,6 +309,13 @@ def analyze(
         "recovery_s": recovery_s(samples, end, schedule.recovery_s, calm_p99),
         "settled_s": settled,
         "abnormal_bins_after": abnormal_bins,
+        "abnormal_per_s_after": round(abnormal_bins / schedule.recovery_s, 2),
+        "abnormal_bin_starts_s": [round(i * _BIN_S, 1) for i, bad in enumerate(flags) if bad],
+        "recovered_s": None
+        if control_abnormal is None
+        else recovered_s(flags, control_abnormal, schedule.recovery_s),
+        "control_abnormal_bins": control_abnormal,
+        **control_figures,
     }
 
 
@@ -453,6 +486,21 @@ def settled_s(
     return recovery_phase_s, sum(flags)
 
 
+def recovered_s(flags: list[bool], allowance: int, recovery_phase_s: float) -> float:
+    """The recovery measured against the machine's own noise: seconds from the overload's end
+    to the earliest bin boundary after which (a) no two abnormal bins come in a row and (b)
+    there are no more abnormal bins than ``allowance`` (what the calm control showed in its
+    phase of the same length). A slow return (abnormal bins in a row) is never forgiven; only
+    isolated bins are, and no more of them than calm traffic gave. ``flags``: per 100 ms bin
+    of the recovery phase, whether it was abnormal (``_abnormal_bins``)."""
+    if allowance < 0:
+        raise ValueError(f"allowance must be >= 0, got {allowance}")
+    last_pair = max((i for i in range(1, len(flags)) if flags[i] and flags[i - 1]), default=-1)
+    abnormal = [i for i, bad in enumerate(flags) if bad]
+    beyond = abnormal[len(abnormal) - allowance - 1] if len(abnormal) > allowance else -1
+    return round(min((max(last_pair, beyond) + 1) * _BIN_S, recovery_phase_s), 2)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--repeats", type=int, default=3)
@@ -468,9 +516,18 @@ def main() -> None:
         "--health-port", action="store_true", help="serve and probe the health port too"
     )
     parser.add_argument(
+        "--control",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="first, per server start, one calm control schedule (the middle phase at the "
+        "calm rate): the abnormal bins of calm traffic, the allowance of recovered_s",
+    )
+    parser.add_argument(
         "--registry", type=Path, help="the benchmark models' registry (made there if missing)"
     )
     args = parser.parse_args()
+    if any(multiple <= 0 for multiple in args.multiples):
+        parser.error(f"--multiples must all be above 0, got {args.multiples}")
     RESULTS.mkdir(exist_ok=True)
     work = Path(tempfile.mkdtemp(prefix="bench-overload-"))
     registry = args.registry or work / "registry"
@@ -499,15 +556,19 @@ def main() -> None:
                     if not capacity:  # measured with admission on; the other gets the same
                         capacity, found = measure_capacity(url, body, headers, args.step_s)
                         print(f"capacity {capacity:.0f} req/s ({found})", flush=True)
-                    for multiple in args.multiples:
+                    control: int | None = None
+                    controls = [CONTROL_MULTIPLE] if args.control else []
+                    for multiple in controls + list(args.multiples):
                         row = overload_run(url, body, headers, capacity, multiple, schedule,
                                            args.probe_period_s, under_test.pid,
-                                           health_port, timings_path)  # fmt: skip
+                                           health_port, timings_path, control)  # fmt: skip
+                        if row["control"]:
+                            control = row["abnormal_bins_after"]
                         row.update(server=server.name, repeat=repeat, capacity=capacity,
                                    capacity_found=found)  # fmt: skip
                         runs.append(row)
                         print(f"[{repeat + 1}/{args.repeats} {time.time() - started:.0f}s] "
-                              f"{server.name} {multiple}x of {capacity:.0f}: {_line(row)}",
+                              f"{server.name} {_at(row)} of {capacity:.0f}: {_line(row)}",
                               flush=True)  # fmt: skip
                         time.sleep(1.0)
     report = summarize(runs)
@@ -515,6 +576,7 @@ def main() -> None:
     meta = {"cpu_count": os.cpu_count(), "python": sys.version.split()[0],
             "repeats": args.repeats, "schedule": schedule.__dict__, "targets": TARGETS,
             "probe_period_s": args.probe_period_s, "health_port": args.health_port,
+            "control": args.control,
             "seconds": round(time.time() - started),
             "machine_before": machine_before, "machine_after": machine_info()}  # fmt: skip
     (RESULTS / f"overload-{stamp}.json").write_text(
@@ -531,25 +593,39 @@ def _line(row: dict[str, Any]) -> str:
             f"(p99 {row['refusal_p99_ms']} ms), timeouts {row['timeouts']}, liveness max "
             f"{row['liveness_max_ms']} ms (health port "
             f"{row.get('health_liveness_max_ms', '-')} ms), recovery {row['recovery_s']} s "
-            f"(settled {row['settled_s']} s, {row['abnormal_bins_after']} abnormal bins), "
+            f"(settled {row['settled_s']} s, {row['abnormal_bins_after']} abnormal bins at "
+            f"{row['abnormal_bin_starts_s']} s; against the control's "
+            f"{row['control_abnormal_bins']}: recovered {row['recovered_s']} s"
+            f"{_middle(row)}), "
             f"send lag p50/p99 {row['send_lag_p50_ms']}/{row['send_lag_p99_ms']} ms "
             f"({row['waited_for_connection']} waited for a connection), "
             f"load {row['loadavg_1m_before']}, cores {row['cores']}, "
             f"server {row['server_stats']}, where {row.get('where')}")  # fmt: skip
 
 
+def _middle(row: dict[str, Any]) -> str:
+    if "abnormal_bins_middle" not in row:
+        return ""
+    return f"; {row['abnormal_bins_middle']} abnormal bins in the calm middle phase"
+
+
 _FIGURES = ("capacity", "goodput_rate", "goodput_share", "answered_p50_ms", "answered_p99_ms",
             "refused", "refusal_p50_ms", "refusal_p99_ms", "timeouts", "liveness_max_ms",
             "health_liveness_max_ms", "recovery_s", "settled_s", "abnormal_bins_after",
+            "abnormal_per_s_after", "recovered_s", "control_abnormal_bins",
             "loadavg_1m_before", "send_lag_p50_ms",
             "send_lag_p99_ms")  # fmt: skip
+
+
+def _at(row: dict[str, Any]) -> str:
+    return "control" if row.get("control") else f"{row['multiple']}x"
 
 
 def summarize(runs: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
     """Per server and multiple: each figure's median and its runs; whether the targets hold."""
     groups: dict[str, list[dict[str, Any]]] = {}
     for row in runs:
-        groups.setdefault(f"{row['server']}@{row['multiple']}x", []).append(row)
+        groups.setdefault(f"{row['server']}@{_at(row)}", []).append(row)
     report: dict[str, dict[str, Any]] = {}
     for key, rows in groups.items():
         entry: dict[str, Any] = {}
@@ -559,13 +635,13 @@ def summarize(runs: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
             entry[figure] = {"median": statistics.median(known) if known else None,
                              "runs": values}  # fmt: skip
         entry["others_on_cpu0"] = [row["cores"]["others_on_cpu0"] for row in rows]
-        if rows[0]["multiple"] == 2.0:
+        if rows[0]["multiple"] == 2.0 and not rows[0].get("control"):
             entry["targets_held"] = [_targets_held(row) for row in rows]
         report[key] = entry
     return report
 
 
-def _targets_held(row: dict[str, Any]) -> dict[str, bool]:
+def _targets_held(row: dict[str, Any]) -> dict[str, bool | None]:
     def within(value: float | None, bound: float) -> bool:
         return value is not None and value <= bound
 
@@ -581,6 +657,10 @@ def _targets_held(row: dict[str, Any]) -> dict[str, bool]:
         "liveness": within(row[f"{prefix}liveness_max_ms"], TARGETS["liveness_ms"])
         and row[f"{prefix}liveness_failed"] == 0,
         "recovery": row["recovery_s"] <= TARGETS["recovery_s"],
+        # against the calm control's noise (None without a control); the strict one above
+        "recovery_vs_control": None
+        if row.get("recovered_s") is None
+        else row["recovered_s"] <= TARGETS["recovery_s"],
     }
 
 
@@ -598,9 +678,10 @@ def markdown(report: dict[str, dict[str, Any]]) -> str:
         "| server @ offered | capacity req/s | goodput req/s | goodput / capacity | "
         "p50 / p99 answered ms | refused | refusal p50 / p99 ms | client timeouts | "
         "slowest liveness ms, main port | health port | recovery s (last abnormal bin) | "
-        "settled s (1 s normal) | load avg before | "
+        "settled s (1 s normal) | abnormal bins / s after | "
+        "recovered s, against the control | load avg before | "
         "others' cores on CPU 0 |",
-        "|" + " --- |" * 14,
+        "|" + " --- |" * 16,
     ]
     for key, entry in report.items():
         lines.append(
@@ -614,6 +695,8 @@ def markdown(report: dict[str, dict[str, Any]]) -> str:
             f"{cell(entry, 'health_liveness_max_ms', '{:.0f}')} | "
             f"{cell(entry, 'recovery_s', '{:.1f}')} | "
             f"{cell(entry, 'settled_s', '{:.1f}')} | "
+            f"{cell(entry, 'abnormal_per_s_after', '{:.1f}')} | "
+            f"{cell(entry, 'recovered_s', '{:.1f}')} | "
             f"{cell(entry, 'loadavg_1m_before', '{:.1f}')} | "
             f"{', '.join(f'{v:.2f}' for v in entry['others_on_cpu0'])} |"
         )
@@ -636,7 +719,7 @@ def markdown_where(runs: list[dict[str, Any]]) -> str:
                 continue
             tail = " / ".join(f"{entry['slowest_1pct_mean'][p]:.1f}" for p in PARTS)
             lines.append(
-                f"| {row['server']}@{row['multiple']}x, {row['repeat'] + 1} | {kind} "
+                f"| {row['server']}@{_at(row)}, {row['repeat'] + 1} | {kind} "
                 f"{entry['n']:,} | {entry['latency']['p99']:.1f} | "
                 + " | ".join(f"{entry[p]['p99']:.1f}" for p in PARTS)
                 + f" | {tail} |"
