@@ -40,6 +40,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import math
 import multiprocessing
 import os
 import signal
@@ -149,13 +150,13 @@ def overload_run(
     server_pid: int,
     health_port: int | None = None,
     timings_path: Path | None = None,
-    control_abnormal: int | None = None,
+    control_bins: tuple[int, int] | None = None,
 ) -> dict[str, Any]:
     """One schedule (calm, overload, recovery) with the prober beside (and a second on the
     health port, when there is one); its analysis. With ``timings_path`` (the gateway's
     ``LOADTESTS_TIMINGS_FILE``), where the overload phase's time went. ``multiple`` 0.5 is the
     calm control: the middle phase at the calm rate (``control`` in the row).
-    ``control_abnormal``: the abnormal bins after the control's middle phase (``analyze``)."""
+    ``control_bins``: what the control allows (``control_allowance``)."""
     phases = [(capacity / 2, schedule.calm_s), (capacity * multiple, schedule.phase_s),
               (capacity / 2, schedule.recovery_s)]  # fmt: skip
     total_s = sum(seconds for _, seconds in phases)
@@ -195,7 +196,7 @@ def overload_run(
         prober.join()
     assert result.samples is not None
     control = multiple == CONTROL_MULTIPLE
-    analysis = analyze(result.samples, probes[0], capacity, schedule, control_abnormal, control)
+    analysis = analyze(result.samples, probes[0], capacity, schedule, control_bins, control)
     analysis["waited_for_connection"] = sum(
         1 for t in result.waited or [] if schedule.calm_s <= t < schedule.calm_s + schedule.phase_s
     )
@@ -253,13 +254,13 @@ def analyze(
     probes: list[tuple[float, float | None, str]],
     capacity: float,
     schedule: Schedule,
-    control_abnormal: int | None = None,
+    control_bins: tuple[int, int] | None = None,
     is_control: bool = False,
 ) -> dict[str, Any]:
-    """The figures of one schedule's overload phase, and its recovery. ``control_abnormal``:
-    how many abnormal bins the same server's calm control showed after its middle phase (the
-    allowance of ``recovered_s``; without it, that figure is None). ``is_control``: this is
-    the control itself (its middle phase at the calm rate), its own count its allowance."""
+    """The figures of one schedule's overload phase, and its recovery. ``control_bins``: the
+    allowance of ``recovered_s`` from the same server's calm control (``control_allowance``; without
+    it, that figure is None). ``is_control``: this is the control itself (its middle phase at
+    the calm rate), and it judges itself by its own allowance."""
     start, end = schedule.calm_s, schedule.calm_s + schedule.phase_s
     calm = [s[1] for s in samples if s[0] < start and s[2] == "200" and s[1] is not None]
     phase = [s for s in samples if start <= s[0] < end]
@@ -279,12 +280,11 @@ def analyze(
     flags = _abnormal_bins(samples, end, schedule.recovery_s, calm_p99)
     control_figures: dict[str, Any] = {}
     if is_control:
-        control_abnormal = abnormal_bins
-        # its middle phase is calm traffic too: a longer sample of the same bins
-        middle = sum(_abnormal_bins(samples, start, schedule.phase_s, calm_p99))
+        middle = _abnormal_bins(samples, start, schedule.phase_s, calm_p99)
+        control_bins = control_allowance(middle + flags, schedule)
         control_figures = {
-            "abnormal_bins_middle": middle,
-            "abnormal_per_s_middle": round(middle / schedule.phase_s, 2),
+            "abnormal_bins_middle": sum(middle),
+            "abnormal_per_s_middle": round(sum(middle) / schedule.phase_s, 2),
         }
     return {
         "sent": len(phase),
@@ -311,10 +311,12 @@ def analyze(
         "abnormal_bins_after": abnormal_bins,
         "abnormal_per_s_after": round(abnormal_bins / schedule.recovery_s, 2),
         "abnormal_bin_starts_s": [round(i * _BIN_S, 1) for i, bad in enumerate(flags) if bad],
+        "longest_abnormal_run_after": _longest_run(flags),
         "recovered_s": None
-        if control_abnormal is None
-        else recovered_s(flags, control_abnormal, schedule.recovery_s),
-        "control_abnormal_bins": control_abnormal,
+        if control_bins is None
+        else recovered_s(flags, *control_bins, recovery_phase_s=schedule.recovery_s),
+        "control_allowance_bins": None if control_bins is None else control_bins[0],
+        "control_longest_run": None if control_bins is None else control_bins[1],
         **control_figures,
     }
 
@@ -486,19 +488,51 @@ def settled_s(
     return recovery_phase_s, sum(flags)
 
 
-def recovered_s(flags: list[bool], allowance: int, recovery_phase_s: float) -> float:
+def _runs(flags: list[bool]) -> list[tuple[int, int]]:
+    """The runs of abnormal bins: (first bin, length) each."""
+    runs: list[tuple[int, int]] = []
+    for index, bad in enumerate(flags):
+        if bad and runs and runs[-1][0] + runs[-1][1] == index:
+            runs[-1] = (runs[-1][0], runs[-1][1] + 1)
+        elif bad:
+            runs.append((index, 1))
+    return runs
+
+
+def _longest_run(flags: list[bool]) -> int:
+    return max((length for _, length in _runs(flags)), default=0)
+
+
+def control_allowance(calm_flags: list[bool], schedule: Schedule) -> tuple[int, int]:
+    """What the calm control allows ``recovered_s``: its abnormal bins after its calm phase
+    (its middle phase, at the calm rate, and the phase after it: three times the sample of
+    the phase after alone), scaled to the recovery phase's length and rounded down (no more
+    than its rate), and its longest run of them."""
+    calm_s = schedule.phase_s + schedule.recovery_s
+    scaled = sum(calm_flags) * schedule.recovery_s / calm_s
+    return math.floor(scaled + 1e-9), _longest_run(calm_flags)
+
+
+def recovered_s(
+    flags: list[bool], allowance: int, longest_run: int, recovery_phase_s: float
+) -> float:
     """The recovery measured against the machine's own noise: seconds from the overload's end
-    to the earliest bin boundary after which (a) no two abnormal bins come in a row and (b)
-    there are no more abnormal bins than ``allowance`` (what the calm control showed in its
-    phase of the same length). A slow return (abnormal bins in a row) is never forgiven; only
-    isolated bins are, and no more of them than calm traffic gave. ``flags``: per 100 ms bin
-    of the recovery phase, whether it was abnormal (``_abnormal_bins``)."""
-    if allowance < 0:
-        raise ValueError(f"allowance must be >= 0, got {allowance}")
-    last_pair = max((i for i in range(1, len(flags)) if flags[i] and flags[i - 1]), default=-1)
+    to the earliest bin boundary after which (a) every run of abnormal bins is one the calm
+    control also had (no longer than its ``longest_run``; a run is forgiven whole or not at
+    all) and (b) there are no more abnormal bins than the control's ``allowance`` (its count
+    in the same length of time, ``control_allowance``). A slow return (abnormal bins in
+    a row, longer than calm traffic gives) is never forgiven; only stray bins are, and no more
+    of them than calm traffic gave. A control with no abnormal bin forgives nothing: the
+    strict figure. ``flags``: per 100 ms bin of the recovery phase, whether it was abnormal
+    (``_abnormal_bins``)."""
+    if allowance < 0 or longest_run < 0:
+        raise ValueError(
+            f"allowance and longest_run must be >= 0, got {allowance} and {longest_run}"
+        )
+    long_ends = [first + length for first, length in _runs(flags) if length > longest_run]
     abnormal = [i for i, bad in enumerate(flags) if bad]
-    beyond = abnormal[len(abnormal) - allowance - 1] if len(abnormal) > allowance else -1
-    return round(min((max(last_pair, beyond) + 1) * _BIN_S, recovery_phase_s), 2)
+    beyond = abnormal[len(abnormal) - allowance - 1] + 1 if len(abnormal) > allowance else 0
+    return round(min(max([beyond, *long_ends]) * _BIN_S, recovery_phase_s), 2)
 
 
 def main() -> None:
@@ -556,14 +590,15 @@ def main() -> None:
                     if not capacity:  # measured with admission on; the other gets the same
                         capacity, found = measure_capacity(url, body, headers, args.step_s)
                         print(f"capacity {capacity:.0f} req/s ({found})", flush=True)
-                    control: int | None = None
+                    control: tuple[int, int] | None = None
                     controls = [CONTROL_MULTIPLE] if args.control else []
                     for multiple in controls + list(args.multiples):
                         row = overload_run(url, body, headers, capacity, multiple, schedule,
                                            args.probe_period_s, under_test.pid,
                                            health_port, timings_path, control)  # fmt: skip
                         if row["control"]:
-                            control = row["abnormal_bins_after"]
+                            control = (row["control_allowance_bins"],
+                                       row["control_longest_run"])  # fmt: skip
                         row.update(server=server.name, repeat=repeat, capacity=capacity,
                                    capacity_found=found)  # fmt: skip
                         runs.append(row)
@@ -595,7 +630,8 @@ def _line(row: dict[str, Any]) -> str:
             f"{row.get('health_liveness_max_ms', '-')} ms), recovery {row['recovery_s']} s "
             f"(settled {row['settled_s']} s, {row['abnormal_bins_after']} abnormal bins at "
             f"{row['abnormal_bin_starts_s']} s; against the control's "
-            f"{row['control_abnormal_bins']}: recovered {row['recovered_s']} s"
+            f"{row['control_allowance_bins']} a phase (longest run {row['control_longest_run']}): "
+            f"recovered {row['recovered_s']} s"
             f"{_middle(row)}), "
             f"send lag p50/p99 {row['send_lag_p50_ms']}/{row['send_lag_p99_ms']} ms "
             f"({row['waited_for_connection']} waited for a connection), "
@@ -612,7 +648,8 @@ def _middle(row: dict[str, Any]) -> str:
 _FIGURES = ("capacity", "goodput_rate", "goodput_share", "answered_p50_ms", "answered_p99_ms",
             "refused", "refusal_p50_ms", "refusal_p99_ms", "timeouts", "liveness_max_ms",
             "health_liveness_max_ms", "recovery_s", "settled_s", "abnormal_bins_after",
-            "abnormal_per_s_after", "recovered_s", "control_abnormal_bins",
+            "abnormal_per_s_after", "longest_abnormal_run_after", "recovered_s",
+            "control_allowance_bins", "control_longest_run",
             "loadavg_1m_before", "send_lag_p50_ms",
             "send_lag_p99_ms")  # fmt: skip
 
