@@ -15,7 +15,11 @@ within 50 ms, per second, and as a share of the capacity), refusals (503/429) an
 they came back, client timeouts (5 s), p50/p99 of the answered, the slowest liveness probe,
 and the recovery: how long after the overload ends the latency is normal again (every 100 ms
 bin of the recovery phase after it: p99 within twice the calm p99 or 10 ms, whichever is
-larger, and nothing refused or lost). The server runs pinned to CPU 0, the generator and the
+larger, and nothing refused or lost; ``recovery_s``, strict: to the last abnormal bin). First,
+per server start (``--control``, on by default), one calm control: the same schedule with its
+middle phase at the calm rate, judged by the same bins, so the machine's own abnormal bins are
+known; ``recovered_s`` is the recovery against them (``recovered_s``'s docstring). The server
+runs pinned to CPU 0, the generator and the
 prober on CPU 1 (``loadtests/README.md``); the machine's own load is measured beside.
 
 Where each request's time went, so that a generator that falls behind is not taken for a slow
@@ -27,7 +31,7 @@ gateway (the kernel, and the gateway's event loop not yet reading the socket), t
 gateway, and the way back (the kernel, and the generator's loop not yet reading the answer).
 
 ``python -m loadtests.bench_overload [--repeats 3] [--multiples 1 1.5 2 4] [--phase-s 10]
-[--health-port]``
+[--health-port] [--no-control]``
 writes ``loadtests/results/overload-<time>.json`` and ``overload.md``.
 """
 
@@ -36,6 +40,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import math
 import multiprocessing
 import os
 import signal
@@ -69,6 +74,8 @@ TARGETS = {
     "recovery_s": 1.0,
 }
 _BIN_S = 0.1
+# The calm control's middle phase: the calm rate (half the capacity), so no overload at all.
+CONTROL_MULTIPLE = 0.5
 
 
 @dataclass(frozen=True)
@@ -150,10 +157,13 @@ def overload_run(
     server_pid: int,
     health_port: int | None = None,
     timings_path: Path | None = None,
+    control_bins: tuple[int, int] | None = None,
 ) -> dict[str, Any]:
     """One schedule (calm, overload, recovery) with the prober beside (and a second on the
     health port, when there is one); its analysis. With ``timings_path`` (the gateway's
-    ``LOADTESTS_TIMINGS_FILE``), where the overload phase's time went."""
+    ``LOADTESTS_TIMINGS_FILE``), where the overload phase's time went. ``multiple`` 0.5 is the
+    calm control: the middle phase at the calm rate (``control`` in the row).
+    ``control_bins``: what the control allows (``control_allowance``)."""
     phases = [(capacity / 2, schedule.calm_s), (capacity * multiple, schedule.phase_s),
               (capacity / 2, schedule.recovery_s)]  # fmt: skip
     total_s = sum(seconds for _, seconds in phases)
@@ -192,7 +202,8 @@ def overload_run(
         probes.append(receive.recv())
         prober.join()
     assert result.samples is not None
-    analysis = analyze(result.samples, probes[0], capacity, schedule)
+    control = multiple == CONTROL_MULTIPLE
+    analysis = analyze(result.samples, probes[0], capacity, schedule, control_bins, control)
     analysis["waited_for_connection"] = sum(
         1 for t in result.waited or [] if schedule.calm_s <= t < schedule.calm_s + schedule.phase_s
     )
@@ -203,7 +214,8 @@ def overload_run(
         timings = server_timings(server_pid, timings_path)
         window = (schedule.calm_s, schedule.calm_s + schedule.phase_s)
         analysis["where"] = where_time_went(result.samples, result.begin, timings, window)
-    return {"multiple": multiple, "offered_rate": round(capacity * multiple), **analysis,
+    return {"multiple": multiple, "control": control,
+            "offered_rate": round(capacity * multiple), **analysis,
             "loadavg_1m_before": round(load_before, 2), "cores": cores,
             "server_stats": server}  # fmt: skip
 
@@ -249,8 +261,13 @@ def analyze(
     probes: list[tuple[float, float | None, str]],
     capacity: float,
     schedule: Schedule,
+    control_bins: tuple[int, int] | None = None,
+    is_control: bool = False,
 ) -> dict[str, Any]:
-    """The figures of one schedule's overload phase, and its recovery."""
+    """The figures of one schedule's overload phase, and its recovery. ``control_bins``: the
+    allowance of ``recovered_s`` from the same server's calm control (``control_allowance``; without
+    it, that figure is None). ``is_control``: this is the control itself (its middle phase at
+    the calm rate), and it judges itself by its own allowance."""
     start, end = schedule.calm_s, schedule.calm_s + schedule.phase_s
     calm = [s[1] for s in samples if s[0] < start and s[2] == "200" and s[1] is not None]
     phase = [s for s in samples if start <= s[0] < end]
@@ -267,6 +284,15 @@ def analyze(
     calm_p99 = float(np.percentile(calm, 99)) if calm else 0.0
     goodput = good / schedule.phase_s
     settled, abnormal_bins = settled_s(samples, end, schedule.recovery_s, calm_p99)
+    flags = _abnormal_bins(samples, end, schedule.recovery_s, calm_p99)
+    control_figures: dict[str, Any] = {}
+    if is_control:
+        middle = _abnormal_bins(samples, start, schedule.phase_s, calm_p99)
+        control_bins = control_allowance(middle + flags, schedule)
+        control_figures = {
+            "abnormal_bins_middle": sum(middle),
+            "abnormal_per_s_middle": round(sum(middle) / schedule.phase_s, 2),
+        }
     return {
         "sent": len(phase),
         "outcomes": outcomes,
@@ -290,6 +316,15 @@ def analyze(
         "recovery_s": recovery_s(samples, end, schedule.recovery_s, calm_p99),
         "settled_s": settled,
         "abnormal_bins_after": abnormal_bins,
+        "abnormal_per_s_after": round(abnormal_bins / schedule.recovery_s, 2),
+        "abnormal_bin_starts_s": [round(i * _BIN_S, 1) for i, bad in enumerate(flags) if bad],
+        "longest_abnormal_run_after": _longest_run(flags),
+        "recovered_s": None
+        if control_bins is None
+        else recovered_s(flags, *control_bins, recovery_phase_s=schedule.recovery_s),
+        "control_allowance_bins": None if control_bins is None else control_bins[0],
+        "control_longest_run": None if control_bins is None else control_bins[1],
+        **control_figures,
     }
 
 
@@ -460,6 +495,53 @@ def settled_s(
     return recovery_phase_s, sum(flags)
 
 
+def _runs(flags: list[bool]) -> list[tuple[int, int]]:
+    """The runs of abnormal bins: (first bin, length) each."""
+    runs: list[tuple[int, int]] = []
+    for index, bad in enumerate(flags):
+        if bad and runs and runs[-1][0] + runs[-1][1] == index:
+            runs[-1] = (runs[-1][0], runs[-1][1] + 1)
+        elif bad:
+            runs.append((index, 1))
+    return runs
+
+
+def _longest_run(flags: list[bool]) -> int:
+    return max((length for _, length in _runs(flags)), default=0)
+
+
+def control_allowance(calm_flags: list[bool], schedule: Schedule) -> tuple[int, int]:
+    """What the calm control allows ``recovered_s``: its abnormal bins after its calm phase
+    (its middle phase, at the calm rate, and the phase after it: three times the sample of
+    the phase after alone), scaled to the recovery phase's length and rounded down (no more
+    than its rate), and its longest run of them."""
+    calm_s = schedule.phase_s + schedule.recovery_s
+    scaled = sum(calm_flags) * schedule.recovery_s / calm_s
+    return math.floor(scaled + 1e-9), _longest_run(calm_flags)
+
+
+def recovered_s(
+    flags: list[bool], allowance: int, longest_run: int, recovery_phase_s: float
+) -> float:
+    """The recovery measured against the machine's own noise: seconds from the overload's end
+    to the earliest bin boundary after which (a) every run of abnormal bins is one the calm
+    control also had (no longer than its ``longest_run``; a run is forgiven whole or not at
+    all) and (b) there are no more abnormal bins than the control's ``allowance`` (its count
+    in the same length of time, ``control_allowance``). A slow return (abnormal bins in
+    a row, longer than calm traffic gives) is never forgiven; only stray bins are, and no more
+    of them than calm traffic gave. A control with no abnormal bin forgives nothing: the
+    strict figure. ``flags``: per 100 ms bin of the recovery phase, whether it was abnormal
+    (``_abnormal_bins``)."""
+    if allowance < 0 or longest_run < 0:
+        raise ValueError(
+            f"allowance and longest_run must be >= 0, got {allowance} and {longest_run}"
+        )
+    long_ends = [first + length for first, length in _runs(flags) if length > longest_run]
+    abnormal = [i for i, bad in enumerate(flags) if bad]
+    beyond = abnormal[len(abnormal) - allowance - 1] + 1 if len(abnormal) > allowance else 0
+    return round(min(max([beyond, *long_ends]) * _BIN_S, recovery_phase_s), 2)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--repeats", type=int, default=3)
@@ -481,9 +563,18 @@ def main() -> None:
              "in turn (the order alternates between repeats)",
     )  # fmt: skip
     parser.add_argument(
+        "--control",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="first, per server start, one calm control schedule (the middle phase at the "
+        "calm rate): the abnormal bins of calm traffic, the allowance of recovered_s",
+    )
+    parser.add_argument(
         "--registry", type=Path, help="the benchmark models' registry (made there if missing)"
     )
     args = parser.parse_args()
+    if any(multiple <= 0 for multiple in args.multiples):
+        parser.error(f"--multiples must all be above 0, got {args.multiples}")
     RESULTS.mkdir(exist_ok=True)
     work = Path(tempfile.mkdtemp(prefix="bench-overload-"))
     registry = args.registry or work / "registry"
@@ -518,15 +609,20 @@ def main() -> None:
                     if not capacity:  # measured with admission on; the other gets the same
                         capacity, found = measure_capacity(url, body, headers, args.step_s)
                         print(f"capacity {capacity:.0f} req/s ({found})", flush=True)
-                    for multiple in args.multiples:
+                    control: tuple[int, int] | None = None
+                    controls = [CONTROL_MULTIPLE] if args.control else []
+                    for multiple in controls + list(args.multiples):
                         row = overload_run(url, body, headers, capacity, multiple, schedule,
                                            args.probe_period_s, under_test.pid,
-                                           health_port, timings_path)  # fmt: skip
+                                           health_port, timings_path, control)  # fmt: skip
+                        if row["control"]:
+                            control = (row["control_allowance_bins"],
+                                       row["control_longest_run"])  # fmt: skip
                         row.update(server=server.name, repeat=repeat, capacity=capacity,
                                    capacity_found=found)  # fmt: skip
                         runs.append(row)
                         print(f"[{repeat + 1}/{args.repeats} {time.time() - started:.0f}s] "
-                              f"{server.name} {multiple}x of {capacity:.0f}: {_line(row)}",
+                              f"{server.name} {_at(row)} of {capacity:.0f}: {_line(row)}",
                               flush=True)  # fmt: skip
                         time.sleep(1.0)
     report = summarize(runs)
@@ -535,6 +631,7 @@ def main() -> None:
             "repeats": args.repeats, "rows": args.rows, "schedule": schedule.__dict__,
             "targets": TARGETS,
             "probe_period_s": args.probe_period_s, "health_port": args.health_port,
+            "control": args.control,
             "seconds": round(time.time() - started),
             "machine_before": machine_before, "machine_after": machine_info()}  # fmt: skip
     (RESULTS / f"overload-{stamp}.json").write_text(
@@ -551,25 +648,41 @@ def _line(row: dict[str, Any]) -> str:
             f"(p99 {row['refusal_p99_ms']} ms), timeouts {row['timeouts']}, liveness max "
             f"{row['liveness_max_ms']} ms (health port "
             f"{row.get('health_liveness_max_ms', '-')} ms), recovery {row['recovery_s']} s "
-            f"(settled {row['settled_s']} s, {row['abnormal_bins_after']} abnormal bins), "
+            f"(settled {row['settled_s']} s, {row['abnormal_bins_after']} abnormal bins at "
+            f"{row['abnormal_bin_starts_s']} s; against the control's "
+            f"{row['control_allowance_bins']} a phase (longest run {row['control_longest_run']}): "
+            f"recovered {row['recovered_s']} s"
+            f"{_middle(row)}), "
             f"send lag p50/p99 {row['send_lag_p50_ms']}/{row['send_lag_p99_ms']} ms "
             f"({row['waited_for_connection']} waited for a connection), "
             f"load {row['loadavg_1m_before']}, cores {row['cores']}, "
             f"server {row['server_stats']}, where {row.get('where')}")  # fmt: skip
 
 
+def _middle(row: dict[str, Any]) -> str:
+    if "abnormal_bins_middle" not in row:
+        return ""
+    return f"; {row['abnormal_bins_middle']} abnormal bins in the calm middle phase"
+
+
 _FIGURES = ("capacity", "goodput_rate", "goodput_share", "answered_p50_ms", "answered_p99_ms",
             "refused", "refusal_p50_ms", "refusal_p99_ms", "timeouts", "liveness_max_ms",
             "health_liveness_max_ms", "recovery_s", "settled_s", "abnormal_bins_after",
+            "abnormal_per_s_after", "longest_abnormal_run_after", "recovered_s",
+            "control_allowance_bins", "control_longest_run",
             "loadavg_1m_before", "send_lag_p50_ms",
             "send_lag_p99_ms")  # fmt: skip
+
+
+def _at(row: dict[str, Any]) -> str:
+    return "control" if row.get("control") else f"{row['multiple']}x"
 
 
 def summarize(runs: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
     """Per server and multiple: each figure's median and its runs; whether the targets hold."""
     groups: dict[str, list[dict[str, Any]]] = {}
     for row in runs:
-        groups.setdefault(f"{row['server']}@{row['multiple']}x", []).append(row)
+        groups.setdefault(f"{row['server']}@{_at(row)}", []).append(row)
     report: dict[str, dict[str, Any]] = {}
     for key, rows in groups.items():
         entry: dict[str, Any] = {}
@@ -579,13 +692,13 @@ def summarize(runs: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
             entry[figure] = {"median": statistics.median(known) if known else None,
                              "runs": values}  # fmt: skip
         entry["others_on_cpu0"] = [row["cores"]["others_on_cpu0"] for row in rows]
-        if rows[0]["multiple"] == 2.0:
+        if rows[0]["multiple"] == 2.0 and not rows[0].get("control"):
             entry["targets_held"] = [_targets_held(row) for row in rows]
         report[key] = entry
     return report
 
 
-def _targets_held(row: dict[str, Any]) -> dict[str, bool]:
+def _targets_held(row: dict[str, Any]) -> dict[str, bool | None]:
     def within(value: float | None, bound: float) -> bool:
         return value is not None and value <= bound
 
@@ -601,6 +714,10 @@ def _targets_held(row: dict[str, Any]) -> dict[str, bool]:
         "liveness": within(row[f"{prefix}liveness_max_ms"], TARGETS["liveness_ms"])
         and row[f"{prefix}liveness_failed"] == 0,
         "recovery": row["recovery_s"] <= TARGETS["recovery_s"],
+        # against the calm control's noise (None without a control); the strict one above
+        "recovery_vs_control": None
+        if row.get("recovered_s") is None
+        else row["recovered_s"] <= TARGETS["recovery_s"],
     }
 
 
@@ -618,9 +735,10 @@ def markdown(report: dict[str, dict[str, Any]]) -> str:
         "| server @ offered | capacity req/s | goodput req/s | goodput / capacity | "
         "p50 / p99 answered ms | refused | refusal p50 / p99 ms | client timeouts | "
         "slowest liveness ms, main port | health port | recovery s (last abnormal bin) | "
-        "settled s (1 s normal) | load avg before | "
+        "settled s (1 s normal) | abnormal bins / s after | "
+        "recovered s, against the control | load avg before | "
         "others' cores on CPU 0 |",
-        "|" + " --- |" * 14,
+        "|" + " --- |" * 16,
     ]
     for key, entry in report.items():
         lines.append(
@@ -634,6 +752,8 @@ def markdown(report: dict[str, dict[str, Any]]) -> str:
             f"{cell(entry, 'health_liveness_max_ms', '{:.0f}')} | "
             f"{cell(entry, 'recovery_s', '{:.1f}')} | "
             f"{cell(entry, 'settled_s', '{:.1f}')} | "
+            f"{cell(entry, 'abnormal_per_s_after', '{:.1f}')} | "
+            f"{cell(entry, 'recovered_s', '{:.1f}')} | "
             f"{cell(entry, 'loadavg_1m_before', '{:.1f}')} | "
             f"{', '.join(f'{v:.2f}' for v in entry['others_on_cpu0'])} |"
         )
@@ -656,7 +776,7 @@ def markdown_where(runs: list[dict[str, Any]]) -> str:
                 continue
             tail = " / ".join(f"{entry['slowest_1pct_mean'][p]:.1f}" for p in PARTS)
             lines.append(
-                f"| {row['server']}@{row['multiple']}x, {row['repeat'] + 1} | {kind} "
+                f"| {row['server']}@{_at(row)}, {row['repeat'] + 1} | {kind} "
                 f"{entry['n']:,} | {entry['latency']['p99']:.1f} | "
                 + " | ".join(f"{entry[p]['p99']:.1f}" for p in PARTS)
                 + f" | {tail} |"
