@@ -191,6 +191,8 @@ def test_metrics_are_read_from_the_gates_when_scraped() -> None:
     assert 'gateway_admission_queue_delay_seconds{model="m"} 0.0' in text
     assert "gateway_admission_all_in_flight 1.0" in text
     assert "gateway_admission_all_limit 4096.0" in text
+    assert "gateway_admission_waiting_turn 0.0" in text
+    assert "gateway_admission_deferred_total 0.0" in text
 
 
 def test_shedding_is_remembered_for_one_window() -> None:

@@ -147,3 +147,43 @@ def test_a_large_or_expecting_request_is_refused_from_its_head_unread(
             assert [r[0] for r in read_responses(sock, 2)] == [429, 429]
         refusals = 'gateway_admission_refusals_total{model="breast_cancer",reason="client_rate"}'
         assert metric(gw, refusals) == f"{refusals} 4.0"
+
+
+def test_calls_read_together_are_parsed_in_later_turns_and_every_one_is_answered(
+    demo_registry: Path, tmp_path: Path
+) -> None:
+    """With a slice too short for more than one call a pass, the calls a pass reads together
+    wait for later passes (``admission.pass_slice_s``): each is still answered, with its own
+    row's answer; callers that leave meanwhile give their places back."""
+    settings = config(demo_registry, admission={"pass_slice_s": 1e-6})
+    deferred = "gateway_admission_deferred_total "
+    with start_gateway(tmp_path, settings) as gw:
+        expected = []
+        for row in range(len(ROWS)):
+            with socket.create_connection(("127.0.0.1", gw.port)) as sock:
+                sock.sendall(post(PATH, body(row)))
+                ((status, _, payload),) = read_responses(sock, 1)
+            assert status == 200, payload
+            expected.append(orjson.loads(payload)["outputs"])
+        for burst in range(50):  # until a pass has read several calls together
+            socks = [socket.create_connection(("127.0.0.1", gw.port)) for _ in range(24)]
+            requests = [post(PATH, body(i % len(ROWS))) for i in range(len(socks))]
+            for sock, request in zip(socks, requests, strict=True):
+                sock.sendall(request)
+            leaving = socks[::4]  # a quarter of the callers give up at once
+            for sock in leaving:
+                sock.close()
+            for i, sock in enumerate(socks):
+                if sock in leaving:
+                    continue
+                ((status, _, payload),) = read_responses(sock, 1)
+                assert status == 200, payload
+                outputs = orjson.loads(payload)["outputs"]
+                assert outputs == expected[i % len(ROWS)], f"call {i} of burst {burst}"
+                sock.close()
+            if float(metric(gw, deferred).split()[-1]) > 0:
+                break
+        else:
+            raise AssertionError("no pass of 50 bursts read two calls together")
+        wait_metric(gw, 'gateway_admission_in_flight{model="breast_cancer"} 0.0')
+        assert metric(gw, "gateway_admission_waiting_turn ") == "gateway_admission_waiting_turn 0.0"
