@@ -165,6 +165,7 @@ def test_calls_read_together_are_parsed_in_later_turns_and_every_one_is_answered
                 ((status, _, payload),) = read_responses(sock, 1)
             assert status == 200, payload
             expected.append(orjson.loads(payload)["outputs"])
+        assert metric(gw, deferred) == f"{deferred}0.0", "one call at a time never waits"
         for burst in range(50):  # until a pass has read several calls together
             socks = [socket.create_connection(("127.0.0.1", gw.port)) for _ in range(24)]
             requests = [post(PATH, body(i % len(ROWS))) for i in range(len(socks))]
