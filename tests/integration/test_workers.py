@@ -194,14 +194,18 @@ def test_sigterm_drains_every_worker_and_stops_the_server(
             with httpx.Client(timeout=60) as client:
                 started.wait()
                 url = f"{gw.url}/v2/models/breast_cancer/infer"
-                status = client.post(url, json=body(i, rows=64)).status_code
+                status = client.post(url, json=body(i, rows=128)).status_code
                 results.append((status, time.monotonic()))
 
         threads = [threading.Thread(target=call, args=(i,)) for i in range(8)]
         for thread in threads:
             thread.start()
         started.wait()
-        time.sleep(0.2)  # the calls are running or queued (the slow model at 64 rows)
+        # Signal while calls are still running or queued (the slow model at 128 rows: tenths
+        # of a second each): at least half of them admitted and not yet answered.
+        deadline = time.monotonic() + 30
+        while total(metrics(gw), "gateway_admission_all_in_flight") < 4:
+            assert time.monotonic() < deadline, f"the calls never ran together: {results}"
         signalled = time.monotonic()
         gw.proc.send_signal(signal.SIGTERM)
         assert gw.proc.wait(60) == 0
