@@ -30,8 +30,12 @@ connection (one request in flight on each), a latency splits into the send lag, 
 gateway (the kernel, and the gateway's event loop not yet reading the socket), the time in the
 gateway, and the way back (the kernel, and the generator's loop not yet reading the answer).
 
+With ``--pass-slice-s A B``, gateways with each ``admission.pass_slice_s`` (0: off) are
+started in turn and offered the same capacity (the order alternates between repeats);
+``--rows N`` sends N rows a request.
+
 ``python -m loadtests.bench_overload [--repeats 3] [--multiples 1 1.5 2 4] [--phase-s 10]
-[--health-port] [--no-control]``
+[--health-port] [--no-control] [--pass-slice-s 0.001 0] [--rows 1]``
 writes ``loadtests/results/overload-<time>.json`` and ``overload.md``.
 """
 
