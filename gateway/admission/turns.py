@@ -33,8 +33,9 @@ log = logging.getLogger(__name__)
 class Turns:
     """The admitted requests of one process whose parsing waits for a later pass of the loop.
 
-    Invariant: a pass is scheduled (``_next_pass`` on the loop's ready queue) exactly when
-    ``_pass_started`` is not None; so whenever work waits here, a pass will run it.
+    Invariant: a pass is scheduled (``_next_pass`` on the loop's ready queue) or running
+    exactly when ``_pass_started`` is not None, and never more than one; so whenever work waits
+    here, a pass will run it.
     """
 
     __slots__ = ("_pass_started", "_slice_s", "_waiting", "deferred")
@@ -74,11 +75,14 @@ class Turns:
 
     def _next_pass(self) -> None:
         # Runs once per pass of the loop that had inference work, before its next poll.
-        self._pass_started = None
         waiting = self._waiting
         if not waiting:
+            self._pass_started = None
             return
         started = time.perf_counter()
+        # While it runs, work may queue more (an answer starts the next request pipelined on
+        # its connection): that waits behind, and schedules no second pass (it is not None).
+        self._pass_started = started
         end = started + self._slice_s
         while waiting:
             work = waiting.popleft()
@@ -88,5 +92,6 @@ class Turns:
                 log.exception("error in an inference call's deferred work")
             if time.perf_counter() >= end:
                 break
-        if waiting:
-            self._schedule(started)
+        # One more pass, also when nothing is left: until it runs, calls read from the
+        # sockets count against this pass's slice, and then it finds nothing and stops.
+        asyncio.get_running_loop().call_soon(self._next_pass)

@@ -339,20 +339,33 @@ class _InferBase(Generic[ParsedT]):
         loop = asyncio.get_running_loop()
         waiting: asyncio.Future[Any] = loop.create_future()
 
-        def queue(decoded: Any) -> None:
+        answered = False
+
+        def answer(reply: Reply | None) -> None:
+            nonlocal answered
+            answered = True
+            respond(reply)
+
+        def queue(decoded: Callable[[], Any]) -> None:
             if waiting.cancelled():
-                respond(None)  # the caller has gone before its request was queued
+                answer(None)  # the caller has gone before its request was queued: unparsed
                 return
-            call = self._queue(service, info, version, headers, decoded, started, respond)
+            try:
+                call = self._queue(service, info, version, headers, decoded(), started, answer)
+            except Exception:  # a bug past _queue's own handling: answer, do not strand it
+                log.exception("unexpected error answering an inference call for %s", name)
+                if not answered:
+                    answer(_internal_error())
+                return
             if call is not None:
                 waiting.add_done_callback(lambda _: call.cancel())
 
         if small:
             assert turns is not None
-            turns.later(lambda: queue(self._decode(headers, body, encoded=True)))
+            turns.later(lambda: queue(lambda: self._decode(headers, body, encoded=True)))
         else:
             work = loop.run_in_executor(None, self._decode, headers, body, True)
-            work.add_done_callback(lambda done: queue(done.result()))
+            work.add_done_callback(lambda done: queue(done.result))
         return waiting
 
     def _decode(self, headers: Headers, body: Body, encoded: bool) -> Any:

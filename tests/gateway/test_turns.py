@@ -137,3 +137,98 @@ def test_new_requests_queue_behind_waiting_ones_and_a_failing_piece_stops_nothin
 def test_admission_owns_the_turns_and_zero_turns_them_off() -> None:
     assert Admission(AdmissionSettings()).turns is not None
     assert Admission(AdmissionSettings(pass_slice_s=0)).turns is None
+
+
+@pytest.mark.parametrize("loop", LOOPS)
+def test_work_queued_by_a_pass_runs_in_the_same_single_pass_chain(
+    loop: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An answer may start the next call pipelined on its connection, which then waits here:
+    that must not schedule a second pass beside the running one (two passes an iteration
+    would double the work done between polls)."""
+    iterations = [0]
+    passes: list[int] = []
+    original = Turns._next_pass
+
+    def counted(self: Turns) -> None:
+        passes.append(iterations[0])
+        original(self)
+
+    monkeypatch.setattr(Turns, "_next_pass", counted)
+
+    async def main() -> None:
+        running = asyncio.get_running_loop()
+
+        def tick() -> None:  # once per iteration of the loop
+            iterations[0] += 1
+            if not stop:
+                running.call_soon(tick)
+
+        stop = False
+        running.call_soon(tick)
+        turns = Turns(0.0)
+        done: list[str] = []
+
+        def piece(i: int) -> Callable[[], None]:
+            def run() -> None:
+                done.append(f"p{i}")
+                if turns.now():  # the pipelined follow-up of this piece
+                    done.append(f"f{i}")
+                else:
+                    turns.later(lambda: done.append(f"f{i}"))
+
+            return run
+
+        await burst(turns, [piece(i) for i in range(6)])
+        await within_passes(lambda: len(done) == 12 and turns.waiting == 0)
+        await within_passes(lambda: not passes or passes[-1] < iterations[0] - 1)
+        stop = True
+
+    run(loop, main)
+    assert len(passes) == len(set(passes)), f"two passes in one iteration: {passes}"
+
+
+def test_a_call_whose_caller_left_while_waiting_is_never_decoded() -> None:
+    from prometheus_client import CollectorRegistry
+
+    from gateway.http.endpoints import AppState, InferEndpoint
+    from gateway.metrics import GatewayMetrics
+
+    async def main() -> None:
+        admission = Admission(AdmissionSettings(pass_slice_s=1e-9))
+        turns = admission.turns
+        assert turns is not None
+        state = AppState(
+            version="t",
+            metrics=GatewayMetrics(CollectorRegistry(), "t"),
+            max_body_bytes=1 << 20,
+            routing_key_header=b"x-routing-key",
+            pin_header=b"x-model-variant",
+            service=_RoutesEverything(),  # type: ignore[arg-type]
+            admission=admission,
+            turns=turns,
+        )
+        endpoint = InferEndpoint(state)
+        decoded: list[bytes] = []
+        setattr(endpoint, "decode", lambda headers, body: decoded.append(body))  # noqa: B010
+        answers: list[object] = []
+        assert turns.now()  # this pass's slice is spent: the next call waits
+        waiting = endpoint.handle("m", None, [], b"{}", answers.append, time.perf_counter())
+        assert waiting is not None
+        assert admission.gate("m").in_flight == 1
+        waiting.cancel()  # the caller goes before its turn
+        await within_passes(lambda: turns.waiting == 0 and bool(answers))
+        assert answers == [None], "nobody to answer"
+        assert decoded == [], "never decoded"
+        assert admission.gate("m").in_flight == 0, "its place given back"
+
+    run("uvloop", main)
+
+
+class _RoutesEverything:
+    """The part of the inference service that admission needs: every model is known."""
+
+    class traffic:
+        @staticmethod
+        def route(name: str) -> None:
+            return None
