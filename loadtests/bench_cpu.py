@@ -133,9 +133,12 @@ def _brief(result: dict[str, Any]) -> str:
     return fixed
 
 
-def _spread(values: list[float]) -> dict[str, Any]:
+def spread(values: list[float], digits: int | None = None) -> dict[str, Any]:
+    """Repeats' median, range and every run (rounded to ``digits`` when given)."""
     if not values:  # e.g. the kernel's part, in a file from before it was recorded
         return {"median": None, "min": None, "max": None, "runs": []}
+    if digits is not None:
+        values = [round(v, digits) for v in values]
     return {"median": statistics.median(values), "min": min(values), "max": max(values),
             "runs": values}  # fmt: skip
 
@@ -148,14 +151,14 @@ def summarize(runs: dict[str, list[dict[str, Any]]]) -> dict[str, dict[str, Any]
         row: dict[str, Any] = {}
         for rate in results[0]["fixed"]:
             values = [r["fixed"][rate]["cpu_us_per_request"] for r in results]
-            row[f"cpu_us@{rate}"] = _spread([v for v in values if v is not None])
-            row[f"p99_ms@{rate}"] = _spread([r["fixed"][rate]["p99_ms"] for r in results])
+            row[f"cpu_us@{rate}"] = spread([v for v in values if v is not None])
+            row[f"p99_ms@{rate}"] = spread([r["fixed"][rate]["p99_ms"] for r in results])
             kernel = [r["fixed"][rate].get("system_us_per_request") for r in results]
-            row[f"system_us@{rate}"] = _spread([v for v in kernel if v is not None])
+            row[f"system_us@{rate}"] = spread([v for v in kernel if v is not None])
         if "max_rate" in results[0]:
-            row["max_rate"] = _spread([r["max_rate"] for r in results])
+            row["max_rate"] = spread([r["max_rate"] for r in results])
             at_max = [r["at_max"]["cpu_us_per_request"] for r in results if r.get("at_max")]
-            row["cpu_us@max"] = _spread([v for v in at_max if v is not None])
+            row["cpu_us@max"] = spread([v for v in at_max if v is not None])
         report[name] = row
     base = report.get("starlette-per-request")
     if base:

@@ -32,7 +32,6 @@ import asyncio
 import gc
 import json
 import os
-import statistics
 import subprocess
 import tempfile
 import time
@@ -50,6 +49,7 @@ from gateway.featurelog.settings import FeatureLogSettings
 from gateway.featurelog.setup import producer_options
 from gateway.featurelog.spool import Spool
 from gateway.metrics import FeatureLogMetrics
+from loadtests.bench_cpu import spread
 from loadtests.machine import machine_info
 from monitors.broker import EmbeddedBroker, create_topics
 
@@ -194,17 +194,12 @@ def _build(
     )
 
 
-def _spread(values: list[float]) -> dict[str, Any]:
-    return {"median": round(statistics.median(values), 2), "min": round(min(values), 2),
-            "max": round(max(values), 2), "runs": [round(v, 2) for v in values]}  # fmt: skip
-
-
 def summarize(runs: dict[str, dict[str, list[float]]]) -> dict[str, dict[str, Any]]:
     """Per rate: each mode's CPU us a record, and each stage's (a mode less the one before it,
     repeat by repeat: both ran back to back)."""
     report: dict[str, dict[str, Any]] = {}
     for rate, modes in runs.items():
-        row: dict[str, Any] = {mode: _spread(modes[mode]) for mode in MODES}
+        row: dict[str, Any] = {mode: spread(modes[mode], 2) for mode in MODES}
         pairs = [
             ("build", "build", "pace"),
             ("submit, pack, encode", "pack", "build"),
@@ -212,7 +207,7 @@ def summarize(runs: dict[str, dict[str, list[float]]]) -> dict[str, dict[str, An
             ("log in all", "kafka", "pace"),
         ]
         row["stages"] = {
-            name: _spread([a - b for a, b in zip(modes[hi], modes[lo], strict=True)])
+            name: spread([a - b for a, b in zip(modes[hi], modes[lo], strict=True)], 2)
             for name, hi, lo in pairs
         }
         report[rate] = row

@@ -91,7 +91,6 @@ def create_app(
     )
     if settings.admission.enabled:
         state.admission = Admission(settings.admission)
-        state.turns = state.admission.turns
         metrics.watch_admission(state.admission.snapshot)
 
     @asynccontextmanager

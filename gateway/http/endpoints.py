@@ -18,7 +18,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.requests import Request
 from starlette.responses import Response
 
-from gateway.admission import Admission, Gate, Turns
+from gateway.admission import Admission, Gate
 from gateway.errors import GatewayError, InvalidInputError, NotReadyError
 from gateway.featurelog import RequestInfo
 from gateway.feedback import FeedbackDisabledError, FeedbackService
@@ -82,8 +82,6 @@ class AppState:
     feedback: FeedbackService | None = None
     feedback_enabled: bool = False
     admission: Admission | None = None
-    # Where admitted inference calls wait for a pass of the loop (with admission on).
-    turns: Turns | None = None
 
     def require_service(self) -> InferenceService:
         if self.service is None:
@@ -329,7 +327,8 @@ class _InferBase(Generic[ParsedT]):
         started = arrived
         info = RequestInfo(_request_id(), time.time(), name)
         small = isinstance(body, bytes) and len(body) <= LARGE_BODY_BYTES
-        turns = self.state.turns
+        admission = self.state.admission
+        turns = admission.turns if admission is not None else None
         if small and (turns is None or turns.now()):
             result = self._decode(headers, body, encoded=True)
             return self._queue(service, info, version, headers, result, started, respond)
@@ -339,24 +338,11 @@ class _InferBase(Generic[ParsedT]):
         loop = asyncio.get_running_loop()
         waiting: asyncio.Future[Any] = loop.create_future()
 
-        answered = False
-
-        def answer(reply: Reply | None) -> None:
-            nonlocal answered
-            answered = True
-            respond(reply)
-
         def queue(decoded: Callable[[], Any]) -> None:
             if waiting.cancelled():
-                answer(None)  # the caller has gone before its request was queued: unparsed
+                respond(None)  # the caller has gone before its request was queued: unparsed
                 return
-            try:
-                call = self._queue(service, info, version, headers, decoded(), started, answer)
-            except Exception:  # a bug past _queue's own handling: answer, do not strand it
-                log.exception("unexpected error answering an inference call for %s", name)
-                if not answered:
-                    answer(_internal_error())
-                return
+            call = self._queue(service, info, version, headers, decoded(), started, respond)
             if call is not None:
                 waiting.add_done_callback(lambda _: call.cancel())
 

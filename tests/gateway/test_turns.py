@@ -206,7 +206,6 @@ def test_a_call_whose_caller_left_while_waiting_is_never_decoded() -> None:
             pin_header=b"x-model-variant",
             service=_RoutesEverything(),  # type: ignore[arg-type]
             admission=admission,
-            turns=turns,
         )
         endpoint = InferEndpoint(state)
         decoded: list[bytes] = []
