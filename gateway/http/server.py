@@ -402,8 +402,7 @@ class GatewayProtocol(asyncio.Protocol):
         except Exception:
             log.exception("unhandled error answering %s %s", request.method, request.url[:200])
             if not exchange.done:
-                error = orjson.dumps({"error": "internal error in the gateway; see its log"})
-                self.respond(request, 500, _JSON, error, close=True)
+                self.respond(request, 500, _JSON, _INTERNAL_ERROR, close=True)
                 exchange.done = True
         finally:
             if not exchange.done and not self._lost:  # the app ended without answering
@@ -430,17 +429,23 @@ class GatewayProtocol(asyncio.Protocol):
         self, request: _Request, endpoint: FastEndpoint, name: str, version: str | None
     ) -> None:
         def respond(reply: Reply | None) -> None:
-            if reply is None:
-                pass  # the caller has gone
-            else:
-                timings = self.timings
-                if timings is not None and self._client is not None:  # the benchmark's hook
-                    answered = (self._client[1], request.arrived, time.perf_counter())
-                    timings.extend((*answered, reply.status))
-                if reply.head is not None:
-                    self._write(request, reply.status, reply.head, reply.body, False)
+            # Called from a batch's callback or a later pass of the loop: an error here would
+            # reach only the loop's handler, and the connection would wait for ever.
+            try:
+                if reply is None:
+                    pass  # the caller has gone
                 else:
-                    self.respond(request, reply.status, reply.headers, reply.body)
+                    timings = self.timings
+                    if timings is not None and self._client is not None:  # the benchmark's hook
+                        answered = (self._client[1], request.arrived, time.perf_counter())
+                        timings.extend((*answered, reply.status))
+                    if reply.head is not None:
+                        self._write(request, reply.status, reply.head, reply.body, False)
+                    else:
+                        self.respond(request, reply.status, reply.headers, reply.body)
+            except Exception:
+                log.exception("error writing the answer to %s", request.url[:200])
+                self._write(request, 500, _JSON_HEAD, _INTERNAL_ERROR, True)
             self._finished()
 
         # ``handle`` answers at once (and returns None) or later, from the future's callback
@@ -651,6 +656,8 @@ def _large_body(headers: list[tuple[bytes, bytes]]) -> bool:
 
 
 _JSON = [(b"content-type", b"application/json")]
+_JSON_HEAD = b"content-type: application/json\r\n"
+_INTERNAL_ERROR = orjson.dumps({"error": "internal error in the gateway; see its log"})
 _CLOSE_FRAMING = b"content-length: %d\r\nconnection: close\r\n\r\n"
 _BAD_URL = (400, "the request URL is not valid")
 

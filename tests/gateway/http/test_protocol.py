@@ -1,0 +1,117 @@
+"""The gateway's HTTP protocol (gateway/http/server.py) on a fake transport: what no real
+endpoint does on purpose, such as an answer that cannot be written."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from types import SimpleNamespace
+from typing import Any
+
+import pytest
+
+from gateway.http._asgi import Reply
+from gateway.http.server import GatewayProtocol
+
+PATH = b"/v2/models/m/infer"
+REQUEST = b"POST " + PATH + b" HTTP/1.1\r\nHost: t\r\nContent-Length: 2\r\n\r\n{}"
+
+
+class Transport:
+    """What the protocol calls on uvloop's transports, keeping what was written."""
+
+    def __init__(self) -> None:
+        self.written = b""
+        self.closed = False
+        self.wrote = asyncio.Event()
+
+    def get_extra_info(self, name: str) -> Any:
+        return ("127.0.0.1", 1234) if name in ("sockname", "peername") else None
+
+    def write(self, data: bytes) -> None:
+        self.written += data
+        self.wrote.set()
+
+    def close(self) -> None:
+        self.closed = True
+
+    def is_closing(self) -> bool:
+        return self.closed
+
+    def can_write_eof(self) -> bool:
+        return False
+
+    def pause_reading(self) -> None:
+        pass
+
+    def resume_reading(self) -> None:
+        pass
+
+
+class LaterEndpoint:
+    """An inference endpoint that answers each call in a later pass of the loop with the
+    reply it is given."""
+
+    def __init__(self, replies: list[Reply]) -> None:
+        self.replies = replies
+
+    def handle(
+        self,
+        name: str,
+        version: str | None,
+        headers: list[tuple[bytes, bytes]],
+        body: bytes,
+        respond: Callable[[Reply | None], None],
+        arrived: float,
+    ) -> asyncio.Future[Any]:
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[Any] = loop.create_future()
+        reply = self.replies.pop(0)
+        loop.call_soon(respond, reply)
+        return future
+
+
+def connection(endpoint: LaterEndpoint) -> tuple[GatewayProtocol, Transport]:
+    class Protocol(GatewayProtocol):
+        gateway_app = object()  # type: ignore[assignment]
+        targets = {PATH: (endpoint, "m", None)}  # type: ignore[dict-item]
+
+    config = SimpleNamespace(loaded_app=None, root_path="", timeout_keep_alive=5, access_log=False)
+    state = SimpleNamespace(connections=set(), total_requests=0)
+    protocol = Protocol(config, state, {})
+    transport = Transport()
+    protocol.connection_made(transport)  # type: ignore[arg-type]
+    return protocol, transport
+
+
+async def answered(transport: Transport, count: int) -> None:
+    while transport.written.count(b"HTTP/1.1 ") < count:
+        transport.wrote.clear()
+        await transport.wrote.wait()
+
+
+async def test_an_answer_that_cannot_be_written_is_a_500_and_the_connection_closes(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    broken = Reply(200, b"{}", headers=[(b"x-bad", b"a\r\nb")])  # a header holding a line break
+    protocol, transport = connection(LaterEndpoint([broken, Reply(200, b"{}", head=b"")]))
+    protocol.data_received(REQUEST + REQUEST)  # two pipelined: the second is never served
+    await asyncio.wait_for(answered(transport, 1), 5)
+    assert transport.written.startswith(b"HTTP/1.1 500 ")
+    assert b"connection: close" in transport.written
+    assert b"internal error in the gateway" in transport.written
+    assert transport.closed
+    assert transport.written.count(b"HTTP/1.1 ") == 1
+    assert "error writing the answer" in caplog.text
+
+
+async def test_answers_written_later_keep_the_connection_serving() -> None:
+    ok = Reply(200, b'{"ok":1}', head=b"content-type: application/json\r\n")
+    protocol, transport = connection(LaterEndpoint([ok, ok]))
+    protocol.data_received(REQUEST)
+    await asyncio.wait_for(answered(transport, 1), 5)
+    protocol.data_received(REQUEST)
+    await asyncio.wait_for(answered(transport, 2), 5)
+    assert transport.written.count(b"HTTP/1.1 200 OK\r\n") == 2
+    assert not transport.closed
+    protocol.connection_lost(None)
