@@ -30,7 +30,7 @@ from loadtests.machine import machine_info, process_tree_cpu
 from loadtests.openloop import find_max_rate, run
 from loadtests.scenarios import Server, request_body
 
-_REFUSING = Server(
+REFUSING = Server(
     "gateway-refusing",
     "gateway",
     gateway={
@@ -38,6 +38,7 @@ _REFUSING = Server(
         "admission": {"limits": {"client_rate_per_s": 0.001, "client_burst": 1}},
     },
 )
+REFUSING_HEADERS = {"x-api-key": "bench"}  # the one caller, over its rate at once
 _SERVERS = ("starlette-per-request", "gateway-batching-logging", "gateway-batching")
 
 
@@ -71,7 +72,7 @@ def measure(
     with_max: bool = True,
 ) -> dict[str, Any]:
     url = f"{started.base}/v2/models/mlp/infer"
-    headers = {"x-api-key": "bench"} if server.name == "gateway-refusing" else {}
+    headers = REFUSING_HEADERS if server.name == REFUSING.name else {}
     run(url, body, 200, 1.5, headers)  # warm up
     out: dict[str, Any] = {"fixed": {}}
     for rate in rates:
@@ -97,7 +98,7 @@ def main() -> None:
     args = parser.parse_args()
     bench = prepare("cpu-", "mlp")
     work, registry, files, scenario = bench.work, bench.registry, bench.files, bench.scenario
-    known = {s.name: s for s in [*scenario.servers, _REFUSING]}
+    known = {s.name: s for s in [*scenario.servers, REFUSING]}
     servers = [known[name] for name in args.servers]
     body, _ = request_body(32, 1, False)
     saved: dict[str, Any] = (

@@ -9,7 +9,10 @@ socket reads and writes) and asyncio. Shares are of the event-loop thread's busy
 (the benchmark MLP's batches run on it too); CPU microseconds per request come from the
 process's CPU time over the sampled window.
 
-``python -m loadtests.profile_serving [--rate 6000] [--seconds 8]`` prints a table.
+``--refusing`` profiles ``bench_cpu``'s gateway that refuses every request (429) instead.
+
+``python -m loadtests.profile_serving [--rate 6000] [--seconds 8] [--no-log | --refusing]``
+prints a table.
 """
 
 from __future__ import annotations
@@ -24,6 +27,7 @@ import time
 from collections import Counter
 from pathlib import Path
 
+from loadtests.bench_cpu import REFUSING, REFUSING_HEADERS
 from loadtests.bench_serving import running
 from loadtests.models import register_benchmark_models
 from loadtests.openloop import Result, run
@@ -78,6 +82,9 @@ def main() -> None:
     parser.add_argument("--rate", type=float, default=6000)
     parser.add_argument("--seconds", type=float, default=8.0)
     parser.add_argument("--no-log", action="store_true", help="feature log off")
+    parser.add_argument(
+        "--refusing", action="store_true", help="bench_cpu's gateway refusing every request"
+    )
     args = parser.parse_args()
     os.sched_setaffinity(0, {1})
     work = Path(tempfile.mkdtemp(prefix="profile-"))
@@ -87,6 +94,8 @@ def main() -> None:
     wanted = "gateway-batching" if args.no_log else "gateway-batching-logging"
     server = next(s for s in scenario.servers if s.name == wanted)
     body, headers = request_body(32, 1, False)
+    if args.refusing:
+        server, headers = REFUSING, {**headers, **REFUSING_HEADERS}
     with running(scenario, server, files, work / "registry", work) as started:
         url = f"{started.base}/v2/models/mlp/infer"
         run(url, body, 50, 1.0)  # warm up
