@@ -19,7 +19,7 @@ class LimitSettings(_Group):
     # "adaptive": the in-flight limit moves between min_in_flight and max_in_flight on the
     # measured queue delay (AIMD, once every interval_s); "fixed": it stays at max_in_flight.
     mode: Literal["adaptive", "fixed"] = "adaptive"
-    initial_in_flight: int = Field(default=32, ge=1)
+    initial_in_flight: int = Field(default=128, ge=1)
     # The floor keeps batches worth running when waits grow for reasons the load does not
     # explain (a noisy neighbour taking the CPU): a lower limit would not shorten them.
     min_in_flight: int = Field(default=16, ge=1)

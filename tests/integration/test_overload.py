@@ -188,3 +188,24 @@ def test_calls_read_together_are_parsed_in_later_turns_and_every_one_is_answered
             raise AssertionError("no pass of 50 bursts read two calls together")
         wait_metric(gw, 'gateway_admission_in_flight{model="breast_cancer"} 0.0')
         assert metric(gw, "gateway_admission_waiting_turn ") == "gateway_admission_waiting_turn 0.0"
+
+
+def test_a_burst_at_an_idle_gateway_is_admitted_whole_by_default(
+    demo_registry: Path, tmp_path: Path
+) -> None:
+    """What arrives at once after a quiet spell (a pause of the loop or of the CPU, a client
+    starting up) is work the gateway can do: the default adaptive limit starts above such a
+    burst and grows while in use, so none of it is refused. It used to start at 32 and grow
+    only after refusing."""
+    with start_gateway(tmp_path, config(demo_registry)) as gw:
+        socks = [socket.create_connection(("127.0.0.1", gw.port)) for _ in range(100)]
+        try:
+            for i, sock in enumerate(socks):
+                sock.sendall(post(PATH, body(i % len(ROWS))))
+            statuses = [read_responses(sock, 1)[0][0] for sock in socks]
+        finally:
+            for sock in socks:
+                sock.close()
+        assert statuses == [200] * len(socks)
+        refusals = 'gateway_admission_refusals_total{model="breast_cancer",reason="endpoint_limit"}'
+        assert metric(gw, refusals) == f"{refusals} 0.0"
