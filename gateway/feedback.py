@@ -111,6 +111,9 @@ class _Checker:
                     f"{where}: {output!r} is not an output that takes labels ({self.outputs})"
                 )
             labels[output] = self._value(where, output, value)
+        source = item.get("source")
+        if source is not None and not isinstance(source, str):
+            raise InvalidInputError(f"{where}: source must be text")
         time = item.get("time", now)
         if isinstance(time, bool) or not isinstance(time, int | float) or not math.isfinite(time):
             raise InvalidInputError(f"{where}: time must be seconds since the epoch")
@@ -122,8 +125,8 @@ class _Checker:
             "labels": labels,
             "time": float(time),
         }
-        if isinstance(item.get("source"), str):
-            record["source"] = item["source"]
+        if source is not None:
+            record["source"] = source
         return record
 
     def _value(self, where: str, output: str, value: object) -> int | float:

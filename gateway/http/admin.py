@@ -17,6 +17,7 @@ from starlette.responses import Response
 from starlette.routing import Route as HttpRoute
 
 from gateway.errors import GatewayError, InvalidInputError, PayloadTooLargeError
+from gateway.http._asgi import decode_body
 from gateway.http.endpoints import AppState, json_response
 from gateway.protocol._json import load_object
 from gateway.traffic import RouteStore
@@ -66,7 +67,8 @@ class _Admin:
                 raise PayloadTooLargeError(
                     f"admin request bodies are at most {MAX_ADMIN_BODY_BYTES} bytes"
                 )
-        return load_object(bytes(body))
+        # a gzip or deflate body, as every endpoint takes it (the limit holds decompressed too)
+        return load_object(decode_body(bytes(body), request.scope["headers"], MAX_ADMIN_BODY_BYTES))
 
     async def list_routes(self, request: Request) -> Response:
         self._actor(request)

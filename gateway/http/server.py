@@ -199,6 +199,7 @@ class GatewayProtocol(asyncio.Protocol):
         self._size = 0
         self._version = "1.1"
         self._in_head = False
+        self._in_body = False  # a request's head is read, its body not yet whole
         self._messages = 0
         self._head_started = 0.0
         self._arrived = 0.0
@@ -296,6 +297,7 @@ class GatewayProtocol(asyncio.Protocol):
 
     def on_headers_complete(self) -> None:
         self._in_head = False
+        self._in_body = True
         self._version = self._parser.get_http_version()
         if self._parser.should_upgrade():
             raise HeadError(400, "protocol upgrades (websockets) are not supported")
@@ -333,6 +335,7 @@ class GatewayProtocol(asyncio.Protocol):
         self._body.append(body)
 
     def on_message_complete(self) -> None:
+        self._in_body = False
         if self._transport is None or self._transport.is_closing():
             return  # an earlier answer closed the connection
         self._continue = False
@@ -613,7 +616,10 @@ class GatewayProtocol(asyncio.Protocol):
         if self._in_head or self._rejected:
             return  # the head timer, or the answer, ends it
         quiet_s = self._loop.time() - self._last_read
-        if quiet_s >= self._keep_alive_s:
+        if quiet_s >= self._keep_alive_s and self._in_body:
+            # a body that stopped arriving: answered, not just dropped
+            self._reject(408, f"the request body stopped arriving for {self._keep_alive_s:g} s")
+        elif quiet_s >= self._keep_alive_s:
             self._transport.close()
         else:
             self._idle = self._loop.call_later(self._keep_alive_s - quiet_s, self._close_idle)

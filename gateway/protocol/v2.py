@@ -83,7 +83,7 @@ def _parse_input(
     if not isinstance(name, str) or not name:
         raise InvalidInputError(f"inputs[{index}] needs a 'name' string")
     datatype = raw.get("datatype")
-    if datatype not in DATATYPE_TO_NUMPY:
+    if not isinstance(datatype, str) or datatype not in DATATYPE_TO_NUMPY:
         raise InvalidInputError(
             f"input {name!r}: datatype {datatype!r} is not one of {sorted(DATATYPE_TO_NUMPY)}"
         )
@@ -106,7 +106,7 @@ def _parse_input(
         if "data" in raw:
             raise InvalidInputError(f"input {name!r} has both 'data' and binary_data_size")
         array = _from_binary(name, datatype, count, binary[offset : offset + size])
-        return name, array.reshape(shape), size
+        return name, _reshaped(name, array, shape), size
     if "data" not in raw:
         raise InvalidInputError(f"input {name!r} has no 'data'")
     return name, _from_json(name, datatype, shape, count, raw["data"]), 0
@@ -135,7 +135,16 @@ def _from_json(name: str, datatype: str, shape: list[int], count: int, data: Any
         raise InvalidInputError(
             f"input {name!r}: shape {shape} needs {count} values, data has {array.size}"
         )
-    return array.reshape(shape)
+    return _reshaped(name, array, shape)
+
+
+def _reshaped(name: str, array: np.ndarray, shape: list[int]) -> np.ndarray:
+    """``array`` (of the shape's number of values) in ``shape``; a shape of no values may still
+    have sizes no array can have (one over 2**63, or a product of the others that overflows)."""
+    try:
+        return array.reshape(shape)
+    except ValueError as exc:
+        raise InvalidInputError(f"input {name!r}: shape {shape} is too large for a tensor") from exc
 
 
 def _from_binary(name: str, datatype: str, count: int, raw: memoryview) -> np.ndarray:

@@ -4,6 +4,7 @@ and (with the embedded broker) replicas that share a signed control topic."""
 from __future__ import annotations
 
 import asyncio
+import gzip
 import itertools
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
@@ -203,6 +204,29 @@ async def test_bad_admin_bodies_are_refused_with_a_clear_400(
         assert huge.status_code == 413
         assert "error" in huge.json()
         assert (await gw.client.get(ROUTE)).json()["revision"] == 0, "nothing changed"
+
+
+async def test_admin_bodies_take_the_content_encodings_every_endpoint_takes(
+    demo_registry: Path, tmp_path: Path
+) -> None:
+    patch = orjson.dumps({"weights": {"champion": 50, "challenger": 50}})
+    async with gateway(demo_registry, tmp_path / "audit.jsonl") as gw:
+        for coding, body, status, words in [
+            ("br", patch, 400, "unsupported Content-Encoding 'br'"),
+            ("gzip", patch, 400, "not valid gzip data"),
+            ("gzip", gzip.compress(b" " * 70_000 + patch), 413, "exceeds 65536 bytes"),
+        ]:
+            answer = await gw.client.patch(
+                ROUTE, content=body, headers={"content-encoding": coding}
+            )
+            assert answer.status_code == status, (coding, answer.text)
+            assert words in answer.json()["error"], answer.text
+        assert (await gw.client.get(ROUTE)).json()["revision"] == 0, "nothing changed"
+        answer = await gw.client.patch(
+            ROUTE, content=gzip.compress(patch), headers={"content-encoding": "gzip"}
+        )
+        assert answer.status_code == 200, answer.text
+        assert weights(answer.json()["after"]) == {"champion": 50, "challenger": 50}
 
 
 async def test_an_unwritable_audit_log_changes_nothing(demo_registry: Path, tmp_path: Path) -> None:

@@ -88,6 +88,7 @@ async def test_feedback_is_checked_answered_202_and_logged_to_its_topic(
             "negative row": b'{"id": "r", "row": -1, "label": 1}',
             "no id": b'{"label": 1}',
             "unknown key": b'{"id": "r", "label": 1, "weight": 2}',
+            "source not text": b'{"id": "r", "label": 1, "source": 5}',
         }
         for case, body in bad.items():
             response = await client.post(url, content=body)

@@ -69,6 +69,12 @@ def test_every_datatype_parses(datatype: str, data: list[object], dtype: type) -
         ({"name": "x", "shape": [2], "datatype": "BOOL", "data": [True, None]}, "NoneType"),
         ({"name": "x", "shape": [2], "datatype": "INT64", "data": [1, None]}, "NoneType"),
         ({"name": "x", "shape": [2], "datatype": "BYTES", "data": ["a", 1]}, "int values"),
+        ({"name": "x", "shape": [1], "datatype": ["FP32"], "data": [1]}, r"datatype \['FP32'\]"),
+        ({"name": "x", "shape": [1], "datatype": {"a": 1}, "data": [1]}, "datatype {'a': 1}"),
+        # no values, but sizes no array can have: over 2**63, or others whose product overflows
+        ({"name": "x", "shape": [0, 2**63], "datatype": "FP32", "data": []}, "too large"),
+        ({"name": "x", "shape": [2**62, 0], "datatype": "FP32", "data": []}, "too large"),
+        ({"name": "x", "shape": [2**40, 2**40, 0], "datatype": "FP32", "data": []}, "too large"),
     ],
 )
 def test_bad_inputs_are_named_in_the_error(raw: dict[str, object], message: str) -> None:
@@ -129,6 +135,16 @@ def test_binary_sizes_that_do_not_add_up_are_refused() -> None:
         parse_infer_request(header + b"\0" * 12, len(header))
     with pytest.raises(InvalidInputError, match="outside the body"):
         parse_infer_request(header, len(header) + 10)
+
+
+@pytest.mark.parametrize("datatype", ["FP32", "BYTES"])
+def test_a_binary_input_of_no_values_in_an_impossible_shape_is_refused(datatype: str) -> None:
+    header = orjson.dumps(
+        {"inputs": [{"name": "a", "shape": [0, 2**62], "datatype": datatype,
+                     "parameters": {"binary_data_size": 0}}]}
+    )  # fmt: skip
+    with pytest.raises(InvalidInputError, match="too large"):
+        parse_infer_request(header, len(header))
 
 
 def test_response_echoes_id_and_honours_requested_outputs() -> None:

@@ -183,6 +183,18 @@ def test_a_slow_head_gets_408_and_is_closed(gateway: GatewayProcess) -> None:
     assert "did not arrive" in error_of(responses[0])
 
 
+def test_a_stalled_body_gets_408_and_is_closed(gateway: GatewayProcess) -> None:
+    body = infer_body()
+    with socket.create_connection(("127.0.0.1", gateway.port)) as sock:
+        # a whole request, then one whose body stops halfway: the first is answered, the
+        # second refused once nothing has come for the keep-alive, not dropped unanswered
+        sock.sendall(GOOD + post(INFER, body)[: -len(body) // 2])
+        responses, was_closed = read_until_closed(sock)
+    assert was_closed
+    assert [r[0] for r in responses] == [200, 408]
+    assert "body stopped arriving" in error_of(responses[1])
+
+
 def test_an_idle_connection_is_closed_after_keep_alive(gateway: GatewayProcess) -> None:
     with socket.create_connection(("127.0.0.1", gateway.port)) as sock:
         assert closed(sock, timeout_s=15)
