@@ -562,6 +562,11 @@ def main() -> None:
     )
     parser.add_argument("--rows", type=int, default=1, help="rows a request (default 1)")
     parser.add_argument(
+        "--capacity", type=float,
+        help="offer multiples of this rate instead of measuring the capacity (side-by-side "
+             "runs of different code on one figure)",
+    )  # fmt: skip
+    parser.add_argument(
         "--pass-slice-s", type=float, nargs="+",
         help="compare gateways with these admission.pass_slice_s (0: off) on one capacity, "
              "in turn (the order alternates between repeats)",
@@ -577,6 +582,8 @@ def main() -> None:
         "--registry", type=Path, help="the benchmark models' registry (made there if missing)"
     )
     args = parser.parse_args()
+    if args.capacity is not None and args.capacity <= 0:
+        parser.error(f"--capacity must be above 0, got {args.capacity}")
     if any(multiple <= 0 for multiple in args.multiples):
         parser.error(f"--multiples must all be above 0, got {args.multiples}")
     RESULTS.mkdir(exist_ok=True)
@@ -610,7 +617,9 @@ def main() -> None:
                     warm = run(url, body, 50, 2.0, headers)
                     if warm.failed or not warm.completed:
                         raise RuntimeError(f"{server.name}: warm-up failed: {warm.summary()}")
-                    if not capacity:  # measured with admission on; the other gets the same
+                    if not capacity and args.capacity:
+                        capacity, found = args.capacity, {"given": args.capacity}
+                    elif not capacity:  # measured with admission on; the other gets the same
                         capacity, found = measure_capacity(url, body, headers, args.step_s)
                         print(f"capacity {capacity:.0f} req/s ({found})", flush=True)
                     control: tuple[int, int] | None = None

@@ -5,12 +5,9 @@ The queue delay of a request is the time from its first byte seen by the server 
 of its batch (pipelined requests waiting for their turn on a connection included). The gate
 sees it through the batcher's ``queue_wait`` and keeps, per window of ``interval_s``:
 
-- the mean: above the target, with the limit in use (it refused requests, or at least half
-  of it was taken), the adaptive limit shrinks by ``backoff_ratio``; at or below the target,
-  with the limit in use, it grows by the square root of itself (additive increase, faster from
-  a high limit). Growing before it refuses keeps the limit about twice the most in flight
-  while waits are short, so the bursts of a server at moderate load (a request per socket
-  read after a pause of the loop or the CPU) are admitted rather than refused;
+- the mean: above the target, with the limit in use, the adaptive limit shrinks by
+  ``backoff_ratio``; at or below it, in a window where the limit refused requests, it grows
+  by the square root of itself (additive increase, faster from a high limit);
 - the minimum: when even the luckiest request of a window waited longer than the target,
   the queue is standing, not a burst (CoDel's test). Then, for the next window, new requests
   are refused (``queue_delay``) beyond ``backoff_ratio`` of the most that were in flight in
@@ -91,6 +88,7 @@ class Gate:
         self._count = 0
         self._min = math.inf
         self._peak = 0
+        self._saturated = False
         overloaded = f"model {endpoint} is overloaded"
         client_retry_s = 1.0 / limits.client_rate_per_s if limits.client_rate_per_s else 1.0
         self._errors: dict[str, GatewayError] = {
@@ -115,6 +113,7 @@ class Gate:
         if now >= self._window_end:
             self._close_window(now)
         if self.in_flight >= self.cap:
+            self._saturated = True
             return self._shed("queue_delay" if self.standing else "endpoint_limit", now)
         total = self._total
         if total.in_flight >= total.limit:
@@ -171,10 +170,9 @@ class Gate:
         else:
             if self._adaptive and count:
                 mean = self.queue_delay_s
-                in_use = self._peak * 2 >= self.limit  # also when it refused: peak = limit
-                if mean > target and in_use:
+                if mean > target and self._peak * 2 >= self.limit:
                     self.limit = max(self._min_limit, int(self.limit * self._backoff))
-                elif mean <= target and in_use:
+                elif mean <= target and self._saturated:
                     self.limit = min(self._max_limit, self.limit + math.isqrt(self.limit))
             self.cap = self.limit
         self._reset(now)
@@ -184,4 +182,5 @@ class Gate:
         self._count = 0
         self._min = math.inf
         self._peak = self.in_flight
+        self._saturated = False
         self._window_end = now + self._interval_s

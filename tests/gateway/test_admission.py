@@ -204,19 +204,3 @@ def test_shedding_is_remembered_for_one_window() -> None:
     assert control.shedding(10.05)
     assert not control.shedding(10.2)
 
-
-def test_adaptive_limit_grows_while_in_use_before_it_refuses() -> None:
-    # A server at moderate load: waits under the target, bursts taking half the limit or
-    # more. The limit grows ahead of them instead of refusing the first one larger than it.
-    gate = admission(initial_in_flight=32, min_in_flight=4, queue_delay_target_s=0.005).gate("m")
-    fill(gate, 16, now=0.0)  # half the limit: in use
-    gate.queue_wait(0.002)
-    fill(gate, 1, now=0.1)  # a new window: 32 + isqrt(32)
-    assert gate.limit == 37
-    assert gate.refusals["endpoint_limit"] == 0
-    for _ in range(17):
-        gate.release()
-    fill(gate, 18, now=0.15)  # under half of 37: the load does not reach the limit
-    gate.queue_wait(0.002)
-    fill(gate, 1, now=0.2)
-    assert gate.limit == 37, "a limit the load does not use is not raised"

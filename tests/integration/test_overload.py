@@ -195,8 +195,7 @@ def test_a_burst_at_an_idle_gateway_is_admitted_whole_by_default(
 ) -> None:
     """What arrives at once after a quiet spell (a pause of the loop or of the CPU, a client
     starting up) is work the gateway can do: the default adaptive limit starts above such a
-    burst and grows while in use, so none of it is refused. It used to start at 32 and grow
-    only after refusing."""
+    burst, so none of it is refused. It used to start at 32."""
     with start_gateway(tmp_path, config(demo_registry)) as gw:
         socks = [socket.create_connection(("127.0.0.1", gw.port)) for _ in range(100)]
         try:
