@@ -203,4 +203,3 @@ def test_shedding_is_remembered_for_one_window() -> None:
     gate.admit(None, 10.0)
     assert control.shedding(10.05)
     assert not control.shedding(10.2)
-
