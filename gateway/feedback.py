@@ -20,7 +20,7 @@ from gateway.featurelog import FeatureLog
 from gateway.metrics import GatewayMetrics
 from gateway.serving import LoadedModel
 from gateway.traffic import Traffic
-from monitors.feedback import FEEDBACK_SCHEMA, FeedbackRecord
+from monitors.feedback import FEEDBACK_SCHEMA, MAX_FUTURE_S, MAX_REQUEST_ID_CHARS, FeedbackRecord
 
 __all__ = ["FeedbackDisabledError", "FeedbackService"]
 
@@ -96,6 +96,10 @@ class _Checker:
         request_id = item.get("id")
         if not isinstance(request_id, str) or not request_id or not request_id.isprintable():
             raise InvalidInputError(f"{where}: id must be the request id (x-request-id)")
+        if len(request_id) > MAX_REQUEST_ID_CHARS:
+            raise InvalidInputError(
+                f"{where}: id is over {MAX_REQUEST_ID_CHARS} characters: no request has such an id"
+            )
         row = item.get("row", 0)
         if type(row) is not int or row < 0:
             raise InvalidInputError(f"{where}: row must be an integer >= 0")
@@ -117,6 +121,11 @@ class _Checker:
         time = item.get("time", now)
         if isinstance(time, bool) or not isinstance(time, int | float) or not math.isfinite(time):
             raise InvalidInputError(f"{where}: time must be seconds since the epoch")
+        if time > now + MAX_FUTURE_S:
+            raise InvalidInputError(
+                f"{where}: time is {time - now:.0f} s in the future (at most "
+                f"{MAX_FUTURE_S:.0f} s of clock skew)"
+            )
         record: FeedbackRecord = {
             "schema": FEEDBACK_SCHEMA,
             "model": endpoint,

@@ -13,13 +13,15 @@ Record fields (``?`` = may be absent):
 schema          ``"feedback/1"``
 model           the endpoint the prediction was asked of (``/v2/models/{model}/infer``)
 request_id      the prediction's request id: the ``x-request-id`` the gateway answered with
+                (at most 256 characters)
 row             the row of a multi-row request, from 0 (default 0)
 labels          ``{output name: true value}``, at least one; for a classifier's label output the
                 value is what the model outputs for that class (its index into the model's
                 ``class_labels``; the monitor also maps a class name to its index), for a
                 regression output a finite number
 time?           when the outcome was observed or reported, seconds since the epoch (default:
-                the Kafka message's timestamp)
+                the Kafka message's timestamp; at most an hour ahead of it and of the
+                reader's clock)
 source?         who reported it (free text)
 ==============  ================================================================================
 
@@ -33,12 +35,15 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterable
+from time import time as wall_clock
 from typing import NotRequired, TypedDict
 
 import orjson
 
 __all__ = [
     "FEEDBACK_SCHEMA",
+    "MAX_FUTURE_S",
+    "MAX_REQUEST_ID_CHARS",
     "FeedbackError",
     "FeedbackRecord",
     "check_feedback",
@@ -49,6 +54,14 @@ __all__ = [
 ]
 
 FEEDBACK_SCHEMA = "feedback/1"
+# A request id is the gateway's own (about 20 characters) or a caller's OIP ``id`` (at most
+# 256): a longer one can match no prediction.
+MAX_REQUEST_ID_CHARS = 256
+# How far ahead of the clock that checks it (the gateway's; the later of the Kafka message's
+# timestamp and the monitor's) a record's time may lie: clock skew between systems. A time
+# further ahead would move the monitor's label clock into the future for good and expire
+# every label waiting for its prediction at once.
+MAX_FUTURE_S = 3600.0
 _RECORDS_PER_MESSAGE = 500
 _FRAMING_BYTES = 128  # the Kafka record's own framing, kept out of the bound
 
@@ -132,6 +145,8 @@ def check_feedback(doc: object, default_time: float) -> FeedbackRecord:
         raise FeedbackError("model must be a non-empty string")
     if not isinstance(request_id, str) or not request_id:
         raise FeedbackError("request_id must be a non-empty string")
+    if len(request_id) > MAX_REQUEST_ID_CHARS:
+        raise FeedbackError(f"request_id is over {MAX_REQUEST_ID_CHARS} characters")
     row = doc.get("row", 0)
     if type(row) is not int or row < 0:
         raise FeedbackError("row must be an integer >= 0")
@@ -146,6 +161,12 @@ def check_feedback(doc: object, default_time: float) -> FeedbackRecord:
     time = doc.get("time", default_time)
     if isinstance(time, bool) or not isinstance(time, int | float) or not math.isfinite(time):
         raise FeedbackError("time must be a number (seconds since the epoch)")
+    reference = max(default_time, wall_clock())  # a producer may send no timestamp (-1)
+    if time > reference + MAX_FUTURE_S:
+        raise FeedbackError(
+            f"time is {time - reference:.0f} s ahead of the message's timestamp and this clock "
+            f"(at most {MAX_FUTURE_S:.0f} s of clock skew)"
+        )
     record: FeedbackRecord = {
         "schema": FEEDBACK_SCHEMA,
         "model": model,

@@ -1,12 +1,14 @@
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
 import httpx
+import orjson
 import pytest
 from aiokafka import AIOKafkaConsumer
 from prometheus_client import CollectorRegistry
@@ -46,7 +48,9 @@ async def read_feedback(bootstrap: str, expected: int) -> list[FeedbackRecord]:
                 batches = await consumer.getmany(timeout_ms=200)
                 for messages in batches.values():
                     for message in messages:
-                        got, problems = decode_feedback(message.value or b"", 0.0)
+                        got, problems = decode_feedback(
+                            message.value or b"", message.timestamp / 1000
+                        )
                         assert problems == []
                         assert message.key == b"breast_cancer"
                         records.extend(got)
@@ -89,11 +93,16 @@ async def test_feedback_is_checked_answered_202_and_logged_to_its_topic(
             "no id": b'{"label": 1}',
             "unknown key": b'{"id": "r", "label": 1, "weight": 2}',
             "source not text": b'{"id": "r", "label": 1, "source": 5}',
+            "an id no request has": b'{"id": "%s", "label": 1}' % (b"r" * 257),
+            "a time a day ahead": b'{"id": "r", "label": 1, "time": %f}' % (time.time() + 86400),
+            "a time at the end of time": b'{"id": "r", "label": 1, "time": 1e308}',
         }
         for case, body in bad.items():
             response = await client.post(url, content=body)
             assert response.status_code == 400, case
             assert "error" in response.json(), case
+        ahead = await client.post(url, content=bad["a time a day ahead"])
+        assert "s in the future" in ahead.json()["error"]
         second_bad = await client.post(url, json={"items": [{"id": "ok", "label": 1}, {"id": 3}]})
         assert second_bad.status_code == 400
         assert second_bad.json()["error"].startswith("item 1:")
@@ -134,3 +143,23 @@ def test_csv_rows_become_items(tmp_path: Path) -> None:
     broken.write_text("request,label\na,1\n")
     with pytest.raises(ValueError, match="no 'id' column"):
         list(read_feedback_csv(broken))
+
+
+def test_the_monitor_skips_records_that_would_poison_its_clocks() -> None:
+    """Feedback written to the topic by another producer gets the same bounds as the
+    gateway's endpoint: a time over an hour ahead of the message's timestamp and the reader's
+    clock (it would move the label clock into the future for good), and an id no request can
+    have."""
+    sent_at = time.time() + 86400  # a message stamped a day ahead of this clock
+    lines = [
+        {"schema": "feedback/1", "model": "m", "request_id": "a", "labels": {"y": 1},
+         "time": sent_at + 3000},
+        {"schema": "feedback/1", "model": "m", "request_id": "b", "labels": {"y": 1},
+         "time": sent_at + 7200},
+        {"schema": "feedback/1", "model": "m", "request_id": "c" * 257, "labels": {"y": 1}},
+    ]  # fmt: skip
+    value = b"\n".join(orjson.dumps(line) for line in lines)
+    records, problems = decode_feedback(value, sent_at)
+    assert [r["request_id"] for r in records] == ["a"]
+    assert "line 1: time is 7200 s ahead of the message's timestamp" in problems[0]
+    assert "line 2: request_id is over 256 characters" in problems[1]
