@@ -1,8 +1,9 @@
 """Admission control below capacity: does the gateway refuse requests it could serve?
 
-The serving benchmark's MLP gateway with the feature log (CPU 0, its broker and the generator
-on CPU 1) is offered fixed single-row rates open loop, each ``--tries`` times for ``--seconds``,
-after a quiet warm-up, as a client starting up would. For each try: p99, answered, refused;
+The serving benchmark's MLP gateway with the feature log (``--no-log``: without it; CPU 0,
+its broker and the generator on CPU 1) is offered fixed single-row rates open loop, each
+``--tries`` times for ``--seconds``, after a quiet warm-up, as a client starting up would.
+For each try: p99, answered, refused;
 after each server: its refusals by reason and its in-flight limit (``/metrics``). Each
 ``--variant NAME=JSON`` is a gateway whose ``admission`` settings are changed by the JSON
 (merged into the defaults); ``default`` is the gateway as shipped. Variants run in turn, in
@@ -64,6 +65,7 @@ def main() -> None:
     parser.add_argument("--tries", type=int, default=2, help="runs of each rate in a row")
     parser.add_argument("--seconds", type=float, default=3.0)
     parser.add_argument("--repeats", type=int, default=1, help="server starts per variant")
+    parser.add_argument("--no-log", action="store_true", help="the gateway without the log")
     parser.add_argument("--variant", type=_variant, action="append", default=[],
                         help="NAME=JSON: admission settings changed by JSON")  # fmt: skip
     args = parser.parse_args()
@@ -72,7 +74,8 @@ def main() -> None:
     work = Path(tempfile.mkdtemp(prefix="bench-admission-"))
     files = register_benchmark_models(work / "registry")
     scenario = next(s for s in SCENARIOS if s.name == "mlp")
-    base = next(s for s in scenario.servers if s.name == "gateway-batching-logging")
+    wanted = "gateway-batching" if args.no_log else "gateway-batching-logging"
+    base = next(s for s in scenario.servers if s.name == wanted)
     body, _ = request_body(32, 1, False)
     out: dict[str, Any] = {"before": machine_info(), "args": {**vars(args), "variant": variants}}
     runs: list[dict[str, Any]] = []

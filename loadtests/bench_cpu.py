@@ -79,9 +79,10 @@ def measure(
         out["fixed"][str(int(rate))] = cpu_run(started, url, body, rate, seconds, headers)
         time.sleep(0.5)
     if with_max and server.name != "gateway-refusing":
-        max_rate, _ = find_max_rate(url, body, P99_BOUND_MS, start_rate=1000, step_s=2.0,
-                                    precision=0.08)  # fmt: skip
+        max_rate, steps = find_max_rate(url, body, P99_BOUND_MS, start_rate=1000, step_s=2.0,
+                                        precision=0.08)  # fmt: skip
         out["max_rate"] = max_rate
+        out["max_steps"] = steps  # what failed the steps above it: latency, or refusals
         if max_rate:
             out["at_max"] = cpu_run(started, url, body, max_rate, seconds, headers)
     return out
