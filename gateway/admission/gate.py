@@ -64,7 +64,7 @@ class Gate:
         self.endpoint = endpoint
         self.in_flight = 0
         self._adaptive = limits.mode == "adaptive"
-        self.limit = limits.initial_in_flight if self._adaptive else limits.max_in_flight
+        self.limit = limits.start_in_flight if self._adaptive else limits.max_in_flight
         self._min_limit = limits.min_in_flight
         self._max_limit = limits.max_in_flight
         self._target_s = limits.queue_delay_target_s

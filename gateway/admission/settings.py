@@ -6,7 +6,9 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-__all__ = ["AdmissionSettings", "LimitSettings"]
+__all__ = ["DEFAULT_INITIAL_IN_FLIGHT", "AdmissionSettings", "LimitSettings"]
+
+DEFAULT_INITIAL_IN_FLIGHT = 128
 
 
 class _Group(BaseModel):
@@ -19,7 +21,9 @@ class LimitSettings(_Group):
     # "adaptive": the in-flight limit moves between min_in_flight and max_in_flight on the
     # measured queue delay (AIMD, once every interval_s); "fixed": it stays at max_in_flight.
     mode: Literal["adaptive", "fixed"] = "adaptive"
-    initial_in_flight: int = Field(default=128, ge=1)
+    # Where the adaptive limit starts; None: 128, or max_in_flight if that is lower (a limit
+    # that starts above the bursts a server sees at moderate load refuses none of them).
+    initial_in_flight: int | None = Field(default=None, ge=1)
     # The floor keeps batches worth running when waits grow for reasons the load does not
     # explain (a noisy neighbour taking the CPU): a lower limit would not shorten them.
     min_in_flight: int = Field(default=16, ge=1)
@@ -34,13 +38,25 @@ class LimitSettings(_Group):
 
     @model_validator(mode="after")
     def _ordered(self) -> LimitSettings:
-        if self.mode == "adaptive" and not (
-            self.min_in_flight <= self.initial_in_flight <= self.max_in_flight
+        if self.mode == "adaptive" and self.min_in_flight > self.max_in_flight:
+            raise ValueError("min_in_flight must not be above max_in_flight (adaptive mode)")
+        if (
+            self.mode == "adaptive"
+            and self.initial_in_flight is not None
+            and not self.min_in_flight <= self.initial_in_flight <= self.max_in_flight
         ):
             raise ValueError(
                 "initial_in_flight must lie between min_in_flight and max_in_flight (adaptive mode)"
             )
         return self
+
+    @property
+    def start_in_flight(self) -> int:
+        """Where the adaptive limit starts: ``initial_in_flight``, or its default within the
+        bounds."""
+        if self.initial_in_flight is not None:
+            return self.initial_in_flight
+        return max(self.min_in_flight, min(DEFAULT_INITIAL_IN_FLIGHT, self.max_in_flight))
 
 
 class AdmissionSettings(_Group):

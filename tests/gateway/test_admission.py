@@ -174,6 +174,18 @@ def test_endpoint_overrides_and_bad_settings_name_the_setting() -> None:
         load_settings(admission={"endpoints": {"heavy": {"max_in_flight": 0}}})
     with pytest.raises(ConfigError, match="initial_in_flight"):
         load_settings(admission={"limits": {"initial_in_flight": 2000}})
+    with pytest.raises(ConfigError, match="min_in_flight must not be above max_in_flight"):
+        load_settings(admission={"limits": {"max_in_flight": 8}})
+
+
+def test_the_adaptive_limit_starts_at_128_within_its_bounds() -> None:
+    assert admission().gate("m").limit == 128
+    # a lower max_in_flight, globally or for one endpoint, is where it starts (not an error)
+    assert admission(max_in_flight=100).gate("m").limit == 100
+    settings = AdmissionSettings(endpoints={"heavy": {"max_in_flight": 64}})
+    assert Admission(settings).gate("heavy").limit == 64
+    assert Admission(settings).gate("light").limit == 128
+    assert admission(initial_in_flight=40).gate("m").limit == 40
 
 
 def test_metrics_are_read_from_the_gates_when_scraped() -> None:
