@@ -20,8 +20,7 @@ labels          ``{output name: true value}``, at least one; for a classifier's 
                 ``class_labels``; the monitor also maps a class name to its index), for a
                 regression output a finite number
 time?           when the outcome was observed or reported, seconds since the epoch (default:
-                the Kafka message's timestamp; at most an hour ahead of it and of the
-                reader's clock)
+                the Kafka message's timestamp); at most an hour ahead of the reader's clock
 source?         who reported it (free text)
 ==============  ================================================================================
 
@@ -57,10 +56,9 @@ FEEDBACK_SCHEMA = "feedback/1"
 # A request id is the gateway's own (about 20 characters) or a caller's OIP ``id`` (at most
 # 256): a longer one can match no prediction.
 MAX_REQUEST_ID_CHARS = 256
-# How far ahead of the clock that checks it (the gateway's; the later of the Kafka message's
-# timestamp and the monitor's) a record's time may lie: clock skew between systems. A time
-# further ahead would move the monitor's label clock into the future for good and expire
-# every label waiting for its prediction at once.
+# How far ahead of the clock that checks it (the gateway's, the monitor's) a record's time may
+# lie: clock skew between systems. A time further ahead would move the monitor's label clock
+# into the future for good and expire every label waiting for its prediction at once.
 MAX_FUTURE_S = 3600.0
 _RECORDS_PER_MESSAGE = 500
 _FRAMING_BYTES = 128  # the Kafka record's own framing, kept out of the bound
@@ -161,11 +159,13 @@ def check_feedback(doc: object, default_time: float) -> FeedbackRecord:
     time = doc.get("time", default_time)
     if isinstance(time, bool) or not isinstance(time, int | float) or not math.isfinite(time):
         raise FeedbackError("time must be a number (seconds since the epoch)")
-    reference = max(default_time, wall_clock())  # a producer may send no timestamp (-1)
-    if time > reference + MAX_FUTURE_S:
+    # Against the reader's own clock: a producer sets the message's timestamp, so a stamp far
+    # ahead would carry its records (and one that gives no time takes the stamp) past the bound.
+    ahead_s = time - wall_clock()
+    if ahead_s > MAX_FUTURE_S:
         raise FeedbackError(
-            f"time is {time - reference:.0f} s ahead of the message's timestamp and this clock "
-            f"(at most {MAX_FUTURE_S:.0f} s of clock skew)"
+            f"time is {ahead_s:.0f} s ahead of this clock (at most {MAX_FUTURE_S:.0f} s of "
+            "clock skew)"
         )
     record: FeedbackRecord = {
         "schema": FEEDBACK_SCHEMA,

@@ -298,6 +298,7 @@ class GatewayProtocol(asyncio.Protocol):
     def on_headers_complete(self) -> None:
         self._in_head = False
         self._in_body = True
+        self._arm_idle()  # the body's timer (the idle one may have ended while the head was read)
         self._version = self._parser.get_http_version()
         if self._parser.should_upgrade():
             raise HeadError(400, "protocol upgrades (websockets) are not supported")
@@ -434,6 +435,7 @@ class GatewayProtocol(asyncio.Protocol):
         def respond(reply: Reply | None) -> None:
             # Called from a batch's callback or a later pass of the loop: an error here would
             # reach only the loop's handler, and the connection would wait for ever.
+            written = self._server_state.total_requests
             try:
                 if reply is None:
                     pass  # the caller has gone
@@ -448,8 +450,9 @@ class GatewayProtocol(asyncio.Protocol):
                         self.respond(request, reply.status, reply.headers, reply.body)
             except Exception:
                 log.exception("error writing the answer to %s", request.url[:200])
-                self._write(request, 500, _JSON_HEAD, _INTERNAL_ERROR, True)
-            self._finished()
+                self._answer_failed(request, self._server_state.total_requests != written)
+            finally:
+                self._finished()
 
         # ``handle`` answers at once (and returns None) or later, from the future's callback
         handle = endpoint.handle
@@ -519,6 +522,20 @@ class GatewayProtocol(asyncio.Protocol):
             self._queue.clear()
             self._close()
 
+    def _answer_failed(self, request: _Request, written: bool) -> None:
+        """Writing ``request``'s answer raised: answer 500 if nothing of it went out, and close
+        the connection either way (a second failure aborts it)."""
+        try:
+            if not written:
+                self._write(request, 500, _JSON_HEAD, _INTERNAL_ERROR, True)
+            else:
+                self._closing = True
+                self._close()
+        except Exception:
+            log.exception("error answering 500 to %s; aborting", request.url[:200])
+            if self._transport is not None:
+                self._transport.abort()
+
     def _finished(self) -> None:
         self._active = None
         if self._lost or self._transport is None:
@@ -537,6 +554,7 @@ class GatewayProtocol(asyncio.Protocol):
         self._continue = False
         if self._transport is not None and not self._transport.is_closing():
             self._transport.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+            self._last_read = self._loop.time()  # the body's clock starts when it is invited
 
     async def disconnected(self) -> None:
         """Wait until the client has gone."""

@@ -147,19 +147,33 @@ def test_csv_rows_become_items(tmp_path: Path) -> None:
 
 def test_the_monitor_skips_records_that_would_poison_its_clocks() -> None:
     """Feedback written to the topic by another producer gets the same bounds as the
-    gateway's endpoint: a time over an hour ahead of the message's timestamp and the reader's
-    clock (it would move the label clock into the future for good), and an id no request can
-    have."""
-    sent_at = time.time() + 86400  # a message stamped a day ahead of this clock
+    gateway's endpoint: a time over an hour ahead of the reader's clock (it would move the
+    label clock into the future for good), given or taken from a message stamped ahead, and
+    an id no request can have."""
+    now = time.time()
     lines = [
         {"schema": "feedback/1", "model": "m", "request_id": "a", "labels": {"y": 1},
-         "time": sent_at + 3000},
+         "time": now + 3000},
         {"schema": "feedback/1", "model": "m", "request_id": "b", "labels": {"y": 1},
-         "time": sent_at + 7200},
+         "time": now + 7200},
         {"schema": "feedback/1", "model": "m", "request_id": "c" * 257, "labels": {"y": 1}},
     ]  # fmt: skip
     value = b"\n".join(orjson.dumps(line) for line in lines)
-    records, problems = decode_feedback(value, sent_at)
+    records, problems = decode_feedback(value, now)
     assert [r["request_id"] for r in records] == ["a"]
-    assert "line 1: time is 7200 s ahead of the message's timestamp" in problems[0]
+    assert "line 1: time is 72" in problems[0]
+    assert "s ahead of this clock" in problems[0]
     assert "line 2: request_id is over 256 characters" in problems[1]
+    # a message stamped a day ahead: its record without a time of its own takes the stamp,
+    # and one with an hour's skew from the stamp is still a day ahead of the clock
+    stamped = b"\n".join(orjson.dumps(line) for line in [
+        {"schema": "feedback/1", "model": "m", "request_id": "d", "labels": {"y": 1}},
+        {"schema": "feedback/1", "model": "m", "request_id": "e", "labels": {"y": 1},
+         "time": now + 86400 + 3000},
+    ])  # fmt: skip
+    records, problems = decode_feedback(stamped, now + 86400)
+    assert records == []
+    assert len(problems) == 2
+    # a producer that sends no timestamp (-1) loses nothing
+    records, problems = decode_feedback(orjson.dumps(lines[0]), -0.001)
+    assert [r["request_id"] for r in records] == ["a"]
