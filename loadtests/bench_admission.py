@@ -19,19 +19,15 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
-import os
-import tempfile
 import time
-from pathlib import Path
 from typing import Any
 
 import httpx
 
-from loadtests.bench_serving import RESULTS, running
+from loadtests.bench_serving import RESULTS, prepare, running
 from loadtests.machine import machine_info
-from loadtests.models import register_benchmark_models
 from loadtests.openloop import run
-from loadtests.scenarios import SCENARIOS, request_body
+from loadtests.scenarios import request_body
 
 
 def admission_state(base: str) -> dict[str, float]:
@@ -70,10 +66,8 @@ def main() -> None:
                         help="NAME=JSON: admission settings changed by JSON")  # fmt: skip
     args = parser.parse_args()
     variants = [("default", {}), *args.variant]
-    os.sched_setaffinity(0, {1})  # the generator's CPU; the server gets CPU 0
-    work = Path(tempfile.mkdtemp(prefix="bench-admission-"))
-    files = register_benchmark_models(work / "registry")
-    scenario = next(s for s in SCENARIOS if s.name == "mlp")
+    bench = prepare("bench-admission-", "mlp")  # this process (the generator) on CPU 1
+    work, files, scenario = bench.work, bench.files, bench.scenario
     wanted = "gateway-batching" if args.no_log else "gateway-batching-logging"
     base = next(s for s in scenario.servers if s.name == wanted)
     body, _ = request_body(32, 1, False)

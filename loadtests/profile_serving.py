@@ -21,17 +21,15 @@ import argparse
 import os
 import subprocess
 import sys
-import tempfile
 import threading
 import time
 from collections import Counter
 from pathlib import Path
 
 from loadtests.bench_cpu import REFUSING, REFUSING_HEADERS
-from loadtests.bench_serving import running
-from loadtests.models import register_benchmark_models
+from loadtests.bench_serving import prepare, running
 from loadtests.openloop import Result, run
-from loadtests.scenarios import SCENARIOS, request_body
+from loadtests.scenarios import request_body
 
 # (phase, file fragment, function names or None for any) checked from the innermost frame out
 _PHASES: list[tuple[str, str, tuple[str, ...] | None]] = [
@@ -86,11 +84,9 @@ def main() -> None:
         "--refusing", action="store_true", help="bench_cpu's gateway refusing every request"
     )
     args = parser.parse_args()
-    os.sched_setaffinity(0, {1})
-    work = Path(tempfile.mkdtemp(prefix="profile-"))
-    files = register_benchmark_models(work / "registry")
+    bench = prepare("profile-", "mlp")  # this process (the generator) on CPU 1
+    work, files, scenario = bench.work, bench.files, bench.scenario
     # the serving benchmark's own MLP server (broker, config, pinning, readiness)
-    scenario = next(s for s in SCENARIOS if s.name == "mlp")
     wanted = "gateway-batching" if args.no_log else "gateway-batching-logging"
     server = next(s for s in scenario.servers if s.name == wanted)
     body, headers = request_body(32, 1, False)
