@@ -4,7 +4,8 @@ The serving benchmark's MLP gateway with the feature log (``--no-log``: without 
 its broker and the generator on CPU 1) is offered fixed single-row rates open loop, each
 ``--tries`` times for ``--seconds``, after a quiet warm-up, as a client starting up would.
 For each try: p99, answered, refused;
-after each server: its refusals by reason and its in-flight limit (``/metrics``). Each
+after each server: its refusals by reason and its in-flight limit (``/metrics``, read as
+``bench_overload`` reads them). Each
 ``--variant NAME=JSON`` is a gateway whose ``admission`` settings are changed by the JSON
 (merged into the defaults); ``default`` is the gateway as shipped. Variants run in turn, in
 alternating order between repeats.
@@ -22,24 +23,11 @@ import json
 import time
 from typing import Any
 
-import httpx
-
+from loadtests.bench_overload import admission_stats
 from loadtests.bench_serving import RESULTS, prepare, running
 from loadtests.machine import machine_info
 from loadtests.openloop import run
 from loadtests.scenarios import request_body
-
-
-def admission_state(base: str) -> dict[str, float]:
-    """Refusals by reason and the limit, from the gateway's own metrics."""
-    state: dict[str, float] = {}
-    for line in httpx.get(base + "/metrics", timeout=10).text.splitlines():
-        name, _, value = line.rpartition(" ")
-        if name.startswith("gateway_admission_refusals_total{"):
-            state["refused_" + name.split('reason="', 1)[1].split('"', 1)[0]] = float(value)
-        elif name.startswith("gateway_admission_limit{"):
-            state["limit"] = float(value)
-    return state
 
 
 def _variant(text: str) -> tuple[str, dict[str, Any]]:
@@ -67,7 +55,7 @@ def main() -> None:
     args = parser.parse_args()
     variants = [("default", {}), *args.variant]
     bench = prepare("bench-admission-", "mlp")  # this process (the generator) on CPU 1
-    work, files, scenario = bench.work, bench.files, bench.scenario
+    work, registry, files, scenario = bench.work, bench.registry, bench.files, bench.scenario
     wanted = "gateway-batching" if args.no_log else "gateway-batching-logging"
     base = next(s for s in scenario.servers if s.name == wanted)
     body, _ = request_body(32, 1, False)
@@ -80,7 +68,7 @@ def main() -> None:
             server = dataclasses.replace(
                 base, name=f"gateway-{name}", gateway={**base.gateway, "admission": admission}
             )
-            with running(scenario, server, files, work / "registry", work) as started:
+            with running(scenario, server, files, registry, work) as started:
                 url = f"{started.base}/v2/models/mlp/infer"
                 run(url, body, 200, 1.5)  # quiet warm-up
                 steps = []
@@ -93,7 +81,7 @@ def main() -> None:
                         print(f"{name} [{repeat + 1}] {rate:.0f}/s: p99 {p99:.1f} ms, refused "
                               f"{refused} of {result.completed}", flush=True)  # fmt: skip
                         time.sleep(0.5)
-                state = admission_state(started.base)
+                state = admission_stats(started.base)
             print(f"{name} [{repeat + 1}] after: {state}", flush=True)
             runs.append({"variant": name, "repeat": repeat, "steps": steps, "after": state})
     out["runs"] = runs

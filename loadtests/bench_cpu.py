@@ -78,7 +78,7 @@ def measure(
     for rate in rates:
         out["fixed"][str(int(rate))] = cpu_run(started, url, body, rate, seconds, headers)
         time.sleep(0.5)
-    if with_max and server.name != "gateway-refusing":
+    if with_max and server.name != REFUSING.name:
         max_rate, steps = find_max_rate(url, body, P99_BOUND_MS, start_rate=1000, step_s=2.0,
                                         precision=0.08)  # fmt: skip
         out["max_rate"] = max_rate

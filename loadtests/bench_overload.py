@@ -602,7 +602,10 @@ def main() -> None:
     started = time.time()
     for repeat in range(args.repeats):
         for log_on in logging:
-            capacity, found = 0.0, dict[str, float]()
+            # measured with admission on, the first server of each log setting (the others get
+            # the same), unless given
+            given = {"given": args.capacity} if args.capacity else dict[str, float]()
+            capacity, found = args.capacity or 0.0, given
             slices: list[float | None] = list(args.pass_slice_s or [None])
             if repeat % 2:
                 slices.reverse()
@@ -617,9 +620,7 @@ def main() -> None:
                     warm = run(url, body, 50, 2.0, headers)
                     if warm.failed or not warm.completed:
                         raise RuntimeError(f"{server.name}: warm-up failed: {warm.summary()}")
-                    if not capacity and args.capacity:
-                        capacity, found = args.capacity, {"given": args.capacity}
-                    elif not capacity:  # measured with admission on; the other gets the same
+                    if not capacity:
                         capacity, found = measure_capacity(url, body, headers, args.step_s)
                         print(f"capacity {capacity:.0f} req/s ({found})", flush=True)
                     control: tuple[int, int] | None = None

@@ -85,14 +85,14 @@ def main() -> None:
     )
     args = parser.parse_args()
     bench = prepare("profile-", "mlp")  # this process (the generator) on CPU 1
-    work, files, scenario = bench.work, bench.files, bench.scenario
+    work, registry, files, scenario = bench.work, bench.registry, bench.files, bench.scenario
     # the serving benchmark's own MLP server (broker, config, pinning, readiness)
     wanted = "gateway-batching" if args.no_log else "gateway-batching-logging"
     server = next(s for s in scenario.servers if s.name == wanted)
     body, headers = request_body(32, 1, False)
     if args.refusing:
         server, headers = REFUSING, {**headers, **REFUSING_HEADERS}
-    with running(scenario, server, files, work / "registry", work) as started:
+    with running(scenario, server, files, registry, work) as started:
         url = f"{started.base}/v2/models/mlp/infer"
         run(url, body, 50, 1.0)  # warm up
         raw = work / "samples.txt"

@@ -53,8 +53,8 @@ __all__ = [
 ]
 
 FEEDBACK_SCHEMA = "feedback/1"
-# A request id is the gateway's own (about 20 characters) or a caller's OIP ``id`` (at most
-# 256): a longer one can match no prediction.
+# A request id is the gateway's own (the x-request-id it answered with, about 20 characters);
+# this bound is far above it, and a longer id can match no prediction.
 MAX_REQUEST_ID_CHARS = 256
 # How far ahead of the clock that checks it (the gateway's, the monitor's) a record's time may
 # lie: clock skew between systems. A time further ahead would move the monitor's label clock
