@@ -32,7 +32,6 @@ import asyncio
 import gc
 import json
 import os
-import subprocess
 import tempfile
 import time
 from pathlib import Path
@@ -50,7 +49,7 @@ from gateway.featurelog.setup import producer_options
 from gateway.featurelog.spool import Spool
 from gateway.metrics import FeatureLogMetrics
 from loadtests.bench_cpu import spread
-from loadtests.machine import machine_info
+from loadtests.machine import machine_info, pin_process
 from monitors.broker import EmbeddedBroker, create_topics
 
 RESULTS = Path(__file__).parent / "results"
@@ -245,7 +244,7 @@ def main() -> None:
     runs: dict[str, dict[str, list[float]]] = {}
     info: dict[str, Any] = {"before": machine_info(), "args": vars(args)}
     with EmbeddedBroker() as broker:
-        subprocess.run(["taskset", "-pc", "1", str(broker.pid)], check=True, capture_output=True)
+        pin_process(broker.pid, {1})
         asyncio.run(create_topics(broker.bootstrap_servers, ["inference-log"], 3))
         overrides: dict[str, Any] = {"bootstrap_servers": broker.bootstrap_servers}
         if args.compression is not None:

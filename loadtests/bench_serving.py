@@ -32,6 +32,7 @@ from typing import Any
 import httpx
 import yaml
 
+from loadtests.machine import pin_process
 from loadtests.models import register_benchmark_models
 from loadtests.openloop import find_max_rate, run
 from loadtests.scenarios import MAX_DELAY_MS, PEERS, SCENARIOS, Scenario, Server, request_body
@@ -148,8 +149,7 @@ def running(
             broker = EmbeddedBroker()
             broker.start()
             # the broker stands in for a Kafka cluster elsewhere: keep it off the server's CPU
-            pin = ["taskset", "-pc", "1", str(broker.pid)]
-            subprocess.run(pin, check=True, capture_output=True)
+            pin_process(broker.pid, {1})
             asyncio.run(create_topics(broker.bootstrap_servers, ["inference-log"], 3))
         bootstrap = broker.bootstrap_servers if broker else None
         config = gateway_config(scenario, server, registry, port, bootstrap, work)

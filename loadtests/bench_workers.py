@@ -38,7 +38,7 @@ import httpx
 import yaml
 
 from loadtests.bench_serving import P99_BOUND_MS, free_port, gateway_stats, mean_batch, stop_group
-from loadtests.machine import process_tree_cpu_s
+from loadtests.machine import pin_process, process_tree_cpu_s
 from loadtests.models import register_benchmark_models
 from loadtests.openloop import find_max_rate, run
 from loadtests.scenarios import MAX_DELAY_MS, request_body
@@ -73,8 +73,7 @@ def gateway(
     if log:
         broker = EmbeddedBroker()
         broker.start()
-        pin = ["taskset", "-apc", ",".join(map(str, generator_cores)), str(broker.pid)]
-        subprocess.run(pin, check=True, capture_output=True)
+        pin_process(broker.pid, set(generator_cores))
         asyncio.run(create_topics(broker.bootstrap_servers, ["inference-log"], 3))
         config["feature_log"] = {"enabled": True, "bootstrap_servers": broker.bootstrap_servers,
                                  "spool_dir": str(work / f"spool-{port}")}  # fmt: skip

@@ -6,6 +6,7 @@ load average says how quiet it was, and figures from machines of another kind do
 
 from __future__ import annotations
 
+import contextlib
 import os
 import platform
 import sys
@@ -13,7 +14,13 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-__all__ = ["machine_info", "process_tree_cpu", "process_tree_cpu_s", "thread_cpu_s"]
+__all__ = [
+    "machine_info",
+    "pin_process",
+    "process_tree_cpu",
+    "process_tree_cpu_s",
+    "thread_cpu_s",
+]
 
 _PACKAGES = ("onnxruntime", "numpy", "uvicorn", "uvloop", "httptools", "starlette", "aiokafka")
 
@@ -45,6 +52,20 @@ def machine_info() -> dict[str, Any]:
         "kernel": platform.release(),
         "versions": versions,
     }
+
+
+def pin_process(pid: int | None, cpus: set[int]) -> None:
+    """Move every thread of a running process to ``cpus``; threads it starts later inherit it.
+
+    ``taskset -p`` without ``-a`` (and ``sched_setaffinity`` on the PID) moves only the main
+    thread: a broker's worker threads, started before, would go on running on every CPU,
+    the server's included, and take its time unseen in the server's own CPU figures.
+    """
+    if pid is None:
+        raise ValueError("the process to pin has not started")
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        with contextlib.suppress(ProcessLookupError):  # a thread that ended meanwhile
+            os.sched_setaffinity(int(task.name), cpus)
 
 
 def _children(pid: int) -> list[int]:

@@ -105,7 +105,7 @@ def main() -> None:
         before = cpu_seconds(started.pid)
         spy = [str(Path(sys.executable).parent / "py-spy"), "record", "-p", str(started.pid),
                "-r", "500", "-d", str(round(args.seconds)),
-               "--format", "raw", "-o", str(raw)]  # fmt: skip
+               "--format", "raw", "-o", str(raw), "--nonblocking"]  # fmt: skip
         subprocess.run(spy, check=True, capture_output=True)
         used = cpu_seconds(started.pid) - before
         load.join()
