@@ -2,12 +2,19 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 import time
 
 from loadtests.closedloop import parse_wrk
-from loadtests.machine import machine_info, process_tree_cpu, process_tree_cpu_s, thread_cpu_s
+from loadtests.machine import (
+    machine_info,
+    pin_process,
+    process_tree_cpu,
+    process_tree_cpu_s,
+    thread_cpu_s,
+)
 
 _BURN = "import time\nend = time.process_time() + {s}\nwhile time.process_time() < end: pass\n"
 _PARENT = (
@@ -82,6 +89,34 @@ def test_thread_cpu_of_a_gone_process_is_empty() -> None:
         proc.wait()
     assert thread_cpu_s(proc.pid) == {}
     assert process_tree_cpu(proc.pid) == (0.0, 0.0)
+
+
+_THREADS_WAIT = (
+    "import sys, threading\n"
+    "done = threading.Event()\n"
+    "for _ in range(3): threading.Thread(target=done.wait, daemon=True).start()\n"
+    "sys.stdout.write('started\\n'); sys.stdout.flush(); sys.stdin.read()\n"
+)
+
+
+def test_pin_process_moves_threads_started_before() -> None:
+    # a broker's worker threads exist before the benchmark pins it: all of them must move
+    cpu = min(os.sched_getaffinity(0))
+    with subprocess.Popen(
+        [sys.executable, "-c", _THREADS_WAIT],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    ) as proc:
+        try:
+            assert proc.stdout is not None
+            assert proc.stdout.readline() == "started\n"
+            pin_process(proc.pid, {cpu})
+            tasks = [int(task) for task in os.listdir(f"/proc/{proc.pid}/task")]
+            assert len(tasks) == 4
+            assert {frozenset(os.sched_getaffinity(task)) for task in tasks} == {frozenset({cpu})}
+        finally:
+            proc.kill()
 
 
 _WRK = """Running 5s test @ http://127.0.0.1:8000/v2/models/mlp/infer
