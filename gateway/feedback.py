@@ -20,7 +20,7 @@ from gateway.featurelog import FeatureLog
 from gateway.metrics import GatewayMetrics
 from gateway.serving import LoadedModel
 from gateway.traffic import Traffic
-from monitors.feedback import FEEDBACK_SCHEMA, MAX_FUTURE_S, MAX_REQUEST_ID_CHARS, FeedbackRecord
+from monitors.feedback import FEEDBACK_SCHEMA, MAX_REQUEST_ID_CHARS, FeedbackRecord, time_problem
 
 __all__ = ["FeedbackDisabledError", "FeedbackService"]
 
@@ -119,13 +119,9 @@ class _Checker:
         if source is not None and not isinstance(source, str):
             raise InvalidInputError(f"{where}: source must be text")
         time = item.get("time", now)
-        if isinstance(time, bool) or not isinstance(time, int | float) or not math.isfinite(time):
-            raise InvalidInputError(f"{where}: time must be seconds since the epoch")
-        if time > now + MAX_FUTURE_S:
-            raise InvalidInputError(
-                f"{where}: time is {time - now:.0f} s in the future (at most "
-                f"{MAX_FUTURE_S:.0f} s of clock skew)"
-            )
+        problem = time_problem(time, now)
+        if problem is not None:
+            raise InvalidInputError(f"{where}: {problem}")
         record: FeedbackRecord = {
             "schema": FEEDBACK_SCHEMA,
             "model": endpoint,

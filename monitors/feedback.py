@@ -50,6 +50,7 @@ __all__ = [
     "encode_feedback",
     "feedback_message_records",
     "pack_feedback",
+    "time_problem",
 ]
 
 FEEDBACK_SCHEMA = "feedback/1"
@@ -132,6 +133,19 @@ def decode_feedback(value: bytes, default_time: float) -> tuple[list[FeedbackRec
     return records, problems
 
 
+def time_problem(time: object, now: float) -> str | None:
+    """What is wrong with a label's event ``time`` (None if nothing): it is seconds since the
+    epoch, at most ``MAX_FUTURE_S`` ahead of ``now`` (the checker's clock)."""
+    if isinstance(time, bool) or not isinstance(time, int | float) or not math.isfinite(time):
+        return "time must be a number (seconds since the epoch)"
+    if time - now > MAX_FUTURE_S:
+        return (
+            f"time is {time - now:.0f} s ahead of this clock (at most {MAX_FUTURE_S:.0f} s of "
+            "clock skew)"
+        )
+    return None
+
+
 def check_feedback(doc: object, default_time: float) -> FeedbackRecord:
     """A parsed record checked against the schema (time filled in); raises FeedbackError."""
     if not isinstance(doc, dict):
@@ -157,16 +171,11 @@ def check_feedback(doc: object, default_time: float) -> FeedbackRecord:
         if isinstance(label, float) and not math.isfinite(label):
             raise FeedbackError(f"label of {name!r} must be finite")
     time = doc.get("time", default_time)
-    if isinstance(time, bool) or not isinstance(time, int | float) or not math.isfinite(time):
-        raise FeedbackError("time must be a number (seconds since the epoch)")
     # Against the reader's own clock: a producer sets the message's timestamp, so a stamp far
     # ahead would carry its records (and one that gives no time takes the stamp) past the bound.
-    ahead_s = time - wall_clock()
-    if ahead_s > MAX_FUTURE_S:
-        raise FeedbackError(
-            f"time is {ahead_s:.0f} s ahead of this clock (at most {MAX_FUTURE_S:.0f} s of "
-            "clock skew)"
-        )
+    problem = time_problem(time, wall_clock())
+    if problem is not None:
+        raise FeedbackError(problem)
     record: FeedbackRecord = {
         "schema": FEEDBACK_SCHEMA,
         "model": model,

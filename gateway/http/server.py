@@ -77,7 +77,17 @@ def _status_line(status: int) -> bytes:
 class _Request:
     """One parsed request, body included, waiting for its turn on the connection."""
 
-    __slots__ = ("arrived", "body", "error", "headers", "keep_alive", "method", "url", "version")
+    __slots__ = (
+        "answered",
+        "arrived",
+        "body",
+        "error",
+        "headers",
+        "keep_alive",
+        "method",
+        "url",
+        "version",
+    )
 
     def __init__(
         self,
@@ -98,6 +108,7 @@ class _Request:
         self.keep_alive = keep_alive
         self.version = version
         self.error = error
+        self.answered = False  # its answer handed to the transport
 
 
 class _Exchange:
@@ -435,7 +446,6 @@ class GatewayProtocol(asyncio.Protocol):
         def respond(reply: Reply | None) -> None:
             # Called from a batch's callback or a later pass of the loop: an error here would
             # reach only the loop's handler, and the connection would wait for ever.
-            written = self._server_state.total_requests
             try:
                 if reply is None:
                     pass  # the caller has gone
@@ -450,7 +460,7 @@ class GatewayProtocol(asyncio.Protocol):
                         self.respond(request, reply.status, reply.headers, reply.body)
             except Exception:
                 log.exception("error writing the answer to %s", request.url[:200])
-                self._answer_failed(request, self._server_state.total_requests != written)
+                self._answer_failed(request)
             finally:
                 self._finished()
 
@@ -507,6 +517,7 @@ class GatewayProtocol(asyncio.Protocol):
         framing = b"content-length: %d\r\n\r\n" if keep_alive else _CLOSE_FRAMING
         payload = body if request.method != "HEAD" else b""
         self._transport.write(b"".join((_status_line(status), head, framing % len(body), payload)))
+        request.answered = True
         self._server_state.total_requests += 1
         if self._access_log:
             access_log.info(
@@ -522,11 +533,11 @@ class GatewayProtocol(asyncio.Protocol):
             self._queue.clear()
             self._close()
 
-    def _answer_failed(self, request: _Request, written: bool) -> None:
+    def _answer_failed(self, request: _Request) -> None:
         """Writing ``request``'s answer raised: answer 500 if nothing of it went out, and close
         the connection either way (a second failure aborts it)."""
         try:
-            if not written:
+            if not request.answered:
                 self._write(request, 500, _JSON_HEAD, _INTERNAL_ERROR, True)
             else:
                 self._closing = True
