@@ -46,6 +46,10 @@ Name = Annotated[str, Field(strict=True, pattern=_NAME, min_length=1, max_length
 Ref = Annotated[str, Field(strict=True, min_length=1)]
 Percent = Annotated[int, Field(strict=True, ge=0, le=100)]
 Seconds = Annotated[float, Field(strict=True, gt=0)]
+# A canary's step interval and window: a ramp set to wait longer than a week is a typo (or a
+# way to make it never move), and a window past a week holds no more than its sample bound.
+_WEEK_S = 7 * 24 * 3600.0
+CanarySeconds = Annotated[float, Field(strict=True, gt=0, le=_WEEK_S)]
 
 
 class _Frozen(BaseModel):
@@ -109,8 +113,8 @@ class CanaryRule(_Frozen):
     steps: list[Percent] = Field(
         default_factory=lambda: [5, 25, 50, 100], min_length=1, max_length=20
     )
-    interval_s: Seconds = 60.0
-    window_s: Seconds = 60.0
+    interval_s: CanarySeconds = 60.0
+    window_s: CanarySeconds = 60.0
     min_requests: int = Field(default=50, ge=1, strict=True)
     # Bounds relative to the baseline over the window: error rate may exceed the baseline's by
     # at most this much (absolute), p99 latency may be at most this multiple of the baseline's.

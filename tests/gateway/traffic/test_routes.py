@@ -72,3 +72,15 @@ def test_canary_must_name_variants() -> None:
             variants=[{"name": "a", "ref": "m@a", "weight": 100}],
             canary={"variant": "x", "baseline": "a"},
         )
+
+
+@pytest.mark.parametrize("field", ["interval_s", "window_s"])
+def test_canary_times_are_bounded_to_a_week(field: str) -> None:
+    variants = [
+        {"name": "a", "ref": "m@a", "weight": 90},
+        {"name": "b", "ref": "m@b", "weight": 10},
+    ]
+    canary = {"variant": "b", "baseline": "a", field: 604_800.0}
+    assert Route(endpoint="m", variants=variants, canary=canary).canary is not None
+    with pytest.raises(ValidationError, match=f"{field}[\\s\\S]*less than or equal to 604800"):
+        Route(endpoint="m", variants=variants, canary={**canary, field: 1e12})
