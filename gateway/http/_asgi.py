@@ -108,11 +108,13 @@ def decode_body(body: bytes, headers: Headers, limit: int) -> bytes:
     """Undo the body's Content-Encoding (gzip or deflate), refusing more than ``limit`` bytes.
 
     Coding names are case-insensitive (``x-gzip`` is gzip); a gzip body of several members is
-    read whole; a truncated stream or anything after the last member is refused.
+    read whole; a truncated stream or anything after the last member is refused. The header
+    given twice is one list (RFC 9110, 5.3), as if its values were joined by commas.
     """
-    encoding = header(headers, b"content-encoding")
-    if encoding is None:
+    values = [bytes(value) for key, value in headers if key == b"content-encoding"]
+    if not values:
         return body
+    encoding = values[0] if len(values) == 1 else b", ".join(values)
     coding = encoding.strip().lower()
     if coding == b"identity" or not coding:
         return body

@@ -47,6 +47,15 @@ def test_bad_bodies_are_refused(body: bytes, coding: bytes, message: str) -> Non
         decode(body, coding, limit=100_000)
 
 
+def test_the_header_given_twice_is_one_list() -> None:
+    # two codings stacked, whether in one header or two: the same refusal either way
+    twice = gzip.compress(gzip.compress(BODY))
+    for headers in ([(b"content-encoding", b"gzip, gzip")],
+                    [(b"content-encoding", b"gzip"), (b"content-encoding", b"gzip")]):  # fmt: skip
+        with pytest.raises(InvalidInputError, match="unsupported Content-Encoding 'gzip, gzip'"):
+            decode_body(twice, headers, 100_000)
+
+
 def test_the_limit_holds_across_members() -> None:
     with pytest.raises(PayloadTooLargeError):
         decode(gzip.compress(BODY) * 2, b"gzip", limit=len(BODY) + 10)
