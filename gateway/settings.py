@@ -49,6 +49,9 @@ class ServerSettings(_Group):
     max_header_bytes: int = Field(default=16 * 1024, ge=1024)
     max_headers: int = Field(default=100, ge=8)
     head_timeout_s: float = Field(default=10.0, gt=0)
+    # How long a client may leave its answers unread (the connection's writes paused) before
+    # the connection is dropped (nginx's send_timeout); meanwhile nothing more of it is served.
+    send_timeout_s: float = Field(default=30.0, gt=0)
     # How long an idle keep-alive connection stays open.
     keep_alive_s: int = Field(default=5, ge=1)
     # "gateway": the gateway's own lean HTTP/1.1 protocol under uvicorn (gateway/http/server.py,

@@ -23,6 +23,7 @@ class HttpLimits:
     max_header_bytes: int = 16 * 1024
     max_headers: int = 100
     head_timeout_s: float = 10.0
+    send_timeout_s: float = 30.0
 
 
 class HeadError(Exception):

@@ -196,6 +196,7 @@ class GatewayProtocol(asyncio.Protocol):
         self._idle: asyncio.TimerHandle | None = None
         self._head_timer: asyncio.TimerHandle | None = None
         self._linger: asyncio.TimerHandle | None = None
+        self._send_timer: asyncio.TimerHandle | None = None
         self._last_read = 0.0
         self._closing = False
         self._rejected = False  # a request was refused: read nothing more, close once answered
@@ -233,7 +234,7 @@ class GatewayProtocol(asyncio.Protocol):
             self._active.cancel()  # an inference call waiting for its batch
         self._server_state.connections.discard(self)
         self._cancel_idle()
-        for timer in (self._head_timer, self._linger):
+        for timer in (self._head_timer, self._linger, self._send_timer):
             if timer is not None:
                 timer.cancel()
         self._queue.clear()
@@ -270,13 +271,35 @@ class GatewayProtocol(asyncio.Protocol):
         except httptools.HttpParserError as exc:
             self._reject(400, f"malformed HTTP request: {exc}")
 
+    # Flow control: while the client leaves answers unread (the transport's buffer is over its
+    # high-water mark), nothing more is read and no request waiting on the connection is
+    # started, probes included: a read of pipelined "GET /metrics" would otherwise render and
+    # buffer an answer for each of them at once (64 KiB of requests, tens of MB of answers).
+    # A client that reads nothing for ``send_timeout_s`` loses the connection.
+
     def pause_writing(self) -> None:
         self._write_paused = True
         self._update_reading()
+        if self._send_timer is None and not self._lost:
+            self._send_timer = self._loop.call_later(
+                self.limits.send_timeout_s, self._send_timed_out
+            )
 
     def resume_writing(self) -> None:
         self._write_paused = False
+        if self._send_timer is not None:
+            self._send_timer.cancel()
+            self._send_timer = None
+        if self._active is None and self._queue and not (self._lost or self._closing):
+            self._start_next()
         self._update_reading()
+
+    def _send_timed_out(self) -> None:
+        self._send_timer = None
+        if self._write_paused and not self._lost and self._transport is not None:
+            log.info("dropping a connection from %s: its client read nothing for %g s",
+                     self._client, self.limits.send_timeout_s)  # fmt: skip
+            self._transport.abort()
 
     def shutdown(self) -> None:
         """uvicorn's graceful shutdown: finish what was received, then close."""
@@ -368,7 +391,7 @@ class GatewayProtocol(asyncio.Protocol):
             self._arrived,
         )
         self._queue.append(request)
-        if self._active is None:
+        if self._active is None and not self._write_paused:
             self._start_next()
         else:
             self._update_reading()
@@ -552,7 +575,10 @@ class GatewayProtocol(asyncio.Protocol):
         if self._lost or self._transport is None:
             return
         if self._queue and not self._closing:
-            self._start_next()
+            if self._write_paused:
+                self._update_reading()  # resume_writing starts the next
+            else:
+                self._start_next()
         elif self._closing:
             self._close()
         else:
@@ -644,6 +670,8 @@ class GatewayProtocol(asyncio.Protocol):
             return  # busy: re-armed when the connection is idle again
         if self._in_head or self._rejected:
             return  # the head timer, or the answer, ends it
+        if self._read_paused:  # not reading is ours: the body's time starts again (the send
+            self._last_read = self._loop.time()  # timer bounds a client that reads nothing)
         quiet_s = self._loop.time() - self._last_read
         if quiet_s >= self._keep_alive_s and self._in_body:
             # a body that stopped arriving: answered, not just dropped

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import gzip
+import select
 import socket
 import threading
 import time
@@ -54,7 +55,7 @@ def gateway(
         tmp_path_factory.mktemp("abuse"),
         demo_registry_template,
         TOKEN,
-        server={"head_timeout_s": HEAD_TIMEOUT_S, "keep_alive_s": 1},
+        server={"head_timeout_s": HEAD_TIMEOUT_S, "keep_alive_s": 1, "send_timeout_s": 2},
     ) as gw:
         yield gw
 
@@ -198,6 +199,54 @@ def test_a_stalled_body_gets_408_and_is_closed(gateway: GatewayProcess) -> None:
 def test_an_idle_connection_is_closed_after_keep_alive(gateway: GatewayProcess) -> None:
     with socket.create_connection(("127.0.0.1", gateway.port)) as sock:
         assert closed(sock, timeout_s=15)
+
+
+def test_clients_that_read_nothing_cost_little_and_are_dropped(gateway: GatewayProcess) -> None:
+    # Each pipelines 2,000 GET /metrics (68 KB, answers of tens of KB each) and never reads.
+    # Before: every request in a read was answered at once, so three such clients held the
+    # event loop for 11 s (liveness elsewhere waited that long) and grew the process by 109 MB,
+    # and their connections stayed open for good.
+    before = rss_bytes(gateway.proc.pid)
+    dropped_before = gateway.log().count("read nothing for 2 s")
+    pipeline = b"GET /metrics HTTP/1.1\r\nHost: t\r\n\r\n" * 2000
+    clients = []
+    for _ in range(3):
+        sock = socket.socket()
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        sock.connect(("127.0.0.1", gateway.port))
+        sock.setblocking(False)
+        sent, deadline = 0, time.monotonic() + 10
+        while sent < len(pipeline) and time.monotonic() < deadline:
+            with contextlib.suppress(BlockingIOError):
+                sent += sock.send(pipeline[sent : sent + 65536])
+            if sent < len(pipeline):
+                select.select([], [sock], [], 0.1)
+        clients.append(sock)
+    try:
+        live = httpx.get(gateway.url + "/v2/health/live", timeout=5)
+        assert live.status_code == 200
+        assert rss_bytes(gateway.proc.pid) - before < 40 * 1024 * 1024
+        deadline = time.monotonic() + 30  # send_timeout_s is 2
+        while gateway.log().count("read nothing for 2 s") < dropped_before + 3:
+            assert time.monotonic() < deadline, "a client that reads nothing kept its connection"
+            select.select([], [], [], 0.1)
+        for sock in clients:  # what it had received, then the end
+            sock.setblocking(True)
+            assert read_until_closed(sock, timeout_s=10)[1]
+    finally:
+        for sock in clients:
+            sock.close()
+
+
+def test_a_client_that_reads_gets_every_pipelined_answer(gateway: GatewayProcess) -> None:
+    # megabytes of answers to 300 pipelined requests: the connection's writes pause and resume
+    # many times as the client reads, and every request is answered, in order
+    with socket.create_connection(("127.0.0.1", gateway.port)) as sock:
+        sock.sendall(b"GET /metrics HTTP/1.1\r\nHost: t\r\n\r\n" * 300 + GET_LIVE)
+        responses = read_responses(sock, 301, timeout_s=60)
+    assert [r[0] for r in responses] == [200] * 301
+    assert sum(len(r[2]) for r in responses[:300]) > 1024 * 1024
+    assert orjson.loads(responses[300][2]) == {"live": True}
 
 
 def test_header_floods_leave_memory_bounded(gateway: GatewayProcess) -> None:
