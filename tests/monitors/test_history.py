@@ -85,6 +85,11 @@ async def test_windows_are_served_by_seq_and_limit(demo_registry: Path, tmp_path
     doc = (await _get(monitor, f"/windows/{MODEL}/1?since=7")).json()
     assert [w["seq"] for w in doc["windows"]] == [8, 9]
     assert (await _get(monitor, f"/windows/{MODEL}/1?limit=x")).status_code == 400
+    # a digit to str.isdigit that int() refuses, and more digits than int() parses: 400, not 500
+    for query in ("limit=%C2%B2", "since=" + "9" * 5000, "since=-1"):
+        answer = await _get(monitor, f"/windows/{MODEL}/1?{query}")
+        assert answer.status_code == 400, query
+        assert answer.json()["error"].startswith(f"'{query.split('=')[0]}' must be"), query
     assert (await _get(monitor, f"/windows/{MODEL}/2")).status_code == 404
 
 
