@@ -91,6 +91,7 @@ async def test_windows_are_served_by_seq_and_limit(demo_registry: Path, tmp_path
         assert answer.status_code == 400, query
         assert answer.json()["error"].startswith(f"'{query.split('=')[0]}' must be"), query
     assert (await _get(monitor, f"/windows/{MODEL}/2")).status_code == 404
+    assert (await _get(monitor, f"/windows/{'x' * 300}/1")).status_code == 404  # not a 500
 
 
 def test_history_skips_windows_written_before_and_keeps_the_newest(tmp_path: Path) -> None:
@@ -119,6 +120,16 @@ def test_history_skips_windows_written_before_and_keeps_the_newest(tmp_path: Pat
     odd.flush()
     assert [e["window_id"] for e in odd.windows("../x", ".")] == ["w"]
     assert not (tmp_path.parent / "x").exists()
+    # names the registry allows whose URL-encoded form is past a file name's 255 bytes: kept
+    # apart (their folder names are shortened with a digest), not an OSError
+    spaced, accented = "a " * 64, "é" * 127
+    for name in (spaced, accented):
+        odd.add(0, {"model": name, "version": "1", "window_id": name}, profile)
+    odd.flush()
+    assert [e["window_id"] for e in odd.windows(spaced, "1")] == [spaced]
+    assert [e["window_id"] for e in odd.windows(accented, "1")] == [accented]
+    assert odd.windows("b " * 200, "1") == []
+    assert odd.reference("b " * 200, "1") is None
 
 
 async def _get(monitor: MonitorService, path: str) -> httpx.Response:
