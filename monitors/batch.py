@@ -19,7 +19,7 @@ import numpy as np
 from monitors.profile import ModelProfile
 from monitors.schema import Block, MessageColumns, Status, columns_of
 
-__all__ = ["MAX_RECORD_ROWS", "Column", "Part", "RecordBatch", "served_primaries"]
+__all__ = ["MAX_RECORD_ROWS", "Column", "Part", "RecordBatch", "served_primaries", "well_formed"]
 
 _PREDICTION = "prediction:"
 # More rows than a record can honestly hold (a 16 MiB request body of one-byte values): a count
@@ -75,7 +75,7 @@ def served_primaries(
     each = zip(roles, statuses, models, versions, rows, times, strict=True)
     for i, (role, status, model, version, n, time) in enumerate(each):
         if role == "primary" and status == "ok":
-            if not _well_formed(model, version, n, time):
+            if not well_formed(model, version, n, time):
                 others["malformed"] = others.get("malformed", 0) + 1
                 continue
             groups.setdefault((model, version), []).append(i)
@@ -91,7 +91,7 @@ def served_primaries(
     return parts, others
 
 
-def _well_formed(model: object, version: object, rows: object, time: object) -> bool:
+def well_formed(model: object, version: object, rows: object, time: object) -> bool:
     """Whether a served record's fields are what the windows take: text, a row count, a time."""
     return (
         type(model) is str
