@@ -136,6 +136,19 @@ class CanaryRule(_Frozen):
             raise ValueError("canary.steps must be increasing percentages in (0, 100]")
         if self.variant == self.baseline:
             raise ValueError("canary.variant and canary.baseline must differ")
+        step = self.state.removeprefix("step-")
+        if self.state not in ("pending", "promoted", "rolled_back") and not (
+            self.state.startswith("step-")
+            and step.isascii()
+            and step.isdigit()
+            and int(step) < len(self.steps)
+        ):
+            # the controller reads the step it is at from here: another value failed its every
+            # check (logged, the ramp stuck) instead of being refused where it was written
+            raise ValueError(
+                f"canary.state must be 'pending', 'promoted', 'rolled_back' or 'step-N' with N "
+                f"an index of canary.steps (0 to {len(self.steps) - 1}), not {self.state!r}"
+            )
         return self
 
 
