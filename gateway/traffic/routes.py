@@ -20,6 +20,7 @@ import random
 from bisect import bisect_right
 from typing import Annotated
 
+import httpx
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, StrictBool, model_validator
 
 from registry_client import ModelRef
@@ -103,6 +104,18 @@ class QualityGate(_Frozen):
     monitor_url: str = Field(strict=True, pattern=r"^https?://", max_length=2048)
     margin: float = Field(default=0.01, ge=0, le=1, strict=True)
     timeout_s: Seconds = 2.0
+
+    @model_validator(mode="after")
+    def _url(self) -> QualityGate:
+        # checked here: a URL httpx cannot parse failed each of the controller's checks before
+        # its error-rate and latency bounds were read, so the ramp neither moved nor rolled back
+        try:
+            url = httpx.URL(self.monitor_url)
+        except httpx.InvalidURL as exc:
+            raise ValueError(f"quality.monitor_url is not a URL: {exc}") from exc
+        if not url.host or (url.port is not None and not 0 < url.port < 65_536):
+            raise ValueError("quality.monitor_url needs a host (and a port from 1 to 65535)")
+        return self
 
 
 class CanaryRule(_Frozen):
