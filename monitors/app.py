@@ -72,8 +72,12 @@ def create_status_app(
         for name in ("limit", "since"):
             text = request.query_params.get(name)
             if text is not None:
-                if not text.isdigit():
-                    return _error(400, f"'{name}' must be a non-negative integer")
+                # ASCII digits only ('²' is a digit to str.isdigit but not to int), and few
+                # enough of them for int() (which refuses over 4,300)
+                if not (text.isascii() and text.isdigit() and len(text) <= 18):
+                    return _error(
+                        400, f"'{name}' must be a non-negative integer of at most 18 digits"
+                    )
                 query[name] = int(text)
         history = service.history
         found = await asyncio.to_thread(history.windows, model, version, **query)

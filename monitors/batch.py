@@ -8,19 +8,24 @@ of a consumer poll, never a Python step per value: the monitor's hot path.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from itertools import chain
-from typing import Any
+from typing import Any, get_args
 
 import numpy as np
 
 from monitors.profile import ModelProfile
-from monitors.schema import Block, MessageColumns, columns_of
+from monitors.schema import Block, MessageColumns, Status, columns_of
 
-__all__ = ["Column", "Part", "RecordBatch", "served_primaries"]
+__all__ = ["MAX_RECORD_ROWS", "Column", "Part", "RecordBatch", "served_primaries", "well_formed"]
 
 _PREDICTION = "prediction:"
+# More rows than a record can honestly hold (a 16 MiB request body of one-byte values): a count
+# window would split such a record pane by pane, and a missing feature is padded per row.
+MAX_RECORD_ROWS = 1 << 24
+_REASONS = frozenset(("shadow", *get_args(Status)))
 Values = Sequence[Any] | np.ndarray
 Convert = Callable[[Values], np.ndarray]
 
@@ -41,35 +46,60 @@ def served_primaries(
     message: MessageColumns, offset: int
 ) -> tuple[dict[tuple[str, str], Part], dict[str, int]]:
     """The message's records served by a primary (status ok), by model version, and how many
-    other records it holds, by why they are not: ``shadow``, or the status of a request that
-    failed (``invalid``, ``rejected``, ``timeout``, ``error``, ``cancelled``)."""
+    other records it holds, by why they are not: ``shadow``, the status of a request that
+    failed (``invalid``, ``rejected``, ``timeout``, ``error``, ``cancelled``), or ``malformed``
+    (a served record whose model or version is not text, whose rows are not a count from 0 to
+    ``MAX_RECORD_ROWS``, or whose time is not a number; or a status no gateway writes)."""
     fields, count = message.fields, message.count
     if not count:
         return {}, {}
     roles, statuses = fields["role"], fields["status"]
     models, versions = fields["model"], fields["version"]
+    rows, times = fields["rows"], fields["time"]
     if (
         roles.count("primary") == count
         and statuses.count("ok") == count
         and models.count(models[0]) == count
         and versions.count(versions[0]) == count
+        and type(models[0]) is str
+        and type(versions[0]) is str
+        and set(map(type, rows)) == {int}
+        and min(rows) >= 0
+        and max(rows) <= MAX_RECORD_ROWS
+        and set(map(type, times)) <= {float, int}
     ):
         key = (models[0], versions[0])  # the common case: one model version, all served
         return {key: Part(message, None, np.full(count, offset, dtype=np.int64))}, {}
     groups: dict[tuple[str, str], list[int]] = {}
     others: dict[str, int] = {}
-    each = zip(roles, statuses, models, versions, strict=True)
-    for i, (role, status, model, version) in enumerate(each):
+    each = zip(roles, statuses, models, versions, rows, times, strict=True)
+    for i, (role, status, model, version, n, time) in enumerate(each):
         if role == "primary" and status == "ok":
+            if not well_formed(model, version, n, time):
+                others["malformed"] = others.get("malformed", 0) + 1
+                continue
             groups.setdefault((model, version), []).append(i)
         else:
             reason = "shadow" if role != "primary" else str(status)
+            if reason not in _REASONS:  # a status no gateway writes: no label of its own
+                reason = "malformed"
             others[reason] = others.get(reason, 0) + 1
     parts = {
         key: Part(message, np.asarray(indices), np.full(len(indices), offset, dtype=np.int64))
         for key, indices in groups.items()
     }
     return parts, others
+
+
+def well_formed(model: object, version: object, rows: object, time: object) -> bool:
+    """Whether a served record's fields are what the windows take: text, a row count, a time."""
+    return (
+        type(model) is str
+        and type(version) is str
+        and type(rows) is int
+        and 0 <= rows <= MAX_RECORD_ROWS
+        and type(time) in (float, int)
+    )
 
 
 @dataclass(frozen=True, slots=True)
@@ -199,7 +229,8 @@ def _whole(part: Part, blocks: list[Block]) -> Block | None:
 
 def _field(part: Part, name: str) -> Values:
     values = part.message.fields[name]
-    return values if part.records is None else np.asarray(values)[part.records]
+    # a list still (not np.asarray: a malformed record's text beside them would make it text)
+    return values if part.records is None else [values[i] for i in part.records.tolist()]
 
 
 def _values(
@@ -265,11 +296,26 @@ def _join(chunks: Sequence[Values], convert: Convert) -> np.ndarray:
 
 
 def _floats(values: Values) -> np.ndarray:
-    """Floats, None as NaN; text that reads as a number is taken as one."""
+    """Floats, None as NaN; text that reads as a number is taken as one; anything else that is
+    not a number (the empty string, other text, an object, a list) is NaN, missing."""
     try:
-        return np.asarray(values, dtype=np.float64)
+        array = np.asarray(values, dtype=np.float64)
     except (TypeError, ValueError):
-        return np.asarray(values, dtype=object).astype(np.float64)
+        try:
+            array = np.asarray(values, dtype=object).astype(np.float64)
+        except (TypeError, ValueError):
+            array = np.zeros(0)  # a value float() refuses: one by one below
+    if array.ndim == 1 and len(array) == len(values):
+        return array
+    # rows that are lists of one length read as a matrix: each is a value that is not a number
+    return np.fromiter(map(_float, values), dtype=np.float64, count=len(values))
+
+
+def _float(value: Any) -> float:
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        return math.nan
 
 
 def _objects(values: Values) -> np.ndarray:

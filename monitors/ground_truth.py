@@ -24,6 +24,7 @@ from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition
 from aiokafka.coordinator.assignors.range import RangePartitionAssignor
 from aiokafka.errors import CommitFailedError, KafkaError
 
+from monitors.batch import well_formed
 from monitors.feedback import decode_feedback
 from monitors.join import JoinCounts, JoinStore
 from monitors.judge import WindowJudge, stream_key
@@ -159,7 +160,8 @@ class GroundTruthService:
         await asyncio.to_thread(self._consume, partition, decoded, labels)
 
     def _decode(self, messages: Sequence[Any]) -> list[tuple[int, list[InferenceRecord]]]:
-        """(offset, records) of each message of the inference log; undecodable ones counted."""
+        """(offset, records) of each message of the inference log; undecodable ones and
+        malformed records (``monitors.batch.well_formed``) counted."""
         decoded: list[tuple[int, list[InferenceRecord]]] = []
         for message in messages:
             try:
@@ -168,7 +170,12 @@ class GroundTruthService:
                 log.warning("performance: undecodable log message at %d: %s", message.offset, exc)
                 self.metrics.skipped.labels("undecodable").inc()
                 records = []
-            decoded.append((int(message.offset), records))
+            kept = [
+                r for r in records if well_formed(r["model"], r["version"], r["rows"], r["time"])
+            ]
+            if len(kept) < len(records):  # fields of the wrong type, a count of rows out of range
+                self.metrics.skipped.labels("malformed").inc(len(records) - len(kept))
+            decoded.append((int(message.offset), kept))
         return decoded
 
     def _consume(
@@ -238,18 +245,12 @@ class GroundTruthService:
                     record["model"], record["version"], record.get("variant", "default"),
                     info.classes,
                 )  # fmt: skip
-                values = outputs[name]
-                scores = outputs.get(info.score_output or "probabilities") if info.classes else None
-                for row in range(record["rows"]):
-                    value = _class_index(values[row], info) if info.classes else values[row]
-                    if value is None:
-                        continue
-                    blob = None
-                    if scores is not None and len(scores[row]) == info.classes:
-                        blob = np.asarray(scores[row], dtype=np.float32).tobytes()
-                    rows.append(
-                        (record["request_id"], row, stream.id, record["time"], float(value), blob)
-                    )
+                try:
+                    rows += _rows(record, stream.id, info, outputs[name])
+                except (IndexError, KeyError, TypeError, ValueError) as exc:
+                    # outputs of fewer rows than the record's, or not numbers: none of them
+                    log.warning("performance: malformed log record %r: %s", record, exc)
+                    self.metrics.skipped.labels("malformed").inc()
         return rows, latest
 
     def _label_rows(
@@ -402,12 +403,31 @@ def _totals(totals: dict[str, Any]) -> dict[str, Any]:
     }
 
 
+def _rows(
+    record: InferenceRecord, stream: int, info: ModelInfo, values: Any
+) -> list[tuple[str, int, int, float, float, bytes | None]]:
+    """The joinable rows of a served record: (request id, row, stream, time, output, scores)."""
+    rows = []
+    scores = record["outputs"].get(info.score_output or "probabilities") if info.classes else None
+    for row in range(record["rows"]):
+        value = _class_index(values[row], info) if info.classes else values[row]
+        if value is None:
+            continue
+        blob = None
+        if scores is not None and len(scores[row]) == info.classes:
+            blob = np.asarray(scores[row], dtype=np.float32).tobytes()
+        rows.append((record["request_id"], row, stream, record["time"], float(value), blob))
+    return rows
+
+
 def _class_index(value: Any, info: ModelInfo) -> int | None:
     """A classifier output or label as its class index (class names through the metadata)."""
     if isinstance(value, str):
         if value in info.class_labels:
             return info.class_labels.index(value)
-        return int(value) if value.isdigit() and int(value) < info.classes else None
+        # ASCII digits, few enough for int(): '²' is a digit to isdigit, and int() refuses both
+        digits = value.isascii() and value.isdigit() and len(value) <= 18
+        return int(value) if digits and int(value) < info.classes else None
     if isinstance(value, bool) or not isinstance(value, int | float):
         return None
     return int(value) if value == int(value) and 0 <= value < info.classes else None

@@ -17,6 +17,7 @@ evaluated again after a crash (same id) is not written twice.
 
 from __future__ import annotations
 
+import hashlib
 import os
 import threading
 import time
@@ -183,6 +184,10 @@ class WindowHistory:
 
 
 def _safe(name: str) -> str:
-    """A model or version name as one folder name (no separators, never '.' or '..')."""
+    """A model or version name as one folder name (no separators, never '.' or '..'), shortened
+    with a digest of the name past 200 characters: a name the registry allows (128 characters,
+    spaces and any letter) is up to 9 times longer URL-encoded, past a file name's 255 bytes."""
     text = quote(name, safe="-_.")
+    if len(text) > 200:  # '+' is always encoded, so no shorter name reads as this one
+        text = f"{text[:150]}+{hashlib.sha256(name.encode()).hexdigest()[:32]}"
     return "%2E" + text[1:] if text.startswith(".") else text

@@ -11,6 +11,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 import httpx
 
@@ -63,14 +64,20 @@ def load_report(
     monitor's state directory or from a running monitor."""
     if url is not None:
         params = {"limit": last} if last else {}
+        path = f"windows/{quote(model, safe='')}/{quote(version, safe='')}"
         try:
-            response = httpx.get(f"{url.rstrip('/')}/windows/{model}/{version}", params=params)
-        except httpx.HTTPError as exc:
+            response = httpx.get(f"{url.rstrip('/')}/{path}", params=params)
+        except (httpx.HTTPError, httpx.InvalidURL) as exc:  # InvalidURL is not an HTTPError
             raise ReportError(f"monitor at {url} did not answer: {exc}") from exc
         if response.status_code != 200:
             raise ReportError(f"monitor at {url}: HTTP {response.status_code} {response.text}")
-        doc = response.json()
-        reference, windows = doc["reference"], doc["windows"]
+        try:
+            doc = response.json()
+            reference, windows = doc["reference"], doc["windows"]
+        except (ValueError, KeyError, TypeError) as exc:  # not a monitor's answer
+            raise ReportError(
+                f"monitor at {url}: not a window history: {response.text[:200]!r}"
+            ) from exc
     else:
         history = WindowHistory(Path(state_dir or ".") / HISTORY_DIR)
         windows = history.windows(model, version, limit=last)

@@ -206,8 +206,11 @@ def _read_file(
     error: Callable[[str], Exception],
 ) -> dict[str, Any]:
     if not path.is_file():
-        raise error(f"config file {path} does not exist")
-    text = path.read_text()
+        raise error(f"config file {path} {'is not a file' if path.exists() else 'does not exist'}")
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:  # unreadable, or not text
+        raise error(f"config file {path} cannot be read: {exc}") from exc
     try:
         data: Any = tomllib.loads(text) if path.suffix == ".toml" else yaml.safe_load(text) or {}
     except (tomllib.TOMLDecodeError, yaml.YAMLError) as exc:
@@ -219,6 +222,12 @@ def _read_file(
         if not isinstance(group, dict):
             continue
         value = group.get(key)
+        where = key if group_name is None else f"{group_name}.{key}"
+        if isinstance(value, str) and "\0" in value:  # refused by every file call later
+            raise error(f"config file {path}: {where}: a path cannot hold a null byte")
         if isinstance(value, str) and not Path(value).is_absolute():
-            group[key] = str((path.parent / value).resolve())
+            try:
+                group[key] = str((path.parent / value).resolve())
+            except (OSError, RuntimeError) as exc:  # a loop of symbolic links
+                raise error(f"config file {path}: {where}: {exc}") from exc
     return data

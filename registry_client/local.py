@@ -84,9 +84,9 @@ class LocalRegistry(Registry):
         if not path.exists():
             return {}
         try:
-            data = json.loads(path.read_text())
-        except json.JSONDecodeError as exc:
-            raise RegistryError(f"model {name}: {_ALIASES_FILE} is not valid JSON") from exc
+            data = json.loads(path.read_bytes())
+        except ValueError as exc:  # not JSON, or not UTF-8 text
+            raise RegistryError(f"model {name}: {_ALIASES_FILE} is not valid JSON: {exc}") from exc
         if not isinstance(data, dict):
             raise RegistryError(f"model {name}: {_ALIASES_FILE} must hold an object")
         return {str(k): str(v) for k, v in data.items()}

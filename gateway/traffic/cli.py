@@ -70,10 +70,15 @@ def add_routes_commands(sub: Any) -> None:
 def run_routes_command(args: argparse.Namespace) -> int:
     """Run one ``gateway routes`` action; print JSON; exit 1 with the server's error."""
     headers = {"authorization": f"Bearer {args.token}"} if args.token else {}
-    with httpx.Client(base_url=args.url, headers=headers, timeout=60) as client:
+    try:
+        client = httpx.Client(base_url=args.url, headers=headers, timeout=60)
+    except httpx.InvalidURL as exc:  # not an HTTPError: a URL httpx cannot parse
+        print(f"gateway routes: invalid --url {args.url!r}: {exc}", file=sys.stderr)
+        return 2
+    with client:
         try:
             response = _call(client, args)
-        except (ValueError, KeyError) as exc:
+        except (ValueError, KeyError, httpx.InvalidURL) as exc:
             print(f"gateway routes: {exc}", file=sys.stderr)
             return 2
         except httpx.HTTPError as exc:
@@ -88,7 +93,16 @@ def run_routes_command(args: argparse.Namespace) -> int:
             message += " (give --token or set GATEWAY_ADMIN_TOKEN)"
         print(f"gateway routes: {response.status_code}: {message}", file=sys.stderr)
         return 1
-    print(json.dumps(response.json(), indent=2))
+    try:
+        doc = response.json()
+    except ValueError:  # something else answered at that URL
+        print(
+            f"gateway routes: {args.url} answered {response.status_code} without JSON: "
+            f"{response.text[:200]!r}",
+            file=sys.stderr,
+        )
+        return 1
+    print(json.dumps(doc, indent=2))
     return 0
 
 

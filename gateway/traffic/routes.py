@@ -20,6 +20,7 @@ import random
 from bisect import bisect_right
 from typing import Annotated
 
+import httpx
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, StrictBool, model_validator
 
 from registry_client import ModelRef
@@ -104,6 +105,18 @@ class QualityGate(_Frozen):
     margin: float = Field(default=0.01, ge=0, le=1, strict=True)
     timeout_s: Seconds = 2.0
 
+    @model_validator(mode="after")
+    def _url(self) -> QualityGate:
+        # checked here: a URL httpx cannot parse failed each of the controller's checks before
+        # its error-rate and latency bounds were read, so the ramp neither moved nor rolled back
+        try:
+            url = httpx.URL(self.monitor_url)
+        except httpx.InvalidURL as exc:
+            raise ValueError(f"quality.monitor_url is not a URL: {exc}") from exc
+        if not url.host or (url.port is not None and not 0 < url.port < 65_536):
+            raise ValueError("quality.monitor_url needs a host (and a port from 1 to 65535)")
+        return self
+
 
 class CanaryRule(_Frozen):
     """Ramp ``variant`` through ``steps`` (percent) while it stays within bounds of ``baseline``."""
@@ -136,6 +149,19 @@ class CanaryRule(_Frozen):
             raise ValueError("canary.steps must be increasing percentages in (0, 100]")
         if self.variant == self.baseline:
             raise ValueError("canary.variant and canary.baseline must differ")
+        step = self.state.removeprefix("step-")
+        if self.state not in ("pending", "promoted", "rolled_back") and not (
+            self.state.startswith("step-")
+            and step.isascii()
+            and step.isdigit()
+            and int(step) < len(self.steps)
+        ):
+            # the controller reads the step it is at from here: another value failed its every
+            # check (logged, the ramp stuck) instead of being refused where it was written
+            raise ValueError(
+                f"canary.state must be 'pending', 'promoted', 'rolled_back' or 'step-N' with N "
+                f"an index of canary.steps (0 to {len(self.steps) - 1}), not {self.state!r}"
+            )
         return self
 
 

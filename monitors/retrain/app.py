@@ -133,7 +133,7 @@ def create_app(
 
     async def jobs(request: Request) -> Response:
         text = request.query_params.get("limit", "100")
-        if not (text.isascii() and text.isdigit() and 1 <= int(text) <= 1000):
+        if not (text.isascii() and text.isdigit() and len(text) <= 4 and 1 <= int(text) <= 1000):
             return _error(400, "'limit' must be an integer from 1 to 1000")
         model = request.query_params.get("model")
         found = await asyncio.to_thread(store.jobs, model, int(text))

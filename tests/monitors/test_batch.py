@@ -146,3 +146,44 @@ def test_a_record_without_a_feature_counts_its_rows_as_missing() -> None:
     second = batch.take(np.array([1]))
     assert second.columns["a"].values.tolist() == [0.3, 0.4, 0.5]
     assert batch.slice(1, 2).columns["colour"].values.tolist() == ["red"] * 3
+
+
+def test_malformed_records_are_counted_and_the_rest_of_their_message_is_read() -> None:
+    records = stream(40, 3)
+    for record in records:
+        record.update(role="primary", status="ok", version="1")
+    poison: list[dict[str, Any]] = [
+        {"rows": "x"}, {"rows": -5}, {"rows": 1 << 40}, {"rows": True}, {"rows": 1.5},
+        {"time": "now"}, {"time": None}, {"model": ["m"]}, {"model": 5}, {"version": {"v": 1}},
+        {"role": "primary", "status": "a status no gateway writes"},
+    ]  # fmt: skip
+    for k, change in enumerate(poison):
+        records[3 * k + 1].update(change)
+    for lines in (False, True):  # version 2, and version 1 lines
+        numpy = orjson.OPT_SERIALIZE_NUMPY
+        line = [orjson.dumps({**r, "schema_version": 1}, option=numpy) for r in records]
+        message = b"\n".join(line) if lines else encode_records(records)  # type: ignore[arg-type]
+        parts, others = served_primaries(decode_columns(message), 7)
+        assert others == {"malformed": len(poison)}
+        assert list(parts) == [("m", "1")]
+        batch = RecordBatch.from_parts(PROFILE, list(parts.values()))
+        assert len(batch) == len(records) - len(poison)
+        assert batch.rows.dtype == np.int64
+        assert batch.times.dtype == np.float64
+
+
+def test_numeric_values_that_are_not_numbers_count_as_missing() -> None:
+    odd: list[Any] = ["", "abc", {"x": 1}, [1, 2], None, "2.5", 3]
+    records = [
+        {"time": 1.0, "rows": len(odd), "features": {"a": odd, "colour": ["red"] * len(odd)}},
+        {"time": 2.0, "rows": 2, "features": {"a": [[1, 2], [3, 4]], "colour": [{"x": 1}, [1]]}},
+    ]
+    batch = RecordBatch.from_records(PROFILE, records, [0, 1])
+    a = batch.columns["a"].values
+    assert a.shape == (len(odd) + 2,)
+    assert np.isnan(a[:5]).all()
+    assert a[5:7].tolist() == [2.5, 3.0]
+    assert np.isnan(a[7:]).all()  # lists of one length are not a matrix of values
+    windows = Windows(WindowSpec("count", 9, 9), PROFILE)
+    ((_, summary),) = windows.add_batch(batch)
+    assert summary.rows == 9

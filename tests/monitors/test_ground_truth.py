@@ -7,7 +7,7 @@ from __future__ import annotations
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 from prometheus_client import CollectorRegistry
@@ -168,3 +168,44 @@ async def test_metadata_comes_through_the_configured_mlflow_registry(
     assert got == direct
     pair = next(iter(status["ab"][name].values()))
     assert pair["metric"] == "accuracy"  # the demo metadata's validation report, read from MLflow
+
+
+async def test_poison_predictions_and_labels_are_skipped_counted_and_the_rest_joined(
+    demo_registry: Path, tmp_path: Path
+) -> None:
+    predictions, labels, _ = traffic(seed=7)
+    clean = service(demo_registry, tmp_path / "clean")
+    for p, lab in zip(predictions, labels, strict=True):
+        await clean.consume(0, p, lab)
+    expected = await finish(clean)
+
+    good: dict[str, Any] = {
+        "schema_version": 2, "request_id": "poison", "time": 101.0, "endpoint": "breast_cancer",
+        "model": "breast_cancer", "version": "1", "variant": "a", "role": "primary", "rows": 1,
+        "latency_s": 0.001, "status": "ok", "outputs": {"label": [1], "probabilities": [[0.5, 0.5]]},
+    }  # fmt: skip
+    changes: list[dict[str, Any]] = [
+        {"time": "now"}, {"model": ["m"]}, {"version": 1}, {"rows": "x"}, {"rows": 10**18},
+        {"rows": 3},  # more rows than outputs
+        {"outputs": {"label": ["²"], "probabilities": [[0.5, 0.5]]}},
+        {"outputs": {"label": [1], "probabilities": [7]}},
+    ]  # fmt: skip
+    poison = [encode_records([cast(InferenceRecord, {**good, **change})]) for change in changes]
+    bad_labels = encode_feedback(
+        [{"schema": FEEDBACK_SCHEMA, "model": "breast_cancer", "request_id": "0-1", "row": 0,
+          "labels": {"label": text}, "time": 105.0} for text in ("²", "9" * 5000)]
+    )  # fmt: skip
+    gt = service(demo_registry, tmp_path / "poisoned")
+    for n, (p, lab) in enumerate(zip(predictions, labels, strict=True)):
+        p = [Message(m.offset + len(poison), m.value) for m in p]  # the poison first
+        lab = [Message(m.offset + 1, m.value) for m in lab]
+        if n == 0:
+            p = [Message(k, value) for k, value in enumerate(poison)] + p
+            lab = [Message(0, bad_labels), *lab]
+        await gt.consume(0, p, lab)
+    skipped = {s.labels["reason"]: s.value for m in gt.metrics.skipped.collect()
+               for s in m.samples if s.name.endswith("_total")}  # fmt: skip
+    got = await finish(gt)
+    assert got["streams"] == expected["streams"]
+    assert skipped.get("malformed") == len(changes) - 1  # the '²' label is a class no model has
+    assert skipped.get("no_usable_label", 0) >= 2

@@ -85,7 +85,13 @@ async def test_windows_are_served_by_seq_and_limit(demo_registry: Path, tmp_path
     doc = (await _get(monitor, f"/windows/{MODEL}/1?since=7")).json()
     assert [w["seq"] for w in doc["windows"]] == [8, 9]
     assert (await _get(monitor, f"/windows/{MODEL}/1?limit=x")).status_code == 400
+    # a digit to str.isdigit that int() refuses, and more digits than int() parses: 400, not 500
+    for query in ("limit=%C2%B2", "since=" + "9" * 5000, "since=-1"):
+        answer = await _get(monitor, f"/windows/{MODEL}/1?{query}")
+        assert answer.status_code == 400, query
+        assert answer.json()["error"].startswith(f"'{query.split('=')[0]}' must be"), query
     assert (await _get(monitor, f"/windows/{MODEL}/2")).status_code == 404
+    assert (await _get(monitor, f"/windows/{'x' * 300}/1")).status_code == 404  # not a 500
 
 
 def test_history_skips_windows_written_before_and_keeps_the_newest(tmp_path: Path) -> None:
@@ -114,6 +120,16 @@ def test_history_skips_windows_written_before_and_keeps_the_newest(tmp_path: Pat
     odd.flush()
     assert [e["window_id"] for e in odd.windows("../x", ".")] == ["w"]
     assert not (tmp_path.parent / "x").exists()
+    # names the registry allows whose URL-encoded form is past a file name's 255 bytes: kept
+    # apart (their folder names are shortened with a digest), not an OSError
+    spaced, accented = "a " * 64, "é" * 127
+    for name in (spaced, accented):
+        odd.add(0, {"model": name, "version": "1", "window_id": name}, profile)
+    odd.flush()
+    assert [e["window_id"] for e in odd.windows(spaced, "1")] == [spaced]
+    assert [e["window_id"] for e in odd.windows(accented, "1")] == [accented]
+    assert odd.windows("b " * 200, "1") == []
+    assert odd.reference("b " * 200, "1") is None
 
 
 async def _get(monitor: MonitorService, path: str) -> httpx.Response:

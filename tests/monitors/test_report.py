@@ -7,6 +7,10 @@ import subprocess
 import sys
 from pathlib import Path
 
+import httpx
+import pytest
+
+from monitors.report import ReportError, load_report
 from tests._browser import render
 from tests.monitors._records import backlog, consumer_records, demo_profile
 from tests.monitors.test_history import service
@@ -76,3 +80,20 @@ def test_the_browser_check_sees_a_broken_page(tmp_path: Path) -> None:
     )
     rendered = render(page, tmp_path / "broken.png")
     assert any("boom" in line for line in rendered.console)
+
+
+def test_a_monitor_url_that_cannot_be_read_is_a_report_error(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    with pytest.raises(ReportError, match="did not answer: Invalid port"):
+        load_report("m", "1", url="http://[::1")
+    asked: list[str] = []
+
+    def page(url: str, **kwargs: object) -> httpx.Response:
+        asked.append(url)
+        return httpx.Response(200, text="<html>a proxy's page</html>")
+
+    monkeypatch.setattr(httpx, "get", page)
+    with pytest.raises(ReportError, match="not a window history"):
+        load_report("a?b/c", "1", url="http://monitor:8090/")
+    assert asked == ["http://monitor:8090/windows/a%3Fb%2Fc/1"]  # the name is one path segment

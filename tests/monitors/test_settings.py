@@ -77,12 +77,17 @@ def test_sasl_without_its_credentials_is_refused_naming_the_settings(tmp_path: P
         ("monitor.yaml", "window: [1", "cannot be parsed"),
         ("monitor.yaml", "- 1", "mapping at the top level"),
         ("monitor.toml", "[window]\nsize = 0\n", r"window\.size"),
+        ("monitor.yaml", "\udcff\udcfe window: 1", "cannot be read: 'utf-8' codec"),
+        ("monitor.yaml", 'registry_root: "a\\0b"', r"registry_root: .*null"),
+        ("monitor.yaml", 'state_dir: "/a\\0b"', r"state_dir: .*null"),
     ],
 )
 def test_a_bad_config_file_is_named_not_raised_as_it_is(
     tmp_path: Path, name: str, text: str, named: str
 ) -> None:
     path = tmp_path / name
-    path.write_text(text)
+    path.write_text(text, errors="surrogateescape")  # the first: bytes that are not UTF-8
     with pytest.raises(SettingsError, match=named):
         load_settings(path)
+    with pytest.raises(SettingsError, match="is not a file"):
+        load_settings(tmp_path)

@@ -11,6 +11,7 @@ from registry_client import (
     ModelMetadata,
     ModelNotFoundError,
     ModelRef,
+    RegistryError,
     VersionNotFoundError,
 )
 
@@ -74,3 +75,19 @@ def test_register_numbers_versions_and_records_the_checksum(tmp_path: Path) -> N
     stored = ModelMetadata.load(tmp_path / "reg" / "m" / "2")
     assert stored.model_sha256 is not None
     assert len(stored.model_sha256) == 64
+
+
+async def test_a_corrupt_aliases_file_is_a_registry_error(
+    demo_registry: Path, demo_model: str
+) -> None:
+    registry = LocalRegistry(demo_registry)
+    aliases = demo_registry / demo_model / "aliases.json"
+    for content in (b'{"champion": "1"', b"\xff\xfe{}", b"[1]"):
+        aliases.write_bytes(content)
+        with pytest.raises(RegistryError, match=r"aliases\.json"):
+            await registry.resolve(ModelRef.parse(f"{demo_model}@champion"))
+    aliases.write_bytes(b'{"champion": "../2"}')  # a version that reads as another path
+    with pytest.raises(RegistryError):
+        await registry.fetch(
+            demo_model, await registry.resolve(ModelRef.parse(f"{demo_model}@champion"))
+        )

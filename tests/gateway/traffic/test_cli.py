@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import argparse
 
+import httpx
 import pytest
 
 from gateway.traffic import add_routes_commands, run_routes_command
@@ -43,3 +44,17 @@ def test_canary_is_removed_or_needs_a_variant_and_a_baseline(
     args = parse(["routes", "--url", "http://127.0.0.1:9", "canary", "e", "v"])
     assert run_routes_command(args) == 2
     assert "canary needs VARIANT and --baseline (or --remove)" in capsys.readouterr().err
+
+
+def test_a_url_httpx_cannot_parse_or_an_answer_without_json_is_named(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    assert run_routes_command(parse(["routes", "--url", "http://[::1", "show"])) == 2
+    assert "invalid --url 'http://[::1'" in capsys.readouterr().err
+
+    def html(self: httpx.Client, *args: object, **kwargs: object) -> httpx.Response:
+        return httpx.Response(200, text="<html>a proxy's page</html>")
+
+    monkeypatch.setattr(httpx.Client, "request", html)
+    assert run_routes_command(parse(["routes", "--url", "http://gw:9", "show"])) == 1
+    assert "answered 200 without JSON" in capsys.readouterr().err

@@ -84,3 +84,30 @@ def test_canary_times_are_bounded_to_a_week(field: str) -> None:
     assert Route(endpoint="m", variants=variants, canary=canary).canary is not None
     with pytest.raises(ValidationError, match=f"{field}[\\s\\S]*less than or equal to 604800"):
         Route(endpoint="m", variants=variants, canary={**canary, field: 1e12})
+
+
+def test_a_canary_state_the_controller_cannot_read_is_refused() -> None:
+    variants = [
+        {"name": "a", "ref": "m@a", "weight": 90},
+        {"name": "b", "ref": "m@b", "weight": 10},
+    ]
+    for state in ("pending", "step-0", "step-3", "promoted", "rolled_back"):
+        canary = {"variant": "b", "baseline": "a", "state": state}
+        assert Route(endpoint="m", variants=variants, canary=canary).canary is not None
+    for state in ("bogus", "step-4", "step-x", "step-²", "step--1", "step-" + "9" * 27):
+        canary = {"variant": "b", "baseline": "a", "state": state}
+        with pytest.raises(ValidationError, match=r"canary\.state must be"):
+            Route(endpoint="m", variants=variants, canary=canary)
+
+
+def test_a_quality_gate_needs_a_monitor_url_that_can_be_fetched() -> None:
+    variants = [
+        {"name": "a", "ref": "m@a", "weight": 90},
+        {"name": "b", "ref": "m@b", "weight": 10},
+    ]
+    good = {"variant": "b", "baseline": "a", "quality": {"monitor_url": "http://monitor:8090/"}}
+    assert Route(endpoint="m", variants=variants, canary=good).canary is not None
+    for url in ("http://[::1", "http://", "http://h:99999", "http://h:0"):
+        canary = {**good, "quality": {"monitor_url": url}}
+        with pytest.raises(ValidationError, match=r"quality\.monitor_url"):
+            Route(endpoint="m", variants=variants, canary=canary)

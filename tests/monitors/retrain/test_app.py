@@ -81,6 +81,7 @@ async def test_unsigned_wrongly_signed_and_malformed_events_are_refused(tmp_path
         big = b"{" + b" " * 5000 + b"}"
         too_big = await http.post("/events", content=big, headers=headers("k3", big))
         bad_limit = await http.get("/jobs", params={"limit": "lots"})
+        huge_limit = await http.get("/jobs", params={"limit": "9" * 5000})  # past int()'s 4,300
         unknown = await http.get("/jobs/nope")
     assert unsigned.status_code == 401
     assert "x-signature-256" in unsigned.json()["error"]
@@ -92,6 +93,8 @@ async def test_unsigned_wrongly_signed_and_malformed_events_are_refused(tmp_path
     assert "data.model" in missing.json()["error"]
     assert too_big.status_code == 413
     assert bad_limit.status_code == 400
+    assert huge_limit.status_code == 400
+    assert "'limit' must be" in huge_limit.json()["error"]
     assert unknown.status_code == 404
     assert store.jobs() == []
     assert woken == []
