@@ -12,10 +12,12 @@ import math
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from itertools import chain
+from time import time as wall_clock
 from typing import Any, get_args
 
 import numpy as np
 
+from monitors.feedback import MAX_FUTURE_S
 from monitors.profile import ModelProfile
 from monitors.schema import Block, MessageColumns, Status, columns_of
 
@@ -49,13 +51,16 @@ def served_primaries(
     other records it holds, by why they are not: ``shadow``, the status of a request that
     failed (``invalid``, ``rejected``, ``timeout``, ``error``, ``cancelled``), or ``malformed``
     (a served record whose model or version is not text, whose rows are not a count from 0 to
-    ``MAX_RECORD_ROWS``, or whose time is not a number; or a status no gateway writes)."""
+    ``MAX_RECORD_ROWS``, or whose time is not a number or lies over ``MAX_FUTURE_S`` ahead of
+    this monitor's clock; or a status no gateway writes). A time far ahead would move the
+    time windows' watermark there for good: every record after it would be late, dropped."""
     fields, count = message.fields, message.count
     if not count:
         return {}, {}
     roles, statuses = fields["role"], fields["status"]
     models, versions = fields["model"], fields["version"]
     rows, times = fields["rows"], fields["time"]
+    latest = wall_clock() + MAX_FUTURE_S
     if (
         roles.count("primary") == count
         and statuses.count("ok") == count
@@ -67,6 +72,7 @@ def served_primaries(
         and min(rows) >= 0
         and max(rows) <= MAX_RECORD_ROWS
         and set(map(type, times)) <= {float, int}
+        and max(times) <= latest
     ):
         key = (models[0], versions[0])  # the common case: one model version, all served
         return {key: Part(message, None, np.full(count, offset, dtype=np.int64))}, {}
@@ -75,7 +81,7 @@ def served_primaries(
     each = zip(roles, statuses, models, versions, rows, times, strict=True)
     for i, (role, status, model, version, n, time) in enumerate(each):
         if role == "primary" and status == "ok":
-            if not well_formed(model, version, n, time):
+            if not well_formed(model, version, n, time, latest):
                 others["malformed"] = others.get("malformed", 0) + 1
                 continue
             groups.setdefault((model, version), []).append(i)
@@ -91,14 +97,16 @@ def served_primaries(
     return parts, others
 
 
-def well_formed(model: object, version: object, rows: object, time: object) -> bool:
-    """Whether a served record's fields are what the windows take: text, a row count, a time."""
+def well_formed(model: object, version: object, rows: object, time: object, latest: float) -> bool:
+    """Whether a served record's fields are what the windows take: text, a row count, and a
+    time that is a number at most ``latest`` (the checker's clock plus ``MAX_FUTURE_S``)."""
     return (
         type(model) is str
         and type(version) is str
         and type(rows) is int
         and 0 <= rows <= MAX_RECORD_ROWS
         and type(time) in (float, int)
+        and time <= latest  # type: ignore[operator]
     )
 
 

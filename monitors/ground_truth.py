@@ -17,6 +17,7 @@ import asyncio
 import logging
 import math
 from collections.abc import Sequence
+from time import time as wall_clock
 from typing import Any
 
 import numpy as np
@@ -25,7 +26,7 @@ from aiokafka.coordinator.assignors.range import RangePartitionAssignor
 from aiokafka.errors import CommitFailedError, KafkaError
 
 from monitors.batch import well_formed
-from monitors.feedback import decode_feedback
+from monitors.feedback import MAX_FUTURE_S, decode_feedback
 from monitors.join import JoinCounts, JoinStore
 from monitors.judge import WindowJudge, stream_key
 from monitors.model_info import ModelInfo, ModelInfos
@@ -170,10 +171,13 @@ class GroundTruthService:
                 log.warning("performance: undecodable log message at %d: %s", message.offset, exc)
                 self.metrics.skipped.labels("undecodable").inc()
                 records = []
+            latest = wall_clock() + MAX_FUTURE_S
             kept = [
-                r for r in records if well_formed(r["model"], r["version"], r["rows"], r["time"])
+                r
+                for r in records
+                if well_formed(r["model"], r["version"], r["rows"], r["time"], latest)
             ]
-            if len(kept) < len(records):  # fields of the wrong type, a count of rows out of range
+            if len(kept) < len(records):  # fields of the wrong type, out of range, far ahead
                 self.metrics.skipped.labels("malformed").inc(len(records) - len(kept))
             decoded.append((int(message.offset), kept))
         return decoded

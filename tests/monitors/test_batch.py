@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import time
 from typing import Any
 
 import numpy as np
@@ -170,6 +171,28 @@ def test_malformed_records_are_counted_and_the_rest_of_their_message_is_read() -
         assert len(batch) == len(records) - len(poison)
         assert batch.rows.dtype == np.int64
         assert batch.times.dtype == np.float64
+
+
+def test_a_time_far_ahead_is_malformed_not_the_windows_new_clock() -> None:
+    # Before, one record stamped in the far future moved the time windows' watermark there for
+    # good: every record after it counted late and dropped. An hour of clock skew is allowed.
+    now = time.time()
+    records = stream(30, 4)
+    for i, record in enumerate(records):
+        record.update(role="primary", status="ok", version="1", time=now - 30 + i)
+    records[5]["time"] = 1e308
+    records[9]["time"] = now + 2 * 3600.0
+    records[12]["time"] = now + 1800.0  # within the skew allowed: kept
+    parts, others = served_primaries(decode_columns(encode_records(records)), 0)  # type: ignore[arg-type]
+    assert others == {"malformed": 2}
+    windows = Windows(WindowSpec("time", 60.0, 60.0), PROFILE)
+    windows.add_batch(RecordBatch.from_parts(PROFILE, list(parts.values())))
+    assert windows.watermark == now + 1800.0
+    later = stream(5, 6)
+    for i, record in enumerate(later):
+        record.update(role="primary", status="ok", version="1", time=now + 1860 + i)
+    windows.add_batch(RecordBatch.from_records(PROFILE, later, list(range(30, 35))))
+    assert windows.late_rows == 0
 
 
 def test_numeric_values_that_are_not_numbers_count_as_missing() -> None:

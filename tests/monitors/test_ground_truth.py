@@ -185,7 +185,8 @@ async def test_poison_predictions_and_labels_are_skipped_counted_and_the_rest_jo
         "latency_s": 0.001, "status": "ok", "outputs": {"label": [1], "probabilities": [[0.5, 0.5]]},
     }  # fmt: skip
     changes: list[dict[str, Any]] = [
-        {"time": "now"}, {"model": ["m"]}, {"version": 1}, {"rows": "x"}, {"rows": 10**18},
+        {"time": "now"}, {"time": 1e308}, {"model": ["m"]}, {"version": 1}, {"rows": "x"},
+        {"rows": 10**18},
         {"rows": 3},  # more rows than outputs
         {"outputs": {"label": ["²"], "probabilities": [[0.5, 0.5]]}},
         {"outputs": {"label": [1], "probabilities": [7]}},
