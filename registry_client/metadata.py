@@ -117,6 +117,10 @@ class ModelMetadata(BaseModel):
             return cls.model_validate_json(path.read_bytes())
         except ValidationError as exc:
             raise CorruptModelError(f"invalid {METADATA_FILE} in {directory.name}: {exc}") from exc
+        except OSError as exc:  # a folder by that name, or a file this process may not read
+            raise CorruptModelError(
+                f"cannot read {METADATA_FILE} in {directory.name}: {exc.strerror or exc}"
+            ) from exc
 
     def dump(self, directory: Path) -> None:
         """Write ``metadata.json`` into a version folder."""

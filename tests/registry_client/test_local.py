@@ -65,6 +65,17 @@ async def test_missing_or_tampered_model_file_is_corrupt(
         await registry.fetch(demo_model, "2")
 
 
+async def test_a_metadata_file_that_cannot_be_read_is_corrupt(
+    demo_registry: Path, demo_model: str
+) -> None:
+    # a folder named metadata.json made the OSError escape, which no caller expects
+    metadata = demo_registry / demo_model / "2" / "metadata.json"
+    metadata.unlink()
+    metadata.mkdir()
+    with pytest.raises(CorruptModelError, match=r"cannot read metadata\.json in 2: Is a directory"):
+        await LocalRegistry(demo_registry).fetch(demo_model, "2")
+
+
 def test_register_numbers_versions_and_records_the_checksum(tmp_path: Path) -> None:
     registry = LocalRegistry(tmp_path / "reg")
     source = tmp_path / "m.onnx"
