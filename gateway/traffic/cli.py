@@ -67,6 +67,14 @@ def add_routes_commands(sub: Any) -> None:
     history.add_argument("--limit", type=int, default=20)
 
 
+def _percents(text: str) -> list[int]:
+    """``--steps 5,25,50,100`` as whole percentages."""
+    steps = [step.strip().rstrip("%") for step in text.split(",")]
+    if not all(step.isascii() and step.isdigit() for step in steps):
+        raise ValueError(f"--steps: expected whole percentages such as 5,25,50,100, got {text!r}")
+    return [int(step) for step in steps]
+
+
 def run_routes_command(args: argparse.Namespace) -> int:
     """Run one ``gateway routes`` action; print JSON; exit 1 with the server's error."""
     headers = {"authorization": f"Bearer {args.token}"} if args.token else {}
@@ -119,9 +127,10 @@ def _call(client: httpx.Client, args: argparse.Namespace) -> httpx.Response:
         weights = {}
         for item in args.weights:
             name, _, value = item.partition("=")
-            if not value:
-                raise ValueError(f"expected VARIANT=PERCENT, got {item!r}")
-            weights[name] = int(value.rstrip("%"))
+            percent = value.rstrip("%")
+            if not name or not (percent.isascii() and percent.isdigit()):
+                raise ValueError(f"expected VARIANT=PERCENT (a whole number), got {item!r}")
+            weights[name] = int(percent)
         return client.patch(path, json={"weights": weights})
     if args.action == "shadow":
         current = client.get(path)
@@ -144,7 +153,7 @@ def _call(client: httpx.Client, args: argparse.Namespace) -> httpx.Response:
         rule = {
             "variant": args.variant,
             "baseline": args.baseline,
-            "steps": [int(s) for s in args.steps.split(",")],
+            "steps": _percents(args.steps),
             "interval_s": args.interval,
             "window_s": args.window,
             "min_requests": args.min_requests,

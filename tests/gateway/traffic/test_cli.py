@@ -58,3 +58,20 @@ def test_a_url_httpx_cannot_parse_or_an_answer_without_json_is_named(
     monkeypatch.setattr(httpx.Client, "request", html)
     assert run_routes_command(parse(["routes", "--url", "http://gw:9", "show"])) == 1
     assert "answered 200 without JSON" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["set", "e", "a=x"], "expected VARIANT=PERCENT (a whole number), got 'a=x'"),
+        (["set", "e", "=50"], "expected VARIANT=PERCENT (a whole number), got '=50'"),
+        (["set", "e", "a=²"], "got 'a=²'"),
+        (["canary", "e", "v", "--baseline", "b", "--steps", "5,x"], "--steps: expected whole"),
+    ],
+)
+def test_malformed_percentages_are_named_before_any_request(
+    capsys: pytest.CaptureFixture[str], argv: list[str], message: str
+) -> None:
+    # nothing listens on port 9: a request would fail with 1; these are refused with 2
+    assert run_routes_command(parse(["routes", "--url", "http://127.0.0.1:9", *argv])) == 2
+    assert message in capsys.readouterr().err
