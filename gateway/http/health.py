@@ -11,6 +11,7 @@ means "the loop is making progress": 503 only once the heartbeat is older than t
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import socket
 import threading
@@ -25,7 +26,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_l
 from gateway.errors import ConfigError
 from gateway.http._asgi import Reply
 
-__all__ = ["HealthServer", "Heartbeat", "bind_health"]
+__all__ = ["MAX_HEALTH_CONNECTIONS", "HealthServer", "Heartbeat", "bind_health"]
 
 log = logging.getLogger(__name__)
 
@@ -145,6 +146,19 @@ class HealthServer:
         self._server.server_close()
 
 
+# Connections served at a time: kubelet's probes and a scraper need a few. Each is a thread,
+# and threads beyond these would only take the interpreter from the event loop; the next
+# connection is answered 503 and closed.
+MAX_HEALTH_CONNECTIONS = 32
+_BUSY = orjson.dumps(
+    {"error": f"the health port serves at most {MAX_HEALTH_CONNECTIONS} connections at a time"}
+)
+_BUSY_REPLY = (
+    b"HTTP/1.1 503 Service Unavailable\r\ncontent-type: application/json\r\n"
+    b"connection: close\r\ncontent-length: %d\r\n\r\n%s" % (len(_BUSY), _BUSY)
+)
+
+
 class _Server(ThreadingHTTPServer):
     daemon_threads = True
     block_on_close = False
@@ -165,6 +179,25 @@ class _Server(ThreadingHTTPServer):
         self.heartbeat = heartbeat
         self.metrics = metrics
         self.metrics_elsewhere = metrics_elsewhere
+        self._slots = threading.BoundedSemaphore(MAX_HEALTH_CONNECTIONS)
+
+    def process_request(self, request: Any, client_address: Any) -> None:
+        if not self._slots.acquire(blocking=False):
+            with contextlib.suppress(OSError):  # a fresh socket's buffer takes it whole
+                request.sendall(_BUSY_REPLY)
+            self.shutdown_request(request)
+            return
+        try:
+            super().process_request(request, client_address)
+        except BaseException:
+            self._slots.release()  # no thread was started to give it back
+            raise
+
+    def process_request_thread(self, request: Any, client_address: Any) -> None:
+        try:
+            super().process_request_thread(request, client_address)
+        finally:
+            self._slots.release()
 
 
 class _Handler(BaseHTTPRequestHandler):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import socket
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 
@@ -14,6 +15,7 @@ from prometheus_client import CollectorRegistry, Counter
 from gateway.errors import ConfigError
 from gateway.http import HealthServer, Heartbeat, bind_health
 from gateway.http._asgi import Reply
+from gateway.http.health import MAX_HEALTH_CONNECTIONS
 
 
 class _Clock:
@@ -116,6 +118,39 @@ def test_a_bad_request_line_gets_a_json_error() -> None:
                 answer += chunk
         assert answer.startswith(b"HTTP/1.1 400 ")
         assert b'{"error":' in answer
+
+
+def test_connections_over_the_bound_get_503_and_the_port_recovers() -> None:
+    # each connection is a thread: a flood of idle ones is answered 503 beyond the bound
+    # instead of starting a thread each
+    with _health(Heartbeat(stall_limit_s=30.0), None) as url:
+        host, port = url.removeprefix("http://").split(":")
+        idle = [socket.create_connection((host, int(port)), timeout=10)
+                for _ in range(MAX_HEALTH_CONNECTIONS)]  # fmt: skip
+        try:
+            # the bound counts threads that have started: until all have, one more may pass
+            deadline = time.monotonic() + 10
+            while True:
+                answer = _raw_get(host, int(port))
+                if answer.startswith(b"HTTP/1.1 503 "):
+                    break
+                assert time.monotonic() < deadline, answer[:200]
+            assert b"at most 32 connections at a time" in answer
+        finally:
+            for sock in idle:
+                sock.close()
+        deadline = time.monotonic() + 15  # the closed connections' threads end and give back
+        while not _raw_get(host, int(port)).startswith(b"HTTP/1.1 200 "):
+            assert time.monotonic() < deadline
+
+
+def _raw_get(host: str, port: int) -> bytes:
+    with socket.create_connection((host, port), timeout=10) as sock:
+        sock.sendall(b"GET /v2/health/live HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n")
+        answer = b""
+        while chunk := sock.recv(4096):
+            answer += chunk
+    return answer
 
 
 def test_a_port_in_use_names_the_setting() -> None:
