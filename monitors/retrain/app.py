@@ -30,6 +30,11 @@ from monitors.webhooks import SIGNATURE_HEADER, signature
 __all__ = ["create_app", "trigger_of"]
 
 
+# How deep the data a job keeps of an event may nest (JSON writers stop at a few hundred levels,
+# and /jobs nests a job's triggers a few levels down); the monitor's data nests 3 or 4.
+MAX_NESTING = 32
+
+
 class EventError(ValueError):
     """An event body that is not a CloudEvent the worker can act on."""
 
@@ -104,7 +109,17 @@ def trigger_of(event: object, received: float) -> tuple[str | None, dict[str, An
     for key in ("drifted_features", "metric", "realized", "validation", "variant"):
         if key in data:
             trigger[key] = data[key]
+    if _nests_deeper(trigger, MAX_NESTING):  # the job keeps it, /jobs writes it back as JSON
+        raise EventError(f"data nests deeper than {MAX_NESTING} levels")
     return model, trigger
+
+
+def _nests_deeper(value: object, levels: int) -> bool:
+    if isinstance(value, dict):
+        value = list(value.values())
+    if isinstance(value, list):
+        return levels == 0 or any(_nests_deeper(v, levels - 1) for v in value)
+    return False
 
 
 def create_app(

@@ -139,3 +139,25 @@ async def test_a_window_time_that_is_not_a_time_is_refused(tmp_path: Path) -> No
     assert "data.episode.windows[].start_time" in answers[4].json()["error"]
     assert fine.status_code == 202
     assert [j.triggers[0]["window_start"] for j in store.jobs()] == [None]
+
+
+async def test_data_nested_too_deep_is_refused_not_kept(tmp_path: Path) -> None:
+    # drifted_features 300 lists deep was queued, then every GET /jobs answered 500 (orjson:
+    # Recursion limit reached) for good; 1,000 deep was a 500 at once (json.dumps)
+    store, metrics = JobStore(tmp_path / "j.sqlite"), RetrainMetrics()
+    woken: list[int] = []
+    answers = []
+    async with client(store, woken, metrics) as http:
+        for depth in (300, 1000):
+            nested = b"[" * depth + b'"a"' + b"]" * depth
+            body = (b'{"specversion": "1.0", "id": "e", "type": "%s", "source": "s", '
+                    b'"data": {"model": "m", "drifted_features": %s}}') % (DRIFT.encode(), nested)  # fmt: skip
+            answers.append(await http.post("/events", content=body, headers=headers("e", body)))
+        _, fine = event("w1")
+        accepted = await http.post("/events", content=fine, headers=headers("k", fine))
+        listed = await http.get("/jobs")
+    assert [a.status_code for a in answers] == [400, 400]
+    assert "data nests deeper than 32 levels" in answers[0].json()["error"]
+    assert accepted.status_code == 202
+    assert listed.status_code == 200
+    assert len(listed.json()["jobs"]) == 1
