@@ -515,7 +515,7 @@ class MlflowRegistry(Registry):
             if attempt:
                 await asyncio.sleep(self._backoff_s * 2 ** (attempt - 1))
             try:
-                written = await self._stream_to_file(path, local, what)
+                written = await self._stream_to_file(path, local, what, size)
             except (httpx.TransportError, RegistryUnavailableError) as exc:
                 last = exc
                 continue
@@ -529,7 +529,9 @@ class MlflowRegistry(Registry):
             f"{self._retries + 1} tries: {last!r}"
         ) from last
 
-    async def _stream_to_file(self, path: str, local: Path, what: str) -> int:
+    async def _stream_to_file(self, path: str, local: Path, what: str, size: int = -1) -> int:
+        """Write the artifact to ``local``; one that runs past its listed ``size`` (when known)
+        is a CorruptModelError as soon as it does, not after the disk is full."""
         async with self._client.stream("GET", f"{_ARTIFACTS}/{quote(path)}") as response:
             if response.status_code == 404:
                 raise CorruptModelError(f"{what}: {path} is listed but cannot be downloaded")
@@ -546,8 +548,12 @@ class MlflowRegistry(Registry):
             written = 0
             try:
                 async for chunk in response.aiter_bytes(_CHUNK_BYTES):
-                    await asyncio.to_thread(fh.write, chunk)
                     written += len(chunk)
+                    if 0 <= size < written:
+                        raise CorruptModelError(
+                            f"{what}: {path} runs past the {size} bytes the registry lists"
+                        )
+                    await asyncio.to_thread(fh.write, chunk)
             finally:
                 fh.close()
             return written

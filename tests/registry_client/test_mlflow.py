@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import shutil
 import uuid
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Literal
 from urllib.parse import quote
@@ -284,3 +285,32 @@ async def test_listed_sizes_as_mlflow_writes_them(tmp_path: Path) -> None:
             assert fetched.model_file.read_bytes() == b"abc"
         finally:
             await registry.aclose()
+
+
+async def test_an_artifact_longer_than_listed_is_cut_off_where_it_passes_the_size(
+    tmp_path: Path,
+) -> None:
+    # before, the whole answer was written to disk and compared with the listed size after
+    sent: list[int] = []
+
+    async def endless() -> AsyncIterator[bytes]:
+        while len(sent) < 1000:  # a GB: the test's bound, not the client's
+            sent.append(1)
+            yield b"x" * (1 << 20)
+
+    normal = _shaped_server({})
+
+    async def answer(request: httpx.Request) -> httpx.Response:
+        if "/mlflow-artifacts/artifacts/" in request.url.path:
+            return httpx.Response(200, content=endless())
+        return await normal.handle_async_request(request)
+
+    registry = MlflowRegistry(
+        "http://mlflow.test", tmp_path, retries=0, transport=httpx.MockTransport(answer)
+    )
+    try:
+        with pytest.raises(CorruptModelError, match="runs past the 3 bytes the registry lists"):
+            await registry.fetch("m", "1")
+    finally:
+        await registry.aclose()
+    assert len(sent) <= 2
