@@ -10,7 +10,8 @@ The feature's declared type (``FeatureSpec.dtype`` in the model's metadata) deci
 - unknown (a predicted output, a profile without types): numeric text by value, true/false in
   any case as ``"true"``/``"false"``, other text as it is.
 
-``None``, NaN and the empty string are missing values, never a category.
+``None``, NaN and the empty string are missing values, never a category. A list or object is
+labelled by its JSON; one JSON cannot write (nested past 254 levels) is ``UNLABELLED``.
 """
 
 from __future__ import annotations
@@ -23,9 +24,10 @@ from typing import Any
 
 import orjson
 
-__all__ = ["OTHER", "category_label", "count_categories"]
+__all__ = ["OTHER", "UNLABELLED", "category_label", "count_categories"]
 
 OTHER = "__other__"  # the bucket for categories the reference never saw
+UNLABELLED = "__unlabelled__"  # a value with no JSON to stand for it (nested too deep)
 
 _TRUE = frozenset(("true", "1", "1.0"))
 _FALSE = frozenset(("false", "0", "0.0"))
@@ -75,7 +77,10 @@ def category_label(value: Any, dtype: str | None = None) -> str | None:
         if dtype == "bool" and number in (0.0, 1.0):
             return "true" if number else "false"
         return _number(number)
-    return orjson.dumps(value, option=orjson.OPT_SERIALIZE_NUMPY).decode()  # a list, say
+    try:
+        return orjson.dumps(value, option=orjson.OPT_SERIALIZE_NUMPY).decode()  # a list, say
+    except orjson.JSONEncodeError:
+        return UNLABELLED
 
 
 def count_categories(

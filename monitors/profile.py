@@ -15,11 +15,12 @@ that separate its values, since quantile bins would put them all in one.
 from __future__ import annotations
 
 from collections.abc import Collection, Mapping, Sequence
+from itertools import pairwise
 from pathlib import Path
 from typing import Literal
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from monitors.categories import OTHER, category_label, count_categories
 from registry_client.metadata import FeatureSpec, ModelMetadata
@@ -67,7 +68,26 @@ class FeatureProfile(BaseModel):
     # categorical: counts per category; categories never seen count as OTHER
     categories: dict[str, int] = Field(default_factory=dict)
     missing_rate: float = 0.0
-    rows: int = 0
+    rows: int = Field(default=0, ge=0)
+
+    @model_validator(mode="after")
+    def _usable(self) -> FeatureProfile:
+        """What the windows and the tests take for granted of a profile (one written by hand,
+        or by another tool, may not hold it)."""
+        if self.kind == "numeric":
+            edges, counts = len(self.bin_edges), len(self.counts)
+            if edges < 2 or counts != edges - 1:
+                raise ValueError(
+                    "a numeric feature needs at least 2 bin_edges and one count per bin, "
+                    f"len(counts) == len(bin_edges) - 1 (it has {edges} and {counts})"
+                )
+            if any(b < a for a, b in pairwise(self.bin_edges)):
+                raise ValueError("bin_edges must be in ascending order")
+        if not all(0 <= n < 1 << 63 for n in (*self.counts, *self.categories.values())):
+            raise ValueError("counts must be whole numbers from 0 to 2**63 - 1")
+        if not 0 <= self.missing_rate <= 1:
+            raise ValueError(f"missing_rate must be from 0 to 1, not {self.missing_rate}")
+        return self
 
 
 class ModelProfile(BaseModel):

@@ -7,6 +7,7 @@ from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any, Literal, TypeVar
 
+import httpx
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, model_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
@@ -90,6 +91,18 @@ class WebhookSettings(_Group):
     name: str
     url: str
     secret: SecretStr
+
+    @model_validator(mode="after")
+    def _http_url(self) -> WebhookSettings:
+        try:
+            url = httpx.URL(self.url)
+        except httpx.InvalidURL as exc:
+            raise ValueError(
+                f"webhook {self.name!r}: url {self.url!r} is not a URL: {exc}"
+            ) from exc
+        if url.scheme not in ("http", "https") or not url.host:
+            raise ValueError(f"webhook {self.name!r}: url {self.url!r} is not an http(s) URL")
+        return self
 
 
 class HttpSettings(_Group):

@@ -71,6 +71,7 @@ _MAX_TAG_CHARS = 100_000  # MLflow's limit on a model version tag's value
 _EXPERIMENT = "model-gateway registrations"
 _KEY_TAG = "model_gateway.registration_key"  # the run tag of a keyed registration
 _READY_TIMEOUT_S = 60.0  # for a server that registers versions asynchronously
+_MAX_DEPTH = 32  # artifact folders nested deeper are refused (a listing that never ends)
 
 
 class MlflowRegistry(Registry):
@@ -109,7 +110,7 @@ class MlflowRegistry(Registry):
         alias = f"{_API}/registered-models/alias"
         response = await self._get(alias, name=ref.name, alias=ref.alias)
         if response.status_code == 200:
-            return str(_field(response, "model_version", "version"))
+            return _version_number(response, _field(response, "model_version", "version"))
         if not _not_found(response):
             _check(response, f"alias {ref}")
         await self._require_model(ref.name)  # ModelNotFoundError if the model is the problem
@@ -155,7 +156,10 @@ class MlflowRegistry(Registry):
         from a file ``key`` beside the model in the version's artifacts, else None."""
         what = f"model {name} version {version}: {key}"
         details = await self._version(name, version)
-        tags = {t.get("key"): t.get("value") for t in details.get("tags", [])}
+        listed = details.get("tags") or []
+        if not isinstance(listed, list) or not all(isinstance(t, dict) for t in listed):
+            raise RegistryError(f"{what}: MLflow answered tags that are not a list of objects")
+        tags = {t.get("key"): t.get("value") for t in listed}
         value = tags.get(key)
         if isinstance(value, str) and value.lstrip().startswith("{"):
             return value.encode()
@@ -249,8 +253,10 @@ class MlflowRegistry(Registry):
         if _not_found(response):
             raise ModelNotFoundError(f"model {name!r} is not in the MLflow registry")
         _check(response, f"model {name!r}")
-        entries = _field(response, "registered_model").get("aliases", [])
-        return {str(a["alias"]): str(a["version"]) for a in entries}
+        entries = _entries(response, "registered_model", "aliases")
+        if not all(isinstance(a.get("alias"), str) for a in entries):
+            raise _unexpected(response)
+        return {a["alias"]: _version_number(response, a.get("version")) for a in entries}
 
     # -- registry writes ----------------------------------------------------------------------
 
@@ -275,16 +281,19 @@ class MlflowRegistry(Registry):
             "POST", "runs/search", experiment_ids=[experiment_id], filter=tag, max_results=100
         )
         _check(found, f"model {name!r}: runs registered under key {key!r}")
-        for run in _field(found, "runs", default=[]):
-            run_id = str(run["info"]["run_id"])
+        for run in _entries(found, "runs"):
+            info = run.get("info")
+            if not isinstance(info, dict) or not isinstance(info.get("run_id"), str):
+                raise _unexpected(found)
+            run_id = info["run_id"]
             versions = await self._get(
                 f"{_API}/model-versions/search",
                 filter=f"name={_quoted(name)} and run_id='{run_id}'",
             )
             _check(versions, f"model {name!r}: versions of run {run_id}")
-            for entry in _field(versions, "model_versions", default=[]):
+            for entry in _entries(versions, "model_versions"):
                 if entry.get("status", "READY") == "READY":
-                    return str(entry["version"])
+                    return _version_number(versions, entry.get("version"))
             await self._delete_versions_of_run(name, run_id)
             await self._delete_run(run_id)
         return None
@@ -316,7 +325,10 @@ class MlflowRegistry(Registry):
         )  # fmt: skip
         _check(run, f"model {name!r}: creating a run in experiment {self.experiment!r}")
         info = _field(run, "run", "info")
-        return str(info["run_id"]), str(info["artifact_uri"])
+        keys = ("run_id", "artifact_uri")
+        if not isinstance(info, dict) or not all(isinstance(info.get(k), str) for k in keys):
+            raise _unexpected(run)
+        return info["run_id"], info["artifact_uri"]
 
     async def _upload(self, path: str, content: Path | bytes) -> None:
         data = (
@@ -337,7 +349,9 @@ class MlflowRegistry(Registry):
             raise RegistryUnavailableError(f"{what}: {exc!r}; nothing registered") from exc
         _check(response, what)
         details = _field(response, "model_version")
-        version = str(details["version"])
+        if not isinstance(details, dict):
+            raise _unexpected(response)
+        version = _version_number(response, details.get("version"))
         deadline = time.monotonic() + _READY_TIMEOUT_S
         while details.get("status", "READY") == "PENDING_REGISTRATION":
             if time.monotonic() > deadline:
@@ -354,10 +368,9 @@ class MlflowRegistry(Registry):
                 f"{_API}/model-versions/search",
                 filter=f"name={_quoted(name)} and run_id='{run_id}'",
             )
-            for entry in _field(response, "model_versions", default=[]):
-                await self._send(
-                    "DELETE", "model-versions/delete", name=name, version=str(entry["version"])
-                )
+            for entry in _entries(response, "model_versions"):
+                version = _version_number(response, entry.get("version"))
+                await self._send("DELETE", "model-versions/delete", name=name, version=version)
         except (httpx.HTTPError, RegistryError):
             log.warning("model %s: could not remove a version of run %s", name, run_id)
 
@@ -418,10 +431,10 @@ class MlflowRegistry(Registry):
             max_results="1",
         )
         _check(response, f"versions of {name!r}")
-        versions = _field(response, "model_versions", default=[])
+        versions = _entries(response, "model_versions")
         if not versions:
             raise VersionNotFoundError(f"model {name!r} has no versions")
-        return str(versions[0]["version"])
+        return _version_number(response, versions[0].get("version"))
 
     async def _artifact_path(self, name: str, version: str) -> str:
         """The version's artifact folder as a path for the artifact proxy."""
@@ -477,16 +490,23 @@ class MlflowRegistry(Registry):
         response = await self._get(_ARTIFACTS, path=f"{path}/{prefix}".rstrip("/"))
         _check(response, f"artifacts at {path}")
         files: dict[str, int] = {}
-        for entry in _field(response, "files", default=[]):
+        for entry in _entries(response, "files"):
+            if not isinstance(entry.get("path"), str):
+                raise _unexpected(response)
             # the proxy lists names relative to the folder asked for
-            name = str(entry["path"]).rsplit("/", 1)[-1]
+            name = entry["path"].rsplit("/", 1)[-1]
             if name in ("", ".", ".."):
                 continue
             relative = f"{prefix}/{name}" if prefix else name
             if entry.get("is_dir"):
+                if relative.count("/") >= _MAX_DEPTH:
+                    raise CorruptModelError(
+                        f"artifacts at {path}: folders nested deeper than {_MAX_DEPTH} levels "
+                        f"({relative[:200]}...)"
+                    )
                 files.update(await self._list(path, relative))
             else:
-                files[relative] = int(entry.get("file_size", -1))
+                files[relative] = _file_size(response, entry.get("file_size"))
         return files
 
     async def _download(self, path: str, local: Path, size: int, what: str) -> None:
@@ -495,7 +515,7 @@ class MlflowRegistry(Registry):
             if attempt:
                 await asyncio.sleep(self._backoff_s * 2 ** (attempt - 1))
             try:
-                written = await self._stream_to_file(path, local, what)
+                written = await self._stream_to_file(path, local, what, size)
             except (httpx.TransportError, RegistryUnavailableError) as exc:
                 last = exc
                 continue
@@ -509,20 +529,31 @@ class MlflowRegistry(Registry):
             f"{self._retries + 1} tries: {last!r}"
         ) from last
 
-    async def _stream_to_file(self, path: str, local: Path, what: str) -> int:
+    async def _stream_to_file(self, path: str, local: Path, what: str, size: int = -1) -> int:
+        """Write the artifact to ``local``; one that runs past its listed ``size`` (when known)
+        is a CorruptModelError as soon as it does, not after the disk is full."""
         async with self._client.stream("GET", f"{_ARTIFACTS}/{quote(path)}") as response:
             if response.status_code == 404:
                 raise CorruptModelError(f"{what}: {path} is listed but cannot be downloaded")
             if response.status_code >= 400:
                 await response.aread()
                 _check(response, f"artifact {path}")
-            await asyncio.to_thread(local.parent.mkdir, parents=True, exist_ok=True)
-            fh = await asyncio.to_thread(local.open, "wb")
+            try:
+                await asyncio.to_thread(local.parent.mkdir, parents=True, exist_ok=True)
+                fh = await asyncio.to_thread(local.open, "wb")
+            except (OSError, ValueError) as exc:  # a name this file system refuses (NUL, long)
+                raise CorruptModelError(
+                    f"{what}: artifact {path[:300]!r} cannot be stored as a file: {exc}"
+                ) from exc
             written = 0
             try:
                 async for chunk in response.aiter_bytes(_CHUNK_BYTES):
-                    await asyncio.to_thread(fh.write, chunk)
                     written += len(chunk)
+                    if 0 <= size < written:
+                        raise CorruptModelError(
+                            f"{what}: {path} runs past the {size} bytes the registry lists"
+                        )
+                    await asyncio.to_thread(fh.write, chunk)
             finally:
                 fh.close()
             return written
@@ -617,17 +648,58 @@ def _check(response: httpx.Response, what: str) -> None:
         raise RegistryError(f"MLflow: {what}: {response.status_code} {_message(response)}")
 
 
-def _field(response: httpx.Response, *keys: str, default: Any = None) -> Any:
+def _field(response: httpx.Response, *keys: str) -> Any:
     """``response.json()[k1][k2]...``; an answer of another shape is a RegistryError."""
     try:
         value: Any = response.json()
         for key in keys:
-            value = value[key] if default is None else value.get(key, default)
-    except (ValueError, KeyError, TypeError, AttributeError) as exc:
-        raise RegistryError(
-            f"unexpected answer from MLflow at {response.url}: {response.text[:200]!r}"
-        ) from exc
+            value = value[key]
+    except (ValueError, KeyError, TypeError) as exc:
+        raise _unexpected(response) from exc
     return value
+
+
+def _unexpected(response: httpx.Response) -> RegistryError:
+    return RegistryError(
+        f"unexpected answer from MLflow at {response.url}: {response.text[:200]!r}"
+    )
+
+
+def _entries(response: httpx.Response, *keys: str) -> list[dict[str, Any]]:
+    """The list of objects at ``response.json()[k1][k2]...`` ([] where absent); an answer of
+    another shape is a RegistryError."""
+    value: Any = _field(response)
+    for key in keys:
+        if not isinstance(value, dict):
+            raise _unexpected(response)
+        value = value.get(key)
+    if value is None:
+        return []
+    if not isinstance(value, list) or not all(isinstance(e, dict) for e in value):
+        raise _unexpected(response)
+    return value
+
+
+def _version_number(response: httpx.Response, value: object) -> str:
+    """A version number as MLflow gives it (a number, or digits in a string) as text; anything
+    else is a RegistryError."""
+    if isinstance(value, int) and not isinstance(value, bool) and value >= 0:
+        return str(value)
+    if isinstance(value, str) and value.isascii() and value.isdigit():
+        return value
+    raise _unexpected(response)
+
+
+def _file_size(response: httpx.Response, value: object) -> int:
+    """A listed file size (a number, or digits in a string, as MLflow writes int64); -1 when
+    absent or negative (not checked then); anything else is a RegistryError."""
+    if value is None:
+        return -1
+    if isinstance(value, str) and value.isascii() and value.lstrip("-").isdigit():
+        value = int(value)
+    if isinstance(value, int) and not isinstance(value, bool):
+        return max(value, -1)
+    raise _unexpected(response)
 
 
 def _error_code(response: httpx.Response) -> str:

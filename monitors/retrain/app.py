@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import hmac
+import math
 import time
 from typing import Any
 
@@ -21,11 +22,17 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
+from monitors.feedback import MAX_FUTURE_S
 from monitors.retrain.jobs import JobStore
 from monitors.retrain.metrics import RetrainMetrics
 from monitors.webhooks import SIGNATURE_HEADER, signature
 
 __all__ = ["create_app", "trigger_of"]
+
+
+# How deep the data a job keeps of an event may nest (JSON writers stop at a few hundred levels,
+# and /jobs nests a job's triggers a few levels down); the monitor's data nests 3 or 4.
+MAX_NESTING = 32
 
 
 class EventError(ValueError):
@@ -44,10 +51,22 @@ def _error(status: int, message: str) -> Response:
     return _json({"error": message}, status)
 
 
-def _number(value: object) -> float | None:
-    if isinstance(value, int | float) and not isinstance(value, bool):
+def _time(value: object, received: float, where: str) -> float | None:
+    """A window's time: absent (None), or seconds since the epoch, at most ``MAX_FUTURE_S``
+    ahead of the worker's clock; anything else raises EventError naming ``where``."""
+    if value is None:
+        return None
+    if (
+        isinstance(value, int | float)
+        and not isinstance(value, bool)
+        and math.isfinite(value)
+        and 0 <= value <= received + MAX_FUTURE_S
+    ):
         return float(value)
-    return None
+    raise EventError(
+        f"{where} must be a time in seconds since the epoch, at most {MAX_FUTURE_S:.0f} s "
+        f"ahead of the worker's clock, not {str(value)[:100]!r}"
+    )
 
 
 def trigger_of(event: object, received: float) -> tuple[str | None, dict[str, Any]]:
@@ -73,22 +92,34 @@ def trigger_of(event: object, received: float) -> tuple[str | None, dict[str, An
         "received": received,
         "version": data.get("version"),
         "window_id": window.get("id") or window.get("window_id"),
-        "window_start": _number(window.get("start_time")),
-        "window_end": _number(window.get("end_time")),
+        "window_start": _time(window.get("start_time"), received, "data.window.start_time"),
+        "window_end": _time(window.get("end_time"), received, "data.window.end_time"),
     }
     episode = data.get("episode")
     if isinstance(episode, dict) and isinstance(episode.get("windows"), list):
-        starts = [
-            t
+        where = "data.episode.windows[].start_time"
+        times = [
+            _time(w.get("start_time"), received, where)
             for w in episode["windows"]
-            if isinstance(w, dict) and (t := _number(w.get("start_time"))) is not None
+            if isinstance(w, dict)
         ]
+        starts = [t for t in times if t is not None]
         if starts and (trigger["window_start"] is None or min(starts) < trigger["window_start"]):
             trigger["window_start"] = min(starts)
     for key in ("drifted_features", "metric", "realized", "validation", "variant"):
         if key in data:
             trigger[key] = data[key]
+    if _nests_deeper(trigger, MAX_NESTING):  # the job keeps it, /jobs writes it back as JSON
+        raise EventError(f"data nests deeper than {MAX_NESTING} levels")
     return model, trigger
+
+
+def _nests_deeper(value: object, levels: int) -> bool:
+    if isinstance(value, dict):
+        value = list(value.values())
+    if isinstance(value, list):
+        return levels == 0 or any(_nests_deeper(v, levels - 1) for v in value)
+    return False
 
 
 def create_app(

@@ -17,7 +17,8 @@ import numpy as np
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.errors import KafkaError
 
-from monitors.feedback import decode_feedback
+from monitors.batch import well_formed
+from monitors.feedback import MAX_FUTURE_S, decode_feedback
 from monitors.schema import RecordError, decode_records
 from registry_client import ModelMetadata
 
@@ -41,6 +42,9 @@ class Dataset:
     logged_rows: int
     start: float
     end: float
+    # log records of the model skipped as malformed (fields of the wrong type, a row count past
+    # MAX_RECORD_ROWS), as the monitor skips them
+    malformed: int = 0
 
     @property
     def rows(self) -> int:
@@ -50,6 +54,7 @@ class Dataset:
         return {
             "logged_rows": self.logged_rows,
             "labelled_rows": self.rows,
+            "malformed_records": self.malformed,
             "start_time": self.start,
             "end_time": self.end,
             "features": len(self.features),
@@ -67,7 +72,9 @@ class Dataset:
             time=self.time,
             features=np.array(self.features, dtype=object),
             class_labels=np.array(self.class_labels, dtype=object),
-            meta=np.array([self.logged_rows, self.start, self.end], dtype=np.float64),
+            meta=np.array(
+                [self.logged_rows, self.start, self.end, self.malformed], dtype=np.float64
+            ),
         )
         tmp.replace(path)
 
@@ -84,6 +91,7 @@ class Dataset:
                 logged_rows=int(meta[0]),
                 start=float(meta[1]),
                 end=float(meta[2]),
+                malformed=int(meta[3]) if len(meta) > 3 else 0,
             )
 
     def split(self, holdout_fraction: float) -> tuple[Dataset, Dataset]:
@@ -102,6 +110,7 @@ class Dataset:
             self.logged_rows,
             self.start,
             self.end,
+            self.malformed,
         )
 
 
@@ -187,24 +196,35 @@ def join(
     rows: list[list[float]] = []
     ys: list[int] = []
     times: list[float] = []
-    logged = 0
+    logged = malformed = 0
     for _, value in log:
         try:
             records = decode_records(value)
         except RecordError:
             continue  # the monitor counts these; training skips them
         for record in records:
+            if record.get("model") != model:
+                continue
+            part = record.get("part")
+            first = part.get("first_row", 0) if isinstance(part, dict) else part
+            first = 0 if first is None else first
+            version, count, served = record.get("version"), record.get("rows"), record.get("time")
+            if not (
+                well_formed(model, version, count, served, end + MAX_FUTURE_S)
+                and isinstance(record.get("request_id"), str)
+                and type(first) is int
+            ):
+                malformed += 1
+                continue
             if (
-                record.get("model") != model
-                or record.get("role") != "primary"
+                record.get("role") != "primary"
                 or record.get("status") != "ok"
                 or not start <= record["time"] <= end
             ):
                 continue
             features = record.get("features")
-            if not features or any(n not in features for n in names):
+            if not isinstance(features, dict) or any(n not in features for n in names):
                 continue
-            first = record.get("part", {}).get("first_row", 0)
             columns = [features[n] for n in names]
             for i in range(record["rows"]):
                 logged += 1
@@ -213,7 +233,7 @@ def join(
                     continue
                 try:
                     rows.append([float(c[i]) for c in columns])
-                except (TypeError, ValueError, IndexError):
+                except (TypeError, ValueError, IndexError, KeyError):
                     continue
                 ys.append(label)
                 times.append(record["time"])
@@ -227,6 +247,7 @@ def join(
         logged_rows=logged,
         start=start,
         end=end,
+        malformed=malformed,
     )
 
 

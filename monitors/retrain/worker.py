@@ -167,7 +167,7 @@ class Worker:
         champion, metadata, _ = await self._champion(job)
         starts = [t["window_start"] for t in job.triggers if t.get("window_start") is not None]
         first = min(starts) if starts else time.time()
-        start = first - self.settings.dataset.lookback_s
+        start = max(0.0, first - self.settings.dataset.lookback_s)  # Kafka: no time before 0
         kafka = self.settings.kafka
         label_output = metadata.validation.label_output if metadata.validation else "label"
         job = self._move(job, "assembling", data_until=time.time(), champion=champion)

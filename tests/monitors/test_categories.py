@@ -3,7 +3,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from monitors.categories import OTHER, category_label, count_categories
+from monitors.categories import OTHER, UNLABELLED, category_label, count_categories
 
 
 @pytest.mark.parametrize(
@@ -50,3 +50,15 @@ def test_counts_merge_encodings_count_missing_and_fold_the_unknown_into_other() 
     counts, missing = count_categories([[1, 2], [1, 2], None], None)  # lists: labelled as JSON
     assert counts == {"[1,2]": 2}
     assert missing == 1
+
+
+def test_a_value_nested_past_what_json_writes_is_one_category() -> None:
+    # a list 300 deep in a logged categorical feature raised TypeError (Recursion limit
+    # reached) out of the windows: the monitor stopped at that record, and again on restart
+    deep: object = 1
+    for _ in range(300):
+        deep = [deep]
+    assert category_label(deep, None) == UNLABELLED
+    counts, missing = count_categories([deep, {"a": deep}, "red"], "string", known={"red": 1})
+    assert counts == {OTHER: 2, "red": 1}
+    assert missing == 0

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import shutil
 from pathlib import Path
 
@@ -64,3 +65,30 @@ def test_the_local_root_is_registry_root_unless_the_registry_names_one(tmp_path:
     settings = load_settings(config)
     assert settings.registry.backend == "mlflow"
     assert settings.registry.cache_dir == tmp_path / "cache"
+
+
+async def test_a_stored_profile_the_windows_cannot_use_is_no_profile(demo_registry: Path) -> None:
+    # Each was read before and raised out of the windows at the version's first records
+    # (ValueError: 'minlength' must not be negative, operands could not be broadcast, math
+    # domain error; TypeError for a count past 64 bits): the monitor stopped, and again on
+    # every restart. Now the version has no reference profile: its records are counted skipped.
+    registry = LocalRegistry(demo_registry)
+    good = build_profile({"mean radius": np.linspace(5, 25, 200)}).model_dump(mode="json")
+    numeric = good["features"]["mean radius"]
+    broken = {
+        "no bin edges": {**numeric, "bin_edges": []},
+        "a count short": {**numeric, "counts": numeric["counts"][:-1]},
+        "edges out of order": {**numeric, "bin_edges": numeric["bin_edges"][::-1]},
+        "a negative count": {**numeric, "counts": [-5] * len(numeric["counts"])},
+        "a count past 64 bits": {"kind": "categorical", "categories": {"a": 10**30}},
+        "a missing rate of 2": {"kind": "categorical", "categories": {"a": 1}, "missing_rate": 2},
+    }
+    folder = demo_registry / "breast_cancer" / "2"
+    for what, feature in broken.items():
+        profiles = ReferenceProfiles(registry, retry_s=10, clock=Clock())
+        document = {"features": {"mean radius": feature}}
+        (folder / PROFILE_FILE).write_text(json.dumps(document))
+        assert await profiles.load("breast_cancer", "2") is None, what
+    (folder / PROFILE_FILE).write_text(json.dumps(good))
+    assert await ReferenceProfiles(registry).load("breast_cancer", "2") is not None
+    await registry.aclose()

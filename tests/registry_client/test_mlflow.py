@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import shutil
 import uuid
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Literal
 from urllib.parse import quote
@@ -188,3 +189,128 @@ async def test_names_as_mlflow_allows_them_and_documents(
             )
     finally:
         await registry.aclose()
+
+
+def _shaped_server(wrong: dict[str, object]) -> httpx.MockTransport:
+    """A fake MLflow whose answers are well formed except the endpoints in ``wrong`` (path
+    suffix -> the JSON it answers instead); aliases are not set, so 'latest' searches."""
+    normal: dict[str, object] = {
+        "/registered-models/get": {"registered_model": {"aliases": []}},
+        "/model-versions/get": {"model_version": {"version": "1", "tags": []}},
+        "/model-versions/search": {"model_versions": [{"version": "1"}]},
+        "/get-download-uri": {"artifact_uri": "mlflow-artifacts:/1/m"},
+        "/mlflow-artifacts/artifacts": {"files": [{"path": "model.onnx", "file_size": 3}]},
+    }
+
+    def answer(request: httpx.Request) -> httpx.Response:
+        path = request.url.path
+        if "/mlflow-artifacts/artifacts/" in path:
+            return httpx.Response(200, content=b"abc")
+        for suffix, doc in {**normal, **wrong}.items():
+            if path.endswith(suffix):
+                return httpx.Response(200, json=doc)
+        return httpx.Response(404, json={"error_code": "RESOURCE_DOES_NOT_EXIST", "message": ""})
+
+    return httpx.MockTransport(answer)
+
+
+def _listing(*files: object) -> dict[str, object]:
+    return {"/mlflow-artifacts/artifacts": {"files": list(files)}}
+
+
+_ONNX = {"path": "model.onnx", "file_size": 3}
+
+
+@pytest.mark.parametrize(
+    ("call", "wrong", "error"),
+    [
+        ("fetch", _listing("model.onnx"), "unexpected"),
+        ("fetch", _listing({"file_size": 3}), "unexpected"),
+        ("fetch", _listing({"path": "model.onnx", "file_size": "abc"}), "unexpected"),
+        # every folder lists a folder: the listing never ended
+        ("fetch", _listing({"path": "a", "is_dir": True}), "nested deeper than 32 levels"),
+        ("fetch", _listing(_ONNX, {"path": "a\u0000b"}), "cannot be stored as a file"),
+        ("fetch", _listing(_ONNX, {"path": "a" * 300}), "cannot be stored as a file"),
+        ("latest", {"/model-versions/search": {"model_versions": "abc"}}, "unexpected"),
+        ("latest", {"/model-versions/search": {"model_versions": [{}]}}, "unexpected"),
+        ("champion", {"/registered-models/alias": {"model_version": {"version": None}}},
+         "unexpected"),
+        ("champion", {"/registered-models/alias": {"model_version": {"version": "../1"}}},
+         "unexpected"),
+        ("aliases", {"/registered-models/get": {"registered_model": []}}, "unexpected"),
+        ("aliases", {"/registered-models/get": {"registered_model": {"aliases": [{}]}}},
+         "unexpected"),
+        ("document", {"/model-versions/get": {"model_version": {"version": "1", "tags": "x"}}},
+         "tags that are not a list of objects"),
+    ],
+)  # fmt: skip
+async def test_answers_of_the_wrong_shape_are_registry_errors(
+    tmp_path: Path, call: str, wrong: dict[str, object], error: str
+) -> None:
+    # each raised TypeError, KeyError, ValueError, OSError or RecursionError before, which the
+    # registry's callers (they catch RegistryError) did not expect
+    registry = MlflowRegistry(
+        "http://mlflow.test", tmp_path, retries=0, transport=_shaped_server(wrong)
+    )
+
+    async def act() -> object:
+        if call == "fetch":
+            return await registry.fetch("m", "1")
+        if call == "latest":
+            return await registry.resolve(ModelRef.parse("m"))
+        if call == "champion":
+            return await registry.resolve(ModelRef.parse("m@champion"))
+        if call == "aliases":
+            return await registry.get_aliases("m")
+        return await registry.read_document("m", "1", "notes.json")
+
+    try:
+        with pytest.raises(RegistryError, match=error):
+            await act()
+    finally:
+        await registry.aclose()
+
+
+async def test_listed_sizes_as_mlflow_writes_them(tmp_path: Path) -> None:
+    # int64 as a string is MLflow's JSON; a negative or absent size is not checked (the
+    # metadata's sha256 is, where it has one)
+    for size in ("3", -7, None):
+        files = {"files": [{"path": "model.onnx", "file_size": size}]}
+        registry = MlflowRegistry(
+            "http://mlflow.test", tmp_path / str(size), retries=0,
+            transport=_shaped_server({"/mlflow-artifacts/artifacts": files}),
+        )  # fmt: skip
+        try:
+            fetched = await registry.fetch("m", "1")
+            assert fetched.model_file.read_bytes() == b"abc"
+        finally:
+            await registry.aclose()
+
+
+async def test_an_artifact_longer_than_listed_is_cut_off_where_it_passes_the_size(
+    tmp_path: Path,
+) -> None:
+    # before, the whole answer was written to disk and compared with the listed size after
+    sent: list[int] = []
+
+    async def endless() -> AsyncIterator[bytes]:
+        while len(sent) < 1000:  # a GB: the test's bound, not the client's
+            sent.append(1)
+            yield b"x" * (1 << 20)
+
+    normal = _shaped_server({})
+
+    async def answer(request: httpx.Request) -> httpx.Response:
+        if "/mlflow-artifacts/artifacts/" in request.url.path:
+            return httpx.Response(200, content=endless())
+        return await normal.handle_async_request(request)
+
+    registry = MlflowRegistry(
+        "http://mlflow.test", tmp_path, retries=0, transport=httpx.MockTransport(answer)
+    )
+    try:
+        with pytest.raises(CorruptModelError, match="runs past the 3 bytes the registry lists"):
+            await registry.fetch("m", "1")
+    finally:
+        await registry.aclose()
+    assert len(sent) <= 2

@@ -109,3 +109,55 @@ async def test_an_event_type_not_configured_starts_nothing(tmp_path: Path) -> No
     assert answer.status_code == 202
     assert answer.json()["outcome"] == "ignored"
     assert store.jobs() == []
+
+
+async def test_a_window_time_that_is_not_a_time_is_refused(tmp_path: Path) -> None:
+    # 1e308 was queued, and its job failed reading the topics (OverflowError: cannot convert
+    # float infinity to integer); a negative one there with aiokafka's ValueError
+    store, metrics = JobStore(tmp_path / "j.sqlite"), RetrainMetrics()
+    woken: list[int] = []
+    answers = []
+    async with client(store, woken, metrics) as http:
+        for i, (key, value) in enumerate(
+            [
+                ("window", {"start_time": 1e308}),
+                ("window", {"start_time": -5.0}),
+                ("window", {"end_time": "NaN"}),
+                ("window", {"start_time": True}),
+                ("episode", {"windows": [{"start_time": 1e20}]}),
+            ]
+        ):
+            body = orjson.dumps({"specversion": "1.0", "id": f"e{i}", "type": DRIFT,
+                                 "source": "s", "data": {"model": "m", key: value}})  # fmt: skip
+            answers.append(await http.post("/events", content=body, headers=headers(f"e{i}", body)))
+        unset = orjson.dumps({"specversion": "1.0", "id": "ok", "type": DRIFT, "source": "s",
+                              "data": {"model": "m", "window": {"start_time": None}}})  # fmt: skip
+        fine = await http.post("/events", content=unset, headers=headers("ok", unset))
+    assert [a.status_code for a in answers] == [400] * 5
+    assert "data.window.start_time must be a time in seconds" in answers[0].json()["error"]
+    assert "data.window.end_time" in answers[2].json()["error"]
+    assert "data.episode.windows[].start_time" in answers[4].json()["error"]
+    assert fine.status_code == 202
+    assert [j.triggers[0]["window_start"] for j in store.jobs()] == [None]
+
+
+async def test_data_nested_too_deep_is_refused_not_kept(tmp_path: Path) -> None:
+    # drifted_features 300 lists deep was queued, then every GET /jobs answered 500 (orjson:
+    # Recursion limit reached) for good; 1,000 deep was a 500 at once (json.dumps)
+    store, metrics = JobStore(tmp_path / "j.sqlite"), RetrainMetrics()
+    woken: list[int] = []
+    answers = []
+    async with client(store, woken, metrics) as http:
+        for depth in (300, 1000):
+            nested = b"[" * depth + b'"a"' + b"]" * depth
+            body = (b'{"specversion": "1.0", "id": "e", "type": "%s", "source": "s", '
+                    b'"data": {"model": "m", "drifted_features": %s}}') % (DRIFT.encode(), nested)  # fmt: skip
+            answers.append(await http.post("/events", content=body, headers=headers("e", body)))
+        _, fine = event("w1")
+        accepted = await http.post("/events", content=fine, headers=headers("k", fine))
+        listed = await http.get("/jobs")
+    assert [a.status_code for a in answers] == [400, 400]
+    assert "data nests deeper than 32 levels" in answers[0].json()["error"]
+    assert accepted.status_code == 202
+    assert listed.status_code == 200
+    assert len(listed.json()["jobs"]) == 1

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 import numpy as np
+import orjson
 
 from monitors.feedback import encode_feedback
 from monitors.retrain.dataset import Dataset, join
@@ -72,3 +73,29 @@ def test_the_newest_rows_are_held_out_and_a_dataset_survives_a_save(tmp_path: An
     again = Dataset.load(tmp_path / "d.npz")
     assert again.x.tolist() == dataset.x.tolist()
     assert (again.logged_rows, again.class_labels, again.end) == (12, ["no", "yes"], 9.0)
+
+
+def test_malformed_log_records_are_skipped_and_counted_not_the_jobs_end() -> None:
+    # a time of "now" or None failed the whole job (TypeError comparing it with the window),
+    # a request id that is a list too (unhashable), and rows of 10**12 looped for ever
+    log = [
+        record("r1", 2, 100.0),
+        {**record("t", 1, 100.0), "time": "now"},
+        {**record("n", 1, 100.0), "time": None},
+        {**record("huge", 1, 100.0), "rows": 10**12},
+        {**record("s", 1, 100.0), "rows": "1"},
+        {**record("p", 1, 100.0), "part": [1]},
+        {**record("x", 1, 100.0), "request_id": ["x"]},
+        {**record("f", 1, 100.0), "features": {"a": {"0": 1.0}, "b": [1.0]}},  # no rows: skipped
+        record("r2", 1, 101.0),
+    ]
+    lines = b"\n".join(orjson.dumps({**r, "schema_version": 1}) for r in log)
+    feedback = [label(r, 0, 1) for r in ("r1", "t", "n", "huge", "s", "p", "f", "r2")]
+    dataset = join(
+        "m", META, [(0, lines)], [(0, encode_feedback(feedback))],  # type: ignore[arg-type]
+        "label", start=50.0, end=200.0,
+    )  # fmt: skip
+    assert dataset.rows == 2
+    assert dataset.logged_rows == 4, "r1's two rows, f's one, r2's one"
+    assert dataset.summary()["malformed_records"] == 6
+    assert dataset.x.tolist() == [[0.0, 10.0], [0.0, 10.0]]

@@ -35,14 +35,17 @@ def settings(tmp_path: Path, root: Path, servers: str, **extra: Any) -> RetrainS
 
 
 async def run_one(
-    config: RetrainSettings, timeout_s: float = 120, model: str = "breast_cancer"
+    config: RetrainSettings,
+    timeout_s: float = 120,
+    model: str = "breast_cancer",
+    trigger: dict[str, Any] = TRIGGER,
 ) -> tuple[Job, str]:
     """Receive one event, run the worker until its job ends; (the job, /metrics text)."""
     store = JobStore(config.state_dir / "jobs.sqlite")
     metrics = RetrainMetrics()
     worker = Worker(config, store, metrics)
     running = asyncio.create_task(worker.run())
-    job_id = store.receive("e1", model, dict(TRIGGER)).job_id
+    job_id = store.receive("e1", model, dict(trigger)).job_id
     assert job_id is not None
     worker.wake()
     deadline = time.monotonic() + timeout_s
@@ -106,7 +109,11 @@ async def test_too_few_labels_fail_the_job_saying_so(
     await topics(broker)
     x, y = drifted(300)
     await publish(broker.bootstrap_servers, x, y, labelled=120)
-    job, _ = await run_one(settings(tmp_path, demo_registry, broker.bootstrap_servers))
+    # a first window less than lookback_s after the epoch: reading starts at 0, where it asked
+    # Kafka for a negative time before (ValueError, the job failed before counting labels)
+    trigger = {**TRIGGER, "window_start": 100.0}
+    config = settings(tmp_path, demo_registry, broker.bootstrap_servers)
+    job, _ = await run_one(config, trigger=trigger)
     assert job.state == "failed"
     assert "too few labelled rows to train on: 120 of 300 logged rows" in job.reason
     assert job.dataset["labelled_rows"] == 120
