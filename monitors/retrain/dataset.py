@@ -226,6 +226,11 @@ def join(
             if not isinstance(features, dict) or any(n not in features for n in names):
                 continue
             columns = [features[n] for n in names]
+            if not all(
+                isinstance(c, list | np.ndarray) and len(c) == record["rows"] for c in columns
+            ):  # a column of another shape: text would be read a character a row
+                malformed += 1
+                continue
             for i in range(record["rows"]):
                 logged += 1
                 label = labels.get((record["request_id"], first + i))

@@ -86,16 +86,17 @@ def test_malformed_log_records_are_skipped_and_counted_not_the_jobs_end() -> Non
         {**record("s", 1, 100.0), "rows": "1"},
         {**record("p", 1, 100.0), "part": [1]},
         {**record("x", 1, 100.0), "request_id": ["x"]},
-        {**record("f", 1, 100.0), "features": {"a": {"0": 1.0}, "b": [1.0]}},  # no rows: skipped
+        {**record("f", 1, 100.0), "features": {"a": {"0": 1.0}, "b": [1.0]}},  # no rows
+        {**record("txt", 3, 100.0), "features": {"a": "123", "b": [1.0, 2.0, 3.0]}},  # not 1, 2, 3
         record("r2", 1, 101.0),
     ]
     lines = b"\n".join(orjson.dumps({**r, "schema_version": 1}) for r in log)
-    feedback = [label(r, 0, 1) for r in ("r1", "t", "n", "huge", "s", "p", "f", "r2")]
+    feedback = [label(r, 0, 1) for r in ("r1", "t", "n", "huge", "s", "p", "f", "txt", "r2")]
     dataset = join(
         "m", META, [(0, lines)], [(0, encode_feedback(feedback))],  # type: ignore[arg-type]
         "label", start=50.0, end=200.0,
     )  # fmt: skip
     assert dataset.rows == 2
-    assert dataset.logged_rows == 4, "r1's two rows, f's one, r2's one"
-    assert dataset.summary()["malformed_records"] == 6
+    assert dataset.logged_rows == 3, "r1's two rows, r2's one"
+    assert dataset.summary()["malformed_records"] == 8
     assert dataset.x.tolist() == [[0.0, 10.0], [0.0, 10.0]]
