@@ -90,7 +90,7 @@ def trigger_of(event: object, received: float) -> tuple[str | None, dict[str, An
         "type": event["type"],
         "time": event.get("time"),
         "received": received,
-        "version": data.get("version"),
+        "version": _version(data.get("version")),
         "window_id": window.get("id") or window.get("window_id"),
         "window_start": _time(window.get("start_time"), received, "data.window.start_time"),
         "window_end": _time(window.get("end_time"), received, "data.window.end_time"),
@@ -112,6 +112,17 @@ def trigger_of(event: object, received: float) -> tuple[str | None, dict[str, An
     if _nests_deeper(trigger, MAX_NESTING):  # the job keeps it, /jobs writes it back as JSON
         raise EventError(f"data nests deeper than {MAX_NESTING} levels")
     return model, trigger
+
+
+def _version(version: object) -> str | None:
+    """The model version an event names, as the registry writes versions: text. A whole number
+    (MLflow's versions are) is that number's text: 3 would otherwise never match the champion's
+    "3", and the event would start a job of its own."""
+    if version is None or (isinstance(version, str) and version):
+        return version
+    if type(version) is int and version >= 0:
+        return str(version)
+    raise EventError("data.version must be the model version: a non-empty string or a number")
 
 
 def _nests_deeper(value: object, levels: int) -> bool:

@@ -161,3 +161,20 @@ async def test_data_nested_too_deep_is_refused_not_kept(tmp_path: Path) -> None:
     assert accepted.status_code == 202
     assert listed.status_code == 200
     assert len(listed.json()["jobs"]) == 1
+
+
+async def test_a_version_given_as_a_number_is_its_text_and_other_types_are_refused(
+    tmp_path: Path,
+) -> None:
+    # 1 never matched the champion's "1": such an event started a second job for that version
+    store, metrics = JobStore(tmp_path / "j.sqlite"), RetrainMetrics()
+    woken: list[int] = []
+    answers = []
+    async with client(store, woken, metrics) as http:
+        for i, version in enumerate([1, 1.5, ["1"], "", True]):
+            body = orjson.dumps({"specversion": "1.0", "id": f"e{i}", "type": DRIFT,
+                                 "source": "s", "data": {"model": "m", "version": version}})  # fmt: skip
+            answers.append(await http.post("/events", content=body, headers=headers(f"e{i}", body)))
+    assert [a.status_code for a in answers] == [202, 400, 400, 400, 400]
+    assert "data.version must be the model version" in answers[1].json()["error"]
+    assert [j.triggers[0]["version"] for j in store.jobs()] == ["1"]
