@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 
 from loadtests.closedloop import parse_wrk
 from loadtests.machine import (
@@ -63,25 +65,30 @@ _THREAD_BURN = (
 )
 
 
-def test_thread_cpu_names_the_thread_that_burnt() -> None:
-    # the main thread waits while a second one burns 0.6 s: the split must say which
+@contextlib.contextmanager
+def _child(script: str, ready: str) -> Iterator[int]:
+    """A Python child running ``script``, once it has written the line ``ready``; its PID.
+    It is killed when the block ends."""
     with subprocess.Popen(
-        [sys.executable, "-c", _THREAD_BURN],
-        stdin=subprocess.PIPE,
-        stdout=subprocess.PIPE,
-        text=True,
+        [sys.executable, "-c", script], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
     ) as proc:
         try:
             assert proc.stdout is not None
-            assert proc.stdout.readline() == "burnt\n"
-            threads = thread_cpu_s(proc.pid)
-            main = threads.pop(proc.pid)
-            assert max(threads.values()) >= 0.5
-            assert main < 0.4
-            user, system = process_tree_cpu(proc.pid)
-            assert user + system >= 0.5  # the burn loop reads its clock: much is system time
+            assert proc.stdout.readline() == ready + "\n"
+            yield proc.pid
         finally:
             proc.kill()
+
+
+def test_thread_cpu_names_the_thread_that_burnt() -> None:
+    # the main thread waits while a second one burns 0.6 s: the split must say which
+    with _child(_THREAD_BURN, "burnt") as pid:
+        threads = thread_cpu_s(pid)
+        main = threads.pop(pid)
+        assert max(threads.values()) >= 0.5
+        assert main < 0.4
+        user, system = process_tree_cpu(pid)
+        assert user + system >= 0.5  # the burn loop reads its clock: much is system time
 
 
 def test_thread_cpu_of_a_gone_process_is_empty() -> None:
@@ -102,21 +109,11 @@ _THREADS_WAIT = (
 def test_pin_process_moves_threads_started_before() -> None:
     # a broker's worker threads exist before the benchmark pins it: all of them must move
     cpu = min(os.sched_getaffinity(0))
-    with subprocess.Popen(
-        [sys.executable, "-c", _THREADS_WAIT],
-        stdin=subprocess.PIPE,
-        stdout=subprocess.PIPE,
-        text=True,
-    ) as proc:
-        try:
-            assert proc.stdout is not None
-            assert proc.stdout.readline() == "started\n"
-            pin_process(proc.pid, {cpu})
-            tasks = [int(task) for task in os.listdir(f"/proc/{proc.pid}/task")]
-            assert len(tasks) == 4
-            assert {frozenset(os.sched_getaffinity(task)) for task in tasks} == {frozenset({cpu})}
-        finally:
-            proc.kill()
+    with _child(_THREADS_WAIT, "started") as pid:
+        pin_process(pid, {cpu})
+        tasks = [int(task) for task in os.listdir(f"/proc/{pid}/task")]
+        assert len(tasks) == 4
+        assert {frozenset(os.sched_getaffinity(task)) for task in tasks} == {frozenset({cpu})}
 
 
 _WRK = """Running 5s test @ http://127.0.0.1:8000/v2/models/mlp/infer

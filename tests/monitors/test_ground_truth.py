@@ -90,6 +90,15 @@ def service(registry: Path, state_dir: Path, mlflow_url: str | None = None) -> G
     return GroundTruthService(settings, PerformanceMetrics(CollectorRegistry()), Webhooks([]))
 
 
+async def consume_all(
+    gt: GroundTruthService, predictions: list[list[Message]], labels: list[list[Message]]
+) -> dict[str, Any]:
+    """Every poll of the traffic, in order, then ``finish``."""
+    for p, lab in zip(predictions, labels, strict=True):
+        await gt.consume(0, p, lab)
+    return await finish(gt)
+
+
 async def finish(gt: GroundTruthService) -> dict[str, Any]:
     status = gt.status()
     for partition in list(gt.stores):
@@ -104,9 +113,7 @@ async def test_crashes_and_batches_read_again_change_nothing(
 ) -> None:
     predictions, labels, direct = traffic(seed=5)
     whole = service(demo_registry, tmp_path / "whole")
-    for p, lab in zip(predictions, labels, strict=True):
-        await whole.consume(0, p, lab)
-    expected = await finish(whole)
+    expected = await consume_all(whole, predictions, labels)
     got = {s["variant"]: (s["totals"]["labels"], s["totals"]["accuracy"])
            for s in expected["streams"].values()}  # fmt: skip
     assert got == direct
@@ -160,9 +167,7 @@ async def test_metadata_comes_through_the_configured_mlflow_registry(
     empty = tmp_path / "no-local-registry"
     empty.mkdir()
     gt = service(empty, tmp_path / "state", mlflow_url)
-    for p, lab in zip(predictions, labels, strict=True):
-        await gt.consume(0, p, lab)
-    status = await finish(gt)
+    status = await consume_all(gt, predictions, labels)
     got = {s["variant"]: (s["totals"]["labels"], s["totals"]["accuracy"])
            for s in status["streams"].values()}  # fmt: skip
     assert got == direct
@@ -175,9 +180,7 @@ async def test_poison_predictions_and_labels_are_skipped_counted_and_the_rest_jo
 ) -> None:
     predictions, labels, _ = traffic(seed=7)
     clean = service(demo_registry, tmp_path / "clean")
-    for p, lab in zip(predictions, labels, strict=True):
-        await clean.consume(0, p, lab)
-    expected = await finish(clean)
+    expected = await consume_all(clean, predictions, labels)
 
     good: dict[str, Any] = {
         "schema_version": 2, "request_id": "poison", "time": 101.0, "endpoint": "breast_cancer",
