@@ -245,6 +245,7 @@ class RouteStore:
             for variant in route.variants:  # nothing moves until every model of it serves
                 await manager.prepare(route.endpoint, variant.name, variant.ref)
                 prepared.append((variant.name, variant.ref))
+            await self.traffic.prepare_shadows(route)
             await asyncio.to_thread(self.audit.check)
             if self._channel is None:
                 outcome = await self._apply(change)
@@ -257,6 +258,7 @@ class RouteStore:
         finally:
             for name, ref in prepared:  # what the change did not take up (it failed)
                 manager.discard(route.endpoint, name, ref)
+            await self.traffic.discard_shadows(route)
 
     async def _publish(self, change: dict[str, Any]) -> Outcome:
         assert self._channel is not None

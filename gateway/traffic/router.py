@@ -12,7 +12,7 @@ import logging
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from gateway.errors import InvalidInputError, UnknownModelError
+from gateway.errors import InvalidInputError, ModelLoadError, UnknownModelError
 from gateway.serving import LoadedModel, ModelManager
 from gateway.traffic.canary import CanaryController, VariantStats
 from gateway.traffic.routes import Route, key_bucket
@@ -43,6 +43,8 @@ class Traffic:
         self.change: ChangeFn | None = None  # set by the route store: how a canary changes routes
         self._make_shadow = make_shadow
         self._shadows: dict[tuple[str, str], ShadowDispatcher] = {}
+        # shadows an operator's change loaded before it applies, by (endpoint, name)
+        self._prepared_shadows: dict[tuple[str, str], ShadowDispatcher] = {}
         self._canaries: dict[str, CanaryController] = {}
         self._lock = asyncio.Lock()
 
@@ -52,7 +54,9 @@ class Traffic:
     async def __aexit__(self, *exc_info: object) -> None:
         for controller in self._canaries.values():
             await controller.stop()
-        await asyncio.gather(*(s.stop() for s in self._shadows.values()))
+        prepared = list(self._prepared_shadows.values())
+        self._prepared_shadows.clear()
+        await asyncio.gather(*(s.stop() for s in [*self._shadows.values(), *prepared]))
 
     @property
     def ready(self) -> bool:
@@ -75,8 +79,11 @@ class Traffic:
             for spec in route.shadows:
                 key = (endpoint, spec.name)
                 existing = self._shadows.get(key)
+                prepared = self._prepared_shadows.get(key)
                 if existing is not None and existing.spec == spec:
                     shadows[key] = existing
+                elif prepared is not None and prepared.spec == spec:
+                    shadows[key] = self._prepared_shadows.pop(key)
                 else:
                     shadows[key] = await self._make_shadow(route, spec.name)
             old = self.routes.get(endpoint)
@@ -93,6 +100,37 @@ class Traffic:
                         self.manager.retire(endpoint, name)
             await self._update_canary(route)
             log.info("route %s: %s", endpoint, {v.name: v.weight for v in route.variants})
+
+    async def prepare_shadows(self, route: Route) -> None:
+        """Load the shadows ``route`` adds or changes (nothing moves yet); raises
+        ModelLoadError naming the first that cannot be loaded, as for a variant."""
+        for spec in route.shadows:
+            key = (route.endpoint, spec.name)
+            existing = self._shadows.get(key)
+            prepared = self._prepared_shadows.get(key)
+            if (existing is not None and existing.spec == spec) or (
+                prepared is not None and prepared.spec == spec
+            ):
+                continue
+            dispatcher = await self._make_shadow(route, spec.name)
+            if dispatcher.deployment.current is None:
+                error = dispatcher.deployment.last_error
+                await dispatcher.stop()
+                raise ModelLoadError(
+                    f"{route.endpoint} shadow {spec.name}: {spec.ref} could not be loaded: {error}"
+                )
+            if prepared is not None:
+                await prepared.stop()
+            self._prepared_shadows[key] = dispatcher
+
+    async def discard_shadows(self, route: Route) -> None:
+        """Unload what ``prepare_shadows`` loaded for a change that did not apply."""
+        for spec in route.shadows:
+            key = (route.endpoint, spec.name)
+            prepared = self._prepared_shadows.get(key)
+            if prepared is not None and prepared.spec == spec:
+                del self._prepared_shadows[key]
+                await prepared.stop()
 
     async def _update_canary(self, route: Route) -> None:
         controller = self._canaries.pop(route.endpoint, None)

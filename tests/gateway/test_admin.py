@@ -313,3 +313,26 @@ async def test_canary_steps_reach_the_audit_file_with_the_control_topic(
 
         await wait_for(lambda: "canary started to 40%" in audited())
     assert audited() == ["PATCH", "canary started to 40%"]
+
+
+async def test_a_shadow_that_cannot_load_is_refused_like_a_variant(
+    demo_registry: Path, tmp_path: Path
+) -> None:
+    async with gateway(demo_registry, tmp_path / "audit.jsonl") as gw:
+        missing = {"name": "cand", "ref": "breast_cancer/99", "sample": 0.5}
+        refused = await gw.client.patch(ROUTE, json={"shadows": [missing]})
+        assert refused.status_code == 409, refused.text
+        assert "shadow cand" in refused.json()["error"]
+        assert "breast_cancer/99" in refused.json()["error"]
+        route = (await gw.client.get(ROUTE)).json()
+        assert route["shadows"] == []
+        assert route["revision"] == 0
+        assert (await gw.client.get("/admin/history")).json()["changes"] == []
+        # a loadable shadow is taken up as prepared: loaded once, then fed
+        good = {"name": "cand", "ref": "breast_cancer/2", "sample": 0.5}
+        accepted = await gw.client.patch(ROUTE, json={"shadows": [good]})
+        assert accepted.status_code == 200, accepted.text
+        assert [s["ref"] for s in (await gw.client.get(ROUTE)).json()["shadows"]] == [good["ref"]]
+        loads = gw.metric("gateway_model_loads_total", model="breast_cancer", version="2",
+                          variant="cand", outcome="success")  # fmt: skip
+        assert loads == 1
