@@ -290,9 +290,7 @@ class GatewayProtocol(asyncio.Protocol):
         if self._send_timer is not None:
             self._send_timer.cancel()
             self._send_timer = None
-        if self._active is None and self._queue and not (self._lost or self._closing):
-            self._start_next()
-        self._update_reading()
+        self._advance()
 
     def _send_timed_out(self) -> None:
         self._send_timer = None
@@ -391,12 +389,23 @@ class GatewayProtocol(asyncio.Protocol):
             self._arrived,
         )
         self._queue.append(request)
-        if self._active is None and not self._write_paused:
+        self._advance()
+
+    # -- serving ------------------------------------------------------------------------------
+
+    def _advance(self) -> None:
+        """Start the next queued request when none is being answered and the client reads its
+        answers (a write-paused connection starts nothing: see ``pause_writing``); otherwise
+        only decide whether to go on reading. The one place that decides what starts next."""
+        if (
+            self._active is None
+            and self._queue
+            and not (self._write_paused or self._lost or self._closing)
+            and self._transport is not None
+        ):
             self._start_next()
         else:
             self._update_reading()
-
-    # -- serving ------------------------------------------------------------------------------
 
     def _start_next(self) -> None:
         request = self._queue.popleft()
@@ -575,10 +584,7 @@ class GatewayProtocol(asyncio.Protocol):
         if self._lost or self._transport is None:
             return
         if self._queue and not self._closing:
-            if self._write_paused:
-                self._update_reading()  # resume_writing starts the next
-            else:
-                self._start_next()
+            self._advance()  # or resume_writing does, once the client reads
         elif self._closing:
             self._close()
         else:
@@ -613,8 +619,7 @@ class GatewayProtocol(asyncio.Protocol):
         error = (status, message)
         request = _Request("GET", self._url[:200], [], b"", False, "1.1", error, self._arrived)
         self._queue.append(request)
-        if self._active is None:
-            self._start_next()
+        self._advance()
 
     def _refuse_now(self, reply: Reply) -> None:
         """Answer the request whose head was just read with ``reply`` (nothing is ahead of it),
