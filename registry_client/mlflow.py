@@ -74,6 +74,9 @@ _EXPERIMENT = "model-gateway registrations"
 _KEY_TAG = "model_gateway.registration_key"  # the run tag of a keyed registration
 _READY_TIMEOUT_S = 60.0  # for a server that registers versions asynchronously
 _MAX_DEPTH = 32  # artifact folders nested deeper are refused (a listing that never ends)
+# Files and folders listed under a version's artifacts, in all: more are refused before they are
+# all listed and held (a run's whole artifacts); a model's folder holds a handful.
+_MAX_ENTRIES = 1_000
 
 
 class MlflowRegistry(Registry):
@@ -493,28 +496,42 @@ class MlflowRegistry(Registry):
         response = await self._client.post(f"{_API}/model-versions/set-tag", json=body)
         _check(response, f"model {name!r} version {version!r}: tag {key!r}")
 
-    async def _list(self, path: str, prefix: str = "") -> dict[str, int]:
-        """Every file under ``path`` (relative path -> listed size, -1 if none), recursively."""
-        response = await self._get(_ARTIFACTS, path=f"{path}/{prefix}".rstrip("/"))
-        _check(response, f"artifacts at {path}")
+    async def _list(self, path: str) -> dict[str, int]:
+        """Every file under ``path`` (relative path -> listed size, -1 if none), folder by
+        folder; more than ``_MAX_ENTRIES`` files and folders in all, or folders nested deeper
+        than ``_MAX_DEPTH``, are a CorruptModelError."""
         files: dict[str, int] = {}
-        for entry in _entries(response, "files"):
-            if not isinstance(entry.get("path"), str):
-                raise _unexpected(response)
-            # the proxy lists names relative to the folder asked for
-            name = entry["path"].rsplit("/", 1)[-1]
-            if name in ("", ".", ".."):
-                continue
-            relative = f"{prefix}/{name}" if prefix else name
-            if entry.get("is_dir"):
-                if relative.count("/") >= _MAX_DEPTH:
+        folders = [""]
+        listed = 0
+        while folders:
+            prefix = folders.pop()
+            response = await self._get(_ARTIFACTS, path=f"{path}/{prefix}".rstrip("/"))
+            _check(response, f"artifacts at {path}")
+            entries = _entries(response, "files")
+            listed += len(entries)
+            if listed > _MAX_ENTRIES:
+                raise CorruptModelError(
+                    f"artifacts at {path}: more than {_MAX_ENTRIES} files and folders (a model "
+                    "version's folder holds a few); register the model's folder, not a run's "
+                    "whole artifacts"
+                )
+            for entry in entries:
+                if not isinstance(entry.get("path"), str):
+                    raise _unexpected(response)
+                # the proxy lists names relative to the folder asked for
+                name = entry["path"].rsplit("/", 1)[-1]
+                if name in ("", ".", ".."):
+                    continue
+                relative = f"{prefix}/{name}" if prefix else name
+                if not entry.get("is_dir"):
+                    files[relative] = _file_size(response, entry.get("file_size"))
+                elif relative.count("/") >= _MAX_DEPTH:
                     raise CorruptModelError(
                         f"artifacts at {path}: folders nested deeper than {_MAX_DEPTH} levels "
                         f"({relative[:200]}...)"
                     )
-                files.update(await self._list(path, relative))
-            else:
-                files[relative] = _file_size(response, entry.get("file_size"))
+                else:
+                    folders.append(relative)
         return files
 
     async def _download(self, path: str, local: Path, size: int, what: str) -> None:

@@ -371,3 +371,38 @@ async def test_downloads_are_retried_as_every_request_is(tmp_path: Path) -> None
     finally:
         await refused.aclose()
     assert len(tried) == 1
+
+
+@pytest.mark.parametrize(("folders", "files_each"), [(0, 1001), (10, 100)])
+async def test_a_version_with_more_than_1000_artifacts_is_refused_before_it_is_all_listed(
+    tmp_path: Path, folders: int, files_each: int
+) -> None:
+    # before, every folder was listed and every file fetched, however many (a run's whole
+    # artifacts registered as a version); the bound counts files and folders across the tree
+    listings: list[str] = []
+    normal = _shaped_server({})
+
+    async def answer(request: httpx.Request) -> httpx.Response:
+        if not request.url.path.endswith("/mlflow-artifacts/artifacts"):
+            return await normal.handle_async_request(request)
+        folder = request.url.params["path"]
+        listings.append(folder)
+        files: list[dict[str, object]] = [
+            {"path": f"f{i}.txt", "file_size": 3} for i in range(files_each)
+        ]
+        if folder == "1/m":
+            files += [_ONNX] + [{"path": f"d{i}", "is_dir": True} for i in range(folders)]
+        return httpx.Response(200, json={"files": files})
+
+    registry = MlflowRegistry(
+        "http://mlflow.test", tmp_path, retries=0, transport=httpx.MockTransport(answer)
+    )
+    try:
+        with pytest.raises(CorruptModelError, match="more than 1000 files and folders"):
+            await registry.fetch("m", "1")
+        with pytest.raises(CorruptModelError, match="more than 1000 files and folders"):
+            await registry.read_document("m", "1", "notes.json")
+    finally:
+        await registry.aclose()
+    assert len(listings) <= 2 * (folders + 1)
+    assert not (tmp_path / "m" / "1").exists(), "nothing cached"
