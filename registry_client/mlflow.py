@@ -34,8 +34,9 @@ import os
 import shutil
 import tempfile
 import time
+from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 from urllib.parse import quote, urlsplit
 
 import httpx
@@ -61,6 +62,7 @@ from registry_client.reference import ModelRef
 __all__ = ["MlflowRegistry"]
 
 log = logging.getLogger(__name__)
+_T = TypeVar("_T")
 
 _API = "/api/2.0/mlflow"
 _ARTIFACTS = "/api/2.0/mlflow-artifacts/artifacts"
@@ -72,6 +74,9 @@ _EXPERIMENT = "model-gateway registrations"
 _KEY_TAG = "model_gateway.registration_key"  # the run tag of a keyed registration
 _READY_TIMEOUT_S = 60.0  # for a server that registers versions asynchronously
 _MAX_DEPTH = 32  # artifact folders nested deeper are refused (a listing that never ends)
+# Files and folders listed under a version's artifacts, in all: more are refused before they are
+# all listed and held (a run's whole artifacts); a model's folder holds a handful.
+_MAX_ENTRIES = 1_000
 
 
 class MlflowRegistry(Registry):
@@ -385,21 +390,27 @@ class MlflowRegistry(Registry):
         return await self._retried(endpoint, method, f"{_API}/{endpoint}", json=body)
 
     async def _retried(self, what: str, method: str, url: str, **options: Any) -> httpx.Response:
-        """One request with exponential backoff on connection errors, timeouts and 5xx
-        answers; any other answer is returned as it is."""
+        """One request, tried again as ``_retrying`` says; any answer under 500 is returned."""
+
+        async def attempt() -> httpx.Response:
+            response = await self._client.request(method, url, **options)
+            _raise_if_unavailable(response)
+            return response
+
+        return await self._retrying(what, attempt)
+
+    async def _retrying(self, what: str, attempt: Callable[[], Awaitable[_T]]) -> _T:
+        """``attempt()``, with exponential backoff while it fails on a connection error, a
+        timeout or a 5xx answer (RegistryUnavailableError); any other outcome is its own."""
         last: Exception | None = None
-        problem = ""
-        for attempt in range(self._retries + 1):
-            if attempt:
-                await asyncio.sleep(self._backoff_s * 2 ** (attempt - 1))
+        for number in range(self._retries + 1):
+            if number:
+                await asyncio.sleep(self._backoff_s * 2 ** (number - 1))
             try:
-                response = await self._client.request(method, url, **options)
-            except httpx.TransportError as exc:
-                last, problem = exc, repr(exc)
-                continue
-            if response.status_code < 500:
-                return response
-            problem = f"{response.status_code} {_message(response)}"
+                return await attempt()
+            except (httpx.TransportError, RegistryUnavailableError) as exc:
+                last = exc
+        problem = str(last) if isinstance(last, RegistryError) else repr(last)
         raise RegistryUnavailableError(
             f"MLflow registry at {self.base_url} unreachable after {self._retries + 1} tries "
             f"({what}): {problem}"
@@ -485,49 +496,52 @@ class MlflowRegistry(Registry):
         response = await self._client.post(f"{_API}/model-versions/set-tag", json=body)
         _check(response, f"model {name!r} version {version!r}: tag {key!r}")
 
-    async def _list(self, path: str, prefix: str = "") -> dict[str, int]:
-        """Every file under ``path`` (relative path -> listed size, -1 if none), recursively."""
-        response = await self._get(_ARTIFACTS, path=f"{path}/{prefix}".rstrip("/"))
-        _check(response, f"artifacts at {path}")
+    async def _list(self, path: str) -> dict[str, int]:
+        """Every file under ``path`` (relative path -> listed size, -1 if none), folder by
+        folder; more than ``_MAX_ENTRIES`` files and folders in all, or folders nested deeper
+        than ``_MAX_DEPTH``, are a CorruptModelError."""
         files: dict[str, int] = {}
-        for entry in _entries(response, "files"):
-            if not isinstance(entry.get("path"), str):
-                raise _unexpected(response)
-            # the proxy lists names relative to the folder asked for
-            name = entry["path"].rsplit("/", 1)[-1]
-            if name in ("", ".", ".."):
-                continue
-            relative = f"{prefix}/{name}" if prefix else name
-            if entry.get("is_dir"):
-                if relative.count("/") >= _MAX_DEPTH:
+        folders = [""]
+        listed = 0
+        while folders:
+            prefix = folders.pop()
+            response = await self._get(_ARTIFACTS, path=f"{path}/{prefix}".rstrip("/"))
+            _check(response, f"artifacts at {path}")
+            entries = _entries(response, "files")
+            listed += len(entries)
+            if listed > _MAX_ENTRIES:
+                raise CorruptModelError(
+                    f"artifacts at {path}: more than {_MAX_ENTRIES} files and folders (a model "
+                    "version's folder holds a few); register the model's folder, not a run's "
+                    "whole artifacts"
+                )
+            for entry in entries:
+                if not isinstance(entry.get("path"), str):
+                    raise _unexpected(response)
+                # the proxy lists names relative to the folder asked for
+                name = entry["path"].rsplit("/", 1)[-1]
+                if name in ("", ".", ".."):
+                    continue
+                relative = f"{prefix}/{name}" if prefix else name
+                if not entry.get("is_dir"):
+                    files[relative] = _file_size(response, entry.get("file_size"))
+                elif relative.count("/") >= _MAX_DEPTH:
                     raise CorruptModelError(
                         f"artifacts at {path}: folders nested deeper than {_MAX_DEPTH} levels "
                         f"({relative[:200]}...)"
                     )
-                files.update(await self._list(path, relative))
-            else:
-                files[relative] = _file_size(response, entry.get("file_size"))
+                else:
+                    folders.append(relative)
         return files
 
     async def _download(self, path: str, local: Path, size: int, what: str) -> None:
-        last: Exception | None = None
-        for attempt in range(self._retries + 1):
-            if attempt:
-                await asyncio.sleep(self._backoff_s * 2 ** (attempt - 1))
-            try:
-                written = await self._stream_to_file(path, local, what, size)
-            except (httpx.TransportError, RegistryUnavailableError) as exc:
-                last = exc
-                continue
-            if size >= 0 and written != size:
-                raise CorruptModelError(
-                    f"{what}: {path} has {written} bytes, the registry lists {size}"
-                )
-            return
-        raise RegistryUnavailableError(
-            f"MLflow at {self.base_url}: downloading {path} failed after "
-            f"{self._retries + 1} tries: {last!r}"
-        ) from last
+        written = await self._retrying(
+            f"downloading {path}", lambda: self._stream_to_file(path, local, what, size)
+        )
+        if size >= 0 and written != size:
+            raise CorruptModelError(
+                f"{what}: {path} has {written} bytes, the registry lists {size}"
+            )
 
     async def _stream_to_file(self, path: str, local: Path, what: str, size: int = -1) -> int:
         """Write the artifact to ``local``; one that runs past its listed ``size`` (when known)
@@ -537,6 +551,7 @@ class MlflowRegistry(Registry):
                 raise CorruptModelError(f"{what}: {path} is listed but cannot be downloaded")
             if response.status_code >= 400:
                 await response.aread()
+                _raise_if_unavailable(response)
                 _check(response, f"artifact {path}")
             try:
                 await asyncio.to_thread(local.parent.mkdir, parents=True, exist_ok=True)
@@ -646,6 +661,12 @@ def _check(response: httpx.Response, what: str) -> None:
         raise RegistryUnavailableError(f"MLflow: {what}: {response.status_code}")
     if response.status_code >= 400:
         raise RegistryError(f"MLflow: {what}: {response.status_code} {_message(response)}")
+
+
+def _raise_if_unavailable(response: httpx.Response) -> None:
+    """A 5xx answer as the RegistryUnavailableError that ``_retrying`` tries again on."""
+    if response.status_code >= 500:
+        raise RegistryUnavailableError(f"{response.status_code} {_message(response)}")
 
 
 def _field(response: httpx.Response, *keys: str) -> Any:

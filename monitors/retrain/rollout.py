@@ -47,7 +47,8 @@ _FINISH_GRACE_S = 60.0  # for the last route change and alias moves once the dea
 
 class RolloutError(Exception):
     """The rollout cannot be driven: the gateway refuses the token or the change, the route is
-    not as the rollout needs it, or the gateway stayed out of reach past the deadline."""
+    not as the rollout needs it, the gateway answers in a shape the rollout cannot read, or it
+    stayed out of reach past the deadline."""
 
 
 @dataclass(frozen=True)
@@ -142,13 +143,18 @@ async def roll_out(
     champion: str,
     candidate: str,
     on_event: EventFn | None = None,
+    transport: httpx.AsyncBaseTransport | None = None,
 ) -> RolloutOutcome:
     """Canary ``model`` version ``candidate`` against ``champion`` on ``endpoint``; promote or
     roll back (see the module's description). ``on_event(kind, entry)`` hears each timeline
     entry as it happens: ``candidate_alias``, ``canary_started``, ``resumed``, ``step``,
     ``promoted``, ``rolled_back``, ``champion_alias``, ``champion_serving``, ``route_restored``.
-    Raises RolloutError when it cannot drive the rollout."""
-    rollout = _Rollout(registry, settings, model, endpoint, champion, candidate, on_event)
+    ``transport`` replaces httpx's for the admin calls (a test's fake gateway). Raises
+    RolloutError when it cannot drive the rollout, the gateway's answers of another shape
+    included."""
+    rollout = _Rollout(
+        registry, settings, model, endpoint, champion, candidate, on_event, transport
+    )
     try:
         return await rollout.run()
     finally:
@@ -165,6 +171,7 @@ class _Rollout:
         champion: str,
         candidate: str,
         on_event: EventFn | None,
+        transport: httpx.AsyncBaseTransport | None = None,
     ) -> None:
         self.registry = registry
         self.settings = settings
@@ -182,6 +189,7 @@ class _Rollout:
             base_url=settings.admin_url.rstrip("/"),
             headers={"authorization": f"Bearer {settings.admin_token}"},
             timeout=settings.request_timeout_s,
+            transport=transport,
         )
 
     async def aclose(self) -> None:
@@ -322,10 +330,11 @@ class _Rollout:
             body["canary"] = None
             response = await self._put(body, route["revision"], until)
             if response.status_code != 412:
-                _check(response, f"removing {self.candidate_ref} from route {self.endpoint!r}")
+                what = f"removing {self.candidate_ref} from route {self.endpoint!r}"
+                _check(response, what)
                 if reason is not None:
                     self._event("rolled_back", reason=reason)
-                self._event("route_restored", variants=_weights(response.json()["after"]))
+                self._event("route_restored", variants=_weights(_changed_route(response, what)))
                 return True
             if reason is not None:
                 return False
@@ -422,16 +431,28 @@ class _Rollout:
 
     async def _route(self, until: float) -> dict[str, Any]:
         response = await self._call("GET", f"/admin/routes/{self.endpoint}", until)
-        _check(response, f"route {self.endpoint!r}")
-        route: dict[str, Any] = response.json()
+        what = f"route {self.endpoint!r}"
+        _check(response, what)
+        route = _json(response, what)
+        problem = _route_problem(route) or _revision_problem(route)
+        if problem is not None or not isinstance(route, dict):
+            raise _unexpected(response, what, str(problem))
         return route
 
     async def _history(self, until: float) -> list[dict[str, Any]]:
         response = await self._call(
             "GET", f"/admin/history?endpoint={self.endpoint}&limit={_HISTORY_LIMIT}", until
         )
-        _check(response, f"history of {self.endpoint!r}")
-        changes: list[dict[str, Any]] = response.json()["changes"]
+        what = f"history of {self.endpoint!r}"
+        _check(response, what)
+        answer = _json(response, what)
+        changes = answer.get("changes") if isinstance(answer, dict) else None
+        if not isinstance(changes, list) or not all(isinstance(c, dict) for c in changes):
+            raise _unexpected(response, what, "has no list of objects 'changes'")
+        for number, change in enumerate(changes):
+            problem = _change_problem(change)
+            if problem is not None:
+                raise _unexpected(response, what, f"changes[{number}] {problem}")
         return changes
 
     async def _put(self, body: dict[str, Any], revision: int, until: float) -> httpx.Response:
@@ -442,16 +463,20 @@ class _Rollout:
     async def _serves(self, variant: str, version: str, until: float) -> bool:
         """The gateway's ``variant`` of the endpoint serves ``version`` now."""
         response = await self._call("GET", "/metrics", until)
-        _check(response, "the gateway's metrics")
-        for family in text_string_to_metric_families(response.text):
-            if family.name != "gateway_model_loaded":
-                continue
-            for sample in family.samples:
-                labels = sample.labels
-                if (labels.get("model"), labels.get("variant"), labels.get("version")) == (
-                    self.endpoint, variant, version
-                ) and sample.value == 1:  # fmt: skip
-                    return True
+        what = "the gateway's metrics"
+        _check(response, what)
+        try:
+            for family in text_string_to_metric_families(response.text):
+                if family.name != "gateway_model_loaded":
+                    continue
+                for sample in family.samples:
+                    labels = sample.labels
+                    if (labels.get("model"), labels.get("variant"), labels.get("version")) == (
+                        self.endpoint, variant, version
+                    ) and sample.value == 1:  # fmt: skip
+                        return True
+        except ValueError as exc:
+            raise _unexpected(response, what, f"is not Prometheus text ({exc})") from exc
         return False
 
     async def _call(
@@ -522,6 +547,79 @@ def _check(response: httpx.Response, what: str) -> None:
         raise RolloutError(
             f"{what}: the gateway answered {response.status_code} {_error(response)}"
         )
+
+
+def _json(response: httpx.Response, what: str) -> Any:
+    try:
+        return response.json()
+    except ValueError as exc:  # not JSON, or not UTF-8
+        raise _unexpected(response, what, "is not JSON") from exc
+
+
+def _unexpected(response: httpx.Response, what: str, problem: str) -> RolloutError:
+    return RolloutError(
+        f"{what}: the gateway's answer ({response.status_code}) {problem}: {response.text[:200]!r}"
+    )
+
+
+def _changed_route(response: httpx.Response, what: str) -> dict[str, Any]:
+    """The route after a change, from the gateway's answer to the change."""
+    answer = _json(response, what)
+    after = answer.get("after") if isinstance(answer, dict) else None
+    if not isinstance(after, dict):
+        raise _unexpected(response, what, "has no object 'after'")
+    problem = _route_problem(after)
+    if problem is not None:
+        raise _unexpected(response, what, f"'after' {problem}")
+    return after
+
+
+def _change_problem(change: dict[str, Any]) -> str | None:
+    """What a change in the gateway's history lacks of what the rollout reads, or None."""
+    if not _is_number(change.get("time")):
+        return "has no number 'time'"
+    for side in ("before", "after"):
+        if change.get(side) is not None:
+            problem = _route_problem(change[side])
+            if problem is not None:
+                return f"'{side}' {problem}"
+    return None
+
+
+def _route_problem(route: object) -> str | None:
+    """What a route from the gateway lacks of what the rollout reads, or None."""
+    if not isinstance(route, dict):
+        return "is not a JSON object"
+    variants = route.get("variants")
+    if not isinstance(variants, list):
+        return "has no list 'variants'"
+    for number, variant in enumerate(variants):
+        if not isinstance(variant, dict):
+            return f"has variants[{number}] that is not an object"
+        for key, kind in (("name", str), ("ref", str), ("weight", int)):
+            value = variant.get(key)
+            if not isinstance(value, kind) or isinstance(value, bool):
+                return f"has variants[{number}] without {kind.__name__} {key!r}"
+    canary = route.get("canary")
+    if canary is None:
+        return None
+    if not isinstance(canary, dict):
+        return "has a 'canary' that is not an object"
+    for key in ("variant", "baseline", "state"):
+        if not isinstance(canary.get(key), str):
+            return f"has a 'canary' without str {key!r}"
+    return None
+
+
+def _revision_problem(route: dict[str, Any]) -> str | None:
+    revision = route.get("revision")
+    if isinstance(revision, int) and not isinstance(revision, bool):
+        return None
+    return "has no int 'revision'"
+
+
+def _is_number(value: object) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)
 
 
 def _error(response: httpx.Response) -> str:

@@ -314,3 +314,95 @@ async def test_an_artifact_longer_than_listed_is_cut_off_where_it_passes_the_siz
     finally:
         await registry.aclose()
     assert len(sent) <= 2
+
+
+async def test_downloads_are_retried_as_every_request_is(tmp_path: Path) -> None:
+    # a download tries again on a 5xx answer and on a dropped connection, with the same count
+    # and the same report as every other request; an answer it cannot use is not tried again
+    artifact_answers: list[httpx.Response | None] = []
+    tried: list[str] = []
+    normal = _shaped_server({})
+
+    async def answer(request: httpx.Request) -> httpx.Response:
+        if "/mlflow-artifacts/artifacts/" not in request.url.path:
+            return await normal.handle_async_request(request)
+        tried.append(request.url.path)
+        planned = artifact_answers.pop(0) if artifact_answers else None
+        if planned is None:
+            raise httpx.ConnectError("connection dropped", request=request)
+        return planned
+
+    def registry(cache: str, retries: int) -> MlflowRegistry:
+        return MlflowRegistry(
+            "http://mlflow.test", tmp_path / cache, retries=retries, backoff_s=0.0,
+            transport=httpx.MockTransport(answer),
+        )  # fmt: skip
+
+    busy = httpx.Response(503, json={"message": "busy"})
+    artifact_answers[:] = [busy, None, httpx.Response(200, content=b"abc")]
+    flaky = registry("flaky", retries=2)
+    try:
+        assert (await flaky.fetch("m", "1")).model_file.read_bytes() == b"abc"
+    finally:
+        await flaky.aclose()
+    assert len(tried) == 3
+
+    tried.clear()
+    artifact_answers[:] = [busy, busy, busy]
+    down = registry("down", retries=1)
+    try:
+        with pytest.raises(
+            RegistryUnavailableError,
+            match=r"unreachable after 2 tries \(downloading 1/m/model\.onnx\): 503 busy",
+        ) as info:
+            await down.fetch("m", "1")
+        assert info.value.retriable
+    finally:
+        await down.aclose()
+    assert len(tried) == 2
+
+    tried.clear()
+    artifact_answers[:] = [httpx.Response(403, json={"message": "no"})]
+    refused = registry("refused", retries=2)
+    try:
+        with pytest.raises(RegistryError, match="403 no") as refusal:
+            await refused.fetch("m", "1")
+        assert not refusal.value.retriable
+    finally:
+        await refused.aclose()
+    assert len(tried) == 1
+
+
+@pytest.mark.parametrize(("folders", "files_each"), [(0, 1001), (10, 100)])
+async def test_a_version_with_more_than_1000_artifacts_is_refused_before_it_is_all_listed(
+    tmp_path: Path, folders: int, files_each: int
+) -> None:
+    # before, every folder was listed and every file fetched, however many (a run's whole
+    # artifacts registered as a version); the bound counts files and folders across the tree
+    listings: list[str] = []
+    normal = _shaped_server({})
+
+    async def answer(request: httpx.Request) -> httpx.Response:
+        if not request.url.path.endswith("/mlflow-artifacts/artifacts"):
+            return await normal.handle_async_request(request)
+        folder = request.url.params["path"]
+        listings.append(folder)
+        files: list[dict[str, object]] = [
+            {"path": f"f{i}.txt", "file_size": 3} for i in range(files_each)
+        ]
+        if folder == "1/m":
+            files += [_ONNX] + [{"path": f"d{i}", "is_dir": True} for i in range(folders)]
+        return httpx.Response(200, json={"files": files})
+
+    registry = MlflowRegistry(
+        "http://mlflow.test", tmp_path, retries=0, transport=httpx.MockTransport(answer)
+    )
+    try:
+        with pytest.raises(CorruptModelError, match="more than 1000 files and folders"):
+            await registry.fetch("m", "1")
+        with pytest.raises(CorruptModelError, match="more than 1000 files and folders"):
+            await registry.read_document("m", "1", "notes.json")
+    finally:
+        await registry.aclose()
+    assert len(listings) <= 2 * (folders + 1)
+    assert not (tmp_path / "m" / "1").exists(), "nothing cached"
