@@ -344,7 +344,7 @@ class GroundTruthService:
             data["model"], data["version"], data["variant"], data["metric"],
             data["realized"], data["validation"],
         )  # fmt: skip
-        self.metrics.degradations.labels(data["model"], data["version"], data["variant"]).inc()
+        self.metrics.degraded(data["model"], data["version"], data["variant"])
         self.outbox.add(partition, event_id, body)
 
     # -- what /status shows -------------------------------------------------------------------

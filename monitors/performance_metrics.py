@@ -7,16 +7,24 @@ from typing import Any
 from prometheus_client import CollectorRegistry, Counter, Gauge
 
 from monitors.join import JoinCounts
+from monitors.labels import LabelValues
 
 __all__ = ["PerformanceMetrics"]
 
 _DECISIONS = ("a_better", "b_better", "no_difference_yet")
+# Variant names come from the log records, not from the registry: this many per model are
+# labels of their own, the rest share one (a gateway route has a few variants).
+MAX_VARIANTS_PER_MODEL = 16
 
 
 class PerformanceMetrics:
-    """Join accounting, realized and estimated metrics per stream, A/B verdicts."""
+    """Join accounting, realized and estimated metrics per stream, A/B verdicts.
+
+    A stream's model and version are ones the registry holds (the join takes no others); its
+    variant label is bounded by ``MAX_VARIANTS_PER_MODEL`` (see ``monitors.labels``)."""
 
     def __init__(self, registry: CollectorRegistry) -> None:
+        self._variants: dict[str, LabelValues] = {}
         stream = ("model", "version", "variant")
         self.feedback = Counter(
             "monitor_join_items",
@@ -87,7 +95,7 @@ class PerformanceMetrics:
     def observe(self, key: str, result: dict[str, Any]) -> None:
         """The gauges of a stream's latest judged window."""
         model, version, variant = key.split("/", 2)
-        labels = (model, version, variant)
+        labels = (model, version, self._variant(model, variant))
         self.coverage.labels(*labels).set(result["coverage"])
         for kind in ("realized", "estimated"):
             for metric, value in result.get(kind, {}).items():
@@ -98,8 +106,8 @@ class PerformanceMetrics:
                         self.metric.labels(*labels, metric, kind, bound).set(value[bound])
 
     def verdict(self, model: str, pair: dict[str, Any]) -> None:
-        a = f"{pair['a']['variant']}/{pair['a']['version']}"
-        b = f"{pair['b']['variant']}/{pair['b']['version']}"
+        a = f"{self._variant(model, pair['a']['variant'])}/{pair['a']['version']}"
+        b = f"{self._variant(model, pair['b']['variant'])}/{pair['b']['version']}"
         metric = pair.get("metric")
         if metric is None:  # no metric to compare them on (see the pair's error)
             return
@@ -109,3 +117,12 @@ class PerformanceMetrics:
         for decision in _DECISIONS:
             self.ab_decision.labels(model, a, b, decision).set(pair["decision"] == decision)
         self.ab_samples_needed.labels(model, a, b).set(pair["samples_needed"])
+
+    def degraded(self, model: str, version: str, variant: str) -> None:
+        self.degradations.labels(model, version, self._variant(model, variant)).inc()
+
+    def _variant(self, model: str, variant: str) -> str:
+        values = self._variants.get(model)
+        if values is None:
+            values = self._variants[model] = LabelValues(MAX_VARIANTS_PER_MODEL)
+        return values(variant)

@@ -33,6 +33,7 @@ from monitors.changelog import Changelog, ChangelogError
 from monitors.decision import Decider, DecisionState
 from monitors.evaluate import DetectorConfig, WindowResult, evaluate
 from monitors.history import HISTORY_DIR, WindowHistory, history_entry
+from monitors.labels import OTHER
 from monitors.metrics import MonitorMetrics
 from monitors.outbox import Outbox
 from monitors.profile import ModelProfile
@@ -348,11 +349,13 @@ class MonitorService:
         await self.references.load_all(groups)
         for (model, version), group in groups.items():
             count = sum(map(len, group))
-            self.metrics.records.labels(model, version).inc(count)
             windows = self._windows_for(partition, model, version)
             if windows is None:
+                # a label only for versions with a profile: the log's text makes no series
+                self.metrics.records.labels(OTHER, OTHER).inc(count)
                 self.metrics.skipped.labels("no_reference_profile").inc(count)
                 continue
+            self.metrics.records.labels(model, version).inc(count)
             batch = RecordBatch.from_parts(windows.profile, group)
             stream = (partition, model, version)
             for panes, summary in windows.add_batch(batch):

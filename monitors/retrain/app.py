@@ -4,7 +4,9 @@
 An event is accepted only with a valid ``x-signature-256`` (HMAC-SHA256 of the body with the
 shared secret, as ``monitors/webhooks.py`` signs); its ``idempotency-key`` (the CloudEvent's id
 when absent) is recorded durably with the job it joined before the answer, 202, goes out, so a
-repeat is answered 202 and starts nothing.
+repeat is answered 202 and starts nothing. An event that would start a job names a model with a
+champion in the registry, or is refused 422: a signature says who sent the event, not that its
+model is one to retrain, and a job (and its metrics' series) per name sent would have no bound.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ import asyncio
 import hmac
 import math
 import time
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import orjson
@@ -26,6 +29,13 @@ from monitors.feedback import MAX_FUTURE_S
 from monitors.retrain.jobs import JobStore
 from monitors.retrain.metrics import RetrainMetrics
 from monitors.webhooks import SIGNATURE_HEADER, signature
+from registry_client import (
+    InvalidReferenceError,
+    ModelNotFoundError,
+    RegistryError,
+    VersionNotFoundError,
+)
+from registry_client.reference import check_model_name
 
 __all__ = ["create_app", "trigger_of"]
 
@@ -69,7 +79,7 @@ def _time(value: object, received: float, where: str) -> float | None:
     )
 
 
-def trigger_of(event: object, received: float) -> tuple[str | None, dict[str, Any]]:
+def trigger_of(event: object, received: float) -> tuple[str, dict[str, Any]]:
     """(model, trigger) of a CloudEvent; raises EventError naming what is wrong."""
     if not isinstance(event, dict):
         raise EventError("the body must be a CloudEvent: a JSON object")
@@ -84,6 +94,10 @@ def trigger_of(event: object, received: float) -> tuple[str | None, dict[str, An
     model = data.get("model")
     if not isinstance(model, str) or not model:
         raise EventError("data.model must be a non-empty string")
+    try:
+        check_model_name(model)
+    except InvalidReferenceError as exc:
+        raise EventError(f"data.model must be a registered model's name: {exc}") from exc
     window: dict[str, Any] = data["window"] if isinstance(data.get("window"), dict) else {}
     trigger: dict[str, Any] = {
         "event_id": event["id"],
@@ -140,8 +154,10 @@ def create_app(
     event_types: list[str],
     max_body_bytes: int,
     wake: Any,
+    champion: Callable[[str], Awaitable[object]],
 ) -> Starlette:
-    """The worker's API over its job store; ``wake()`` after an event made or changed a job."""
+    """The worker's API over its job store; ``wake()`` after an event made or changed a job;
+    ``champion(model)`` resolves the model's champion in the registry (RegistryError if none)."""
     key = secret
 
     async def events(request: Request) -> Response:
@@ -160,13 +176,24 @@ def create_app(
             return _error(401, f"{SIGNATURE_HEADER} does not match the body")
         try:
             event = orjson.loads(body)
-            model, trigger = trigger_of(event, time.time())
+            named, trigger = trigger_of(event, time.time())
         except (orjson.JSONDecodeError, EventError) as exc:
             metrics.events.labels("invalid").inc()
             return _error(400, f"invalid event: {exc}")
         idempotency_key = request.headers.get("idempotency-key") or trigger["event_id"]
-        if trigger["type"] not in event_types:
-            model = None
+        model: str | None = None  # an event of another type starts nothing
+        if trigger["type"] in event_types:
+            try:
+                await champion(named)
+            except (ModelNotFoundError, VersionNotFoundError) as exc:
+                metrics.events.labels("unknown_model").inc()
+                reason = f"data.model {named!r} is not a model this worker retrains: {exc}"
+                return _error(422, reason)
+            except RegistryError as exc:
+                metrics.events.labels("registry_unavailable").inc()
+                reason = f"the registry cannot say whether {named!r} has a champion: {exc}"
+                return _error(503, reason)
+            model = named
         received = await asyncio.to_thread(store.receive, idempotency_key, model, trigger)
         metrics.events.labels(received.outcome).inc()
         if received.outcome in ("queued", "coalesced"):

@@ -46,6 +46,7 @@ def serve(config: Path | None) -> int:
             settings.event_types,
             settings.http.max_body_bytes,
             worker.wake,
+            worker.champion_version,
         )
         server = uvicorn.Server(
             uvicorn.Config(

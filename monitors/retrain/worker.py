@@ -83,6 +83,11 @@ class Worker:
     def wake(self) -> None:
         self._wake.set()
 
+    async def champion_version(self, model: str) -> str:
+        """The version the model's champion alias points at; RegistryError if none (the
+        worker retrains only models it can find a champion of)."""
+        return await self.registry.resolve(ModelRef(model, alias=self.settings.champion_alias))
+
     def stop(self) -> None:
         self._stopping = True
         self._wake.set()

@@ -11,6 +11,7 @@ from monitors.retrain.app import create_app
 from monitors.retrain.jobs import JobStore
 from monitors.retrain.metrics import RetrainMetrics
 from monitors.webhooks import DEGRADED_EVENT_TYPE, drift_event, signature
+from registry_client import ModelNotFoundError, RegistryUnavailableError
 
 SECRET = "shared-secret"
 DRIFT = "io.model-gateway.drift.detected"
@@ -27,8 +28,18 @@ def event(window: str, model: str = "m", event_type: str = DRIFT) -> tuple[str, 
     return drift_event("test", model, "1", window, data, event_type=event_type)
 
 
+async def champion(model: str) -> str:
+    """The registry of these tests: model "m", whose champion is version 1; "down" stands for
+    a registry that cannot be reached."""
+    if model == "down":
+        raise RegistryUnavailableError("the registry did not answer")
+    if model != "m":
+        raise ModelNotFoundError(f"model {model!r} is not in the registry")
+    return "1"
+
+
 def client(store: JobStore, woken: list[int], metrics: RetrainMetrics) -> httpx.AsyncClient:
-    app = create_app(store, metrics, SECRET, [DRIFT], 4096, lambda: woken.append(1))
+    app = create_app(store, metrics, SECRET, [DRIFT], 4096, lambda: woken.append(1), champion)
     return httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://w")
 
 
@@ -178,3 +189,40 @@ async def test_a_version_given_as_a_number_is_its_text_and_other_types_are_refus
     assert [a.status_code for a in answers] == [202, 400, 400, 400, 400]
     assert "data.version must be the model version" in answers[1].json()["error"]
     assert [j.triggers[0]["version"] for j in store.jobs()] == ["1"]
+
+
+async def test_an_event_for_a_model_not_in_the_registry_is_refused_and_makes_no_job(
+    tmp_path: Path,
+) -> None:
+    # each name was queued as a job of its own (which then failed fetching the champion), and
+    # each job's transitions a series of retrain_job_transitions_total{model=...}, for good
+    store, metrics = JobStore(tmp_path / "j.sqlite"), RetrainMetrics()
+    woken: list[int] = []
+    answers = []
+    async with client(store, woken, metrics) as http:
+        for i in range(100):
+            event_id, body = event(f"w{i}", model=f"unknown-{i}")
+            answers.append(
+                await http.post("/events", content=body, headers=headers(event_id, body))
+            )
+        event_id, long = event("w-long", model="x" * 300)
+        too_long = await http.post("/events", content=long, headers=headers(event_id, long))
+        event_id, body = event("w-down", model="down")
+        down = await http.post("/events", content=body, headers=headers(event_id, body))
+        event_id, body = event("w-known")
+        known = await http.post("/events", content=body, headers=headers(event_id, body))
+        text = (await http.get("/metrics")).text
+    assert {a.status_code for a in answers} == {422}
+    assert (
+        "data.model 'unknown-7' is not a model this worker retrains" in answers[7].json()["error"]
+    )
+    assert too_long.status_code == 400
+    assert "data.model must be a registered model's name" in too_long.json()["error"]
+    assert len(too_long.json()["error"]) < 1000
+    assert down.status_code == 503, "the monitor delivers it again later"
+    assert known.status_code == 202
+    assert [j.model for j in store.jobs()] == ["m"]
+    assert woken == [1]
+    assert 'retrain_events_total{outcome="unknown_model"} 100.0' in text
+    assert 'retrain_events_total{outcome="registry_unavailable"} 1.0' in text
+    assert "unknown-" not in text
