@@ -11,8 +11,8 @@ process's CPU time over the sampled window.
 
 ``--refusing`` profiles ``bench_cpu``'s gateway that refuses every request (429) instead.
 
-``python -m loadtests.profile_serving [--rate 6000] [--seconds 8] [--no-log | --refusing]``
-prints a table.
+``python -m loadtests.profile_serving [--rate 6000] [--seconds 8] [--no-log | --refusing]
+[--samples FILE]`` prints a table (and keeps the raw stacks in FILE for a closer look).
 """
 
 from __future__ import annotations
@@ -83,6 +83,9 @@ def main() -> None:
     parser.add_argument(
         "--refusing", action="store_true", help="bench_cpu's gateway refusing every request"
     )
+    parser.add_argument(
+        "--samples", type=Path, help="also keep py-spy's raw samples (one stack a line) here"
+    )
     args = parser.parse_args()
     bench = prepare("profile-", "mlp")  # this process (the generator) on CPU 1
     work, registry, files, scenario = bench.work, bench.registry, bench.files, bench.scenario
@@ -109,6 +112,8 @@ def main() -> None:
         subprocess.run(spy, check=True, capture_output=True)
         used = cpu_seconds(started.pid) - before
         load.join()
+        if args.samples is not None:
+            args.samples.write_bytes(raw.read_bytes())
     summary = results[0].summary()
     phases: Counter[str] = Counter()
     for line in raw.read_text().splitlines():
