@@ -70,6 +70,10 @@ _MAX_TARGET_URL = 256
 _LINGER_S = 2.0
 
 
+# httptools reports CONNECT as an upgrade too: it has no use on a model server either.
+_NO_UPGRADES = "CONNECT and protocol upgrades (websockets) are not supported"
+
+
 def _status_line(status: int) -> bytes:
     return _STATUS_LINES.get(status) or f"HTTP/1.1 {status} \r\n".encode()
 
@@ -267,7 +271,7 @@ class GatewayProtocol(asyncio.Protocol):
                 log.error("error in the HTTP protocol's callbacks", exc_info=cause)
                 self._reject(500, "internal error in the gateway; see its log")
         except httptools.HttpParserUpgrade:
-            self._reject(400, "protocol upgrades (websockets) are not supported")
+            self._reject(400, _NO_UPGRADES)
         except httptools.HttpParserError as exc:
             self._reject(400, f"malformed HTTP request: {exc}")
 
@@ -333,7 +337,7 @@ class GatewayProtocol(asyncio.Protocol):
         self._arm_idle()  # the body's timer (the idle one may have ended while the head was read)
         self._version = self._parser.get_http_version()
         if self._parser.should_upgrade():
-            raise HeadError(400, "protocol upgrades (websockets) are not supported")
+            raise HeadError(400, _NO_UPGRADES)
         expect = check_head(self._version, self._headers, self.limits.max_body_bytes)
         if self._active is None and not self._queue and self.gateway_app is not None:
             self._refuse_from_head(expect)

@@ -102,6 +102,10 @@ REFUSED = {
     "body over the limit": (b"POST " + INFER + b" HTTP/1.1\r\nHost: t\r\nContent-Length: 99999999999\r\n\r\n", 413),
     "unknown expectation": (b"POST " + INFER + b" HTTP/1.1\r\nHost: t\r\nExpect: magic\r\nContent-Length: 2\r\n\r\n{}", 417),
     "websocket upgrade": (b"GET /v2 HTTP/1.1\r\nHost: t\r\nConnection: upgrade\r\nUpgrade: websocket\r\n\r\n", 400),
+    "CONNECT": (b"CONNECT example.com:443 HTTP/1.1\r\nHost: example.com:443\r\n\r\n", 400),
+    "Transfer-Encoding and Content-Length": (b"POST " + INFER + b" HTTP/1.1\r\nHost: t\r\nContent-Length: 4\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n", 400),
+    "two Content-Lengths": (b"POST " + INFER + b" HTTP/1.1\r\nHost: t\r\nContent-Length: 2\r\nContent-Length: 3\r\n\r\n{}", 400),
+    "folded header": (b"GET /v2 HTTP/1.1\r\nHost: t\r\nX-A: a\r\n b\r\n\r\n", 400),
 }  # fmt: skip
 
 
