@@ -329,7 +329,11 @@ class GatewayProtocol(asyncio.Protocol):
 
     def on_header(self, name: bytes, value: bytes) -> None:
         self._meter.header(len(name) + len(value))
-        self._headers.append((name.lower(), value))
+        # A chunked body's trailer fields come here too: they count against the head's limits
+        # but are not the request's headers (a trailer must not route, decode or authenticate a
+        # request that a proxy in front checked by its headers).
+        if self._in_head:
+            self._headers.append((name.lower(), value))
 
     def on_headers_complete(self) -> None:
         self._in_head = False

@@ -341,6 +341,25 @@ def test_an_encoded_slash_is_not_a_separator(gateway: GatewayProcess) -> None:
     assert "breast_cancer%2Fversions%2F1" in error_of(answers[0])
 
 
+def test_trailer_fields_are_not_headers(gateway: GatewayProcess) -> None:
+    # they were: a trailer "x-model-variant" pinned the request, "content-encoding" decoded it
+    body = infer_body()
+    chunked = INFER.join(
+        (b"POST ", b" HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked\r\n\r\n")
+    ) + b"%x\r\n%s\r\n0\r\n" % (len(body), body)
+    trailers = b"X-Model-Variant: nope\r\nContent-Encoding: gzip\r\n\r\n"
+    with socket.create_connection(("127.0.0.1", gateway.port)) as sock:
+        sock.sendall(chunked + trailers)
+        ((status, headers, answer),) = read_responses(sock, 1)
+    assert status == 200, answer
+    assert headers["x-model-variant"] == "default"
+    # they still count against the head's limits
+    flood = b"".join(b"x-%d: 1\r\n" % i for i in range(101)) + b"\r\n"
+    responses, was_closed = exchange(gateway, chunked + flood)
+    assert was_closed
+    assert [r[0] for r in responses] == [431]
+
+
 def test_no_redirect_is_built_from_host(gateway: GatewayProcess) -> None:
     with socket.create_connection(("127.0.0.1", gateway.port)) as sock:
         sock.sendall(b"GET /v2/ HTTP/1.1\r\nHost: evil.example\r\n\r\n")
