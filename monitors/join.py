@@ -11,6 +11,12 @@ later is counted ``expired`` at once rather than waiting to be counted unknown. 
 per stream (the confusion matrix, or the sums of absolute and squared errors) are updated as
 rows are joined.
 
+A stream's variant is the log record's text, so a model's variants are bounded as its metric
+labels are (``monitors.labels``): the first ``MAX_VARIANTS_PER_MODEL`` distinct variants a store
+sees of a model (in the order their streams were made, so the same after a reopen) keep streams
+of their own; the rows of every later or overlong one are joined and counted under one
+``OTHER`` (``"__other__"``) stream per version.
+
 The store also keeps the consumer's offsets and the evaluation state, written in the same
 transaction as the rows: the monitor commits its Kafka offsets only after that transaction, and
 on taking a partition on it resumes from the offsets in the store, so after a crash or a
@@ -28,7 +34,13 @@ from typing import Any
 import numpy as np
 import orjson
 
-__all__ = ["JoinCounts", "JoinStore", "Stream"]
+from monitors.labels import LabelValues
+
+__all__ = ["MAX_VARIANTS_PER_MODEL", "JoinCounts", "JoinStore", "Stream"]
+
+# Variant names come from the log records, not from the registry: this many per model have
+# streams (and metric labels) of their own, the rest share one (a gateway route has at most 16).
+MAX_VARIANTS_PER_MODEL = 16
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS streams (
@@ -110,7 +122,10 @@ class JoinStore:
         self._db.execute("PRAGMA temp_store=MEMORY")
         self._db.executescript(_SCHEMA)
         self._streams: dict[tuple[str, str, str], Stream] = {}
-        for sid, model, version, variant, classes in self._db.execute("SELECT * FROM streams"):
+        self._variants: dict[str, LabelValues] = {}  # model -> its variants with streams
+        streams = self._db.execute("SELECT * FROM streams ORDER BY id")
+        for sid, model, version, variant, classes in streams:
+            self._variant(model, variant)  # the first seen keep their names, as before
             self._streams[(model, version, variant)] = Stream(sid, model, version, variant, classes)
         self._db.execute("BEGIN")
 
@@ -156,6 +171,9 @@ class JoinStore:
     # -- streams ------------------------------------------------------------------------------
 
     def stream(self, model: str, version: str, variant: str, classes: int) -> Stream:
+        """The stream a record of the version served under ``variant`` is joined in: the
+        variant's own, or the version's ``OTHER`` stream past ``MAX_VARIANTS_PER_MODEL``."""
+        variant = self._variant(model, variant)
         key = (model, version, variant)
         stream = self._streams.get(key)
         if stream is None:
@@ -170,6 +188,12 @@ class JoinStore:
     @property
     def streams(self) -> list[Stream]:
         return list(self._streams.values())
+
+    def _variant(self, model: str, variant: str) -> str:
+        values = self._variants.get(model)
+        if values is None:
+            values = self._variants[model] = LabelValues(MAX_VARIANTS_PER_MODEL)
+        return values(variant)
 
     # -- the join -----------------------------------------------------------------------------
 

@@ -17,6 +17,7 @@ from monitors.abtest import ABState, UnsupportedMetricError, ab_groups, check_me
 from monitors.decision import Decider, DecisionState
 from monitors.estimate import estimate_classification
 from monitors.join import JoinStore, Stream
+from monitors.labels import OTHER
 from monitors.performance import classification_metrics, degraded, regression_metrics
 from monitors.performance_settings import PerformanceSettings
 from registry_client import ValidationReport
@@ -165,9 +166,14 @@ class WindowJudge:
         labelled: dict[Stream, _Labelled],
         validation: dict[tuple[str, str], ValidationReport | None],
     ) -> None:
-        """One look for every pair of the model's variants that both have labels this window."""
+        """One look for every pair of the model's variants that both have labels this window.
+
+        The ``OTHER`` streams (variants past the join's bound, pooled) are in no pair: a
+        verdict against a mix of unnamed variants answers nobody's question."""
         ab = self.settings.ab
-        streams = sorted(labelled, key=lambda s: (s.variant, s.version))
+        streams = sorted(
+            (s for s in labelled if s.variant != OTHER), key=lambda s: (s.variant, s.version)
+        )
         pairs = self.verdicts.setdefault(model, {})
         for i, a in enumerate(streams):
             for b in streams[i + 1 :]:

@@ -6,22 +6,20 @@ from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge
 
-from monitors.join import JoinCounts
+from monitors.join import MAX_VARIANTS_PER_MODEL, JoinCounts
 from monitors.labels import LabelValues
 
 __all__ = ["PerformanceMetrics"]
 
 _DECISIONS = ("a_better", "b_better", "no_difference_yet")
-# Variant names come from the log records, not from the registry: this many per model are
-# labels of their own, the rest share one (a gateway route has a few variants).
-MAX_VARIANTS_PER_MODEL = 16
 
 
 class PerformanceMetrics:
     """Join accounting, realized and estimated metrics per stream, A/B verdicts.
 
     A stream's model and version are ones the registry holds (the join takes no others); its
-    variant label is bounded by ``MAX_VARIANTS_PER_MODEL`` (see ``monitors.labels``)."""
+    variant label is bounded by ``MAX_VARIANTS_PER_MODEL`` (see ``monitors.labels``), the
+    rule the join store's streams follow too."""
 
     def __init__(self, registry: CollectorRegistry) -> None:
         self._variants: dict[str, LabelValues] = {}

@@ -3,6 +3,9 @@
 A version is read when it is first asked for and cached from then on; a version that could not
 be read (nothing there yet, a registry error) is not asked for again before ``retry_s`` has
 passed, so a version registered, or a document stored, after it went live is picked up too.
+At most ``MAX_UNREADABLE`` such versions are remembered (the names come from log records, so
+made-up ones must not grow memory without bound); past that the oldest is forgotten and is
+asked for again when its next records arrive.
 """
 
 from __future__ import annotations
@@ -10,6 +13,7 @@ from __future__ import annotations
 import logging
 import time
 from abc import ABC, abstractmethod
+from collections import OrderedDict
 from collections.abc import Callable, Iterable
 from typing import Generic, TypeVar
 
@@ -17,7 +21,10 @@ from pydantic import ValidationError
 
 from registry_client import Registry, RegistryError
 
-__all__ = ["VersionCache"]
+__all__ = ["MAX_UNREADABLE", "VersionCache"]
+
+# versions that could not be read and are not asked for again before their retry time
+MAX_UNREADABLE = 4096
 
 T = TypeVar("T")
 
@@ -40,7 +47,8 @@ class VersionCache(ABC, Generic[T]):
         self._retry_s = retry_s
         self._clock = clock
         self._found: dict[tuple[str, str], T] = {}
-        self._look_again: dict[tuple[str, str], float] = {}
+        # oldest first: the one forgotten when a new one would pass MAX_UNREADABLE
+        self._look_again: OrderedDict[tuple[str, str], float] = OrderedDict()
         self.latest: dict[str, T] = {}  # model -> the entry of its version loaded last
         self._log = logging.getLogger(type(self).__module__)
 
@@ -66,7 +74,10 @@ class VersionCache(ABC, Generic[T]):
             self._log.error("%s for %s/%s: %s", self.missing, model, version, exc)
             value = None
         if value is None:
+            self._look_again.pop(key, None)  # a fresh retry time goes to the back of the line
             self._look_again[key] = self._clock() + self._retry_s
+            while len(self._look_again) > MAX_UNREADABLE:
+                self._look_again.popitem(last=False)
             return None
         self._look_again.pop(key, None)
         self._found[key] = self.latest[model] = value

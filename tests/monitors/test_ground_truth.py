@@ -14,6 +14,8 @@ from prometheus_client import CollectorRegistry
 
 from monitors.feedback import FEEDBACK_SCHEMA, FeedbackRecord, encode_feedback
 from monitors.ground_truth import GroundTruthService
+from monitors.join import MAX_VARIANTS_PER_MODEL
+from monitors.labels import OTHER
 from monitors.performance_metrics import PerformanceMetrics
 from monitors.schema import InferenceRecord, encode_records
 from monitors.settings import MonitorSettings
@@ -213,3 +215,57 @@ async def test_poison_predictions_and_labels_are_skipped_counted_and_the_rest_jo
     assert got["streams"] == expected["streams"]
     assert skipped.get("malformed") == len(changes) - 1  # the '²' label is a class no model has
     assert skipped.get("no_usable_label", 0) >= 2
+
+
+async def test_made_up_variants_past_the_bound_are_joined_under_one_stream(
+    demo_registry: Path, tmp_path: Path
+) -> None:
+    # Each variant named in a log record made a stream of its own in the join store, and the
+    # A/B comparison paired every one with every other: 100 made-up variants made 100 streams
+    # and 4,950 pairs per window.
+    def poll(variants: list[str], time: float, first: int) -> tuple[list[Message], list[Message]]:
+        records: list[InferenceRecord] = []
+        feedback: list[FeedbackRecord] = []
+        for n, variant in enumerate(variants):
+            for i in range(5):
+                rid = f"{variant}-{time}-{i}"
+                records.append({
+                    "schema_version": 2, "request_id": rid, "time": time + n * 0.01,
+                    "endpoint": "breast_cancer", "model": "breast_cancer", "version": "1",
+                    "variant": variant, "role": "primary", "rows": 1, "latency_s": 0.001,
+                    "status": "ok", "outputs": {"label": [1], "probabilities": [[0.2, 0.8]]},
+                })  # fmt: skip
+                feedback.append({"schema": FEEDBACK_SCHEMA, "model": "breast_cancer",
+                                 "request_id": rid, "row": 0, "labels": {"label": i % 2},
+                                 "time": time + 1})  # fmt: skip
+        return [Message(first, encode_records(records))], [
+            Message(first, encode_feedback(feedback))
+        ]
+
+    made_up = [f"v{i}" for i in range(100)]
+    gt = service(demo_registry, tmp_path)
+    await gt.consume(0, *poll(made_up, 101.0, 0))
+    await gt.consume(0, *poll(["v0"], 130.0, 1))  # moves both clocks past the first window
+    status = gt.status()
+
+    kept = made_up[:MAX_VARIANTS_PER_MODEL]
+    streams = status["streams"]
+    assert set(streams) == {f"breast_cancer/1/{v}" for v in [*kept, OTHER]}
+    # every row of the made-up variants past the bound is joined and counted, in one stream
+    assert status["join"]["predictions"] == status["join"]["labels_joined"] == 505
+    other = streams[f"breast_cancer/1/{OTHER}"]
+    assert other["predictions"] == other["totals"]["labels"] == 5 * (100 - len(kept))
+    assert other["latest_window"]["labels"] == 5 * (100 - len(kept))  # judged too
+    # the A/B comparison pairs the named variants only
+    pairs = status["ab"]["breast_cancer"]
+    assert len(pairs) == len(kept) * (len(kept) - 1) // 2
+    assert {p[side]["variant"] for p in pairs.values() for side in "ab"} == set(kept)
+
+    # the same variants keep their streams after a restart; a new one is past the bound too
+    await finish(gt)
+    again = service(demo_registry, tmp_path)
+    await again.consume(0, *poll(["v3", "v50", "new"], 140.0, 2))
+    status = await finish(again)
+    assert set(status["streams"]) == set(streams)
+    assert status["streams"][f"breast_cancer/1/{OTHER}"]["predictions"] == other["predictions"] + 10
+    assert status["streams"]["breast_cancer/1/v3"]["predictions"] == 10

@@ -4,7 +4,8 @@ from pathlib import Path
 
 import numpy as np
 
-from monitors.join import JoinCounts, JoinStore
+from monitors.join import MAX_VARIANTS_PER_MODEL, JoinCounts, JoinStore
+from monitors.labels import OTHER
 
 
 def _probs(p: float) -> bytes:
@@ -92,4 +93,26 @@ def test_labels_for_expired_predictions_and_for_unknown_ids_are_counted_apart(
     reopened = JoinStore(tmp_path / "p0.sqlite")
     assert reopened.add_labels([("r2", 0, 1.0, 80.0)]).labels_pending == 1  # forgotten too
     assert reopened.add_labels([("r4", 0, 1.0, 80.0)]).labels_expired == 1  # kept, committed
+    reopened.close()
+
+
+def test_variants_past_the_bound_share_a_stream_before_and_after_a_reopen(tmp_path: Path) -> None:
+    # a stream per variant named in the log: made-up names made streams without bound
+    store = JoinStore(tmp_path / "p0.sqlite")
+    made_up = [f"v{i}" for i in range(100)]
+    got = [store.stream("m", "1", variant, 2).variant for variant in made_up]
+    kept = made_up[:MAX_VARIANTS_PER_MODEL]
+    assert got == kept + [OTHER] * (100 - len(kept))
+    assert store.stream("m", "1", "x" * 1000, 2).variant == OTHER  # too long for a name
+    assert store.stream("m", "2", "v3", 2).variant == "v3"  # the bound is per model
+    assert store.stream("n", "1", "v99", 2).variant == "v99"
+    store.commit({}, JoinCounts())
+    store.close()
+
+    reopened = JoinStore(tmp_path / "p0.sqlite")
+    assert reopened.stream("m", "2", "v15", 2).variant == "v15"
+    assert reopened.stream("m", "2", "v16", 2).variant == OTHER
+    assert reopened.stream("m", "1", "new", 2).variant == OTHER
+    # m/1: the kept and OTHER; m/2: v3, v15 and OTHER; n/1: v99
+    assert len(reopened.streams) == len(kept) + 1 + 3 + 1
     reopened.close()

@@ -7,9 +7,10 @@ from pathlib import Path
 
 from prometheus_client import CollectorRegistry
 
+from monitors.join import MAX_VARIANTS_PER_MODEL
 from monitors.labels import MAX_LABEL_CHARS, OTHER, LabelValues
 from monitors.metrics import MonitorMetrics
-from monitors.performance_metrics import MAX_VARIANTS_PER_MODEL, PerformanceMetrics
+from monitors.performance_metrics import PerformanceMetrics
 from monitors.service import MonitorService
 from monitors.settings import MonitorSettings
 from tests.monitors._records import X, consumer_records, demo_profile, records
