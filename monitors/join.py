@@ -12,10 +12,10 @@ per stream (the confusion matrix, or the sums of absolute and squared errors) ar
 rows are joined.
 
 A stream's variant is the log record's text, so a model's variants are bounded as its metric
-labels are (``monitors.labels``): the first ``MAX_VARIANTS_PER_MODEL`` distinct variants a store
-sees of a model (in the order their streams were made, so the same after a reopen) keep streams
-of their own; the rows of every later or overlong one are joined and counted under one
-``OTHER`` (``"__other__"``) stream per version.
+labels are (``monitors.labels``): at most ``MAX_VARIANTS_PER_MODEL`` variants of a model at a
+time keep streams of their own (one that sent nothing for a day gives its place to a new one;
+after a reopen those with streams count as just used); the rows of every other or overlong one
+are joined and counted under one ``OTHER`` (``"__other__"``) stream per version.
 
 The store also keeps the consumer's offsets and the evaluation state, written in the same
 transaction as the rows: the monitor commits its Kafka offsets only after that transaction, and
@@ -38,9 +38,10 @@ from monitors.labels import LabelValues
 
 __all__ = ["MAX_VARIANTS_PER_MODEL", "JoinCounts", "JoinStore", "Stream"]
 
-# Variant names come from the log records, not from the registry: this many per model have
-# streams (and metric labels) of their own, the rest share one (a gateway route has at most 16).
-MAX_VARIANTS_PER_MODEL = 16
+# Variant names come from the log records, not from the registry: this many per model at a time
+# have streams (and metric labels) of their own, the rest share one. A gateway route has at most
+# 16 variants and 8 shadows; the rest is room for a rollout's new names while the old ones idle.
+MAX_VARIANTS_PER_MODEL = 32
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS streams (
@@ -123,10 +124,13 @@ class JoinStore:
         self._db.executescript(_SCHEMA)
         self._streams: dict[tuple[str, str, str], Stream] = {}
         self._variants: dict[str, LabelValues] = {}  # model -> its variants with streams
-        streams = self._db.execute("SELECT * FROM streams ORDER BY id")
+        streams = self._db.execute("SELECT * FROM streams ORDER BY id DESC").fetchall()
         for sid, model, version, variant, classes in streams:
-            self._variant(model, variant)  # the first seen keep their names, as before
+            # the newest streams' variants take the places first: a new version makes streams
+            # for the variants serving it, so those are the ones in use
+            self._variant(model, variant)
             self._streams[(model, version, variant)] = Stream(sid, model, version, variant, classes)
+        self._streams = dict(reversed(self._streams.items()))  # oldest first, as made
         self._db.execute("BEGIN")
 
     def close(self) -> None:

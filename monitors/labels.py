@@ -4,36 +4,60 @@ Each distinct label value is a time series kept until the process ends, and ever
 writes it, so a value taken from outside data (a log record, a feedback record, an event) must
 not make series without bound. The rule: a model or version in a label is one the registry
 holds (the monitor checks before it labels); any other free text goes through ``LabelValues``,
-which keeps the first few distinct values and counts every later or overlong one under
-``OTHER``.
+which keeps a few distinct values at a time (a value unused for a day gives its place to the
+next new one) and counts every other or overlong one under ``OTHER``.
 """
 
 from __future__ import annotations
 
-__all__ = ["MAX_LABEL_CHARS", "OTHER", "LabelValues"]
+import time
+from collections import OrderedDict
+from collections.abc import Callable
+
+__all__ = ["IDLE_S", "MAX_LABEL_CHARS", "OTHER", "LabelValues"]
 
 OTHER = "__other__"
 # as long as a registry's model name may be (registry_client.reference.MAX_NAME)
 MAX_LABEL_CHARS = 128
+# A value unused this long gives its place to a new one.
+IDLE_S = 24 * 3600.0
 
 
 class LabelValues:
-    """The values one label takes: the first ``limit`` distinct ones of at most
-    ``MAX_LABEL_CHARS`` characters; every other value is ``OTHER``.
+    """The values one label takes: at most ``limit`` distinct ones of at most
+    ``MAX_LABEL_CHARS`` characters at a time; every other value is ``OTHER``. A value unused
+    for ``idle_s`` gives its place to the next new one, so names that come and go over a
+    long life (a variant per rollout) each get their own while a flood cannot.
 
     >>> variants = LabelValues(1)
     >>> variants("champion"), variants("x" * 200), variants("challenger"), variants("champion")
     ('champion', '__other__', '__other__', 'champion')
     """
 
-    def __init__(self, limit: int) -> None:
+    def __init__(
+        self,
+        limit: int,
+        idle_s: float = IDLE_S,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         self._limit = limit
-        self._seen: set[str] = set()
+        self._idle_s = idle_s
+        self._clock = clock
+        self._used: OrderedDict[str, float] = OrderedDict()  # value -> last used, oldest first
 
     def __call__(self, value: str) -> str:
-        if value in self._seen:
+        used = self._used
+        now = self._clock()
+        if value in used:
+            used[value] = now
+            used.move_to_end(value)
             return value
-        if len(value) > MAX_LABEL_CHARS or len(self._seen) >= self._limit or value == OTHER:
+        if len(value) > MAX_LABEL_CHARS or value == OTHER:
             return OTHER
-        self._seen.add(value)
+        if len(used) >= self._limit:
+            oldest, last = next(iter(used.items()))
+            if now - last < self._idle_s:
+                return OTHER
+            del used[oldest]
+        used[value] = now
         return value

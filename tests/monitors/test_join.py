@@ -110,9 +110,10 @@ def test_variants_past_the_bound_share_a_stream_before_and_after_a_reopen(tmp_pa
     store.close()
 
     reopened = JoinStore(tmp_path / "p0.sqlite")
-    assert reopened.stream("m", "2", "v15", 2).variant == "v15"
-    assert reopened.stream("m", "2", "v16", 2).variant == OTHER
+    last, first_pooled = f"v{MAX_VARIANTS_PER_MODEL - 1}", f"v{MAX_VARIANTS_PER_MODEL}"
+    assert reopened.stream("m", "2", last, 2).variant == last
+    assert reopened.stream("m", "2", first_pooled, 2).variant == OTHER
     assert reopened.stream("m", "1", "new", 2).variant == OTHER
-    # m/1: the kept and OTHER; m/2: v3, v15 and OTHER; n/1: v99
+    # m/1: the kept and OTHER; m/2: v3, the last kept and OTHER; n/1: v99
     assert len(reopened.streams) == len(kept) + 1 + 3 + 1
     reopened.close()

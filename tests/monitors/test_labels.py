@@ -8,7 +8,7 @@ from pathlib import Path
 from prometheus_client import CollectorRegistry
 
 from monitors.join import MAX_VARIANTS_PER_MODEL
-from monitors.labels import MAX_LABEL_CHARS, OTHER, LabelValues
+from monitors.labels import IDLE_S, MAX_LABEL_CHARS, OTHER, LabelValues
 from monitors.metrics import MonitorMetrics
 from monitors.performance_metrics import PerformanceMetrics
 from monitors.service import MonitorService
@@ -38,6 +38,22 @@ def test_a_label_value_is_one_of_the_first_few_or_other() -> None:
         "a",
         OTHER,
     ]
+
+
+def test_a_value_unused_for_a_day_gives_its_place_to_a_new_one() -> None:
+    # before, the first values kept their places for good: a variant first seen after 16 others
+    # (a name per rollout, over months) was pooled, and a canary's gate on it never decided
+    now = [0.0]
+    values = LabelValues(2, idle_s=IDLE_S, clock=lambda: now[0])
+    assert [values(v) for v in ("a", "b", "c")] == ["a", "b", OTHER]  # full, both in use
+    now[0] = IDLE_S - 1
+    assert values("a") == "a"  # a is in use again; b has been idle since 0
+    now[0] = IDLE_S + 1
+    assert values("c") == "c"  # takes b's place
+    assert values("d") == OTHER  # a and c were used within the day
+    assert values("b") == OTHER  # b lost its place
+    now[0] = 3 * IDLE_S
+    assert [values(v) for v in ("b", "e", "c")] == ["b", "e", OTHER]
 
 
 async def test_records_of_versions_without_a_profile_share_one_series(
