@@ -25,6 +25,9 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
+from monitors._http import error as _error
+from monitors._http import json_app
+from monitors._http import json_response as _json
 from monitors.feedback import MAX_FUTURE_S
 from monitors.retrain.jobs import JobStore
 from monitors.retrain.metrics import RetrainMetrics
@@ -47,18 +50,6 @@ MAX_NESTING = 32
 
 class EventError(ValueError):
     """An event body that is not a CloudEvent the worker can act on."""
-
-
-def _json(doc: Any, status: int = 200) -> Response:
-    return Response(
-        orjson.dumps(doc, option=orjson.OPT_SERIALIZE_NUMPY),
-        status_code=status,
-        media_type="application/json",
-    )
-
-
-def _error(status: int, message: str) -> Response:
-    return _json({"error": message}, status)
 
 
 def _time(value: object, received: float, where: str) -> float | None:
@@ -220,8 +211,8 @@ def create_app(
     async def prometheus(request: Request) -> Response:
         return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
 
-    return Starlette(
-        routes=[
+    return json_app(
+        [
             Route("/events", events, methods=["POST"]),
             Route("/jobs", jobs, methods=["GET"]),
             Route("/jobs/{id}", job, methods=["GET"]),

@@ -226,3 +226,23 @@ async def test_an_event_for_a_model_not_in_the_registry_is_refused_and_makes_no_
     assert 'retrain_events_total{outcome="unknown_model"} 100.0' in text
     assert 'retrain_events_total{outcome="registry_unavailable"} 1.0' in text
     assert "unknown-" not in text
+
+
+async def test_what_the_router_refuses_is_a_json_error(tmp_path: Path) -> None:
+    # Starlette's own plain-text 'Not Found' and 'Method Not Allowed', and a 307 to /jobs built
+    # from the Host header for /jobs/
+    store, metrics = JobStore(tmp_path / "j.sqlite"), RetrainMetrics()
+    async with client(store, [], metrics) as http:
+        unknown = await http.get("/nope")
+        slash = await http.get("/jobs/")
+        method = await http.get("/events")
+        put = await http.put("/jobs")
+    assert unknown.status_code == 404
+    assert unknown.json() == {"error": "no route GET /nope"}
+    assert slash.status_code == 404
+    assert slash.json() == {"error": "no route GET /jobs/"}
+    assert method.status_code == 405
+    assert method.json() == {"error": "method GET is not allowed on /events; use POST"}
+    assert method.headers["allow"] == "POST"
+    assert put.status_code == 405
+    assert put.headers["allow"] == "GET, HEAD"
