@@ -71,6 +71,8 @@ def create_status_app(
                         400, f"'{name}' must be a non-negative integer of at most 18 digits"
                     )
                 query[name] = int(text)
+        if query.get("limit") == 0:  # the history reads 0 as no limit: every window kept
+            return _error(400, "'limit' must be at least 1 (leave it out for every window kept)")
         history = service.history
         found = await asyncio.to_thread(history.windows, model, version, **query)
         reference = await asyncio.to_thread(history.reference, model, version)

@@ -38,3 +38,14 @@ async def test_what_the_router_refuses_is_a_json_error(tmp_path: Path) -> None:
     assert delete.status_code == 405
     assert "method DELETE is not allowed on /windows/m/1" in delete.json()["error"]
     assert fine.status_code == 200
+
+
+async def test_a_limit_of_zero_windows_is_refused(tmp_path: Path) -> None:
+    # ?limit=0 answered every window kept (up to history.max_windows), not none
+    transport = httpx.ASGITransport(app=create_status_app(monitor(tmp_path)))
+    async with httpx.AsyncClient(transport=transport, base_url="http://monitor") as client:
+        zero = await client.get("/windows/m/1?limit=0")
+        one = await client.get("/windows/m/1?limit=1&since=0")
+    assert zero.status_code == 400
+    assert zero.json()["error"].startswith("'limit' must be at least 1")
+    assert one.status_code == 404, "no window of m/1 yet: the query itself is fine"
