@@ -6,27 +6,19 @@ from __future__ import annotations
 import asyncio
 from dataclasses import asdict
 
-import orjson
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
+from monitors._http import error as _error
+from monitors._http import json_app
+from monitors._http import json_response as _json
 from monitors.ground_truth import GroundTruthService
 from monitors.service import MonitorService
 
 __all__ = ["create_status_app"]
-
-
-def _json(doc: object) -> Response:
-    return Response(
-        orjson.dumps(doc, option=orjson.OPT_SERIALIZE_NUMPY), media_type="application/json"
-    )
-
-
-def _error(status: int, message: str) -> Response:
-    return Response(orjson.dumps({"error": message}), status, media_type="application/json")
 
 
 def create_status_app(
@@ -79,6 +71,8 @@ def create_status_app(
                         400, f"'{name}' must be a non-negative integer of at most 18 digits"
                     )
                 query[name] = int(text)
+        if query.get("limit") == 0:  # the history reads 0 as no limit: every window kept
+            return _error(400, "'limit' must be at least 1 (leave it out for every window kept)")
         history = service.history
         found = await asyncio.to_thread(history.windows, model, version, **query)
         reference = await asyncio.to_thread(history.reference, model, version)
@@ -92,8 +86,8 @@ def create_status_app(
     async def metrics(request: Request) -> Response:
         return Response(generate_latest(service.metrics.registry), media_type=CONTENT_TYPE_LATEST)
 
-    return Starlette(
-        routes=[
+    return json_app(
+        [
             Route("/status", status),
             Route("/status/{model}/{version}", model_status),
             Route("/windows/{model}/{version}", windows),

@@ -29,6 +29,7 @@ from urllib.parse import quote
 
 import orjson
 
+from monitors._jsonl import read_entries, repair_tail
 from monitors.categories import OTHER
 from monitors.evaluate import window_histogram
 from monitors.profile import ModelProfile
@@ -147,7 +148,9 @@ class WindowHistory:
     def _track(self, key: tuple[str, str]) -> _Track:
         track = self._tracks.get(key)
         if track is None:
-            entries = self._read(self._folder(*key) / _WINDOWS)
+            path = self._folder(*key) / _WINDOWS
+            repair_tail(path)  # what a crash cut short is not glued to the next line
+            entries = self._read(path)
             track = _Track(
                 {e["window_id"] for e in entries},
                 max((e["seq"] for e in entries), default=0),
@@ -158,17 +161,15 @@ class WindowHistory:
         return track
 
     def _trim(self, key: tuple[str, str], path: Path) -> None:
-        kept = path.read_bytes().splitlines()[-self.max_windows :]
-        self._write_bytes(path, b"\n".join(kept) + b"\n")
+        kept = self._read(path)[-self.max_windows :]
+        self._write_bytes(path, b"".join(orjson.dumps(e) + b"\n" for e in kept))
         track = self._tracks[key]
         track.lines = len(kept)
-        track.ids = {orjson.loads(line)["window_id"] for line in kept}
+        track.ids = {e["window_id"] for e in kept}
 
     @staticmethod
     def _read(path: Path) -> list[dict[str, Any]]:
-        if not path.is_file():
-            return []
-        return [orjson.loads(line) for line in path.read_bytes().splitlines() if line.strip()]
+        return read_entries(path, {"seq": int, "window_id": str})
 
     def _write(self, path: Path, doc: Any) -> None:
         self._write_bytes(path, orjson.dumps(doc))

@@ -28,6 +28,7 @@ from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition
 from aiokafka.errors import CommitFailedError, KafkaError
 from prometheus_client import Gauge
 
+from monitors._jsonl import read_entries, repair_tail
 from monitors.batch import Part, RecordBatch, served_primaries
 from monitors.changelog import Changelog, ChangelogError
 from monitors.decision import Decider, DecisionState
@@ -150,10 +151,9 @@ class MonitorService:
     def _audit_ids(self) -> deque[str]:
         if self._audited is None:
             path = self.settings.state_dir / _AUDIT_FILE
-            lines = path.read_text().splitlines()[-_AUDIT_IDS_KEPT:] if path.exists() else []
-            self._audited = deque(
-                (json.loads(line)["window_id"] for line in lines), maxlen=_AUDIT_IDS_KEPT
-            )
+            repair_tail(path)  # what a crash cut short is not glued to the next line
+            entries = read_entries(path, {"window_id": str})[-_AUDIT_IDS_KEPT:]
+            self._audited = deque((e["window_id"] for e in entries), maxlen=_AUDIT_IDS_KEPT)
         return self._audited
 
     async def _restore(self, consumer: AIOKafkaConsumer, tp: TopicPartition) -> bool:

@@ -2,11 +2,12 @@
 ``GET /jobs/{id}``, ``/metrics``, ``/health``.
 
 An event is accepted only with a valid ``x-signature-256`` (HMAC-SHA256 of the body with the
-shared secret, as ``monitors/webhooks.py`` signs); its ``idempotency-key`` (the CloudEvent's id
-when absent) is recorded durably with the job it joined before the answer, 202, goes out, so a
-repeat is answered 202 and starts nothing. An event that would start a job names a model with a
-champion in the registry, or is refused 422: a signature says who sent the event, not that its
-model is one to retrain, and a job (and its metrics' series) per name sent would have no bound.
+shared secret, as ``monitors/webhooks.py`` signs); its CloudEvent id (signed, unlike an
+``idempotency-key`` header, which must equal it when given) is recorded durably with the job it
+joined before the answer, 202, goes out, so a repeat is answered 202 and starts nothing. An
+event that would start a job names a model with a champion in the registry, or is refused 422:
+a signature says who sent the event, not that its model is one to retrain, and a job (and its
+metrics' series) per name sent would have no bound.
 """
 
 from __future__ import annotations
@@ -25,6 +26,9 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
+from monitors._http import error as _error
+from monitors._http import json_app
+from monitors._http import json_response as _json
 from monitors.feedback import MAX_FUTURE_S
 from monitors.retrain.jobs import JobStore
 from monitors.retrain.metrics import RetrainMetrics
@@ -47,18 +51,6 @@ MAX_NESTING = 32
 
 class EventError(ValueError):
     """An event body that is not a CloudEvent the worker can act on."""
-
-
-def _json(doc: Any, status: int = 200) -> Response:
-    return Response(
-        orjson.dumps(doc, option=orjson.OPT_SERIALIZE_NUMPY),
-        status_code=status,
-        media_type="application/json",
-    )
-
-
-def _error(status: int, message: str) -> Response:
-    return _json({"error": message}, status)
 
 
 def _time(value: object, received: float, where: str) -> float | None:
@@ -161,6 +153,12 @@ def create_app(
     key = secret
 
     async def events(request: Request) -> Response:
+        encoding = request.headers.get("content-encoding", "").strip().lower()
+        if encoding not in ("", "identity"):
+            metrics.events.labels("invalid").inc()
+            return _error(
+                415, f"content-encoding {encoding[:50]!r} is not accepted: send the event as is"
+            )
         body = bytearray()
         async for chunk in request.stream():
             body += chunk
@@ -180,7 +178,17 @@ def create_app(
         except (orjson.JSONDecodeError, EventError) as exc:
             metrics.events.labels("invalid").inc()
             return _error(400, f"invalid event: {exc}")
-        idempotency_key = request.headers.get("idempotency-key") or trigger["event_id"]
+        # The signature covers the body, not the headers: the key is the event's signed id,
+        # or a replay under a fresh key would join a job again
+        given_key = request.headers.get("idempotency-key")
+        if given_key is not None and given_key != trigger["event_id"]:
+            metrics.events.labels("invalid").inc()
+            return _error(
+                400,
+                f"idempotency-key {given_key[:100]!r} is not the event's id "
+                f"{trigger['event_id'][:100]!r} (only the body is signed)",
+            )
+        idempotency_key = trigger["event_id"]
         model: str | None = None  # an event of another type starts nothing
         if trigger["type"] in event_types:
             try:
@@ -220,8 +228,8 @@ def create_app(
     async def prometheus(request: Request) -> Response:
         return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
 
-    return Starlette(
-        routes=[
+    return json_app(
+        [
             Route("/events", events, methods=["POST"]),
             Route("/jobs", jobs, methods=["GET"]),
             Route("/jobs/{id}", job, methods=["GET"]),

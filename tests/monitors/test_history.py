@@ -136,3 +136,37 @@ async def _get(monitor: MonitorService, path: str) -> httpx.Response:
     transport = httpx.ASGITransport(app=create_status_app(monitor))
     async with httpx.AsyncClient(transport=transport, base_url="http://monitor") as client:
         return await client.get(path)
+
+
+async def test_a_line_torn_by_a_crash_is_cut_off_and_the_monitor_goes_on(
+    demo_registry: Path, tmp_path: Path
+) -> None:
+    # a crash mid-append left half a line: every GET /windows answered 500, and the restarted
+    # monitor's first save raised on it (the history's and the audit trail's), so it never
+    # got past its first batch again
+    monitor = service(demo_registry, tmp_path)
+    await monitor.consume(0, consumer_records(backlog()))
+    monitor._save_audit()
+    await monitor.webhooks.aclose()
+    state = tmp_path / "state"
+    files = [state / "history" / MODEL / "1" / "windows.jsonl", state / "windows.jsonl"]
+    for path in files:
+        with path.open("ab") as fh:
+            fh.write(b'{"seq": 10, "window_id": "breast_cancer/1/p0/1')
+
+    served = await _get(monitor, f"/windows/{MODEL}/1")
+    assert served.status_code == 200
+    assert [w["seq"] for w in served.json()["windows"]] == list(range(1, 10))
+
+    restarted = service(demo_registry, tmp_path)
+    await restarted.consume(1, consumer_records(backlog()))
+    restarted._save_audit()
+    await restarted.webhooks.aclose()
+    for path in files:
+        lines = path.read_bytes().splitlines()
+        assert all(isinstance(orjson.loads(line), dict) for line in lines), path
+    windows = restarted.history.windows(MODEL, "1")
+    assert [w["seq"] for w in windows] == list(range(1, 19))
+    assert windows[9]["window_id"] == f"{MODEL}/1/p1/1", "the first line after the torn one"
+    audited = [orjson.loads(line)["window_id"] for line in files[1].read_bytes().splitlines()]
+    assert len(audited) == 18

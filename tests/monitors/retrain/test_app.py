@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gzip
 from pathlib import Path
 
 import httpx
@@ -164,8 +165,8 @@ async def test_data_nested_too_deep_is_refused_not_kept(tmp_path: Path) -> None:
             body = (b'{"specversion": "1.0", "id": "e", "type": "%s", "source": "s", '
                     b'"data": {"model": "m", "drifted_features": %s}}') % (DRIFT.encode(), nested)  # fmt: skip
             answers.append(await http.post("/events", content=body, headers=headers("e", body)))
-        _, fine = event("w1")
-        accepted = await http.post("/events", content=fine, headers=headers("k", fine))
+        fine_id, fine = event("w1")
+        accepted = await http.post("/events", content=fine, headers=headers(fine_id, fine))
         listed = await http.get("/jobs")
     assert [a.status_code for a in answers] == [400, 400]
     assert "data nests deeper than 32 levels" in answers[0].json()["error"]
@@ -226,3 +227,72 @@ async def test_an_event_for_a_model_not_in_the_registry_is_refused_and_makes_no_
     assert 'retrain_events_total{outcome="unknown_model"} 100.0' in text
     assert 'retrain_events_total{outcome="registry_unavailable"} 1.0' in text
     assert "unknown-" not in text
+
+
+async def test_a_replay_under_another_idempotency_key_joins_no_job(tmp_path: Path) -> None:
+    # the key was taken from the unsigned header: a captured event sent again under a fresh key
+    # was a new event, each copy one more trigger on the model's job
+    store, metrics = JobStore(tmp_path / "j.sqlite"), RetrainMetrics()
+    woken: list[int] = []
+    event_id, body = event("w1")
+    signed = headers(event_id, body)["x-signature-256"]
+    async with client(store, woken, metrics) as http:
+        first = await http.post("/events", content=body, headers=headers(event_id, body))
+        replays = [
+            await http.post(
+                "/events", content=body, headers={**headers(event_id, body), "idempotency-key": k}
+            )
+            for k in ("fresh-1", "fresh-2", "")
+        ]
+        unkeyed = await http.post("/events", content=body, headers={"x-signature-256": signed})
+        text = (await http.get("/metrics")).text
+    assert first.json()["outcome"] == "queued"
+    assert [r.status_code for r in replays] == [400, 400, 400]
+    assert "idempotency-key 'fresh-1' is not the event's id" in replays[0].json()["error"]
+    assert unkeyed.status_code == 202
+    assert unkeyed.json() == {"outcome": "duplicate", "job": None}, "keyed by the signed id"
+    (job,) = store.jobs()
+    assert len(job.triggers) == 1
+    assert 'retrain_events_total{outcome="invalid"} 3.0' in text
+
+
+async def test_a_compressed_body_is_refused_naming_its_encoding(tmp_path: Path) -> None:
+    # a gzip body, signed as sent, was read as JSON: 400 'str is not valid UTF-8'
+    store, metrics = JobStore(tmp_path / "j.sqlite"), RetrainMetrics()
+    woken: list[int] = []
+    event_id, body = event("w1")
+    packed = gzip.compress(body)
+    async with client(store, woken, metrics) as http:
+        zipped = await http.post(
+            "/events",
+            content=packed,
+            headers={**headers(event_id, packed), "content-encoding": "gzip"},
+        )
+        plain = await http.post(
+            "/events",
+            content=body,
+            headers={**headers(event_id, body), "content-encoding": "identity"},
+        )
+    assert zipped.status_code == 415
+    assert "content-encoding 'gzip' is not accepted" in zipped.json()["error"]
+    assert plain.status_code == 202
+
+
+async def test_what_the_router_refuses_is_a_json_error(tmp_path: Path) -> None:
+    # Starlette's own plain-text 'Not Found' and 'Method Not Allowed', and a 307 to /jobs built
+    # from the Host header for /jobs/
+    store, metrics = JobStore(tmp_path / "j.sqlite"), RetrainMetrics()
+    async with client(store, [], metrics) as http:
+        unknown = await http.get("/nope")
+        slash = await http.get("/jobs/")
+        method = await http.get("/events")
+        put = await http.put("/jobs")
+    assert unknown.status_code == 404
+    assert unknown.json() == {"error": "no route GET /nope"}
+    assert slash.status_code == 404
+    assert slash.json() == {"error": "no route GET /jobs/"}
+    assert method.status_code == 405
+    assert method.json() == {"error": "method GET is not allowed on /events; use POST"}
+    assert method.headers["allow"] == "POST"
+    assert put.status_code == 405
+    assert put.headers["allow"] == "GET, HEAD"

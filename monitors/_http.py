@@ -1,0 +1,60 @@
+"""What the monitor's and the retraining worker's HTTP apps share: JSON answers, and JSON errors
+for what the router refuses (an unknown path, a method a route does not take)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import orjson
+from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import BaseRoute, Match, Route
+
+__all__ = ["error", "json_app", "json_response"]
+
+
+def json_response(doc: Any, status: int = 200) -> Response:
+    return Response(
+        orjson.dumps(doc, option=orjson.OPT_SERIALIZE_NUMPY),
+        status_code=status,
+        media_type="application/json",
+    )
+
+
+def error(status: int, message: str) -> Response:
+    return json_response({"error": message}, status)
+
+
+def json_app(routes: Sequence[BaseRoute]) -> Starlette:
+    """A Starlette app whose router refusals are ``{"error": ...}`` like the routes' own, and
+    that never redirects to the path with or without a trailing slash (Starlette builds that
+    redirect from the client's Host header)."""
+    app = Starlette(routes=list(routes), exception_handlers={HTTPException: _http_error})
+    app.router.redirect_slashes = False
+    return app
+
+
+async def _http_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, HTTPException)
+    path = request.url.path[:200]
+    if exc.status_code == 405:
+        allowed = ", ".join(_allowed_methods(request))
+        response = error(405, f"method {request.method} is not allowed on {path}; use {allowed}")
+        response.headers["allow"] = allowed
+        return response
+    if exc.status_code == 404:
+        return error(404, f"no route {request.method} {path}")
+    return error(exc.status_code, str(exc.detail))
+
+
+def _allowed_methods(request: Request) -> list[str]:
+    methods: set[str] = set()
+    for route in request.app.routes:
+        if isinstance(route, Route) and route.methods:
+            match, _ = route.matches(request.scope)
+            if match is not Match.NONE:
+                methods |= route.methods
+    return sorted(methods)
