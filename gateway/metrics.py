@@ -268,8 +268,8 @@ class FeatureLogMetrics:
         self._replayed = records.labels("replayed")
         self._dropped = Counter(
             f"{prefix}_dropped_records",
-            "Log records dropped by policy, by reason (queue_full, spool_full, sampled_out, "
-            "shutdown, dead_letter_full).",
+            "Log records dropped by policy, by reason (queue_full, spool_full, spool_error, "
+            "sampled_out, shutdown, dead_letter_full, dead_letter_error).",
             ("reason",),
             registry=registry,
         )

@@ -4,7 +4,9 @@ Requests put records on a bounded in-memory queue and return at once. One backgr
 takes batches off the queue and sends them; when the broker is unreachable or slow, records go
 to the disk spool instead, and a second task replays the spool in order once the broker is
 back. Every record ends up counted as produced, spooled-then-replayed, or dropped by policy
-with a reason (queue full, spool full, sampled out).
+with a reason (queue full, spool full or not writable, sampled out). A disk that refuses the
+spool, or a damaged spool, never stops either task: what cannot be written is dropped and
+counted, and sending goes on.
 
 Order per model is kept: once anything is spooled, every newer record is spooled behind it
 until the replay has emptied the spool; the switch back to direct sending happens under the
@@ -24,7 +26,7 @@ from typing_extensions import TypeVar
 from gateway.featurelog.dead_letter import DeadLetterFile
 from gateway.featurelog.kafka_sink import RecordSink, SendResult
 from gateway.featurelog.packing import Message, estimate_bytes, pack
-from gateway.featurelog.spool import Spool, SpoolEntry
+from gateway.featurelog.spool import Spool, SpoolEntry, SpoolWriteError
 from gateway.metrics import FeatureLogMetrics
 from gateway.serving import wait_woken
 from monitors.schema import InferenceRecord, message_records
@@ -93,6 +95,10 @@ class FeatureLog(Generic[RecordT]):
         self._closing = False
         self._tasks: list[asyncio.Task[None]] = []
         self._committing: asyncio.Task[None] | None = None
+        # What the sender took off the queue and has not yet sent or spooled: a stop whose
+        # deadline cuts the round spools it, so no accepted record is lost.
+        self._taken: list[tuple[bytes, RecordT]] = []
+        self._held: list[Message] = []
         if spool.pending_records:
             log.info(
                 "feature log: %d records in the spool from before; replaying", spool.pending_records
@@ -148,7 +154,14 @@ class FeatureLog(Generic[RecordT]):
                 await asyncio.gather(task, return_exceptions=True)
         if self._committing is not None:  # an acknowledgement outlives a cancelled replayer
             await self._committing
-        if self._queue:  # the sender was stuck: nothing accepted is lost, it goes to disk
+        # The sender was stuck: nothing accepted is lost, it goes to disk, oldest first.
+        held, self._held = self._held, []
+        if self._taken:
+            held += await self._pack(self._taken)
+            self._taken = []
+        if held:
+            await self._to_spool(held)
+        if self._queue:
             await self._to_spool(await self._pack(self._take(len(self._queue))))
         await self._sink.stop()
         self._update_gauges()
@@ -170,12 +183,16 @@ class FeatureLog(Generic[RecordT]):
                     if not await wait_woken(self._wake, close_at - loop.time()):
                         break
             backlog = min(len(self._queue), self._batch_size * _MAX_BATCHES_A_ROUND)
-            batch = await self._pack(self._take(max(self._batch_size, backlog)))
+            self._taken = self._take(max(self._batch_size, backlog))
+            self._held = batch = await self._pack(self._taken)
+            self._taken = []
             async with self._order:
                 if not self._healthy:
+                    self._held = []
                     await self._to_spool(batch)
                     continue
                 result = await self._sink.send([(key, value) for key, value, _ in batch])
+                self._held = []
                 delivered = await self._settle(batch, result)
                 self._metrics.produced(delivered)
                 if result.settled < len(batch):
@@ -214,7 +231,14 @@ class FeatureLog(Generic[RecordT]):
         return sum(count for i, (_, _, count) in settled if i not in result.refused)
 
     def _refuse(self, key: bytes, value: bytes, count: int, reason: str) -> None:
-        if self._dead_letter.append(key, value, count, reason):
+        try:
+            kept = self._dead_letter.append(key, value, count, reason)
+        except OSError as exc:
+            self._metrics.dropped("dead_letter_error", count)
+            log.error("feature log: broker refused %d records (%s), cannot write %s: %s",
+                      count, reason, self._dead_letter.path, exc)  # fmt: skip
+            return
+        if kept:
             self._metrics.dead_lettered(reason, count)
             log.error("feature log: broker refused %d records (%s): kept in %s",
                       count, reason, self._dead_letter.path)  # fmt: skip
@@ -224,12 +248,17 @@ class FeatureLog(Generic[RecordT]):
                       count, reason)  # fmt: skip
 
     async def _to_spool(self, batch: list[Message]) -> None:
-        written = await asyncio.to_thread(self._spool.append, [(k, v) for k, v, _ in batch])
+        reason = "spool_full"
+        try:
+            written = await asyncio.to_thread(self._spool.append, [(k, v) for k, v, _ in batch])
+        except SpoolWriteError as exc:  # disk full, folder not writable: the log goes on
+            written, reason = exc.written, "spool_error"
+            log.error("feature log: cannot write the spool in %s: %s", self._spool.directory, exc)
         self._metrics.spooled(sum(count for _, _, count in batch[:written]))
         if written < len(batch):
             lost = sum(count for _, _, count in batch[written:])
-            self._metrics.dropped("spool_full", lost)
-            log.error("feature log: spool full, dropped %d records", lost)
+            self._metrics.dropped(reason, lost)
+            log.error("feature log: %s, dropped %d records", reason.replace("_", " "), lost)
         # Wake the replayer even when nothing was written: it is the one that says the log is
         # healthy again once the spool is empty, also when the spool could take nothing.
         self._spooled.set()
@@ -251,7 +280,15 @@ class FeatureLog(Generic[RecordT]):
                 self._spooled.clear()
                 await self._spooled.wait()
                 continue
-            entries = await asyncio.to_thread(self._spool.read, self._batch_size)
+            try:
+                entries = await asyncio.to_thread(self._spool.read, self._batch_size)
+            except OSError as exc:  # a segment gone or unreadable: try again, never spin
+                log.error("feature log: cannot read the spool: %s", exc)
+                entries = []
+            if not entries:
+                await wait_woken(self._stopping, delay)
+                delay = min(delay * 2, self._backoff[1])
+                continue
             result = await self._sink.send([(e.key, e.value) for e in entries])
             if result.settled:
                 # Acknowledge in the spool and count as one step that a stop cannot cut in two.

@@ -3,13 +3,19 @@
 Records are framed ``[u32 key length][u32 value length][key][value]`` in segment files
 ``NNNNNNNN.seg``; a ``cursor`` file (replaced atomically) says how far replay has been
 acknowledged. Fully acknowledged segments are deleted. The spool is bounded in bytes: an append
-that would exceed the bound is refused and the caller counts the records as dropped.
+that would exceed the bound is refused and the caller counts the records as dropped. A write
+that fails (disk full, folder not writable) is cut back to the last whole record and raised as
+``SpoolWriteError`` saying how many records did reach the disk; a cursor that cannot be saved
+leaves the acknowledgement in memory (a restart then sends those records again). At open, a
+segment whose frames run past its end (a crash tore the last record, or the file was damaged)
+is cut at the first bad frame, so replay never stalls on it.
 
 All methods are blocking file I/O: call them from a worker thread.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import struct
@@ -19,12 +25,20 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
 
-__all__ = ["Spool", "SpoolEntry"]
+__all__ = ["Spool", "SpoolEntry", "SpoolWriteError"]
 
 log = logging.getLogger(__name__)
 
 _HEADER = struct.Struct("<II")
 _CURSOR = "cursor"
+
+
+class SpoolWriteError(OSError):
+    """The disk refused a write; the first ``written`` records of the append are spooled."""
+
+    def __init__(self, written: int, cause: OSError) -> None:
+        super().__init__(cause.errno, f"spool write failed: {cause.strerror or cause}")
+        self.written = written
 
 
 @dataclass(frozen=True, slots=True)
@@ -50,7 +64,7 @@ class Spool:
         self._lock = threading.Lock()
         self._cursor = self._read_cursor()
         self._drop_consumed_segments()
-        self._repair_tail()
+        self._repair()
         self._bytes = sum(self._segment_path(s).stat().st_size for s in self._segments())
         self._bytes -= self._cursor[1] if self._segments() else 0
         self._records = self._count_pending()
@@ -66,7 +80,9 @@ class Spool:
         return self._records
 
     def append(self, records: list[tuple[bytes, bytes]]) -> int:
-        """Append records in order; returns how many fit under ``max_bytes`` (a prefix)."""
+        """Append records in order; returns how many fit under ``max_bytes`` (a prefix).
+
+        Raises ``SpoolWriteError`` (with how many were written) when the disk refuses them."""
         with self._lock:
             segments = self._segments()
             segment = segments[-1] if segments else self._cursor[0]
@@ -74,23 +90,31 @@ class Spool:
             size = path.stat().st_size if path.exists() else 0
             written = 0
             chunks: list[bytes] = []
-            for key, value in records:
-                frame = _HEADER.pack(len(key), len(value)) + key + value
-                if self._bytes + len(frame) > self.max_bytes:
-                    break
-                if size > 0 and size + len(frame) > self.segment_bytes:
-                    self._write(path, chunks)
-                    chunks = []
-                    segment += 1
-                    path = self._segment_path(segment)
-                    size = 0
-                chunks.append(frame)
-                size += len(frame)
-                self._bytes += len(frame)
-                written += 1
-            self._write(path, chunks)
-            self._records += written
-            return written
+            taken = 0  # bytes in ``chunks``
+            try:
+                for key, value in records:
+                    frame = _HEADER.pack(len(key), len(value)) + key + value
+                    if self._bytes + taken + len(frame) > self.max_bytes:
+                        break
+                    if size > 0 and size + len(frame) > self.segment_bytes:
+                        self._write(path, chunks)
+                        written, taken = self._written(written, chunks, taken), 0
+                        chunks = []
+                        segment += 1
+                        path = self._segment_path(segment)
+                        size = 0
+                    chunks.append(frame)
+                    size += len(frame)
+                    taken += len(frame)
+                self._write(path, chunks)
+            except OSError as exc:
+                raise SpoolWriteError(written, exc) from exc
+            return self._written(written, chunks, taken)
+
+    def _written(self, written: int, chunks: list[bytes], taken: int) -> int:
+        self._bytes += taken
+        self._records += len(chunks)
+        return written + len(chunks)
 
     def read(self, max_records: int, max_bytes: int = 4 * 1024 * 1024) -> list[SpoolEntry]:
         """The oldest unacknowledged records in order: ``max_records`` or about ``max_bytes``."""
@@ -142,10 +166,16 @@ class Spool:
                 )
                 freed += stop - start
             self._cursor = (entry.segment, entry.end)
-            self._write_cursor()
             self._bytes -= freed
             self._records -= count
-            self._drop_consumed_segments()
+            # In memory first: the records were delivered, and a cursor that cannot be saved
+            # must not make this process send them again and again.
+            try:
+                self._write_cursor()
+                self._drop_consumed_segments()
+            except OSError as exc:
+                log.error("spool: cannot save the replay position in %s (%s); a restart "
+                          "will send these records again", self.directory, exc)  # fmt: skip
 
     # -- internals ----------------------------------------------------------------------------
 
@@ -158,10 +188,21 @@ class Spool:
     def _write(self, path: Path, chunks: list[bytes]) -> None:
         if not chunks:
             return
-        with path.open("ab") as fh:
-            fh.write(b"".join(chunks))
-            fh.flush()
-            os.fsync(fh.fileno())
+        fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+        try:
+            start = os.lseek(fd, 0, os.SEEK_END)
+            try:
+                data = memoryview(b"".join(chunks))
+                while data:
+                    data = data[os.write(fd, data) :]
+                os.fsync(fd)
+            except OSError:
+                # no half record may stay behind: the next append would follow it
+                with contextlib.suppress(OSError):
+                    os.ftruncate(fd, start)
+                raise
+        finally:
+            os.close(fd)
 
     def _read_cursor(self) -> tuple[int, int]:
         path = self.directory / _CURSOR
@@ -193,24 +234,28 @@ class Spool:
                 self._cursor = (segment + 1, 0)
                 self._write_cursor()
 
-    def _repair_tail(self) -> None:
-        """Cut a record torn by a crash off the end of the last segment."""
-        segments = self._segments()
-        if not segments:
-            return
-        path = self._segment_path(segments[-1])
-        data = path.read_bytes()
-        pos = self._cursor[1] if segments[-1] == self._cursor[0] else 0
-        while pos + _HEADER.size <= len(data):
-            key_len, value_len = _HEADER.unpack_from(data, pos)
-            end = pos + _HEADER.size + key_len + value_len
-            if end > len(data):
-                break
-            pos = end
-        if pos < len(data):
-            log.warning("spool: cutting %d torn bytes off %s", len(data) - pos, path.name)
-            with path.open("r+b") as fh:
-                fh.truncate(pos)
+    def _repair(self) -> None:
+        """Cut each pending segment at its first frame that runs past the segment's end: a
+        record torn by a crash at the end of the last one, or a damaged file. Frames carry
+        no checksum, so what follows a bad length cannot be found again; later segments are
+        kept."""
+        for segment in self._segments():
+            if segment < self._cursor[0]:
+                continue
+            path = self._segment_path(segment)
+            data = path.read_bytes()
+            pos = self._cursor[1] if segment == self._cursor[0] else 0
+            while pos + _HEADER.size <= len(data):
+                key_len, value_len = _HEADER.unpack_from(data, pos)
+                end = pos + _HEADER.size + key_len + value_len
+                if end > len(data):
+                    break
+                pos = end
+            if pos < len(data):
+                log.warning("spool: cutting %d unreadable bytes (a torn or damaged record and "
+                            "what follows it) off %s", len(data) - pos, path.name)  # fmt: skip
+                with path.open("r+b") as fh:
+                    fh.truncate(pos)
 
     def _count_pending(self) -> int:
         return sum(1 for _ in self._frames())

@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import json
+import signal
+import socket
 import time
 from collections import defaultdict
 from pathlib import Path
@@ -15,10 +18,12 @@ import onnxruntime as ort
 import pytest
 from sklearn.datasets import load_breast_cancer
 
+from gateway.featurelog.spool import Spool
 from monitors.broker import EmbeddedBroker, create_topics
-from monitors.schema import InferenceRecord
+from monitors.schema import InferenceRecord, decode_records
 from tests._kafka import read_records
-from tests._support import start_gateway
+from tests._support import free_port, start_gateway
+from tests.integration.test_server import read_by_server, wait_until
 
 pytestmark = pytest.mark.e2e
 
@@ -190,3 +195,42 @@ def test_restart_with_a_non_empty_spool_replays_it(demo_registry: Path, tmp_path
         with start_gateway(tmp_path, cfg):
             records = read_records(broker.bootstrap_servers, TOPIC, 300, timeout_s=90)
     assert {r["request_id"] for r in records} == {f"req-{i}" for i in range(300)}
+
+
+def test_a_second_ctrl_c_with_a_hung_broker_spools_every_record(
+    demo_registry: Path, tmp_path: Path
+) -> None:
+    # The "broker" takes connections and never answers, so the records of answered requests
+    # wait in the log's queue (and in its sender's hands). A request waits in a batch that
+    # closes only on shutdown. Ctrl-C, then Ctrl-C again while uvicorn waits for that
+    # connection (a forced quit: the queued request is refused 503, as uvicorn does). Before,
+    # the records the log's sender held when the shutdown deadline cut its send were lost,
+    # neither sent nor spooled (16 of 21 here).
+    spool, port = tmp_path / "spool", free_port()
+    cfg = config(demo_registry, f"127.0.0.1:{port}", spool)
+    cfg["feature_log"] |= {"create_topic": False, "timeout_s": 60.0}
+    cfg["server"] = {"shutdown_timeout_s": 2}
+    slow = {"max_batch_delay_s": 120.0, "close_when_idle": False, "timeout_s": 300.0}
+    cfg["models"].append({"name": "slow", "ref": "breast_cancer@champion", "batching": slow})
+    # nothing listens there as the gateway starts, so it starts at once; then the hung broker
+    with start_gateway(tmp_path, cfg) as gw, socket.create_server(("127.0.0.1", port)):
+        statuses = asyncio.run(send_requests(infer_url(gw.url), range(20)))
+        body = json.dumps({"id": "queued", "inputs": [{"name": "input", "shape": [1, 30],
+                           "datatype": "FP32", "data": X[0].tolist()}]})  # fmt: skip
+        queued = socket.create_connection(("127.0.0.1", gw.port), timeout=60)
+        queued.sendall(
+            f"POST /v2/models/slow/infer HTTP/1.1\r\nHost: x\r\nContent-Length: {len(body)}"
+            f"\r\n\r\n{body}".encode()
+        )
+        wait_until(lambda: read_by_server(gw.port, [queued]), "the request read")
+        gw.proc.send_signal(signal.SIGINT)
+        wait_until(lambda: "Waiting for connections" in gw.log(), "the first Ctrl-C")
+        gw.proc.send_signal(signal.SIGINT)
+        with queued, queued.makefile("rb") as answer:
+            status = answer.readline()
+        gw.proc.wait(60)
+    assert set(statuses.values()) == {200}
+    spooled = Spool(spool, max_bytes=1 << 30).read(1000)
+    ids = [r["request_id"] for entry in spooled for r in decode_records(entry.value)]
+    assert sorted(ids) == sorted([f"req-{i}" for i in range(20)] + ["queued"])
+    assert status.startswith(b"HTTP/1.1 503"), status  # answered, never dropped

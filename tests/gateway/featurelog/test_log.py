@@ -63,6 +63,7 @@ def make(
     queue_size: int = 10_000,
     batch_size: int = 50,
     max_message_bytes: int = 1_000_000,
+    shutdown_timeout_s: float = 10.0,
 ) -> FeatureLog:
     return FeatureLog(
         sink,
@@ -73,6 +74,7 @@ def make(
         linger_s=0.005,
         max_message_bytes=max_message_bytes,
         replay_backoff_s=(0.01, 0.05),
+        shutdown_timeout_s=shutdown_timeout_s,
     )
 
 
@@ -252,3 +254,46 @@ def test_only_non_retriable_broker_errors_are_refusals() -> None:
     assert refusal_reason(NotLeaderForPartitionError()) is None
     assert refusal_reason(KafkaConnectionError()) is None
     assert refusal_reason(TimeoutError()) is None
+
+
+async def test_a_spool_the_disk_refuses_drops_and_counts_and_the_log_goes_on(
+    tmp_path: Path,
+) -> None:
+    # The broker is down and the disk is full (the spool's segment is /dev/full: every write
+    # fails with ENOSPC). Before, the OSError ended the sender for good: nothing was sent
+    # again, even once the disk and the broker were back.
+    sink, registry = FlakySink(), CollectorRegistry()
+    sink.up = False
+    async with make(sink, tmp_path, registry) as feature_log:
+        (tmp_path / "00000000.seg").symlink_to("/dev/full")
+        for i in range(20):
+            feature_log.submit(b"m", record(i))
+        dropped = "gateway_feature_log_dropped_records_total"
+        await wait_for(lambda: value(registry, dropped, reason="spool_error") == 20)
+        (tmp_path / "00000000.seg").unlink()  # space again, and the broker is back
+        sink.up = True
+        for i in range(20, 40):
+            feature_log.submit(b"m", record(i))
+        await wait_for(lambda: len(sink.got) == 20, timeout_s=20)
+    assert sink.got == [f"r{i}" for i in range(20, 40)]
+    assert value(registry, "gateway_feature_log_records_total", event="spooled") == 0
+    assert Spool(tmp_path, max_bytes=10_000_000).pending_records == 0
+
+
+async def test_a_stop_whose_deadline_cuts_a_send_spools_the_records_it_held(
+    tmp_path: Path,
+) -> None:
+    # A broker that takes far longer than the shutdown timeout: before, the records the sender
+    # held when it was cancelled were lost, neither sent nor spooled nor counted.
+    sink, registry = FlakySink(), CollectorRegistry()
+    sink.delay_s = 60.0
+    async with make(sink, tmp_path, registry, shutdown_timeout_s=0.2) as feature_log:
+        for i in range(10):
+            feature_log.submit(b"m", record(i))
+        await wait_for(sink.sending.is_set)
+        for i in range(10, 15):  # queued behind the stuck send
+            feature_log.submit(b"m", record(i))
+    spool = Spool(tmp_path, max_bytes=10_000_000)
+    spooled = [r["request_id"] for e in spool.read(100) for r in decode_records(e.value)]
+    assert spooled == [f"r{i}" for i in range(15)]
+    assert value(registry, "gateway_feature_log_records_total", event="spooled") == 15

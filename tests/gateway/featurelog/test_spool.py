@@ -2,7 +2,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from gateway.featurelog.spool import Spool
+import pytest
+
+from gateway.featurelog.spool import Spool, SpoolWriteError
 
 
 def records(start: int, count: int) -> list[tuple[bytes, bytes]]:
@@ -51,3 +53,46 @@ def test_torn_tail_from_a_crash_is_cut(tmp_path: Path) -> None:
     reopened = Spool(tmp_path, max_bytes=1_000_000)
     assert reopened.pending_records == 3
     assert [e.value for e in reopened.read(10)] == [b"record-0", b"record-1", b"record-2"]
+
+
+def test_a_damaged_segment_is_cut_and_replay_goes_on_past_it(tmp_path: Path) -> None:
+    spool = Spool(tmp_path, max_bytes=1_000_000, segment_bytes=63)
+    assert spool.append(records(0, 9)) == 9  # 3 records of 21 bytes a segment
+    segments = sorted(tmp_path.glob("*.seg"))
+    assert len(segments) == 3
+    data = bytearray(segments[1].read_bytes())
+    data[4:8] = (2**31).to_bytes(4, "little")  # the segment's first record: a length gone wrong
+    segments[1].write_bytes(bytes(data))
+    reopened = Spool(tmp_path, max_bytes=1_000_000, segment_bytes=63)
+    # before, replay stopped at the bad record for good (an empty read with records pending)
+    replayed: list[bytes] = []
+    for _ in range(10):
+        entries = reopened.read(2)
+        if not entries:
+            break
+        replayed += [e.value for e in entries]
+        reopened.ack(entries[-1], len(entries))
+    expected = [f"record-{i}".encode() for i in (0, 1, 2, 6, 7, 8)]
+    assert replayed == expected
+    assert reopened.pending_records == 0
+    assert reopened.pending_bytes == 0
+
+
+def test_a_write_the_disk_refuses_is_raised_and_leaves_the_counts_right(tmp_path: Path) -> None:
+    spool = Spool(tmp_path, max_bytes=1_000_000)
+    assert spool.append(records(0, 2)) == 2
+    entries = spool.read(10)
+    spool.ack(entries[-1], len(entries))  # all acknowledged: the next append starts segment 1
+    (tmp_path / "00000001.seg").symlink_to("/dev/full")  # a full disk
+    with pytest.raises(SpoolWriteError) as refused:
+        spool.append(records(2, 4))
+    assert refused.value.written == 0
+    # before, the refused records stayed counted in the spool's bytes: a spool that grew
+    # "full" of nothing
+    assert (spool.pending_records, spool.pending_bytes) == (0, 0)
+    (tmp_path / "00000001.seg").unlink()
+    assert spool.append(records(6, 1)) == 1
+    entries = spool.read(10)
+    assert [e.value for e in entries] == [b"record-6"]
+    spool.ack(entries[-1], len(entries))
+    assert (spool.pending_records, spool.pending_bytes) == (0, 0)
