@@ -20,11 +20,20 @@ from gateway.featurelog import FeatureLog
 from gateway.metrics import GatewayMetrics
 from gateway.serving import LoadedModel
 from gateway.traffic import Traffic
-from monitors.feedback import FEEDBACK_SCHEMA, MAX_REQUEST_ID_CHARS, FeedbackRecord, time_problem
+from monitors.feedback import (
+    FEEDBACK_SCHEMA,
+    MAX_LABEL_ROWS,
+    MAX_REQUEST_ID_CHARS,
+    FeedbackRecord,
+    time_problem,
+)
 
 __all__ = ["FeedbackDisabledError", "FeedbackService"]
 
 _ITEM_KEYS = frozenset(("id", "row", "label", "labels", "time", "source"))
+# "who reported it": a name, not a document. An unbounded one made a record the broker refuses
+# (over its message size): accepted here, then dead-lettered, its label never joined.
+MAX_SOURCE_CHARS = 256
 
 
 class FeedbackDisabledError(GatewayError):
@@ -46,10 +55,10 @@ class FeedbackService:
         self._metrics = metrics
         self._max_items = max_items
 
-    def submit(self, endpoint: str, body: bytes, now: float) -> int:
-        """Check every item of a single or bulk (``{"items": [...]}``) body, then log them all;
-        returns how many. Raises InvalidInputError naming the first bad item (nothing logged),
-        UnknownModelError or NotReadyError."""
+    def check(self, endpoint: str, body: bytes, now: float) -> list[FeedbackRecord]:
+        """Every item of a single or bulk (``{"items": [...]}``) body as a record; raises
+        InvalidInputError naming the first bad item, UnknownModelError or NotReadyError. It only
+        reads, so a large body is checked on a worker thread."""
         model = self.traffic.primary(endpoint)
         try:
             doc = orjson.loads(body)
@@ -57,7 +66,14 @@ class FeedbackService:
             raise InvalidInputError(f"feedback body is not valid JSON: {exc}") from exc
         if not isinstance(doc, dict):
             raise InvalidInputError('feedback body must be an object: an item or {"items": [...]}')
-        items = doc.get("items", [doc]) if "id" not in doc else [doc]
+        if "id" in doc or "items" not in doc:
+            items: object = [doc]
+        elif len(doc) > 1:  # a "source" or "time" here would apply to no item
+            raise InvalidInputError(
+                f"a bulk body has only items, not {sorted(set(doc) - {'items'})}"
+            )
+        else:
+            items = doc["items"]
         if not isinstance(items, list) or not items:
             raise InvalidInputError("items must be a non-empty list")
         if len(items) > self._max_items:
@@ -68,6 +84,10 @@ class FeedbackService:
         except InvalidInputError:
             self._metrics.feedback_items.labels(endpoint, "invalid").inc(len(items))
             raise
+        return records
+
+    def log(self, endpoint: str, records: list[FeedbackRecord]) -> int:
+        """Put checked records on the feedback log (on the event loop); returns how many."""
         key = endpoint.encode()
         for record in records:
             self._log.submit(key, record)
@@ -85,6 +105,8 @@ class _Checker:
         self.first = outputs[0].name
         labels = model.metadata.class_labels
         self.classes = {name: index for index, name in enumerate(labels)} if labels else None
+        # (id, row) -> the first item of the body that labels it, and its labels
+        self.seen: dict[tuple[str, int], tuple[int, dict[str, int | float | str]]] = {}
 
     def record(self, endpoint: str, index: int, item: Any, now: float) -> FeedbackRecord:
         where = f"item {index}"
@@ -101,8 +123,10 @@ class _Checker:
                 f"{where}: id is over {MAX_REQUEST_ID_CHARS} characters: no request has such an id"
             )
         row = item.get("row", 0)
-        if type(row) is not int or row < 0:
-            raise InvalidInputError(f"{where}: row must be an integer >= 0")
+        if type(row) is not int or not 0 <= row < MAX_LABEL_ROWS:
+            raise InvalidInputError(
+                f"{where}: row must be an integer from 0 to {MAX_LABEL_ROWS - 1}"
+            )
         if ("label" in item) == ("labels" in item):
             raise InvalidInputError(f"{where}: give either label or labels")
         given = item["labels"] if "labels" in item else {self.first: item["label"]}
@@ -115,9 +139,16 @@ class _Checker:
                     f"{where}: {output!r} is not an output that takes labels ({self.outputs})"
                 )
             labels[output] = self._value(where, output, value)
+        first, first_labels = self.seen.setdefault((request_id, row), (index, labels))
+        if first_labels != labels:  # the monitor would keep the first and drop this one
+            raise InvalidInputError(
+                f"{where}: row {row} of id {request_id!r} has other labels in item {first}"
+            )
         source = item.get("source")
         if source is not None and not isinstance(source, str):
             raise InvalidInputError(f"{where}: source must be text")
+        if source is not None and len(source) > MAX_SOURCE_CHARS:
+            raise InvalidInputError(f"{where}: source is over {MAX_SOURCE_CHARS} characters")
         time = item.get("time", now)
         problem = time_problem(time, now)
         if problem is not None:

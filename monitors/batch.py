@@ -17,7 +17,7 @@ from typing import Any, get_args
 
 import numpy as np
 
-from monitors.feedback import MAX_FUTURE_S
+from monitors.feedback import MAX_FUTURE_S, MAX_LABEL_ROWS
 from monitors.profile import ModelProfile
 from monitors.schema import Block, MessageColumns, Status, columns_of
 
@@ -26,7 +26,7 @@ __all__ = ["MAX_RECORD_ROWS", "Column", "Part", "RecordBatch", "served_primaries
 _PREDICTION = "prediction:"
 # More rows than a record can honestly hold (a 16 MiB request body of one-byte values): a count
 # window would split such a record pane by pane, and a missing feature is padded per row.
-MAX_RECORD_ROWS = 1 << 24
+MAX_RECORD_ROWS = MAX_LABEL_ROWS
 _REASONS = frozenset(("shadow", *get_args(Status)))
 Values = Sequence[Any] | np.ndarray
 Convert = Callable[[Values], np.ndarray]

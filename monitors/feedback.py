@@ -14,7 +14,8 @@ schema          ``"feedback/1"``
 model           the endpoint the prediction was asked of (``/v2/models/{model}/infer``)
 request_id      the prediction's request id: the ``x-request-id`` the gateway answered with
                 (at most 256 characters)
-row             the row of a multi-row request, from 0 (default 0)
+row             the row of a multi-row request, from 0 (default 0) and below 2**24 (no record
+                holds more rows)
 labels          ``{output name: true value}``, at least one; for a classifier's label output the
                 value is what the model outputs for that class (its index into the model's
                 ``class_labels``; the monitor also maps a class name to its index), for a
@@ -42,6 +43,7 @@ import orjson
 __all__ = [
     "FEEDBACK_SCHEMA",
     "MAX_FUTURE_S",
+    "MAX_LABEL_ROWS",
     "MAX_REQUEST_ID_CHARS",
     "FeedbackError",
     "FeedbackRecord",
@@ -61,6 +63,10 @@ MAX_REQUEST_ID_CHARS = 256
 # lie: clock skew between systems. A time further ahead would move the monitor's label clock
 # into the future for good and expire every label waiting for its prediction at once.
 MAX_FUTURE_S = 3600.0
+# A label's row is below this: the rows a served record may hold (``monitors.batch``'s
+# MAX_RECORD_ROWS is this one). A larger row joins no prediction, and one of 2**63 or more
+# does not fit the join store's integer column.
+MAX_LABEL_ROWS = 1 << 24
 _RECORDS_PER_MESSAGE = 500
 _FRAMING_BYTES = 128  # the Kafka record's own framing, kept out of the bound
 
@@ -160,8 +166,8 @@ def check_feedback(doc: object, default_time: float) -> FeedbackRecord:
     if len(request_id) > MAX_REQUEST_ID_CHARS:
         raise FeedbackError(f"request_id is over {MAX_REQUEST_ID_CHARS} characters")
     row = doc.get("row", 0)
-    if type(row) is not int or row < 0:
-        raise FeedbackError("row must be an integer >= 0")
+    if type(row) is not int or not 0 <= row < MAX_LABEL_ROWS:
+        raise FeedbackError(f"row must be an integer from 0 to {MAX_LABEL_ROWS - 1}")
     labels = doc.get("labels")
     if not isinstance(labels, dict) or not labels:
         raise FeedbackError("labels must be a non-empty object {output: value}")

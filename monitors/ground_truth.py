@@ -158,6 +158,15 @@ class GroundTruthService:
         decoded = await asyncio.to_thread(self._decode, predictions)
         for model, version in sorted({(r["model"], r["version"]) for _, rs in decoded for r in rs}):
             await self.infos.load(model, version)
+        if labels:
+            # A class name needs its model's metadata, loaded above only for this poll's
+            # predictions: after a restart, a poll of labels alone takes the versions the
+            # partition's store has streams of.
+            store = await asyncio.to_thread(self.open, partition)
+            known = self.infos.targets
+            stored = {(s.model, s.version) for s in store.streams if s.model not in known}
+            for model, version in sorted(stored):
+                await self.infos.load(model, version)
         await asyncio.to_thread(self._consume, partition, decoded, labels)
 
     def _decode(self, messages: Sequence[Any]) -> list[tuple[int, list[InferenceRecord]]]:

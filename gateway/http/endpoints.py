@@ -733,8 +733,12 @@ class FeedbackEndpoint:
         if feedback is None:
             raise NotReadyError("the gateway is starting")
         body = await read_body(request.scope, request.receive, self.state.max_body_bytes)
-        accepted = feedback.submit(request.path_params["name"], body, time.time())
-        return json_response({"accepted": accepted}, 202)
+        name, now = request.path_params["name"], time.time()
+        if len(body) <= LARGE_BODY_BYTES:
+            records = feedback.check(name, body, now)
+        else:  # up to max_items items of the client's making: parsed and checked off the loop
+            records = await asyncio.to_thread(feedback.check, name, body, now)
+        return json_response({"accepted": feedback.log(name, records)}, 202)
 
 
 def service_versions(state: AppState, endpoint: str) -> list[Deployment]:

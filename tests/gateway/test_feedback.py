@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import asyncio
+import threading
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -13,11 +14,13 @@ import pytest
 from aiokafka import AIOKafkaConsumer
 from prometheus_client import CollectorRegistry
 
+from gateway.feedback import FeedbackService
 from gateway.feedback_client import read_feedback_csv
 from gateway.http import create_app
+from gateway.http.endpoints import LARGE_BODY_BYTES
 from gateway.settings import load_settings
 from monitors.broker import EmbeddedBroker
-from monitors.feedback import FeedbackRecord, decode_feedback
+from monitors.feedback import MAX_LABEL_ROWS, FeedbackRecord, decode_feedback
 
 
 @asynccontextmanager
@@ -96,6 +99,17 @@ async def test_feedback_is_checked_answered_202_and_logged_to_its_topic(
             "an id no request has": b'{"id": "%s", "label": 1}' % (b"r" * 257),
             "a time a day ahead": b'{"id": "r", "label": 1, "time": %f}' % (time.time() + 86400),
             "a time at the end of time": b'{"id": "r", "label": 1, "time": 1e308}',
+            # a row of 2**63 or more stopped the monitor's join for good (sqlite integers)
+            "a row no integer column holds": b'{"id": "r", "row": 9223372036854775808, "label": 1}',
+            "a row past any record": b'{"id": "r", "row": %d, "label": 1}' % MAX_LABEL_ROWS,
+            # a record the broker refuses for its size: dead-lettered after the 202
+            "a source that is a document": b'{"id": "r", "label": 1, "source": "%s"}'
+            % (b"s" * 257),
+            "a bulk body with what applies to no item": b'{"items": [{"id": "r", "label": 1}], '
+            b'"source": "crm"}',
+            # the monitor keeps the first label of a row: the second would vanish
+            "a row labelled twice, differently": b'{"items": [{"id": "r", "label": "benign"}, '
+            b'{"id": "r", "label": 0}]}',
         }
         for case, body in bad.items():
             response = await client.post(url, content=body)
@@ -103,6 +117,8 @@ async def test_feedback_is_checked_answered_202_and_logged_to_its_topic(
             assert "error" in response.json(), case
         ahead = await client.post(url, content=bad["a time a day ahead"])
         assert "s ahead of this clock" in ahead.json()["error"]
+        twice = await client.post(url, content=bad["a row labelled twice, differently"])
+        assert twice.json()["error"] == "item 1: row 0 of id 'r' has other labels in item 0"
         second_bad = await client.post(url, json={"items": [{"id": "ok", "label": 1}, {"id": 3}]})
         assert second_bad.status_code == 400
         assert second_bad.json()["error"].startswith("item 1:")
@@ -120,6 +136,38 @@ async def test_feedback_is_checked_answered_202_and_logged_to_its_topic(
     ]
     assert records[0]["time"] == 5.0
     assert records[2]["source"] == "crm"
+
+
+async def test_a_large_feedback_body_is_checked_off_the_event_loop(
+    demo_registry: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # 10,000 items (a few MiB) took tens of milliseconds to parse and check, on the event loop:
+    # every other connection of the gateway waited for them.
+    checked_on: list[bool] = []
+    check = FeedbackService.check
+
+    def spy(self: FeedbackService, endpoint: str, body: bytes, now: float) -> Any:
+        checked_on.append(threading.current_thread() is threading.main_thread())
+        return check(self, endpoint, body, now)
+
+    monkeypatch.setattr(FeedbackService, "check", spy)
+    options = {
+        "feature_log__bootstrap_servers": "127.0.0.1:1",  # nobody: the records are spooled
+        "feature_log__timeout_s": 0.5,
+        "feedback__enabled": True,
+    }
+    items = [{"id": f"r{i}", "label": i % 2, "source": "crm"} for i in range(10_000)]
+    large = orjson.dumps({"items": items})
+    assert len(large) > LARGE_BODY_BYTES
+    async with gateway(demo_registry, tmp_path, **options) as client:
+        url = "/v2/models/breast_cancer/feedback"
+        small = await client.post(url, json={"id": "r", "label": 1})
+        assert small.json() == {"accepted": 1}
+        answer = await client.post(url, content=large)
+        assert answer.json() == {"accepted": 10_000}
+        refused = await client.post(url, content=large.replace(b'"r9999"', b"9999"))
+        assert refused.json()["error"].startswith("item 9999: id must be")
+    assert checked_on == [True, False, False]
 
 
 async def test_feedback_endpoint_is_404_when_off(demo_registry: Path, tmp_path: Path) -> None:

@@ -10,8 +10,10 @@ from pathlib import Path
 from typing import Any, cast
 
 import numpy as np
+import orjson
 from prometheus_client import CollectorRegistry
 
+from monitors.batch import MAX_RECORD_ROWS
 from monitors.feedback import FEEDBACK_SCHEMA, FeedbackRecord, encode_feedback
 from monitors.ground_truth import GroundTruthService
 from monitors.join import MAX_VARIANTS_PER_MODEL
@@ -269,3 +271,52 @@ async def test_made_up_variants_past_the_bound_are_joined_under_one_stream(
     assert set(status["streams"]) == set(streams)
     assert status["streams"][f"breast_cancer/1/{OTHER}"]["predictions"] == other["predictions"] + 10
     assert status["streams"]["breast_cancer/1/v3"]["predictions"] == 10
+
+
+async def test_a_label_row_past_any_record_is_skipped_and_the_consumer_goes_on(
+    demo_registry: Path, tmp_path: Path
+) -> None:
+    # A row of 2**63 or more (valid JSON: orjson reads integers up to 2**64 - 1) reached the
+    # sqlite join store, which cannot hold it: OverflowError stopped the consumer before its
+    # commit, so it read the same message again after every restart.
+    predictions, labels, _ = traffic(seed=8)
+    clean = service(demo_registry, tmp_path / "clean")
+    expected = await consume_all(clean, predictions, labels)
+
+    poison = b"\n".join(
+        orjson.dumps({"schema": FEEDBACK_SCHEMA, "model": "breast_cancer", "request_id": "0-1",
+                      "row": row, "labels": {"label": 1}, "time": 105.0})
+        for row in (2**63, 2**64 - 1, MAX_RECORD_ROWS)
+    )  # fmt: skip
+    state = tmp_path / "poisoned"
+    gt = service(demo_registry, state)
+    shifted = [[Message(m.offset + 1, m.value) for m in poll] for poll in labels]
+    await gt.consume(0, predictions[0], [Message(0, poison), *shifted[0]])
+    skipped = {s.labels["reason"]: s.value for m in gt.metrics.skipped.collect()
+               for s in m.samples if s.name.endswith("_total")}  # fmt: skip
+    assert skipped == {"invalid_feedback": 3}
+    await finish(gt)
+    restarted = service(demo_registry, state)  # a restart goes on from the store's offsets
+    for p, lab in zip(predictions[1:], shifted[1:], strict=True):
+        await restarted.consume(0, p, lab)
+    assert await finish(restarted) == expected
+
+
+async def test_class_names_read_right_after_a_restart_are_joined(
+    demo_registry: Path, tmp_path: Path
+) -> None:
+    # A label given as a class name needs the model's metadata, which was loaded only for the
+    # versions of the predictions in the same poll: after a restart, a poll of labels alone
+    # skipped every class name as no_usable_label, for good.
+    predictions, labels, _ = traffic(seed=9)
+    first = service(demo_registry, tmp_path)
+    await first.consume(0, predictions[0], [])
+    await finish(first)
+    names = ["malignant", "benign"]  # the demo model's class labels
+    records = [orjson.loads(line) for line in labels[0][0].value.split(b"\n")]
+    for record in records:
+        record["labels"]["label"] = names[record["labels"]["label"]]
+    restarted = service(demo_registry, tmp_path)
+    await restarted.consume(0, [], [Message(0, b"\n".join(map(orjson.dumps, records)))])
+    status = await finish(restarted)
+    assert status["join"]["labels_joined"] == len(records)
