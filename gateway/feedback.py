@@ -22,6 +22,7 @@ from gateway.serving import LoadedModel
 from gateway.traffic import Traffic
 from monitors.feedback import (
     FEEDBACK_SCHEMA,
+    MAX_LABEL_MAGNITUDE,
     MAX_LABEL_ROWS,
     MAX_REQUEST_ID_CHARS,
     FeedbackRecord,
@@ -184,4 +185,8 @@ class _Checker:
             return int(value)
         if isinstance(value, str) or not math.isfinite(value):
             raise InvalidInputError(f"{where}: the label of {output!r} must be a finite number")
+        if abs(value) > MAX_LABEL_MAGNITUDE:
+            raise InvalidInputError(
+                f"{where}: the label of {output!r} is over {MAX_LABEL_MAGNITUDE:g} in magnitude"
+            )
         return value

@@ -43,6 +43,7 @@ import orjson
 __all__ = [
     "FEEDBACK_SCHEMA",
     "MAX_FUTURE_S",
+    "MAX_LABEL_MAGNITUDE",
     "MAX_LABEL_ROWS",
     "MAX_REQUEST_ID_CHARS",
     "FeedbackError",
@@ -67,6 +68,9 @@ MAX_FUTURE_S = 3600.0
 # MAX_RECORD_ROWS is this one). A larger row joins no prediction, and one of 2**63 or more
 # does not fit the join store's integer column.
 MAX_LABEL_ROWS = 1 << 24
+# A numeric label's largest magnitude: the join keeps running sums of squared errors, and one
+# error past about 1e154 squares to infinity, which no later label can take back.
+MAX_LABEL_MAGNITUDE = 1e100
 _RECORDS_PER_MESSAGE = 500
 _FRAMING_BYTES = 128  # the Kafka record's own framing, kept out of the bound
 
@@ -176,6 +180,8 @@ def check_feedback(doc: object, default_time: float) -> FeedbackRecord:
             raise FeedbackError(f"label of {name!r} must be a number or a string")
         if isinstance(label, float) and not math.isfinite(label):
             raise FeedbackError(f"label of {name!r} must be finite")
+        if not isinstance(label, str) and abs(label) > MAX_LABEL_MAGNITUDE:
+            raise FeedbackError(f"label of {name!r} is over {MAX_LABEL_MAGNITUDE:g} in magnitude")
     time = doc.get("time", default_time)
     # Against the reader's own clock: a producer sets the message's timestamp, so a stamp far
     # ahead would carry its records (and one that gives no time takes the stamp) past the bound.

@@ -20,7 +20,7 @@ from gateway.http import create_app
 from gateway.http.endpoints import LARGE_BODY_BYTES
 from gateway.settings import load_settings
 from monitors.broker import EmbeddedBroker
-from monitors.feedback import MAX_LABEL_ROWS, FeedbackRecord, decode_feedback
+from monitors.feedback import MAX_LABEL_MAGNITUDE, MAX_LABEL_ROWS, FeedbackRecord, decode_feedback
 
 
 @asynccontextmanager
@@ -225,3 +225,18 @@ def test_the_monitor_skips_records_that_would_poison_its_clocks() -> None:
     # a producer that sends no timestamp (-1) loses nothing
     records, problems = decode_feedback(orjson.dumps(lines[0]), -0.001)
     assert [r["request_id"] for r in records] == ["a"]
+
+
+def test_the_monitor_skips_a_label_whose_error_would_square_to_infinity() -> None:
+    # one label of 1e200 made the join's running sum of squared errors infinite, for good
+    now = time.time()
+    lines = [
+        {"schema": "feedback/1", "model": "m", "request_id": str(i), "labels": {"y": y}}
+        for i, y in enumerate([1e200, -1e120, MAX_LABEL_MAGNITUDE, 3.5])
+    ]
+    records, problems = decode_feedback(b"\n".join(orjson.dumps(line) for line in lines), now)
+    assert [r["request_id"] for r in records] == ["2", "3"]
+    assert problems == [
+        "line 0: label of 'y' is over 1e+100 in magnitude",
+        "line 1: label of 'y' is over 1e+100 in magnitude",
+    ]
