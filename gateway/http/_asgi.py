@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import zlib
 from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any
@@ -11,12 +12,14 @@ import orjson
 from gateway.errors import GatewayError, InvalidInputError, NotReadyError, PayloadTooLargeError
 
 __all__ = [
+    "INLINE_INFLATE_BYTES",
     "Headers",
     "Receive",
     "Reply",
     "Scope",
     "Send",
     "decode_body",
+    "decode_body_inline",
     "error_reply",
     "error_status",
     "header",
@@ -101,7 +104,26 @@ async def read_body(scope: Scope, receive: Receive, limit: int) -> bytes:
         if not message.get("more_body", False):
             break
     body = chunks[0] if len(chunks) == 1 else b"".join(chunks)
-    return decode_body(body, scope["headers"], limit)
+    decoded = decode_body_inline(body, scope["headers"], limit)
+    if decoded is None:
+        decoded = await asyncio.to_thread(decode_body, body, scope["headers"], limit)
+    return decoded
+
+
+def decode_body_inline(body: bytes, headers: Headers, limit: int) -> bytes | None:
+    """``decode_body`` when the body inflates to at most ``INLINE_INFLATE_BYTES``; None when it
+    inflates to more (and ``limit`` allows more): inflate it on a worker thread then."""
+    try:
+        return decode_body(body, headers, min(limit, INLINE_INFLATE_BYTES))
+    except PayloadTooLargeError:
+        if limit <= INLINE_INFLATE_BYTES:
+            raise
+        return None
+
+
+# A body that inflates to more than this is inflated on a worker thread: 16 KiB of gzip can stand
+# for 16 MiB, and inflating and parsing that on the event loop held it for half a second.
+INLINE_INFLATE_BYTES = 256 * 1024
 
 
 def decode_body(body: bytes, headers: Headers, limit: int) -> bytes:

@@ -30,6 +30,7 @@ from gateway.http._asgi import (
     Scope,
     Send,
     decode_body,
+    decode_body_inline,
     error_reply,
     header,
     read_body,
@@ -104,6 +105,8 @@ _WATCH_AFTER_S = 0.02
 # A body larger than this is joined, decompressed and decoded on a worker thread: its size is
 # the client's choice, and on the event loop it would stall every other connection.
 LARGE_BODY_BYTES = 256 * 1024
+# What ``_decode_here`` gives for a body to decode on a worker thread instead.
+_INFLATES_LARGE = object()
 
 # A request body: whole, or (a large one) as the chunks it arrived in, joined off the loop.
 Body = bytes | list[bytes]
@@ -330,8 +333,10 @@ class _InferBase(Generic[ParsedT]):
         admission = self.state.admission
         turns = admission.turns if admission is not None else None
         if small and (turns is None or turns.now()):
-            result = self._decode(headers, body, encoded=True)
-            return self._queue(service, info, version, headers, result, started, respond)
+            result = self._decode_here(headers, body)
+            if result is not _INFLATES_LARGE:
+                return self._queue(service, info, version, headers, result, started, respond)
+            small = False  # a compressed body that inflates large: decoded off the loop
         # Later: in a later pass of the loop (``gateway/admission/turns.py``), or, for a large
         # body, once a worker thread has decoded it. ``waiting`` stands for the request until
         # then; the connection cancels it when the caller goes, and then nothing runs.
@@ -346,13 +351,38 @@ class _InferBase(Generic[ParsedT]):
             if call is not None:
                 waiting.add_done_callback(lambda _: call.cancel())
 
-        if small:
-            assert turns is not None
-            turns.later(lambda: queue(lambda: self._decode(headers, body, encoded=True)))
-        else:
+        def off_loop() -> None:
             work = loop.run_in_executor(None, self._decode, headers, body, True)
             work.add_done_callback(lambda done: queue(done.result))
+
+        def in_turn() -> None:
+            if waiting.cancelled():
+                queue(lambda: None)  # answers that the caller has gone; nothing is decoded
+                return
+            result = self._decode_here(headers, body)
+            if result is _INFLATES_LARGE:
+                off_loop()
+            else:
+                queue(lambda: result)
+
+        if small:
+            assert turns is not None
+            turns.later(in_turn)
+        else:
+            off_loop()
         return waiting
+
+    def _decode_here(self, headers: Headers, body: Body) -> Any:
+        """``_decode`` on the event loop, or ``_INFLATES_LARGE`` for a compressed body that
+        inflates past ``INLINE_INFLATE_BYTES`` (16 KiB of gzip can be 16 MiB of JSON)."""
+        assert isinstance(body, bytes)
+        try:
+            plain = decode_body_inline(body, headers, self.state.max_body_bytes)
+        except Exception as exc:  # raised again by begin(), where the model is known
+            return exc
+        if plain is None:
+            return _INFLATES_LARGE
+        return self._decode(headers, plain, encoded=False)
 
     def _decode(self, headers: Headers, body: Body, encoded: bool) -> Any:
         """Join, undo the Content-Encoding and ``decode``: the result, or the exception."""

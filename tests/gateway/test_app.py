@@ -2,6 +2,8 @@ from __future__ import annotations
 
 import contextlib
 import gzip
+import re
+import threading
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -9,12 +11,15 @@ from typing import Any
 
 import httpx
 import orjson
+import pytest
 from prometheus_client import CollectorRegistry
 from sklearn.datasets import load_breast_cancer
 
-from gateway.http import create_app
+from gateway.http import _asgi, create_app
+from gateway.http._limits import HttpLimits
 from gateway.settings import load_settings
 from registry_client import LocalRegistry, ModelMetadata
+from tests.gateway.http.test_protocol import answered, connection_to
 
 ROW = load_breast_cancer().data[0].astype("float32").tolist()
 
@@ -413,3 +418,52 @@ async def test_readiness_reports_overload_only_when_asked_and_liveness_never(
         first.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await first
+
+
+async def test_a_small_compressed_body_that_inflates_large_is_inflated_off_the_loop(
+    demo_registry: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # 16 KiB of gzip can stand for 16 MiB of JSON: inflating and parsing that on the event loop
+    # held every other connection for half a second, as the compressed body was "small"
+    inflated_on: list[tuple[bool, int]] = []  # (on the event loop's thread, the limit)
+    inflate = _asgi._inflate
+
+    def spy(body: bytes, coding: str, limit: int) -> bytes:
+        inflated_on.append((threading.current_thread() is threading.main_thread(), limit))
+        return inflate(body, coding, limit)
+
+    monkeypatch.setattr(_asgi, "_inflate", spy)
+    rows = [[0.0] * 30] * 10_000
+    plain = orjson.dumps(infer_body(*rows))
+    bomb = gzip.compress(plain)
+    assert len(bomb) < 16 * 1024 < _asgi.INLINE_INFLATE_BYTES < len(plain)
+    small = gzip.compress(orjson.dumps(infer_body(ROW)))
+    head = b"POST /v2/models/breast_cancer/infer HTTP/1.1\r\nHost: t\r\ncontent-encoding: gzip\r\n"
+    settings = load_settings(
+        registry__root=demo_registry,
+        registry__poll_interval_s=60,
+        models=[{"name": "breast_cancer", "ref": "breast_cancer@champion"}],
+    )
+    app = create_app(settings, metrics_registry=CollectorRegistry())
+    async with app.router.lifespan_context(app):
+        # the gateway's own HTTP protocol (the fast path), on a fake transport
+        protocol, transport = connection_to(app, HttpLimits())
+        for body in (small, bomb):
+            protocol.data_received(head + b"content-length: %d\r\n\r\n" % len(body) + body)
+        await answered(transport, 2)
+        statuses = re.findall(rb"HTTP/1\.1 (\d{3}) ", transport.written)
+        assert statuses == [b"200", b"200"]
+        fast = list(inflated_on)
+        inflated_on.clear()
+        # the ASGI path (read_body: every other endpoint, and infer without the fast path)
+        client = httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://g")
+        async with client:
+            headers = {"content-encoding": "gzip"}
+            url = "/v2/models/breast_cancer/infer"
+            assert (await client.post(url, content=bomb, headers=headers)).status_code == 200
+    limit = settings.server.max_body_bytes
+    inline = _asgi.INLINE_INFLATE_BYTES
+    # small: inflated on the loop; the bomb: tried there up to the inline bound, then whole
+    # on a worker thread
+    assert fast == [(True, inline), (True, inline), (False, limit)]
+    assert inflated_on == [(True, inline), (False, limit)]

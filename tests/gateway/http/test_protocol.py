@@ -11,7 +11,9 @@ from typing import Any
 import pytest
 
 from gateway.http._asgi import Reply
-from gateway.http.server import GatewayProtocol
+from gateway.http._limits import HttpLimits
+from gateway.http.app import GatewayApp
+from gateway.http.server import GatewayProtocol, protocol_class
 
 PATH = b"/v2/models/m/infer"
 REQUEST = b"POST " + PATH + b" HTTP/1.1\r\nHost: t\r\nContent-Length: 2\r\n\r\n{}"
@@ -94,11 +96,23 @@ def connection(
             if idle is not None:
                 idle.set()
 
+    return _connect(Protocol, keep_alive_s)
+
+
+def connection_to(app: GatewayApp, limits: HttpLimits) -> tuple[GatewayProtocol, Transport]:
+    """A connection of the gateway's protocol for ``app`` (its lifespan running), on a fake
+    transport: the real endpoints, in the test's own process."""
+    return _connect(protocol_class(limits, app), 5.0)
+
+
+def _connect(
+    protocol_type: type[GatewayProtocol], keep_alive_s: float
+) -> tuple[GatewayProtocol, Transport]:
     config = SimpleNamespace(
         loaded_app=None, root_path="", timeout_keep_alive=keep_alive_s, access_log=False
     )
     state = SimpleNamespace(connections=set(), total_requests=0)
-    protocol = Protocol(config, state, {})
+    protocol = protocol_type(config, state, {})
     transport = Transport()
     protocol.connection_made(transport)  # type: ignore[arg-type]
     return protocol, transport
