@@ -65,6 +65,11 @@ class EmbeddedBroker:
     def pid(self) -> int | None:
         return self._proc.pid if self._proc is not None else None
 
+    def poll(self) -> int | None:
+        """The broker's exit status once it has ended (as ``Popen.poll``); None while it runs
+        or when it was never started."""
+        return self._proc.poll() if self._proc is not None else None
+
     def start(self, timeout_s: float = 20.0) -> None:
         """Start the broker and wait until it accepts connections."""
         url = f"tcp://127.0.0.1:{self.port}"
