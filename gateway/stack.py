@@ -6,7 +6,8 @@ file exists; the monitor's webhook then points at it, signed with the worker's s
 the gateway in the foreground. Ctrl-C (or SIGTERM) stops them in order: the gateway drains and
 flushes its feature log to the broker, then the worker and the monitor save their state, then
 the broker stops. The broker, the monitor and the worker run in sessions of their own, so a
-terminal's Ctrl-C reaches only this process, which stops them in that order, quietly.
+terminal's Ctrl-C reaches only this process, which stops them in that order, quietly. Each gets
+SIGTERM from the kernel if this process ends without stopping them (SIGKILL, a crash).
 
 Every port is checked before anything starts (a port in use is a ConfigError naming the option).
 A part that ends on its own (the broker, the monitor, the worker) stops the whole stack the same
@@ -37,7 +38,7 @@ from gateway.http import bind_health
 from gateway.http.accept import bind_main
 from gateway.serve import serve
 from gateway.settings import load_settings
-from monitors.broker import EmbeddedBroker, create_topics
+from monitors.broker import EmbeddedBroker, create_topics, ends_with_parent
 from monitors.retrain.settings import load_settings as load_retrain_settings
 from monitors.settings import load_settings as load_monitor_settings
 
@@ -93,7 +94,7 @@ def run_stack(
         _check_port(option, host, number)
     # Until uvicorn takes the signals over, Ctrl-C or SIGTERM ends the start quietly.
     previous = {sig: signal.signal(sig, _interrupt) for sig in (signal.SIGINT, signal.SIGTERM)}
-    broker = EmbeddedBroker(port=broker_port)
+    broker = EmbeddedBroker(port=broker_port, end_with_parent=True)
     monitor: subprocess.Popen[bytes] | None = None
     worker: subprocess.Popen[bytes] | None = None
     watchdog = _Watchdog()
@@ -116,6 +117,7 @@ def run_stack(
                 [sys.executable, "-m", "monitors", "run", "--config", str(monitor_config)],
                 env=env,
                 start_new_session=True,
+                preexec_fn=ends_with_parent(),
             )
         if run_retrain:
             assert retrain_config is not None
@@ -232,7 +234,12 @@ def _start_worker(
     if port is not None:
         env["RETRAIN_HTTP__PORT"] = str(port)
     command = [sys.executable, "-m", "monitors", "retrain", "serve", "--config", str(config)]
-    return subprocess.Popen(command, env=env, start_new_session=True)
+    return subprocess.Popen(
+        command,
+        env=env,
+        start_new_session=True,
+        preexec_fn=ends_with_parent(),
+    )
 
 
 def _interrupt(signum: int, frame: FrameType | None) -> None:

@@ -8,11 +8,13 @@ have on their command line (this test's folder, the broker's port), and only tho
 from __future__ import annotations
 
 import os
+import select
 import shutil
 import signal
 import socket
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -138,3 +140,31 @@ def test_a_part_that_ends_on_its_own_stops_the_whole_stack(
     assert f"{name} (pid {running[part]}) ended on its own (signal 9)" in output, output[-3000:]
     assert output.rstrip().endswith(f"stopped: {name} (pid {running[part]}) ended on its own "
                                     "(signal 9)"), output[-3000:]  # fmt: skip
+
+
+def test_no_part_outlives_a_stack_killed_with_sigkill(
+    demo_registry_template: Path, tmp_path: Path
+) -> None:
+    ports = free_ports()
+    folder = stack_folder(tmp_path, demo_registry_template)
+    with stack(tmp_path, folder, ports) as proc:
+        wait_http(f"http://127.0.0.1:{ports['gateway']}/v2/health/ready", 120, proc)
+        wait_http(f"http://127.0.0.1:{ports['monitor']}/health", 60, proc)
+        wait_http(f"http://127.0.0.1:{ports['retrain']}/health", 60, proc)
+        running = parts_of(tmp_path, ports["broker"])
+        assert sorted(running) == sorted(PARTS)
+        handles = {name: os.pidfd_open(pid) for name, pid in running.items()}
+        try:
+            proc.kill()  # no chance to stop its parts itself
+            proc.wait()
+            deadline = time.monotonic() + 60
+            pending = list(handles.values())
+            while pending:  # a pidfd turns readable when its process ends
+                left = deadline - time.monotonic()
+                still = [name for name, fd in handles.items() if fd in pending]
+                assert left > 0, f"still running after the stack was killed: {still}"
+                ended, _, _ = select.select(pending, [], [], left)
+                pending = [fd for fd in pending if fd not in ended]
+        finally:
+            for fd in handles.values():
+                os.close(fd)
