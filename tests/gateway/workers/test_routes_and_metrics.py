@@ -15,6 +15,7 @@ from prometheus_client import CollectorRegistry, Counter
 
 from gateway.errors import NotReadyError
 from gateway.traffic import RouteChannel
+from gateway.workers._families import families_of
 from gateway.workers._hub import Hub
 from gateway.workers._link import Link
 from gateway.workers._peers import WorkerPeers
@@ -157,3 +158,70 @@ async def test_metrics_are_summed_over_workers_and_a_worker_that_ended_still_cou
         text = (await workers[0].peers.exposition()).decode()
         assert "gateway_requests_total 30.0" in text
         assert "gateway_workers 1.0" in text
+
+
+def counted(value: float) -> list[Any]:
+    registry = CollectorRegistry()
+    Counter("gateway_requests", "r", registry=registry).inc(value)
+    return families_of(registry)
+
+
+def requests_total(families: list[Any]) -> float:
+    return sum(
+        float(sample[2])
+        for family in families
+        if family["name"] == "gateway_requests"
+        for sample in family["samples"]
+        if sample[0] == "gateway_requests_total"
+    )
+
+
+async def test_a_scrape_that_spans_a_restart_counts_the_ended_worker_once() -> None:
+    """A worker answers a scrape and ends, and its replacement joins, while the scrape still
+    waits for a slow worker: the answer belongs to the ended worker, not to its replacement,
+    so the sum neither doubles it now nor goes back once the replacement answers."""
+    hub = Hub(apply_timeout_s=5.0, collect_timeout_s=5.0)
+    links: list[Link] = []
+    slow = asyncio.Event()
+    joined = asyncio.Event()
+    old_count = [10.0]
+
+    async def connect(slot: int, samples: Any) -> None:
+        ours, theirs = socket.socketpair()
+        supervisor_side = Link(ours, hub.handlers(slot, lambda: None), f"worker {slot}")
+        worker_side = Link(theirs, {"samples": samples}, f"worker {slot}")
+        links.extend([supervisor_side, worker_side])
+        await supervisor_side.start()
+        await worker_side.start()
+        hub.attach(slot, supervisor_side)
+
+    async def old_samples() -> list[Any]:
+        if old_count[0] == 15:  # the second scrape: it ends, and is restarted, as it answers
+            hub.detach(0)
+            await connect(0, new_samples)
+            joined.set()
+        return counted(old_count[0])
+
+    async def new_samples() -> list[Any]:
+        return counted(1)
+
+    async def slow_samples() -> list[Any]:
+        await slow.wait()
+        return counted(0)
+
+    try:
+        await connect(0, old_samples)
+        await connect(1, slow_samples)
+        slow.set()
+        totals = [requests_total(await hub.collect())]
+        old_count[0] = 15
+        slow.clear()
+        scrape = asyncio.create_task(hub.collect())
+        await asyncio.wait_for(joined.wait(), 5)
+        slow.set()
+        totals.append(requests_total(await scrape))
+        totals.append(requests_total(await hub.collect()))
+        # what the ended worker counted after the first scrape is lost (as documented)
+        assert totals == [10, 10, 11]
+    finally:
+        await asyncio.gather(*(link.close() for link in links))
