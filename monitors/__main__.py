@@ -24,6 +24,7 @@ def _run(config: Path | None) -> int:
     import uvicorn
     from prometheus_client import CollectorRegistry
 
+    from monitors._http import listen
     from monitors.app import create_status_app
     from monitors.changelog import ChangelogError
     from monitors.metrics import MonitorMetrics
@@ -33,6 +34,11 @@ def _run(config: Path | None) -> int:
     try:
         settings = load_settings(config)
     except SettingsError as exc:
+        print(f"monitors: {exc}", file=sys.stderr)
+        return 2
+    try:
+        sock = listen(settings.http.host, settings.http.port)
+    except OSError as exc:
         print(f"monitors: {exc}", file=sys.stderr)
         return 2
     registry = CollectorRegistry()
@@ -55,7 +61,7 @@ def _run(config: Path | None) -> int:
     )
 
     async def main() -> None:
-        http = asyncio.create_task(server.serve())
+        http = asyncio.create_task(server.serve(sockets=[sock]))
         while not server.started and not http.done():  # noqa: ASYNC110 - uvicorn has no event
             await asyncio.sleep(0.05)
         # uvicorn installs its own handlers when it starts serving; the monitor's replace them,

@@ -21,6 +21,7 @@ def serve(config: Path | None) -> int:
     """Run the worker and its HTTP API until SIGINT or SIGTERM."""
     import uvicorn
 
+    from monitors._http import listen
     from monitors.retrain.app import create_app
     from monitors.retrain.jobs import JobStore
     from monitors.retrain.metrics import RetrainMetrics
@@ -31,6 +32,11 @@ def serve(config: Path | None) -> int:
     try:
         settings = load_settings(config)
     except SettingsError as exc:
+        print(f"monitors retrain: {exc}", file=sys.stderr)
+        return 2
+    try:
+        sock = listen(settings.http.host, settings.http.port)
+    except OSError as exc:
         print(f"monitors retrain: {exc}", file=sys.stderr)
         return 2
     settings.state_dir.mkdir(parents=True, exist_ok=True)
@@ -57,7 +63,7 @@ def serve(config: Path | None) -> int:
                 lifespan="off",
             )
         )
-        http = asyncio.create_task(server.serve())
+        http = asyncio.create_task(server.serve(sockets=[sock]))
         while not server.started and not http.done():  # noqa: ASYNC110 - uvicorn has no event
             await asyncio.sleep(0.05)
         if http.done():
