@@ -106,7 +106,17 @@ class EmbeddedBroker:
         return self._proc.poll() if self._proc is not None else None
 
     def start(self, timeout_s: float = 20.0) -> None:
-        """Start the broker and wait until it accepts connections."""
+        """Start the broker and wait until it accepts connections; BrokerError naming the
+        address when the port is taken (checked first: the wait below would take another
+        program's listener for the broker's)."""
+        with socket.socket() as probe:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as tansu binds
+            try:
+                probe.bind(("127.0.0.1", self.port))
+            except OSError as exc:
+                raise BrokerError(
+                    f"cannot listen on 127.0.0.1:{self.port}: {exc.strerror or exc}"
+                ) from exc
         url = f"tcp://127.0.0.1:{self.port}"
         out = open(self._log_path, "ab") if self._log_path else subprocess.DEVNULL  # noqa: SIM115
         try:
@@ -241,18 +251,24 @@ def main(argv: list[str] | None = None) -> int:
 
     signal.signal(signal.SIGTERM, _stop)
     signal.signal(signal.SIGINT, _stop)
-    with running_broker(args.topics, args.partitions, args.port) as broker:
-        log.info(
-            "embedded broker on %s (pid %s), topics %s",
-            broker.bootstrap_servers,
-            broker.pid,
-            args.topics,
-        )
-        while not stop:
-            time.sleep(0.2)
-            if broker._proc is None or broker._proc.poll() is not None:
-                log.error("embedded broker exited")
-                return 1
+    try:
+        with running_broker(args.topics, args.partitions, args.port) as broker:
+            return _serve(broker, args.topics, lambda: stop)
+    except BrokerError as exc:
+        print(f"monitors.broker: {exc}", file=sys.stderr)
+        return 2
+
+
+def _serve(broker: EmbeddedBroker, topics: list[str], stopped: Callable[[], bool]) -> int:
+    """Wait until ``stopped()`` (0), or until the broker ends on its own (1)."""
+    log.info(
+        "embedded broker on %s (pid %s), topics %s", broker.bootstrap_servers, broker.pid, topics
+    )
+    while not stopped():
+        time.sleep(0.2)
+        if broker.poll() is not None:
+            log.error("embedded broker exited")
+            return 1
     return 0
 
 

@@ -11,6 +11,8 @@ from pathlib import Path
 
 import pytest
 
+from monitors.broker import BrokerError, EmbeddedBroker
+
 ROOT = Path(__file__).resolve().parents[2]
 
 
@@ -46,3 +48,24 @@ def test_a_port_in_use_is_one_line_and_exit_2(command: list[str], env: str, tmp_
         f"http.port: cannot listen on 127.0.0.1:{port}: Address already in use"
     )
     assert "Traceback" not in done.stderr
+
+
+def test_the_broker_refuses_a_port_in_use_instead_of_taking_its_listener() -> None:
+    # its start-up wait connected to whatever listened there and took it for the broker
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        with pytest.raises(BrokerError, match=f"cannot listen on 127.0.0.1:{port}"):
+            EmbeddedBroker(port).start()
+        done = subprocess.run(
+            [sys.executable, "-m", "monitors.broker", "--port", str(port)],
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+    assert done.returncode == 2, done.stderr
+    assert done.stderr.strip() == (
+        f"monitors.broker: cannot listen on 127.0.0.1:{port}: Address already in use"
+    )
