@@ -24,7 +24,6 @@ import logging
 import os
 import select
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -41,6 +40,7 @@ from gateway.settings import load_settings
 from monitors.broker import EmbeddedBroker, create_topics, ends_with_parent
 from monitors.retrain.settings import load_settings as load_retrain_settings
 from monitors.settings import load_settings as load_monitor_settings
+from monitors.sockets import listening_socket
 
 __all__ = ["run_stack"]
 
@@ -168,13 +168,10 @@ def run_stack(
 
 
 def _check_port(option: str, host: str, port: int) -> None:
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    with socket.socket(family, socket.SOCK_STREAM) as sock:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as the servers bind
-        try:
-            sock.bind((host, port))
-        except OSError as exc:
-            raise ConfigError(f"{option}: cannot listen on {host}:{port}: {exc}") from exc
+    try:
+        listening_socket(host, port, option).close()
+    except OSError as exc:
+        raise ConfigError(str(exc)) from exc
 
 
 class _Watchdog:

@@ -24,12 +24,12 @@ def _run(config: Path | None) -> int:
     import uvicorn
     from prometheus_client import CollectorRegistry
 
-    from monitors._http import listen
     from monitors.app import create_status_app
     from monitors.changelog import ChangelogError
     from monitors.metrics import MonitorMetrics
     from monitors.service import MonitorService
     from monitors.settings import SettingsError, load_settings
+    from monitors.sockets import listening_socket
 
     try:
         settings = load_settings(config)
@@ -37,7 +37,7 @@ def _run(config: Path | None) -> int:
         print(f"monitors: {exc}", file=sys.stderr)
         return 2
     try:
-        sock = listen(settings.http.host, settings.http.port)
+        sock = listening_socket(settings.http.host, settings.http.port, "http.port")
     except OSError as exc:
         print(f"monitors: {exc}", file=sys.stderr)
         return 2

@@ -1,9 +1,8 @@
 """What the monitor's and the retraining worker's HTTP apps share: JSON answers, JSON errors for
-what the router refuses (an unknown path, a method a route does not take), and their socket."""
+what the router refuses (an unknown path, a method a route does not take)."""
 
 from __future__ import annotations
 
-import socket
 from collections.abc import Sequence
 from typing import Any
 
@@ -14,23 +13,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import BaseRoute, Match, Route
 
-__all__ = ["error", "json_app", "json_response", "listen"]
-
-
-def listen(host: str, port: int) -> socket.socket:
-    """A listening socket for uvicorn's ``serve(sockets=...)``; raises OSError naming the
-    address (a port in use), where uvicorn would exit from inside its task with a traceback."""
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    sock = socket.socket(family, socket.SOCK_STREAM)
-    try:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        sock.bind((host, port))
-        sock.listen(2048)
-    except OSError as exc:
-        sock.close()
-        raise OSError(f"http.port: cannot listen on {host}:{port}: {exc.strerror or exc}") from exc
-    sock.set_inheritable(True)
-    return sock
+__all__ = ["error", "json_app", "json_response"]
 
 
 def json_response(doc: Any, status: int = 200) -> Response:

@@ -25,6 +25,8 @@ from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
+from monitors.sockets import listening_socket
+
 __all__ = [
     "BrokerError",
     "EmbeddedBroker",
@@ -109,14 +111,10 @@ class EmbeddedBroker:
         """Start the broker and wait until it accepts connections; BrokerError naming the
         address when the port is taken (checked first: the wait below would take another
         program's listener for the broker's)."""
-        with socket.socket() as probe:
-            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as tansu binds
-            try:
-                probe.bind(("127.0.0.1", self.port))
-            except OSError as exc:
-                raise BrokerError(
-                    f"cannot listen on 127.0.0.1:{self.port}: {exc.strerror or exc}"
-                ) from exc
+        try:
+            listening_socket("127.0.0.1", self.port, "the broker's port").close()
+        except OSError as exc:
+            raise BrokerError(str(exc)) from exc
         url = f"tcp://127.0.0.1:{self.port}"
         out = open(self._log_path, "ab") if self._log_path else subprocess.DEVNULL  # noqa: SIM115
         try:

@@ -27,6 +27,7 @@ from collections.abc import Callable
 import uvicorn
 
 from gateway.errors import ConfigError
+from monitors.sockets import listening_socket
 
 __all__ = ["AcceptingServer", "Acceptor", "bind_main"]
 
@@ -107,16 +108,10 @@ class Acceptor:
 def bind_main(host: str, port: int, backlog: int) -> socket.socket:
     """The main port's listening socket; ConfigError naming the setting when it cannot be
     bound (``gateway serve --workers N``: the supervisor binds it for its workers)."""
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    sock = socket.socket(family, socket.SOCK_STREAM)
     try:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        sock.bind((host, port))
-        sock.listen(backlog)
+        return listening_socket(host, port, "server.port", backlog)
     except OSError as exc:
-        sock.close()
-        raise ConfigError(f"server.port: cannot listen on {host}:{port}: {exc}") from exc
-    return sock
+        raise ConfigError(str(exc)) from exc
 
 
 class AcceptingServer(uvicorn.Server):

@@ -25,6 +25,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_l
 
 from gateway.errors import ConfigError
 from gateway.http._asgi import Reply
+from monitors.sockets import listening_socket
 
 __all__ = ["MAX_HEALTH_CONNECTIONS", "HealthServer", "Heartbeat", "bind_health"]
 
@@ -101,16 +102,10 @@ def bind_health(host: str, port: int) -> socket.socket:
     """The health port's listening socket; ConfigError naming the setting when it cannot be
     bound. Worker processes of ``--workers N`` accept on the one socket their supervisor binds,
     as they do on the main port."""
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    sock = socket.socket(family, socket.SOCK_STREAM)
     try:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        sock.bind((host, port))
-        sock.listen(64)
+        return listening_socket(host, port, "server.health_port", 64)
     except OSError as exc:
-        sock.close()
-        raise ConfigError(f"server.health_port: cannot listen on {host}:{port}: {exc}") from exc
-    return sock
+        raise ConfigError(str(exc)) from exc
 
 
 class HealthServer:

@@ -21,13 +21,13 @@ def serve(config: Path | None) -> int:
     """Run the worker and its HTTP API until SIGINT or SIGTERM."""
     import uvicorn
 
-    from monitors._http import listen
     from monitors.retrain.app import create_app
     from monitors.retrain.jobs import JobStore
     from monitors.retrain.metrics import RetrainMetrics
     from monitors.retrain.settings import SettingsError, load_settings
     from monitors.retrain.trainer import TrainerError
     from monitors.retrain.worker import Worker
+    from monitors.sockets import listening_socket
 
     try:
         settings = load_settings(config)
@@ -35,7 +35,7 @@ def serve(config: Path | None) -> int:
         print(f"monitors retrain: {exc}", file=sys.stderr)
         return 2
     try:
-        sock = listen(settings.http.host, settings.http.port)
+        sock = listening_socket(settings.http.host, settings.http.port, "http.port")
     except OSError as exc:
         print(f"monitors retrain: {exc}", file=sys.stderr)
         return 2
