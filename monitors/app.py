@@ -12,10 +12,10 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from monitors._http import error as _error
-from monitors._http import json_app
-from monitors._http import json_response as _json
 from monitors.ground_truth import GroundTruthService
+from monitors.http_json import error as _error
+from monitors.http_json import json_app
+from monitors.http_json import json_response as _json
 from monitors.service import MonitorService
 
 __all__ = ["create_status_app"]

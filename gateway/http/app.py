@@ -15,7 +15,7 @@ from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import Response
-from starlette.routing import Match, Route
+from starlette.routing import Route
 
 from gateway import __version__
 from gateway.admission import Admission
@@ -47,6 +47,7 @@ from gateway.http.health import Heartbeat
 from gateway.metrics import GatewayMetrics
 from gateway.settings import GatewaySettings
 from gateway.traffic import RevisionMismatchError, RouteConflictError
+from monitors.http_json import http_error
 from registry_client import Registry
 
 __all__ = ["GatewayApp", "create_app"]
@@ -140,7 +141,7 @@ def create_app(
         probes,
         routes=routes,
         lifespan=lifespan,
-        exception_handlers={GatewayError: _gateway_error, HTTPException: _http_error},
+        exception_handlers={GatewayError: _gateway_error, HTTPException: http_error},
     )
 
 
@@ -213,28 +214,3 @@ async def _gateway_error(request: Request, exc: Exception) -> Response:
     if isinstance(exc, AdminAuthError):
         response.headers["www-authenticate"] = "Bearer"
     return response
-
-
-async def _http_error(request: Request, exc: Exception) -> Response:
-    assert isinstance(exc, HTTPException)
-    if exc.status_code == 405:
-        allowed = ", ".join(_allowed_methods(request))
-        message = f"method {request.method} is not allowed on {request.url.path}; use {allowed}"
-        response = json_response({"error": message}, 405)
-        response.headers["allow"] = allowed
-        return response
-    message = exc.detail
-    if exc.status_code == 404:
-        message = f"no route {request.method} {request.url.path}"
-    return json_response({"error": message}, exc.status_code)
-
-
-def _allowed_methods(request: Request) -> list[str]:
-    """Every method some route takes on the request's path (Starlette's 405 names one route's)."""
-    methods: set[str] = set()
-    for route in request.app.routes:
-        if isinstance(route, Route) and route.methods:
-            match, _ = route.matches(request.scope)
-            if match is not Match.NONE:
-                methods |= route.methods
-    return sorted(methods)

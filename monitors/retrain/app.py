@@ -26,10 +26,10 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from monitors._http import error as _error
-from monitors._http import json_app
-from monitors._http import json_response as _json
 from monitors.feedback import MAX_FUTURE_S
+from monitors.http_json import error as _error
+from monitors.http_json import json_app
+from monitors.http_json import json_response as _json
 from monitors.retrain.jobs import JobStore
 from monitors.retrain.metrics import RetrainMetrics
 from monitors.webhooks import SIGNATURE_HEADER, signature

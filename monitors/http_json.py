@@ -1,5 +1,6 @@
-"""What the monitor's and the retraining worker's HTTP apps share: JSON answers, JSON errors for
-what the router refuses (an unknown path, a method a route does not take)."""
+"""JSON answers for the monitor's and the retraining worker's HTTP apps, and JSON errors for what
+a Starlette router refuses (an unknown path, a method no route there takes), which the
+gateway's app uses too."""
 
 from __future__ import annotations
 
@@ -13,7 +14,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import BaseRoute, Match, Route
 
-__all__ = ["error", "json_app", "json_response"]
+__all__ = ["error", "http_error", "json_app", "json_response"]
 
 
 def json_response(doc: Any, status: int = 200) -> Response:
@@ -32,12 +33,14 @@ def json_app(routes: Sequence[BaseRoute]) -> Starlette:
     """A Starlette app whose router refusals are ``{"error": ...}`` like the routes' own, and
     that never redirects to the path with or without a trailing slash (Starlette builds that
     redirect from the client's Host header)."""
-    app = Starlette(routes=list(routes), exception_handlers={HTTPException: _http_error})
+    app = Starlette(routes=list(routes), exception_handlers={HTTPException: http_error})
     app.router.redirect_slashes = False
     return app
 
 
-async def _http_error(request: Request, exc: Exception) -> Response:
+async def http_error(request: Request, exc: Exception) -> Response:
+    """A router refusal as ``{"error": ...}``: 404 naming the method and path, 405 with
+    ``Allow`` naming every method some route takes there (the gateway's app uses it too)."""
     assert isinstance(exc, HTTPException)
     path = request.url.path[:200]
     if exc.status_code == 405:
@@ -51,6 +54,7 @@ async def _http_error(request: Request, exc: Exception) -> Response:
 
 
 def _allowed_methods(request: Request) -> list[str]:
+    """Every method some route takes on the request's path (Starlette's 405 names one route's)."""
     methods: set[str] = set()
     for route in request.app.routes:
         if isinstance(route, Route) and route.methods:
