@@ -17,6 +17,7 @@ from sklearn.datasets import load_breast_cancer
 
 from gateway.http import _asgi, create_app
 from gateway.http._limits import HttpLimits
+from gateway.http.app import GatewayApp
 from gateway.settings import load_settings
 from registry_client import LocalRegistry, ModelMetadata
 from tests.gateway.http.test_protocol import answered, connection_to
@@ -25,7 +26,8 @@ ROW = load_breast_cancer().data[0].astype("float32").tolist()
 
 
 @asynccontextmanager
-async def serving(registry: Path, **kw: Any) -> AsyncIterator[httpx.AsyncClient]:
+async def started(registry: Path, **kw: Any) -> AsyncIterator[GatewayApp]:
+    """The demo model's gateway app with its lifespan running."""
     settings = load_settings(
         registry__root=registry,
         registry__poll_interval_s=60,
@@ -34,6 +36,12 @@ async def serving(registry: Path, **kw: Any) -> AsyncIterator[httpx.AsyncClient]
     )
     app = create_app(settings, metrics_registry=CollectorRegistry())
     async with app.router.lifespan_context(app):
+        yield app
+
+
+@asynccontextmanager
+async def serving(registry: Path, **kw: Any) -> AsyncIterator[httpx.AsyncClient]:
+    async with started(registry, **kw) as app:
         transport = httpx.ASGITransport(app=app)
         async with httpx.AsyncClient(transport=transport, base_url="http://gateway") as client:
             yield client
@@ -439,13 +447,7 @@ async def test_a_small_compressed_body_that_inflates_large_is_inflated_off_the_l
     assert len(bomb) < 16 * 1024 < _asgi.INLINE_INFLATE_BYTES < len(plain)
     small = gzip.compress(orjson.dumps(infer_body(ROW)))
     head = b"POST /v2/models/breast_cancer/infer HTTP/1.1\r\nHost: t\r\ncontent-encoding: gzip\r\n"
-    settings = load_settings(
-        registry__root=demo_registry,
-        registry__poll_interval_s=60,
-        models=[{"name": "breast_cancer", "ref": "breast_cancer@champion"}],
-    )
-    app = create_app(settings, metrics_registry=CollectorRegistry())
-    async with app.router.lifespan_context(app):
+    async with started(demo_registry) as app:
         # the gateway's own HTTP protocol (the fast path), on a fake transport
         protocol, transport = connection_to(app, HttpLimits())
         for body in (small, bomb):
@@ -461,7 +463,7 @@ async def test_a_small_compressed_body_that_inflates_large_is_inflated_off_the_l
             headers = {"content-encoding": "gzip"}
             url = "/v2/models/breast_cancer/infer"
             assert (await client.post(url, content=bomb, headers=headers)).status_code == 200
-    limit = settings.server.max_body_bytes
+    limit = HttpLimits().max_body_bytes
     inline = _asgi.INLINE_INFLATE_BYTES
     # small: inflated on the loop; the bomb: tried there up to the inline bound, then whole
     # on a worker thread
