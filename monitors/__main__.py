@@ -87,6 +87,8 @@ def _run(config: Path | None) -> int:
     except ChangelogError as exc:  # the topic cannot be created or reached
         print(f"monitors: {exc}", file=sys.stderr)
         return 1
+    finally:
+        sock.close()  # uvicorn closes it when it served; not when the start failed before
     return 0
 
 

@@ -91,6 +91,7 @@ def serve(config: Path | None) -> int:
         return 2
     finally:
         store.close()
+        sock.close()  # uvicorn closes it when it served; not when the start failed before
     return 0
 
 
