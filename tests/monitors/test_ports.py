@@ -7,6 +7,8 @@ import os
 import socket
 import subprocess
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -14,6 +16,28 @@ import pytest
 from monitors.broker import BrokerError, EmbeddedBroker
 
 ROOT = Path(__file__).resolve().parents[2]
+
+
+@contextmanager
+def taken_port() -> Iterator[int]:
+    """A loopback port another program listens on, while the block runs."""
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        yield taken.getsockname()[1]
+
+
+def run_module(args: list[str], env: dict[str, str] | None = None) -> str:
+    """Run ``python -m ARGS`` from the repository, expecting exit status 2; its stderr's line."""
+    done = subprocess.run(
+        [sys.executable, "-m", *args], cwd=ROOT, env=env, capture_output=True, text=True,
+        timeout=120,
+    )  # fmt: skip
+    assert done.returncode == 2, done.stderr
+    assert "Traceback" not in done.stderr
+    line = done.stderr.strip()
+    assert "\n" not in line
+    return line
 
 
 @pytest.mark.parametrize(
@@ -24,10 +48,7 @@ ROOT = Path(__file__).resolve().parents[2]
     ],
 )
 def test_a_port_in_use_is_one_line_and_exit_2(command: list[str], env: str, tmp_path: Path) -> None:
-    with socket.socket() as taken:
-        taken.bind(("127.0.0.1", 0))
-        taken.listen()
-        port = taken.getsockname()[1]
+    with taken_port() as port:
         environment = {
             **os.environ,
             env: str(port),
@@ -35,39 +56,16 @@ def test_a_port_in_use_is_one_line_and_exit_2(command: list[str], env: str, tmp_
             "MONITOR_STATE_DIR": str(tmp_path / "monitor"),
             "RETRAIN_STATE_DIR": str(tmp_path / "retrain"),
         }
-        done = subprocess.run(
-            [sys.executable, "-m", "monitors", *command],
-            cwd=ROOT,
-            env=environment,
-            capture_output=True,
-            text=True,
-            timeout=120,
-        )
-    assert done.returncode == 2, done.stderr
-    line = done.stderr.strip()
+        line = run_module(["monitors", *command], environment)
     assert f"http.port: cannot listen on 127.0.0.1:{port}: " in line
     assert line.endswith("Address already in use")
-    assert "\n" not in line
-    assert "Traceback" not in done.stderr
 
 
 def test_the_broker_refuses_a_port_in_use_instead_of_taking_its_listener() -> None:
     # its start-up wait connected to whatever listened there and took it for the broker
-    with socket.socket() as taken:
-        taken.bind(("127.0.0.1", 0))
-        taken.listen()
-        port = taken.getsockname()[1]
+    with taken_port() as port:
         with pytest.raises(BrokerError, match=f"cannot listen on 127.0.0.1:{port}"):
             EmbeddedBroker(port).start()
-        done = subprocess.run(
-            [sys.executable, "-m", "monitors.broker", "--port", str(port)],
-            cwd=ROOT,
-            capture_output=True,
-            text=True,
-            timeout=120,
-        )
-    assert done.returncode == 2, done.stderr
-    line = done.stderr.strip()
+        line = run_module(["monitors.broker", "--port", str(port)])
     assert line.startswith(f"monitors.broker: the broker's port: cannot listen on 127.0.0.1:{port}")
     assert line.endswith("Address already in use")
-    assert "\n" not in line
