@@ -64,10 +64,10 @@ class Spool:
         self._lock = threading.Lock()
         self._cursor = self._read_cursor()
         self._drop_consumed_segments()
-        self._repair()
+        pending = self._repair()  # the pending records, counted as the segments are checked
         self._bytes = sum(self._segment_path(s).stat().st_size for s in self._segments())
         self._bytes -= self._cursor[1] if self._segments() else 0
-        self._records = self._count_pending()
+        self._records = pending
 
     @property
     def pending_bytes(self) -> int:
@@ -234,28 +234,30 @@ class Spool:
                 self._cursor = (segment + 1, 0)
                 self._write_cursor()
 
-    def _repair(self) -> None:
+    def _repair(self) -> int:
         """Cut each pending segment at its first frame that runs past the segment's end: a
         record torn by a crash at the end of the last one, or a damaged file. Frames carry
         no checksum, so what follows a bad length cannot be found again; later segments are
-        kept."""
-        for segment in self._segments():
-            if segment < self._cursor[0]:
+        kept. Reads the frames' headers only; returns how many whole frames are pending."""
+        frames = 0
+        segment, offset = self._cursor
+        for current in self._segments():
+            if current < segment:
                 continue
-            path = self._segment_path(segment)
-            data = path.read_bytes()
-            pos = self._cursor[1] if segment == self._cursor[0] else 0
-            while pos + _HEADER.size <= len(data):
-                key_len, value_len = _HEADER.unpack_from(data, pos)
-                end = pos + _HEADER.size + key_len + value_len
-                if end > len(data):
-                    break
-                pos = end
-            if pos < len(data):
-                log.warning("spool: cutting %d unreadable bytes (a torn or damaged record and "
-                            "what follows it) off %s", len(data) - pos, path.name)  # fmt: skip
-                with path.open("r+b") as fh:
+            path = self._segment_path(current)
+            pos = offset if current == segment else 0
+            with path.open("r+b") as fh:
+                size = os.fstat(fh.fileno()).st_size
+                while pos + _HEADER.size <= size:
+                    fh.seek(pos)
+                    key_len, value_len = _HEADER.unpack(fh.read(_HEADER.size))
+                    end = pos + _HEADER.size + key_len + value_len
+                    if end > size:
+                        break
+                    pos = end
+                    frames += 1
+                if pos < size:
+                    log.warning("spool: cutting %d unreadable bytes (a torn or damaged record "
+                                "and what follows it) off %s", size - pos, path.name)  # fmt: skip
                     fh.truncate(pos)
-
-    def _count_pending(self) -> int:
-        return sum(1 for _ in self._frames())
+        return frames
