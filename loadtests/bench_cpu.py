@@ -9,6 +9,8 @@ with p99 <= 50 ms (``find_max_rate``); the CPU time of the server's whole proces
 figure. The embedded broker of the logging servers is not counted: it stands for a Kafka
 cluster elsewhere. ``gateway-refusing`` answers every request with a refusal (a client-rate
 limit of one request per 1,000 s, the caller named by ``x-api-key``): the cost of a refusal.
+``raw-per-request`` (opt-in, ``--servers``) does the per-request baseline's work from a bare
+asyncio protocol, no framework, no checks: the floor of a per-request server on this stack.
 
 ``python -m loadtests.bench_cpu [--repeats 3] [--rates 1000 2000 4000] [--servers ...]``
 writes ``loadtests/results/cpu-<time>.json`` (with the machine: CPU model, cores, load
@@ -38,6 +40,8 @@ REFUSING = Server(
         "admission": {"limits": {"client_rate_per_s": 0.001, "client_burst": 1}},
     },
 )
+# Not in the defaults: the floor of a per-request server (no framework, no checks, no metrics)
+RAW = Server("raw-per-request", "baseline-raw")
 REFUSING_HEADERS = {"x-api-key": "bench"}  # the one caller, over its rate at once
 _SERVERS = ("starlette-per-request", "gateway-batching-logging", "gateway-batching")
 
@@ -99,7 +103,7 @@ def main() -> None:
     args = parser.parse_args()
     bench = prepare("cpu-", "mlp")
     work, registry, files, scenario = bench.work, bench.registry, bench.files, bench.scenario
-    known = {s.name: s for s in [*scenario.servers, REFUSING]}
+    known = {s.name: s for s in [*scenario.servers, REFUSING, RAW]}
     servers = [known[name] for name in args.servers]
     body, _ = request_body(32, 1, False)
     saved: dict[str, Any] = (

@@ -91,9 +91,9 @@ def command_for(
     """The command line that starts ``server`` and the path that answers 200 when ready."""
     python = sys.executable
     model = str(model_file)
-    if server.kind in ("hello-raw", "hello", "baseline"):
+    if server.kind in ("hello-raw", "hello", "baseline", "baseline-raw"):
         command = [python, "-m", "loadtests.servers", server.kind, "--port", str(port)]
-        if server.kind == "baseline":
+        if server.kind.startswith("baseline"):
             command += ["--model", model]
         return command, "/v2/health/ready"
     if server.kind == "peer":

@@ -6,6 +6,8 @@ generator with the same body. Kinds of server:
 - ``hello-raw``: a constant answer from a bare asyncio protocol: the generator's own ceiling.
 - ``hello``: a constant answer from Starlette on uvicorn: the ceiling of Python HTTP serving.
 - ``baseline``: bare Starlette, the same onnxruntime session run per request (loadtests/servers.py).
+- ``baseline-raw``: the same per-request work from a bare asyncio protocol: the floor of a
+  per-request Python server on this stack.
 - ``gateway``: ``gateway serve`` with the scenario's config.
 - ``peer``: another model server in its own virtualenv (loadtests/peers/), its batching on.
 """
@@ -50,7 +52,7 @@ class Server:
     """One server under test in one scenario."""
 
     name: str
-    kind: str  # hello-raw, hello, baseline, gateway, peer
+    kind: str  # hello-raw, hello, baseline, baseline-raw, gateway, peer
     gateway: dict[str, Any] = field(default_factory=dict)
     broker: bool = False
     peer: str | None = None

@@ -5,6 +5,10 @@ one bare asyncio protocol.
   no ASGI, no framework (about 20 us of CPU a request): far more than the generator can send
   from one core, so its maximum is the generator's own ceiling.
 - ``hello``: answers a constant from Starlette; the ceiling of Python ASGI serving.
+- ``baseline-raw``: the same work as ``baseline`` (parse, run alone, encode) from a bare asyncio
+  protocol on uvloop with httptools' parser: no ASGI, no framework, no checks, no metrics. The
+  least a Python server on this stack spends to answer one inference request at a time: a
+  floor under what any per-request design here can reach.
 - ``baseline``: the per-request baseline: parses an OIP v2 JSON body with orjson, runs the same
   onnxruntime session (one thread) for that request alone, answers OIP v2 JSON. The session runs
   inline on the event loop, which for a sub-millisecond model is the fastest a per-request
@@ -17,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+from collections.abc import Callable
 
 import httptools
 import numpy as np
@@ -53,9 +58,74 @@ class _RawHello(asyncio.Protocol):
         self.transport.write(_HELLO + b'{"ok":true}')
 
 
-async def _serve_raw_hello(port: int) -> None:
+class _RawInfer(asyncio.Protocol):
+    """``baseline``'s inference with nothing around it: an OIP v2 JSON body parsed, the session
+    run on it alone, the outputs encoded, one write; ``GET /v2/health/ready`` answers ready."""
+
+    def __init__(self, infer: _Infer) -> None:
+        self.infer = infer
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport: asyncio.Transport = transport  # type: ignore[assignment]
+        self.parser = httptools.HttpRequestParser(self)
+        self.url = b""
+        self.body: list[bytes] = []
+
+    def data_received(self, data: bytes) -> None:
+        try:
+            self.parser.feed_data(data)
+        except httptools.HttpParserError:
+            self.transport.close()
+
+    def on_url(self, url: bytes) -> None:
+        self.url = url
+
+    def on_body(self, body: bytes) -> None:
+        self.body.append(body)
+
+    def on_message_complete(self) -> None:
+        body, self.body = b"".join(self.body), []
+        if self.parser.get_method() != b"POST":
+            answer = b'{"ready":true}'
+        else:  # /v2/models/{name}/infer
+            answer = self.infer(self.url.split(b"/")[3].decode(), body)
+        self.transport.write(b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\n"
+                             b"content-length: %d\r\n\r\n%b" % (len(answer), answer))  # fmt: skip
+
+
+_Infer = Callable[[str, bytes], bytes]
+
+
+def _inference(model_path: str) -> _Infer:
+    """One request's inference as ``baseline`` does it: OIP v2 JSON in, OIP v2 JSON out."""
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = 1
+    options.inter_op_num_threads = 1
+    session = ort.InferenceSession(model_path, options, providers=["CPUExecutionProvider"])
+    output_names = [o.name for o in session.get_outputs()]
+
+    def infer(model_name: str, body: bytes) -> bytes:
+        doc = orjson.loads(body)
+        feeds = {
+            t["name"]: np.asarray(t["data"], dtype=_DTYPES[t["datatype"]]).reshape(t["shape"])
+            for t in doc["inputs"]
+        }
+        results = session.run(output_names, feeds)
+        outputs = [
+            {"name": n, "datatype": "FP32" if r.dtype == np.float32 else "INT64",
+             "shape": list(r.shape), "data": r.reshape(-1)}
+            for n, r in zip(output_names, results, strict=True)
+        ]  # fmt: skip
+        return orjson.dumps(
+            {"model_name": model_name, "outputs": outputs}, option=orjson.OPT_SERIALIZE_NUMPY
+        )
+
+    return infer
+
+
+async def _serve_raw(port: int, protocol: Callable[[], asyncio.Protocol]) -> None:
     loop = asyncio.get_running_loop()
-    server = await loop.create_server(_RawHello, "127.0.0.1", port)
+    server = await loop.create_server(protocol, "127.0.0.1", port)
     async with server:
         await server.serve_forever()
 
@@ -69,28 +139,10 @@ def hello_app() -> Starlette:
 
 
 def baseline_app(model_path: str) -> Starlette:
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = 1
-    options.inter_op_num_threads = 1
-    session = ort.InferenceSession(model_path, options, providers=["CPUExecutionProvider"])
-    output_names = [o.name for o in session.get_outputs()]
+    infer_body = _inference(model_path)
 
     async def infer(request: Request) -> Response:
-        doc = orjson.loads(await request.body())
-        feeds = {
-            t["name"]: np.asarray(t["data"], dtype=_DTYPES[t["datatype"]]).reshape(t["shape"])
-            for t in doc["inputs"]
-        }
-        results = session.run(output_names, feeds)
-        outputs = [
-            {"name": n, "datatype": "FP32" if r.dtype == np.float32 else "INT64",
-             "shape": list(r.shape), "data": r.reshape(-1)}
-            for n, r in zip(output_names, results, strict=True)
-        ]  # fmt: skip
-        body = orjson.dumps(
-            {"model_name": request.path_params["name"], "outputs": outputs},
-            option=orjson.OPT_SERIALIZE_NUMPY,
-        )
+        body = infer_body(request.path_params["name"], await request.body())
         return Response(body, media_type="application/json")
 
     async def ready(request: Request) -> Response:
@@ -106,14 +158,18 @@ def baseline_app(model_path: str) -> Starlette:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("kind", choices=["hello-raw", "hello", "baseline"])
+    parser.add_argument("kind", choices=["hello-raw", "hello", "baseline", "baseline-raw"])
     parser.add_argument("--model")
     parser.add_argument("--port", type=int, required=True)
     args = parser.parse_args()
-    if args.kind == "hello-raw":
+    if args.kind in ("hello-raw", "baseline-raw"):
         import uvloop
 
-        uvloop.run(_serve_raw_hello(args.port))
+        if args.kind == "hello-raw":
+            uvloop.run(_serve_raw(args.port, _RawHello))
+        else:
+            infer = _inference(args.model)
+            uvloop.run(_serve_raw(args.port, lambda: _RawInfer(infer)))
         return
     app = hello_app() if args.kind == "hello" else baseline_app(args.model)
     uvicorn.run(app, host="127.0.0.1", port=args.port, loop="uvloop", http="httptools",
