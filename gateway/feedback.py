@@ -10,7 +10,6 @@ as the index (what the model outputs).
 
 from __future__ import annotations
 
-import math
 from typing import Any
 
 import orjson
@@ -22,19 +21,17 @@ from gateway.serving import LoadedModel
 from gateway.traffic import Traffic
 from monitors.feedback import (
     FEEDBACK_SCHEMA,
-    MAX_LABEL_MAGNITUDE,
-    MAX_LABEL_ROWS,
-    MAX_REQUEST_ID_CHARS,
     FeedbackRecord,
+    id_problem,
+    labels_problem,
+    row_problem,
+    source_problem,
     time_problem,
 )
 
 __all__ = ["FeedbackDisabledError", "FeedbackService"]
 
 _ITEM_KEYS = frozenset(("id", "row", "label", "labels", "time", "source"))
-# "who reported it": a name, not a document. An unbounded one made a record the broker refuses
-# (over its message size): accepted here, then dead-lettered, its label never joined.
-MAX_SOURCE_CHARS = 256
 
 
 class FeedbackDisabledError(GatewayError):
@@ -116,23 +113,19 @@ class _Checker:
         unknown = set(item) - _ITEM_KEYS
         if unknown:
             raise InvalidInputError(f"{where}: unknown keys {sorted(unknown)}")
-        request_id = item.get("id")
-        if not isinstance(request_id, str) or not request_id or not request_id.isprintable():
-            raise InvalidInputError(f"{where}: id must be the request id (x-request-id)")
-        if len(request_id) > MAX_REQUEST_ID_CHARS:
-            raise InvalidInputError(
-                f"{where}: id is over {MAX_REQUEST_ID_CHARS} characters: no request has such an id"
-            )
-        row = item.get("row", 0)
-        if type(row) is not int or not 0 <= row < MAX_LABEL_ROWS:
-            raise InvalidInputError(
-                f"{where}: row must be an integer from 0 to {MAX_LABEL_ROWS - 1}"
-            )
+        # The rules the monitor's reader applies too are monitors.feedback's, one code for both;
+        # which outputs take labels, and class names, are this side's alone.
+        problem = id_problem(item.get("id"), "id") or row_problem(item.get("row", 0))
+        if problem is not None:
+            raise InvalidInputError(f"{where}: {problem}")
+        request_id: str = item["id"]
+        row: int = item.get("row", 0)
         if ("label" in item) == ("labels" in item):
             raise InvalidInputError(f"{where}: give either label or labels")
         given = item["labels"] if "labels" in item else {self.first: item["label"]}
-        if not isinstance(given, dict) or not given:
-            raise InvalidInputError(f"{where}: labels must be a non-empty object {{output: value}}")
+        problem = labels_problem(given)
+        if problem is not None:
+            raise InvalidInputError(f"{where}: {problem}")
         labels: dict[str, int | float | str] = {}
         for output, value in given.items():
             if output not in self.outputs:
@@ -146,12 +139,8 @@ class _Checker:
                 f"{where}: row {row} of id {request_id!r} has other labels in item {first}"
             )
         source = item.get("source")
-        if source is not None and not isinstance(source, str):
-            raise InvalidInputError(f"{where}: source must be text")
-        if source is not None and len(source) > MAX_SOURCE_CHARS:
-            raise InvalidInputError(f"{where}: source is over {MAX_SOURCE_CHARS} characters")
         time = item.get("time", now)
-        problem = time_problem(time, now)
+        problem = source_problem(source) or time_problem(time, now)
         if problem is not None:
             raise InvalidInputError(f"{where}: {problem}")
         record: FeedbackRecord = {
@@ -166,9 +155,8 @@ class _Checker:
             record["source"] = source
         return record
 
-    def _value(self, where: str, output: str, value: object) -> int | float:
-        if isinstance(value, bool) or not isinstance(value, int | float | str):
-            raise InvalidInputError(f"{where}: the label of {output!r} must be a number or text")
+    def _value(self, where: str, output: str, value: int | float | str) -> int | float:
+        """The value to log for a label that passed ``label_problem``: a class's index."""
         if self.classes is not None and output == self.first:
             if isinstance(value, str):
                 if value not in self.classes:
@@ -176,17 +164,13 @@ class _Checker:
                         f"{where}: unknown class {value!r}; the classes are {list(self.classes)}"
                     )
                 return self.classes[value]
-            if not (
-                math.isfinite(value) and value == int(value) and 0 <= value < len(self.classes)
-            ):
+            if value != int(value) or not 0 <= value < len(self.classes):
                 raise InvalidInputError(
                     f"{where}: class index {value!r} out of range 0..{len(self.classes) - 1}"
                 )
             return int(value)
-        if isinstance(value, str) or not math.isfinite(value):
-            raise InvalidInputError(f"{where}: the label of {output!r} must be a finite number")
-        if abs(value) > MAX_LABEL_MAGNITUDE:
+        if isinstance(value, str):
             raise InvalidInputError(
-                f"{where}: the label of {output!r} is over {MAX_LABEL_MAGNITUDE:g} in magnitude"
+                f"{where}: label of {output!r} must be a number: the output has no class names"
             )
         return value

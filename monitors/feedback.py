@@ -13,7 +13,7 @@ Record fields (``?`` = may be absent):
 schema          ``"feedback/1"``
 model           the endpoint the prediction was asked of (``/v2/models/{model}/infer``)
 request_id      the prediction's request id: the ``x-request-id`` the gateway answered with
-                (at most 256 characters)
+                (printable, at most 256 characters)
 row             the row of a multi-row request, from 0 (default 0) and below 2**24 (no record
                 holds more rows)
 labels          ``{output name: true value}``, at least one; for a classifier's label output the
@@ -22,7 +22,8 @@ labels          ``{output name: true value}``, at least one; for a classifier's 
                 regression output a finite number
 time?           when the outcome was observed or reported, seconds since the epoch (default:
                 the Kafka message's timestamp); at most an hour ahead of the reader's clock
-source?         who reported it (free text)
+source?         who reported it (free text, at most 256 characters; the monitor leaves out one
+                that is not)
 ==============  ================================================================================
 
 Example message value (two records)::
@@ -46,13 +47,19 @@ __all__ = [
     "MAX_LABEL_MAGNITUDE",
     "MAX_LABEL_ROWS",
     "MAX_REQUEST_ID_CHARS",
+    "MAX_SOURCE_CHARS",
     "FeedbackError",
     "FeedbackRecord",
     "check_feedback",
     "decode_feedback",
     "encode_feedback",
     "feedback_message_records",
+    "id_problem",
+    "label_problem",
+    "labels_problem",
     "pack_feedback",
+    "row_problem",
+    "source_problem",
     "time_problem",
 ]
 
@@ -71,6 +78,9 @@ MAX_LABEL_ROWS = 1 << 24
 # A numeric label's largest magnitude: the join keeps running sums of squared errors, and one
 # error past about 1e154 squares to infinity, which no later label can take back.
 MAX_LABEL_MAGNITUDE = 1e100
+# "who reported it": a name, not a document. An unbounded one made a record the broker refuses
+# (over its message size): accepted by the gateway, then dead-lettered, its label never joined.
+MAX_SOURCE_CHARS = 256
 _RECORDS_PER_MESSAGE = 500
 _FRAMING_BYTES = 128  # the Kafka record's own framing, kept out of the bound
 
@@ -143,6 +153,63 @@ def decode_feedback(value: bytes, default_time: float) -> tuple[list[FeedbackRec
     return records, problems
 
 
+# The rules of a record's fields, one function each, shared by the gateway's feedback endpoint
+# (which names the item: "item 3: ...") and the monitor's reader (which names the line), so that
+# neither can accept what the other refuses. Each returns what is wrong, or None.
+
+
+def id_problem(request_id: object, field: str) -> str | None:
+    """What is wrong with a request id given as ``field`` (None if nothing): it is what the
+    gateway answers with as x-request-id, printable text of at most ``MAX_REQUEST_ID_CHARS``."""
+    if not isinstance(request_id, str) or not request_id or not request_id.isprintable():
+        return f"{field} must be the request id (x-request-id): non-empty printable text"
+    if len(request_id) > MAX_REQUEST_ID_CHARS:
+        return f"{field} is over {MAX_REQUEST_ID_CHARS} characters: no request has such an id"
+    return None
+
+
+def row_problem(row: object) -> str | None:
+    """What is wrong with a label's ``row`` (None if nothing): an integer below
+    ``MAX_LABEL_ROWS``."""
+    if type(row) is not int or not 0 <= row < MAX_LABEL_ROWS:
+        return f"row must be an integer from 0 to {MAX_LABEL_ROWS - 1}"
+    return None
+
+
+def label_problem(output: str, label: object) -> str | None:
+    """What is wrong with the true value of ``output`` (None if nothing): text (a class name) or
+    a finite number of at most ``MAX_LABEL_MAGNITUDE`` in magnitude."""
+    if isinstance(label, bool) or not isinstance(label, int | float | str):
+        return f"label of {output!r} must be a number or text"
+    if isinstance(label, float) and not math.isfinite(label):
+        return f"label of {output!r} must be finite"
+    if not isinstance(label, str) and abs(label) > MAX_LABEL_MAGNITUDE:
+        return f"label of {output!r} is over {MAX_LABEL_MAGNITUDE:g} in magnitude"
+    return None
+
+
+def labels_problem(labels: object) -> str | None:
+    """What is wrong with ``labels`` (None if nothing): a non-empty ``{output: label}`` whose
+    every label passes ``label_problem``. Which outputs take labels is the gateway's to say."""
+    if not isinstance(labels, dict) or not labels:
+        return "labels must be a non-empty object {output: value}"
+    for output, label in labels.items():
+        problem = label_problem(output, label)
+        if problem is not None:
+            return problem
+    return None
+
+
+def source_problem(source: object) -> str | None:
+    """What is wrong with a label's ``source`` (None if nothing): absent (None) or text of at
+    most ``MAX_SOURCE_CHARS``."""
+    if source is not None and not isinstance(source, str):
+        return "source must be text"
+    if source is not None and len(source) > MAX_SOURCE_CHARS:
+        return f"source is over {MAX_SOURCE_CHARS} characters"
+    return None
+
+
 def time_problem(time: object, now: float) -> str | None:
     """What is wrong with a label's event ``time`` (None if nothing): it is seconds since the
     epoch, at most ``MAX_FUTURE_S`` ahead of ``now`` (the checker's clock)."""
@@ -165,37 +232,29 @@ def check_feedback(doc: object, default_time: float) -> FeedbackRecord:
     model, request_id = doc.get("model"), doc.get("request_id")
     if not isinstance(model, str) or not model:
         raise FeedbackError("model must be a non-empty string")
-    if not isinstance(request_id, str) or not request_id:
-        raise FeedbackError("request_id must be a non-empty string")
-    if len(request_id) > MAX_REQUEST_ID_CHARS:
-        raise FeedbackError(f"request_id is over {MAX_REQUEST_ID_CHARS} characters")
-    row = doc.get("row", 0)
-    if type(row) is not int or not 0 <= row < MAX_LABEL_ROWS:
-        raise FeedbackError(f"row must be an integer from 0 to {MAX_LABEL_ROWS - 1}")
-    labels = doc.get("labels")
-    if not isinstance(labels, dict) or not labels:
-        raise FeedbackError("labels must be a non-empty object {output: value}")
-    for name, label in labels.items():
-        if isinstance(label, bool) or not isinstance(label, int | float | str):
-            raise FeedbackError(f"label of {name!r} must be a number or a string")
-        if isinstance(label, float) and not math.isfinite(label):
-            raise FeedbackError(f"label of {name!r} must be finite")
-        if not isinstance(label, str) and abs(label) > MAX_LABEL_MAGNITUDE:
-            raise FeedbackError(f"label of {name!r} is over {MAX_LABEL_MAGNITUDE:g} in magnitude")
+    row, labels = doc.get("row", 0), doc.get("labels")
     time = doc.get("time", default_time)
     # Against the reader's own clock: a producer sets the message's timestamp, so a stamp far
     # ahead would carry its records (and one that gives no time takes the stamp) past the bound.
-    problem = time_problem(time, wall_clock())
+    problem = (
+        id_problem(request_id, "request_id")
+        or row_problem(row)
+        or labels_problem(labels)
+        or time_problem(time, wall_clock())
+    )
     if problem is not None:
         raise FeedbackError(problem)
     record: FeedbackRecord = {
         "schema": FEEDBACK_SCHEMA,
         "model": model,
-        "request_id": request_id,
+        "request_id": doc["request_id"],  # present: checked above
         "row": row,
-        "labels": labels,
+        "labels": doc["labels"],
         "time": float(time),
     }
-    if isinstance(doc.get("source"), str):
-        record["source"] = doc["source"]
+    # Nothing the monitor does reads the source: one that breaks its rule is left out, not the
+    # label with it.
+    source = doc.get("source")
+    if source is not None and source_problem(source) is None:
+        record["source"] = source
     return record

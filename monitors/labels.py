@@ -5,7 +5,8 @@ writes it, so a value taken from outside data (a log record, a feedback record, 
 not make series without bound. The rule: a model or version in a label is one the registry
 holds (the monitor checks before it labels); any other free text goes through ``LabelValues``,
 which keeps a few distinct values at a time (a value unused for a day gives its place to the
-next new one) and counts every other or overlong one under ``OTHER``.
+next new one, and its owner removes the series that named it) and counts every other or
+overlong one under ``OTHER``.
 """
 
 from __future__ import annotations
@@ -27,7 +28,8 @@ class LabelValues:
     """The values one label takes: at most ``limit`` distinct ones of at most
     ``MAX_LABEL_CHARS`` characters at a time; every other value is ``OTHER``. A value unused
     for ``idle_s`` gives its place to the next new one, so names that come and go over a
-    long life (a variant per rollout) each get their own while a flood cannot.
+    long life (a variant per rollout) each get their own while a flood cannot. ``released`` is
+    called with a value when its place goes to a new one, to remove the series that name it.
 
     >>> variants = LabelValues(1)
     >>> variants("champion"), variants("x" * 200), variants("challenger"), variants("champion")
@@ -39,8 +41,10 @@ class LabelValues:
         limit: int,
         idle_s: float = IDLE_S,
         clock: Callable[[], float] = time.monotonic,
+        released: Callable[[str], None] | None = None,
     ) -> None:
         self._limit = limit
+        self._released = released
         self._idle_s = idle_s
         self._clock = clock
         self._used: OrderedDict[str, float] = OrderedDict()  # value -> last used, oldest first
@@ -59,5 +63,7 @@ class LabelValues:
             if now - last < self._idle_s:
                 return OTHER
             del used[oldest]
+            if self._released is not None:
+                self._released(oldest)
         used[value] = now
         return value

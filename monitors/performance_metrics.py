@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from typing import Any
+import time
+from collections.abc import Callable
+from typing import Any, TypeVar
 
 from prometheus_client import CollectorRegistry, Counter, Gauge
 
@@ -13,16 +15,26 @@ __all__ = ["PerformanceMetrics"]
 
 _DECISIONS = ("a_better", "b_better", "no_difference_yet")
 
+_Metric = TypeVar("_Metric", Counter, Gauge)
+# A series: its metric, its label values, and the variants they name (one, or a pair's two).
+_Series = tuple[Counter | Gauge, tuple[str, ...], tuple[str, ...]]
+
 
 class PerformanceMetrics:
     """Join accounting, realized and estimated metrics per stream, A/B verdicts.
 
     A stream's model and version are ones the registry holds (the join takes no others); its
     variant label is bounded by ``MAX_VARIANTS_PER_MODEL`` (see ``monitors.labels``), the
-    rule the join store's streams follow too."""
+    rule the join store's streams follow too. A variant whose place goes to a new name loses
+    its series (streams and A/B pairs), so only variants that hold a place are exported."""
 
-    def __init__(self, registry: CollectorRegistry) -> None:
+    def __init__(
+        self, registry: CollectorRegistry, clock: Callable[[], float] = time.monotonic
+    ) -> None:
+        self._clock = clock  # for the variants' idle time
         self._variants: dict[str, LabelValues] = {}
+        # (model, variant) -> the series that name it, to remove when it loses its place
+        self._named: dict[tuple[str, str], set[_Series]] = {}
         stream = ("model", "version", "variant")
         self.feedback = Counter(
             "monitor_join_items",
@@ -93,34 +105,65 @@ class PerformanceMetrics:
     def observe(self, key: str, result: dict[str, Any]) -> None:
         """The gauges of a stream's latest judged window."""
         model, version, variant = key.split("/", 2)
-        labels = (model, version, self._variant(model, variant))
-        self.coverage.labels(*labels).set(result["coverage"])
+        variant = self._variant(model, variant)
+        labels = (model, version, variant)
+        self._series(self.coverage, model, (variant,), labels).set(result["coverage"])
         for kind in ("realized", "estimated"):
             for metric, value in result.get(kind, {}).items():
                 if not isinstance(value, dict) or "value" not in value:
                     continue
                 for bound in ("value", "low", "high"):
                     if bound in value:
-                        self.metric.labels(*labels, metric, kind, bound).set(value[bound])
+                        series = (*labels, metric, kind, bound)
+                        self._series(self.metric, model, (variant,), series).set(value[bound])
 
     def verdict(self, model: str, pair: dict[str, Any]) -> None:
-        a = f"{self._variant(model, pair['a']['variant'])}/{pair['a']['version']}"
-        b = f"{self._variant(model, pair['b']['variant'])}/{pair['b']['version']}"
+        variants = (
+            self._variant(model, pair["a"]["variant"]),
+            self._variant(model, pair["b"]["variant"]),
+        )
+        a = f"{variants[0]}/{pair['a']['version']}"
+        b = f"{variants[1]}/{pair['b']['version']}"
         metric = pair.get("metric")
         if metric is None:  # no metric to compare them on (see the pair's error)
             return
+
+        def series(gauge: Gauge, *labels: str) -> Gauge:
+            return self._series(gauge, model, variants, (model, a, b, *labels))
+
         for bound, name in (("value", "difference"), ("low", "low"), ("high", "high")):
             if pair[name] is not None:
-                self.ab_difference.labels(model, a, b, metric, bound).set(pair[name])
+                series(self.ab_difference, metric, bound).set(pair[name])
         for decision in _DECISIONS:
-            self.ab_decision.labels(model, a, b, decision).set(pair["decision"] == decision)
-        self.ab_samples_needed.labels(model, a, b).set(pair["samples_needed"])
+            series(self.ab_decision, decision).set(pair["decision"] == decision)
+        series(self.ab_samples_needed).set(pair["samples_needed"])
 
     def degraded(self, model: str, version: str, variant: str) -> None:
-        self.degradations.labels(model, version, self._variant(model, variant)).inc()
+        variant = self._variant(model, variant)
+        self._series(self.degradations, model, (variant,), (model, version, variant)).inc()
 
     def _variant(self, model: str, variant: str) -> str:
         values = self._variants.get(model)
         if values is None:
-            values = self._variants[model] = LabelValues(MAX_VARIANTS_PER_MODEL)
+            values = self._variants[model] = LabelValues(
+                MAX_VARIANTS_PER_MODEL,
+                clock=self._clock,
+                released=lambda gone: self._release(model, gone),
+            )
         return values(variant)
+
+    def _series(
+        self, metric: _Metric, model: str, variants: tuple[str, ...], labels: tuple[str, ...]
+    ) -> _Metric:
+        """``metric``'s child of ``labels``, noted as naming ``variants`` of ``model``."""
+        for variant in variants:
+            self._named.setdefault((model, variant), set()).add((metric, labels, variants))
+        return metric.labels(*labels)
+
+    def _release(self, model: str, variant: str) -> None:
+        """Remove the series of a variant that lost its place (and forget the pairs it was in)."""
+        for series in self._named.pop((model, variant), set()):
+            metric, labels, variants = series
+            metric.remove(*labels)
+            for other in variants:
+                self._named.get((model, other), set()).discard(series)

@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import asyncio
+import re
 import threading
 import time
 from collections.abc import AsyncIterator
@@ -20,7 +21,15 @@ from gateway.http import create_app
 from gateway.http.endpoints import LARGE_BODY_BYTES
 from gateway.settings import load_settings
 from monitors.broker import EmbeddedBroker
-from monitors.feedback import MAX_LABEL_MAGNITUDE, MAX_LABEL_ROWS, FeedbackRecord, decode_feedback
+from monitors.feedback import (
+    MAX_FUTURE_S,
+    MAX_LABEL_MAGNITUDE,
+    MAX_LABEL_ROWS,
+    MAX_REQUEST_ID_CHARS,
+    MAX_SOURCE_CHARS,
+    FeedbackRecord,
+    decode_feedback,
+)
 
 
 @asynccontextmanager
@@ -240,3 +249,76 @@ def test_the_monitor_skips_a_label_whose_error_would_square_to_infinity() -> Non
         "line 0: label of 'y' is over 1e+100 in magnitude",
         "line 1: label of 'y' is over 1e+100 in magnitude",
     ]
+
+
+def _reason(error: str, where: str) -> str:
+    """An error without its place (``item 0: ``, ``line 0: ``) and without the seconds a time is
+    ahead (the two sides read their clocks a moment apart); the record's request_id is the
+    item's id."""
+    reason = error.removeprefix(f"{where}: ").replace("request_id", "id")
+    return re.sub(r"\d+ s ahead", "N s ahead", reason)
+
+
+def _as_record(item: dict[str, Any]) -> dict[str, Any]:
+    """The feedback record another producer would write for a gateway item."""
+    record = {"schema": "feedback/1", "model": "breast_cancer", "labels": {"label": item["label"]}}
+    names = {"id": "request_id", "row": "row", "time": "time", "source": "source"}
+    record |= {names[key]: value for key, value in item.items() if key != "label"}
+    return record
+
+
+async def test_the_gateway_and_the_monitor_check_feedback_by_the_same_rules(
+    demo_registry: Path, tmp_path: Path
+) -> None:
+    """Whatever the endpoint refuses, the monitor's reader refuses for the same reason (a record
+    on the topic from another producer), and what one takes at a bound the other takes: a rule
+    changed on one side alone fails here."""
+    now = time.time()
+    refused: dict[str, dict[str, Any]] = {
+        "an empty id": {"id": "", "label": 1},
+        "an id that is not text": {"id": 3, "label": 1},
+        "an id with a control character": {"id": "r\n1", "label": 1},
+        "an id over the bound": {"id": "r" * (MAX_REQUEST_ID_CHARS + 1), "label": 1},
+        "a negative row": {"id": "r", "row": -1, "label": 1},
+        "a row at the bound": {"id": "r", "row": MAX_LABEL_ROWS, "label": 1},
+        "a row that is not an integer": {"id": "r", "row": 1.0, "label": 1},
+        "a label that is a boolean": {"id": "r", "label": True},
+        "a label that is a list": {"id": "r", "label": [1]},
+        "a label over the magnitude": {"id": "r", "label": MAX_LABEL_MAGNITUDE * 10},
+        "a time that is not a number": {"id": "r", "label": 1, "time": "noon"},
+        "a time two bounds ahead": {"id": "r", "label": 1, "time": now + 2 * MAX_FUTURE_S},
+    }
+    taken_at_bounds: dict[str, Any] = {
+        "id": "r" * MAX_REQUEST_ID_CHARS,
+        "row": MAX_LABEL_ROWS - 1,
+        "label": 1,
+        "time": now + MAX_FUTURE_S - 600,
+        "source": "s" * MAX_SOURCE_CHARS,
+    }
+    options = {
+        "feature_log__bootstrap_servers": "127.0.0.1:1",  # nobody: the records are spooled
+        "feature_log__timeout_s": 0.5,
+        "feedback__enabled": True,
+    }
+    async with gateway(demo_registry, tmp_path, **options) as client:
+        url = "/v2/models/breast_cancer/feedback"
+        for case, item in refused.items():
+            response = await client.post(url, json=item)
+            assert response.status_code == 400, case
+            records, problems = decode_feedback(orjson.dumps(_as_record(item)), now)
+            assert records == [], case
+            by_gateway = _reason(response.json()["error"], "item 0")
+            assert by_gateway == _reason(problems[0], "line 0"), case
+        taken = await client.post(url, json=taken_at_bounds)
+        assert taken.json() == {"accepted": 1}
+        records, problems = decode_feedback(orjson.dumps(_as_record(taken_at_bounds)), now)
+        assert (problems, records[0]["source"]) == ([], taken_at_bounds["source"])
+        # a source over the bound: the endpoint refuses the item; the monitor, which reads no
+        # source, keeps the label and leaves the source out
+        for source in ("s" * (MAX_SOURCE_CHARS + 1), 5):
+            item = {"id": "r", "label": 1, "source": source}
+            response = await client.post(url, json=item)
+            assert response.status_code == 400
+            records, problems = decode_feedback(orjson.dumps(_as_record(item)), now)
+            assert problems == []
+            assert "source" not in records[0]
