@@ -4,8 +4,11 @@ feedback topic. Nothing here knows HTTP; the endpoint answers 202 once the items
 An item: ``{"id": request id, "row"?: 0, "label"?: value, "labels"?: {output: value},
 "time"?: seconds since the epoch, "source"?: text}``. ``label`` is the value of the model's
 first output (a classifier's predicted label); ``labels`` names outputs. A classifier's label
-may be given as a class name from the metadata's ``class_labels`` or as its index; it is logged
-as the index (what the model outputs).
+may be given as a class name from the primary version's ``class_labels`` (those the model's
+metadata shows) or as its index there; it is logged as the class name. An index means a class
+only in one version's order, and the label may be for a request another variant served, whose
+version orders (or has) other classes: the name means the same class to every version, and the
+monitor maps it into the model's class space by name (``monitors.class_space``).
 """
 
 from __future__ import annotations
@@ -104,8 +107,8 @@ class _Checker:
         # outputs with one value per row: those can have a true value
         self.outputs = [o.name for o in outputs if len(o.shape) <= 1 or o.shape[1:] in ((1,), ())]
         self.first = outputs[0].name
-        labels = model.metadata.class_labels
-        self.classes = {name: index for index, name in enumerate(labels)} if labels else None
+        self.classes = model.metadata.class_labels or None
+        self.known = frozenset(self.classes or ())
         # (id, row) -> the first item of the body that labels it, and its labels
         self.seen: dict[tuple[str, int], tuple[int, dict[str, int | float | str]]] = {}
 
@@ -166,23 +169,23 @@ class _Checker:
             record["source"] = source
         return record
 
-    def _value(self, where: str, output: str, value: object) -> int | float:
+    def _value(self, where: str, output: str, value: object) -> int | float | str:
         if isinstance(value, bool) or not isinstance(value, int | float | str):
             raise InvalidInputError(f"{where}: the label of {output!r} must be a number or text")
         if self.classes is not None and output == self.first:
             if isinstance(value, str):
-                if value not in self.classes:
+                if value not in self.known:
                     raise InvalidInputError(
-                        f"{where}: unknown class {value!r}; the classes are {list(self.classes)}"
+                        f"{where}: unknown class {value!r}; the classes are {self.classes}"
                     )
-                return self.classes[value]
+                return value
             if not (
                 math.isfinite(value) and value == int(value) and 0 <= value < len(self.classes)
             ):
                 raise InvalidInputError(
                     f"{where}: class index {value!r} out of range 0..{len(self.classes) - 1}"
                 )
-            return int(value)
+            return self.classes[int(value)]
         if isinstance(value, str) or not math.isfinite(value):
             raise InvalidInputError(f"{where}: the label of {output!r} must be a finite number")
         if abs(value) > MAX_LABEL_MAGNITUDE:
