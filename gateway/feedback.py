@@ -4,8 +4,11 @@ feedback topic. Nothing here knows HTTP; the endpoint answers 202 once the items
 An item: ``{"id": request id, "row"?: 0, "label"?: value, "labels"?: {output: value},
 "time"?: seconds since the epoch, "source"?: text}``. ``label`` is the value of the model's
 first output (a classifier's predicted label); ``labels`` names outputs. A classifier's label
-may be given as a class name from the metadata's ``class_labels`` or as its index; it is logged
-as the index (what the model outputs).
+may be given as a class name from the primary version's ``class_labels`` (those the model's
+metadata shows) or as its index there; it is logged as the class name. An index means a class
+only in one version's order, and the label may be for a request another variant served, whose
+version orders (or has) other classes: the name means the same class to every version, and the
+monitor maps it into the model's class space by name (``monitors.class_space``).
 """
 
 from __future__ import annotations
@@ -101,8 +104,8 @@ class _Checker:
         # outputs with one value per row: those can have a true value
         self.outputs = [o.name for o in outputs if len(o.shape) <= 1 or o.shape[1:] in ((1,), ())]
         self.first = outputs[0].name
-        labels = model.metadata.class_labels
-        self.classes = {name: index for index, name in enumerate(labels)} if labels else None
+        self.classes = model.metadata.class_labels or None
+        self.known = frozenset(self.classes or ())
         # (id, row) -> the first item of the body that labels it, and its labels
         self.seen: dict[tuple[str, int], tuple[int, dict[str, int | float | str]]] = {}
 
@@ -155,20 +158,22 @@ class _Checker:
             record["source"] = source
         return record
 
-    def _value(self, where: str, output: str, value: int | float | str) -> int | float:
-        """The value to log for a label that passed ``label_problem``: a class's index."""
+    def _value(self, where: str, output: str, value: int | float | str) -> int | float | str:
+        """The value to log for a label that passed ``label_problem``: for a classifier's label
+        output the class's name (an index is the primary's class at it), which means the same
+        class to every version; otherwise the number."""
         if self.classes is not None and output == self.first:
             if isinstance(value, str):
-                if value not in self.classes:
+                if value not in self.known:
                     raise InvalidInputError(
-                        f"{where}: unknown class {value!r}; the classes are {list(self.classes)}"
+                        f"{where}: unknown class {value!r}; the classes are {self.classes}"
                     )
-                return self.classes[value]
+                return value
             if value != int(value) or not 0 <= value < len(self.classes):
                 raise InvalidInputError(
                     f"{where}: class index {value!r} out of range 0..{len(self.classes) - 1}"
                 )
-            return int(value)
+            return self.classes[int(value)]
         if isinstance(value, str):
             raise InvalidInputError(
                 f"{where}: label of {output!r} must be a number: the output has no class names"

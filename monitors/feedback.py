@@ -17,9 +17,9 @@ request_id      the prediction's request id: the ``x-request-id`` the gateway an
 row             the row of a multi-row request, from 0 (default 0) and below 2**24 (no record
                 holds more rows)
 labels          ``{output name: true value}``, at least one; for a classifier's label output the
-                value is what the model outputs for that class (its index into the model's
-                ``class_labels``; the monitor also maps a class name to its index), for a
-                regression output a finite number
+                class name from the model's ``class_labels`` (what the gateway writes) or an
+                index into the model's class space (``monitors.class_space``: one version's
+                order, so a name is the safer form), for a regression output a finite number
 time?           when the outcome was observed or reported, seconds since the epoch (default:
                 the Kafka message's timestamp); at most an hour ahead of the reader's clock
 source?         who reported it (free text, at most 256 characters; the monitor leaves out one
@@ -28,8 +28,8 @@ source?         who reported it (free text, at most 256 characters; the monitor 
 
 Example message value (two records)::
 
-    {"schema":"feedback/1","model":"breast_cancer","request_id":"9f2c-1a","row":0,"labels":{"label":1},"time":1767225600.0}
-    {"schema":"feedback/1","model":"breast_cancer","request_id":"9f2c-1b","row":0,"labels":{"label":0},"time":1767225601.5}
+    {"schema":"feedback/1","model":"breast_cancer","request_id":"9f2c-1a","row":0,"labels":{"label":"benign"},"time":1767225600.0}
+    {"schema":"feedback/1","model":"breast_cancer","request_id":"9f2c-1b","row":0,"labels":{"label":"malignant"},"time":1767225601.5}
 """
 
 from __future__ import annotations

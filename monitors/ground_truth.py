@@ -9,6 +9,8 @@ join store for N (``state_dir/performance-pN.sqlite``) holds that partition's pr
 labels, windows, decisions, A/B totals, undelivered events and the offsets of both topics,
 committed in one transaction before the Kafka offsets. An instance taking a partition on seeks
 to the offsets in the store, so a crash or a rebalance neither loses nor repeats anything.
+A classifier's predictions and labels are compared in its model's one class space
+(``monitors.class_space``), whichever version served them.
 """
 
 from __future__ import annotations
@@ -26,8 +28,9 @@ from aiokafka.coordinator.assignors.range import RangePartitionAssignor
 from aiokafka.errors import CommitFailedError, KafkaError
 
 from monitors.batch import well_formed
+from monitors.class_space import VersionClasses, class_index
 from monitors.feedback import MAX_FUTURE_S, decode_feedback
-from monitors.join import JoinCounts, JoinStore
+from monitors.join import JoinCounts, JoinStore, Stream
 from monitors.judge import WindowJudge, stream_key
 from monitors.model_info import ModelInfo, ModelInfos
 from monitors.outbox import Outbox
@@ -211,7 +214,7 @@ class GroundTruthService:
         rows, latest = self._prediction_rows(store, predictions)
         clocks["predictions"] = max(clocks["predictions"] or 0.0, latest)
         _add(counts, store.add_predictions(rows))
-        label_rows, latest = self._label_rows(labels)
+        label_rows, latest = self._label_rows(store, labels)
         if label_rows:
             clocks["labels"] = max(clocks["labels"] or 0.0, latest)
         _add(counts, store.add_labels(label_rows))
@@ -243,31 +246,55 @@ class GroundTruthService:
     ) -> tuple[list[tuple[str, int, int, float, float, bytes | None]], float]:
         rows: list[tuple[str, int, int, float, float, bytes | None]] = []
         latest = 0.0
+        # (model, version) -> the version's classes in the model's class space (None: a regressor)
+        spaces: dict[tuple[str, str], VersionClasses | None] = {}
         for _, records in messages:
             for record in records:
                 latest = max(latest, record["time"])
                 if record["role"] != "primary" or record["status"] != "ok":
                     continue
-                info = self.infos.get(record["model"], record["version"])
+                model, version = record["model"], record["version"]
+                info = self.infos.get(model, version)
                 outputs = record.get("outputs") or {}
                 name = (info.label_output if info else None) or next(iter(outputs), None)
                 if info is None or name not in outputs:
                     self.metrics.skipped.labels("no_metadata_or_output").inc(record["rows"])
                     continue
+                if (model, version) not in spaces:
+                    space = self._space(store, model, info) if info.classes else None
+                    spaces[model, version] = (
+                        None if space is None else VersionClasses.of(info.class_labels, space)
+                    )
+                classes = spaces[model, version]
                 stream = store.stream(
-                    record["model"], record["version"], record.get("variant", "default"),
-                    info.classes,
+                    model, version, record.get("variant", "default"),
+                    classes.size if classes is not None else 0,
                 )  # fmt: skip
                 try:
-                    rows += _rows(record, stream.id, info, outputs[name])
+                    joinable, outside = _rows(record, stream, info, outputs[name], classes)
                 except (IndexError, KeyError, TypeError, ValueError) as exc:
                     # outputs of fewer rows than the record's, or not numbers: none of them
                     log.warning("performance: malformed log record %r: %s", record, exc)
                     self.metrics.skipped.labels("malformed").inc()
+                    continue
+                rows += joinable
+                if outside:
+                    self.metrics.skipped.labels("class_not_in_space").inc(outside)
         return rows, latest
 
+    def _space(self, store: JoinStore, model: str, info: ModelInfo | None) -> list[str] | None:
+        """The model's class space in this partition's store (``monitors.class_space``), fixed
+        the first time it is needed: the class names of the model's target version (whose
+        metadata was read last), or else of ``info``'s; None for a regressor."""
+        space = store.classes(model)
+        if space is None:
+            for candidate in (self.infos.targets.get(model), info):
+                if candidate is not None and candidate.classes:
+                    return store.fix_classes(model, candidate.class_labels)
+        return space
+
     def _label_rows(
-        self, messages: Sequence[Any]
+        self, store: JoinStore, messages: Sequence[Any]
     ) -> tuple[list[tuple[str, int, float, float]], float]:
         rows: list[tuple[str, int, float, float]] = []
         latest = 0.0
@@ -285,8 +312,9 @@ class GroundTruthService:
                 value = labels.get(target) if target else None
                 if value is None and len(labels) == 1:
                     value = next(iter(labels.values()))
-                if value is not None and info is not None and info.classes:
-                    value = _class_index(value, info)
+                space = self._space(store, record["model"], None) if value is not None else None
+                if space is not None:
+                    value = class_index(value, space)
                 if value is None or isinstance(value, str):
                     self.metrics.skipped.labels("no_usable_label").inc()
                     continue
@@ -316,7 +344,8 @@ class GroundTruthService:
                 if (number + 1) * window.size_s + window.settle_s > watermark:
                     break
                 reports = {
-                    (s.model, s.version): self._validation(s.model, s.version) for s in streams
+                    (s.model, s.version): self._validation(store, s.model, s.version)
+                    for s in streams
                 }
                 for degradation in judge.judge(model, number, streams, reports):
                     self._alert(partition, degradation.data, degradation.window_id)
@@ -339,9 +368,18 @@ class GroundTruthService:
             for s in streams
         )
 
-    def _validation(self, model: str, version: str) -> ValidationReport | None:
+    def _validation(self, store: JoinStore, model: str, version: str) -> ValidationReport | None:
+        """The version's validation report, its calibration table in the model's class space."""
         info = self.infos.get(model, version)
-        return info.validation if info is not None else None
+        if info is None:
+            return None
+        report, space = info.validation, store.classes(model)
+        if report is None or report.calibration is None or not info.classes or space is None:
+            return report
+        table = VersionClasses.of(info.class_labels, space).calibration(report.calibration)
+        if table is report.calibration:
+            return report
+        return report.model_copy(update={"calibration": table})
 
     def _alert(self, partition: int, data: dict[str, Any], window_id: str) -> None:
         event_id, body = drift_event(
@@ -370,6 +408,8 @@ class GroundTruthService:
                 "model": stream.model,
                 "version": stream.version,
                 "variant": stream.variant,
+                # the order of the confusion matrix's rows and columns (None: a regressor)
+                "classes": store.classes(stream.model) if stream.classes else None,
                 "predictions": predicted,
                 "totals": totals,
                 "coverage": totals["labels"] / predicted if predicted else None,
@@ -417,33 +457,34 @@ def _totals(totals: dict[str, Any]) -> dict[str, Any]:
 
 
 def _rows(
-    record: InferenceRecord, stream: int, info: ModelInfo, values: Any
-) -> list[tuple[str, int, int, float, float, bytes | None]]:
-    """The joinable rows of a served record: (request id, row, stream, time, output, scores)."""
+    record: InferenceRecord,
+    stream: Stream,
+    info: ModelInfo,
+    values: Any,
+    classes: VersionClasses | None,
+) -> tuple[list[tuple[str, int, int, float, float, bytes | None]], int]:
+    """The joinable rows of a served record, (request id, row, stream, time, output, scores),
+    a classifier's in its model's class space (``classes``); and how many rows predicted a class
+    the space lacks."""
     rows = []
-    scores = record["outputs"].get(info.score_output or "probabilities") if info.classes else None
+    outside = 0
+    scores = record["outputs"].get(info.score_output or "probabilities") if classes else None
     for row in range(record["rows"]):
-        value = _class_index(values[row], info) if info.classes else values[row]
-        if value is None:
-            continue
+        value = values[row]
         blob = None
-        if scores is not None and len(scores[row]) == info.classes:
-            blob = np.asarray(scores[row], dtype=np.float32).tobytes()
-        rows.append((record["request_id"], row, stream, record["time"], float(value), blob))
-    return rows
-
-
-def _class_index(value: Any, info: ModelInfo) -> int | None:
-    """A classifier output or label as its class index (class names through the metadata)."""
-    if isinstance(value, str):
-        if value in info.class_labels:
-            return info.class_labels.index(value)
-        # ASCII digits, few enough for int(): '²' is a digit to isdigit, and int() refuses both
-        digits = value.isascii() and value.isdigit() and len(value) <= 18
-        return int(value) if digits and int(value) < info.classes else None
-    if isinstance(value, bool) or not isinstance(value, int | float):
-        return None
-    return int(value) if value == int(value) and 0 <= value < info.classes else None
+        if classes is not None:
+            value = class_index(value, info.class_labels)  # the version's own index
+            if value is None:
+                continue
+            value = classes.index[value]
+            if value < 0:
+                outside += 1
+                continue
+            # a stream made before its model's space was fixed may have another class count
+            if scores is not None and stream.classes == classes.size:
+                blob = classes.probabilities(scores[row])
+        rows.append((record["request_id"], row, stream.id, record["time"], float(value), blob))
+    return rows, outside
 
 
 def _add(total: JoinCounts, more: JoinCounts) -> None:

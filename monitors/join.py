@@ -17,6 +17,10 @@ time keep streams of their own (one that sent nothing for a day gives its place 
 after a reopen those with streams count as just used); the rows of every other or overlong one
 are joined and counted under one ``OTHER`` (``"__other__"``) stream per version.
 
+A classifier's predicted classes, probabilities and labels are stored in its model's class space
+(``monitors.class_space``), whose class names the store keeps too: fixed when first needed, so
+every stored index keeps its meaning.
+
 The store also keeps the consumer's offsets and the evaluation state, written in the same
 transaction as the rows: the monitor commits its Kafka offsets only after that transaction, and
 on taking a partition on it resumes from the offsets in the store, so after a crash or a
@@ -131,6 +135,7 @@ class JoinStore:
             self._variant(model, variant)
             self._streams[(model, version, variant)] = Stream(sid, model, version, variant, classes)
         self._streams = dict(reversed(self._streams.items()))  # oldest first, as made
+        self._classes: dict[str, list[str]] = self.get("classes", {})
         self._db.execute("BEGIN")
 
     def close(self) -> None:
@@ -192,6 +197,21 @@ class JoinStore:
     @property
     def streams(self) -> list[Stream]:
         return list(self._streams.values())
+
+    # -- class spaces -------------------------------------------------------------------------
+
+    def classes(self, model: str) -> list[str] | None:
+        """The class names the model's stored classes index (``monitors.class_space``); None
+        until fixed."""
+        return self._classes.get(model)
+
+    def fix_classes(self, model: str, names: list[str]) -> list[str]:
+        """Fix the model's class space to ``names`` unless it is fixed (committed with the next
+        ``commit``); returns the model's class space."""
+        if model not in self._classes:
+            self._classes[model] = list(names)
+            self._put("classes", self._classes)
+        return self._classes[model]
 
     def _variant(self, model: str, variant: str) -> str:
         values = self._variants.get(model)

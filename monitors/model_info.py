@@ -47,7 +47,9 @@ class ModelInfos(VersionCache[ModelInfo]):
 
     @property
     def targets(self) -> dict[str, ModelInfo]:
-        """model -> a version's info, for its labels."""
+        """model -> the info of its version read last: the output its labels are for, and the
+        class names its class space is fixed from where a join store has none yet
+        (``monitors.class_space``)."""
         return self.latest
 
     async def _read(self, model: str, version: str) -> ModelInfo:

@@ -139,9 +139,11 @@ async def test_feedback_is_checked_answered_202_and_logged_to_its_topic(
         )
     records = await read_feedback(broker.bootstrap_servers, 3)
     assert [(r["request_id"], r["row"], r["labels"]) for r in records] == [
-        ("r1", 0, {"label": 1}),  # "benign" is class 1 of the demo model
-        ("r2", 1, {"label": 0}),
-        ("r3", 0, {"label": 1}),
+        # a class index is logged as its name (the demo model's classes are malignant, benign):
+        # an index means a class only in the order of one version's class labels
+        ("r1", 0, {"label": "benign"}),
+        ("r2", 1, {"label": "malignant"}),
+        ("r3", 0, {"label": "benign"}),
     ]
     assert records[0]["time"] == 5.0
     assert records[2]["source"] == "crm"

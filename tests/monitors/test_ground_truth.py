@@ -11,17 +11,21 @@ from typing import Any, cast
 
 import numpy as np
 import orjson
+import pytest
 from prometheus_client import CollectorRegistry
 
 from monitors.batch import MAX_RECORD_ROWS
+from monitors.estimate import estimate_classification
 from monitors.feedback import FEEDBACK_SCHEMA, FeedbackRecord, encode_feedback
 from monitors.ground_truth import GroundTruthService
 from monitors.join import MAX_VARIANTS_PER_MODEL
 from monitors.labels import OTHER
 from monitors.performance_metrics import PerformanceMetrics
+from monitors.retrain.demo_model import validation_report
 from monitors.schema import InferenceRecord, encode_records
 from monitors.settings import MonitorSettings
 from monitors.webhooks import Webhooks
+from registry_client import LocalRegistry, ModelMetadata, ValidationReport
 from tests._mlflow_server import register_in_mlflow
 
 
@@ -320,3 +324,157 @@ async def test_class_names_read_right_after_a_restart_are_joined(
     await restarted.consume(0, [], [Message(0, b"\n".join(map(orjson.dumps, records)))])
     status = await finish(restarted)
     assert status["join"]["labels_joined"] == len(records)
+
+
+IRIS = ["setosa", "versicolor", "virginica"]
+
+
+def register_iris(registry: Path, *class_lists: list[str]) -> list[ValidationReport | None]:
+    """Versions 1, 2, ... of a model ``iris`` listing these classes (the demo's graph: the join
+    reads only their metadata); their validation reports, from one held-out set whose truth the
+    probabilities understate for setosa (a reliability table that differs by class)."""
+    rng = np.random.default_rng(0)
+    probs = rng.dirichlet([0.5, 0.5, 0.5], size=3000)
+    skewed = probs * [4.0, 1.0, 1.0]
+    truth = np.array([rng.choice(3, p=q / q.sum()) for q in skewed])
+    graph = registry / "breast_cancer" / "1" / "model.onnx"
+    reports = []
+    for classes in class_lists:
+        report = None
+        if sorted(classes) == IRIS:  # (a version with other classes goes without)
+            columns = [IRIS.index(c) for c in classes]  # the version's order
+            report = validation_report(np.argsort(columns)[truth], probs[:, columns])
+        metadata = ModelMetadata(class_labels=classes, validation=report)
+        LocalRegistry(registry).register("iris", graph, metadata)
+        reports.append(report)
+    return reports
+
+
+def served(
+    rid: str, version: str, variant: str, time: float, label: int, probs: list[float]
+) -> InferenceRecord:
+    return {
+        "schema_version": 2, "request_id": rid, "time": time, "endpoint": "iris",
+        "model": "iris", "version": version, "variant": variant, "role": "primary", "rows": 1,
+        "latency_s": 0.001, "status": "ok",
+        "outputs": {"label": [label], "probabilities": [probs]},
+    }  # fmt: skip
+
+
+def labelled(rid: str, label: str | int, time: float) -> FeedbackRecord:
+    return {"schema": FEEDBACK_SCHEMA, "model": "iris", "request_id": rid, "row": 0,
+            "labels": {"label": label}, "time": time}  # fmt: skip
+
+
+def skipped(gt: GroundTruthService) -> dict[str, float]:
+    return {s.labels["reason"]: s.value for m in gt.metrics.skipped.collect()
+            for s in m.samples if s.name.endswith("_total")}  # fmt: skip
+
+
+async def test_a_label_means_its_class_whichever_variant_served_the_request(
+    demo_registry: Path, tmp_path: Path
+) -> None:
+    # Two versions of one model list their classes in opposite orders (an export that orders
+    # them otherwise) and split the traffic. A label by class name became an index in one
+    # version's order and was compared with every prediction as if in its own: variant a's
+    # right answers counted wrong and its wrong ones right, its confusion matrix mixed two
+    # orders, and the A/B verdict compared the wrong numbers.
+    reports = dict(zip("ab", register_iris(demo_registry, IRIS, IRIS[::-1]), strict=True))
+    orders = {"a": IRIS, "b": IRIS[::-1]}  # variant a serves version 1, b version 2
+    rng = np.random.default_rng(3)
+    records: list[InferenceRecord] = []
+    feedback: list[FeedbackRecord] = []
+    truth: dict[str, list[tuple[str, str, float]]] = {"a": [], "b": []}  # true, predicted, p(true)
+    for i in range(400):
+        variant = "ab"[i % 2]
+        order = orders[variant]
+        true = IRIS[int(rng.integers(3))]
+        wrong = [c for c in IRIS if c != true]
+        predicted = true if rng.random() < (0.9 if variant == "a" else 0.6) else wrong[i % 2]
+        probs = [0.8 if c == predicted else 0.1 for c in order]  # in the version's order
+        rid = f"q{i}"
+        records.append(served(rid, "1" if variant == "a" else "2", variant, 100.0 + i * 0.01,
+                              order.index(predicted), probs))  # fmt: skip
+        feedback.append(labelled(rid, true, 105.0))
+        truth[variant].append((true, predicted, probs[order.index(true)]))
+    # a prediction and a label of their own move both clocks past the window
+    tick = ([Message(1, encode_records([served("tick", "1", "a", 130.0, 0, [1, 0, 0])]))],
+            [Message(1, encode_feedback([labelled("nobody", "setosa", 130.0)]))])  # fmt: skip
+    gt = service(demo_registry, tmp_path)
+    await gt.consume(
+        0, [Message(0, encode_records(records))], [Message(0, encode_feedback(feedback))]
+    )
+    await gt.consume(0, *tick)
+    status = await finish(gt)
+
+    streams = {s["variant"]: s for s in status["streams"].values()}
+    space = streams["a"]["classes"]
+    assert space in (IRIS, IRIS[::-1])
+    assert streams["b"]["classes"] == space
+    accuracy = {}
+    for variant, rows in truth.items():
+        confusion = np.zeros((3, 3), dtype=int)
+        for true, predicted, _ in rows:
+            confusion[space.index(true), space.index(predicted)] += 1
+        accuracy[variant] = np.trace(confusion) / len(rows)
+        totals = streams[variant]["totals"]
+        assert totals["labels"] == len(rows)
+        assert totals["accuracy"] == pytest.approx(accuracy[variant])
+        assert totals["confusion"] == confusion.tolist()
+        window = streams[variant]["latest_window"]["realized"]
+        assert window["confusion"] == confusion.tolist()
+        # the probabilities too are the space's columns: each row's p(true class)
+        loss = np.mean([-np.log(p) for _, _, p in rows])
+        assert window["log_loss"]["value"] == pytest.approx(loss, rel=1e-6)
+        # and the version's reliability table calibrates each class's own column
+        own = np.array(
+            [r["outputs"]["probabilities"][0] for r in records if r["variant"] == variant]
+        )
+        report = reports[variant]
+        assert report is not None
+        expected = estimate_classification(own.astype(np.float32).astype(np.float64),
+                                           report.calibration)  # fmt: skip
+        estimated = streams[variant]["latest_window"]["estimated"]["accuracy"]["value"]
+        assert estimated == pytest.approx(expected["accuracy"]["value"])
+    assert accuracy["a"] > 0.8 > 0.7 > accuracy["b"]
+    (pair,) = status["ab"]["iris"].values()
+    assert pair["metric"] == "accuracy"
+    assert pair["difference"] == pytest.approx(accuracy["b"] - accuracy["a"])
+    assert "class_not_in_space" not in skipped(gt)
+
+
+async def test_a_predicted_class_the_model_space_lacks_is_skipped_and_counted(
+    demo_registry: Path, tmp_path: Path
+) -> None:
+    # A retrained version that gained a class, its classes in another order, after the
+    # model's class space was fixed by the first: its predictions of the new class were
+    # joined as whatever class had that index, and its others compared in the wrong order.
+    register_iris(demo_registry, IRIS, ["virginica", "hybrid", "setosa", "versicolor"])
+    gt = service(demo_registry, tmp_path)
+    first = [served("old", "1", "a", 100.0, 2, [0.1, 0.1, 0.8])]
+    await gt.consume(0, [Message(0, encode_records(first))],
+                     [Message(0, encode_feedback([labelled("old", "virginica", 101.0)]))])  # fmt: skip
+    second = [
+        served("new-0", "2", "b", 102.0, 1, [0.1, 0.7, 0.1, 0.1]),  # hybrid: not in the space
+        served("new-1", "2", "b", 102.5, 1, [0.1, 0.7, 0.1, 0.1]),
+        served("new-2", "2", "b", 103.0, 3, [0.1, 0.1, 0.1, 0.7]),  # versicolor
+        served("new-3", "2", "b", 103.5, 0, [0.7, 0.1, 0.1, 0.1]),  # virginica
+    ]
+    answers = [labelled("new-0", "setosa", 104.0), labelled("new-1", "hybrid", 104.0),
+               labelled("new-2", "versicolor", 104.0), labelled("new-3", "setosa", 104.0)]  # fmt: skip
+    await gt.consume(
+        0, [Message(1, encode_records(second))], [Message(1, encode_feedback(answers))]
+    )
+    reasons = skipped(gt)
+    status = await finish(gt)
+
+    assert reasons["class_not_in_space"] == 2
+    assert reasons["no_usable_label"] == 1  # the label "hybrid", no class of the space either
+    streams = {s["variant"]: s for s in status["streams"].values()}
+    assert streams["b"]["classes"] == IRIS  # fixed by version 1, the first read
+    assert streams["b"]["predictions"] == 2
+    confusion = np.zeros((3, 3), dtype=int)
+    confusion[1, 1] = 1  # versicolor, right
+    confusion[0, 2] = 1  # setosa, predicted virginica
+    assert streams["b"]["totals"]["confusion"] == confusion.tolist()
+    assert streams["a"]["totals"]["confusion"][2][2] == 1
