@@ -64,6 +64,7 @@ def serve(
             max_header_bytes=server.max_header_bytes,
             max_headers=server.max_headers,
             head_timeout_s=server.head_timeout_s,
+            body_timeout_s=server.body_timeout_s,
             send_timeout_s=server.send_timeout_s,
         )
         http = protocol_class(limits, app)

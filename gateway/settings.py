@@ -49,6 +49,9 @@ class ServerSettings(_Group):
     max_header_bytes: int = Field(default=16 * 1024, ge=1024)
     max_headers: int = Field(default=100, ge=8)
     head_timeout_s: float = Field(default=10.0, gt=0)
+    # Time to receive a whole request body, from the end of its head (or its 100 Continue):
+    # 408 past it, however the body trickles (the keep-alive only ends a body that stops).
+    body_timeout_s: float = Field(default=60.0, gt=0)
     # How long a client may leave its answers unread (the connection's writes paused) before
     # the connection is dropped (nginx's send_timeout); meanwhile nothing more of it is served.
     send_timeout_s: float = Field(default=30.0, gt=0)

@@ -4,14 +4,23 @@ The gateway's HTTP protocol (``server.py``) calls these while httptools parses, 
 limit is refused as soon as it passes the limit, before the parser or the process has buffered
 much of it: the URL on each fragment, the header count on each header, the header block on each
 header and on every read that ends inside the head (httptools holds a header line until it
-ends, so one endless line shows only as reads that never leave the head).
+ends, so one endless line shows only as reads that never leave the head). A chunked body's
+framing is held to ``check_framing``: httptools reports no chunk extension, and holds a trailer
+line whole until it ends.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
-__all__ = ["HeadError", "HeadMeter", "HttpLimits", "check_head"]
+__all__ = [
+    "MAX_FRAMING_BYTES",
+    "HeadError",
+    "HeadMeter",
+    "HttpLimits",
+    "check_framing",
+    "check_head",
+]
 
 
 @dataclass(frozen=True, slots=True)
@@ -23,6 +32,7 @@ class HttpLimits:
     max_header_bytes: int = 16 * 1024
     max_headers: int = 100
     head_timeout_s: float = 10.0
+    body_timeout_s: float = 60.0
     send_timeout_s: float = 30.0
 
 
@@ -109,3 +119,27 @@ def check_head(version: str, headers: list[tuple[bytes, bytes]], max_body_bytes:
     if hosts > 1 or (hosts == 0 and version == "1.1"):
         raise HeadError(400, "an HTTP/1.1 request needs exactly one Host header")
     return expect and version == "1.1"  # an HTTP/1.0 client does not wait for it
+
+
+# How far a chunked body's framing may run ahead of its data (Go's net/http limit).
+MAX_FRAMING_BYTES = 16 * 1024
+
+
+def check_framing(excess: int, wire: int, data: int, chunks: int) -> int:
+    """Count one read that fell inside a body: ``wire`` bytes, ``data`` of them body data,
+    ``chunks`` chunk-size lines ended in it. Returns the framing's new excess; raises HeadError
+    (413) past ``MAX_FRAMING_BYTES``.
+
+    As Go's net/http, each chunk may carry 16 bytes of framing and twice its data's size; the
+    rest (chunk extensions, zeros before a size, a trailer) is excess, and a read whose data
+    pays for more than its framing pays back only down to zero, so no body banks credit for
+    later. A Content-Length body's reads are all data: never any excess.
+    """
+    excess += wire - 3 * data - 16 * chunks
+    if excess > MAX_FRAMING_BYTES:
+        raise HeadError(
+            413,
+            f"the chunked body's framing (chunk extensions, chunk-size lines, trailer) runs"
+            f" over {MAX_FRAMING_BYTES} bytes beyond its data",
+        )
+    return excess if excess > 0 else 0

@@ -12,9 +12,11 @@ HTTP/1.1 keep-alive and pipelining (answered in order), ``Expect: 100-continue``
 bodies (undone by the endpoints) are handled; chunked request bodies are read whole; upgrades
 (websockets) and streaming responses are not: the gateway has neither.
 
-A request head over the limits (``_limits.py``), one the parser refuses, or a body over
-``max_body_bytes`` is answered with its 4xx/5xx in turn, after every earlier request on the
-connection, and the connection then closes; nothing after it is read.
+A request head over the limits (``_limits.py``), one the parser refuses, a body over
+``max_body_bytes``, one not whole within ``body_timeout_s`` of its head (408), or a chunked one
+whose framing runs far ahead of its data (413: endless chunk extensions) is answered with its
+4xx/5xx in turn, after every earlier request on the connection, and the connection then closes;
+nothing after it is read.
 
 For the overload benchmark only: with ``LOADTESTS_TIMINGS_FILE`` set in its environment, a
 single-process gateway keeps, per inference call answered, the client's port, when its first
@@ -44,7 +46,7 @@ import httptools
 import orjson
 
 from gateway.http._asgi import Reply
-from gateway.http._limits import HeadError, HeadMeter, HttpLimits, check_head
+from gateway.http._limits import HeadError, HeadMeter, HttpLimits, check_framing, check_head
 from gateway.http._paths import decode_path
 from gateway.http.app import GatewayApp
 from gateway.http.endpoints import LARGE_BODY_BYTES, Body, FastEndpoint
@@ -199,6 +201,7 @@ class GatewayProtocol(asyncio.Protocol):
         self._gone: asyncio.Future[None] | None = None
         self._idle: asyncio.TimerHandle | None = None
         self._head_timer: asyncio.TimerHandle | None = None
+        self._body_timer: asyncio.TimerHandle | None = None
         self._linger: asyncio.TimerHandle | None = None
         self._send_timer: asyncio.TimerHandle | None = None
         self._last_read = 0.0
@@ -213,11 +216,14 @@ class GatewayProtocol(asyncio.Protocol):
         self._headers: list[tuple[bytes, bytes]] = []
         self._body: list[bytes] = []
         self._size = 0
+        self._chunks = 0  # chunk-size lines read
+        self._framing = 0  # what the chunked framing runs ahead of the data (check_framing)
         self._version = "1.1"
         self._in_head = False
         self._in_body = False  # a request's head is read, its body not yet whole
         self._messages = 0
         self._head_started = 0.0
+        self._body_started = 0.0  # the body's clock: its head read, or its 100 Continue sent
         self._arrived = 0.0
 
     # -- asyncio.Protocol ---------------------------------------------------------------------
@@ -238,7 +244,7 @@ class GatewayProtocol(asyncio.Protocol):
             self._active.cancel()  # an inference call waiting for its batch
         self._server_state.connections.discard(self)
         self._cancel_idle()
-        for timer in (self._head_timer, self._linger, self._send_timer):
+        for timer in (self._head_timer, self._body_timer, self._linger, self._send_timer):
             if timer is not None:
                 timer.cancel()
         self._queue.clear()
@@ -249,7 +255,8 @@ class GatewayProtocol(asyncio.Protocol):
         if self._rejected:
             return  # what follows a refused request is dropped unread
         self._last_read = self._loop.time()
-        in_head, messages = self._in_head, self._messages
+        in_head, in_body, messages = self._in_head, self._in_body, self._messages
+        size, chunks = self._size, self._chunks
         try:
             self._parser.feed_data(data)
             if self._in_head:
@@ -257,6 +264,15 @@ class GatewayProtocol(asyncio.Protocol):
                     self._meter.read(len(data))
                 if self._head_timer is None:
                     self._arm_head_timer()
+            elif self._in_body:
+                # Only reads that begin and end inside one body are counted: at most the two
+                # reads at its ends escape, and an endless body is all such reads.
+                if in_body and messages == self._messages:
+                    self._framing = check_framing(
+                        self._framing, len(data), self._size - size, self._chunks - chunks
+                    )
+                if self._body_timer is None:
+                    self._arm_body_timer()
         except HeadError as exc:
             self._reject(exc.status, exc.message)
         except _EarlyRefusal as exc:
@@ -317,7 +333,7 @@ class GatewayProtocol(asyncio.Protocol):
         self._url = b""
         self._headers = []
         self._body = []
-        self._size = 0
+        self._size = self._chunks = self._framing = 0
         self._in_head = True
         self._messages += 1
         self._head_started = self._last_read
@@ -338,6 +354,7 @@ class GatewayProtocol(asyncio.Protocol):
     def on_headers_complete(self) -> None:
         self._in_head = False
         self._in_body = True
+        self._body_started = self._last_read
         self._arm_idle()  # the body's timer (the idle one may have ended while the head was read)
         self._version = self._parser.get_http_version()
         if self._parser.should_upgrade():
@@ -374,6 +391,9 @@ class GatewayProtocol(asyncio.Protocol):
         if self._size > self.limits.max_body_bytes:  # chunked, or no Content-Length
             raise HeadError(413, f"request body exceeds {self.limits.max_body_bytes} bytes")
         self._body.append(body)
+
+    def on_chunk_header(self) -> None:
+        self._chunks += 1
 
     def on_message_complete(self) -> None:
         self._in_body = False
@@ -605,7 +625,8 @@ class GatewayProtocol(asyncio.Protocol):
         self._continue = False
         if self._transport is not None and not self._transport.is_closing():
             self._transport.write(b"HTTP/1.1 100 Continue\r\n\r\n")
-            self._last_read = self._loop.time()  # the body's clock starts when it is invited
+            # the body's clocks start when it is invited
+            self._last_read = self._body_started = self._loop.time()
 
     async def disconnected(self) -> None:
         """Wait until the client has gone."""
@@ -708,6 +729,28 @@ class GatewayProtocol(asyncio.Protocol):
             self._arm_head_timer()  # a later request's head, begun after this timer was set
             return
         self._reject(408, f"the request head did not arrive within {self.limits.head_timeout_s} s")
+
+    # The body's deadline: it must arrive whole within ``body_timeout_s`` of its head (or of
+    # its 100 Continue), however it trickles; the keep-alive timer only ends a body that stops.
+    # Once whole, the body is the app's: waiting for a model or a turn is not receiving.
+
+    def _arm_body_timer(self) -> None:
+        deadline = self._body_started + self.limits.body_timeout_s
+        self._body_timer = self._loop.call_at(deadline, self._body_timed_out)
+
+    def _body_timed_out(self) -> None:
+        self._body_timer = None
+        if not self._in_body or self._rejected or self._lost:
+            return  # re-armed by the next read inside a body
+        # waiting for its 100 Continue, or not read by us: the client's time starts again
+        if self._continue or self._read_paused:
+            self._body_started = self._loop.time()
+        if self._loop.time() < self._body_started + self.limits.body_timeout_s:
+            self._arm_body_timer()  # a later request's body, or time given again
+            return
+        self._reject(
+            408, f"the request body did not arrive within {self.limits.body_timeout_s:g} s"
+        )
 
 
 class _EarlyRefusal(Exception):

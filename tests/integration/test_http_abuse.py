@@ -34,6 +34,7 @@ ROW = load_breast_cancer().data.astype(np.float32)[0]
 INFER = b"/v2/models/breast_cancer/infer"
 TOKEN = "abuse-test-token"
 HEAD_TIMEOUT_S = 1.0
+BODY_TIMEOUT_S = 3
 
 
 def infer_body(data: object = None, shape: object = (1, 30)) -> bytes:
@@ -44,18 +45,25 @@ def infer_body(data: object = None, shape: object = (1, 30)) -> bytes:
 
 GOOD = post(INFER, infer_body())
 GET_LIVE = b"GET /v2/health/live HTTP/1.1\r\nHost: t\r\n\r\n"
+CHUNKED = b"POST " + INFER + b" HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked\r\n\r\n"
 
 
 @pytest.fixture(scope="module")
 def gateway(
     demo_registry_template: Path, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[GatewayProcess]:
-    """One gateway for the module: default limits but a short head timeout and keep-alive."""
+    """One gateway for the module: default limits but short head and body timeouts and
+    keep-alive."""
     with demo_gateway(
         tmp_path_factory.mktemp("abuse"),
         demo_registry_template,
         TOKEN,
-        server={"head_timeout_s": HEAD_TIMEOUT_S, "keep_alive_s": 1, "send_timeout_s": 2},
+        server={
+            "head_timeout_s": HEAD_TIMEOUT_S,
+            "body_timeout_s": BODY_TIMEOUT_S,
+            "keep_alive_s": 1,
+            "send_timeout_s": 2,
+        },
     ) as gw:
         yield gw
 
@@ -151,10 +159,13 @@ def test_head_limits_take_what_is_within_them(gateway: GatewayProcess) -> None:
         (b"GET /v2 HTTP/1.1\r\nHost: t\r\nx-flood: ", 431),  # one endless header line
         (b"GET /v2 HTTP/1.1\r\nHost: t\r\n", 431),  # endless headers (20,000 and more)
         (b"GET /", 414),  # an endless URL
+        (CHUNKED + b"5;", 413),  # an endless chunk extension
+        (CHUNKED + b"2\r\n{}\r\n0\r\nx-trailer: ", 413),  # an endless trailer line
     ],
+    ids=["header line", "headers", "URL", "chunk extension", "trailer line"],
 )
 def test_floods_are_cut_at_the_limit(gateway: GatewayProcess, flood: bytes, status: int) -> None:
-    filler = b"a" * 65536 if flood.endswith((b": ", b"/")) else b"x-f: 1\r\n" * 8192
+    filler = b"a" * 65536 if flood.endswith((b": ", b"/", b";")) else b"x-f: 1\r\n" * 8192
     sent = 0
     with socket.create_connection(("127.0.0.1", gateway.port)) as sock:
         sock.sendall(flood)
@@ -198,6 +209,31 @@ def test_a_stalled_body_gets_408_and_is_closed(gateway: GatewayProcess) -> None:
     assert was_closed
     assert [r[0] for r in responses] == [200, 408]
     assert "body stopped arriving" in error_of(responses[1])
+
+
+@pytest.mark.parametrize(
+    ("head", "piece"),
+    [
+        (b"POST " + INFER + b" HTTP/1.1\r\nHost: t\r\nContent-Length: 1000\r\n\r\n", b" "),
+        (CHUNKED + b"1", b";e=v"),  # chunk extensions, slowly
+    ],
+    ids=["content-length", "chunk extensions"],
+)
+def test_a_trickled_body_gets_408_at_its_deadline_and_is_closed(
+    gateway: GatewayProcess, head: bytes, piece: bytes
+) -> None:
+    with socket.create_connection(("127.0.0.1", gateway.port)) as sock:
+        sock.sendall(head)
+        give_up = time.monotonic() + 20
+        # a piece every 0.3 s, until the gateway answers: never quiet for the keep-alive (1 s)
+        while not select.select([sock], [], [], 0.3)[0]:
+            assert time.monotonic() < give_up, "the trickle was never cut"
+            with contextlib.suppress(BrokenPipeError, ConnectionResetError):
+                sock.sendall(piece)
+        responses, was_closed = read_until_closed(sock)
+    assert was_closed
+    assert [r[0] for r in responses] == [408]
+    assert error_of(responses[0]) == f"the request body did not arrive within {BODY_TIMEOUT_S} s"
 
 
 def test_an_idle_connection_is_closed_after_keep_alive(gateway: GatewayProcess) -> None:

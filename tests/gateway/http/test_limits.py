@@ -4,7 +4,14 @@ from __future__ import annotations
 
 import pytest
 
-from gateway.http._limits import HeadError, HeadMeter, HttpLimits, check_head
+from gateway.http._limits import (
+    MAX_FRAMING_BYTES,
+    HeadError,
+    HeadMeter,
+    HttpLimits,
+    check_framing,
+    check_head,
+)
 from gateway.http._paths import decode_path
 
 LIMITS = HttpLimits(max_url_bytes=100, max_header_bytes=200, max_headers=3)
@@ -56,6 +63,18 @@ def test_check_head_takes_what_is_fine_and_says_when_to_send_100() -> None:
     assert check_head("1.1", [host, (b"transfer-encoding", b"Chunked")], 1000) is False
     assert check_head("1.1", [host, (b"expect", b"100-Continue")], 1000) is True
     assert check_head("1.0", [(b"expect", b"100-continue")], 1000) is False
+
+
+def test_check_framing_counts_only_what_the_data_does_not_pay_for() -> None:
+    assert check_framing(0, 4096, 4096, 0) == 0  # a Content-Length body's read: all data
+    assert check_framing(0, 4096, 0, 0) == 4096  # an extension's bytes, all of them
+    assert check_framing(100, 170, 10, 2) == 100 + 170 - 3 * 10 - 16 * 2
+    # a large chunk's data pays its own framing, but banks nothing for later extensions
+    assert check_framing(5000, 65536, 65000, 1) == 0
+    assert check_framing(MAX_FRAMING_BYTES - 10, 10, 0, 0) == MAX_FRAMING_BYTES
+    status, message = refused(check_framing, MAX_FRAMING_BYTES, 1, 0, 0)
+    assert status == 413
+    assert message.startswith("the chunked body's framing")
 
 
 def test_an_encoded_slash_stays_encoded() -> None:
