@@ -728,7 +728,9 @@ class GatewayProtocol(asyncio.Protocol):
         if self._loop.time() < self._head_started + self.limits.head_timeout_s:
             self._arm_head_timer()  # a later request's head, begun after this timer was set
             return
-        self._reject(408, f"the request head did not arrive within {self.limits.head_timeout_s} s")
+        self._reject(
+            408, f"the request head did not arrive within {self.limits.head_timeout_s:g} s"
+        )
 
     # The body's deadline: it must arrive whole within ``body_timeout_s`` of its head (or of
     # its 100 Continue), however it trickles; the keep-alive timer only ends a body that stops.

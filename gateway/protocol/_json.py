@@ -7,6 +7,7 @@ from typing import Any
 import orjson
 
 from gateway.errors import InvalidInputError
+from monitors.feedback import MAX_REQUEST_ID_CHARS
 
 __all__ = ["MAX_DIMS", "check_scalars", "load_object", "request_id"]
 
@@ -30,8 +31,11 @@ def request_id(doc: dict[str, Any]) -> str | None:
     if not isinstance(value, str):
         raise InvalidInputError("'id' must be a string")
     # the id is echoed in the x-request-id header: no control characters, bounded length
-    if len(value) > 256 or not value.isprintable():
-        raise InvalidInputError("'id' must be printable text of at most 256 characters")
+    # (and feedback names it: one bound for both)
+    if len(value) > MAX_REQUEST_ID_CHARS or not value.isprintable():
+        raise InvalidInputError(
+            f"'id' must be printable text of at most {MAX_REQUEST_ID_CHARS} characters"
+        )
     return value
 
 
