@@ -2,17 +2,24 @@
 feedback topic. Nothing here knows HTTP; the endpoint answers 202 once the items are queued.
 
 An item: ``{"id": request id, "row"?: 0, "label"?: value, "labels"?: {output: value},
-"time"?: seconds since the epoch, "source"?: text}``. ``label`` is the value of the model's
-first output (a classifier's predicted label); ``labels`` names outputs. A classifier's label
-may be given as a class name from the primary version's ``class_labels`` (those the model's
-metadata shows) or as its index there; it is logged as the class name. An index means a class
-only in one version's order, and the label may be for a request another variant served, whose
-version orders (or has) other classes: the name means the same class to every version, and the
-monitor maps it into the model's class space by name (``monitors.class_space``).
+"time"?: seconds since the epoch, "source"?: text}``. ``label`` is the value of the primary
+version's first output (a classifier's predicted label); ``labels`` names outputs, any output
+with one value per row of a version the endpoint routes to (variants and shadows).
+
+A label may be for a request any of those versions served, and they may have other classes (a
+retrained classifier that gained one, on canary) or order them otherwise. So a classifier's
+label is a class name any routed version lists for that output (its first), or an index that
+means one class to every routed version that has it; an index on which they differ is refused
+(give the name: taking the primary's class there would mislabel the rows another variant served,
+in silence). Either is logged as the class name, which means the same class to every version;
+the monitor maps it into the model's class space by name (``monitors.class_space``), and skips
+and counts a class its space lacks (``no_usable_label``). Outputs and classes are read from the
+versions' metadata once per set of routed versions, not per item.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 import orjson
@@ -55,12 +62,14 @@ class FeedbackService:
         self._log = feedback_log
         self._metrics = metrics
         self._max_items = max_items
+        # endpoint -> what its routed versions take as labels (a worker thread may set one too)
+        self._specs: dict[str, _Outputs] = {}
 
     def check(self, endpoint: str, body: bytes, now: float) -> list[FeedbackRecord]:
         """Every item of a single or bulk (``{"items": [...]}``) body as a record; raises
         InvalidInputError naming the first bad item, UnknownModelError or NotReadyError. It only
         reads, so a large body is checked on a worker thread."""
-        model = self.traffic.primary(endpoint)
+        spec = self._outputs(endpoint)
         try:
             doc = orjson.loads(body)
         except orjson.JSONDecodeError as exc:
@@ -79,13 +88,23 @@ class FeedbackService:
             raise InvalidInputError("items must be a non-empty list")
         if len(items) > self._max_items:
             raise InvalidInputError(f"{len(items)} items, at most {self._max_items} per request")
-        checker = _Checker(model)
+        checker = _Checker(spec)
         try:
             records = [checker.record(endpoint, i, item, now) for i, item in enumerate(items)]
         except InvalidInputError:
             self._metrics.feedback_items.labels(endpoint, "invalid").inc(len(items))
             raise
         return records
+
+    def _outputs(self, endpoint: str) -> _Outputs:
+        """The outputs and classes of the versions the endpoint routes to now, built again only
+        when they change (a route change, an alias that moved)."""
+        models = self.traffic.versions(endpoint)
+        cached = self._specs.get(endpoint)
+        if cached is not None and cached.served == _served(models):
+            return cached
+        spec = self._specs[endpoint] = _Outputs.of(models)
+        return spec
 
     def log(self, endpoint: str, records: list[FeedbackRecord]) -> int:
         """Put checked records on the feedback log (on the event loop); returns how many."""
@@ -96,16 +115,89 @@ class FeedbackService:
         return len(records)
 
 
-class _Checker:
-    """One model's output names and class labels, for checking items."""
+@dataclass(frozen=True, slots=True)
+class _Classes:
+    """One label output's classes in the routed versions that name classes for it."""
 
-    def __init__(self, model: LoadedModel) -> None:
-        outputs = model.signature.outputs
-        # outputs with one value per row: those can have a true value
-        self.outputs = [o.name for o in outputs if len(o.shape) <= 1 or o.shape[1:] in ((1,), ())]
-        self.first = outputs[0].name
-        self.classes = model.metadata.class_labels or None
-        self.known = frozenset(self.classes or ())
+    names: tuple[str, ...]  # every such version's, the primary's first: what a name may be
+    known: frozenset[str]
+    # index -> the class every version with that index lists there (None: they differ)
+    at: tuple[str | None, ...]
+    orders: tuple[tuple[str, tuple[str, ...]], ...]  # (which version, its classes), to explain
+
+    @classmethod
+    def of(cls, orders: list[tuple[str, tuple[str, ...]]]) -> _Classes:
+        names = tuple(dict.fromkeys(name for _, order in orders for name in order))
+        at: list[str | None] = []
+        for i in range(max(len(order) for _, order in orders)):
+            there = {order[i] for _, order in orders if i < len(order)}
+            at.append(there.pop() if len(there) == 1 else None)
+        return cls(names, frozenset(names), tuple(at), tuple(orders))
+
+    def name(self, where: str, value: int | float | str) -> str:
+        """The class a label names (a name, or an index every routed version agrees on)."""
+        if isinstance(value, str):
+            if value not in self.known:
+                raise InvalidInputError(
+                    f"{where}: unknown class {value!r}; the classes are {list(self.names)}"
+                )
+            return value
+        if value != int(value) or not 0 <= value < len(self.at):
+            raise InvalidInputError(
+                f"{where}: class index {value!r} out of range 0..{len(self.at) - 1}"
+            )
+        index = int(value)
+        name = self.at[index]
+        if name is None:
+            differ = ", ".join(f"{o[index]!r} to {who}" for who, o in self.orders if index < len(o))
+            raise InvalidInputError(
+                f"{where}: class index {index} means {differ}; give the class name"
+            )
+        return name
+
+
+@dataclass(frozen=True, slots=True)
+class _Outputs:
+    """What the versions an endpoint routes to take as labels; built once per set of versions."""
+
+    served: tuple[tuple[str, str, str], ...]  # (variant, ref, version) of each: the cache key
+    outputs: tuple[str, ...]  # outputs with one value per row (those can have a true value)
+    first: str  # the primary's first output: what ``label`` is
+    classes: dict[str, _Classes]  # a classifier's label output (its first) -> its classes
+
+    @classmethod
+    def of(cls, models: list[LoadedModel]) -> _Outputs:
+        """The outputs and classes of ``models``, the primary first."""
+        outputs: dict[str, None] = {}
+        orders: dict[str, list[tuple[str, tuple[str, ...]]]] = {}
+        for model in models:
+            specs = model.signature.outputs
+            for o in specs:
+                if len(o.shape) <= 1 or o.shape[1:] in ((1,), ()):
+                    outputs.setdefault(o.name)
+            if model.metadata.class_labels:
+                who = f"{model.variant!r} (version {model.version})"
+                orders.setdefault(specs[0].name, []).append(
+                    (who, tuple(model.metadata.class_labels))
+                )
+        return cls(
+            served=_served(models),
+            outputs=tuple(outputs),
+            first=models[0].signature.outputs[0].name,
+            classes={output: _Classes.of(versions) for output, versions in orders.items()},
+        )
+
+
+def _served(models: list[LoadedModel]) -> tuple[tuple[str, str, str], ...]:
+    # a registry version's metadata never changes: these name the classes and outputs
+    return tuple((m.variant, str(m.ref), m.version) for m in models)
+
+
+class _Checker:
+    """Checks the items of one body against the outputs and classes of the routed versions."""
+
+    def __init__(self, spec: _Outputs) -> None:
+        self.spec = spec
         # (id, row) -> the first item of the body that labels it, and its labels
         self.seen: dict[tuple[str, int], tuple[int, dict[str, int | float | str]]] = {}
 
@@ -125,15 +217,16 @@ class _Checker:
         row: int = item.get("row", 0)
         if ("label" in item) == ("labels" in item):
             raise InvalidInputError(f"{where}: give either label or labels")
-        given = item["labels"] if "labels" in item else {self.first: item["label"]}
+        given = item["labels"] if "labels" in item else {self.spec.first: item["label"]}
         problem = labels_problem(given)
         if problem is not None:
             raise InvalidInputError(f"{where}: {problem}")
         labels: dict[str, int | float | str] = {}
         for output, value in given.items():
-            if output not in self.outputs:
+            if output not in self.spec.outputs:
                 raise InvalidInputError(
-                    f"{where}: {output!r} is not an output that takes labels ({self.outputs})"
+                    f"{where}: {output!r} is not an output that takes labels "
+                    f"({list(self.spec.outputs)})"
                 )
             labels[output] = self._value(where, output, value)
         first, first_labels = self.seen.setdefault((request_id, row), (index, labels))
@@ -160,20 +253,11 @@ class _Checker:
 
     def _value(self, where: str, output: str, value: int | float | str) -> int | float | str:
         """The value to log for a label that passed ``label_problem``: for a classifier's label
-        output the class's name (an index is the primary's class at it), which means the same
-        class to every version; otherwise the number."""
-        if self.classes is not None and output == self.first:
-            if isinstance(value, str):
-                if value not in self.known:
-                    raise InvalidInputError(
-                        f"{where}: unknown class {value!r}; the classes are {self.classes}"
-                    )
-                return value
-            if value != int(value) or not 0 <= value < len(self.classes):
-                raise InvalidInputError(
-                    f"{where}: class index {value!r} out of range 0..{len(self.classes) - 1}"
-                )
-            return self.classes[int(value)]
+        output the class's name, which means the same class to every version; otherwise the
+        number."""
+        classes = self.spec.classes.get(output)
+        if classes is not None:
+            return classes.name(where, value)
         if isinstance(value, str):
             raise InvalidInputError(
                 f"{where}: label of {output!r} must be a number: the output has no class names"

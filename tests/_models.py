@@ -1,6 +1,7 @@
-"""Deliberately bad model versions for traffic tests: one slow, one that fails at run time.
+"""Model versions for traffic tests: one slow, one that fails at run time, and ones whose
+class labels (and outputs) differ from the demo's.
 
-Both take the demo model's input (``input``, FP32 [N, 30]) and give its outputs (``label``
+All take the demo model's input (``input``, FP32 [N, 30]) and give its outputs (``label``
 INT64 [N], ``probabilities`` FP32 [N, 2]), so they can stand in for a new version of it.
 """
 
@@ -15,10 +16,14 @@ from onnx import TensorProto, helper, numpy_helper
 
 from registry_client import LocalRegistry, ModelMetadata
 
-__all__ = ["register_failing_version", "register_slow_version"]
+__all__ = ["register_classes_version", "register_failing_version", "register_slow_version"]
 
 
-def _model(nodes: list[onnx.NodeProto], initializers: list[onnx.TensorProto]) -> onnx.ModelProto:
+def _model(
+    nodes: list[onnx.NodeProto],
+    initializers: list[onnx.TensorProto],
+    extra_outputs: tuple[onnx.ValueInfoProto, ...] = (),
+) -> onnx.ModelProto:
     graph = helper.make_graph(
         nodes,
         "test-model",
@@ -26,6 +31,7 @@ def _model(nodes: list[onnx.NodeProto], initializers: list[onnx.TensorProto]) ->
         [
             helper.make_tensor_value_info("label", TensorProto.INT64, [None]),
             helper.make_tensor_value_info("probabilities", TensorProto.FLOAT, [None, 2]),
+            *extra_outputs,
         ],
         initializers,
     )
@@ -83,9 +89,22 @@ def failing_model() -> onnx.ModelProto:
     return _model(nodes + head, consts + head_inits)
 
 
-def _register(registry_root: Path, model: onnx.ModelProto, alias: str) -> str:
+def risk_model() -> onnx.ModelProto:
+    """The demo's outputs and one more with a value per row: ``risk`` (FP32 [N], the largest
+    class probability)."""
+    nodes, inits = _head("input", 30)
+    nodes.append(helper.make_node("ReduceMax", ["probabilities"], ["risk"], axes=[1], keepdims=0))
+    risk = helper.make_tensor_value_info("risk", TensorProto.FLOAT, [None])
+    return _model(nodes, inits, (risk,))
+
+
+def _register(
+    registry_root: Path, model: onnx.ModelProto, alias: str, classes: list[str] | None = None
+) -> str:
     registry = LocalRegistry(registry_root)
     metadata = registry_metadata(registry)
+    if classes is not None:
+        metadata = metadata.model_copy(update={"class_labels": classes})
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "model.onnx"
         path.write_bytes(model.SerializeToString())
@@ -107,3 +126,13 @@ def register_slow_version(registry_root: Path, alias: str = "slow") -> str:
 def register_failing_version(registry_root: Path, alias: str = "broken") -> str:
     """Register the failing model as a new version of the demo model; returns the version."""
     return _register(registry_root, failing_model(), alias)
+
+
+def register_classes_version(
+    registry_root: Path, classes: list[str], alias: str, *, risk: bool = False
+) -> str:
+    """Register a version of the demo model with these class labels (a retrained classifier
+    that gained a class, an export that orders them otherwise), with the ``risk`` output too
+    when asked; returns the version."""
+    return _register(registry_root, risk_model() if risk else _model(*_head("input", 30)),
+                     alias, classes)  # fmt: skip

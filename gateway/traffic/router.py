@@ -195,6 +195,20 @@ class Traffic:
         heaviest = max(route.variants, key=lambda v: v.weight)
         return self.manager.get(endpoint, heaviest.name)
 
+    def versions(self, endpoint: str) -> list[LoadedModel]:
+        """The loaded versions an endpoint routes to: the primary first, then its other variants
+        (a weight of 0 still serves pinned and by-version requests) and its shadows, in the
+        route's order; one loading now is left out. It looks up by key and iterates only the
+        (frozen) route, so a worker thread may call it while the event loop changes routes."""
+        primary = self.primary(endpoint)
+        route = self.route(endpoint)
+        deployments = [self.manager.deployments.get((endpoint, v.name)) for v in route.variants]
+        for spec in route.shadows:
+            dispatcher = self._shadows.get((endpoint, spec.name))
+            deployments.append(dispatcher.deployment if dispatcher is not None else None)
+        others = [d.current for d in deployments if d is not None and d.current is not None]
+        return [primary, *(m for m in others if m is not primary)]
+
     def shadows(self, endpoint: str) -> list[ShadowDispatcher]:
         """The shadow dispatchers of an endpoint."""
         return [d for (e, _), d in self._shadows.items() if e == endpoint]

@@ -30,14 +30,16 @@ from monitors.feedback import (
     FeedbackRecord,
     decode_feedback,
 )
+from tests._models import register_classes_version
 
 
 @asynccontextmanager
 async def gateway(registry: Path, tmp_path: Path, **kw: Any) -> AsyncIterator[httpx.AsyncClient]:
+    if "routes" not in kw:
+        kw["models"] = [{"name": "breast_cancer", "ref": "breast_cancer@champion"}]
     settings = load_settings(
         registry__root=registry,
         registry__poll_interval_s=60,
-        models=[{"name": "breast_cancer", "ref": "breast_cancer@champion"}],
         feedback__spool_dir=str(tmp_path / "feedback-spool"),
         **kw,
     )
@@ -147,6 +149,86 @@ async def test_feedback_is_checked_answered_202_and_logged_to_its_topic(
     ]
     assert records[0]["time"] == 5.0
     assert records[2]["source"] == "crm"
+
+
+async def test_feedback_takes_the_classes_and_outputs_of_every_routed_version(
+    demo_registry: Path, tmp_path: Path, broker: EmbeddedBroker
+) -> None:
+    # A canary that gained a class: the endpoint checked labels against the primary's classes
+    # alone and refused the new class's name, although that variant served the request; and
+    # an output only the canary has was "not an output that takes labels".
+    canary = register_classes_version(
+        demo_registry, ["malignant", "benign", "borderline"], "canary", risk=True
+    )
+    shadow = register_classes_version(
+        demo_registry, ["benign", "malignant", "borderline", "atypical"], "shadow"
+    )
+    route = {
+        "endpoint": "breast_cancer",
+        "variants": [{"name": "stable", "ref": "breast_cancer/1", "weight": 90},
+                     {"name": "canary", "ref": f"breast_cancer/{canary}", "weight": 10}],
+        "shadows": [{"name": "shadow", "ref": f"breast_cancer/{shadow}"}],
+    }  # fmt: skip
+    options = {
+        "routes": [route],
+        "feature_log__enabled": True,
+        "feature_log__bootstrap_servers": broker.bootstrap_servers,
+        "feature_log__spool_dir": str(tmp_path / "log-spool"),
+        "feedback__enabled": True,
+        "admin": {"tokens": {"ops": "token"}, "audit_log": str(tmp_path / "audit.jsonl")},
+    }
+    async with gateway(demo_registry, tmp_path, **options) as client:
+        url = "/v2/models/breast_cancer/feedback"
+        taken = [
+            {"id": "canary-class", "label": "borderline"},
+            {"id": "shadow-class", "label": "atypical"},
+            {"id": "primary-class", "label": "benign"},
+            # every version with a class at 2 has borderline there (stable has no class 2)
+            {"id": "agreed-index", "label": 2},
+            {"id": "canary-output", "labels": {"risk": 0.75}},
+        ]
+        accepted = await client.post(url, json={"items": taken})
+        assert (accepted.status_code, accepted.json()) == (202, {"accepted": 5})
+        refused = {
+            "tumour": "item 0: unknown class 'tumour'; the classes are "
+            "['malignant', 'benign', 'borderline', 'atypical']",
+            # stable and canary read 0 as malignant, the shadow as benign: the primary's
+            # reading would mislabel what the other served
+            0: f"item 0: class index 0 means 'malignant' to 'stable' (version 1), 'malignant' "
+            f"to 'canary' (version {canary}), 'benign' to 'shadow' (version {shadow}); give the "
+            "class name",
+            4: "item 0: class index 4 out of range 0..3",
+        }
+        for label, error in refused.items():
+            response = await client.post(url, json={"id": "r", "label": label})
+            assert (response.status_code, response.json()) == (400, {"error": error})
+        unknown = await client.post(url, json={"id": "r", "labels": {"score": 1}})
+        assert unknown.json() == {
+            "error": "item 0: 'score' is not an output that takes labels (['label', 'risk'])"
+        }
+        # the canary and the shadow leave: their classes and outputs leave with them
+        alone = {"variants": [{"name": "stable", "ref": "breast_cancer/1", "weight": 100}]}
+        changed = await client.put(
+            "/admin/routes/breast_cancer", json=alone, headers={"authorization": "Bearer token"}
+        )
+        assert changed.status_code == 200, changed.text
+        after = await client.post(url, json={"id": "r", "label": "borderline"})
+        assert after.json() == {
+            "error": "item 0: unknown class 'borderline'; the classes are ['malignant', 'benign']"
+        }
+        gone = await client.post(url, json={"id": "r", "labels": {"risk": 0.5}})
+        assert gone.status_code == 400
+        now_agreed = await client.post(url, json={"id": "index-after", "label": 0})
+        assert now_agreed.status_code == 202
+    records = await read_feedback(broker.bootstrap_servers, 6)
+    assert [(r["request_id"], r["labels"]) for r in records] == [
+        ("canary-class", {"label": "borderline"}),
+        ("shadow-class", {"label": "atypical"}),
+        ("primary-class", {"label": "benign"}),
+        ("agreed-index", {"label": "borderline"}),
+        ("canary-output", {"risk": 0.75}),
+        ("index-after", {"label": "malignant"}),
+    ]
 
 
 async def test_a_large_feedback_body_is_checked_off_the_event_loop(
