@@ -7,9 +7,9 @@ compares every prediction and label of a model in one space: the class names of 
 whose metadata the monitor read last when the partition's join store first needed them, then
 fixed in the store (``JoinStore.fix_classes``), so what it holds keeps its meaning. A version's
 predicted class, its probability columns and its calibration table are mapped into the space by
-name; a label given as a class name maps by name, one given as an index is an index into the
-space. A predicted class the space lacks is not joined as another class: the ground-truth
-service skips and counts it.
+name; a label given as a class name (text: always a name) maps by name, one given as an index
+(a number) is an index into the space. A predicted class the space lacks is not joined as
+another class: the ground-truth service skips and counts it.
 """
 
 from __future__ import annotations

@@ -314,7 +314,10 @@ class GroundTruthService:
                     value = next(iter(labels.values()))
                 space = self._space(store, record["model"], None) if value is not None else None
                 if space is not None:
-                    value = class_index(value, space)
+                    # text is a class name (what the gateway logs), never an index: digits the
+                    # space has no class for may be a class of another version
+                    known = not isinstance(value, str) or value in space
+                    value = class_index(value, space) if known else None
                 if value is None or isinstance(value, str):
                     self.metrics.skipped.labels("no_usable_label").inc()
                     continue

@@ -478,3 +478,25 @@ async def test_a_predicted_class_the_model_space_lacks_is_skipped_and_counted(
     confusion[0, 2] = 1  # setosa, predicted virginica
     assert streams["b"]["totals"]["confusion"] == confusion.tolist()
     assert streams["a"]["totals"]["confusion"][2][2] == 1
+
+
+async def test_a_label_in_text_is_a_class_name_never_an_index(
+    demo_registry: Path, tmp_path: Path
+) -> None:
+    # The gateway logs a classifier's label as its class name, and a name may be digits that
+    # the space lacks (a class "0" only a canary has). Text of digits was read as an index
+    # when no class had that name: the label "0" joined as setosa, the space's class 0.
+    register_iris(demo_registry, IRIS)
+    gt = service(demo_registry, tmp_path)
+    predictions = [served("r0", "1", "a", 100.0, 0, [0.8, 0.1, 0.1]),
+                   served("r1", "1", "a", 100.5, 0, [0.8, 0.1, 0.1])]  # fmt: skip
+    answers = [labelled("r0", "0", 101.0), labelled("r1", 0, 101.0)]  # text, and an index
+    await gt.consume(
+        0, [Message(0, encode_records(predictions))], [Message(0, encode_feedback(answers))]
+    )
+    reasons = skipped(gt)
+    status = await finish(gt)
+
+    assert reasons["no_usable_label"] == 1
+    (stream,) = status["streams"].values()
+    assert stream["totals"]["labels"] == 1  # the index 0 only
