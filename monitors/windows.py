@@ -5,9 +5,10 @@ A window is a run of consecutive panes: tumbling when the slide equals the size,
 it is a fraction of it. Panes close by count (a pane holds exactly ``slide`` rows: a request of
 several rows that crosses its end is split between it and the next) or by event time (with
 allowed lateness: a pane closes once the latest event time seen has passed its end by the
-lateness; a record for a pane already closed is dropped and counted). ``to_state``/``restore``
-carry the panes through a snapshot, so a restarted monitor continues exactly where the
-snapshot left off.
+lateness; a record for a pane already closed is dropped and counted, judged per record against
+the records before it in the log, so the windows do not depend on how the polls cut them).
+``to_state``/``restore`` carry the panes through a snapshot, so a restarted monitor continues
+exactly where the snapshot left off.
 """
 
 from __future__ import annotations
@@ -144,16 +145,19 @@ class Windows:
 
     def _add_by_time(self, batch: RecordBatch) -> list[tuple[list[Pane], Summary]]:
         slide = self.spec.slide
+        if len(batch):
+            # The watermark each record meets is the one the records before it in the log made,
+            # not the batch's: a record is late, or not, whatever the poll it came in.
+            marks = np.maximum.accumulate(batch.times - self.spec.lateness_s)
+            met = np.maximum(self.watermark, np.concatenate([[-np.inf], marks[:-1]]))
+            late = (np.floor(batch.times / slide) + 1) * slide <= met
+            if late.any():  # their panes have closed already
+                self.late_rows += int(batch.rows[late].sum())
+                batch = batch.take(np.flatnonzero(~late))
+            self.watermark = max(self.watermark, float(marks[-1]))
         keys, which = np.unique(np.floor(batch.times / slide), return_inverse=True)
         for index, key in enumerate(keys.tolist()):
-            records = np.flatnonzero(which == index)
-            if key not in self.open and (key + 1) * slide <= self.watermark:
-                self.late_rows += int(batch.rows[records].sum())  # its pane has closed already
-                continue
-            self._extend_pane(key, batch.take(records))
-        if len(batch):
-            latest = float(batch.times.max())
-            self.watermark = max(self.watermark, latest - self.spec.lateness_s)
+            self._extend_pane(key, batch.take(np.flatnonzero(which == index)))
         emitted: list[tuple[list[Pane], Summary]] = []
         for key in sorted(self.open):
             if (key + 1) * slide <= self.watermark:

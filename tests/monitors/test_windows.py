@@ -93,3 +93,52 @@ def test_count_windows_hold_their_size_when_requests_carry_several_rows() -> Non
             assert int(summary.bins["prediction:label"].sum()) == 1000
         pending = sum(p.summary.rows for p in windows.open.values())
         assert len(closed) * step + pending + (spec.panes - 1) * step == len(rows)
+
+
+def _time_windows_by_hand(
+    times: np.ndarray, values: np.ndarray, size: float, slide: float, lateness_s: float
+) -> tuple[list[tuple[float, ...]], int]:
+    """The textbook rule, one record at a time in log order: a record is late when the latest
+    time before it, less the lateness, has passed its pane's end; a window is ``size / slide``
+    consecutive closed panes. Returns (each window's values, sorted), late records."""
+    panes: dict[float, list[float]] = {}
+    closed: list[tuple[float, list[float]]] = []
+    windows: list[tuple[float, ...]] = []
+    watermark, late = -np.inf, 0
+    for time, value in zip(times.tolist(), values.tolist(), strict=True):
+        key = float(np.floor(time / slide))
+        if (key + 1) * slide <= watermark:
+            late += 1
+            continue
+        panes.setdefault(key, []).append(value)
+        watermark = max(watermark, time - lateness_s)
+        for done in sorted(k for k in panes if (k + 1) * slide <= watermark):
+            if closed and done != closed[-1][0] + 1:
+                closed = []
+            closed = [*closed, (done, panes.pop(done))][-round(size / slide) :]
+            if len(closed) == round(size / slide):
+                windows.append(tuple(sorted(v for _, pane in closed for v in pane)))
+    return windows, late
+
+
+def test_time_windows_drop_the_same_late_records_whatever_the_polls() -> None:
+    rng = np.random.default_rng(8)
+    times = np.arange(400) * 0.5 + rng.normal(0, 3, 400)  # out of order, some past lateness
+    times[::23] = np.floor(times[::23] / 10) * 10  # some exactly on a pane's start
+    values = sample(rng, 400)
+    batch = records(values)
+    for record, time in zip(batch, times.tolist(), strict=True):
+        record["time"] = time
+    expected, late = _time_windows_by_hand(times, values[:, 0], 20.0, 10.0, 2.0)
+    assert late > 10
+    assert len(expected) > 10
+    for polls in ([400], [1] * 400, rng.multinomial(400, np.ones(9) / 9).tolist()):
+        windows = Windows(WindowSpec("time", 20.0, 10.0, lateness_s=2.0), PROFILE)
+        closed, start = [], 0
+        for count in polls:
+            closed += windows.add(batch[start : start + count], range(start, start + count))
+            start += count
+        assert windows.late_rows == late, polls
+        edges = np.asarray(PROFILE.features[NAMES[0]].bin_edges)
+        got = [summary.bins[NAMES[0]].tolist() for _, summary in closed]
+        assert got == [bin_counts(np.asarray(w), edges).tolist() for w in expected], polls
