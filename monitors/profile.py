@@ -103,13 +103,18 @@ class ModelProfile(BaseModel):
 
 def _edges(present: np.ndarray, bins: int) -> np.ndarray:
     """Quantile edges; for a column of at most ``bins`` distinct values, edges halfway between
-    them, so each value has its own bin."""
+    them, so each value has its own bin; for a constant, a bin holding only its value."""
     if not len(present):
         return np.array([0.0, 1.0])
     distinct = np.unique(present)
     if len(distinct) <= bins:
         if len(distinct) == 1:
-            return np.array([distinct[0] - 0.5, distinct[0] + 0.5])
+            # a bin for the value alone and one either side: in a single bin (open-ended both
+            # ways) a window of any other values would look the same as the reference
+            value = float(distinct[0])
+            below, above = np.nextafter(value, -np.inf), np.nextafter(value, np.inf)
+            low, high = min(value - 0.5, below), max(value + 0.5, np.nextafter(above, np.inf))
+            return np.array([low, value, above, high])
         middles = (distinct[:-1] + distinct[1:]) / 2
         gaps = np.diff(distinct)
         return np.concatenate([[distinct[0] - gaps[0] / 2], middles, [distinct[-1] + gaps[-1] / 2]])

@@ -225,3 +225,34 @@ def test_infinities_in_training_data_count_in_the_outer_bins_and_spoil_no_statis
     only = build_profile({"y": np.array([np.inf, -np.inf, np.inf, np.nan])}).features["y"]
     assert sum(only.counts) == 3
     assert np.isfinite([*only.bin_edges, only.mean, only.std]).all()
+
+
+def test_a_constant_feature_that_changes_is_seen_by_every_detector() -> None:
+    rng = np.random.default_rng(6)
+    profile = build_profile({"flag": np.zeros(5000), "x": rng.normal(size=5000)})
+    flag = profile.features["flag"]
+    assert flag.counts == [0, 5000, 0]  # below, the value itself, above
+
+    def judge(values: np.ndarray) -> dict[str, bool]:
+        record = {"time": 1.0, "rows": 500,
+                  "features": {"flag": values.tolist(), "x": rng.normal(size=500).tolist()}}  # fmt: skip
+        ((_, summary),) = Windows(WindowSpec("count", 500, 500), profile).add([record], [0])
+        result = evaluate(summary, profile, DetectorConfig(), model="m", version="1",
+                          window_id="w", start_time=0, end_time=1)  # fmt: skip
+        feature = next(f for f in result.features if f.name == "flag")
+        assert feature.psi >= 0
+        return {**feature.flags, "drifted": feature.drifted}
+
+    assert not any(judge(np.zeros(500)).values())
+    for changed in (
+        np.ones(500),
+        np.full(500, -3.0),
+        np.full(500, 0.25),
+        np.r_[np.zeros(250), np.ones(250)],
+    ):
+        flags = judge(changed)
+        assert flags["drifted"], changed[-1]
+        assert [k for k in ("test", "psi", "js", "wasserstein") if not flags[k]] == []
+    huge = build_profile({"c": np.full(10, 1e17)}).features["c"]
+    assert huge.counts == [0, 10, 0]
+    assert np.all(np.diff(huge.bin_edges) > 0)
