@@ -15,7 +15,9 @@ P-values far in the tail underflow: at a few thousand rows a large shift has a p
 the smallest float, and 0.0 is what it is. Each test also gives ``log10_p``, its base-10
 logarithm, which stays finite: computed from the distribution's tail where the p-value is a
 float, else from an asymptotic expression of the tail (KS: ``2 exp(-2 n D^2)``, an upper bound;
-chi-square: the leading terms of the gamma function's upper tail).
+chi-square: the leading terms of the gamma function's upper tail). Where one sample lies wholly
+beyond the other (KS D = 1) the asymptotic distribution says 0; the p-value is then the exact
+chance of that, ``2 / C(n + m, n)``, as scipy's exact test gives it.
 """
 
 from __future__ import annotations
@@ -75,14 +77,28 @@ def ks_binned(reference: np.ndarray, window: np.ndarray) -> TestResult:
     if n == 0 or m == 0:
         return TestResult(0.0, 1.0, 1.0, 0.0)
     p, q = _shares(reference), _shares(window)
+    below_n, below_m = np.cumsum(reference), np.cumsum(window)
+    if ((below_n == n) & (below_m == 0)).any() or ((below_m == m) & (below_n == 0)).any():
+        # D = 1, one sample wholly beyond the other: the asymptotic distribution says 0 (NaN
+        # for n = m = 1); the exact chance of that under no drift is 2 / C(n + m, n)
+        log_p = min(0.0, math.log(2) - _log_binomial(n + m, n))
+        return TestResult(1.0, math.exp(log_p), float(max(p.max(), q.max())), log_p / math.log(10))
     d = float(np.max(np.abs(np.cumsum(p) - np.cumsum(q))))
-    effective = round(n * m / (n + m))
+    effective = max(1, round(n * m / (n + m)))
     p_value = float(np.clip(stats.kstwo.sf(d, effective), 0.0, 1.0))
     if p_value > 1e-300:
         log10_p = math.log10(p_value)
     else:  # the asymptotic tail, an upper bound (Dvoretzky-Kiefer-Wolfowitz-Massart)
         log10_p = min(0.0, (math.log(2) - 2 * effective * d * d) / math.log(10))
     return TestResult(d, p_value, float(max(p.max(), q.max())), log10_p)
+
+
+def _log_binomial(total: int, chosen: int) -> float:
+    return float(
+        special.gammaln(total + 1)
+        - special.gammaln(chosen + 1)
+        - special.gammaln(total - chosen + 1)
+    )
 
 
 def chi_square(reference: np.ndarray, window: np.ndarray) -> TestResult:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from scipy import stats
+from scipy import special, stats
 from scipy.spatial.distance import jensenshannon
 from sklearn.datasets import load_breast_cancer
 
@@ -169,3 +169,31 @@ def test_corrections_reject_p_values_of_0_and_say_where_they_cut() -> None:
     assert rejection_threshold(rejected, 0.05, "bh") == pytest.approx(0.05 * 3 / 5)
     assert rejection_threshold(bonferroni(p_values, 0.05), 0.05, "bonferroni") == 0.01
     assert not benjamini_hochberg(np.array([np.nan, 0.5]), 0.05).any()
+
+
+@pytest.mark.parametrize(("n", "m"), [(1, 1), (1, 2), (8, 5), (10, 10), (30, 7), (300, 200)])
+def test_ks_of_samples_wholly_apart_has_scipys_exact_p_value(n: int, m: int) -> None:
+    # every window value beyond every reference value (D = 1): the asymptotic distribution
+    # gives 0 (NaN for one row each); scipy's exact test gives 2 / C(n + m, n)
+    reference, window = np.arange(n, dtype=float), np.arange(m, dtype=float) + 1000
+    exact = stats.ks_2samp(reference, window, method="exact")
+    edges = np.array([-1.0, 500.0, 2000.0])
+    for ref_counts, win_counts in [
+        (bin_counts(reference, edges), bin_counts(window, edges)),
+        (bin_counts(window, edges), bin_counts(reference, edges)),  # the other way round
+    ]:
+        result = ks_binned(ref_counts, win_counts)
+        assert result.statistic == 1.0
+        assert result.p_value == pytest.approx(exact.pvalue, rel=1e-9)
+        assert result.log10_p == pytest.approx(np.log10(exact.pvalue), rel=1e-9)
+
+
+def test_ks_of_large_samples_wholly_apart_is_0_with_the_exact_log10_p() -> None:
+    result = ks_binned(np.array([20_000, 0, 0]), np.array([0, 0, 500]))
+    assert result.p_value == 0.0
+    exact = np.log10(2) - (
+        special.gammaln(20_501) - special.gammaln(20_001) - special.gammaln(501)
+    ) / np.log(10)
+    assert result.log10_p is not None
+    assert result.log10_p == pytest.approx(exact, rel=1e-12)
+    assert result.log10_p < -308
