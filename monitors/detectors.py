@@ -160,15 +160,27 @@ def jensen_shannon(reference: np.ndarray, window: np.ndarray) -> TestResult:
 
 
 def wasserstein_binned(
-    reference: np.ndarray, window: np.ndarray, edges: np.ndarray, scale: float
+    reference: np.ndarray,
+    window: np.ndarray,
+    edges: np.ndarray,
+    scale: float,
+    beyond: np.ndarray | None = None,
 ) -> TestResult:
     """Earth mover's distance between the binned distributions, each bin's mass at its centre,
     divided by ``scale`` (the reference's standard deviation). Moving every value to its bin's
-    centre changes the distance by at most the widest bin's width (the error bound, scaled)."""
+    centre changes the distance by at most the widest bin's width (the error bound, scaled).
+
+    The outer bins are open-ended: ``beyond`` is how far the window's values lie below the
+    first edge and above the last, summed. The reference lies within the edges, so that
+    distance is exact and is added (per window value): with it the bound holds whatever the
+    window's range; without it a window beyond the reference's range reads far too low."""
     p, q = _shares(reference), _shares(window)
     centres = (edges[:-1] + edges[1:]) / 2
     gaps = np.diff(centres)
     distance = float(np.sum(np.abs(np.cumsum(p) - np.cumsum(q))[:-1] * gaps))
+    rows = int(window.sum())
+    if beyond is not None and rows:
+        distance += float(np.sum(beyond)) / rows
     scale = scale if scale > 0 else 1.0
     return TestResult(distance / scale, None, float(np.max(np.diff(edges))) / scale)
 

@@ -151,7 +151,8 @@ def _feature(
         n_reference = int(reference.sum())
         test = ks_binned(reference, window)
         edges = np.asarray(ref.bin_edges)
-        wasserstein = wasserstein_binned(reference, window, edges, ref.std).statistic
+        beyond = summary.beyond.get(name)
+        wasserstein = wasserstein_binned(reference, window, edges, ref.std, beyond).statistic
         wasserstein_threshold = config.wasserstein_threshold + _NOISE_MARGIN * (
             wasserstein_noise_level(reference, edges, ref.std, present)
         )

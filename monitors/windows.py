@@ -43,13 +43,18 @@ class WindowSpec:
 
 @dataclass
 class Summary:
-    """Counts of one pane or window: per numeric feature on the profile's bins (+ missing),
-    per categorical feature by category (unknown ones as OTHER)."""
+    """Counts of one pane or window: per numeric feature on the profile's bins (+ missing, and
+    how far values lie beyond the outer edges), per categorical feature by category (unknown
+    ones as OTHER)."""
 
     rows: int = 0
     bins: dict[str, np.ndarray] = field(default_factory=dict)
     missing: dict[str, int] = field(default_factory=dict)
     categories: dict[str, dict[str, int]] = field(default_factory=dict)
+    # per numeric feature: [sum of (first edge - x) over x below it, sum of (x - last edge) over
+    # x above it], finite x only; the outer bins are open-ended, and the Wasserstein distance
+    # needs how far their values went
+    beyond: dict[str, np.ndarray] = field(default_factory=dict)
 
     def add(self, other: Summary) -> None:
         self.rows += other.rows
@@ -58,6 +63,9 @@ class Summary:
             self.bins[name] = counts.copy() if mine is None else mine + counts
         for name, n in other.missing.items():
             self.missing[name] = self.missing.get(name, 0) + n
+        for name, distances in other.beyond.items():
+            mine = self.beyond.get(name)
+            self.beyond[name] = distances.copy() if mine is None else mine + distances
         for name, cats in other.categories.items():
             target = self.categories.setdefault(name, {})
             for cat, n in cats.items():
@@ -87,11 +95,20 @@ def summarize(batch: RecordBatch, profile: ModelProfile) -> Summary:
             index = np.searchsorted(edges[1:-1], present, side="right")
             summary.bins[name] = np.bincount(index, minlength=len(edges) - 1)
             summary.missing[name] = int(len(values) - len(present))
+            summary.beyond[name] = _beyond(present, edges)
         else:
             counts, missing = count_categories(values.tolist(), ref.dtype, ref.categories)
             summary.categories[name] = counts
             summary.missing[name] = missing
     return summary
+
+
+def _beyond(present: np.ndarray, edges: np.ndarray) -> np.ndarray:
+    """[how far the finite values below the first edge lie below it, summed; the same above the
+    last edge]."""
+    low = edges[0] - present[present < edges[0]]
+    high = present[present > edges[-1]] - edges[-1]
+    return np.array([low[np.isfinite(low)].sum(), high[np.isfinite(high)].sum()])
 
 
 class Windows:
@@ -233,6 +250,7 @@ def _pane_state(pane: Pane) -> dict[str, Any]:
         "bins": {name: counts.tolist() for name, counts in summary.bins.items()},
         "missing": summary.missing,
         "categories": summary.categories,
+        "beyond": {name: distances.tolist() for name, distances in summary.beyond.items()},
     }
 
 
@@ -242,6 +260,8 @@ def _pane_from(state: dict[str, Any]) -> Pane:
         bins={n: np.asarray(c, dtype=np.int64) for n, c in state["bins"].items()},
         missing={n: int(c) for n, c in state["missing"].items()},
         categories={n: dict(c) for n, c in state["categories"].items()},
+        # absent from a pane saved before it was kept: as if nothing lay beyond the edges
+        beyond={n: np.asarray(d, dtype=np.float64) for n, d in state.get("beyond", {}).items()},
     )
     return Pane(
         float(state["key"]),

@@ -142,3 +142,19 @@ def test_time_windows_drop_the_same_late_records_whatever_the_polls() -> None:
         edges = np.asarray(PROFILE.features[NAMES[0]].bin_edges)
         got = [summary.bins[NAMES[0]].tolist() for _, summary in closed]
         assert got == [bin_counts(np.asarray(w), edges).tolist() for w in expected], polls
+
+
+def test_a_pane_saved_before_the_distances_beyond_the_edges_were_kept_restores() -> None:
+    rng = np.random.default_rng(9)
+    spec = WindowSpec("count", 200, 100)
+    windows = Windows(spec, PROFILE)
+    windows.add(records(sample(rng, 150)), list(range(150)))
+    state = windows.to_state()
+    for pane in (*state["closed"], *state["open"]):
+        assert set(pane["beyond"]) == set(pane["bins"])
+        del pane["beyond"]
+    restored = Windows.restore(spec, PROFILE, state)
+    ((_, summary),) = restored.add(records(sample(rng, 50, shift_sigma=50.0)), range(150, 200))
+    assert summary.rows == 200
+    assert summary.beyond[NAMES[0]][0] == 0.0
+    assert summary.beyond[NAMES[0]][1] > 0.0  # the rows after the restart, far above
