@@ -164,7 +164,7 @@ def _feature(
         test = chi_square(reference, window)
         unseen = float(window[names.index(OTHER)] / max(present, 1))
     bins = len(reference)
-    psi_threshold = config.psi_threshold + psi_noise_level(bins, n_reference, present)
+    psi_threshold = config.psi_threshold + psi_noise_level(reference, present)
     js_threshold = math.sqrt(
         config.js_threshold**2 + _NOISE_MARGIN * js_noise_level(bins, n_reference, present)
     )

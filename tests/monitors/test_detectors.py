@@ -108,7 +108,7 @@ def test_psi_noise_level_is_what_psi_averages_under_no_drift() -> None:
     edges = np.quantile(rng.normal(size=100_000), np.linspace(0, 1, 11))
     reference = bin_counts(rng.normal(size=5000), edges)
     values = [psi(reference, bin_counts(rng.normal(size=300), edges)).statistic for _ in range(400)]
-    expected = psi_noise_level(10, 5000, 300)
+    expected = psi_noise_level(reference, 300)
     assert np.mean(values) == pytest.approx(expected, rel=0.2)
     assert expected > 0.02  # a fixed 0.1 threshold sits only a few noise levels above it
 
@@ -197,3 +197,32 @@ def test_ks_of_large_samples_wholly_apart_is_0_with_the_exact_log10_p() -> None:
     assert result.log10_p is not None
     assert result.log10_p == pytest.approx(exact, rel=1e-12)
     assert result.log10_p < -308
+
+
+ZIPF = 1 / np.arange(1, 51) ** 1.2 / np.sum(1 / np.arange(1, 51) ** 1.2)  # 50 categories
+
+
+@pytest.mark.parametrize("rows", [1, 10, 200, 1_000, 5_000])
+def test_psi_noise_level_is_psis_exact_expectation_over_the_windows_counts(rows: int) -> None:
+    # the expectation over each bin's binomial count (scipy), floor included, plus (bins - 1)/n
+    rng = np.random.default_rng(rows)
+    reference = np.append(rng.multinomial(20_000, ZIPF), 0)  # an empty "other" bucket
+    shares = reference[reference > 0] / 20_000
+    k = np.arange(rows + 1)[:, None]
+    q, p = np.clip(k / rows, 1e-4, None), np.clip(shares, 1e-4, None)
+    weights = stats.binom.pmf(k, rows, shares)
+    exact = np.sum(weights * (q - p) * np.log(q / p)) + (len(shares) - 1) / 20_000
+    assert psi_noise_level(reference, rows) == pytest.approx(exact, rel=0.02)
+
+
+def test_psi_noise_level_is_what_psi_averages_with_many_rare_categories() -> None:
+    # the asymptotic (bins - 1)(1/n + 1/m) said 0.25 here, where PSI averages 0.39: its flag
+    # fired in two calm windows out of three
+    rng = np.random.default_rng(12)
+    reference = np.append(rng.multinomial(20_000, ZIPF), 0)
+    values = [
+        psi(reference, np.append(rng.multinomial(200, ZIPF), 0)).statistic for _ in range(400)
+    ]
+    assert np.mean(values) == pytest.approx(psi_noise_level(reference, 200), rel=0.05)
+    flagged = np.mean(np.asarray(values) > 0.1 + psi_noise_level(reference, 200))
+    assert flagged < 0.2
