@@ -194,8 +194,9 @@ def _feature(
     if wasserstein is not None and wasserstein_threshold is not None:
         result.flags["wasserstein"] = wasserstein > wasserstein_threshold
     if ref.kind == "categorical":
-        ref_unseen = reference[names.index(OTHER)] / max(n_reference, 1)
-        result.flags["unseen"] = unseen > ref_unseen + config.max_unseen_share
+        ref_unseen = float(reference[names.index(OTHER)]) / max(n_reference, 1)
+        # a Python bool: numpy's is not JSON to the history's writer
+        result.flags["unseen"] = bool(unseen > ref_unseen + config.max_unseen_share)
     return result
 
 
