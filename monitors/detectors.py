@@ -127,7 +127,10 @@ def _chi2_log10_sf(chi2: float, dof: int, p_value: float) -> float:
 
 
 def psi(reference: np.ndarray, window: np.ndarray) -> TestResult:
-    """Population Stability Index over the same bins (empty bins floored at 1e-4)."""
+    """Population Stability Index over the same bins (empty bins floored at 1e-4); 0 where
+    either side has no values (the floor alone would make up a figure: 6.9 for ten bins)."""
+    if not reference.sum() or not window.sum():
+        return TestResult(0.0)
     p = np.clip(_shares(reference), _EPS, None)
     q = np.clip(_shares(window), _EPS, None)
     return TestResult(float(np.sum((q - p) * np.log(q / p))))
@@ -149,7 +152,7 @@ def psi_noise_level(reference: np.ndarray, n_window: int) -> float:
     distribution of the window's count, floor included."""
     n = int(reference.sum())
     if n == 0 or n_window == 0:
-        return float("inf")
+        return 0.0  # PSI is 0 then
     shares = reference[reference > 0] / n
     m = n_window
     noise = float(np.sum(1 - shares)) / m + (len(shares) - 1) / n
@@ -176,12 +179,15 @@ def js_noise_level(bins: int, n_reference: int, n_window: int) -> float:
     eighth of PSI's asymptotic (bins - 1) (1/n + 1/m), in bits, since both are chi-square-like
     sums for small differences."""
     if n_reference == 0 or n_window == 0:
-        return float("inf")
+        return 0.0  # the distance is 0 then
     return (bins - 1) * (1 / n_reference + 1 / n_window) / (8 * math.log(2))
 
 
 def jensen_shannon(reference: np.ndarray, window: np.ndarray) -> TestResult:
-    """Jensen-Shannon distance (base 2, between 0 and 1) of the two binned distributions."""
+    """Jensen-Shannon distance (base 2, between 0 and 1) of the two binned distributions; 0
+    where either side has no values."""
+    if not reference.sum() or not window.sum():
+        return TestResult(0.0)
     p, q = _shares(reference), _shares(window)
     mid = (p + q) / 2
 
@@ -207,15 +213,18 @@ def wasserstein_binned(
     first edge and above the last, summed. The reference lies within the edges, so that
     distance is exact and is added (per window value): with it the bound holds whatever the
     window's range; without it a window beyond the reference's range reads far too low."""
+    scale = scale if scale > 0 else 1.0
+    bound = float(np.max(np.diff(edges))) / scale
+    rows = int(window.sum())
+    if not reference.sum() or not rows:  # either side without values: 0, as KS says
+        return TestResult(0.0, None, bound)
     p, q = _shares(reference), _shares(window)
     centres = (edges[:-1] + edges[1:]) / 2
     gaps = np.diff(centres)
     distance = float(np.sum(np.abs(np.cumsum(p) - np.cumsum(q))[:-1] * gaps))
-    rows = int(window.sum())
-    if beyond is not None and rows:
+    if beyond is not None:
         distance += float(np.sum(beyond)) / rows
-    scale = scale if scale > 0 else 1.0
-    return TestResult(distance / scale, None, float(np.max(np.diff(edges))) / scale)
+    return TestResult(distance / scale, None, bound)
 
 
 def wasserstein_noise_level(
@@ -225,7 +234,7 @@ def wasserstein_noise_level(
     inner edge the two empirical CDFs differ by about sqrt(2/pi) sqrt(F(1 - F)(1/n + 1/m))."""
     n = int(reference.sum())
     if n == 0 or n_window == 0:
-        return float("inf")
+        return 0.0  # the distance is 0 then
     cdf = np.cumsum(_shares(reference))[:-1]
     centres = (edges[:-1] + edges[1:]) / 2
     spread = np.sqrt(cdf * (1 - cdf) * (1 / n + 1 / n_window))

@@ -145,3 +145,33 @@ def test_wasserstein_is_within_its_bound_of_scipy_whatever_the_windows_range(shi
         exact = stats.wasserstein_distance(reference, live[: summary.rows]) / feature.std
         bound = float(np.max(np.diff(feature.bin_edges))) / feature.std
         assert result.features[0].wasserstein == pytest.approx(exact, abs=bound), column
+
+
+def test_a_feature_without_values_in_a_window_reads_0_against_finite_thresholds() -> None:
+    # Before, the floor of PSI's empty bins made up PSI 6.9 (8.5 for the category), the
+    # distances compared an empty histogram, and the thresholds were infinite: null in the
+    # history, on which the report's page failed.
+    rng = np.random.default_rng(13)
+    record = {"time": 1.0, "rows": 300,
+              "features": {"x": [None] * 300, "y": rng.exponential(size=300).tolist(),
+                           "colour": [None] * 300}}  # fmt: skip
+    ((_, summary),) = Windows(WindowSpec("count", 300, 300), PROFILE).add([record], [0])
+    config = DetectorConfig()
+    result = evaluate(summary, PROFILE, config, model="m", version="1", window_id="w",
+                      start_time=0, end_time=1)  # fmt: skip
+    by_name = {f.name: f for f in result.features}
+    for name in ("x", "colour"):
+        feature = by_name[name]
+        assert (feature.statistic, feature.p_value, feature.psi, feature.js_distance) == (
+            0.0, 1.0, 0.0, 0.0,
+        )  # fmt: skip
+        assert feature.psi_threshold == config.psi_threshold
+        assert feature.js_threshold == config.js_threshold
+        assert feature.missing_rate == 1.0
+        assert [k for k, v in feature.flags.items() if v] == ["missing"]
+        assert feature.drifted
+    assert by_name["x"].wasserstein == 0.0
+    assert by_name["x"].wasserstein_threshold == config.wasserstein_threshold
+    assert result.drifted_features == ["x", "colour"]
+    doc = json.loads(json.dumps(result.to_dict(), allow_nan=False))  # every number finite
+    assert len(doc["features"]) == 3
