@@ -1,5 +1,9 @@
 from __future__ import annotations
 
+import itertools
+import json
+from typing import Any
+
 import numpy as np
 
 from monitors.decision import Decider
@@ -158,3 +162,44 @@ def test_a_pane_saved_before_the_distances_beyond_the_edges_were_kept_restores()
     assert summary.rows == 200
     assert summary.beyond[NAMES[0]][0] == 0.0
     assert summary.beyond[NAMES[0]][1] > 0.0  # the rows after the restart, far above
+
+
+def _run(
+    spec: WindowSpec, batch: list[dict[str, Any]], cuts: list[int], restarts: set[int]
+) -> tuple[list[Any], int]:
+    """The windows that close (what each holds of the first feature) and the late rows, for
+    the records polled in runs cut at ``cuts``, restarting from a snapshot at ``restarts``."""
+    windows, closed = Windows(spec, PROFILE), []
+    for a, b in itertools.pairwise([0, *cuts, len(batch)]):
+        if a in restarts:
+            windows = Windows.restore(spec, PROFILE, json.loads(json.dumps(windows.to_state())))
+        closed += [
+            ([p.key for p in panes], summary.rows, summary.bins[NAMES[0]].tolist(),
+             summary.missing[NAMES[0]], summary.beyond[NAMES[0]].tolist())
+            for panes, summary in windows.add(batch[a:b], range(a, b))
+        ]  # fmt: skip
+    return closed, windows.late_rows
+
+
+def test_windows_are_the_same_whatever_the_polls_and_restarts() -> None:
+    rng = np.random.default_rng(10)
+    sizes = rng.integers(0, 6, 300)  # requests of 0 to 5 rows
+    rows = sample(rng, int(sizes.sum()), shift_sigma=1.5)  # some beyond the reference's range
+    rows[rng.random(rows.shape) < 0.05] = np.nan
+    times = np.arange(300) * 0.5 + rng.normal(0, 2, 300)  # out of order
+    batch, start = [], 0
+    for i, size in enumerate(sizes):
+        chunk = rows[start : start + size]
+        batch.append({
+            "time": float(times[i]), "rows": int(size),
+            "features": {name: [None if np.isnan(v) else v for v in chunk[:, j].tolist()]
+                         for j, name in enumerate(NAMES)},
+            "outputs": {"label": (chunk[:, 0] > 14).astype(int).tolist()},
+        })  # fmt: skip
+        start += size
+    for spec in (WindowSpec("count", 120, 40), WindowSpec("time", 20.0, 5.0, lateness_s=2.0)):
+        one_pass = _run(spec, batch, [], set())
+        assert len(one_pass[0]) > 5
+        for _ in range(5):
+            cuts = sorted(rng.choice(np.arange(1, len(batch)), 12, replace=False).tolist())
+            assert _run(spec, batch, cuts, set(cuts[::3])) == one_pass, spec
