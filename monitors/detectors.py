@@ -14,10 +14,11 @@ is computed from ``D_b``, so it errs towards "no drift".
 P-values far in the tail underflow: at a few thousand rows a large shift has a p-value below
 the smallest float, and 0.0 is what it is. Each test also gives ``log10_p``, its base-10
 logarithm, which stays finite: computed from the distribution's tail where the p-value is a
-float, else from an asymptotic expression of the tail (KS: ``2 exp(-2 n D^2)``, an upper bound;
-chi-square: the leading terms of the gamma function's upper tail). Where one sample lies wholly
-beyond the other (KS D = 1) the asymptotic distribution says 0; the p-value is then the exact
-chance of that, ``2 / C(n + m, n)``, as scipy's exact test gives it.
+float (at least 1e-300), else from an expression of the tail (KS: twice the one-sided
+Birnbaum-Tingey sum, the continuation of scipy's ``kstwo``; chi-square: the leading terms of
+the gamma function's upper tail). Where one sample lies wholly beyond the other (KS D = 1) the
+asymptotic distribution says 0; the p-value is then the exact chance of that,
+``2 / C(n + m, n)``, as scipy's exact test gives it.
 """
 
 from __future__ import annotations
@@ -86,14 +87,39 @@ def ks_binned(reference: np.ndarray, window: np.ndarray) -> TestResult:
     d = float(np.max(np.abs(np.cumsum(p) - np.cumsum(q))))
     effective = max(1, round(n * m / (n + m)))
     p_value = float(np.clip(stats.kstwo.sf(d, effective), 0.0, 1.0))
-    if p_value > 1e-300:
-        log10_p = math.log10(p_value)
-    else:  # the asymptotic tail, an upper bound (Dvoretzky-Kiefer-Wolfowitz-Massart)
-        log10_p = min(0.0, (math.log(2) - 2 * effective * d * d) / math.log(10))
+    log10_p = math.log10(p_value) if p_value >= 1e-300 else _ks_log10_tail(d, effective)
     return TestResult(d, p_value, float(max(p.max(), q.max())), log10_p)
 
 
+_MAX_TAIL_TERMS = 2_000_000
+
+
+def _ks_log10_tail(d: float, n: int) -> float:
+    """log10 P(D_n >= d) where it is below the float range: twice the one-sided tail, by the
+    Birnbaum-Tingey formula P(D+ >= d) = d sum_j C(n, j) (1 - d - j/n)^(n-j) (d + j/n)^(j-1),
+    j = 0 .. n (1 - d), summed in logs: exact for d >= 1/2, where the two sides cannot both
+    reach d, and otherwise above the exact value by the chance that both do, negligible this
+    far out. Past two million terms, the Dvoretzky-Kiefer-Wolfowitz-Massart bound
+    2 exp(-2 n d^2)."""
+    count = math.floor(n * (1 - d)) + 1
+    if count > _MAX_TAIL_TERMS:
+        return min(0.0, (math.log(2) - 2 * n * d * d) / math.log(10))
+    j = np.arange(count, dtype=np.float64)
+    rest = 1 - d - j / n
+    j, rest = j[rest > 0], rest[rest > 0]
+    terms = (
+        special.gammaln(n + 1)
+        - special.gammaln(j + 1)
+        - special.gammaln(n - j + 1)
+        + (n - j) * np.log(rest)
+        + (j - 1) * np.log(d + j / n)
+    )
+    log_p = math.log(2 * d) + float(special.logsumexp(terms))
+    return min(0.0, log_p / math.log(10))
+
+
 def _log_binomial(total: int, chosen: int) -> float:
+    """The natural log of C(total, chosen)."""
     return float(
         special.gammaln(total + 1)
         - special.gammaln(chosen + 1)

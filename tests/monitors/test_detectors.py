@@ -134,8 +134,8 @@ def test_ks_keeps_an_underflowed_p_value_at_0_with_a_finite_log10_bound() -> Non
         assert result.log10_p is not None
         assert -1e9 < result.log10_p < -300
         exact = stats.kstwo.logsf(result.statistic, round(20_000 * size / (20_000 + size)))
-        if np.isfinite(exact):  # the asymptotic tail bounds the exact one from above
-            assert result.log10_p >= exact / np.log(10)
+        if np.isfinite(exact):  # the tail below the float range follows scipy's
+            assert result.log10_p == pytest.approx(exact / np.log(10), rel=1e-6)
     calm = ks_binned(reference, bin_counts(rng.normal(size=500), edges))
     assert calm.p_value is not None
     assert calm.log10_p == pytest.approx(np.log10(calm.p_value))
@@ -226,3 +226,26 @@ def test_psi_noise_level_is_what_psi_averages_with_many_rare_categories() -> Non
     assert np.mean(values) == pytest.approx(psi_noise_level(reference, 200), rel=0.05)
     flagged = np.mean(np.asarray(values) > 0.1 + psi_noise_level(reference, 200))
     assert flagged < 0.2
+
+
+@pytest.mark.parametrize(
+    ("rows", "cuts"), [(400, range(1, 40)), (10_000, range(2_000, 4_600, 100))]
+)
+def test_ks_log10_p_goes_on_falling_below_the_float_range(rows: int, cuts: range) -> None:
+    # Two samples of ``rows`` (effective size rows / 2), D = 1 - 2 cut / rows: scipy's tail
+    # where it has one, then still falling. Before, past 1e-300 log10 p was the bound
+    # 2 exp(-2 n D^2): -163 for D = 0.97 at 200, where the p-value beside it was 1e-301.
+    previous = 0.0
+    below = 0
+    for cut in cuts:
+        result = ks_binned(np.array([rows - cut, cut]), np.array([cut, rows - cut]))
+        assert result.log10_p is not None
+        assert result.statistic == pytest.approx(1 - 2 * cut / rows)
+        exact = stats.kstwo.logsf(result.statistic, rows // 2) / np.log(10)
+        if np.isfinite(exact):
+            assert result.log10_p == pytest.approx(exact, rel=1e-6), cut
+        else:
+            below += 1
+        assert result.log10_p > previous or previous == 0.0, cut  # D falls as the cut grows
+        previous = result.log10_p
+    assert below >= 3
