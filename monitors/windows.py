@@ -2,11 +2,12 @@
 as raw rows, so memory is bounded whatever the traffic.
 
 A window is a run of consecutive panes: tumbling when the slide equals the size, sliding when
-it is a fraction of it. Panes close by count (a pane holds exactly ``slide`` rows: a request of
-several rows that crosses its end is split between it and the next) or by event time (with
-allowed lateness: a pane closes once the latest event time seen has passed its end by the
-lateness; a record for a pane already closed is dropped and counted, judged per record against
-the records before it in the log, so the windows do not depend on how the polls cut them).
+it is a fraction of it (a time window's run may have panes without records in it). Panes close
+by count (a pane holds exactly ``slide`` rows: a request of several rows that crosses its end
+is split between it and the next) or by event time (with allowed lateness: a pane closes once
+the latest event time seen has passed its end by the lateness; a record for a pane already
+closed is dropped and counted, judged per record against the records before it in the log, so
+the windows do not depend on how the polls cut them).
 ``to_state``/``restore`` carry the panes through a snapshot, so a restarted monitor continues
 exactly where the snapshot left off.
 """
@@ -122,6 +123,7 @@ class Windows:
         self.watermark = float("-inf")
         self.late_rows = 0
         self._count_key = 0.0
+        self._first_key: float | None = None  # time windows: the first pane closed
 
     def add(
         self, records: Sequence[Mapping[str, Any]], offsets: Iterable[int]
@@ -199,10 +201,17 @@ class Windows:
 
     def _close(self, key: float) -> list[tuple[list[Pane], Summary]]:
         pane = self.open.pop(key)
-        if self.spec.by == "time" and self.closed and pane.key != self.closed[-1].key + 1:
-            self.closed.clear()  # a gap in time: earlier panes cannot share a window with it
         self.closed.append(pane)
-        if len(self.closed) < self.spec.panes:
+        if self.spec.by == "time":
+            # The window is the last ``panes`` slides, whichever of them had records: a slide
+            # without any leaves the others in it. Once the monitor has seen all of its span.
+            while self.closed[0].key <= pane.key - self.spec.panes:
+                self.closed.popleft()
+            if self._first_key is None:
+                self._first_key = pane.key
+            if pane.key - self._first_key + 1 < self.spec.panes:
+                return []
+        elif len(self.closed) < self.spec.panes:
             return []
         total = Summary()
         for member in self.closed:
@@ -220,6 +229,7 @@ class Windows:
             "watermark": self.watermark if np.isfinite(self.watermark) else None,
             "late_rows": self.late_rows,
             "count_key": self._count_key,
+            "first_key": self._first_key,
         }
 
     @classmethod
@@ -235,6 +245,9 @@ class Windows:
         windows.watermark = float("-inf") if watermark is None else float(watermark)
         windows.late_rows = int(state["late_rows"])
         windows._count_key = float(state["count_key"])
+        # a state saved before it was kept: its closed panes were consecutive from the first
+        first = state.get("first_key", windows.closed[0].key if windows.closed else None)
+        windows._first_key = None if first is None else float(first)
         return windows
 
 

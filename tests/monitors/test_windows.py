@@ -103,12 +103,14 @@ def _time_windows_by_hand(
     times: np.ndarray, values: np.ndarray, size: float, slide: float, lateness_s: float
 ) -> tuple[list[tuple[float, ...]], int]:
     """The textbook rule, one record at a time in log order: a record is late when the latest
-    time before it, less the lateness, has passed its pane's end; a window is ``size / slide``
-    consecutive closed panes. Returns (each window's values, sorted), late records."""
+    time before it, less the lateness, has passed its pane's end; when a pane closes, its
+    window is the records of the ``size / slide`` slides up to it, once the first pane closed
+    is among them. Returns (each window's values, sorted), late records."""
+    count = round(size / slide)
     panes: dict[float, list[float]] = {}
     closed: list[tuple[float, list[float]]] = []
     windows: list[tuple[float, ...]] = []
-    watermark, late = -np.inf, 0
+    watermark, late, first = -np.inf, 0, None
     for time, value in zip(times.tolist(), values.tolist(), strict=True):
         key = float(np.floor(time / slide))
         if (key + 1) * slide <= watermark:
@@ -117,10 +119,9 @@ def _time_windows_by_hand(
         panes.setdefault(key, []).append(value)
         watermark = max(watermark, time - lateness_s)
         for done in sorted(k for k in panes if (k + 1) * slide <= watermark):
-            if closed and done != closed[-1][0] + 1:
-                closed = []
-            closed = [*closed, (done, panes.pop(done))][-round(size / slide) :]
-            if len(closed) == round(size / slide):
+            first = done if first is None else first
+            closed = [(k, p) for k, p in closed if k > done - count] + [(done, panes.pop(done))]
+            if done - first + 1 >= count:
                 windows.append(tuple(sorted(v for _, pane in closed for v in pane)))
     return windows, late
 
@@ -146,6 +147,32 @@ def test_time_windows_drop_the_same_late_records_whatever_the_polls() -> None:
         edges = np.asarray(PROFILE.features[NAMES[0]].bin_edges)
         got = [summary.bins[NAMES[0]].tolist() for _, summary in closed]
         assert got == [bin_counts(np.asarray(w), edges).tolist() for w in expected], polls
+
+
+def test_sliding_time_windows_hold_what_their_span_holds_when_slides_are_empty() -> None:
+    # Bursts of traffic every other slide: before, a slide without records reset the window,
+    # so sliding windows never filled and none was evaluated (tumbling ones were).
+    rng = np.random.default_rng(11)
+    times = np.concatenate([burst * 20.0 + rng.uniform(0, 8, 30) for burst in range(12)])
+    values = sample(rng, len(times))
+    batch = records(values)
+    for record, time in zip(batch, times.tolist(), strict=True):
+        record["time"] = time
+    expected, late = _time_windows_by_hand(times, values[:, 0], 40.0, 10.0, 0.0)
+    assert late == 0
+    assert [len(w) for w in expected] == [60] * 9  # two bursts in every 40 s
+    edges = np.asarray(PROFILE.features[NAMES[0]].bin_edges)
+    spec = WindowSpec("time", 40.0, 10.0)
+    for polls in ([len(batch)], [7] * 52):
+        windows, closed, start = Windows(spec, PROFILE), [], 0
+        for count in polls:
+            closed += windows.add(batch[start : start + count], range(start, start + count))
+            start += count
+            if start == 154:  # a restart from the snapshot, with empty slides in the window
+                windows = Windows.restore(spec, PROFILE, json.loads(json.dumps(windows.to_state())))
+        got = [summary.bins[NAMES[0]].tolist() for _, summary in closed]
+        assert got == [bin_counts(np.asarray(w), edges).tolist() for w in expected], polls
+        assert [[p.key for p in panes] for panes, _ in closed][:2] == [[2.0, 4.0], [4.0, 6.0]]
 
 
 def test_a_pane_saved_before_the_distances_beyond_the_edges_were_kept_restores() -> None:
