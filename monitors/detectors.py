@@ -14,8 +14,11 @@ is computed from ``D_b``, so it errs towards "no drift".
 P-values far in the tail underflow: at a few thousand rows a large shift has a p-value below
 the smallest float, and 0.0 is what it is. Each test also gives ``log10_p``, its base-10
 logarithm, which stays finite: computed from the distribution's tail where the p-value is a
-float, else from an asymptotic expression of the tail (KS: ``2 exp(-2 n D^2)``, an upper bound;
-chi-square: the leading terms of the gamma function's upper tail).
+float (at least 1e-300), else from an expression of the tail (KS: twice the one-sided
+Birnbaum-Tingey sum, the continuation of scipy's ``kstwo``; chi-square: the leading terms of
+the gamma function's upper tail). Where one sample lies wholly beyond the other (KS D = 1) the
+asymptotic distribution says 0; the p-value is then the exact chance of that,
+``2 / C(n + m, n)``, as scipy's exact test gives it.
 """
 
 from __future__ import annotations
@@ -75,14 +78,53 @@ def ks_binned(reference: np.ndarray, window: np.ndarray) -> TestResult:
     if n == 0 or m == 0:
         return TestResult(0.0, 1.0, 1.0, 0.0)
     p, q = _shares(reference), _shares(window)
+    below_n, below_m = np.cumsum(reference), np.cumsum(window)
+    if ((below_n == n) & (below_m == 0)).any() or ((below_m == m) & (below_n == 0)).any():
+        # D = 1, one sample wholly beyond the other: the asymptotic distribution says 0 (NaN
+        # for n = m = 1); the exact chance of that under no drift is 2 / C(n + m, n)
+        log_p = min(0.0, math.log(2) - _log_binomial(n + m, n))
+        return TestResult(1.0, math.exp(log_p), float(max(p.max(), q.max())), log_p / math.log(10))
     d = float(np.max(np.abs(np.cumsum(p) - np.cumsum(q))))
-    effective = round(n * m / (n + m))
+    effective = max(1, round(n * m / (n + m)))
     p_value = float(np.clip(stats.kstwo.sf(d, effective), 0.0, 1.0))
-    if p_value > 1e-300:
-        log10_p = math.log10(p_value)
-    else:  # the asymptotic tail, an upper bound (Dvoretzky-Kiefer-Wolfowitz-Massart)
-        log10_p = min(0.0, (math.log(2) - 2 * effective * d * d) / math.log(10))
+    log10_p = math.log10(p_value) if p_value >= 1e-300 else _ks_log10_tail(d, effective)
     return TestResult(d, p_value, float(max(p.max(), q.max())), log10_p)
+
+
+_MAX_TAIL_TERMS = 2_000_000
+
+
+def _ks_log10_tail(d: float, n: int) -> float:
+    """log10 P(D_n >= d) where it is below the float range: twice the one-sided tail, by the
+    Birnbaum-Tingey formula P(D+ >= d) = d sum_j C(n, j) (1 - d - j/n)^(n-j) (d + j/n)^(j-1),
+    j = 0 .. n (1 - d), summed in logs: exact for d >= 1/2, where the two sides cannot both
+    reach d, and otherwise above the exact value by the chance that both do, negligible this
+    far out. Past two million terms, the Dvoretzky-Kiefer-Wolfowitz-Massart bound
+    2 exp(-2 n d^2)."""
+    count = math.floor(n * (1 - d)) + 1
+    if count > _MAX_TAIL_TERMS:
+        return min(0.0, (math.log(2) - 2 * n * d * d) / math.log(10))
+    j = np.arange(count, dtype=np.float64)
+    rest = 1 - d - j / n
+    j, rest = j[rest > 0], rest[rest > 0]
+    terms = (
+        special.gammaln(n + 1)
+        - special.gammaln(j + 1)
+        - special.gammaln(n - j + 1)
+        + (n - j) * np.log(rest)
+        + (j - 1) * np.log(d + j / n)
+    )
+    log_p = math.log(2 * d) + float(special.logsumexp(terms))
+    return min(0.0, log_p / math.log(10))
+
+
+def _log_binomial(total: int, chosen: int) -> float:
+    """The natural log of C(total, chosen)."""
+    return float(
+        special.gammaln(total + 1)
+        - special.gammaln(chosen + 1)
+        - special.gammaln(total - chosen + 1)
+    )
 
 
 def chi_square(reference: np.ndarray, window: np.ndarray) -> TestResult:
@@ -111,28 +153,67 @@ def _chi2_log10_sf(chi2: float, dof: int, p_value: float) -> float:
 
 
 def psi(reference: np.ndarray, window: np.ndarray) -> TestResult:
-    """Population Stability Index over the same bins (empty bins floored at 1e-4)."""
+    """Population Stability Index over the same bins (empty bins floored at 1e-4); 0 where
+    either side has no values (the floor alone would make up a figure: 6.9 for ten bins)."""
+    if not reference.sum() or not window.sum():
+        return TestResult(0.0)
     p = np.clip(_shares(reference), _EPS, None)
     q = np.clip(_shares(window), _EPS, None)
     return TestResult(float(np.sum((q - p) * np.log(q / p))))
 
 
-def psi_noise_level(bins: int, n_reference: int, n_window: int) -> float:
-    """PSI's expected value when nothing drifted: about (bins - 1) (1/n + 1/m). A fixed
-    threshold such as 0.1 fires on noise alone in small windows; add this to it."""
-    if n_reference == 0 or n_window == 0:
-        return float("inf")
-    return (bins - 1) * (1 / n_reference + 1 / n_window)
+_DENSE_ROWS = 30.0  # a bin the window expects this many rows in: PSI's asymptotic term holds
+
+
+def psi_noise_level(reference: np.ndarray, n_window: int) -> float:
+    """PSI's expected value when nothing drifted, for a window of ``n_window`` rows against
+    these reference counts. A fixed threshold such as 0.1 fires on noise alone in small
+    windows; add this to it.
+
+    Where the window expects many rows in every bin it is about (bins - 1) (1/n + 1/m): each
+    used bin adds (1 - p) / m for the window's sampling, and (bins - 1) / n is the reference's.
+    A bin the window expects few rows in (a rare category, a small window) is often empty and
+    floored at 1e-4, where the asymptotic term is far off (0.25 against PSI's 0.39 for 50
+    categories and 200 rows): for those bins the expectation is summed over the binomial
+    distribution of the window's count, floor included."""
+    n = int(reference.sum())
+    if n == 0 or n_window == 0:
+        return 0.0  # PSI is 0 then
+    shares = reference[reference > 0] / n
+    m = n_window
+    noise = float(np.sum(1 - shares)) / m + (len(shares) - 1) / n
+    sparse = shares[m * shares < _DENSE_ROWS]
+    if len(sparse):
+        most = m * float(sparse.max())  # the counts past ``top`` have no mass to speak of
+        top = min(m, int(most + 10 * math.sqrt(most) + 10))
+        k = np.arange(top + 1, dtype=np.float64)[:, None]
+        log_pmf = (
+            special.gammaln(m + 1)
+            - special.gammaln(k + 1)
+            - special.gammaln(m - k + 1)
+            + special.xlogy(k, sparse)
+            + special.xlog1py(m - k, -sparse)
+        )
+        q, p = np.maximum(k / m, _EPS), np.maximum(sparse, _EPS)
+        expected = np.sum(np.exp(log_pmf) * (q - p) * np.log(q / p), axis=0)
+        noise += float(np.sum(expected - (1 - sparse) / m))
+    return noise
 
 
 def js_noise_level(bins: int, n_reference: int, n_window: int) -> float:
-    """The squared Jensen-Shannon distance (base 2) expected when nothing drifted: an eighth
-    of PSI's, in bits, since both are chi-square-like sums for small differences."""
-    return psi_noise_level(bins, n_reference, n_window) / (8 * math.log(2))
+    """The squared Jensen-Shannon distance (base 2) expected when nothing drifted: about an
+    eighth of PSI's asymptotic (bins - 1) (1/n + 1/m), in bits, since both are chi-square-like
+    sums for small differences."""
+    if n_reference == 0 or n_window == 0:
+        return 0.0  # the distance is 0 then
+    return (bins - 1) * (1 / n_reference + 1 / n_window) / (8 * math.log(2))
 
 
 def jensen_shannon(reference: np.ndarray, window: np.ndarray) -> TestResult:
-    """Jensen-Shannon distance (base 2, between 0 and 1) of the two binned distributions."""
+    """Jensen-Shannon distance (base 2, between 0 and 1) of the two binned distributions; 0
+    where either side has no values."""
+    if not reference.sum() or not window.sum():
+        return TestResult(0.0)
     p, q = _shares(reference), _shares(window)
     mid = (p + q) / 2
 
@@ -144,17 +225,32 @@ def jensen_shannon(reference: np.ndarray, window: np.ndarray) -> TestResult:
 
 
 def wasserstein_binned(
-    reference: np.ndarray, window: np.ndarray, edges: np.ndarray, scale: float
+    reference: np.ndarray,
+    window: np.ndarray,
+    edges: np.ndarray,
+    scale: float,
+    beyond: np.ndarray | None = None,
 ) -> TestResult:
     """Earth mover's distance between the binned distributions, each bin's mass at its centre,
     divided by ``scale`` (the reference's standard deviation). Moving every value to its bin's
-    centre changes the distance by at most the widest bin's width (the error bound, scaled)."""
+    centre changes the distance by at most the widest bin's width (the error bound, scaled).
+
+    The outer bins are open-ended: ``beyond`` is how far the window's values lie below the
+    first edge and above the last, summed. The reference lies within the edges, so that
+    distance is exact and is added (per window value): with it the bound holds whatever the
+    window's range; without it a window beyond the reference's range reads far too low."""
+    scale = scale if scale > 0 else 1.0
+    bound = float(np.max(np.diff(edges))) / scale
+    rows = int(window.sum())
+    if not reference.sum() or not rows:  # either side without values: 0, as KS says
+        return TestResult(0.0, None, bound)
     p, q = _shares(reference), _shares(window)
     centres = (edges[:-1] + edges[1:]) / 2
     gaps = np.diff(centres)
     distance = float(np.sum(np.abs(np.cumsum(p) - np.cumsum(q))[:-1] * gaps))
-    scale = scale if scale > 0 else 1.0
-    return TestResult(distance / scale, None, float(np.max(np.diff(edges))) / scale)
+    if beyond is not None:
+        distance += float(np.sum(beyond)) / rows
+    return TestResult(distance / scale, None, bound)
 
 
 def wasserstein_noise_level(
@@ -164,7 +260,7 @@ def wasserstein_noise_level(
     inner edge the two empirical CDFs differ by about sqrt(2/pi) sqrt(F(1 - F)(1/n + 1/m))."""
     n = int(reference.sum())
     if n == 0 or n_window == 0:
-        return float("inf")
+        return 0.0  # the distance is 0 then
     cdf = np.cumsum(_shares(reference))[:-1]
     centres = (edges[:-1] + edges[1:]) / 2
     spread = np.sqrt(cdf * (1 - cdf) * (1 / n + 1 / n_window))

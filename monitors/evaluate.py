@@ -151,7 +151,8 @@ def _feature(
         n_reference = int(reference.sum())
         test = ks_binned(reference, window)
         edges = np.asarray(ref.bin_edges)
-        wasserstein = wasserstein_binned(reference, window, edges, ref.std).statistic
+        beyond = summary.beyond.get(name)
+        wasserstein = wasserstein_binned(reference, window, edges, ref.std, beyond).statistic
         wasserstein_threshold = config.wasserstein_threshold + _NOISE_MARGIN * (
             wasserstein_noise_level(reference, edges, ref.std, present)
         )
@@ -163,7 +164,7 @@ def _feature(
         test = chi_square(reference, window)
         unseen = float(window[names.index(OTHER)] / max(present, 1))
     bins = len(reference)
-    psi_threshold = config.psi_threshold + psi_noise_level(bins, n_reference, present)
+    psi_threshold = config.psi_threshold + psi_noise_level(reference, present)
     js_threshold = math.sqrt(
         config.js_threshold**2 + _NOISE_MARGIN * js_noise_level(bins, n_reference, present)
     )
@@ -193,8 +194,9 @@ def _feature(
     if wasserstein is not None and wasserstein_threshold is not None:
         result.flags["wasserstein"] = wasserstein > wasserstein_threshold
     if ref.kind == "categorical":
-        ref_unseen = reference[names.index(OTHER)] / max(n_reference, 1)
-        result.flags["unseen"] = unseen > ref_unseen + config.max_unseen_share
+        ref_unseen = float(reference[names.index(OTHER)]) / max(n_reference, 1)
+        # a Python bool: numpy's is not JSON to the history's writer
+        result.flags["unseen"] = bool(unseen > ref_unseen + config.max_unseen_share)
     return result
 
 

@@ -103,13 +103,18 @@ class ModelProfile(BaseModel):
 
 def _edges(present: np.ndarray, bins: int) -> np.ndarray:
     """Quantile edges; for a column of at most ``bins`` distinct values, edges halfway between
-    them, so each value has its own bin."""
+    them, so each value has its own bin; for a constant, a bin holding only its value."""
     if not len(present):
         return np.array([0.0, 1.0])
     distinct = np.unique(present)
     if len(distinct) <= bins:
         if len(distinct) == 1:
-            return np.array([distinct[0] - 0.5, distinct[0] + 0.5])
+            # a bin for the value alone and one either side: in a single bin (open-ended both
+            # ways) a window of any other values would look the same as the reference
+            value = float(distinct[0])
+            below, above = np.nextafter(value, -np.inf), np.nextafter(value, np.inf)
+            low, high = min(value - 0.5, below), max(value + 0.5, np.nextafter(above, np.inf))
+            return np.array([low, value, above, high])
         middles = (distinct[:-1] + distinct[1:]) / 2
         gaps = np.diff(distinct)
         return np.concatenate([[distinct[0] - gaps[0] / 2], middles, [distinct[-1] + gaps[-1] / 2]])
@@ -121,17 +126,20 @@ def _numeric(values: np.ndarray, bins: int, dtype: Dtype | None = None) -> Featu
     values = values.astype(np.float64)
     present = values[~np.isnan(values)]
     missing = 1 - len(present) / len(values) if len(values) else 0.0
-    edges = _edges(present, bins)
+    # Edges and summary statistics from the finite values (an infinity makes quantiles NaN);
+    # infinities are counted in the outer bins, as the windows count them.
+    finite = present[np.isfinite(present)]
+    edges = _edges(finite, bins)
     index = np.searchsorted(edges[1:-1], present, side="right")
     counts = np.bincount(index, minlength=len(edges) - 1)
-    q = np.quantile(present, [0.01, 0.25, 0.5, 0.75, 0.99]) if len(present) else np.zeros(5)
+    q = np.quantile(finite, [0.01, 0.25, 0.5, 0.75, 0.99]) if len(finite) else np.zeros(5)
     return FeatureProfile(
         kind="numeric",
         dtype=dtype,
         bin_edges=edges.tolist(),
         counts=counts.tolist(),
-        mean=float(present.mean()) if len(present) else 0.0,
-        std=float(present.std()) if len(present) else 0.0,
+        mean=float(finite.mean()) if len(finite) else 0.0,
+        std=float(finite.std()) if len(finite) else 0.0,
         quantiles=dict(zip(["p1", "p25", "p50", "p75", "p99"], map(float, q), strict=True)),
         missing_rate=float(missing),
         rows=len(values),

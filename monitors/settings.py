@@ -64,6 +64,23 @@ class WindowSettings(_Group):
     slide: float = Field(default=5000, gt=0)
     lateness_s: float = Field(default=0.0, ge=0)
 
+    @model_validator(mode="after")
+    def _whole_panes(self) -> WindowSettings:
+        """A window is a whole number of slides (panes); rows are whole. Otherwise the windows
+        were silently of another size (1000 by 400: 800 rows), and a count slide under 1 hung."""
+        if self.by == "count" and not all(float(v).is_integer() for v in (self.size, self.slide)):
+            raise ValueError(
+                f"window.size and window.slide count rows (by: count): whole numbers, "
+                f"not {self.size:g} and {self.slide:g}"
+            )
+        panes = self.size / self.slide
+        if panes < 1 or abs(panes - round(panes)) > 1e-9 * panes:
+            raise ValueError(
+                f"window.size ({self.size:g}) must be a whole multiple of window.slide "
+                f"({self.slide:g}): a window is a run of whole slides"
+            )
+        return self
+
 
 class DetectorSettings(_Group):
     alpha: float = Field(default=0.05, gt=0, lt=1)

@@ -2,12 +2,14 @@
 as raw rows, so memory is bounded whatever the traffic.
 
 A window is a run of consecutive panes: tumbling when the slide equals the size, sliding when
-it is a fraction of it. Panes close by count (a pane holds exactly ``slide`` rows: a request of
-several rows that crosses its end is split between it and the next) or by event time (with
-allowed lateness: a pane closes once the latest event time seen has passed its end by the
-lateness; a record for a pane already closed is dropped and counted). ``to_state``/``restore``
-carry the panes through a snapshot, so a restarted monitor continues exactly where the
-snapshot left off.
+it is a fraction of it (a time window's run may have panes without records in it). Panes close
+by count (a pane holds exactly ``slide`` rows: a request of several rows that crosses its end
+is split between it and the next) or by event time (with allowed lateness: a pane closes once
+the latest event time seen has passed its end by the lateness; a record for a pane already
+closed is dropped and counted, judged per record against the records before it in the log, so
+the windows do not depend on how the polls cut them).
+``to_state``/``restore`` carry the panes through a snapshot, so a restarted monitor continues
+exactly where the snapshot left off.
 """
 
 from __future__ import annotations
@@ -42,13 +44,18 @@ class WindowSpec:
 
 @dataclass
 class Summary:
-    """Counts of one pane or window: per numeric feature on the profile's bins (+ missing),
-    per categorical feature by category (unknown ones as OTHER)."""
+    """Counts of one pane or window: per numeric feature on the profile's bins (+ missing, and
+    how far values lie beyond the outer edges), per categorical feature by category (unknown
+    ones as OTHER)."""
 
     rows: int = 0
     bins: dict[str, np.ndarray] = field(default_factory=dict)
     missing: dict[str, int] = field(default_factory=dict)
     categories: dict[str, dict[str, int]] = field(default_factory=dict)
+    # per numeric feature: [sum of (first edge - x) over x below it, sum of (x - last edge) over
+    # x above it], finite x only; the outer bins are open-ended, and the Wasserstein distance
+    # needs how far their values went
+    beyond: dict[str, np.ndarray] = field(default_factory=dict)
 
     def add(self, other: Summary) -> None:
         self.rows += other.rows
@@ -57,6 +64,9 @@ class Summary:
             self.bins[name] = counts.copy() if mine is None else mine + counts
         for name, n in other.missing.items():
             self.missing[name] = self.missing.get(name, 0) + n
+        for name, distances in other.beyond.items():
+            mine = self.beyond.get(name)
+            self.beyond[name] = distances.copy() if mine is None else mine + distances
         for name, cats in other.categories.items():
             target = self.categories.setdefault(name, {})
             for cat, n in cats.items():
@@ -86,11 +96,20 @@ def summarize(batch: RecordBatch, profile: ModelProfile) -> Summary:
             index = np.searchsorted(edges[1:-1], present, side="right")
             summary.bins[name] = np.bincount(index, minlength=len(edges) - 1)
             summary.missing[name] = int(len(values) - len(present))
+            summary.beyond[name] = _beyond(present, edges)
         else:
             counts, missing = count_categories(values.tolist(), ref.dtype, ref.categories)
             summary.categories[name] = counts
             summary.missing[name] = missing
     return summary
+
+
+def _beyond(present: np.ndarray, edges: np.ndarray) -> np.ndarray:
+    """[how far the finite values below the first edge lie below it, summed; the same above the
+    last edge]."""
+    low = edges[0] - present[present < edges[0]]
+    high = present[present > edges[-1]] - edges[-1]
+    return np.array([low[np.isfinite(low)].sum(), high[np.isfinite(high)].sum()])
 
 
 class Windows:
@@ -104,6 +123,7 @@ class Windows:
         self.watermark = float("-inf")
         self.late_rows = 0
         self._count_key = 0.0
+        self._first_key: float | None = None  # time windows: the first pane closed
 
     def add(
         self, records: Sequence[Mapping[str, Any]], offsets: Iterable[int]
@@ -144,16 +164,19 @@ class Windows:
 
     def _add_by_time(self, batch: RecordBatch) -> list[tuple[list[Pane], Summary]]:
         slide = self.spec.slide
+        if len(batch):
+            # The watermark each record meets is the one the records before it in the log made,
+            # not the batch's: a record is late, or not, whatever the poll it came in.
+            marks = np.maximum.accumulate(batch.times - self.spec.lateness_s)
+            met = np.maximum(self.watermark, np.concatenate([[-np.inf], marks[:-1]]))
+            late = (np.floor(batch.times / slide) + 1) * slide <= met
+            if late.any():  # their panes have closed already
+                self.late_rows += int(batch.rows[late].sum())
+                batch = batch.take(np.flatnonzero(~late))
+            self.watermark = max(self.watermark, float(marks[-1]))
         keys, which = np.unique(np.floor(batch.times / slide), return_inverse=True)
         for index, key in enumerate(keys.tolist()):
-            records = np.flatnonzero(which == index)
-            if key not in self.open and (key + 1) * slide <= self.watermark:
-                self.late_rows += int(batch.rows[records].sum())  # its pane has closed already
-                continue
-            self._extend_pane(key, batch.take(records))
-        if len(batch):
-            latest = float(batch.times.max())
-            self.watermark = max(self.watermark, latest - self.spec.lateness_s)
+            self._extend_pane(key, batch.take(np.flatnonzero(which == index)))
         emitted: list[tuple[list[Pane], Summary]] = []
         for key in sorted(self.open):
             if (key + 1) * slide <= self.watermark:
@@ -178,10 +201,17 @@ class Windows:
 
     def _close(self, key: float) -> list[tuple[list[Pane], Summary]]:
         pane = self.open.pop(key)
-        if self.spec.by == "time" and self.closed and pane.key != self.closed[-1].key + 1:
-            self.closed.clear()  # a gap in time: earlier panes cannot share a window with it
         self.closed.append(pane)
-        if len(self.closed) < self.spec.panes:
+        if self.spec.by == "time":
+            # The window is the last ``panes`` slides, whichever of them had records: a slide
+            # without any leaves the others in it. Once the monitor has seen all of its span.
+            while self.closed[0].key <= pane.key - self.spec.panes:
+                self.closed.popleft()
+            if self._first_key is None:
+                self._first_key = pane.key
+            if pane.key - self._first_key + 1 < self.spec.panes:
+                return []
+        elif len(self.closed) < self.spec.panes:
             return []
         total = Summary()
         for member in self.closed:
@@ -199,6 +229,7 @@ class Windows:
             "watermark": self.watermark if np.isfinite(self.watermark) else None,
             "late_rows": self.late_rows,
             "count_key": self._count_key,
+            "first_key": self._first_key,
         }
 
     @classmethod
@@ -214,6 +245,9 @@ class Windows:
         windows.watermark = float("-inf") if watermark is None else float(watermark)
         windows.late_rows = int(state["late_rows"])
         windows._count_key = float(state["count_key"])
+        # a state saved before it was kept: its closed panes were consecutive from the first
+        first = state.get("first_key", windows.closed[0].key if windows.closed else None)
+        windows._first_key = None if first is None else float(first)
         return windows
 
 
@@ -229,6 +263,7 @@ def _pane_state(pane: Pane) -> dict[str, Any]:
         "bins": {name: counts.tolist() for name, counts in summary.bins.items()},
         "missing": summary.missing,
         "categories": summary.categories,
+        "beyond": {name: distances.tolist() for name, distances in summary.beyond.items()},
     }
 
 
@@ -238,6 +273,8 @@ def _pane_from(state: dict[str, Any]) -> Pane:
         bins={n: np.asarray(c, dtype=np.int64) for n, c in state["bins"].items()},
         missing={n: int(c) for n, c in state["missing"].items()},
         categories={n: dict(c) for n, c in state["categories"].items()},
+        # absent from a pane saved before it was kept: as if nothing lay beyond the edges
+        beyond={n: np.asarray(d, dtype=np.float64) for n, d in state.get("beyond", {}).items()},
     )
     return Pane(
         float(state["key"]),

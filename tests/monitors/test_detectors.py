@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from scipy import stats
+from scipy import special, stats
 from scipy.spatial.distance import jensenshannon
 from sklearn.datasets import load_breast_cancer
 
@@ -108,7 +108,7 @@ def test_psi_noise_level_is_what_psi_averages_under_no_drift() -> None:
     edges = np.quantile(rng.normal(size=100_000), np.linspace(0, 1, 11))
     reference = bin_counts(rng.normal(size=5000), edges)
     values = [psi(reference, bin_counts(rng.normal(size=300), edges)).statistic for _ in range(400)]
-    expected = psi_noise_level(10, 5000, 300)
+    expected = psi_noise_level(reference, 300)
     assert np.mean(values) == pytest.approx(expected, rel=0.2)
     assert expected > 0.02  # a fixed 0.1 threshold sits only a few noise levels above it
 
@@ -134,8 +134,8 @@ def test_ks_keeps_an_underflowed_p_value_at_0_with_a_finite_log10_bound() -> Non
         assert result.log10_p is not None
         assert -1e9 < result.log10_p < -300
         exact = stats.kstwo.logsf(result.statistic, round(20_000 * size / (20_000 + size)))
-        if np.isfinite(exact):  # the asymptotic tail bounds the exact one from above
-            assert result.log10_p >= exact / np.log(10)
+        if np.isfinite(exact):  # the tail below the float range follows scipy's
+            assert result.log10_p == pytest.approx(exact / np.log(10), rel=1e-6)
     calm = ks_binned(reference, bin_counts(rng.normal(size=500), edges))
     assert calm.p_value is not None
     assert calm.log10_p == pytest.approx(np.log10(calm.p_value))
@@ -169,3 +169,83 @@ def test_corrections_reject_p_values_of_0_and_say_where_they_cut() -> None:
     assert rejection_threshold(rejected, 0.05, "bh") == pytest.approx(0.05 * 3 / 5)
     assert rejection_threshold(bonferroni(p_values, 0.05), 0.05, "bonferroni") == 0.01
     assert not benjamini_hochberg(np.array([np.nan, 0.5]), 0.05).any()
+
+
+@pytest.mark.parametrize(("n", "m"), [(1, 1), (1, 2), (8, 5), (10, 10), (30, 7), (300, 200)])
+def test_ks_of_samples_wholly_apart_has_scipys_exact_p_value(n: int, m: int) -> None:
+    # every window value beyond every reference value (D = 1): the asymptotic distribution
+    # gives 0 (NaN for one row each); scipy's exact test gives 2 / C(n + m, n)
+    reference, window = np.arange(n, dtype=float), np.arange(m, dtype=float) + 1000
+    exact = stats.ks_2samp(reference, window, method="exact")
+    edges = np.array([-1.0, 500.0, 2000.0])
+    for ref_counts, win_counts in [
+        (bin_counts(reference, edges), bin_counts(window, edges)),
+        (bin_counts(window, edges), bin_counts(reference, edges)),  # the other way round
+    ]:
+        result = ks_binned(ref_counts, win_counts)
+        assert result.statistic == 1.0
+        assert result.p_value == pytest.approx(exact.pvalue, rel=1e-9)
+        assert result.log10_p == pytest.approx(np.log10(exact.pvalue), rel=1e-9)
+
+
+def test_ks_of_large_samples_wholly_apart_is_0_with_the_exact_log10_p() -> None:
+    result = ks_binned(np.array([20_000, 0, 0]), np.array([0, 0, 500]))
+    assert result.p_value == 0.0
+    exact = np.log10(2) - (
+        special.gammaln(20_501) - special.gammaln(20_001) - special.gammaln(501)
+    ) / np.log(10)
+    assert result.log10_p is not None
+    assert result.log10_p == pytest.approx(exact, rel=1e-12)
+    assert result.log10_p < -308
+
+
+ZIPF = 1 / np.arange(1, 51) ** 1.2 / np.sum(1 / np.arange(1, 51) ** 1.2)  # 50 categories
+
+
+@pytest.mark.parametrize("rows", [1, 10, 200, 1_000, 5_000])
+def test_psi_noise_level_is_psis_exact_expectation_over_the_windows_counts(rows: int) -> None:
+    # the expectation over each bin's binomial count (scipy), floor included, plus (bins - 1)/n
+    rng = np.random.default_rng(rows)
+    reference = np.append(rng.multinomial(20_000, ZIPF), 0)  # an empty "other" bucket
+    shares = reference[reference > 0] / 20_000
+    k = np.arange(rows + 1)[:, None]
+    q, p = np.clip(k / rows, 1e-4, None), np.clip(shares, 1e-4, None)
+    weights = stats.binom.pmf(k, rows, shares)
+    exact = np.sum(weights * (q - p) * np.log(q / p)) + (len(shares) - 1) / 20_000
+    assert psi_noise_level(reference, rows) == pytest.approx(exact, rel=0.02)
+
+
+def test_psi_noise_level_is_what_psi_averages_with_many_rare_categories() -> None:
+    # the asymptotic (bins - 1)(1/n + 1/m) said 0.25 here, where PSI averages 0.39: its flag
+    # fired in two calm windows out of three
+    rng = np.random.default_rng(12)
+    reference = np.append(rng.multinomial(20_000, ZIPF), 0)
+    values = [
+        psi(reference, np.append(rng.multinomial(200, ZIPF), 0)).statistic for _ in range(400)
+    ]
+    assert np.mean(values) == pytest.approx(psi_noise_level(reference, 200), rel=0.05)
+    flagged = np.mean(np.asarray(values) > 0.1 + psi_noise_level(reference, 200))
+    assert flagged < 0.2
+
+
+@pytest.mark.parametrize(
+    ("rows", "cuts"), [(400, range(1, 40)), (10_000, range(2_000, 4_600, 100))]
+)
+def test_ks_log10_p_goes_on_falling_below_the_float_range(rows: int, cuts: range) -> None:
+    # Two samples of ``rows`` (effective size rows / 2), D = 1 - 2 cut / rows: scipy's tail
+    # where it has one, then still falling. Before, past 1e-300 log10 p was the bound
+    # 2 exp(-2 n D^2): -163 for D = 0.97 at 200, where the p-value beside it was 1e-301.
+    previous = 0.0
+    below = 0
+    for cut in cuts:
+        result = ks_binned(np.array([rows - cut, cut]), np.array([cut, rows - cut]))
+        assert result.log10_p is not None
+        assert result.statistic == pytest.approx(1 - 2 * cut / rows)
+        exact = stats.kstwo.logsf(result.statistic, rows // 2) / np.log(10)
+        if np.isfinite(exact):
+            assert result.log10_p == pytest.approx(exact, rel=1e-6), cut
+        else:
+            below += 1
+        assert result.log10_p > previous or previous == 0.0, cut  # D falls as the cut grows
+        previous = result.log10_p
+    assert below >= 3

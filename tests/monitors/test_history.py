@@ -13,9 +13,10 @@ from prometheus_client import CollectorRegistry
 from monitors.app import create_status_app
 from monitors.history import WindowHistory
 from monitors.metrics import MonitorMetrics
+from monitors.profile import build_profile
 from monitors.service import MonitorService
 from monitors.settings import MonitorSettings
-from tests.monitors._records import backlog, consumer_records, demo_profile
+from tests.monitors._records import NAMES, X, backlog, consumer_records, demo_profile
 
 MODEL = "breast_cancer"
 
@@ -72,6 +73,27 @@ async def test_a_backlog_caught_up_in_one_batch_is_all_in_the_history_and_one_ev
     )
     assert 'monitor_feature_neg_log10_p_value{feature="mean area"' in metrics
     assert 'monitor_feature_psi_threshold{feature="mean area"' in metrics
+
+
+async def test_a_model_with_a_categorical_feature_has_its_windows_written(
+    demo_registry: Path, tmp_path: Path
+) -> None:
+    # Before, the unseen-categories flag was numpy's bool, which the history's JSON writer
+    # refused: the first save after a window of such a model raised, and the monitor stopped.
+    monitor = service(demo_registry, tmp_path)
+    columns = {name: X[:, j] for j, name in enumerate(NAMES)}
+    columns["prediction:label"] = (X[:, 0] > 14).astype(int)
+    profile = build_profile(columns, categorical={"prediction:label"})
+    profile.dump(demo_registry / MODEL / "1")
+    await monitor.consume(0, consumer_records(backlog()))
+    monitor._save_audit()
+    await monitor.webhooks.aclose()
+    entries = monitor.history.windows(MODEL, "1")
+    assert [e["status"] for e in entries] == ["ok"] * 3 + ["drift"] * 6
+    label = next(f for f in entries[-1]["features"] if f["name"] == "prediction:label")
+    assert label["kind"] == "categorical"
+    assert label["flags"]["unseen"] is False
+    assert label["drifted"] is True
 
 
 async def test_windows_are_served_by_seq_and_limit(demo_registry: Path, tmp_path: Path) -> None:

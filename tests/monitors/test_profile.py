@@ -200,3 +200,59 @@ def test_records_the_gateway_writes_for_typed_inputs_match_a_profile_from_csv(
     judged = next(f for f in result.features if f.name == "colour")
     assert judged.missing_rate == pytest.approx(0.1)
     assert result.drifted_features == ["colour"], "only the rise in missing colours"
+
+
+def test_infinities_in_training_data_count_in_the_outer_bins_and_spoil_no_statistic(
+    tmp_path: Path,
+) -> None:
+    rng = np.random.default_rng(5)
+    finite = rng.normal(10.0, 2.0, size=1000)
+    values = np.concatenate([finite, [np.inf] * 30, [-np.inf] * 20, [np.nan] * 50])
+    profile = build_profile({"x": values})
+    x = profile.features["x"]
+    edges = np.quantile(finite, np.linspace(0, 1, 11))
+    assert x.bin_edges == pytest.approx(edges.tolist())
+    expected = np.histogram(finite, edges)[0]
+    expected[0] += 20  # -inf: below every edge
+    expected[-1] += 30  # +inf: above every edge
+    assert x.counts == expected.tolist()
+    assert x.mean == pytest.approx(finite.mean())
+    assert x.std == pytest.approx(finite.std())
+    assert x.quantiles["p99"] == pytest.approx(np.quantile(finite, 0.99))
+    assert x.missing_rate == pytest.approx(50 / 1100)
+    profile.dump(tmp_path)  # finite numbers only: the stored profile reads back as it was
+    assert ModelProfile.model_validate_json((tmp_path / PROFILE_FILE).read_bytes()) == profile
+    only = build_profile({"y": np.array([np.inf, -np.inf, np.inf, np.nan])}).features["y"]
+    assert sum(only.counts) == 3
+    assert np.isfinite([*only.bin_edges, only.mean, only.std]).all()
+
+
+def test_a_constant_feature_that_changes_is_seen_by_every_detector() -> None:
+    rng = np.random.default_rng(6)
+    profile = build_profile({"flag": np.zeros(5000), "x": rng.normal(size=5000)})
+    flag = profile.features["flag"]
+    assert flag.counts == [0, 5000, 0]  # below, the value itself, above
+
+    def judge(values: np.ndarray) -> dict[str, bool]:
+        record = {"time": 1.0, "rows": 500,
+                  "features": {"flag": values.tolist(), "x": rng.normal(size=500).tolist()}}  # fmt: skip
+        ((_, summary),) = Windows(WindowSpec("count", 500, 500), profile).add([record], [0])
+        result = evaluate(summary, profile, DetectorConfig(), model="m", version="1",
+                          window_id="w", start_time=0, end_time=1)  # fmt: skip
+        feature = next(f for f in result.features if f.name == "flag")
+        assert feature.psi >= 0
+        return {**feature.flags, "drifted": feature.drifted}
+
+    assert not any(judge(np.zeros(500)).values())
+    for changed in (
+        np.ones(500),
+        np.full(500, -3.0),
+        np.full(500, 0.25),
+        np.r_[np.zeros(250), np.ones(250)],
+    ):
+        flags = judge(changed)
+        assert flags["drifted"], changed[-1]
+        assert [k for k in ("test", "psi", "js", "wasserstein") if not flags[k]] == []
+    huge = build_profile({"c": np.full(10, 1e17)}).features["c"]
+    assert huge.counts == [0, 10, 0]
+    assert np.all(np.diff(huge.bin_edges) > 0)

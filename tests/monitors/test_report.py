@@ -8,9 +8,14 @@ import sys
 from pathlib import Path
 
 import httpx
+import numpy as np
 import pytest
 
+from monitors.evaluate import DetectorConfig, evaluate
+from monitors.history import HISTORY_DIR, WindowHistory, history_entry
+from monitors.pictures import render_html
 from monitors.report import ReportError, load_report
+from monitors.windows import Windows, WindowSpec
 from tests._browser import render
 from tests.monitors._records import backlog, consumer_records, demo_profile
 from tests.monitors.test_history import service
@@ -97,3 +102,21 @@ def test_a_monitor_url_that_cannot_be_read_is_a_report_error(
     with pytest.raises(ReportError, match="not a window history"):
         load_report("a?b/c", "1", url="http://monitor:8090/")
     assert asked == ["http://monitor:8090/windows/a%3Fb%2Fc/1"]  # the name is one path segment
+
+
+def test_the_page_draws_a_window_in_which_a_feature_had_no_values(tmp_path: Path) -> None:
+    # its readings were made of nothing, with infinite thresholds written as null: the page
+    # failed to format them
+    profile = demo_profile()
+    rng = np.random.default_rng(14)
+    features = {name: rng.normal(size=300).tolist() for name in profile.features}
+    features["mean radius"] = [None] * 300
+    record = {"time": 1.0, "rows": 300, "features": features}
+    ((_, summary),) = Windows(WindowSpec("count", 300, 300), profile).add([record], [0])
+    result = evaluate(summary, profile, DetectorConfig(), model="m", version="1",
+                      window_id="m/1/p0/1", start_time=0, end_time=1)  # fmt: skip
+    history = WindowHistory(tmp_path / HISTORY_DIR)
+    history.add(0, history_entry(result.to_dict(), summary, profile, 0), profile)
+    history.flush()
+    page = render_html(load_report("m", "1", state_dir=tmp_path))
+    assert "window 1: ks p=1, PSI 0.000 (threshold 0.100), drifted" in page  # mean radius

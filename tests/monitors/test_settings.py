@@ -103,3 +103,27 @@ def test_a_webhook_url_that_is_not_an_http_url_is_refused_naming_it(
     path.write_text(yaml.safe_dump({"webhooks": [{"name": "w", "url": url, "secret": "s"}]}))
     with pytest.raises(SettingsError, match="webhook 'w': url"):
         load_settings(path)
+
+
+@pytest.mark.parametrize(
+    ("window", "named"),
+    [
+        ({"size": 1000, "slide": 400}, r"window\.size \(1000\) must be a whole multiple"),
+        ({"size": 100, "slide": 300}, r"window\.size \(100\) must be a whole multiple"),
+        ({"by": "time", "size": 25, "slide": 10}, r"window\.size \(25\) must be a whole"),
+        ({"size": 10, "slide": 0.5}, r"window\.size and window\.slide count rows"),
+        ({"size": 100.5, "slide": 100.5}, r"window\.size and window\.slide count rows"),
+    ],
+)
+def test_a_window_that_is_not_whole_slides_is_refused_naming_it(
+    window: dict[str, object], named: str
+) -> None:
+    # Before: 1000 by 400 made windows of 800 rows, 100 by 300 of 300, 25 s by 10 of 20 s,
+    # 100.5 rows of 100, and a count slide of 0.5 rows hung the consumer loop.
+    with pytest.raises(SettingsError, match=named):
+        load_settings(window=window)
+
+
+def test_whole_slides_are_taken_whatever_the_floats() -> None:
+    assert load_settings(window={"by": "time", "size": 0.3, "slide": 0.1}).window.size == 0.3
+    assert load_settings(window={"size": 5000, "slide": 1000}).window.slide == 1000
