@@ -142,7 +142,9 @@ class _Classes:
                     f"{where}: unknown class {value!r}; the classes are {list(self.names)}"
                 )
             return value
-        if value != int(value) or not 0 <= value < len(self.at):
+        if value != int(value):
+            raise InvalidInputError(f"{where}: class index {value!r} is not a whole number")
+        if not 0 <= value < len(self.at):
             raise InvalidInputError(
                 f"{where}: class index {value!r} out of range 0..{len(self.at) - 1}"
             )

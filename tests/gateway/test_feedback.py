@@ -126,6 +126,8 @@ async def test_feedback_is_checked_answered_202_and_logged_to_its_topic(
             response = await client.post(url, content=body)
             assert response.status_code == 400, case
             assert "error" in response.json(), case
+        half = await client.post(url, content=b'{"id": "r", "label": 1.5}')
+        assert half.json()["error"] == "item 0: class index 1.5 is not a whole number"
         ahead = await client.post(url, content=bad["a time a day ahead"])
         assert "s ahead of this clock" in ahead.json()["error"]
         twice = await client.post(url, content=bad["a row labelled twice, differently"])
