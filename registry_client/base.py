@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import abc
+from collections.abc import Hashable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -53,6 +54,12 @@ class Registry(abc.ABC):
 
     async def aclose(self) -> None:  # noqa: B027 - optional hook, most backends hold nothing
         """Release connections; safe to call twice."""
+
+    async def version_stamp(self, name: str, version: str) -> Hashable | None:
+        """What the version's files are now, to tell whether they changed since (a version that
+        failed to load is tried again once they have); never raises. None where a version's
+        files never change once it exists (the default)."""
+        return None
 
     @abc.abstractmethod
     async def read_document(self, name: str, version: str, key: str) -> bytes | None:

@@ -7,17 +7,20 @@ import errno
 import json
 import os
 import shutil
-import tempfile
+import uuid
+from collections.abc import Callable, Hashable
 from pathlib import Path
+from typing import ParamSpec, TypeVar
 
 from registry_client.base import ModelVersion, Registry, document_name, verify_version_dir
 from registry_client.errors import (
     CorruptModelError,
     ModelNotFoundError,
     RegistryError,
+    RegistryUnavailableError,
     VersionNotFoundError,
 )
-from registry_client.metadata import MODEL_FILE, ModelMetadata, file_sha256
+from registry_client.metadata import METADATA_FILE, MODEL_FILE, ModelMetadata, file_sha256
 from registry_client.mlmodel import MLMODEL_FILE
 from registry_client.reference import ModelRef
 
@@ -26,13 +29,22 @@ __all__ = ["LocalRegistry"]
 _ALIASES_FILE = "aliases.json"
 # The registration key of a version registered with one (``register(key=...)``).
 _KEY_FILE = ".registration-key"
+# Most entries a version folder's stamp looks at (a version holds a handful of files).
+_STAMP_MAX_ENTRIES = 1000
+
+_P = ParamSpec("_P")
+_T = TypeVar("_T")
 
 
 class LocalRegistry(Registry):
     """The embedded default registry; also the write side used by the demo and the tests.
 
     ``latest`` is an implicit alias for the highest version unless an ``aliases.json``
-    entry overrides it.
+    entry overrides it. A folder or file the process cannot read (permissions, an I/O error)
+    is ``RegistryUnavailableError``: it may pass. A version folder is whole once it holds its
+    model and its description (``metadata.json`` or ``MLmodel``): one without either is
+    refused as corrupt, so a folder copied in by hand, model first, is never served without
+    its metadata (``register`` builds the folder aside and is always whole).
     """
 
     def __init__(self, root: Path) -> None:
@@ -42,12 +54,16 @@ class LocalRegistry(Registry):
         if ref.version is not None:
             return ref.version
         assert ref.alias is not None
-        return await asyncio.to_thread(self._resolve_alias, ref.name, ref.alias)
+        return await asyncio.to_thread(_readable, self._resolve_alias, ref.name, ref.alias)
 
     async def fetch(self, name: str, version: str) -> ModelVersion:
-        path = self._version_dir(name, version)
-        files = await asyncio.to_thread(verify_version_dir, name, version, path)
-        return ModelVersion.of(name, version, path, files)
+        return await asyncio.to_thread(_readable, self._fetch, name, version)
+
+    async def version_stamp(self, name: str, version: str) -> Hashable:
+        """The version folder's entries with their sizes, inodes and change times (empty while
+        it does not exist): it changes whenever a file of the version is written, replaced,
+        added, removed or has its permissions changed."""
+        return await asyncio.to_thread(self._stamp, name, version)
 
     async def read_document(self, name: str, version: str, key: str) -> bytes | None:
         path = self._version_dir(name, version) / document_name(key)
@@ -136,7 +152,8 @@ class LocalRegistry(Registry):
             earlier = self._registered_under(name, key)
             if earlier is not None:
                 return earlier
-        staging = Path(tempfile.mkdtemp(prefix=".register-", dir=model_dir))
+        staging = model_dir / f".register-{uuid.uuid4().hex}"
+        staging.mkdir()  # with the umask's permissions, as the version folder's readers expect
         try:
             shutil.copyfile(model_file, staging / MODEL_FILE)
             checksum = file_sha256(staging / MODEL_FILE)
@@ -160,6 +177,37 @@ class LocalRegistry(Registry):
         _write_atomically(model_dir / _ALIASES_FILE, json.dumps(aliases, indent=2).encode())
 
     # -- internals ----------------------------------------------------------------------------
+
+    def _fetch(self, name: str, version: str) -> ModelVersion:
+        path = self._version_dir(name, version)
+        if not (path / METADATA_FILE).exists() and not (path / MLMODEL_FILE).exists():
+            raise CorruptModelError(
+                f"model {name} version {version}: {METADATA_FILE} is missing (a version folder "
+                f"is whole once it holds {MODEL_FILE} and {METADATA_FILE}, or an {MLMODEL_FILE})"
+            )
+        files = verify_version_dir(name, version, path)
+        return ModelVersion.of(name, version, path, files)
+
+    def _stamp(self, name: str, version: str) -> Hashable:
+        try:
+            ModelRef.parse(f"{name}/{version}")  # rejects path tricks such as '..'
+        except RegistryError:
+            return object()  # fetching it says what is wrong
+        path = self.root / name / version
+        entries: list[tuple[str, int, int, int, int]] = []
+        try:
+            for folder, dirs, files in os.walk(path):
+                for entry in [folder, *(os.path.join(folder, f) for f in dirs + files)]:
+                    stat = os.stat(entry, follow_symlinks=False)
+                    relative = os.path.relpath(entry, path)
+                    entries.append(
+                        (relative, stat.st_size, stat.st_ino, stat.st_mtime_ns, stat.st_ctime_ns)
+                    )
+                    if len(entries) > _STAMP_MAX_ENTRIES:
+                        return object()  # too big to say: taken as changed
+        except OSError:
+            return object()  # unreadable now: taken as changed, so it is tried again
+        return tuple(sorted(entries))
 
     def _registered_under(self, name: str, key: str) -> str | None:
         for version in self.versions(name):
@@ -217,14 +265,29 @@ def _install_version(model_dir: Path, staging: Path, name: str, version: str | N
 
 
 def _write_atomically(path: Path, data: bytes) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}-", dir=path.parent)
+    tmp = path.with_name(f".{path.name}-{uuid.uuid4().hex}")
+    # 0o666 less the umask, as open() gives: mkstemp's 0o600 left aliases.json unreadable to
+    # a gateway running as another user than the writer
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
     try:
         with os.fdopen(fd, "wb") as fh:
             fh.write(data)
         os.replace(tmp, path)
     except BaseException:
-        Path(tmp).unlink(missing_ok=True)
+        tmp.unlink(missing_ok=True)
         raise
+
+
+def _readable(read: Callable[_P, _T], *args: _P.args, **kwargs: _P.kwargs) -> _T:
+    """``read(...)``, with an OSError (permissions, an I/O error) as RegistryUnavailableError:
+    it may pass, so whoever follows the registry tries again rather than giving up."""
+    try:
+        return read(*args, **kwargs)
+    except OSError as exc:
+        where = f" {exc.filename}" if exc.filename else ""
+        raise RegistryUnavailableError(
+            f"cannot read the registry:{where}: {exc.strerror or exc}"
+        ) from exc
 
 
 def _version_key(version: str) -> tuple[int, int | str]:

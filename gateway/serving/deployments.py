@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Hashable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
@@ -200,7 +200,9 @@ class Deployment:
         self._metrics = metrics
         self._poll_interval_s = poll_interval_s
         self._drain_timeout_s = drain_timeout_s
-        self._failed_version: str | None = None
+        # A version that failed for good, with its files' stamp then: not tried again until
+        # its files change (a version folder that was seen half written).
+        self._failed: tuple[str, Hashable | None] | None = None
         self._watcher: asyncio.Task[None] | None = None
         self._draining: set[asyncio.Task[None]] = set()
 
@@ -231,7 +233,9 @@ class Deployment:
             return False
         if self.current is not None and self.current.version == version:
             return False
-        if version == self._failed_version:
+        registry = self._loader.registry
+        stamp = await registry.version_stamp(self.ref.name, version)
+        if self._failed == (version, stamp):
             return False  # a broken version is not retried every poll; a new version is
         try:
             loaded = await self._loader.load(
@@ -245,11 +249,12 @@ class Deployment:
             )
         except ModelLoadError as exc:
             if not isinstance(exc.__cause__, RegistryError) or not exc.__cause__.retriable:
-                self._failed_version = version
+                self._failed = (version, stamp)
             self._note_error(str(exc))
             return False
         old, self.current = self.current, loaded
         self.last_error = None
+        self._failed = None
         self._metrics.model_loaded.labels(self.name, version, self.variant, str(self.ref)).set(1)
         if old is not None:
             self._metrics.model_swaps.labels(self.name, self.variant).inc()

@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+import os
+import stat
 from pathlib import Path
 
 import pytest
@@ -12,6 +14,7 @@ from registry_client import (
     ModelNotFoundError,
     ModelRef,
     RegistryError,
+    RegistryUnavailableError,
     VersionNotFoundError,
 )
 
@@ -102,3 +105,62 @@ async def test_a_corrupt_aliases_file_is_a_registry_error(
         await registry.fetch(
             demo_model, await registry.resolve(ModelRef.parse(f"{demo_model}@champion"))
         )
+
+
+def test_registered_versions_and_aliases_follow_the_umask(tmp_path: Path) -> None:
+    # versions were 0700 and aliases.json 0600 whatever the umask (mkdtemp, mkstemp): a
+    # gateway running as another user than the writer could read neither
+    registry = LocalRegistry(tmp_path / "reg")
+    source = tmp_path / "m.onnx"
+    source.write_bytes(b"model bytes")
+    previous = os.umask(0o022)
+    try:
+        version = registry.register("m", source, ModelMetadata())
+        registry.set_alias_sync("m", "champion", version)
+        os.umask(0o077)
+        private = registry.register("m", source, ModelMetadata())
+    finally:
+        os.umask(previous)
+    folder = tmp_path / "reg" / "m"
+    assert stat.S_IMODE((folder / version).stat().st_mode) == 0o755
+    assert stat.S_IMODE((folder / version / "model.onnx").stat().st_mode) == 0o644
+    assert stat.S_IMODE((folder / version / "metadata.json").stat().st_mode) == 0o644
+    assert stat.S_IMODE((folder / "aliases.json").stat().st_mode) == 0o644
+    assert stat.S_IMODE((folder / private).stat().st_mode) == 0o700
+
+
+async def test_a_version_folder_without_its_metadata_is_not_whole(
+    demo_registry: Path, demo_model: str
+) -> None:
+    # model.onnx copied in first was served with default metadata: no features, no labels
+    (demo_registry / demo_model / "2" / "metadata.json").unlink()
+    with pytest.raises(CorruptModelError, match=r"metadata\.json is missing"):
+        await LocalRegistry(demo_registry).fetch(demo_model, "2")
+
+
+async def test_a_registry_that_cannot_be_read_is_unavailable_not_corrupt(
+    demo_registry: Path, demo_model: str
+) -> None:
+    registry = LocalRegistry(demo_registry)
+    aliases = demo_registry / demo_model / "aliases.json"
+    aliases.unlink()
+    aliases.mkdir()  # an OSError on reading, as a file without permissions gives (even to root)
+    with pytest.raises(RegistryUnavailableError, match=r"aliases\.json: Is a directory") as info:
+        await registry.resolve(ModelRef.parse(f"{demo_model}@champion"))
+    assert info.value.retriable
+
+
+async def test_a_version_stamp_changes_with_its_files(demo_registry: Path, demo_model: str) -> None:
+    registry = LocalRegistry(demo_registry)
+    folder = demo_registry / demo_model / "2"
+    stamp = await registry.version_stamp(demo_model, "2")
+    assert await registry.version_stamp(demo_model, "2") == stamp
+    await registry.fetch(demo_model, "2")  # reading changes nothing
+    assert await registry.version_stamp(demo_model, "2") == stamp
+    (folder / "model.onnx").chmod(0o600)
+    assert await registry.version_stamp(demo_model, "2") != stamp
+    stamp = await registry.version_stamp(demo_model, "2")
+    with (folder / "metadata.json").open("ab") as metadata:
+        metadata.write(b" ")
+    assert await registry.version_stamp(demo_model, "2") != stamp
+    assert await registry.version_stamp(demo_model, "7") == ()  # no such folder yet

@@ -1,0 +1,124 @@
+"""Hot swaps in process, over the real core: what an alias move must not let through.
+
+A version folder still being written, and a registry that cannot be read for a while: the
+serving version keeps answering, the failure is logged and counted, and what is whole is
+taken up.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import shutil
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from pathlib import Path
+
+import httpx
+from prometheus_client import CollectorRegistry
+from sklearn.datasets import load_breast_cancer
+
+from gateway.http import create_app
+from gateway.settings import load_settings
+
+ROW = load_breast_cancer().data[0].astype("float32").tolist()
+BODY = {"inputs": [{"name": "input", "shape": [1, 30], "datatype": "FP32", "data": ROW}]}
+INFER = "/v2/models/breast_cancer/infer"
+
+
+class Gateway:
+    """An in-process gateway following ``breast_cancer@champion``: a client and its metrics."""
+
+    def __init__(self, client: httpx.AsyncClient, metrics: CollectorRegistry) -> None:
+        self.client = client
+        self.metrics = metrics
+
+    def failures(self, version: str) -> float:
+        labels = {"model": "breast_cancer", "version": version, "variant": "default"}
+        value = self.metrics.get_sample_value(
+            "gateway_model_loads_total", {**labels, "outcome": "failure"}
+        )
+        return value or 0.0
+
+    async def version(self) -> str:
+        answer = await self.client.post(INFER, json=BODY)
+        assert answer.status_code == 200, answer.text
+        version: str = answer.json()["model_version"]
+        return version
+
+
+@asynccontextmanager
+async def following_champion(registry: Path) -> AsyncIterator[Gateway]:
+    settings = load_settings(
+        registry={"root": str(registry), "poll_interval_s": 0.02},
+        models=[{"name": "breast_cancer", "ref": "breast_cancer@champion"}],
+    )
+    metrics = CollectorRegistry()
+    app = create_app(settings, metrics_registry=metrics)
+    async with app.router.lifespan_context(app):
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://gateway") as client:
+            yield Gateway(client, metrics)
+
+
+async def wait_for(condition: Callable[[], object], timeout_s: float = 30.0) -> None:
+    """Wait until ``condition()`` holds; the generous bound only turns a hang into a failure."""
+    deadline = asyncio.get_running_loop().time() + timeout_s
+    while not condition():
+        assert asyncio.get_running_loop().time() < deadline, "condition not reached"
+        await asyncio.sleep(0.02)
+
+
+def point_champion_at(registry: Path, version: str) -> None:
+    """Move the alias by hand, as a script would, to a version that may not exist yet."""
+    aliases = registry / "breast_cancer" / "aliases.json"
+    aliases.write_text(json.dumps({**json.loads(aliases.read_text()), "champion": version}))
+
+
+async def test_a_version_folder_written_in_place_is_served_once_whole_and_not_before(
+    demo_registry: Path,
+) -> None:
+    # a folder seen half written failed for good: the whole version was never taken up; and
+    # a folder whose model.onnx came before its metadata.json was served without its metadata
+    source = demo_registry / "breast_cancer" / "2"
+    folder = demo_registry / "breast_cancer" / "3"
+    async with following_champion(demo_registry) as gw:
+        folder.mkdir()
+        point_champion_at(demo_registry, "3")
+        await wait_for(lambda: gw.failures("3") >= 1)  # model.onnx is missing
+        tried = gw.failures("3")
+        shutil.copyfile(source / "model.onnx", folder / "model.onnx")
+        await wait_for(lambda: gw.failures("3") > tried)  # metadata.json is missing
+        assert await gw.version() == "1"
+        shutil.copyfile(source / "metadata.json", folder / "metadata.json")
+        for _ in range(1000):
+            if await gw.version() == "3":
+                break
+            await asyncio.sleep(0.02)
+        assert await gw.version() == "3"
+        described = (await gw.client.get("/v2/models/breast_cancer")).json()
+        assert described["parameters"]["class_labels"] == ["malignant", "benign"]
+
+
+async def test_a_registry_that_cannot_be_read_leaves_the_gateway_up_and_not_ready(
+    demo_registry: Path,
+) -> None:
+    # the OSError escaped: the gateway did not start, and a running one logged a traceback on
+    # every poll
+    aliases = demo_registry / "breast_cancer" / "aliases.json"
+    text = aliases.read_text()
+    aliases.unlink()
+    aliases.mkdir()  # reading it fails as a file without permissions would (even for root)
+    async with following_champion(demo_registry) as gw:
+        ready = await gw.client.get("/v2/health/ready")
+        assert ready.status_code == 503
+        reason = ready.json()["not_ready"]["breast_cancer"]["default"]
+        assert "cannot read the registry" in reason
+        assert "aliases.json: Is a directory" in reason
+        aliases.rmdir()
+        aliases.write_text(text)
+        for _ in range(1000):
+            if (await gw.client.get("/v2/health/ready")).status_code == 200:
+                break
+            await asyncio.sleep(0.02)
+        assert await gw.version() == "1"
