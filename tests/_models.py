@@ -2,7 +2,8 @@
 class labels (and outputs) differ from the demo's.
 
 All take the demo model's input (``input``, FP32 [N, 30]) and give its outputs (``label``
-INT64 [N], ``probabilities`` FP32 [N, 2]), so they can stand in for a new version of it.
+INT64 [N], ``probabilities`` FP32 [N, 2]), so they can stand in for a new version of it, but
+one that takes another input (``x``, FP32 [N, 10]): a version no caller of the demo can use.
 """
 
 from __future__ import annotations
@@ -16,18 +17,25 @@ from onnx import TensorProto, helper, numpy_helper
 
 from registry_client import LocalRegistry, ModelMetadata
 
-__all__ = ["register_classes_version", "register_failing_version", "register_slow_version"]
+__all__ = [
+    "register_classes_version",
+    "register_failing_version",
+    "register_other_inputs_version",
+    "register_slow_version",
+]
 
 
 def _model(
     nodes: list[onnx.NodeProto],
     initializers: list[onnx.TensorProto],
     extra_outputs: tuple[onnx.ValueInfoProto, ...] = (),
+    source: str = "input",
+    width: int = 30,
 ) -> onnx.ModelProto:
     graph = helper.make_graph(
         nodes,
         "test-model",
-        [helper.make_tensor_value_info("input", TensorProto.FLOAT, [None, 30])],
+        [helper.make_tensor_value_info(source, TensorProto.FLOAT, [None, width])],
         [
             helper.make_tensor_value_info("label", TensorProto.INT64, [None]),
             helper.make_tensor_value_info("probabilities", TensorProto.FLOAT, [None, 2]),
@@ -98,6 +106,12 @@ def risk_model() -> onnx.ModelProto:
     return _model(nodes, inits, (risk,))
 
 
+def other_inputs_model() -> onnx.ModelProto:
+    """The demo model's outputs from another input: ``x``, FP32 [N, 10]."""
+    nodes, initializers = _head("x", 10)
+    return _model(nodes, initializers, source="x", width=10)
+
+
 def _register(
     registry_root: Path, model: onnx.ModelProto, alias: str, classes: list[str] | None = None
 ) -> str:
@@ -136,3 +150,8 @@ def register_classes_version(
     when asked; returns the version."""
     return _register(registry_root, risk_model() if risk else _model(*_head("input", 30)),
                      alias, classes)  # fmt: skip
+
+
+def register_other_inputs_version(registry_root: Path, alias: str = "other") -> str:
+    """Register a version of the demo model that takes another input; returns the version."""
+    return _register(registry_root, other_inputs_model(), alias)

@@ -2,7 +2,9 @@
 
 When an alias moves, the new version is fetched, loaded and warmed up beside the old one, the
 switch is one assignment on the event loop, and the old version drains its queue and unloads.
-A version that fails to load or warm up never takes traffic.
+A version that fails to load or warm up never takes traffic, nor does one whose inputs or
+outputs differ from those of the version it would replace (the requests made for that one
+would all fail on it).
 """
 
 from __future__ import annotations
@@ -19,7 +21,12 @@ from gateway.metrics import GatewayMetrics
 from gateway.serving.batcher import Batcher, BatchObserver
 from gateway.serving.runtime import ModelRuntime, RuntimeOptions
 from gateway.serving.settings import BatchingSettings
-from gateway.serving.signature import Signature, feature_input, per_feature_inputs
+from gateway.serving.signature import (
+    Signature,
+    breaking_changes,
+    feature_input,
+    per_feature_inputs,
+)
 from registry_client import ModelRef, ModelVersion, Registry, RegistryError
 from registry_client.metadata import ModelMetadata
 
@@ -110,11 +117,15 @@ class ModelLoader:
         overrides: dict[str, object],
         base: BatchingSettings,
         executor: ThreadPoolExecutor | None = None,
+        replacing: LoadedModel | None = None,
     ) -> LoadedModel:
-        """Fetch ``ref.name`` at ``version``, load it, warm it up and start its batcher."""
+        """Fetch ``ref.name`` at ``version``, load it, warm it up and start its batcher; a
+        version that would break the requests ``replacing`` takes is refused (ModelLoadError)."""
         try:
             model_version = await self.registry.fetch(ref.name, version)
             runtime = await asyncio.to_thread(ModelRuntime, model_version, self._options)
+            if replacing is not None:
+                _check_compatible(replacing, runtime.signature, model_version.metadata, version)
             batching = _effective_batching(base, model_version, overrides)
             sizes = batching.warmup_batch_sizes or sorted(
                 {1, *model_version.metadata.batching.warmup_batch_sizes, batching.max_batch_size}
@@ -157,6 +168,30 @@ class ModelLoader:
         )
         self._metrics.model_loads.labels(name, version, variant, "success").inc()
         return LoadedModel(name, variant, ref, version, runtime, batcher, batching)
+
+
+def _check_compatible(
+    serving: LoadedModel, signature: Signature, metadata: ModelMetadata, version: str
+) -> None:
+    changes = breaking_changes(serving.signature, signature)
+    if metadata.feature_names != serving.feature_names:
+        changes.append(
+            f"its features are {_names(metadata.feature_names)}, not "
+            f"{_names(serving.feature_names)}"
+        )
+    if changes:
+        raise ModelLoadError(
+            f"version {version} would break the requests version {serving.version} takes: "
+            f"{'; '.join(changes)}; it does not replace it (a route change to it, or a "
+            "restart, takes it up)"
+        )
+
+
+def _names(names: list[str]) -> str:
+    if not names:
+        return "none"
+    shown = ", ".join(repr(n) for n in names[:3])
+    return f"{len(names)} ({shown}{', ...' if len(names) > 3 else ''})"
 
 
 def _effective_batching(
@@ -246,6 +281,7 @@ class Deployment:
                 self._overrides,
                 self._batching,
                 self._executor,
+                self.current,
             )
         except ModelLoadError as exc:
             if not isinstance(exc.__cause__, RegistryError) or not exc.__cause__.retriable:

@@ -14,6 +14,7 @@ __all__ = [
     "ONNX_TO_DATATYPE",
     "Signature",
     "TensorSpec",
+    "breaking_changes",
     "datatype_of",
     "feature_input",
     "per_feature_inputs",
@@ -139,6 +140,33 @@ class Signature:
             if spec.name == name:
                 return spec
         return None
+
+
+def breaking_changes(serving: Signature, new: Signature) -> list[str]:
+    """What ``new`` changes of ``serving``'s tensors that requests made for ``serving`` would
+    fail on: an input gone, added, or of another datatype or shape (a fixed dimension may
+    open, nothing else), an output gone or of another datatype. Empty when none."""
+    changes = []
+    for spec in serving.inputs:
+        other = new.input(spec.name)
+        if other is None:
+            changes.append(f"input {spec.name!r} is gone")
+        elif other.datatype != spec.datatype:
+            changes.append(f"input {spec.name!r} takes {other.datatype}, not {spec.datatype}")
+        elif len(other.shape) != len(spec.shape) or any(
+            size not in (-1, was) for size, was in zip(other.shape, spec.shape, strict=True)
+        ):
+            changes.append(
+                f"input {spec.name!r} takes shape {list(other.shape)}, not {list(spec.shape)}"
+            )
+    changes += [f"input {s.name!r} is new" for s in new.inputs if serving.input(s.name) is None]
+    for spec in serving.outputs:
+        other = new.output(spec.name)
+        if other is None:
+            changes.append(f"output {spec.name!r} is gone")
+        elif other.datatype != spec.datatype:
+            changes.append(f"output {spec.name!r} is {other.datatype}, not {spec.datatype}")
+    return changes
 
 
 def feature_input(signature: Signature, metadata: ModelMetadata) -> TensorSpec | None:

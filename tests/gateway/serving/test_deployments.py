@@ -1,8 +1,8 @@
 """Hot swaps in process, over the real core: what an alias move must not let through.
 
-A version folder still being written, and a registry that cannot be read for a while: the
-serving version keeps answering, the failure is logged and counted, and what is whole is
-taken up.
+A version that would break the requests being served, a version folder still being written,
+and a registry that cannot be read for a while: the serving version keeps answering, the
+failure is logged and counted, and what is whole and compatible is taken up.
 """
 
 from __future__ import annotations
@@ -20,6 +20,8 @@ from sklearn.datasets import load_breast_cancer
 
 from gateway.http import create_app
 from gateway.settings import load_settings
+from registry_client import LocalRegistry
+from tests._models import register_other_inputs_version
 
 ROW = load_breast_cancer().data[0].astype("float32").tolist()
 BODY = {"inputs": [{"name": "input", "shape": [1, 30], "datatype": "FP32", "data": ROW}]}
@@ -73,6 +75,26 @@ def point_champion_at(registry: Path, version: str) -> None:
     """Move the alias by hand, as a script would, to a version that may not exist yet."""
     aliases = registry / "breast_cancer" / "aliases.json"
     aliases.write_text(json.dumps({**json.loads(aliases.read_text()), "champion": version}))
+
+
+async def test_a_version_that_takes_other_inputs_does_not_replace_the_serving_one(
+    demo_registry: Path,
+) -> None:
+    # it used to be switched to: every request made for version 1 then failed with 400
+    async with following_champion(demo_registry) as gw:
+        other = register_other_inputs_version(demo_registry, alias="champion")
+        await wait_for(lambda: gw.failures(other) == 1)
+        assert await gw.version() == "1"
+        ready = await gw.client.get("/v2/models/breast_cancer/ready")
+        assert ready.json()["version"] == "1"
+        # a version that keeps the inputs is still taken up after it
+        LocalRegistry(demo_registry).set_alias_sync("breast_cancer", "champion", "2")
+        for _ in range(1000):
+            if await gw.version() == "2":
+                break
+            await asyncio.sleep(0.02)
+        assert await gw.version() == "2"
+        assert gw.failures(other) == 1  # tried once, not on every poll
 
 
 async def test_a_version_folder_written_in_place_is_served_once_whole_and_not_before(

@@ -1,10 +1,11 @@
-"""Which inputs hold a model's named features."""
+"""Which inputs hold a model's named features; what a new version may change of its tensors."""
 
 from __future__ import annotations
 
 import pytest
 
 from gateway.serving import Signature, TensorSpec, feature_input, per_feature_inputs
+from gateway.serving.signature import breaking_changes
 from registry_client import FeatureSpec, ModelMetadata
 
 
@@ -57,3 +58,33 @@ def test_a_2d_model_has_no_per_feature_inputs() -> None:
     sig = signature(TensorSpec("X", "FP32", (-1, 1)))
     assert feature_input(sig, metadata("a")) is not None
     assert per_feature_inputs(sig, metadata("a")) == {}
+
+
+def test_a_new_version_may_open_a_dimension_and_add_outputs_but_break_nothing() -> None:
+    serving = Signature(
+        inputs=(TensorSpec("X", "FP32", (-1, 30)), TensorSpec("k", "INT64", (-1, 1))),
+        outputs=(TensorSpec("label", "INT64", (-1,)), TensorSpec("p", "FP32", (-1, 2))),
+    )
+    assert breaking_changes(serving, serving) == []
+    relaxed = Signature(
+        inputs=(TensorSpec("k", "INT64", (-1, -1)), TensorSpec("X", "FP32", (-1, 30))),
+        outputs=(*serving.outputs, TensorSpec("extra", "FP32", (-1,))),
+    )
+    assert breaking_changes(serving, relaxed) == []
+    broken = Signature(
+        inputs=(TensorSpec("X", "FP64", (-1, 30)), TensorSpec("k", "INT64", (-1, 2)),
+                TensorSpec("new", "FP32", (-1,))),
+        outputs=(TensorSpec("label", "INT32", (-1,)),),
+    )  # fmt: skip
+    assert breaking_changes(serving, broken) == [
+        "input 'X' takes FP64, not FP32",
+        "input 'k' takes shape [-1, 2], not [-1, 1]",
+        "input 'new' is new",
+        "output 'label' is INT32, not INT64",
+        "output 'p' is gone",
+    ]
+    assert breaking_changes(serving, Signature(inputs=serving.inputs[:1], outputs=())) == [
+        "input 'k' is gone",
+        "output 'label' is gone",
+        "output 'p' is gone",
+    ]
