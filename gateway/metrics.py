@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import collections
 import platform
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -60,6 +61,8 @@ class GatewayMetrics:
 
     def __init__(self, registry: CollectorRegistry, gateway_version: str) -> None:
         self.registry = registry
+        # (model, version, variant[, ref]) -> deployments serving under those labels now
+        self._serving: collections.Counter[tuple[str, ...]] = collections.Counter()
         self.requests = Counter(
             "gateway_requests", "Inference requests answered.", _SERVING, registry=registry
         )
@@ -216,10 +219,28 @@ class GatewayMetrics:
         """Metrics of one model version's batcher, with labels bound once."""
         return BatchMetrics(self, model, version, variant)
 
+    def loaded(self, model: str, version: str, variant: str, ref: str) -> None:
+        """A model version serves now; ``forget`` it once it is unloaded."""
+        self._serving[(model, version, variant)] += 1
+        self._serving[(model, version, variant, ref)] += 1
+        self.model_loaded.labels(model, version, variant, ref).set(1)
+
     def forget(self, model: str, version: str, variant: str, ref: str) -> None:
-        """Drop a version's gauges after it is unloaded."""
-        self.model_loaded.remove(model, version, variant, ref)
-        self.queue_depth.remove(model, version, variant)
+        """Drop a version's gauges after it is unloaded, unless another deployment serves it
+        under the same labels: the same version loaded again while this one drained (an alias
+        moved away and back), or the variant's new reference resolving to the same version."""
+        if self._release((model, version, variant, ref)):
+            self.model_loaded.remove(model, version, variant, ref)
+        if self._release((model, version, variant)):
+            self.queue_depth.remove(model, version, variant)
+
+    def _release(self, labels: tuple[str, ...]) -> bool:
+        """One server of ``labels`` fewer; True when none is left."""
+        self._serving[labels] -= 1
+        if self._serving[labels] > 0:
+            return False
+        del self._serving[labels]
+        return True
 
 
 class BatchMetrics:

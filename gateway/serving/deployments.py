@@ -291,7 +291,7 @@ class Deployment:
         old, self.current = self.current, loaded
         self.last_error = None
         self._failed = None
-        self._metrics.model_loaded.labels(self.name, version, self.variant, str(self.ref)).set(1)
+        self._metrics.loaded(self.name, version, self.variant, str(self.ref))
         if old is not None:
             self._metrics.model_swaps.labels(self.name, self.variant).inc()
             log.info(

@@ -336,3 +336,28 @@ async def test_a_shadow_that_cannot_load_is_refused_like_a_variant(
         loads = gw.metric("gateway_model_loads_total", model="breast_cancer", version="2",
                           variant="cand", outcome="success")  # fmt: skip
         assert loads == 1
+
+
+async def test_a_variant_moved_to_another_ref_of_its_version_keeps_its_gauges(
+    demo_registry: Path, tmp_path: Path
+) -> None:
+    # the replaced deployment's unload removed the (model, version, variant) queue-depth
+    # series that the new one, serving the same version, still reports to
+    async with gateway(demo_registry, tmp_path / "audit.jsonl") as gw:
+        pinned = {**AB, "variants": [{**CHAMPION, "ref": "breast_cancer/1"}, CHALLENGER]}
+        assert (await gw.client.put(ROUTE, json=pinned)).status_code == 200
+        served = {"model": "breast_cancer", "version": "1", "variant": "champion"}
+        old = {**served, "ref": "breast_cancer@champion"}
+        await wait_for(lambda: gw.metrics.get_sample_value("gateway_model_loaded", old) is None)
+        assert gw.metrics.get_sample_value("gateway_queue_depth", served) == 0.0
+        assert gw.metric("gateway_model_loaded", **served, ref="breast_cancer/1") == 1.0
+        # back to the alias, with a change that fails (a variant that cannot load) between
+        broken = {**AB, "variants": [CHAMPION, {**CHALLENGER, "ref": "breast_cancer/99"}]}
+        assert (await gw.client.put(ROUTE, json=broken)).status_code == 409
+        assert (await gw.client.put(ROUTE, json=AB)).status_code == 200
+        pinned_ref = {**served, "ref": "breast_cancer/1"}
+        await wait_for(
+            lambda: gw.metrics.get_sample_value("gateway_model_loaded", pinned_ref) is None
+        )
+        assert gw.metrics.get_sample_value("gateway_queue_depth", served) == 0.0
+        assert gw.metric("gateway_model_loaded", **old) == 1.0
