@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from gateway.errors import ModelLoadError, NotReadyError, UnknownModelError
 from gateway.metrics import GatewayMetrics
 from gateway.serving.batcher import Batcher, BatchObserver
-from gateway.serving.runtime import ModelRuntime, RuntimeOptions
+from gateway.serving.runtime import ModelRuntime, RuntimeOptions, release_memory
 from gateway.serving.settings import BatchingSettings
 from gateway.serving.signature import (
     Signature,
@@ -316,6 +316,8 @@ class Deployment:
     async def _unload(self, loaded: LoadedModel) -> None:
         await loaded.batcher.stop(self._drain_timeout_s)
         self._metrics.forget(self.name, loaded.version, self.variant, str(loaded.ref))
+        loaded.runtime.close()
+        await asyncio.to_thread(release_memory)
         log.info("model %s variant %s version %s unloaded", self.name, self.variant, loaded.version)
 
     def _note_error(self, message: str) -> None:
