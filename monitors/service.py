@@ -320,13 +320,25 @@ class MonitorService:
             log.warning("offsets not committed (%s); the snapshots hold them", exc)
 
     async def _shutdown(self, consumer: AIOKafkaConsumer) -> None:
-        """Deliver what is queued, note what was delivered in the snapshots, stop."""
+        """Deliver what is queued, note what was delivered in the snapshots, stop; the Kafka
+        part within ``shutdown_timeout_s``, however the broker answers."""
         await self.outbox.stop(self.settings.webhook_timeout_s)
         self._drop_revoked()
         snapshots = {p: self._snapshot(p, o) for p, o in self._positions.items()}
-        await self._save(snapshots)  # same offsets as committed
-        await consumer.stop()
-        await self.changelog.stop()
+        budget = self.settings.shutdown_timeout_s
+        try:
+            async with asyncio.timeout(budget):
+                await self._save(snapshots)  # same offsets as committed
+                await consumer.stop()
+                await self.changelog.stop()
+        except TimeoutError:
+            # Nothing is lost: offsets are committed only behind saved snapshots, so the next
+            # owner of a partition reads again from there.
+            log.error(
+                "shutdown: Kafka did not answer within %g s (shutdown_timeout_s); the last "
+                "snapshots may be unsaved, and their records are read again after a restart",
+                budget,
+            )
         await self.webhooks.aclose()
         await self.references.aclose()
 

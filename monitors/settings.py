@@ -169,6 +169,10 @@ class MonitorSettings(FileSettings):
     webhook_timeout_s: float = Field(default=5.0, gt=0)
     webhook_max_attempts: int = Field(default=5, ge=1)
     webhook_backoff_s: float = Field(default=0.5, ge=0)
+    # On SIGTERM: how long the last snapshots and the Kafka clients' goodbyes may take (the
+    # webhooks' delivery has webhook_timeout_s besides). A broker that does not answer would
+    # otherwise hold the exit for the changelog's timeout, past a pod's grace period.
+    shutdown_timeout_s: float = Field(default=15.0, gt=0)
     http: HttpSettings = Field(default_factory=HttpSettings)
     performance: PerformanceSettings = Field(default_factory=PerformanceSettings)
     source: str = "model-gateway/drift-monitor"
