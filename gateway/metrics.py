@@ -36,6 +36,7 @@ WORKER_AGGREGATION: dict[str, str] = {
     "gateway_canary_events": "max",
     "gateway_queue_depth": "sum",  # requests waiting in all workers' queues
     "gateway_model_loaded": "max",  # 1 while any worker serves that version
+    "gateway_model_not_taken_up": "max",  # 1 while any worker could not take the version up
     "gateway_build_info": "max",
     "gateway_feature_log_queue_depth": "sum",
     "gateway_feature_log_spool_messages": "sum",  # each worker has its own spool
@@ -131,6 +132,13 @@ class GatewayMetrics:
         self.model_loaded = Gauge(
             "gateway_model_loaded",
             "1 for each model version that serves traffic now.",
+            (*_VERSION, "ref"),
+            registry=registry,
+        )
+        self.model_not_taken_up = Gauge(
+            "gateway_model_not_taken_up",
+            "1 while a model reference points at this version but it could not be loaded "
+            "(refused or failing); the version served before, if any, serves meanwhile.",
             (*_VERSION, "ref"),
             registry=registry,
         )

@@ -10,6 +10,7 @@ would all fail on it).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from collections.abc import Callable, Hashable
@@ -238,6 +239,8 @@ class Deployment:
         # A version that failed for good, with its files' stamp then: not tried again until
         # its files change (a version folder that was seen half written).
         self._failed: tuple[str, Hashable | None] | None = None
+        # The version the reference points at that could not be taken up (the gauge's label)
+        self._not_taken_up: str | None = None
         self._watcher: asyncio.Task[None] | None = None
         self._draining: set[asyncio.Task[None]] = set()
 
@@ -253,6 +256,7 @@ class Deployment:
             self._watcher.cancel()
             await asyncio.gather(self._watcher, return_exceptions=True)
             self._watcher = None
+        self._mark_not_taken_up(None)
         current, self.current = self.current, None
         if current is not None:
             await self._unload(current)
@@ -267,6 +271,7 @@ class Deployment:
             self._note_error(f"cannot resolve {self.ref}: {exc}")
             return False
         if self.current is not None and self.current.version == version:
+            self._mark_not_taken_up(None)  # e.g. an alias moved back to the served version
             return False
         registry = self._loader.registry
         stamp = await registry.version_stamp(self.ref.name, version)
@@ -287,10 +292,12 @@ class Deployment:
             if not isinstance(exc.__cause__, RegistryError) or not exc.__cause__.retriable:
                 self._failed = (version, stamp)
             self._note_error(str(exc))
+            self._mark_not_taken_up(version)
             return False
         old, self.current = self.current, loaded
         self.last_error = None
         self._failed = None
+        self._mark_not_taken_up(None)
         self._metrics.loaded(self.name, version, self.variant, str(self.ref))
         if old is not None:
             self._metrics.model_swaps.labels(self.name, self.variant).inc()
@@ -319,6 +326,19 @@ class Deployment:
         loaded.runtime.close()
         await asyncio.to_thread(release_memory)
         log.info("model %s variant %s version %s unloaded", self.name, self.variant, loaded.version)
+
+    def _mark_not_taken_up(self, version: str | None) -> None:
+        """``gateway_model_not_taken_up`` is 1 for ``version`` alone (None: for no version):
+        the log line and the failure counter say it once, this says it while it lasts."""
+        if version == self._not_taken_up:
+            return
+        gauge = self._metrics.model_not_taken_up
+        if self._not_taken_up is not None:
+            with contextlib.suppress(KeyError):
+                gauge.remove(self.name, self._not_taken_up, self.variant, str(self.ref))
+        if version is not None:
+            gauge.labels(self.name, version, self.variant, str(self.ref)).set(1)
+        self._not_taken_up = version
 
     def _note_error(self, message: str) -> None:
         if message != self.last_error:

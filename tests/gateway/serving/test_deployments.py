@@ -42,6 +42,11 @@ class Gateway:
         )
         return value or 0.0
 
+    def not_taken_up(self, version: str) -> float | None:
+        labels = {"model": "breast_cancer", "version": version, "variant": "default",
+                  "ref": "breast_cancer@champion"}  # fmt: skip
+        return self.metrics.get_sample_value("gateway_model_not_taken_up", labels)
+
     async def version(self) -> str:
         answer = await self.client.post(INFER, json=BODY)
         assert answer.status_code == 200, answer.text
@@ -87,6 +92,8 @@ async def test_a_version_that_takes_other_inputs_does_not_replace_the_serving_on
         assert await gw.version() == "1"
         ready = await gw.client.get("/v2/models/breast_cancer/ready")
         assert ready.json()["version"] == "1"
+        # the counter says it once; the gauge says it for as long as it lasts
+        assert gw.not_taken_up(other) == 1
         # a version that keeps the inputs is still taken up after it
         LocalRegistry(demo_registry).set_alias_sync("breast_cancer", "champion", "2")
         for _ in range(1000):
@@ -95,6 +102,13 @@ async def test_a_version_that_takes_other_inputs_does_not_replace_the_serving_on
             await asyncio.sleep(0.02)
         assert await gw.version() == "2"
         assert gw.failures(other) == 1  # tried once, not on every poll
+        assert gw.not_taken_up(other) is None
+        # refused again, then the alias moves back to the version that serves: cleared too
+        point_champion_at(demo_registry, other)
+        await wait_for(lambda: gw.not_taken_up(other) == 1)
+        point_champion_at(demo_registry, "2")
+        await wait_for(lambda: gw.not_taken_up(other) is None)
+        assert await gw.version() == "2"
 
 
 async def test_a_version_folder_written_in_place_is_served_once_whole_and_not_before(
