@@ -108,9 +108,8 @@ class InferenceService:
         elif isinstance(error, asyncio.CancelledError):
             status = "cancelled"  # the caller disconnected; its rows left the batch queue
         latency_s = time.perf_counter() - started
-        self.traffic.stats.record(
-            model.name, model.variant, latency_s, status in ("error", "timeout")
-        )
+        failed, invalid = status in ("error", "timeout"), status == "invalid"
+        self.traffic.stats.record(model.name, model.variant, latency_s, failed, invalid)
         self._finish(model, info, latency_s, "primary", status, failure, rows, inputs, outputs)
 
     async def infer(
@@ -135,7 +134,10 @@ class InferenceService:
     ) -> None:
         """Account for a request refused before it reached ``infer`` (e.g. a malformed body)."""
         latency_s = time.perf_counter() - started
-        self._finish(model, info, latency_s, "primary", _status(exc), exc, 0, None, None)
+        status = _status(exc)
+        if status == "invalid":  # e.g. rows without the features this version names
+            self.traffic.stats.record(model.name, model.variant, latency_s, False, True)
+        self._finish(model, info, latency_s, "primary", status, exc, 0, None, None)
 
     def record_shadow(
         self,

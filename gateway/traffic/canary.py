@@ -30,22 +30,29 @@ class WindowSummary:
     requests: int
     error_rate: float
     p99_s: float
+    # refused as invalid by the variant's version (400): callers' mistakes fall on every variant
+    # alike, so a canary's rate above the baseline's is its version refusing what the other takes
+    invalid_rate: float = 0.0
 
 
 class VariantStats:
-    """Recent (time, latency, failed) samples per (endpoint, variant), bounded in count."""
+    """Recent (time, latency, failed, invalid) samples per (endpoint, variant), bounded in
+    count."""
 
     def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
-        self._samples: dict[tuple[str, str], deque[tuple[float, float, bool]]] = {}
+        self._samples: dict[tuple[str, str], deque[tuple[float, float, bool, bool]]] = {}
         self._clock = clock
 
-    def record(self, endpoint: str, variant: str, latency_s: float, failed: bool) -> None:
-        """One answered request; ``failed``: the gateway or the model failed, not the caller."""
+    def record(
+        self, endpoint: str, variant: str, latency_s: float, failed: bool, invalid: bool = False
+    ) -> None:
+        """One answered request; ``failed``: the gateway or the model failed, not the caller;
+        ``invalid``: the variant's version refused the request as invalid (400)."""
         key = (endpoint, variant)
         samples = self._samples.get(key)
         if samples is None:
             samples = self._samples[key] = deque(maxlen=_MAX_SAMPLES)
-        samples.append((self._clock(), latency_s, failed))
+        samples.append((self._clock(), latency_s, failed, invalid))
 
     def summary(self, endpoint: str, variant: str, window_s: float) -> WindowSummary:
         """Requests, error rate and p99 latency over the last ``window_s`` seconds."""
@@ -57,8 +64,12 @@ class VariantStats:
             return WindowSummary(0, 0.0, 0.0)
         latencies = np.fromiter((s[1] for s in samples), dtype=np.float64, count=len(samples))
         errors = sum(1 for s in samples if s[2])
+        invalid = sum(1 for s in samples if s[3])
         return WindowSummary(
-            len(samples), errors / len(samples), float(np.percentile(latencies, 99))
+            len(samples),
+            errors / len(samples),
+            float(np.percentile(latencies, 99)),
+            invalid / len(samples),
         )
 
 
@@ -186,6 +197,17 @@ class CanaryController:
             return (
                 f"error rate {canary.error_rate:.3f} vs baseline {baseline.error_rate:.3f} "
                 f"(allowed +{rule.max_error_rate_increase})"
+            )
+        if (
+            baseline.requests >= rule.min_requests
+            and canary.invalid_rate > baseline.invalid_rate + rule.max_error_rate_increase
+        ):
+            # e.g. a version whose inputs or features differ: every request made for the
+            # baseline is a 400 from it, which no error rate counts (callers' mistakes)
+            return (
+                f"invalid-request rate {canary.invalid_rate:.3f} vs baseline "
+                f"{baseline.invalid_rate:.3f} (allowed +{rule.max_error_rate_increase}): its "
+                "version refuses requests the baseline serves"
             )
         if (
             baseline.requests >= rule.min_requests

@@ -98,3 +98,23 @@ async def test_a_significantly_worse_challenger_is_rolled_back_at_any_step() -> 
     route, reason = driven.changes[-1]
     assert reason.startswith("rolled back cand")
     assert {v.name: v.weight for v in route.variants} == {"base": 100, "cand": 0}
+
+
+async def test_a_canary_whose_version_refuses_what_the_baseline_serves_is_rolled_back() -> None:
+    # A canary version whose inputs differ answers 400 to every request made for the baseline.
+    # 400s are callers' mistakes to the error rate, so the ramp went on to promote it; callers'
+    # mistakes fall on both variants alike, so a canary refusing more than the baseline is its
+    # version. A canary refusing as often as the baseline (the callers) goes on.
+    for canary_invalid, rolled_back in ((10, True), (1, False)):
+        driven = Driven(gated_route("step-0", [10, 50, 100], 10), SHOWN)
+        stats = VariantStats()
+        for i in range(10):
+            stats.record("fraud", "base", 0.001, False, invalid=i == 0)
+            stats.record("fraud", "cand", 0.001, False, invalid=i < canary_invalid)
+        driven.controller._stats = stats
+        assert await driven.controller._tick() is True
+        route, reason = driven.changes[-1]
+        assert reason.startswith("rolled back cand") is rolled_back, reason
+        if rolled_back:
+            assert "invalid-request rate 1.000 vs baseline 0.100" in reason
+            assert {v.name: v.weight for v in route.variants} == {"base": 100, "cand": 0}
