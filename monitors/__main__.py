@@ -68,16 +68,37 @@ def _run(config: Path | None) -> int:
         # so a signal stops the consumer cleanly (state saved, offsets committed) first.
         loop = asyncio.get_running_loop()
 
+        runs = asyncio.gather(
+            service.run(), *([ground_truth.run()] if ground_truth is not None else [])
+        )
+        # A stop asks the loops to end between polls; one caught in a Kafka call that waits for
+        # a broker gone meanwhile (a changelog restore: up to its 60 s timeout) is cancelled
+        # after this, so the process still ends within a pod's grace period.
+        grace_s = settings.webhook_timeout_s + settings.shutdown_timeout_s + 5.0
+        gave_up = False
+
+        def give_up() -> None:
+            nonlocal gave_up
+            if not runs.done():
+                gave_up = True
+                logging.getLogger("monitors").error(
+                    "still stopping %g s after the signal: cancelled", grace_s
+                )
+                runs.cancel()
+
         def stop() -> None:
             service.stop()
             if ground_truth is not None:
                 ground_truth.stop()
+            loop.call_later(grace_s, give_up)
 
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, stop)
         try:
-            runs = [service.run()] + ([ground_truth.run()] if ground_truth else [])
-            await asyncio.gather(*runs)
+            await runs
+        except asyncio.CancelledError:
+            if not gave_up:
+                raise
         finally:
             server.should_exit = True
             await http
