@@ -223,13 +223,14 @@ class GroundTruthService:
         label_rows, latest = self._label_rows(store, labels)
         if label_rows:
             clocks["labels"] = max(clocks["labels"] or 0.0, latest)
-        _add(counts, store.add_labels(label_rows))
         predicted_at = clocks["predictions"] or 0.0
+        horizon = predicted_at - self.performance.horizon_s
+        _add(counts, store.add_labels(label_rows, before=horizon))
         labelled_at = clocks["labels"]
         _add(
             counts,
             store.expire(
-                predicted_at - self.performance.horizon_s,
+                horizon,
                 (labelled_at or 0.0) - self.performance.label_wait_s,
                 predicted_at - 2 * self.performance.horizon_s,
             ),
