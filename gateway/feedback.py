@@ -29,6 +29,7 @@ from gateway.featurelog import FeatureLog
 from gateway.metrics import GatewayMetrics
 from gateway.serving import LoadedModel
 from gateway.traffic import Traffic
+from monitors.class_space import ClassLabelError, class_positions, label_class
 from monitors.feedback import (
     FEEDBACK_SCHEMA,
     FeedbackRecord,
@@ -119,36 +120,32 @@ class FeedbackService:
 class _Classes:
     """One label output's classes in the routed versions that name classes for it."""
 
-    names: tuple[str, ...]  # every such version's, the primary's first: what a name may be
-    known: frozenset[str]
+    names: dict[str, int]  # every such version's, the primary's first: what a name may be
     # index -> the class every version with that index lists there (None: they differ)
     at: tuple[str | None, ...]
     orders: tuple[tuple[str, tuple[str, ...]], ...]  # (which version, its classes), to explain
 
     @classmethod
     def of(cls, orders: list[tuple[str, tuple[str, ...]]]) -> _Classes:
-        names = tuple(dict.fromkeys(name for _, order in orders for name in order))
+        names = class_positions([name for _, order in orders for name in order])
         at: list[str | None] = []
         for i in range(max(len(order) for _, order in orders)):
             there = {order[i] for _, order in orders if i < len(order)}
             at.append(there.pop() if len(there) == 1 else None)
-        return cls(names, frozenset(names), tuple(at), tuple(orders))
+        return cls(names, tuple(at), tuple(orders))
 
     def name(self, where: str, value: int | float | str) -> str:
         """The class a label names (a name, or an index every routed version agrees on)."""
+        # A label's rule is the monitor's (monitors.class_space), one code for both. What differs
+        # here on purpose: the routed versions may order their classes otherwise, so a name is
+        # looked up among all of theirs, and an index means a class only where every version
+        # that has it lists the same one (the monitor reads an index in its one class space).
+        try:
+            index = label_class(value, self.names, len(self.at))
+        except ClassLabelError as exc:
+            raise InvalidInputError(f"{where}: {exc}") from None
         if isinstance(value, str):
-            if value not in self.known:
-                raise InvalidInputError(
-                    f"{where}: unknown class {value!r}; the classes are {list(self.names)}"
-                )
             return value
-        if value != int(value):
-            raise InvalidInputError(f"{where}: class index {value!r} is not a whole number")
-        if not 0 <= value < len(self.at):
-            raise InvalidInputError(
-                f"{where}: class index {value!r} out of range 0..{len(self.at) - 1}"
-            )
-        index = int(value)
         name = self.at[index]
         if name is None:
             differ = ", ".join(f"{o[index]!r} to {who}" for who, o in self.orders if index < len(o))

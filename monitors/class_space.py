@@ -10,19 +10,41 @@ predicted class, its probability columns and its calibration table are mapped in
 name; a label given as a class name (text: always a name) maps by name, one given as an index
 (a number) is an index into the space. A predicted class the space lacks is not joined as
 another class: the ground-truth service skips and counts it.
+
+``label_class`` is the one rule of a classifier's label, for every reader: the gateway's
+feedback endpoint, the monitor's join and the retraining dataset. An error that lists a model's
+classes lists them through ``listed_classes``: a model may have thousands.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
+from itertools import islice
 from typing import Any
 
 import numpy as np
 
 from registry_client import Calibration
 
-__all__ = ["VersionClasses", "class_index"]
+__all__ = [
+    "MAX_LISTED_CLASSES",
+    "ClassLabelError",
+    "VersionClasses",
+    "class_positions",
+    "label_class",
+    "listed_classes",
+    "predicted_class",
+]
+
+# An error names at most this many of a model's classes: a model with thousands made an error
+# body of every one of them.
+MAX_LISTED_CLASSES = 20
+_NO_NAMES: Mapping[str, int] = {}
+
+
+class ClassLabelError(ValueError):
+    """A label that gives no class of the model's (the message says why)."""
 
 
 @dataclass(frozen=True)
@@ -44,8 +66,8 @@ class VersionClasses:
         if list(version) == list(space):
             same = tuple(range(len(space)))
             return cls(len(space), same, same, True)
-        in_space = _positions(space)
-        in_version = _positions(version)
+        in_space = class_positions(space)
+        in_version = class_positions(version)
         index = tuple(in_space.get(name, -1) for name in version)
         columns = None if -1 in index else tuple(in_version.get(name, -1) for name in space)
         return cls(len(space), index, columns, False)
@@ -77,21 +99,67 @@ class VersionClasses:
         )
 
 
-def class_index(value: Any, names: Sequence[str]) -> int | None:
-    """A class name or index as an index into ``names`` (None: neither)."""
+def label_class(label: object, positions: Mapping[str, int], count: int) -> int:
+    """The class index a classifier's label gives; raises ClassLabelError saying why not.
+
+    Text is a class name, looked up in ``positions`` (name -> index, ``class_positions``), always:
+    ``"0"`` is the class named 0, never index 0 (a name of digits may be a class another version
+    has). A whole number, not a bool, is an index below ``count``.
+
+    >>> label_class("virginica", class_positions(["setosa", "versicolor", "virginica"]), 3)
+    2
+    """
+    if isinstance(label, str):
+        index = positions.get(label)
+        if index is None:
+            raise ClassLabelError(
+                f"unknown class {label!r}; the classes are {listed_classes(positions)}"
+            )
+        return index
+    if isinstance(label, bool) or not isinstance(label, int | float):
+        raise ClassLabelError(f"a class label is a class name or index, not {type(label).__name__}")
+    if isinstance(label, float) and not label.is_integer():  # a fraction, nan or infinity
+        raise ClassLabelError(f"class index {label!r} is not a whole number")
+    if not 0 <= label < count:
+        raise ClassLabelError(f"class index {label!r} out of range 0..{count - 1}")
+    return int(label)
+
+
+def predicted_class(value: Any, names: Sequence[str]) -> int | None:
+    """A version's predicted class (a value of its label output) as an index into its class
+    ``names`` (None: none of them).
+
+    A label's rule (``label_class``) but for one difference, on purpose: text of digits that
+    names no class is an index. This is the model's own output, not a label from outside: a
+    classifier trained on targets "0", "1", "2" answers "2" for its class 2, whatever names its
+    metadata gives the classes."""
     if isinstance(value, str):
         if value in names:
             return names.index(value)
         # ASCII digits, few enough for int(): '²' is a digit to isdigit, and int() refuses both
-        digits = value.isascii() and value.isdigit() and len(value) <= 18
-        return int(value) if digits and int(value) < len(names) else None
-    if isinstance(value, bool) or not isinstance(value, int | float):
+        if not (value.isascii() and value.isdigit() and len(value) <= 18):
+            return None
+        value = int(value)
+    try:
+        return label_class(value, _NO_NAMES, len(names))
+    except ClassLabelError:
         return None
-    return int(value) if value == int(value) and 0 <= value < len(names) else None
 
 
-def _positions(names: Sequence[str]) -> dict[str, int]:
-    """Each name's first index (a list that repeats a name means its first)."""
+def listed_classes(names: Collection[str]) -> str:
+    """Class names for an error message: all of them, or the first ``MAX_LISTED_CLASSES`` and
+    how many more.
+
+    >>> listed_classes([f"c{i}" for i in range(1000)])[-26:]
+    "'c18', 'c19'] and 980 more"
+    """
+    shown = list(islice(names, MAX_LISTED_CLASSES))
+    more = len(names) - len(shown)
+    return f"{shown}" if more <= 0 else f"{shown} and {more:,} more"
+
+
+def class_positions(names: Sequence[str]) -> dict[str, int]:
+    """Each class name's index in ``names`` (a list that repeats a name means its first)."""
     positions: dict[str, int] = {}
     for i, name in enumerate(names):
         positions.setdefault(name, i)

@@ -22,6 +22,7 @@ labels          ``{output name: true value}``, at least one; for a classifier's 
                 order, so a name is the safer form), for a regression output a finite number
 time?           when the outcome was observed or reported, seconds since the epoch (default:
                 the Kafka message's timestamp); at most an hour ahead of the reader's clock
+                (the join counts one older than the predictions it keeps as too old)
 source?         who reported it (free text, at most 256 characters; the monitor leaves out one
                 that is not)
 ==============  ================================================================================

@@ -28,7 +28,13 @@ from aiokafka.coordinator.assignors.range import RangePartitionAssignor
 from aiokafka.errors import CommitFailedError, KafkaError
 
 from monitors.batch import well_formed
-from monitors.class_space import VersionClasses, class_index
+from monitors.class_space import (
+    ClassLabelError,
+    VersionClasses,
+    class_positions,
+    label_class,
+    predicted_class,
+)
 from monitors.feedback import MAX_FUTURE_S, decode_feedback
 from monitors.join import JoinCounts, JoinStore, Stream
 from monitors.judge import WindowJudge, stream_key
@@ -217,13 +223,14 @@ class GroundTruthService:
         label_rows, latest = self._label_rows(store, labels)
         if label_rows:
             clocks["labels"] = max(clocks["labels"] or 0.0, latest)
-        _add(counts, store.add_labels(label_rows))
         predicted_at = clocks["predictions"] or 0.0
+        horizon = predicted_at - self.performance.horizon_s
+        _add(counts, store.add_labels(label_rows, before=horizon))
         labelled_at = clocks["labels"]
         _add(
             counts,
             store.expire(
-                predicted_at - self.performance.horizon_s,
+                horizon,
                 (labelled_at or 0.0) - self.performance.label_wait_s,
                 predicted_at - 2 * self.performance.horizon_s,
             ),
@@ -298,6 +305,7 @@ class GroundTruthService:
     ) -> tuple[list[tuple[str, int, float, float]], float]:
         rows: list[tuple[str, int, float, float]] = []
         latest = 0.0
+        positions: dict[str, dict[str, int]] = {}  # model -> its class space's name -> index
         for message in messages:
             records, problems = decode_feedback(message.value or b"", message.timestamp / 1000)
             if problems:
@@ -314,10 +322,13 @@ class GroundTruthService:
                     value = next(iter(labels.values()))
                 space = self._space(store, record["model"], None) if value is not None else None
                 if space is not None:
-                    # text is a class name (what the gateway logs), never an index: digits the
-                    # space has no class for may be a class of another version
-                    known = not isinstance(value, str) or value in space
-                    value = class_index(value, space) if known else None
+                    names = positions.get(record["model"])
+                    if names is None:  # a space, once fixed, stays: looked up once a batch
+                        names = positions[record["model"]] = class_positions(space)
+                    try:
+                        value = label_class(value, names, len(space))
+                    except ClassLabelError:
+                        value = None
                 if value is None or isinstance(value, str):
                     self.metrics.skipped.labels("no_usable_label").inc()
                     continue
@@ -476,7 +487,7 @@ def _rows(
         value = values[row]
         blob = None
         if classes is not None:
-            value = class_index(value, info.class_labels)  # the version's own index
+            value = predicted_class(value, info.class_labels)  # the version's own index
             if value is None:
                 continue
             value = classes.index[value]

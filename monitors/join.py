@@ -7,7 +7,8 @@ for the same row is a duplicate, counted and dropped); a label that finds no row
 ``pending`` (its prediction may not have been read yet) and is joined when the prediction
 comes, or counted ``unknown`` after ``label_wait_s``. Predictions older than the horizon are
 deleted, their keys kept (``expired``, for as long again) so that a label that comes for one
-later is counted ``expired`` at once rather than waiting to be counted unknown. Running totals
+later is counted ``expired`` at once rather than waiting to be counted unknown; a label whose
+own time is older than the horizon is counted ``too_old`` at once. Running totals
 per stream (the confusion matrix, or the sums of absolute and squared errors) are updated as
 rows are joined.
 
@@ -29,6 +30,7 @@ rebalance no record is lost or counted twice.
 
 from __future__ import annotations
 
+import math
 import sqlite3
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -82,6 +84,7 @@ _COUNTERS = (
     "labels_pending",
     "labels_unknown",
     "labels_expired",
+    "labels_too_old",
     "predictions_expired",
 )
 
@@ -108,6 +111,7 @@ class JoinCounts:
     labels_pending: int = 0
     labels_unknown: int = 0  # no prediction came for them within label_wait_s
     labels_expired: int = 0  # their prediction was there, and dropped after the horizon
+    labels_too_old: int = 0  # their own time is older than any prediction the store keeps
     predictions_expired: int = 0
 
 
@@ -250,21 +254,32 @@ class JoinStore:
         value: dict[str, int] = self.get("predicted", {})
         return value
 
-    def add_labels(self, rows: Iterable[tuple[str, int, float, float]]) -> JoinCounts:
-        """Join (request id, row, label, time) labels to their predictions, or keep them pending.
+    def add_labels(
+        self, rows: Iterable[tuple[str, int, float, float]], before: float = -math.inf
+    ) -> JoinCounts:
+        """Join (request id, row, label, time) labels to their predictions, or keep them pending;
+        count those whose time is before ``before`` (the horizon: older than any prediction the
+        store keeps) as too old, and neither join nor keep them.
 
         One pass over the predictions' key for the batch (a join with the batch in a temporary
         table), then an update by key of the rows that get their label.
         """
         db = self._db
         unique: dict[tuple[str, int], tuple[str, int, float, float]] = {}
-        given = 0
+        given = too_old = 0
         for label in rows:  # the first label of a (request, row) in the batch counts
+            # A prediction comes before its outcome, so a label older than every prediction kept
+            # has lost its prediction, or gives a wrong time (another unit, a default of 0).
+            # Joined, it would land in a window of label time judged long ago (in the totals, in
+            # no window); pending, it would count as unknown at once, never having waited.
+            if label[3] < before:
+                too_old += 1
+                continue
             unique.setdefault((label[0], label[1]), label)
             given += 1
         # in key order: the lookups and updates then walk the predictions' B-tree in order
         db.executemany("INSERT INTO incoming VALUES (?, ?, ?, ?)", sorted(unique.values()))
-        counts = JoinCounts(duplicate_labels=given - len(unique))
+        counts = JoinCounts(duplicate_labels=given - len(unique), labels_too_old=too_old)
         found = db.execute(
             "SELECT i.request_id, i.row, i.label, i.time, p.stream, p.pred, p.label IS NOT NULL "
             "FROM incoming i LEFT JOIN predictions p "

@@ -41,7 +41,8 @@ class PerformanceMetrics:
             "Items through the join, by outcome: predictions (stored), duplicate_predictions, "
             "labels_joined, duplicate_labels, labels_pending, labels_unknown (no prediction "
             "within label_wait_s), labels_expired (the prediction was dropped after the "
-            "horizon), predictions_expired.",
+            "horizon), labels_too_old (the label's own time is older than the horizon), "
+            "predictions_expired.",
             ("outcome",),
             registry=registry,
         )

@@ -18,6 +18,7 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.errors import KafkaError
 
 from monitors.batch import well_formed
+from monitors.class_space import ClassLabelError, class_positions, label_class
 from monitors.feedback import MAX_FUTURE_S, decode_feedback
 from monitors.schema import RecordError, decode_records
 from registry_client import ModelMetadata
@@ -186,13 +187,20 @@ def join(
     if not names:
         raise DatasetError(f"model {model}: its metadata names no features to train on")
     classes = metadata.class_labels or []
+    positions = class_positions(classes)
+    # A label's rule is the monitor's and the gateway's (monitors.class_space); the count of
+    # indices differs on purpose: a model whose metadata names no classes is trained as a
+    # binary classifier (the worker and its validation take max(classes, 2)), labels 0 and 1.
+    indices = max(len(classes), 2)
     labels: dict[tuple[str, int], int] = {}
     for timestamp, value in feedback:
         labelled, _ = decode_feedback(value, timestamp / 1000)
         for answer in labelled:
-            index = _class_index(answer["labels"].get(label_output), classes)
-            if index is not None:
-                labels[(answer["request_id"], answer["row"])] = index
+            try:
+                index = label_class(answer["labels"].get(label_output), positions, indices)
+            except ClassLabelError:
+                continue  # no label for the output, or none of the model's classes
+            labels[(answer["request_id"], answer["row"])] = index
     rows: list[list[float]] = []
     ys: list[int] = []
     times: list[float] = []
@@ -254,18 +262,6 @@ def join(
         end=end,
         malformed=malformed,
     )
-
-
-def _class_index(label: object, classes: list[str]) -> int | None:
-    if isinstance(label, bool):
-        return None
-    if isinstance(label, int) and 0 <= label < max(len(classes), 2):
-        return label
-    if isinstance(label, float) and label.is_integer():
-        return _class_index(int(label), classes)
-    if isinstance(label, str) and label in classes:
-        return classes.index(label)
-    return None
 
 
 async def assemble(

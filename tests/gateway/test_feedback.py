@@ -233,6 +233,32 @@ async def test_feedback_takes_the_classes_and_outputs_of_every_routed_version(
     ]
 
 
+async def test_an_unknown_class_lists_a_few_of_thousands_of_classes(
+    demo_registry: Path, tmp_path: Path
+) -> None:
+    # The error listed every class: for a model of 5,000 classes, an error body of 60 KiB.
+    classes = [f"species-{i:04d}" for i in range(5000)]
+    many = register_classes_version(demo_registry, classes, "many")
+    options = {
+        "routes": [{"endpoint": "breast_cancer",
+                    "variants": [{"name": "many", "ref": f"breast_cancer/{many}",
+                                  "weight": 100}]}],
+        "feature_log__bootstrap_servers": "127.0.0.1:1",  # nobody: the records are spooled
+        "feature_log__timeout_s": 0.5,
+        "feedback__enabled": True,
+    }  # fmt: skip
+    async with gateway(demo_registry, tmp_path, **options) as client:
+        url = "/v2/models/breast_cancer/feedback"
+        response = await client.post(url, json={"id": "r", "label": "tumour"})
+        taken = await client.post(url, json={"id": "r", "label": "species-4999"})
+    first = ", ".join(repr(name) for name in classes[:20])
+    assert (response.status_code, response.json()) == (
+        400,
+        {"error": f"item 0: unknown class 'tumour'; the classes are [{first}] and 4,980 more"},
+    )
+    assert taken.status_code == 202
+
+
 async def test_a_large_feedback_body_is_checked_off_the_event_loop(
     demo_registry: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

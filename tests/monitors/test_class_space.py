@@ -3,10 +3,20 @@ calibration table mapped by name."""
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import pytest
 
-from monitors.class_space import VersionClasses, class_index
+from monitors.class_space import (
+    MAX_LISTED_CLASSES,
+    ClassLabelError,
+    VersionClasses,
+    class_positions,
+    label_class,
+    listed_classes,
+    predicted_class,
+)
 from monitors.estimate import estimate_classification
 from monitors.performance import calibration_table
 
@@ -61,8 +71,41 @@ def test_the_estimate_is_the_same_in_either_order() -> None:
     assert VersionClasses.of(["virginica", "setosa"], SPACE).calibration(table) is None
 
 
-def test_a_label_is_a_class_name_or_an_index_into_the_names() -> None:
-    assert class_index("virginica", SPACE) == 2
-    assert class_index("1", SPACE) == class_index(1.0, SPACE) == 1
-    for value in ("hybrid", "²", "3", 3, -1, 0.5, True, None):
-        assert class_index(value, SPACE) is None, value
+def test_a_predicted_class_is_a_class_name_or_an_index_into_the_names() -> None:
+    assert predicted_class("virginica", SPACE) == 2
+    # the model's own output: a classifier trained on targets "0", "1", ... answers "1"
+    assert predicted_class("1", SPACE) == predicted_class(1.0, SPACE) == 1
+    for value in ("hybrid", "²", "3", 3, -1, 0.5, math.inf, math.nan, True, None):
+        assert predicted_class(value, SPACE) is None, value
+
+
+def test_a_label_is_a_class_name_or_an_index_and_text_is_always_a_name() -> None:
+    # One rule for the gateway's endpoint, the monitor's join and the retraining dataset;
+    # each had its own copy.
+    names = class_positions(SPACE)
+    assert label_class("virginica", names, 3) == label_class(2.0, names, 3) == 2
+    refused = {
+        "1": "unknown class '1'; the classes are ['setosa', 'versicolor', 'virginica']",
+        3: "class index 3 out of range 0..2",
+        -1: "class index -1 out of range 0..2",
+        0.5: "class index 0.5 is not a whole number",
+        math.nan: "class index nan is not a whole number",
+        True: "a class label is a class name or index, not bool",
+        None: "a class label is a class name or index, not NoneType",
+    }
+    for value, error in refused.items():
+        with pytest.raises(ClassLabelError) as raised:
+            label_class(value, names, 3)
+        assert str(raised.value) == error, value
+    # the count of indices is the caller's: the retraining dataset takes 2 for a model whose
+    # metadata names no classes
+    assert label_class(1, {}, 2) == 1
+
+
+def test_an_error_lists_the_first_classes_of_many() -> None:
+    assert listed_classes(SPACE) == "['setosa', 'versicolor', 'virginica']"
+    many = [f"c{i}" for i in range(5000)]
+    listing = listed_classes(class_positions(many))
+    assert listing == f"{many[:MAX_LISTED_CLASSES]} and 4,980 more"
+    with pytest.raises(ClassLabelError, match=r"and 4,980 more$"):
+        label_class("c5000", class_positions(many), 5000)

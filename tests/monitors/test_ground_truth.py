@@ -500,3 +500,30 @@ async def test_a_label_in_text_is_a_class_name_never_an_index(
     assert reasons["no_usable_label"] == 1
     (stream,) = status["streams"].values()
     assert stream["totals"]["labels"] == 1  # the index 0 only
+
+
+async def test_a_label_older_than_the_horizon_is_counted_too_old(
+    demo_registry: Path, tmp_path: Path
+) -> None:
+    # A label's time older than every prediction the join keeps (horizon_s, 1000 s here) was
+    # joined to a prediction served after it, or, its prediction not read yet, counted unknown
+    # at once without having waited: nothing said its time was the trouble.
+    register_iris(demo_registry, IRIS)
+    gt = service(demo_registry, tmp_path)
+    predictions = [served(f"r{i}", "1", "a", 5000.0 + i, 0, [0.8, 0.1, 0.1]) for i in range(2)]
+    answers = [labelled("r0", 0, 1.0), labelled("r1", 0, 5001.5), labelled("later", 0, 1.0)]
+    await gt.consume(
+        0, [Message(0, encode_records(predictions))], [Message(0, encode_feedback(answers))]
+    )
+    later = [served("later", "1", "a", 5003.0, 0, [0.8, 0.1, 0.1])]
+    await gt.consume(0, [Message(1, encode_records(later))], [])
+    outcomes = {s.labels["outcome"]: s.value for m in gt.metrics.feedback.collect()
+                for s in m.samples if s.name.endswith("_total")}  # fmt: skip
+    status = await finish(gt)
+
+    join = status["join"]
+    assert (join["labels_too_old"], join["labels_joined"]) == (2, 1)
+    assert (join["labels_unknown"], join["labels_pending"]) == (0, 0)
+    assert outcomes["labels_too_old"] == 2
+    (stream,) = status["streams"].values()
+    assert stream["totals"]["labels"] == 1
