@@ -4,6 +4,11 @@ A batch closes when it holds ``max_batch_size`` rows or when its oldest request 
 ``max_batch_delay_s``, or, with ``close_when_idle``, as soon as a pass of the event loop brings
 no new request. The queue is bounded, every request has a deadline, and a caller that
 gives up (cancelled, disconnected, past its deadline) leaves the queue before its batch runs.
+
+While a batch runs on the executor, a full batch waiting behind it is handed on at once, to
+start from the model's thread the moment the running one ends: a saturated model goes from
+one batch to the next without waiting for the event loop to come round (which, on a busy
+loop, is a millisecond or more of every batch).
 """
 
 from __future__ import annotations
@@ -13,7 +18,8 @@ import logging
 import time
 from collections import deque
 from collections.abc import Callable
-from concurrent.futures import Executor
+from concurrent.futures import Executor, InvalidStateError
+from concurrent.futures import Future as ThreadFuture
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -34,6 +40,9 @@ log = logging.getLogger(__name__)
 
 Tensors = dict[str, np.ndarray]
 RunFn = Callable[[Tensors], Tensors]
+# What a batch's run on the executor gives back: when it started and ended (perf_counter),
+# and its outputs or the exception it raised.
+_Ran = tuple[float, float, Tensors | None, Exception | None]
 
 
 class BatchObserver(Protocol):
@@ -114,6 +123,8 @@ class Batcher:
         self._queue: deque[_Pending] = deque()
         self._queued_rows = 0
         self._wake = asyncio.Event()
+        # set when the queue holds a full batch, or the running batch ended (see _hand_on)
+        self._filled = asyncio.Event()
         self._workers: list[asyncio.Task[None]] = []
         self._oversized: set[asyncio.Task[None]] = set()
         self._oversized_slot = asyncio.Semaphore(1)
@@ -177,6 +188,8 @@ class Batcher:
         self._queued_rows += rows
         self._arrivals += 1
         self._wake.set()
+        if self._queued_rows >= self._max_rows:
+            self._filled.set()
         return future
 
     async def stop(self, timeout_s: float = 10.0) -> None:
@@ -186,6 +199,7 @@ class Batcher:
         self._stopped = True
         self._closing = True
         self._wake.set()
+        self._filled.set()
         tasks = [*self._workers, *self._oversized]
         if tasks:
             _, pending = await asyncio.wait(tasks, timeout=timeout_s)
@@ -197,24 +211,111 @@ class Batcher:
     # -- the worker ---------------------------------------------------------------------------
 
     async def _work(self) -> None:
+        # batches handed to the executor and not yet answered: the running one, and at most
+        # one full batch behind it
+        handed: deque[_Handed] = deque()
         try:
             while True:
-                if not self._queue:
-                    if self._closing:
-                        return
-                    self._wake.clear()
-                    await self._wake.wait()
-                    continue
-                reason = await self._wait_for_batch()
-                batch = self._take()
-                if batch:
-                    await self._run(batch, reason)
+                if not handed:
+                    if not self._queue:
+                        if self._closing:
+                            return
+                        self._wake.clear()
+                        await self._wake.wait()
+                        continue
+                    reason = await self._wait_for_batch()
+                    batch = self._take()
+                    if not batch:
+                        continue
+                    if self._inline:
+                        await self._run(batch, reason)
+                        continue
+                    handed.append(self._hand(batch, reason, None))
+                behind = await self._hand_on(handed[0])
+                if behind is not None:
+                    handed.append(behind)
+                await self._answer(handed[0])
+                handed.popleft()
         except asyncio.CancelledError:
+            gone = NotReadyError(f"model {self.name} shut down while the request ran")
+            for each in handed:
+                each.done.cancel()  # its outcome, if it comes, is nobody's
+                _fail(each.batch, gone)
             raise
         except BaseException as exc:  # a bug here must not leave callers waiting forever
             log.exception("batch worker of %s died", self.name)
-            self._fail_queued(ModelExecutionError(f"batch worker of {self.name} failed: {exc}"))
+            error = ModelExecutionError(f"batch worker of {self.name} failed: {exc}")
+            for each in handed:
+                each.done.cancel()
+                _fail(each.batch, error)
+            self._fail_queued(error)
             raise
+
+    def _hand(self, batch: list[_Pending], reason: str, after: _Handed | None) -> _Handed:
+        """Give a batch to the executor: now, or (``after``) from the thread that ran that
+        one, the moment it ends, without a turn of the event loop in between."""
+        inputs, rows = self._stack(batch, reason)
+        run = self._run_fn
+
+        def timed() -> _Ran:
+            start = time.perf_counter()
+            # A batch handed on behind another may have lost every caller meanwhile (their
+            # deadlines passed, or they left): then nothing runs. A future done stays done, so
+            # reading it from this thread can only be late, never wrong.
+            if after is not None and all(item.future.done() for item in batch):
+                return start, start, None, None
+            try:
+                outputs = run(inputs)
+            except Exception as exc:
+                return start, time.perf_counter(), None, exc
+            return start, time.perf_counter(), outputs, None
+
+        ran: ThreadFuture[_Ran] = ThreadFuture()
+        executor = self._executor
+
+        def start(_: object = None) -> None:  # here, or in the thread that ran ``after``
+            try:
+                inner = executor.submit(timed)
+            except RuntimeError as exc:  # the executor is shut down
+                _settle(ran, None, exc)
+                return
+            inner.add_done_callback(lambda done: _settle(ran, done, None))
+
+        if after is None:
+            start()
+        else:
+            after.ran.add_done_callback(start)
+        return _Handed(batch, rows, ran, asyncio.wrap_future(ran))
+
+    async def _hand_on(self, running: _Handed) -> _Handed | None:
+        """Wait for ``running`` to end; if a full batch is queued first, hand it on behind it."""
+        done, filled = running.done, self._filled
+        if not done.done() and self._queued_rows < self._max_rows and not self._closing:
+            done.add_done_callback(lambda _: filled.set())
+            while not done.done() and self._queued_rows < self._max_rows and not self._closing:
+                filled.clear()
+                await filled.wait()
+        if done.done() or self._closing:
+            return None
+        batch = self._take()
+        return self._hand(batch, "full", running) if batch else None
+
+    async def _answer(self, handed: _Handed) -> None:
+        """Wait for a handed batch's outputs and answer its callers."""
+        try:
+            start, end, outputs, error = await handed.done
+        except Exception as exc:  # never ran: the executor is shut down
+            _fail(handed.batch, _run_error(self.name, exc))
+            return
+        if outputs is None and error is None:
+            return  # not run: its callers were all gone (see _hand)
+        for item in handed.batch:
+            self._observer.queue_wait(start - item.enqueued)
+        self._observer.run_time(end - start)
+        if outputs is None:
+            _fail(handed.batch, _run_error(self.name, error))
+            return
+        self._deliver(handed.batch, handed.rows, outputs)
 
     async def _wait_for_batch(self) -> str:
         # Measured on perf_counter: uvloop's loop clock ticks in whole milliseconds, too coarse
@@ -286,37 +387,43 @@ class Batcher:
         self._observer.queue_depth(len(queue))
         return batch
 
-    async def _run(self, batch: list[_Pending], reason: str) -> None:
-        loop = asyncio.get_running_loop()
-        start = time.perf_counter()
+    def _stack(self, batch: list[_Pending], reason: str) -> tuple[Tensors, int]:
+        """A closed batch's inputs as one set of arrays, and its rows."""
         rows = 0
         for item in batch:
             rows += item.rows
-            self._observer.queue_wait(start - item.enqueued)
         self._observer.batch_closed(rows, len(batch), reason)
         if len(batch) == 1:
-            inputs = batch[0].inputs
-        else:
-            inputs = {
-                name: np.concatenate([item.inputs[name] for item in batch])
-                for name in batch[0].inputs
-            }
+            return batch[0].inputs, rows
+        inputs = {
+            name: np.concatenate([item.inputs[name] for item in batch]) for name in batch[0].inputs
+        }
+        return inputs, rows
+
+    async def _run(self, batch: list[_Pending], reason: str) -> None:
+        """Run a batch now: on the event loop (``inline``), or on the executor, awaited."""
+        loop = asyncio.get_running_loop()
+        start = time.perf_counter()
+        for item in batch:
+            self._observer.queue_wait(start - item.enqueued)
+        inputs, rows = self._stack(batch, reason)
         try:
             if self._inline and rows <= self._max_rows:  # an oversized one: the executor
                 outputs = self._run_fn(inputs)
             else:
                 outputs = await loop.run_in_executor(self._executor, self._run_fn, inputs)
-        except GatewayError as exc:
-            _fail(batch, exc)
-            return
         except asyncio.CancelledError:
             _fail(batch, NotReadyError(f"model {self.name} shut down while the request ran"))
             raise
         except Exception as exc:
-            _fail(batch, ModelExecutionError(f"model {self.name} failed at run time: {exc}"))
+            _fail(batch, _run_error(self.name, exc))
             return
         finally:
             self._observer.run_time(time.perf_counter() - start)
+        self._deliver(batch, rows, outputs)
+
+    def _deliver(self, batch: list[_Pending], rows: int, outputs: Tensors) -> None:
+        """Give each caller of a batch its own rows of every output."""
         if len(batch) == 1:
             _resolve(batch[0], outputs)
             return
@@ -344,6 +451,38 @@ class Batcher:
                 item.future.set_exception(exc)
         self._queued_rows = 0
         self._observer.queue_depth(0)
+
+
+@dataclass(slots=True, eq=False)
+class _Handed:
+    """A batch given to the executor: its thread's future and the event loop's view of it."""
+
+    batch: list[_Pending]
+    rows: int
+    ran: ThreadFuture[_Ran]
+    done: asyncio.Future[_Ran]
+
+
+def _settle(
+    target: ThreadFuture[_Ran], source: ThreadFuture[_Ran] | None, error: BaseException | None
+) -> None:
+    """Copy ``source``'s outcome (or ``error``) to ``target``, unless it was cancelled."""
+    try:
+        if source is not None:
+            error = source.exception()
+            if error is None:
+                target.set_result(source.result())
+                return
+        target.set_exception(error or RuntimeError("no outcome"))
+    except InvalidStateError:
+        pass  # cancelled meanwhile (its caller gone): nothing waits for it
+
+
+def _run_error(name: str, exc: BaseException | None) -> GatewayError:
+    """What the callers of a batch that failed at run time are told."""
+    if isinstance(exc, GatewayError):
+        return exc
+    return ModelExecutionError(f"model {name} failed at run time: {exc}")
 
 
 def _cancel_timer(item: _Pending) -> None:

@@ -14,7 +14,7 @@ from gateway.errors import (
     NotReadyError,
     OverloadedError,
 )
-from gateway.serving.batcher import Batcher, Tensors
+from gateway.serving.batcher import Batcher, RunFn, Tensors
 
 
 class Recorder:
@@ -53,7 +53,7 @@ async def running(model: Recorder) -> None:
     assert await asyncio.to_thread(model.called.wait, 30)
 
 
-def make(model: Recorder, executor: ThreadPoolExecutor, **kw: object) -> Batcher:
+def make(model: RunFn, executor: ThreadPoolExecutor, **kw: object) -> Batcher:
     options: dict[str, object] = {
         "name": "m/1",
         "max_batch_size": 8,
@@ -334,7 +334,7 @@ async def test_an_inline_batcher_runs_a_request_over_max_batch_size_on_the_execu
         return {"y": inputs["x"] * 2}
 
     with ThreadPoolExecutor(1, thread_name_prefix="batch-worker") as pool:
-        async with make(model, pool, max_batch_size=4, inline=True) as batcher:  # type: ignore[arg-type]
+        async with make(model, pool, max_batch_size=4, inline=True) as batcher:
             small = await batcher.submit(rows(1, 2), 2, deadline())
             large = await batcher.submit(rows(*range(10)), 10, deadline())
     assert small["y"].shape == (2, 2)
@@ -353,10 +353,73 @@ async def test_an_oversized_request_holds_up_no_other_batch() -> None:
         return {"y": inputs["x"] * 2}
 
     with ThreadPoolExecutor(2) as pool:
-        async with make(model, pool, max_batch_size=4) as batcher:  # type: ignore[arg-type]
+        async with make(model, pool, max_batch_size=4) as batcher:
             large = batcher.enqueue(rows(*range(10)), 10, deadline())
             small = await batcher.submit(rows(1), 1, deadline())
             assert small["y"].tolist() == [[2, 2]]
             assert not large.done()
             release.set()
             assert (await large)["y"].shape == (10, 2)
+
+
+class Gated:
+    """A model held on a gate, counting its calls from the thread that makes them."""
+
+    def __init__(self) -> None:
+        self.gate = threading.Event()
+        self.calls = 0
+        self.second = threading.Event()
+        self.first = threading.Event()
+
+    def __call__(self, inputs: Tensors) -> Tensors:
+        self.calls += 1
+        (self.first if self.calls == 1 else self.second).set()
+        self.gate.wait(30)
+        return {"y": inputs["x"] * 2}
+
+
+async def test_a_full_batch_behind_a_running_one_starts_without_the_event_loop() -> None:
+    model = Gated()
+    with ThreadPoolExecutor(1) as executor:
+        async with make(model, executor, max_batch_size=2, max_batch_delay_s=0) as batcher:
+            first = asyncio.create_task(batcher.submit(rows(1), 1, deadline(60)))
+            assert await asyncio.to_thread(model.first.wait, 30)
+            behind = [asyncio.create_task(batcher.submit(rows(v), 1, deadline(60))) for v in (2, 3)]
+            await asyncio.sleep(0)  # queued: a full batch
+            await asyncio.sleep(0)  # the worker hands it on behind the running one
+            # Hold the event loop (this thread) and let the model go: the second batch must
+            # start from the model's thread, since the loop cannot come round to start it.
+            model.gate.set()
+            started_without_loop = model.second.wait(30)
+            assert started_without_loop
+            results = await asyncio.gather(first, *behind)
+    assert [r["y"][0, 0] for r in results] == [2, 4, 6]
+    assert model.calls == 2
+
+
+async def test_callers_of_a_batch_handed_on_hear_of_a_shutdown_that_cuts_it_off() -> None:
+    model = Gated()
+    with ThreadPoolExecutor(1) as executor:
+        batcher = make(model, executor, max_batch_size=2, max_batch_delay_s=0)
+        batcher.start()
+        first = asyncio.create_task(batcher.submit(rows(1), 1, deadline(60)))
+        assert await asyncio.to_thread(model.first.wait, 30)
+        behind = [asyncio.create_task(batcher.submit(rows(v), 1, deadline(60))) for v in (2, 3)]
+        await asyncio.sleep(0)
+        await asyncio.sleep(0)
+        await batcher.stop(timeout_s=0.05)  # the model is still held: the worker is cancelled
+        for task in (first, *behind):
+            with pytest.raises(NotReadyError, match="shut down while the request ran"):
+                await task
+        model.gate.set()
+
+
+async def test_a_batch_for_a_shut_down_executor_fails_its_callers_and_the_worker_goes_on() -> None:
+    model = Recorder()
+    executor = ThreadPoolExecutor(1)
+    executor.shutdown()
+    async with make(model, executor, max_batch_delay_s=0) as batcher:
+        for value in (1, 2):  # the second is answered too: the worker did not die
+            with pytest.raises(ModelExecutionError, match="cannot schedule new futures"):
+                await batcher.submit(rows(value), 1, deadline())
+    assert model.batches == []
