@@ -720,6 +720,7 @@ class MetadataEndpoints:
                 _feature_doc(f.model_dump(exclude_none=True), model.feature_inputs)
                 for f in metadata.features
             ]
+        parameters["not_taken_up"] = self._not_taken_up(model.name)
         doc["parameters"] = parameters
         return json_response(doc)
 
@@ -729,6 +730,28 @@ class MetadataEndpoints:
 
     async def metrics(self, request: Request) -> Response:
         return _response(self.metrics_reply())
+
+    def _not_taken_up(self, endpoint: str) -> list[dict[str, object]]:
+        """The endpoint's variants and shadows whose reference points at a version they could
+        not take up: what serves instead, that version, since when and why (as logged); an
+        entry lasts exactly as long as its ``gateway_model_not_taken_up`` series."""
+        traffic = self.state.require_service().traffic
+        deployments = [
+            *traffic.manager.for_endpoint(endpoint),
+            *(shadow.deployment for shadow in traffic.shadows(endpoint)),
+        ]
+        return [
+            {
+                "variant": deployment.variant,
+                "ref": str(deployment.ref),
+                "serving": deployment.current.version if deployment.current else None,
+                "version": refused.version,
+                "since": refused.since,
+                "reason": refused.reason,
+            }
+            for deployment in deployments
+            if (refused := deployment.not_taken_up) is not None
+        ]
 
     def _model(self, request: Request) -> LoadedModel:
         service = self.state.require_service()

@@ -10,11 +10,14 @@ from __future__ import annotations
 import asyncio
 import json
 import shutil
+import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
+from typing import Any
 
 import httpx
+import pytest
 from prometheus_client import CollectorRegistry
 from sklearn.datasets import load_breast_cancer
 
@@ -108,6 +111,54 @@ async def test_a_version_that_takes_other_inputs_does_not_replace_the_serving_on
         await wait_for(lambda: gw.not_taken_up(other) == 1)
         point_champion_at(demo_registry, "2")
         await wait_for(lambda: gw.not_taken_up(other) is None)
+        assert await gw.version() == "2"
+
+
+async def test_model_metadata_shows_a_version_not_taken_up_while_the_gauge_does(
+    demo_registry: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    # an operator asking the API saw version 1 served and nothing of the refused version: the
+    # state showed only in the gauge and the log
+    async def shown() -> list[dict[str, Any]]:
+        answer = await gw.client.get("/v2/models/breast_cancer")
+        assert answer.status_code == 200, answer.text
+        entries: list[dict[str, Any]] = answer.json()["parameters"]["not_taken_up"]
+        return entries
+
+    async with following_champion(demo_registry) as gw:
+        assert await shown() == []
+        before = time.time()
+        other = register_other_inputs_version(demo_registry, alias="champion")
+        await wait_for(lambda: gw.not_taken_up(other) == 1)
+        (entry,) = await shown()
+        reason = entry.pop("reason")
+        assert before <= entry.pop("since") <= time.time()
+        assert entry == {
+            "variant": "default",
+            "ref": "breast_cancer@champion",
+            "serving": "1",
+            "version": other,
+        }
+        assert reason.startswith(f"model breast_cancer (breast_cancer@champion -> version {other})")
+        assert "would break the requests version 1 takes" in reason
+        assert f"model breast_cancer: {reason}" in caplog.messages  # the log line's text
+        since = (await shown())[0]["since"]
+        assert (await gw.client.get("/v2/models/breast_cancer/versions/1")).json()["parameters"][
+            "not_taken_up"
+        ] == await shown()
+        # the alias moves back to the version that serves: gone with the gauge's series
+        point_champion_at(demo_registry, "1")
+        await wait_for(lambda: gw.not_taken_up(other) is None)
+        assert await shown() == []
+        # refused again (since starts again), then another version is taken up: gone again
+        point_champion_at(demo_registry, other)
+        await wait_for(lambda: gw.not_taken_up(other) == 1)
+        (entry,) = await shown()
+        assert entry["version"] == other
+        assert entry["since"] > since
+        point_champion_at(demo_registry, "2")
+        await wait_for(lambda: gw.not_taken_up(other) is None)
+        assert await shown() == []
         assert await gw.version() == "2"
 
 
