@@ -8,8 +8,10 @@ failure is logged and counted, and what is whole and compatible is taken up.
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 import shutil
+import threading
 import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
@@ -21,10 +23,14 @@ import pytest
 from prometheus_client import CollectorRegistry
 from sklearn.datasets import load_breast_cancer
 
-from gateway.http import create_app
+from gateway.http import create_app, endpoints
+from gateway.http._limits import HttpLimits
+from gateway.http.app import GatewayApp
+from gateway.protocol import parse_instances
 from gateway.settings import load_settings
 from registry_client import LocalRegistry
 from tests._models import register_other_inputs_version
+from tests.gateway.http.test_protocol import answered, connection_to
 
 ROW = load_breast_cancer().data[0].astype("float32").tolist()
 BODY = {"inputs": [{"name": "input", "shape": [1, 30], "datatype": "FP32", "data": ROW}]}
@@ -34,9 +40,17 @@ INFER = "/v2/models/breast_cancer/infer"
 class Gateway:
     """An in-process gateway following ``breast_cancer@champion``: a client and its metrics."""
 
-    def __init__(self, client: httpx.AsyncClient, metrics: CollectorRegistry) -> None:
+    def __init__(
+        self, app: GatewayApp, client: httpx.AsyncClient, metrics: CollectorRegistry
+    ) -> None:
+        self.app = app
         self.client = client
         self.metrics = metrics
+
+    def unloaded(self, version: str) -> bool:
+        labels = {"model": "breast_cancer", "version": version, "variant": "default",
+                  "ref": "breast_cancer@champion"}  # fmt: skip
+        return self.metrics.get_sample_value("gateway_model_loaded", labels) is None
 
     def failures(self, version: str) -> float:
         labels = {"model": "breast_cancer", "version": version, "variant": "default"}
@@ -68,7 +82,7 @@ async def following_champion(registry: Path) -> AsyncIterator[Gateway]:
     async with app.router.lifespan_context(app):
         transport = httpx.ASGITransport(app=app)
         async with httpx.AsyncClient(transport=transport, base_url="http://gateway") as client:
-            yield Gateway(client, metrics)
+            yield Gateway(app, client, metrics)
 
 
 async def wait_for(condition: Callable[[], object], timeout_s: float = 30.0) -> None:
@@ -209,3 +223,54 @@ async def test_a_registry_that_cannot_be_read_leaves_the_gateway_up_and_not_read
                 break
             await asyncio.sleep(0.02)
         assert await gw.version() == "1"
+
+
+async def test_a_large_body_whose_version_is_swapped_out_while_it_is_parsed_goes_to_the_new_one(
+    demo_registry: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # a large body is parsed on a worker thread for the version chosen first; if an alias move
+    # swaps that version out meanwhile, the request is routed and parsed again (off the loop),
+    # never queued on a version that has stopped taking requests (that answered 503)
+    parsing, release = threading.Event(), threading.Event()
+    parsed_off_loop: list[bool] = []
+
+    def spy(*args: Any) -> Any:
+        off_loop = threading.current_thread() is not threading.main_thread()
+        parsed_off_loop.append(off_loop)
+        if off_loop and not parsing.is_set():
+            parsing.set()
+            assert release.wait(30)
+        return parse_instances(*args)
+
+    monkeypatch.setattr(endpoints, "parse_instances", spy)
+    names = [str(n) for n in load_breast_cancer().feature_names]
+    body = json.dumps({"instances": [dict(zip(names, ROW, strict=True))] * 1000}).encode()
+    assert len(body) > endpoints.LARGE_BODY_BYTES
+    path = "/v1/models/breast_cancer:predict"
+    async with following_champion(demo_registry) as gw:
+        moves = [("1", "2"), ("2", "1")]
+        for (old, new), driver in zip(moves, ("own protocol", "asgi"), strict=True):
+            parsing.clear()
+            release.clear()
+            parsed_off_loop.clear()
+            if driver == "asgi":
+                sent = asyncio.ensure_future(gw.client.post(path, content=body))
+            else:
+                protocol, transport = connection_to(gw.app, HttpLimits())
+                head = f"POST {path} HTTP/1.1\r\nHost: t\r\ncontent-length: {len(body)}\r\n\r\n"
+                protocol.data_received(head.encode() + body)
+            await wait_for(parsing.is_set)
+            point_champion_at(demo_registry, new)
+            await wait_for(functools.partial(gw.unloaded, old))  # it takes no requests now
+            release.set()
+            if driver == "asgi":
+                answer = await sent
+                status, doc = answer.status_code, answer.json()
+            else:
+                await answered(transport, 1)
+                status = int(transport.written[9:12])
+                doc = json.loads(transport.written[transport.written.index(b"\r\n\r\n") + 4 :])
+            assert status == 200, doc
+            assert doc["model_version"] == new
+            assert len(doc["predictions"]) == 1000
+            assert parsed_off_loop == [True, True], driver
