@@ -10,7 +10,7 @@ import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Generic, Protocol, TypeVar
+from typing import Any, Generic, Protocol, TypeVar, cast
 
 import numpy as np
 import orjson
@@ -102,8 +102,8 @@ def _request_id() -> str:
 
 _WATCH_AFTER_S = 0.02
 
-# A body larger than this is joined, decompressed and decoded on a worker thread: its size is
-# the client's choice, and on the event loop it would stall every other connection.
+# A body larger than this is joined, decompressed, decoded and parsed on a worker thread: its
+# size is the client's choice, and on the event loop it would stall every other connection.
 LARGE_BODY_BYTES = 256 * 1024
 # What ``_decode_here`` gives for a body to decode on a worker thread instead.
 _INFLATES_LARGE = object()
@@ -170,12 +170,40 @@ class _Call(Generic[ParsedT]):
         self.future = future
 
 
+class _Prepared(Generic[ParsedT]):
+    """A large body parsed off the loop for the version chosen before: its parse or the
+    exception the parse raised."""
+
+    __slots__ = ("error", "model", "parsed")
+
+    def __init__(self, model: LoadedModel, parsed: ParsedT | None, error: Exception | None) -> None:
+        self.model = model
+        self.parsed = parsed
+        self.error = error
+
+    @property
+    def stale(self) -> bool:
+        """Its version was swapped out (or retired) while the body was parsed: it takes no
+        more requests, so the request is routed and parsed again."""
+        return self.model.batcher.closing
+
+    def result(self) -> ParsedT:
+        if self.error is not None:
+            raise self.error
+        return cast("ParsedT", self.parsed)
+
+
 class _InferBase(Generic[ParsedT]):
     """The infer endpoints: a synchronous core (admit, begin, end) and two drivers of it.
 
     ``__call__`` is the ASGI driver (the Starlette app, tests over ASGI, any ASGI server);
     ``handle`` is the callback driver that the gateway's own HTTP protocol calls with a whole
     request: it needs no task and no awaits per request, only a callback on the batch future.
+
+    Both follow one rule on the size of the body: a small one is decoded and parsed on the
+    event loop; a large one (over ``LARGE_BODY_BYTES``, or compressed and inflating past
+    ``INLINE_INFLATE_BYTES``) is routed first, then joined, decompressed, decoded and parsed
+    for the version chosen on a worker thread (``_prepare``), and queued back on the loop.
     """
 
     def __init__(self, state: AppState) -> None:
@@ -190,7 +218,9 @@ class _InferBase(Generic[ParsedT]):
     def parse(
         self, model: LoadedModel, info: RequestInfo, headers: Headers, decoded: Any
     ) -> ParsedT:
-        """Turn the decoded body into the request's tensors (and whatever rendering needs)."""
+        """Turn the decoded body into the request's tensors (and whatever rendering needs);
+        a worker thread runs it for large bodies, so it reads ``model`` and writes ``info``
+        only."""
         raise NotImplementedError
 
     def inputs(self, parsed: ParsedT) -> dict[str, np.ndarray]:
@@ -243,6 +273,24 @@ class _InferBase(Generic[ParsedT]):
             gate.release()
         return None
 
+    def choose(
+        self,
+        service: InferenceService,
+        info: RequestInfo,
+        version: str | None,
+        headers: Headers,
+        started: float,
+    ) -> LoadedModel:
+        """Pick the variant that serves the request; raises GatewayError (also when the
+        request's deadline has passed already)."""
+        key = header(headers, self.state.routing_key_header)
+        if key is not None:
+            info.routing_key = key.decode("latin-1")
+        pin = header(headers, self.state.pin_header)
+        model = service.pick(info, pin.decode("latin-1") if pin else None, version)
+        service.check_deadline(model, info, started)
+        return model
+
     def begin(
         self,
         service: InferenceService,
@@ -254,20 +302,25 @@ class _InferBase(Generic[ParsedT]):
     ) -> _Call[ParsedT]:
         """Pick the variant, parse, check and queue the request; raises GatewayError.
 
-        ``decoded`` is what ``decode`` returned, or the exception it raised.
+        ``decoded`` is what ``decode`` returned, or the exception it raised; or, for a large
+        body, the ``_Prepared`` parse for the version chosen before (not stale: the drivers
+        check that just before, with no await in between).
         """
-        key = header(headers, self.state.routing_key_header)
-        if key is not None:
-            info.routing_key = key.decode("latin-1")
-        pin = header(headers, self.state.pin_header)
         # From here to the batcher's queue nothing yields to the event loop, so neither a model
-        # swap nor a route change can slip in between choosing the version and queueing on it.
-        model = service.pick(info, pin.decode("latin-1") if pin else None, version)
-        service.check_deadline(model, info, started)
+        # swap nor a route change can slip in between choosing the version (or finding the one
+        # chosen before still serving) and queueing on it.
+        if isinstance(decoded, _Prepared):
+            model = decoded.model
+            service.check_deadline(model, info, started)
+        else:
+            model = self.choose(service, info, version, headers, started)
         try:
-            if isinstance(decoded, Exception):
+            if isinstance(decoded, _Prepared):
+                parsed = decoded.result()
+            elif isinstance(decoded, Exception):
                 raise decoded
-            parsed = self.parse(model, info, headers, decoded)
+            else:
+                parsed = self.parse(model, info, headers, decoded)
         except GatewayError as exc:
             service.reject(model, info, started, exc)
             raise
@@ -318,7 +371,7 @@ class _InferBase(Generic[ParsedT]):
 
         ``arrived`` is when its first byte was seen (``time.perf_counter``). Returns a future
         while the request waits (cancel it when the client goes): the batch's, or, for a large
-        body, one that stands for the decoding on a worker thread and the batch.
+        body, one that stands for the parsing on a worker thread and the batch.
         """
         admitted = self.admit(name, headers)
         if isinstance(admitted, Reply):
@@ -351,9 +404,27 @@ class _InferBase(Generic[ParsedT]):
             if call is not None:
                 waiting.add_done_callback(lambda _: call.cancel())
 
-        def off_loop() -> None:
-            work = loop.run_in_executor(None, self._decode, headers, body, True)
-            work.add_done_callback(lambda done: queue(done.result))
+        def off_loop() -> bool:
+            """Route the request, then parse it on a worker thread; False when it was answered
+            instead (no version to parse it for)."""
+            try:
+                model = self.choose(service, info, version, headers, started)
+            except GatewayError as exc:
+                respond(error_reply(exc, info.request_id))
+                return False
+            except Exception:
+                log.exception("unexpected error routing an inference call for %s", name)
+                respond(_internal_error())
+                return False
+            work = loop.run_in_executor(None, self._prepare, model, info, headers, body, True)
+            work.add_done_callback(prepared)
+            return True
+
+        def prepared(done: asyncio.Future[_Prepared[ParsedT]]) -> None:
+            if done.result().stale and not waiting.cancelled():
+                off_loop()  # swapped out meanwhile: routed and parsed again, still off the loop
+            else:
+                queue(done.result)
 
         def in_turn() -> None:
             if waiting.cancelled():
@@ -368,8 +439,8 @@ class _InferBase(Generic[ParsedT]):
         if small:
             assert turns is not None
             turns.later(in_turn)
-        else:
-            off_loop()
+        elif not off_loop():
+            return None  # answered already: nothing waits
         return waiting
 
     def _decode_here(self, headers: Headers, body: Body) -> Any:
@@ -393,6 +464,18 @@ class _InferBase(Generic[ParsedT]):
             return self.decode(headers, whole)
         except Exception as exc:  # raised again by begin(), where the model is known
             return exc
+
+    def _prepare(
+        self, model: LoadedModel, info: RequestInfo, headers: Headers, body: Body, encoded: bool
+    ) -> _Prepared[ParsedT]:
+        """``_decode`` and ``parse`` for ``model`` (on a worker thread, for a large body)."""
+        decoded = self._decode(headers, body, encoded)
+        try:
+            if isinstance(decoded, Exception):
+                raise decoded
+            return _Prepared(model, self.parse(model, info, headers, decoded), None)
+        except Exception as exc:  # raised again by begin(), on the loop, which accounts for it
+            return _Prepared(model, None, exc)
 
     def _queue(
         self,
@@ -437,16 +520,21 @@ class _InferBase(Generic[ParsedT]):
             return
         service, gate = admitted
         info = RequestInfo(_request_id(), time.time(), name)
+        version = scope["path_params"].get("version")
         try:
             body = await read_body(scope, receive, self.state.max_body_bytes)
             if len(body) <= LARGE_BODY_BYTES:
-                decoded = self._decode(headers, body, encoded=False)
+                decoded: Any = self._decode(headers, body, encoded=False)
             else:
                 loop = asyncio.get_running_loop()
-                decoded = await loop.run_in_executor(None, self._decode, headers, body, False)
-            call = self.begin(
-                service, info, scope["path_params"].get("version"), headers, decoded, started
-            )
+                while True:  # again if its version is swapped out meanwhile
+                    model = self.choose(service, info, version, headers, started)
+                    decoded = await loop.run_in_executor(
+                        None, self._prepare, model, info, headers, body, False
+                    )
+                    if not decoded.stale:
+                        break
+            call = self.begin(service, info, version, headers, decoded, started)
             with contextlib.suppress(_ClientGoneError):  # then the future is cancelled
                 await self._wait(call.future, receive)
             reply = self.end(service, call)
@@ -552,7 +640,8 @@ class PredictEndpoint(_InferBase[Tensors]):
     def parse(
         self, model: LoadedModel, info: RequestInfo, headers: Headers, decoded: Any
     ) -> Tensors:
-        # the JSON itself is decoded here, on the loop: its rows need the model's features
+        # the JSON is decoded here, not in decode(): its rows need the model's features (for
+        # a large body this runs on a worker thread too)
         request_id, inputs = parse_instances(
             decoded, model.signature, model.metadata, model.feature_inputs
         )
@@ -720,6 +809,7 @@ class MetadataEndpoints:
                 _feature_doc(f.model_dump(exclude_none=True), model.feature_inputs)
                 for f in metadata.features
             ]
+        parameters["not_taken_up"] = self._not_taken_up(model.name)
         doc["parameters"] = parameters
         return json_response(doc)
 
@@ -729,6 +819,28 @@ class MetadataEndpoints:
 
     async def metrics(self, request: Request) -> Response:
         return _response(self.metrics_reply())
+
+    def _not_taken_up(self, endpoint: str) -> list[dict[str, object]]:
+        """The endpoint's variants and shadows whose reference points at a version they could
+        not take up: what serves instead, that version, since when and why (as logged); an
+        entry lasts exactly as long as its ``gateway_model_not_taken_up`` series."""
+        traffic = self.state.require_service().traffic
+        deployments = [
+            *traffic.manager.for_endpoint(endpoint),
+            *(shadow.deployment for shadow in traffic.shadows(endpoint)),
+        ]
+        return [
+            {
+                "variant": deployment.variant,
+                "ref": str(deployment.ref),
+                "serving": deployment.current.version if deployment.current else None,
+                "version": refused.version,
+                "since": refused.since,
+                "reason": refused.reason,
+            }
+            for deployment in deployments
+            if (refused := deployment.not_taken_up) is not None
+        ]
 
     def _model(self, request: Request) -> LoadedModel:
         service = self.state.require_service()

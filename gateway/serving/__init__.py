@@ -5,7 +5,13 @@ It knows neither traffic nor the feature log. Other packages import only these n
 
 from gateway.serving._wake import wait_woken
 from gateway.serving.batcher import Batcher, BatchObserver, Tensors
-from gateway.serving.deployments import Deployment, LoadedModel, ModelLoader, ModelManager
+from gateway.serving.deployments import (
+    Deployment,
+    LoadedModel,
+    ModelLoader,
+    ModelManager,
+    NotTakenUp,
+)
 from gateway.serving.runtime import ModelRuntime, RuntimeOptions
 from gateway.serving.settings import BatchingSettings, RuntimeSettings
 from gateway.serving.signature import (
@@ -27,6 +33,7 @@ __all__ = [
     "ModelLoader",
     "ModelManager",
     "ModelRuntime",
+    "NotTakenUp",
     "RuntimeOptions",
     "RuntimeSettings",
     "Signature",

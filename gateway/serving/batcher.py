@@ -139,6 +139,11 @@ class Batcher:
         await self.stop()
 
     @property
+    def closing(self) -> bool:
+        """Stopping or stopped: it takes no more requests (``enqueue`` raises NotReadyError)."""
+        return self._closing
+
+    @property
     def depth(self) -> int:
         """Requests waiting for a batch."""
         return len(self._queue)

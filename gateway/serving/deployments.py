@@ -31,7 +31,7 @@ from gateway.serving.signature import (
 from registry_client import ModelRef, ModelVersion, Registry, RegistryError
 from registry_client.metadata import ModelMetadata
 
-__all__ = ["Deployment", "LoadedModel", "ModelLoader", "ModelManager"]
+__all__ = ["Deployment", "LoadedModel", "ModelLoader", "ModelManager", "NotTakenUp"]
 
 log = logging.getLogger(__name__)
 
@@ -83,6 +83,15 @@ class LoadedModel:
     @property
     def metadata(self) -> ModelMetadata:
         return self.runtime.version.metadata
+
+
+@dataclass(frozen=True)
+class NotTakenUp:
+    """A version a deployment's reference points at that it could not take up."""
+
+    version: str
+    since: float  # Unix time when the reference was first found pointing at it
+    reason: str  # why, as logged (the latest reason, if it was tried again)
 
 
 class ModelLoader:
@@ -236,11 +245,12 @@ class Deployment:
         self._metrics = metrics
         self._poll_interval_s = poll_interval_s
         self._drain_timeout_s = drain_timeout_s
-        # A version that failed for good, with its files' stamp then: not tried again until
-        # its files change (a version folder that was seen half written).
-        self._failed: tuple[str, Hashable | None] | None = None
-        # The version the reference points at that could not be taken up (the gauge's label)
-        self._not_taken_up: str | None = None
+        # A version that failed for good, with its files' stamp then and why: not tried again
+        # until its files change (a version folder that was seen half written).
+        self._failed: tuple[str, Hashable | None, str] | None = None
+        # The version the reference points at that could not be taken up, while that lasts:
+        # what gateway_model_not_taken_up and the model metadata show
+        self.not_taken_up: NotTakenUp | None = None
         self._watcher: asyncio.Task[None] | None = None
         self._draining: set[asyncio.Task[None]] = set()
 
@@ -275,8 +285,12 @@ class Deployment:
             return False
         registry = self._loader.registry
         stamp = await registry.version_stamp(self.ref.name, version)
-        if self._failed == (version, stamp):
-            return False  # a broken version is not retried every poll; a new version is
+        failed = self._failed
+        if failed is not None and failed[:2] == (version, stamp):
+            # a broken version is not retried every poll (a new version is), and is still not
+            # taken up: also when the alias comes back to it from the version that serves
+            self._mark_not_taken_up(version, failed[2])
+            return False
         try:
             loaded = await self._loader.load(
                 self.name,
@@ -290,9 +304,9 @@ class Deployment:
             )
         except ModelLoadError as exc:
             if not isinstance(exc.__cause__, RegistryError) or not exc.__cause__.retriable:
-                self._failed = (version, stamp)
+                self._failed = (version, stamp, str(exc))
             self._note_error(str(exc))
-            self._mark_not_taken_up(version)
+            self._mark_not_taken_up(version, str(exc))
             return False
         old, self.current = self.current, loaded
         self.last_error = None
@@ -327,18 +341,26 @@ class Deployment:
         await asyncio.to_thread(release_memory)
         log.info("model %s variant %s version %s unloaded", self.name, self.variant, loaded.version)
 
-    def _mark_not_taken_up(self, version: str | None) -> None:
-        """``gateway_model_not_taken_up`` is 1 for ``version`` alone (None: for no version):
-        the log line and the failure counter say it once, this says it while it lasts."""
-        if version == self._not_taken_up:
+    def _mark_not_taken_up(self, version: str | None, reason: str = "") -> None:
+        """``version`` alone (None: no version) is not taken up, for ``reason``: in
+        ``not_taken_up`` and as ``gateway_model_not_taken_up`` 1. The log line and the failure
+        counter say it once, these say it while it lasts."""
+        previous = self.not_taken_up
+        if previous is not None and previous.version == version:
+            if reason != previous.reason:  # tried again (its files changed): since stays
+                self.not_taken_up = NotTakenUp(previous.version, previous.since, reason)
+            return
+        if previous is None and version is None:
             return
         gauge = self._metrics.model_not_taken_up
-        if self._not_taken_up is not None:
+        if previous is not None:
             with contextlib.suppress(KeyError):
-                gauge.remove(self.name, self._not_taken_up, self.variant, str(self.ref))
+                gauge.remove(self.name, previous.version, self.variant, str(self.ref))
         if version is not None:
             gauge.labels(self.name, version, self.variant, str(self.ref)).set(1)
-        self._not_taken_up = version
+            self.not_taken_up = NotTakenUp(version, time.time(), reason)
+        else:
+            self.not_taken_up = None
 
     def _note_error(self, message: str) -> None:
         if message != self.last_error:

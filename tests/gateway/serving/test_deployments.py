@@ -8,20 +8,29 @@ failure is logged and counted, and what is whole and compatible is taken up.
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 import shutil
+import threading
+import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
+from typing import Any
 
 import httpx
+import pytest
 from prometheus_client import CollectorRegistry
 from sklearn.datasets import load_breast_cancer
 
-from gateway.http import create_app
+from gateway.http import create_app, endpoints
+from gateway.http._limits import HttpLimits
+from gateway.http.app import GatewayApp
+from gateway.protocol import parse_instances
 from gateway.settings import load_settings
 from registry_client import LocalRegistry
 from tests._models import register_other_inputs_version
+from tests.gateway.http.test_protocol import answered, connection_to
 
 ROW = load_breast_cancer().data[0].astype("float32").tolist()
 BODY = {"inputs": [{"name": "input", "shape": [1, 30], "datatype": "FP32", "data": ROW}]}
@@ -31,9 +40,17 @@ INFER = "/v2/models/breast_cancer/infer"
 class Gateway:
     """An in-process gateway following ``breast_cancer@champion``: a client and its metrics."""
 
-    def __init__(self, client: httpx.AsyncClient, metrics: CollectorRegistry) -> None:
+    def __init__(
+        self, app: GatewayApp, client: httpx.AsyncClient, metrics: CollectorRegistry
+    ) -> None:
+        self.app = app
         self.client = client
         self.metrics = metrics
+
+    def unloaded(self, version: str) -> bool:
+        labels = {"model": "breast_cancer", "version": version, "variant": "default",
+                  "ref": "breast_cancer@champion"}  # fmt: skip
+        return self.metrics.get_sample_value("gateway_model_loaded", labels) is None
 
     def failures(self, version: str) -> float:
         labels = {"model": "breast_cancer", "version": version, "variant": "default"}
@@ -65,7 +82,7 @@ async def following_champion(registry: Path) -> AsyncIterator[Gateway]:
     async with app.router.lifespan_context(app):
         transport = httpx.ASGITransport(app=app)
         async with httpx.AsyncClient(transport=transport, base_url="http://gateway") as client:
-            yield Gateway(client, metrics)
+            yield Gateway(app, client, metrics)
 
 
 async def wait_for(condition: Callable[[], object], timeout_s: float = 30.0) -> None:
@@ -108,6 +125,54 @@ async def test_a_version_that_takes_other_inputs_does_not_replace_the_serving_on
         await wait_for(lambda: gw.not_taken_up(other) == 1)
         point_champion_at(demo_registry, "2")
         await wait_for(lambda: gw.not_taken_up(other) is None)
+        assert await gw.version() == "2"
+
+
+async def test_model_metadata_shows_a_version_not_taken_up_while_the_gauge_does(
+    demo_registry: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    # an operator asking the API saw version 1 served and nothing of the refused version: the
+    # state showed only in the gauge and the log
+    async def shown() -> list[dict[str, Any]]:
+        answer = await gw.client.get("/v2/models/breast_cancer")
+        assert answer.status_code == 200, answer.text
+        entries: list[dict[str, Any]] = answer.json()["parameters"]["not_taken_up"]
+        return entries
+
+    async with following_champion(demo_registry) as gw:
+        assert await shown() == []
+        before = time.time()
+        other = register_other_inputs_version(demo_registry, alias="champion")
+        await wait_for(lambda: gw.not_taken_up(other) == 1)
+        (entry,) = await shown()
+        reason = entry.pop("reason")
+        assert before <= entry.pop("since") <= time.time()
+        assert entry == {
+            "variant": "default",
+            "ref": "breast_cancer@champion",
+            "serving": "1",
+            "version": other,
+        }
+        assert reason.startswith(f"model breast_cancer (breast_cancer@champion -> version {other})")
+        assert "would break the requests version 1 takes" in reason
+        assert f"model breast_cancer: {reason}" in caplog.messages  # the log line's text
+        since = (await shown())[0]["since"]
+        assert (await gw.client.get("/v2/models/breast_cancer/versions/1")).json()["parameters"][
+            "not_taken_up"
+        ] == await shown()
+        # the alias moves back to the version that serves: gone with the gauge's series
+        point_champion_at(demo_registry, "1")
+        await wait_for(lambda: gw.not_taken_up(other) is None)
+        assert await shown() == []
+        # refused again (since starts again), then another version is taken up: gone again
+        point_champion_at(demo_registry, other)
+        await wait_for(lambda: gw.not_taken_up(other) == 1)
+        (entry,) = await shown()
+        assert entry["version"] == other
+        assert entry["since"] > since
+        point_champion_at(demo_registry, "2")
+        await wait_for(lambda: gw.not_taken_up(other) is None)
+        assert await shown() == []
         assert await gw.version() == "2"
 
 
@@ -158,3 +223,54 @@ async def test_a_registry_that_cannot_be_read_leaves_the_gateway_up_and_not_read
                 break
             await asyncio.sleep(0.02)
         assert await gw.version() == "1"
+
+
+async def test_a_large_body_whose_version_is_swapped_out_while_it_is_parsed_goes_to_the_new_one(
+    demo_registry: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # a large body is parsed on a worker thread for the version chosen first; if an alias move
+    # swaps that version out meanwhile, the request is routed and parsed again (off the loop),
+    # never queued on a version that has stopped taking requests (that answered 503)
+    parsing, release = threading.Event(), threading.Event()
+    parsed_off_loop: list[bool] = []
+
+    def spy(*args: Any) -> Any:
+        off_loop = threading.current_thread() is not threading.main_thread()
+        parsed_off_loop.append(off_loop)
+        if off_loop and not parsing.is_set():
+            parsing.set()
+            assert release.wait(30)
+        return parse_instances(*args)
+
+    monkeypatch.setattr(endpoints, "parse_instances", spy)
+    names = [str(n) for n in load_breast_cancer().feature_names]
+    body = json.dumps({"instances": [dict(zip(names, ROW, strict=True))] * 1000}).encode()
+    assert len(body) > endpoints.LARGE_BODY_BYTES
+    path = "/v1/models/breast_cancer:predict"
+    async with following_champion(demo_registry) as gw:
+        moves = [("1", "2"), ("2", "1")]
+        for (old, new), driver in zip(moves, ("own protocol", "asgi"), strict=True):
+            parsing.clear()
+            release.clear()
+            parsed_off_loop.clear()
+            if driver == "asgi":
+                sent = asyncio.ensure_future(gw.client.post(path, content=body))
+            else:
+                protocol, transport = connection_to(gw.app, HttpLimits())
+                head = f"POST {path} HTTP/1.1\r\nHost: t\r\ncontent-length: {len(body)}\r\n\r\n"
+                protocol.data_received(head.encode() + body)
+            await wait_for(parsing.is_set)
+            point_champion_at(demo_registry, new)
+            await wait_for(functools.partial(gw.unloaded, old))  # it takes no requests now
+            release.set()
+            if driver == "asgi":
+                answer = await sent
+                status, doc = answer.status_code, answer.json()
+            else:
+                await answered(transport, 1)
+                status = int(transport.written[9:12])
+                doc = json.loads(transport.written[transport.written.index(b"\r\n\r\n") + 4 :])
+            assert status == 200, doc
+            assert doc["model_version"] == new
+            assert len(doc["predictions"]) == 1000
+            assert parsed_off_loop == [True, True], driver
