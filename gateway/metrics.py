@@ -86,7 +86,7 @@ class GatewayMetrics:
         )
         self.inference_duration = Histogram(
             "gateway_inference_duration_seconds",
-            "Time one batch took in onnxruntime, hand-off to the worker thread included.",
+            "Time one batch took in onnxruntime.",
             _VERSION,
             buckets=_LATENCY_BUCKETS,
             registry=registry,

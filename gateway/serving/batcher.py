@@ -259,15 +259,19 @@ class Batcher:
     def _hand(self, batch: list[_Pending], reason: str, after: _Handed | None) -> _Handed:
         """Give a batch to the executor: now, or (``after``) from the thread that ran that
         one, the moment it ends, without a turn of the event loop in between."""
-        inputs, rows = self._stack(batch, reason)
+        inputs, rows = self._stack(batch)
         run = self._run_fn
+        # Not ``after`` itself: its future keeps ``start`` (below) among its callbacks, and a
+        # reference back would make each chained pair a cycle, its arrays held until the
+        # collector's next full pass.
+        chained = after is not None
 
         def timed() -> _Ran:
             start = time.perf_counter()
             # A batch handed on behind another may have lost every caller meanwhile (their
             # deadlines passed, or they left): then nothing runs. A future done stays done, so
             # reading it from this thread can only be late, never wrong.
-            if after is not None and all(item.future.done() for item in batch):
+            if chained and all(item.future.done() for item in batch):
                 return start, start, None, None
             try:
                 outputs = run(inputs)
@@ -290,7 +294,7 @@ class Batcher:
             start()
         else:
             after.ran.add_done_callback(start)
-        return _Handed(batch, rows, ran, asyncio.wrap_future(ran))
+        return _Handed(batch, rows, reason, ran, asyncio.wrap_future(ran))
 
     async def _hand_on(self, running: _Handed) -> _Handed | None:
         """Wait for ``running`` to end; if a full batch is queued first, hand it on behind it."""
@@ -313,7 +317,8 @@ class Batcher:
             _fail(handed.batch, _run_error(self.name, exc))
             return
         if outputs is None and error is None:
-            return  # not run: its callers were all gone (see _hand)
+            return  # not run: its callers were all gone (see _hand); no batch to count
+        self._observer.batch_closed(handed.rows, len(handed.batch), handed.reason)
         for item in handed.batch:
             self._observer.queue_wait(start - item.enqueued)
         self._observer.run_time(end - start)
@@ -392,12 +397,11 @@ class Batcher:
         self._observer.queue_depth(len(queue))
         return batch
 
-    def _stack(self, batch: list[_Pending], reason: str) -> tuple[Tensors, int]:
+    def _stack(self, batch: list[_Pending]) -> tuple[Tensors, int]:
         """A closed batch's inputs as one set of arrays, and its rows."""
         rows = 0
         for item in batch:
             rows += item.rows
-        self._observer.batch_closed(rows, len(batch), reason)
         if len(batch) == 1:
             return batch[0].inputs, rows
         inputs = {
@@ -411,7 +415,8 @@ class Batcher:
         start = time.perf_counter()
         for item in batch:
             self._observer.queue_wait(start - item.enqueued)
-        inputs, rows = self._stack(batch, reason)
+        inputs, rows = self._stack(batch)
+        self._observer.batch_closed(rows, len(batch), reason)
         try:
             if self._inline and rows <= self._max_rows:  # an oversized one: the executor
                 outputs = self._run_fn(inputs)
@@ -464,6 +469,7 @@ class _Handed:
 
     batch: list[_Pending]
     rows: int
+    reason: str  # why it closed
     ran: ThreadFuture[_Ran]
     done: asyncio.Future[_Ran]
 
@@ -474,10 +480,13 @@ def _settle(
     """Copy ``source``'s outcome (or ``error``) to ``target``, unless it was cancelled."""
     try:
         if source is not None:
-            error = source.exception()
-            if error is None:
-                target.set_result(source.result())
-                return
+            if source.cancelled():  # dropped unrun: its executor shut down with cancel_futures
+                error = RuntimeError("the executor shut down before the batch ran")
+            else:
+                error = source.exception()
+                if error is None:
+                    target.set_result(source.result())
+                    return
         target.set_exception(error or RuntimeError("no outcome"))
     except InvalidStateError:
         pass  # cancelled meanwhile (its caller gone): nothing waits for it

@@ -1,8 +1,11 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import threading
 import time
+import weakref
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
@@ -51,6 +54,15 @@ def deadline(seconds: float = 5.0) -> float:
 async def running(model: Recorder) -> None:
     """Wait until a batch is inside the model (however busy the machine is)."""
     assert await asyncio.to_thread(model.called.wait, 30)
+
+
+async def until(condition: Callable[[], bool]) -> None:
+    """Let the event loop go round until ``condition`` holds (what it waits on is the loop's)."""
+    for _ in range(10_000):
+        if condition():
+            return
+        await asyncio.sleep(0)
+    raise AssertionError("the condition never held")
 
 
 def make(model: RunFn, executor: ThreadPoolExecutor, **kw: object) -> Batcher:
@@ -285,9 +297,10 @@ class TimingObserver:
     def __init__(self) -> None:
         self.waits: list[float] = []
         self.runs: list[float] = []
+        self.closed: list[tuple[int, int, str]] = []
 
     def batch_closed(self, rows: int, requests: int, reason: str) -> None:
-        pass
+        self.closed.append((rows, requests, reason))
 
     def queue_wait(self, seconds: float) -> None:
         self.waits.append(seconds)
@@ -422,4 +435,74 @@ async def test_a_batch_for_a_shut_down_executor_fails_its_callers_and_the_worker
         for value in (1, 2):  # the second is answered too: the worker did not die
             with pytest.raises(ModelExecutionError, match="cannot schedule new futures"):
                 await batcher.submit(rows(value), 1, deadline())
+    assert model.batches == []
+
+
+async def test_a_batch_handed_on_is_freed_once_answered_not_left_to_the_collector() -> None:
+    # A chained batch must not make a reference cycle with the one it followed: its arrays
+    # would stay until the collector's next full pass, which the server keeps rare.
+    gated = Gated()
+    made: list[weakref.ref[np.ndarray]] = []
+
+    def model(inputs: Tensors) -> Tensors:
+        outputs = gated(inputs)
+        made.append(weakref.ref(outputs["y"]))
+        return outputs
+
+    gc.disable()
+    try:
+        with ThreadPoolExecutor(1) as executor:
+            async with make(model, executor, max_batch_size=2, max_batch_delay_s=0) as batcher:
+                first = batcher.enqueue(rows(1), 1, deadline(60))
+                assert await asyncio.to_thread(gated.first.wait, 30)
+                behind = [batcher.enqueue(rows(v), 1, deadline(60)) for v in (2, 3)]
+                await until(lambda: batcher.depth == 0)  # handed on behind the running one
+                gated.gate.set()
+                await asyncio.wait([first, *behind])
+                assert [f.result()["y"][0, 0] for f in (first, *behind)] == [2, 4, 6]
+                del first, behind
+                await asyncio.wrap_future(executor.submit(int))  # its thread is done with them
+                assert gated.calls == 2
+                assert made[1]() is None, "the handed batch's outputs outlive its answers"
+    finally:
+        gc.enable()
+
+
+async def test_a_handed_on_batch_whose_callers_all_left_neither_runs_nor_counts() -> None:
+    model = Gated()
+    observer = TimingObserver()
+    with ThreadPoolExecutor(1) as executor:
+        options: dict[str, object] = {"max_batch_size": 2, "max_batch_delay_s": 0}
+        async with make(model, executor, observer=observer, **options) as batcher:
+            first = batcher.enqueue(rows(1), 1, deadline(60))
+            assert await asyncio.to_thread(model.first.wait, 30)
+            behind = [batcher.enqueue(rows(v), 1, deadline(60)) for v in (2, 3)]
+            await until(lambda: batcher.depth == 0)  # handed on behind the running one
+            for future in behind:
+                future.cancel()
+            model.gate.set()
+            assert (await first)["y"].tolist() == [[2, 2]]
+    assert model.calls == 1
+    # what the metrics count as batches run: the first one only
+    assert observer.closed == [(1, 1, "timeout")]
+    assert len(observer.runs) == 1
+    assert len(observer.waits) == 1
+
+
+async def test_a_batch_its_executor_drops_unrun_fails_its_callers_and_the_worker_goes_on() -> None:
+    model = Recorder()
+    executor = ThreadPoolExecutor(1)
+    hold = threading.Event()
+    executor.submit(hold.wait, 30)  # its only thread busy (with another model's batch, say)
+    try:
+        async with make(model, executor, max_batch_delay_s=0) as batcher:
+            queued = batcher.enqueue(rows(1), 1, deadline(5))
+            await until(lambda: batcher.depth == 0)  # handed to the executor, waiting there
+            executor.shutdown(wait=False, cancel_futures=True)
+            with pytest.raises(ModelExecutionError, match="executor shut down before the batch"):
+                await queued
+            with pytest.raises(ModelExecutionError, match="cannot schedule new futures"):
+                await batcher.submit(rows(2), 1, deadline())
+    finally:
+        hold.set()
     assert model.batches == []
