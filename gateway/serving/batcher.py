@@ -126,6 +126,8 @@ class Batcher:
         # set when the queue holds a full batch, or the running batch ended (see _hand_on)
         self._filled = asyncio.Event()
         self._workers: list[asyncio.Task[None]] = []
+        # each worker's batch on the executor now, if it has one (see _may_hand_on)
+        self._heads: set[_Handed] = set()
         self._oversized: set[asyncio.Task[None]] = set()
         self._oversized_slot = asyncio.Semaphore(1)
         self._closing = False
@@ -219,6 +221,7 @@ class Batcher:
         # batches handed to the executor and not yet answered: the running one, and at most
         # one full batch behind it
         handed: deque[_Handed] = deque()
+        heads = self._heads
         try:
             while True:
                 if not handed:
@@ -236,11 +239,16 @@ class Batcher:
                         await self._run(batch, reason)
                         continue
                     handed.append(self._hand(batch, reason, None))
+                    heads.add(handed[0])
+                    if self._queued_rows >= self._max_rows:
+                        self._filled.set()  # another worker may hand on what is left
                 behind = await self._hand_on(handed[0])
                 if behind is not None:
                     handed.append(behind)
                 await self._answer(handed[0])
-                handed.popleft()
+                heads.discard(handed.popleft())
+                if handed:
+                    heads.add(handed[0])
         except asyncio.CancelledError:
             gone = NotReadyError(f"model {self.name} shut down while the request ran")
             for each in handed:
@@ -255,6 +263,8 @@ class Batcher:
                 _fail(each.batch, error)
             self._fail_queued(error)
             raise
+        finally:
+            heads.difference_update(handed)
 
     def _hand(self, batch: list[_Pending], reason: str, after: _Handed | None) -> _Handed:
         """Give a batch to the executor: now, or (``after``) from the thread that ran that
@@ -297,17 +307,30 @@ class Batcher:
         return _Handed(batch, rows, reason, ran, asyncio.wrap_future(ran))
 
     async def _hand_on(self, running: _Handed) -> _Handed | None:
-        """Wait for ``running`` to end; if a full batch is queued first, hand it on behind it."""
+        """Wait for ``running`` to end; if a full batch is queued first, and no other worker
+        could start it sooner, hand it on behind it."""
         done, filled = running.done, self._filled
-        if not done.done() and self._queued_rows < self._max_rows and not self._closing:
+        if not done.done() and not self._closing and not self._may_hand_on(running):
             done.add_done_callback(lambda _: filled.set())
-            while not done.done() and self._queued_rows < self._max_rows and not self._closing:
+            while not done.done() and not self._closing and not self._may_hand_on(running):
                 filled.clear()
                 await filled.wait()
         if done.done() or self._closing:
             return None
         batch = self._take()
         return self._hand(batch, "full", running) if batch else None
+
+    def _may_hand_on(self, running: _Handed) -> bool:
+        """A full batch is queued, and behind ``running`` is where it starts soonest: that one's
+        thread is done already, or every worker has a batch still running on the executor. (A
+        worker without one, or whose thread is done, takes the batch itself; handed on here, it
+        would wait for ``running`` beside a free thread.)"""
+        if self._queued_rows < self._max_rows:
+            return False
+        if running.ran.done():
+            return True
+        heads = self._heads
+        return len(heads) >= len(self._workers) and not any(h.ran.done() for h in heads)
 
     async def _answer(self, handed: _Handed) -> None:
         """Wait for a handed batch's outputs and answer its callers."""

@@ -506,3 +506,21 @@ async def test_a_batch_its_executor_drops_unrun_fails_its_callers_and_the_worker
     finally:
         hold.set()
     assert model.batches == []
+
+
+async def test_a_batch_another_worker_can_start_at_once_is_not_handed_on() -> None:
+    # batching disabled: one request a call, as many at once as there are worker threads
+    model = Gated()
+    with ThreadPoolExecutor(2) as executor:
+        options: dict[str, object] = {"stackable": False, "max_concurrent_batches": 2}
+        async with make(model, executor, max_batch_delay_s=0, **options) as batcher:
+            two = [batcher.enqueue(rows(v), 1, deadline(60)) for v in (1, 2)]
+            assert await asyncio.to_thread(model.first.wait, 30)
+            assert await asyncio.to_thread(model.second.wait, 30), "queued behind the first"
+            # both threads busy: a third is handed on behind one of them
+            third = batcher.enqueue(rows(3), 1, deadline(60))
+            await until(lambda: batcher.depth == 0)
+            model.gate.set()
+            results = [(await f)["y"][0, 0] for f in (*two, third)]
+    assert results == [2, 4, 6]
+    assert model.calls == 3
