@@ -269,7 +269,12 @@ class Batcher:
     def _hand(self, batch: list[_Pending], reason: str, after: _Handed | None) -> _Handed:
         """Give a batch to the executor: now, or (``after``) from the thread that ran that
         one, the moment it ends, without a turn of the event loop in between."""
-        inputs, rows = self._stack(batch)
+        ran: ThreadFuture[_Ran] = ThreadFuture()
+        try:
+            inputs, rows = self._stack(batch)
+        except Exception as exc:  # its callers hear of it (_answer); the worker goes on
+            _settle(ran, None, exc)
+            return _Handed(batch, 0, reason, ran, asyncio.wrap_future(ran))
         run = self._run_fn
         # Not ``after`` itself: its future keeps ``start`` (below) among its callbacks, and a
         # reference back would make each chained pair a cycle, its arrays held until the
@@ -289,7 +294,6 @@ class Batcher:
                 return start, time.perf_counter(), None, exc
             return start, time.perf_counter(), outputs, None
 
-        ran: ThreadFuture[_Ran] = ThreadFuture()
         executor = self._executor
 
         def start(_: object = None) -> None:  # here, or in the thread that ran ``after``
@@ -438,9 +442,9 @@ class Batcher:
         start = time.perf_counter()
         for item in batch:
             self._observer.queue_wait(start - item.enqueued)
-        inputs, rows = self._stack(batch)
-        self._observer.batch_closed(rows, len(batch), reason)
         try:
+            inputs, rows = self._stack(batch)
+            self._observer.batch_closed(rows, len(batch), reason)
             if self._inline and rows <= self._max_rows:  # an oversized one: the executor
                 outputs = self._run_fn(inputs)
             else:

@@ -524,3 +524,29 @@ async def test_a_batch_another_worker_can_start_at_once_is_not_handed_on() -> No
             results = [(await f)["y"][0, 0] for f in (*two, third)]
     assert results == [2, 4, 6]
     assert model.calls == 3
+
+
+@pytest.mark.parametrize("inline", [False, True])
+async def test_a_batch_that_cannot_be_stacked_fails_its_callers_and_the_worker_goes_on(
+    monkeypatch: pytest.MonkeyPatch, inline: bool
+) -> None:
+    model = Recorder()
+    real = np.concatenate
+
+    def failing(arrays: object, *args: object, **kwargs: object) -> np.ndarray:
+        if any(float(a[0, 0]) == 13 for a in arrays):  # type: ignore[attr-defined]
+            raise MemoryError("no room for the batch")
+        return real(arrays, *args, **kwargs)  # type: ignore[call-overload,no-any-return]
+
+    monkeypatch.setattr(np, "concatenate", failing)
+    with ThreadPoolExecutor(1) as executor:
+        async with make(model, executor, max_batch_size=2, inline=inline) as batcher:
+            doomed = [batcher.submit(rows(v), 1, deadline()) for v in (13, 1)]
+            outcomes = await asyncio.gather(*doomed, return_exceptions=True)
+            assert all(isinstance(o, ModelExecutionError) for o in outcomes), outcomes
+            assert "no room for the batch" in str(outcomes[0])
+            # the worker lives: the next batch is answered
+            results = await asyncio.gather(
+                *(batcher.submit(rows(v), 1, deadline()) for v in (2, 3))
+            )
+    assert [r["y"][0, 0] for r in results] == [4, 6]
