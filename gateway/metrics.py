@@ -216,6 +216,17 @@ class GatewayMetrics:
             ("reason",),
             registry=registry,
         )
+        self.large_bodies = Counter(
+            "gateway_large_bodies",
+            "Inference bodies over 256 KiB parsed, by where: process (a parse process) or thread.",
+            ("parsed_in",),
+            registry=registry,
+        )
+        self.parse_processes_lost = Counter(
+            "gateway_parse_processes_lost",
+            "Parse processes that ended unexpectedly (killed, out of memory) and were replaced.",
+            registry=registry,
+        )
 
     def watch_admission(self, snapshot: Callable[[], ProcessLoad]) -> AdmissionCollector:
         """Expose admission control's state, read when scraped (nothing per request)."""

@@ -62,6 +62,10 @@ class ServerSettings(_Group):
     http_protocol: Literal["gateway", "uvicorn"] = "gateway"
     # How long shutdown waits for in-flight requests and queued batches.
     shutdown_timeout_s: float = Field(default=10.0, gt=0)
+    # Processes that parse large JSON bodies (over 256 KiB), started at the first one, so the
+    # gateway's own interpreter is not held for their parse; 0 parses them on a worker thread
+    # (which holds the GIL, and so the event loop, for the whole parse).
+    parse_processes: int = Field(default=1, ge=0, le=64)
     # Reject float inputs that hold NaN or infinity.
     allow_nan: bool = False
     access_log: bool = False

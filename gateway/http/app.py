@@ -32,6 +32,7 @@ from gateway.errors import (
 )
 from gateway.feedback import FeedbackDisabledError
 from gateway.http._asgi import Receive, Reply, Scope, Send, error_status, register_status
+from gateway.http._parse_pool import ParsePool
 from gateway.http._paths import decode_path
 from gateway.http.admin import AdminAuthError, AdminDisabledError, admin_routes
 from gateway.http.endpoints import (
@@ -93,10 +94,16 @@ def create_app(
     if settings.admission.enabled:
         state.admission = Admission(settings.admission)
         metrics.watch_admission(state.admission.snapshot)
+    if settings.server.parse_processes > 0:
+        state.parse_pool = ParsePool(
+            settings.server.parse_processes, metrics.parse_processes_lost.inc
+        )
 
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         async with AsyncExitStack() as stack:
+            if state.parse_pool is not None:  # started by the first large body, if one comes
+                stack.push_async_callback(state.parse_pool.aclose)
             if heartbeat is not None:  # from the start: loading models is progress too
                 stack.callback(heartbeat.run_on(asyncio.get_running_loop(), meta.ready_reply))
             core = await start_core(settings, metrics, stack, registry, peers, state.admission)
@@ -139,6 +146,7 @@ def create_app(
         infer,
         predict,
         probes,
+        state.parse_pool,
         routes=routes,
         lifespan=lifespan,
         exception_handlers={GatewayError: _gateway_error, HTTPException: http_error},
@@ -163,6 +171,7 @@ class GatewayApp(Starlette):
         infer: InferEndpoint,
         predict: PredictEndpoint,
         probes: dict[str, Callable[[], Reply]],
+        parse_pool: ParsePool | None = None,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
@@ -173,6 +182,7 @@ class GatewayApp(Starlette):
             (_PREDICT_PATH, predict),
         )
         self.probes = probes  # health and metrics: answered by the protocol, ahead of the rest
+        self.parse_pool = parse_pool  # where large JSON bodies are parsed (None: on threads)
 
     def inference_target(self, path: str) -> tuple[FastEndpoint, str, str | None] | None:
         """The endpoint that answers ``POST path`` (an inference call), its model and version."""

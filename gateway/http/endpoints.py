@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import itertools
 import logging
 import os
@@ -36,14 +37,17 @@ from gateway.http._asgi import (
     read_body,
     send_reply,
 )
+from gateway.http._parse_pool import ParsePool, parse_in_process
 from gateway.inference import InferenceService
 from gateway.metrics import GatewayMetrics
 from gateway.protocol import (
     InferRequest,
     parse_infer_request,
     parse_instances,
+    parse_rows,
     render_infer_response,
     render_predictions,
+    rows_layout,
 )
 from gateway.serving import Deployment, LoadedModel
 from gateway.traffic import RouteStore
@@ -83,6 +87,9 @@ class AppState:
     feedback: FeedbackService | None = None
     feedback_enabled: bool = False
     admission: Admission | None = None
+    # Large JSON bodies are parsed in these processes (``server.parse_processes``), else on
+    # worker threads.
+    parse_pool: ParsePool | None = None
 
     def require_service(self) -> InferenceService:
         if self.service is None:
@@ -203,7 +210,10 @@ class _InferBase(Generic[ParsedT]):
     Both follow one rule on the size of the body: a small one is decoded and parsed on the
     event loop; a large one (over ``LARGE_BODY_BYTES``, or compressed and inflating past
     ``INLINE_INFLATE_BYTES``) is routed first, then joined, decompressed, decoded and parsed
-    for the version chosen on a worker thread (``_prepare``), and queued back on the loop.
+    for the version chosen on a worker thread (``_prepare``), and queued back on the loop. Where
+    the endpoint can ``offload`` it and a parse process is up, the process does the joining,
+    decompressing and reading of the JSON into arrays instead (a thread would hold the GIL,
+    and so the loop, throughout), and ``parse`` runs on the loop on its result.
     """
 
     def __init__(self, state: AppState) -> None:
@@ -222,6 +232,13 @@ class _InferBase(Generic[ParsedT]):
         a worker thread runs it for large bodies, so it reads ``model`` and writes ``info``
         only."""
         raise NotImplementedError
+
+    def offload(self, model: LoadedModel, headers: Headers) -> Callable[[bytes], Any] | None:
+        """For a large body: what a parse process makes of the whole decoded body, given to
+        ``parse`` in place of ``decode``'s result (picklable: a module-level function, or a
+        partial of one holding what it needs of the model); or None, then ``_prepare`` runs on
+        a worker thread."""
+        return None
 
     def inputs(self, parsed: ParsedT) -> dict[str, np.ndarray]:
         raise NotImplementedError
@@ -416,7 +433,7 @@ class _InferBase(Generic[ParsedT]):
                 log.exception("unexpected error routing an inference call for %s", name)
                 respond(_internal_error())
                 return False
-            work = loop.run_in_executor(None, self._prepare, model, info, headers, body, True)
+            work = self._prepare_off_loop(model, info, headers, body, True)
             work.add_done_callback(prepared)
             return True
 
@@ -469,13 +486,47 @@ class _InferBase(Generic[ParsedT]):
         self, model: LoadedModel, info: RequestInfo, headers: Headers, body: Body, encoded: bool
     ) -> _Prepared[ParsedT]:
         """``_decode`` and ``parse`` for ``model`` (on a worker thread, for a large body)."""
-        decoded = self._decode(headers, body, encoded)
+        return self._parsed(model, info, headers, self._decode(headers, body, encoded))
+
+    def _parsed(
+        self, model: LoadedModel, info: RequestInfo, headers: Headers, decoded: Any
+    ) -> _Prepared[ParsedT]:
+        """``parse`` of what was decoded (or the exception decoding raised), for ``model``."""
         try:
             if isinstance(decoded, Exception):
                 raise decoded
             return _Prepared(model, self.parse(model, info, headers, decoded), None)
         except Exception as exc:  # raised again by begin(), on the loop, which accounts for it
             return _Prepared(model, None, exc)
+
+    def _prepare_off_loop(
+        self, model: LoadedModel, info: RequestInfo, headers: Headers, body: Body, encoded: bool
+    ) -> asyncio.Future[_Prepared[ParsedT]]:
+        """``_prepare`` for a large body: decoded in a parse process where the endpoint can
+        ``offload`` it and one is up (``parse`` then runs on the loop, on arrays: a few
+        microseconds), else on a worker thread."""
+        loop = asyncio.get_running_loop()
+        pool = self.state.parse_pool
+        parse = self.offload(model, headers) if pool is not None else None
+        work = None
+        if pool is not None and parse is not None:
+            codings = [pair for pair in headers if encoded and pair[0] == b"content-encoding"]
+            work = pool.submit(parse_in_process, body, codings, self.state.max_body_bytes, parse)
+        if work is None:
+            self.state.metrics.large_bodies.labels("thread").inc()
+            return loop.run_in_executor(None, self._prepare, model, info, headers, body, encoded)
+        self.state.metrics.large_bodies.labels("process").inc()
+        prepared: asyncio.Future[_Prepared[ParsedT]] = loop.create_future()
+
+        def parsed(done: asyncio.Future[Any]) -> None:
+            if done.cancelled():  # the pool was closed: the gateway is stopping
+                decoded: Any = NotReadyError("the gateway is stopping")
+            else:
+                decoded = done.exception() or done.result()
+            prepared.set_result(self._parsed(model, info, headers, decoded))
+
+        work.add_done_callback(parsed)
+        return prepared
 
     def _queue(
         self,
@@ -526,12 +577,9 @@ class _InferBase(Generic[ParsedT]):
             if len(body) <= LARGE_BODY_BYTES:
                 decoded: Any = self._decode(headers, body, encoded=False)
             else:
-                loop = asyncio.get_running_loop()
                 while True:  # again if its version is swapped out meanwhile
                     model = self.choose(service, info, version, headers, started)
-                    decoded = await loop.run_in_executor(
-                        None, self._prepare, model, info, headers, body, False
-                    )
+                    decoded = await self._prepare_off_loop(model, info, headers, body, False)
                     if not decoded.stale:
                         break
             call = self.begin(service, info, version, headers, decoded, started)
@@ -596,16 +644,15 @@ class InferEndpoint(_InferBase[InferRequest]):
     """``POST /v2/models/{name}[/versions/{version}]/infer``: OIP v2, JSON or binary tensors."""
 
     def decode(self, headers: Headers, body: bytes) -> InferRequest:
+        return decode_infer(header(headers, b"inference-header-content-length"), body)
+
+    def offload(self, model: LoadedModel, headers: Headers) -> Callable[[bytes], Any] | None:
         raw_length = header(headers, b"inference-header-content-length")
-        header_length = None
         if raw_length is not None:
-            raw_length = raw_length.strip()
-            if not raw_length.isdigit() or len(raw_length) > 20:
-                raise InvalidInputError(
-                    "Inference-Header-Content-Length must be an integer of at most 20 digits"
-                )
-            header_length = int(raw_length)
-        return parse_infer_request(body, header_length)
+            length = raw_length.strip()
+            if length.isdigit() and len(length) <= 20 and int(length) <= LARGE_BODY_BYTES:
+                return None  # binary tensors after a small JSON header: copied, not parsed
+        return functools.partial(decode_infer, raw_length)
 
     def parse(
         self, model: LoadedModel, info: RequestInfo, headers: Headers, decoded: Any
@@ -641,13 +688,23 @@ class PredictEndpoint(_InferBase[Tensors]):
         self, model: LoadedModel, info: RequestInfo, headers: Headers, decoded: Any
     ) -> Tensors:
         # the JSON is decoded here, not in decode(): its rows need the model's features (for
-        # a large body this runs on a worker thread too)
-        request_id, inputs = parse_instances(
-            decoded, model.signature, model.metadata, model.feature_inputs
-        )
+        # a large body this runs on a worker thread too, or in a parse process: ``offload``)
+        request_id: str | None
+        inputs: Tensors
+        if isinstance(decoded, tuple):  # parsed in a parse process
+            request_id, inputs = decoded
+        else:
+            request_id, inputs = parse_instances(
+                decoded, model.signature, model.metadata, model.feature_inputs
+            )
         if request_id is not None:
             info.request_id = request_id
         return inputs
+
+    def offload(self, model: LoadedModel, headers: Headers) -> Callable[[bytes], Any] | None:
+        # the process gets what the rows need of the model: its signature and feature names
+        layout = rows_layout(model.signature, model.metadata, model.feature_inputs)
+        return functools.partial(parse_rows, layout=layout)
 
     def inputs(self, parsed: Tensors) -> Tensors:
         return parsed
@@ -657,6 +714,20 @@ class PredictEndpoint(_InferBase[Tensors]):
     ) -> Reply:
         body = render_predictions(model.name, model.version, info.request_id, outputs)
         return Reply(200, body, head=_served_by(model, info) + _JSON_TYPE)
+
+
+def decode_infer(raw_header_length: bytes | None, body: bytes) -> InferRequest:
+    """An OIP v2 body parsed (``raw_header_length``: its Inference-Header-Content-Length);
+    nothing of the model is needed, so a parse process can run it."""
+    header_length = None
+    if raw_header_length is not None:
+        raw_header_length = raw_header_length.strip()
+        if not raw_header_length.isdigit() or len(raw_header_length) > 20:
+            raise InvalidInputError(
+                "Inference-Header-Content-Length must be an integer of at most 20 digits"
+            )
+        header_length = int(raw_header_length)
+    return parse_infer_request(body, header_length)
 
 
 def _internal_error_exception() -> GatewayError:

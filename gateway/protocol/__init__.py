@@ -1,6 +1,12 @@
 """Wire formats: Open Inference Protocol v2 (JSON and binary tensors) and the simple JSON form."""
 
-from gateway.protocol.simple import parse_instances, render_predictions
+from gateway.protocol.simple import (
+    RowsLayout,
+    parse_instances,
+    parse_rows,
+    render_predictions,
+    rows_layout,
+)
 from gateway.protocol.v2 import (
     InferRequest,
     RequestedOutput,
@@ -11,8 +17,11 @@ from gateway.protocol.v2 import (
 __all__ = [
     "InferRequest",
     "RequestedOutput",
+    "RowsLayout",
     "parse_infer_request",
     "parse_instances",
+    "parse_rows",
     "render_infer_response",
     "render_predictions",
+    "rows_layout",
 ]

@@ -8,6 +8,7 @@ Response: ``{"model_name", "model_version", "id", "predictions": [{"output": val
 from __future__ import annotations
 
 from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -18,7 +19,7 @@ from gateway.protocol._json import check_scalars, load_object, request_id
 from gateway.serving import Signature, TensorSpec, feature_input
 from registry_client.metadata import ModelMetadata
 
-__all__ = ["parse_instances", "render_predictions"]
+__all__ = ["RowsLayout", "parse_instances", "parse_rows", "render_predictions", "rows_layout"]
 
 
 def parse_instances(
@@ -32,6 +33,33 @@ def parse_instances(
     ``feature_inputs`` (feature -> input, ``per_feature_inputs``) lets callers name the
     features of a model with one input per feature as its metadata does.
     """
+    return parse_rows(body, rows_layout(signature, metadata, feature_inputs))
+
+
+@dataclass(frozen=True, slots=True)
+class RowsLayout:
+    """What parsing rows needs of a model: small and picklable, for a parse process."""
+
+    signature: Signature
+    feature_names: list[str]
+    column_input: TensorSpec | None
+    feature_inputs: dict[str, str]
+
+
+def rows_layout(
+    signature: Signature, metadata: ModelMetadata, feature_inputs: Mapping[str, str] | None = None
+) -> RowsLayout:
+    """The layout ``parse_rows`` takes, for a model (``parse_instances``'s arguments)."""
+    return RowsLayout(
+        signature,
+        metadata.feature_names,
+        feature_input(signature, metadata),
+        dict(feature_inputs or {}),
+    )
+
+
+def parse_rows(body: bytes, layout: RowsLayout) -> tuple[str | None, dict[str, np.ndarray]]:
+    """``parse_instances`` with the model's layout worked out before (``rows_layout``)."""
     doc = load_object(body)
     caller_id = request_id(doc)
     if "instances" in doc:
@@ -44,16 +72,15 @@ def parse_instances(
         rows = [doc["features"]]
     else:
         raise InvalidInputError("body needs 'instances' (a list of rows) or 'features' (one row)")
-    column_input = feature_input(signature, metadata)
-    if column_input is not None:
-        return caller_id, {column_input.name: _columns(rows, column_input, metadata)}
-    if feature_inputs:
-        return caller_id, _per_input(rows, signature, feature_inputs, metadata.feature_names)
+    signature, names = layout.signature, layout.feature_names
+    if layout.column_input is not None:
+        return caller_id, {layout.column_input.name: _columns(rows, layout.column_input, names)}
+    if layout.feature_inputs:
+        return caller_id, _per_input(rows, signature, layout.feature_inputs, names)
     return caller_id, _per_input(rows, signature, {i.name: i.name for i in signature.inputs}, [])
 
 
-def _columns(rows: list[Any], spec: TensorSpec, metadata: ModelMetadata) -> np.ndarray:
-    names = metadata.feature_names
+def _columns(rows: list[Any], spec: TensorSpec, names: list[str]) -> np.ndarray:
     known = set(names)
     matrix: list[list[Any]] = []
     for index, row in enumerate(rows):

@@ -448,7 +448,8 @@ async def test_a_small_compressed_body_that_inflates_large_is_inflated_off_the_l
     assert len(bomb) < 16 * 1024 < _asgi.INLINE_INFLATE_BYTES < len(plain)
     small = gzip.compress(orjson.dumps(infer_body(ROW)))
     head = b"POST /v2/models/breast_cancer/infer HTTP/1.1\r\nHost: t\r\ncontent-encoding: gzip\r\n"
-    async with started(demo_registry) as app:
+    # on worker threads (parse processes inflate in their own: tests/gateway/http/test_parse_pool)
+    async with started(demo_registry, server={"parse_processes": 0}) as app:
         # the gateway's own HTTP protocol (the fast path), on a fake transport
         protocol, transport = connection_to(app, HttpLimits())
         for body in (small, bomb):
@@ -491,7 +492,8 @@ async def test_a_large_predict_body_is_parsed_off_the_loop_and_a_small_one_on_it
     assert len(small) < endpoints.LARGE_BODY_BYTES < len(large)
     path = "/v1/models/breast_cancer:predict"
     head = f"POST {path} HTTP/1.1\r\nHost: t\r\n".encode()
-    async with started(demo_registry) as app:
+    # on worker threads (in parse processes: tests/gateway/http/test_parse_pool)
+    async with started(demo_registry, server={"parse_processes": 0}) as app:
         # the gateway's own HTTP protocol (the fast path), on a fake transport
         protocol, transport = connection_to(app, HttpLimits())
         for body in (small, large):

@@ -186,7 +186,17 @@ def test_workers_whose_supervisor_was_killed_stop_serving(
         wait_serving(gw, 2)
         workers = workers_of(gw.proc.pid)
         assert len(workers) == 2
-        handles = [os.pidfd_open(pid) for pid in workers]
+        # large bodies, until one was parsed in a worker's parse process, so that one must end
+        # with its worker too
+        large, deadline = body(rows=len(X) * 2), time.monotonic() + 60
+        parsed = ("gateway_large_bodies_total", (("parsed_in", "process"),))
+        while metrics(gw).get(parsed, 0) == 0:  # the first starts its worker's parse process
+            assert time.monotonic() < deadline, gw.log()[-3000:]
+            response = httpx.post(f"{gw.url}/v2/models/breast_cancer/infer", json=large, timeout=30)
+            assert response.status_code == 200
+        parsers = [pid for worker in workers for pid in workers_of(worker)]
+        assert parsers, gw.log()[-3000:]
+        handles = [os.pidfd_open(pid) for pid in workers + parsers]
         try:
             gw.proc.kill()  # nothing left to restart them or to pass on a signal
             gw.proc.wait()
