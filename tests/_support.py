@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import contextlib
 import os
+import select
 import signal
 import socket
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -18,9 +19,11 @@ import yaml
 
 __all__ = [
     "GatewayProcess",
+    "children_of",
     "demo_gateway",
     "feature_log_gateway_config",
     "free_port",
+    "kill_and_wait_ended",
     "running_process",
     "start_gateway",
     "start_monitor",
@@ -179,3 +182,50 @@ def feature_log_gateway_config(
             **feature_log,
         },
     }
+
+
+def children_of(pid: int, cmdline_has: bytes | None = None) -> list[int]:
+    """PIDs of a process's children (Linux ``/proc``); with ``cmdline_has``, only those whose
+    command line holds it."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+            cmdline = (entry / "cmdline").read_bytes() if cmdline_has is not None else b""
+        except OSError:
+            continue
+        if int(stat.rsplit(")", 1)[1].split()[1]) != pid:
+            continue
+        if cmdline_has is None or cmdline_has in cmdline:
+            found.append(int(entry.name))
+    return found
+
+
+def kill_and_wait_ended(
+    proc: subprocess.Popen[bytes],
+    parts: Mapping[str, int],
+    timeout_s: float = 60.0,
+    context: Callable[[], str] = lambda: "",
+) -> None:
+    """SIGKILL ``proc`` (no chance to stop what it started), then wait until every process of
+    ``parts`` (name -> PID) has ended; the assertion names those still running, with
+    ``context()``. Whatever is left at the end is killed."""
+    handles = {name: os.pidfd_open(pid) for name, pid in parts.items()}
+    try:
+        proc.kill()
+        proc.wait()
+        deadline = time.monotonic() + timeout_s
+        pending = list(handles.values())
+        while pending:  # a pidfd turns readable when its process ends
+            left = deadline - time.monotonic()
+            still = [name for name, fd in handles.items() if fd in pending]
+            assert left > 0, f"still running after {proc.pid} was killed: {still} {context()}"
+            ended, _, _ = select.select(pending, [], [], left)
+            pending = [fd for fd in pending if fd not in ended]
+    finally:
+        for fd in handles.values():
+            with contextlib.suppress(ProcessLookupError):
+                signal.pidfd_send_signal(fd, signal.SIGKILL)
+            os.close(fd)

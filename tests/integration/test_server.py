@@ -2,11 +2,7 @@
 
 from __future__ import annotations
 
-import contextlib
 import json
-import os
-import select
-import signal
 import socket
 import subprocess
 import sys
@@ -24,7 +20,7 @@ from sklearn.datasets import load_breast_cancer
 
 from registry_client import LocalRegistry
 from tests._models import register_slow_version
-from tests._support import start_gateway
+from tests._support import children_of, kill_and_wait_ended, start_gateway
 
 pytestmark = pytest.mark.e2e
 
@@ -267,19 +263,6 @@ def test_a_caller_that_disconnects_leaves_the_queue_before_its_batch_runs(
     assert one_row in metrics, "the cancelled request never reached onnxruntime"
 
 
-def children_of(pid: int) -> list[int]:
-    """PIDs of a process's children (Linux ``/proc``)."""
-    found = []
-    for entry in Path("/proc").iterdir():
-        try:
-            stat = (entry / "stat").read_text() if entry.name.isdigit() else ""
-        except OSError:
-            continue
-        if stat and int(stat.rsplit(")", 1)[1].split()[1]) == pid:
-            found.append(int(entry.name))
-    return found
-
-
 def test_parse_processes_end_with_a_gateway_killed_with_sigkill(
     demo_registry: Path, tmp_path: Path
 ) -> None:
@@ -297,19 +280,4 @@ def test_parse_processes_end_with_a_gateway_killed_with_sigkill(
             assert httpx.post(url, json=large, timeout=30).status_code == 200
         children = children_of(gw.proc.pid)  # the parse process, multiprocessing's tracker
         assert children
-        handles = [os.pidfd_open(pid) for pid in children]
-        try:
-            gw.proc.kill()  # no chance to stop its processes itself
-            gw.proc.wait()
-            deadline = time.monotonic() + 60
-            pending = list(handles)
-            while pending:  # a pidfd turns readable when its process ends
-                left = deadline - time.monotonic()
-                assert left > 0, f"still running after the gateway was killed: {pending}"
-                ended, _, _ = select.select(pending, [], [], left)
-                pending = [fd for fd in pending if fd not in ended]
-        finally:
-            for fd in handles:
-                with contextlib.suppress(ProcessLookupError):
-                    signal.pidfd_send_signal(fd, signal.SIGKILL)
-                os.close(fd)
+        kill_and_wait_ended(gw.proc, {f"child {pid}": pid for pid in children})

@@ -8,13 +8,11 @@ have on their command line (this test's folder, the broker's port), and only tho
 from __future__ import annotations
 
 import os
-import select
 import shutil
 import signal
 import socket
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -22,7 +20,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests._support import free_port, stop_process, wait_http
+from tests._support import free_port, kill_and_wait_ended, stop_process, wait_http
 
 pytestmark = pytest.mark.e2e
 
@@ -153,18 +151,4 @@ def test_no_part_outlives_a_stack_killed_with_sigkill(
         wait_http(f"http://127.0.0.1:{ports['retrain']}/health", 60, proc)
         running = parts_of(tmp_path, ports["broker"])
         assert sorted(running) == sorted(PARTS)
-        handles = {name: os.pidfd_open(pid) for name, pid in running.items()}
-        try:
-            proc.kill()  # no chance to stop its parts itself
-            proc.wait()
-            deadline = time.monotonic() + 60
-            pending = list(handles.values())
-            while pending:  # a pidfd turns readable when its process ends
-                left = deadline - time.monotonic()
-                still = [name for name, fd in handles.items() if fd in pending]
-                assert left > 0, f"still running after the stack was killed: {still}"
-                ended, _, _ = select.select(pending, [], [], left)
-                pending = [fd for fd in pending if fd not in ended]
-        finally:
-            for fd in handles.values():
-                os.close(fd)
+        kill_and_wait_ended(proc, running)  # no chance to stop its parts itself

@@ -6,9 +6,7 @@ go out on fresh connections, so each lands on whichever worker accepts it.
 
 from __future__ import annotations
 
-import contextlib
 import os
-import select
 import signal
 import threading
 import time
@@ -26,7 +24,7 @@ from sklearn.datasets import load_breast_cancer
 from monitors.broker import EmbeddedBroker
 from tests._kafka import read_records
 from tests._models import register_slow_version
-from tests._support import GatewayProcess, start_gateway
+from tests._support import GatewayProcess, children_of, kill_and_wait_ended, start_gateway
 
 pytestmark = pytest.mark.e2e
 
@@ -109,19 +107,8 @@ def set_only(gw: GatewayProcess, variant: str) -> httpx.Response:
 
 
 def workers_of(pid: int) -> list[int]:
-    """PIDs of the supervisor's worker processes."""
-    found = []
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            stat = (entry / "stat").read_text()
-            cmdline = (entry / "cmdline").read_bytes()
-        except OSError:
-            continue
-        if int(stat.rsplit(")", 1)[1].split()[1]) == pid and b"spawn_main" in cmdline:
-            found.append(int(entry.name))
-    return found
+    """PIDs of the supervisor's worker processes (or of a worker's parse processes)."""
+    return children_of(pid, b"spawn_main")
 
 
 def test_a_route_change_through_any_worker_is_in_force_on_all_before_the_answer(
@@ -196,22 +183,9 @@ def test_workers_whose_supervisor_was_killed_stop_serving(
             assert response.status_code == 200
         parsers = [pid for worker in workers for pid in workers_of(worker)]
         assert parsers, gw.log()[-3000:]
-        handles = [os.pidfd_open(pid) for pid in workers + parsers]
-        try:
-            gw.proc.kill()  # nothing left to restart them or to pass on a signal
-            gw.proc.wait()
-            deadline = time.monotonic() + 60
-            pending = list(handles)
-            while pending:  # a pidfd turns readable when its process ends
-                left = deadline - time.monotonic()
-                assert left > 0, f"workers still running: {gw.log()[-3000:]}"
-                ended, _, _ = select.select(pending, [], [], left)
-                pending = [fd for fd in pending if fd not in ended]
-        finally:
-            for fd in handles:
-                with contextlib.suppress(ProcessLookupError):  # the ones it started, if left
-                    signal.pidfd_send_signal(fd, signal.SIGKILL)
-                os.close(fd)
+        parts = {f"worker {pid}": pid for pid in workers}
+        parts |= {f"parse process {pid}": pid for pid in parsers}
+        kill_and_wait_ended(gw.proc, parts, context=lambda: gw.log()[-3000:])
         with pytest.raises(httpx.ConnectError):  # no orphan still accepts on the port
             httpx.get(f"{gw.url}/v2/health/live", timeout=5)
         assert gw.log().count("the supervisor went away") == 2

@@ -23,6 +23,7 @@ from gateway.http._limits import HttpLimits
 from gateway.http.app import GatewayApp
 from gateway.http.endpoints import LARGE_BODY_BYTES
 from gateway.settings import load_settings
+from tests._support import children_of
 from tests.gateway.http.test_protocol import answered, connection_to
 
 DATA = load_breast_cancer()
@@ -139,18 +140,6 @@ async def test_large_bodies_parsed_in_a_process_answer_as_on_a_thread(
     assert labels[0] == 0  # the first row of the dataset is malignant
 
 
-def children(pid: int) -> set[int]:
-    found = set()
-    for entry in Path("/proc").iterdir():
-        try:
-            stat = (entry / "stat").read_text() if entry.name.isdigit() else ""
-        except OSError:
-            continue
-        if stat and int(stat.rsplit(")", 1)[1].split()[1]) == pid:
-            found.add(int(entry.name))
-    return found
-
-
 async def infer(app: GatewayApp, body: bytes) -> tuple[int, dict[str, Any], bytes]:
     transport = httpx.ASGITransport(app=app)
     async with httpx.AsyncClient(transport=transport, base_url="http://g") as client:
@@ -159,18 +148,18 @@ async def infer(app: GatewayApp, body: bytes) -> tuple[int, dict[str, Any], byte
 
 
 async def test_the_pool_starts_at_the_first_large_body(demo_registry: Path) -> None:
-    before = children(os.getpid())
+    before = set(children_of(os.getpid()))
     async with started(demo_registry, 1) as (app, metrics):
         small = tensor(ROWS[:10])
         for _ in range(3):
             assert (await infer(app, small))[0] == 200
-        assert not children(os.getpid()) - before  # no body large enough: no process
+        assert not set(children_of(os.getpid())) - before  # no body large enough: no process
         status, doc, _ = await infer(app, tensor(ROWS, id="first"))
         assert (status, doc["id"]) == (200, "first")
         assert counted(metrics, "thread") == 1  # while its process starts: on a thread
         assert app.parse_pool is not None
         (pid,) = await app.parse_pool.started()
-        assert pid in children(os.getpid())
+        assert pid in set(children_of(os.getpid()))
         status, doc, _ = await infer(app, tensor(ROWS, id="second"))
         assert (status, doc["id"]) == (200, "second")
         assert counted(metrics, "process") == 1
