@@ -236,7 +236,7 @@ class Batcher:
                     if not batch:
                         continue
                     if self._inline:
-                        await self._run(batch, reason)
+                        self._run_inline(batch, reason)
                         continue
                     handed.append(self._hand(batch, reason, None))
                     heads.add(handed[0])
@@ -383,12 +383,17 @@ class Batcher:
         return "full"
 
     async def _run_oversized(self, item: _Pending) -> None:
+        handed: _Handed | None = None
         try:
             async with self._oversized_slot:
                 if not item.future.done():  # not cancelled nor past its deadline meanwhile
-                    await self._run([item], "full")
+                    handed = self._hand([item], "full", None)
+                    await self._answer(handed)
         except asyncio.CancelledError:
-            _fail([item], NotReadyError(f"model {self.name} shut down before the request ran"))
+            if handed is not None:
+                handed.done.cancel()  # its outcome, if it comes, is nobody's
+            when = "before" if handed is None else "while"
+            _fail([item], NotReadyError(f"model {self.name} shut down {when} the request ran"))
             raise
 
     def _take(self) -> list[_Pending]:
@@ -436,22 +441,15 @@ class Batcher:
         }
         return inputs, rows
 
-    async def _run(self, batch: list[_Pending], reason: str) -> None:
-        """Run a batch now: on the event loop (``inline``), or on the executor, awaited."""
-        loop = asyncio.get_running_loop()
+    def _run_inline(self, batch: list[_Pending], reason: str) -> None:
+        """Run a batch now, on the event loop (``inline``: a model cheaper than the hand-off)."""
         start = time.perf_counter()
         for item in batch:
             self._observer.queue_wait(start - item.enqueued)
         try:
             inputs, rows = self._stack(batch)
             self._observer.batch_closed(rows, len(batch), reason)
-            if self._inline and rows <= self._max_rows:  # an oversized one: the executor
-                outputs = self._run_fn(inputs)
-            else:
-                outputs = await loop.run_in_executor(self._executor, self._run_fn, inputs)
-        except asyncio.CancelledError:
-            _fail(batch, NotReadyError(f"model {self.name} shut down while the request ran"))
-            raise
+            outputs = self._run_fn(inputs)
         except Exception as exc:
             _fail(batch, _run_error(self.name, exc))
             return
