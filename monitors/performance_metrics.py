@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Callable
 from typing import Any, TypeVar
@@ -116,7 +117,9 @@ class PerformanceMetrics:
                 for bound in ("value", "low", "high"):
                     if bound in value:
                         series = (*labels, metric, kind, bound)
-                        self._series(self.metric, model, (variant,), series).set(value[bound])
+                        # NaN (no labels) comes back from the store as null after a restart
+                        number = math.nan if value[bound] is None else value[bound]
+                        self._series(self.metric, model, (variant,), series).set(number)
 
     def verdict(self, model: str, pair: dict[str, Any]) -> None:
         variants = (

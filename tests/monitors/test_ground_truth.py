@@ -527,3 +527,27 @@ async def test_a_label_older_than_the_horizon_is_counted_too_old(
     assert outcomes["labels_too_old"] == 2
     (stream,) = status["streams"].values()
     assert stream["totals"]["labels"] == 1
+
+
+async def test_a_window_without_labels_read_back_after_a_restart_is_observed_as_nan(
+    demo_registry: Path, tmp_path: Path
+) -> None:
+    # A judged window without labels has a NaN accuracy, which the store keeps as null: after
+    # a restart the first judgement set the gauge from it and the consumer died (float(None)).
+    register_iris(demo_registry, IRIS)
+    gt = service(demo_registry, tmp_path)
+    window = [served(f"r{i}", "1", "a", 100.0 + i, 0, [0.8, 0.1, 0.1]) for i in range(2)]
+    onward = [served("x", "1", "a", 120.0, 0, [0.8, 0.1, 0.1])]
+    await gt.consume(0, [Message(0, encode_records(window + onward))],
+                     [Message(0, encode_feedback([labelled("x", 0, 120.0)]))])  # fmt: skip
+    await finish(gt)
+
+    again = service(demo_registry, tmp_path)
+    await again.consume(0, [], [Message(1, encode_feedback([labelled("r0", 0, 121.0)]))])
+    accuracy = [s.value for m in again.metrics.metric.collect() for s in m.samples
+                if (s.labels["metric"], s.labels["kind"], s.labels["bound"])
+                == ("accuracy", "realized", "value")]  # fmt: skip
+    status = await finish(again)
+    assert len(accuracy) == 1 and np.isnan(accuracy[0])
+    (stream,) = status["streams"].values()
+    assert stream["latest_window"]["labels"] == 0
