@@ -88,7 +88,11 @@ class GroundTruthService:
         store = self.stores.get(partition)
         if store is None:
             path = self.settings.state_dir / f"performance-p{partition}.sqlite"
-            store = self.stores[partition] = JoinStore(path)
+            window = self.performance.window
+            store = self.stores[partition] = JoinStore(path, window.by)
+            for model, number in store.get("next_window", {}).items():
+                if store.judged_before(model) is None:  # a store from before mark_judged
+                    store.mark_judged(model, number * window.size_s)
             judge = self.judges[partition] = WindowJudge(self.performance, store)
             self.outbox.restore(partition, store.get("outbox", {}))
             self._snapshots[partition] = self._snapshot(store, judge)
@@ -366,6 +370,7 @@ class GroundTruthService:
                 number += 1
             if number is not None:
                 next_windows[model] = number
+                store.mark_judged(model, number * window.size_s)
         for key, results in judge.latest.items():
             self.metrics.observe(key, results[-1])
         for model, pairs in judge.verdicts.items():
@@ -417,6 +422,8 @@ class GroundTruthService:
         for stream in store.streams:
             key = stream_key(stream)
             totals = _totals(store.totals(stream))
+            # of the labels: joined after their window was judged (in no window's figures)
+            totals["labels_after_window"] = store.after_window(stream)
             predicted = store.predicted(stream)
             streams[key] = {
                 "model": stream.model,

@@ -43,6 +43,7 @@ class PerformanceMetrics:
             "labels_joined, duplicate_labels, labels_pending, labels_unknown (no prediction "
             "within label_wait_s), labels_expired (the prediction was dropped after the "
             "horizon), labels_too_old (the label's own time is older than the horizon), "
+            "labels_after_window (of labels_joined: the row's window was already judged), "
             "predictions_expired.",
             ("outcome",),
             registry=registry,
