@@ -231,15 +231,18 @@ class GroundTruthService:
         horizon = predicted_at - self.performance.horizon_s
         _add(counts, store.add_labels(label_rows, before=horizon))
         labelled_at = clocks["labels"]
+        watermark = predicted_at if labelled_at is None else min(predicted_at, labelled_at)
+        # A waiting label is unknown once the slower clock passes its wait: on the labels' alone,
+        # a catch-up that reads labels ahead of the log would count unknown labels whose
+        # predictions are just not read yet. However far the log lags (or while it is silent),
+        # a label waits at most horizon_s of the labels' clock: the waiting stay bounded.
+        waited = watermark - self.performance.label_wait_s
+        if labelled_at is not None:
+            waited = max(waited, labelled_at - self.performance.horizon_s)
         _add(
             counts,
-            store.expire(
-                horizon,
-                (labelled_at or 0.0) - self.performance.label_wait_s,
-                predicted_at - 2 * self.performance.horizon_s,
-            ),
+            store.expire(horizon, waited, predicted_at - 2 * self.performance.horizon_s),
         )
-        watermark = predicted_at if labelled_at is None else min(predicted_at, labelled_at)
         self._judge(partition, store, watermark)
         store.put("clocks", clocks)
         store.put("outbox", self.outbox.pending(partition))

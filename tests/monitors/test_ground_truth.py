@@ -597,6 +597,49 @@ async def test_a_store_from_before_judged_windows_were_kept_knows_them_from_its_
     assert status["join"]["labels_after_window"] == 1
 
 
+async def test_a_label_read_ahead_of_its_prediction_in_a_catch_up_waits_for_it(
+    demo_registry: Path, tmp_path: Path
+) -> None:
+    # Catching up, the labels' topic (small messages) is read ahead of the log's. A waiting
+    # label was counted unknown once the labels' clock passed its time plus label_wait_s,
+    # though its prediction was only not read yet, and dropped: never joined.
+    register_iris(demo_registry, IRIS)
+    gt = service(demo_registry, tmp_path, label_wait_s=10)
+    first = [served("r0", "1", "a", 100.0, 0, [0.8, 0.1, 0.1])]
+    await gt.consume(0, [Message(0, encode_records(first))], [])
+    ahead = [labelled("r1", 0, 151.0), labelled("r2", 0, 300.0)]  # r1 served at 150
+    await gt.consume(0, [], [Message(0, encode_feedback(ahead))])
+    assert gt.status()["join"].get("labels_unknown", 0) == 0
+    behind = [served("r1", "1", "a", 150.0, 0, [0.8, 0.1, 0.1])]
+    await gt.consume(0, [Message(1, encode_records(behind))], [])
+    status = await finish(gt)
+
+    assert (status["join"]["labels_joined"], status["join"]["labels_unknown"]) == (1, 0)
+    (stream,) = status["streams"].values()
+    assert stream["totals"]["labels"] == 1
+    assert status["join"]["labels_pending"] == 2  # r2 waits: its prediction may yet come
+
+
+async def test_a_label_whose_prediction_never_comes_is_unknown_once_both_clocks_pass_its_wait(
+    demo_registry: Path, tmp_path: Path
+) -> None:
+    register_iris(demo_registry, IRIS)
+    gt = service(demo_registry, tmp_path, label_wait_s=10)
+    first = [served("r0", "1", "a", 100.0, 0, [0.8, 0.1, 0.1])]
+    await gt.consume(0, [Message(0, encode_records(first))],
+                     [Message(0, encode_feedback([labelled("lost", 0, 101.0)]))])  # fmt: skip
+    later = [served("r1", "1", "a", 112.0, 0, [0.8, 0.1, 0.1])]
+    await gt.consume(0, [Message(1, encode_records(later))],
+                     [Message(1, encode_feedback([labelled("r1", 0, 112.0)]))])  # fmt: skip
+    assert (gt.status()["join"]["labels_unknown"], gt.status()["join"]["labels_joined"]) == (1, 1)
+    # with the log silent, a label waits at most horizon_s (1000 s) of the labels' clock
+    waiting = [labelled("gone", 0, 200.0), labelled("other", 0, 1300.0)]
+    await gt.consume(0, [], [Message(2, encode_feedback(waiting))])
+    assert gt.status()["join"]["labels_unknown"] == 2  # "gone"; "other" waits
+    status = await finish(gt)
+    assert status["join"]["labels_pending"] == 3  # lost, gone, other
+
+
 async def test_a_window_without_labels_read_back_after_a_restart_is_observed_as_nan(
     demo_registry: Path, tmp_path: Path
 ) -> None:
