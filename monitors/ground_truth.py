@@ -88,7 +88,11 @@ class GroundTruthService:
         store = self.stores.get(partition)
         if store is None:
             path = self.settings.state_dir / f"performance-p{partition}.sqlite"
-            store = self.stores[partition] = JoinStore(path)
+            window = self.performance.window
+            store = self.stores[partition] = JoinStore(path, window.by)
+            for model, number in store.get("next_window", {}).items():
+                if store.judged_before(model) is None:  # a store from before mark_judged
+                    store.mark_judged(model, number * window.size_s)
             judge = self.judges[partition] = WindowJudge(self.performance, store)
             self.outbox.restore(partition, store.get("outbox", {}))
             self._snapshots[partition] = self._snapshot(store, judge)
@@ -227,15 +231,18 @@ class GroundTruthService:
         horizon = predicted_at - self.performance.horizon_s
         _add(counts, store.add_labels(label_rows, before=horizon))
         labelled_at = clocks["labels"]
+        watermark = predicted_at if labelled_at is None else min(predicted_at, labelled_at)
+        # A waiting label is unknown once the slower clock passes its wait: on the labels' alone,
+        # a catch-up that reads labels ahead of the log would count unknown labels whose
+        # predictions are just not read yet. However far the log lags (or while it is silent),
+        # a label waits at most horizon_s of the labels' clock: the waiting stay bounded.
+        waited = watermark - self.performance.label_wait_s
+        if labelled_at is not None:
+            waited = max(waited, labelled_at - self.performance.horizon_s)
         _add(
             counts,
-            store.expire(
-                horizon,
-                (labelled_at or 0.0) - self.performance.label_wait_s,
-                predicted_at - 2 * self.performance.horizon_s,
-            ),
+            store.expire(horizon, waited, predicted_at - 2 * self.performance.horizon_s),
         )
-        watermark = predicted_at if labelled_at is None else min(predicted_at, labelled_at)
         self._judge(partition, store, watermark)
         store.put("clocks", clocks)
         store.put("outbox", self.outbox.pending(partition))
@@ -366,6 +373,7 @@ class GroundTruthService:
                 number += 1
             if number is not None:
                 next_windows[model] = number
+                store.mark_judged(model, number * window.size_s)
         for key, results in judge.latest.items():
             self.metrics.observe(key, results[-1])
         for model, pairs in judge.verdicts.items():
@@ -417,6 +425,8 @@ class GroundTruthService:
         for stream in store.streams:
             key = stream_key(stream)
             totals = _totals(store.totals(stream))
+            # of the labels: joined after their window was judged (in no window's figures)
+            totals["labels_after_window"] = store.after_window(stream)
             predicted = store.predicted(stream)
             streams[key] = {
                 "model": stream.model,

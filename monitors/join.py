@@ -12,6 +12,12 @@ own time is older than the horizon is counted ``too_old`` at once. Running total
 per stream (the confusion matrix, or the sums of absolute and squared errors) are updated as
 rows are joined.
 
+The store knows how far each model's windows have been judged (``mark_judged``: every window of
+its window column, prediction or label time, before a time): a label joined to a row whose
+window was already judged counts in the running totals and in no window, and is counted
+``after_window`` too, per stream and in all, so an operator sees labels missing their windows
+(a ``settle_s`` too short) rather than a low label coverage alone.
+
 A stream's variant is the log record's text, so a model's variants are bounded as its metric
 labels are (``monitors.labels``): at most ``MAX_VARIANTS_PER_MODEL`` variants of a model at a
 time keep streams of their own (one that sent nothing for a day gives its place to a new one;
@@ -35,7 +41,7 @@ import sqlite3
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import orjson
@@ -85,6 +91,7 @@ _COUNTERS = (
     "labels_unknown",
     "labels_expired",
     "labels_too_old",
+    "labels_after_window",
     "predictions_expired",
 )
 
@@ -112,15 +119,21 @@ class JoinCounts:
     labels_unknown: int = 0  # no prediction came for them within label_wait_s
     labels_expired: int = 0  # their prediction was there, and dropped after the horizon
     labels_too_old: int = 0  # their own time is older than any prediction the store keeps
+    # of labels_joined: their row's window was judged before they were joined (in no window)
+    labels_after_window: int = 0
     predictions_expired: int = 0
 
 
 class JoinStore:
-    """One partition's join state in ``path`` (an sqlite3 database). Not thread-safe."""
+    """One partition's join state in ``path`` (an sqlite3 database), its windows over
+    ``window_by`` time (of the prediction or of the label). Not thread-safe."""
 
-    def __init__(self, path: Path) -> None:
+    def __init__(
+        self, path: Path, window_by: Literal["prediction", "label"] = "prediction"
+    ) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
         self.path = path
+        self.window_by = window_by
         self._db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
         # WAL: a transaction is on disk when COMMIT returns, and a crash mid-way rolls it back
         self._db.execute("PRAGMA journal_mode=WAL")
@@ -140,6 +153,7 @@ class JoinStore:
             self._streams[(model, version, variant)] = Stream(sid, model, version, variant, classes)
         self._streams = dict(reversed(self._streams.items()))  # oldest first, as made
         self._classes: dict[str, list[str]] = self.get("classes", {})
+        self._judged: dict[str, float] = self.get("judged", {})
         self._db.execute("BEGIN")
 
     def close(self) -> None:
@@ -223,6 +237,44 @@ class JoinStore:
             values = self._variants[model] = LabelValues(MAX_VARIANTS_PER_MODEL)
         return values(variant)
 
+    # -- judged windows -----------------------------------------------------------------------
+
+    def mark_judged(self, model: str, before: float) -> None:
+        """Every window of the model before ``before`` (``window_by`` time) is judged: a label
+        joined to a row of one from now on is counted ``labels_after_window`` (committed with the
+        next ``commit``, as the judgements are)."""
+        if self._judged.get(model) != before:
+            self._judged[model] = before
+            self._put("judged", self._judged)
+
+    def judged_before(self, model: str) -> float | None:
+        """The time before which the model's windows are judged; None while none is."""
+        return self._judged.get(model)
+
+    def after_window(self, stream: Stream) -> int:
+        """Labels joined to the stream's rows after their window was judged, so far."""
+        return self._after_window().get(str(stream.id), 0)
+
+    def _after_window(self) -> dict[str, int]:
+        value: dict[str, int] = self.get("after_window", {})
+        return value
+
+    def _count_after_window(self, joined: list[tuple[int, float]]) -> int:
+        """Count the joined (stream, window time) rows whose window was judged, per stream."""
+        if not self._judged or not joined:
+            return 0
+        before = {s.id: self._judged.get(s.model, -math.inf) for s in self._streams.values()}
+        late: dict[str, int] = {}
+        for sid, time in joined:
+            if time < before[sid]:
+                late[str(sid)] = late.get(str(sid), 0) + 1
+        if late:
+            counts = self._after_window()
+            for sid_text, n in late.items():
+                counts[sid_text] = counts.get(sid_text, 0) + n
+            self._put("after_window", counts)
+        return sum(late.values())
+
     # -- the join -----------------------------------------------------------------------------
 
     def add_predictions(
@@ -247,7 +299,7 @@ class JoinStore:
             counts.duplicate_predictions += len(group) - stored
         self._put("predicted", predicted)
         if counts.predictions and db.execute("SELECT 1 FROM pending LIMIT 1").fetchone():
-            counts.labels_joined = self._join_pending()
+            counts.labels_joined, counts.labels_after_window = self._join_pending()
         return counts
 
     def _predicted(self) -> dict[str, int]:
@@ -281,8 +333,8 @@ class JoinStore:
         db.executemany("INSERT INTO incoming VALUES (?, ?, ?, ?)", sorted(unique.values()))
         counts = JoinCounts(duplicate_labels=given - len(unique), labels_too_old=too_old)
         found = db.execute(
-            "SELECT i.request_id, i.row, i.label, i.time, p.stream, p.pred, p.label IS NOT NULL "
-            "FROM incoming i LEFT JOIN predictions p "
+            "SELECT i.request_id, i.row, i.label, i.time, p.stream, p.pred, p.label IS NOT NULL, "
+            "p.time FROM incoming i LEFT JOIN predictions p "
             "ON p.request_id = i.request_id AND p.row = i.row"
         ).fetchall()
         gone: set[tuple[str, int]] = set()
@@ -294,8 +346,9 @@ class JoinStore:
                 ).fetchall()
             )
         db.execute("DELETE FROM incoming")
-        updates, joined, waiting = [], [], []
-        for request_id, row, label, time, stream, pred, labelled in found:
+        by_label = self.window_by == "label"
+        updates, joined, waiting, windows = [], [], [], []
+        for request_id, row, label, time, stream, pred, labelled, predicted_at in found:
             if stream is None and (request_id, row) in gone:
                 counts.labels_expired += 1
             elif stream is None:
@@ -305,25 +358,31 @@ class JoinStore:
             else:
                 updates.append((label, time, request_id, row))
                 joined.append((stream, label, pred))
+                windows.append((stream, time if by_label else predicted_at))
         db.executemany(
             "UPDATE predictions SET label = ?, label_time = ? WHERE request_id = ? AND row = ?",
             updates,
         )
         self._add_totals(joined)
         counts.labels_joined = len(joined)
+        counts.labels_after_window = self._count_after_window(windows)
         before = db.total_changes
         db.executemany("INSERT OR IGNORE INTO pending VALUES (?, ?, ?, ?)", waiting)
         counts.labels_pending = db.total_changes - before
         counts.duplicate_labels += len(waiting) - counts.labels_pending  # already pending
         return counts
 
-    def _join_pending(self) -> int:
-        """Fill in the labels that waited for the predictions just stored."""
+    def _join_pending(self) -> tuple[int, int]:
+        """Fill in the labels that waited for the predictions just stored; (labels joined, of
+        them after their window)."""
         db = self._db
-        joined = db.execute(
-            "SELECT p.stream, s.label, p.pred FROM pending s JOIN predictions p "
+        found = db.execute(
+            "SELECT p.stream, s.label, p.pred, p.time, s.time FROM pending s JOIN predictions p "
             "ON p.request_id = s.request_id AND p.row = s.row WHERE p.label IS NULL"
         ).fetchall()
+        column = 4 if self.window_by == "label" else 3
+        joined = [(f[0], f[1], f[2]) for f in found]
+        after_window = self._count_after_window([(f[0], f[column]) for f in found])
         if joined:
             db.execute(
                 "UPDATE predictions SET label = s.label, label_time = s.time FROM pending s "
@@ -335,7 +394,7 @@ class JoinStore:
             "DELETE FROM pending WHERE EXISTS (SELECT 1 FROM predictions p WHERE "
             "p.request_id = pending.request_id AND p.row = pending.row)"
         )
-        return len(joined)
+        return len(joined), after_window
 
     def _add_totals(self, joined: list[tuple[int, float, float]]) -> None:
         """Add joined (stream, label, predicted) rows to the streams' running totals."""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Callable
 from typing import Any, TypeVar
@@ -42,6 +43,7 @@ class PerformanceMetrics:
             "labels_joined, duplicate_labels, labels_pending, labels_unknown (no prediction "
             "within label_wait_s), labels_expired (the prediction was dropped after the "
             "horizon), labels_too_old (the label's own time is older than the horizon), "
+            "labels_after_window (of labels_joined: the row's window was already judged), "
             "predictions_expired.",
             ("outcome",),
             registry=registry,
@@ -116,7 +118,9 @@ class PerformanceMetrics:
                 for bound in ("value", "low", "high"):
                     if bound in value:
                         series = (*labels, metric, kind, bound)
-                        self._series(self.metric, model, (variant,), series).set(value[bound])
+                        # NaN (no labels) comes back from the store as null after a restart
+                        number = math.nan if value[bound] is None else value[bound]
+                        self._series(self.metric, model, (variant,), series).set(number)
 
     def verdict(self, model: str, pair: dict[str, Any]) -> None:
         variants = (

@@ -54,7 +54,8 @@ class PerformanceSettings(_Group):
     window: PerformanceWindowSettings = Field(default_factory=PerformanceWindowSettings)
     # Predictions are kept this long (event time) for labels to find them.
     horizon_s: float = Field(default=7 * 86400.0, gt=0)
-    # A label whose prediction has not been read after this long counts as unknown.
+    # A label whose prediction has not been read after this long (on the slower of the two
+    # topics' clocks) counts as unknown.
     label_wait_s: float = Field(default=3600.0, ge=0)
     alpha: float = Field(default=0.05, gt=0, lt=1)
     # Degradation: the metric (per task), how far below validation counts, and hysteresis.

@@ -18,7 +18,7 @@ from monitors.batch import MAX_RECORD_ROWS
 from monitors.estimate import estimate_classification
 from monitors.feedback import FEEDBACK_SCHEMA, FeedbackRecord, encode_feedback
 from monitors.ground_truth import GroundTruthService
-from monitors.join import MAX_VARIANTS_PER_MODEL
+from monitors.join import MAX_VARIANTS_PER_MODEL, JoinCounts, JoinStore
 from monitors.labels import OTHER
 from monitors.performance_metrics import PerformanceMetrics
 from monitors.retrain.demo_model import validation_report
@@ -81,7 +81,9 @@ def traffic(
     return predictions, labels, direct
 
 
-def service(registry: Path, state_dir: Path, mlflow_url: str | None = None) -> GroundTruthService:
+def service(
+    registry: Path, state_dir: Path, mlflow_url: str | None = None, **performance: Any
+) -> GroundTruthService:
     settings = MonitorSettings(
         registry_root=registry,
         registry={"backend": "mlflow", "mlflow_url": mlflow_url, "cache_dir": state_dir / "cache"}
@@ -93,6 +95,7 @@ def service(registry: Path, state_dir: Path, mlflow_url: str | None = None) -> G
             "window": {"size_s": 10, "settle_s": 5},
             "horizon_s": 1000,
             "ab": {"min_samples": 10},
+            **performance,
         },
     )
     return GroundTruthService(settings, PerformanceMetrics(CollectorRegistry()), Webhooks([]))
@@ -527,3 +530,136 @@ async def test_a_label_older_than_the_horizon_is_counted_too_old(
     assert outcomes["labels_too_old"] == 2
     (stream,) = status["streams"].values()
     assert stream["totals"]["labels"] == 1
+
+
+def outcomes(gt: GroundTruthService) -> dict[str, float]:
+    return {s.labels["outcome"]: s.value for m in gt.metrics.feedback.collect()
+            for s in m.samples if s.name.endswith("_total")}  # fmt: skip
+
+
+async def test_a_label_after_its_window_was_judged_is_counted_and_survives_a_restart(
+    demo_registry: Path, tmp_path: Path
+) -> None:
+    # A label joined after its window was judged went into the running totals and no window,
+    # and nothing counted it: a settle_s too short showed only as a low label coverage.
+    register_iris(demo_registry, IRIS)
+    gt = service(demo_registry, tmp_path)  # windows of 10 s, judged 5 s after their end
+    window = [served(f"r{i}", "1", "a", 100.0 + i, 0, [0.8, 0.1, 0.1]) for i in range(4)]
+    onward = [served("x", "1", "a", 120.0, 0, [0.8, 0.1, 0.1])]
+    answers = [labelled("r0", 0, 104.0), labelled("r1", 1, 104.0), labelled("x", 0, 120.0)]
+    await gt.consume(0, [Message(0, encode_records(window + onward))],
+                     [Message(0, encode_feedback(answers))])  # fmt: skip
+    (judged,) = gt.status()["streams"].values()
+    assert judged["latest_window"]["window_id"] == "iris/1/a/w10"  # both clocks are at 120
+    assert (judged["latest_window"]["labels"], judged["totals"]["labels_after_window"]) == (2, 0)
+
+    await gt.consume(0, [], [Message(1, encode_feedback([labelled("r2", 0, 121.0)]))])
+    (stream,) = gt.status()["streams"].values()
+    assert gt.status()["join"]["labels_after_window"] == 1
+    assert outcomes(gt)["labels_after_window"] == 1
+    assert stream["totals"]["labels_after_window"] == 1
+    assert stream["totals"]["labels"] == 4  # r0, r1, x and the late r2
+    assert stream["latest_window"] == judged["latest_window"]  # the judged window unchanged
+    await finish(gt)
+
+    again = service(demo_registry, tmp_path)  # the monitor restarts from its store
+    again.open(0)
+    (restored,) = again.status()["streams"].values()
+    assert restored["totals"]["labels_after_window"] == 1
+    assert again.status()["join"]["labels_after_window"] == 1
+    # it still knows window 10 is judged; window 12 (x's) is not
+    await again.consume(0, [], [Message(2, encode_feedback([labelled("r3", 0, 122.0)]))])
+    status = await finish(again)
+    assert status["join"]["labels_after_window"] == 2
+    (stream,) = status["streams"].values()
+    assert (stream["totals"]["labels_after_window"], stream["totals"]["labels"]) == (2, 5)
+
+
+async def test_a_store_from_before_judged_windows_were_kept_knows_them_from_its_cursor(
+    demo_registry: Path, tmp_path: Path
+) -> None:
+    register_iris(demo_registry, IRIS)
+    gt = service(demo_registry, tmp_path)
+    window = [served(f"r{i}", "1", "a", 100.0 + i, 0, [0.8, 0.1, 0.1]) for i in range(2)]
+    onward = [served("x", "1", "a", 120.0, 0, [0.8, 0.1, 0.1])]
+    await gt.consume(0, [Message(0, encode_records(window + onward))],
+                     [Message(0, encode_feedback([labelled("x", 0, 120.0)]))])  # fmt: skip
+    await finish(gt)
+    old = JoinStore(tmp_path / "performance-p0.sqlite")
+    assert old.get("next_window") == {"iris": 12}
+    old.put("judged", {})  # as a store written before the join knew the judged windows
+    old.commit({}, JoinCounts())
+    old.close()
+
+    again = service(demo_registry, tmp_path)
+    await again.consume(0, [], [Message(1, encode_feedback([labelled("r0", 0, 121.0)]))])
+    status = await finish(again)
+    assert status["join"]["labels_after_window"] == 1
+
+
+async def test_a_label_read_ahead_of_its_prediction_in_a_catch_up_waits_for_it(
+    demo_registry: Path, tmp_path: Path
+) -> None:
+    # Catching up, the labels' topic (small messages) is read ahead of the log's. A waiting
+    # label was counted unknown once the labels' clock passed its time plus label_wait_s,
+    # though its prediction was only not read yet, and dropped: never joined.
+    register_iris(demo_registry, IRIS)
+    gt = service(demo_registry, tmp_path, label_wait_s=10)
+    first = [served("r0", "1", "a", 100.0, 0, [0.8, 0.1, 0.1])]
+    await gt.consume(0, [Message(0, encode_records(first))], [])
+    ahead = [labelled("r1", 0, 151.0), labelled("r2", 0, 300.0)]  # r1 served at 150
+    await gt.consume(0, [], [Message(0, encode_feedback(ahead))])
+    assert gt.status()["join"].get("labels_unknown", 0) == 0
+    behind = [served("r1", "1", "a", 150.0, 0, [0.8, 0.1, 0.1])]
+    await gt.consume(0, [Message(1, encode_records(behind))], [])
+    status = await finish(gt)
+
+    assert (status["join"]["labels_joined"], status["join"]["labels_unknown"]) == (1, 0)
+    (stream,) = status["streams"].values()
+    assert stream["totals"]["labels"] == 1
+    assert status["join"]["labels_pending"] == 2  # r2 waits: its prediction may yet come
+
+
+async def test_a_label_whose_prediction_never_comes_is_unknown_once_both_clocks_pass_its_wait(
+    demo_registry: Path, tmp_path: Path
+) -> None:
+    register_iris(demo_registry, IRIS)
+    gt = service(demo_registry, tmp_path, label_wait_s=10)
+    first = [served("r0", "1", "a", 100.0, 0, [0.8, 0.1, 0.1])]
+    await gt.consume(0, [Message(0, encode_records(first))],
+                     [Message(0, encode_feedback([labelled("lost", 0, 101.0)]))])  # fmt: skip
+    later = [served("r1", "1", "a", 112.0, 0, [0.8, 0.1, 0.1])]
+    await gt.consume(0, [Message(1, encode_records(later))],
+                     [Message(1, encode_feedback([labelled("r1", 0, 112.0)]))])  # fmt: skip
+    assert (gt.status()["join"]["labels_unknown"], gt.status()["join"]["labels_joined"]) == (1, 1)
+    # with the log silent, a label waits at most horizon_s (1000 s) of the labels' clock
+    waiting = [labelled("gone", 0, 200.0), labelled("other", 0, 1300.0)]
+    await gt.consume(0, [], [Message(2, encode_feedback(waiting))])
+    assert gt.status()["join"]["labels_unknown"] == 2  # "gone"; "other" waits
+    status = await finish(gt)
+    assert status["join"]["labels_pending"] == 3  # lost, gone, other
+
+
+async def test_a_window_without_labels_read_back_after_a_restart_is_observed_as_nan(
+    demo_registry: Path, tmp_path: Path
+) -> None:
+    # A judged window without labels has a NaN accuracy, which the store keeps as null: after
+    # a restart the first judgement set the gauge from it and the consumer died (float(None)).
+    register_iris(demo_registry, IRIS)
+    gt = service(demo_registry, tmp_path)
+    window = [served(f"r{i}", "1", "a", 100.0 + i, 0, [0.8, 0.1, 0.1]) for i in range(2)]
+    onward = [served("x", "1", "a", 120.0, 0, [0.8, 0.1, 0.1])]
+    await gt.consume(0, [Message(0, encode_records(window + onward))],
+                     [Message(0, encode_feedback([labelled("x", 0, 120.0)]))])  # fmt: skip
+    await finish(gt)
+
+    again = service(demo_registry, tmp_path)
+    await again.consume(0, [], [Message(1, encode_feedback([labelled("r0", 0, 121.0)]))])
+    accuracy = [s.value for m in again.metrics.metric.collect() for s in m.samples
+                if (s.labels["metric"], s.labels["kind"], s.labels["bound"])
+                == ("accuracy", "realized", "value")]  # fmt: skip
+    status = await finish(again)
+    assert len(accuracy) == 1
+    assert np.isnan(accuracy[0])
+    (stream,) = status["streams"].values()
+    assert stream["latest_window"]["labels"] == 0

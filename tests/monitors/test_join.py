@@ -117,3 +117,47 @@ def test_variants_past_the_bound_share_a_stream_before_and_after_a_reopen(tmp_pa
     # m/1: the kept and OTHER; m/2: v3, the last kept and OTHER; n/1: v99
     assert len(reopened.streams) == len(kept) + 1 + 3 + 1
     reopened.close()
+
+
+def test_labels_joined_to_rows_of_judged_windows_are_counted_after_window(tmp_path: Path) -> None:
+    store = JoinStore(tmp_path / "p0.sqlite")
+    a, b = store.stream("m", "1", "a", classes=2), store.stream("n", "1", "a", classes=2)
+    store.add_predictions(
+        [("r1", 0, a.id, 5.0, 1.0, None), ("r2", 0, a.id, 15.0, 1.0, None),
+         ("r3", 0, b.id, 5.0, 1.0, None)]
+    )  # fmt: skip
+    assert store.judged_before("m") is None
+    store.mark_judged("m", 10.0)  # m's windows before 10 s are judged; none of n's
+    counts = store.add_labels([("r1", 0, 1.0, 20.0), ("r2", 0, 1.0, 20.0), ("r3", 0, 1.0, 20.0),
+                               ("r4", 0, 0.0, 20.0)])  # fmt: skip
+    assert (counts.labels_joined, counts.labels_after_window, counts.labels_pending) == (3, 1, 1)
+    # a label that waited for a prediction of a judged window counts when the prediction comes
+    late = store.add_predictions([("r4", 0, a.id, 9.0, 1.0, None)])
+    assert (late.labels_joined, late.labels_after_window) == (1, 1)
+    assert (store.after_window(a), store.after_window(b)) == (2, 0)
+    assert store.totals(a)["confusion"].sum() == 3  # the running totals have them all
+    store.commit({}, JoinCounts(labels_after_window=2))
+    store.mark_judged("m", 20.0)  # never committed
+    store.close()
+
+    reopened = JoinStore(tmp_path / "p0.sqlite")
+    assert reopened.judged_before("m") == 10.0
+    assert reopened.counters()["labels_after_window"] == 2
+    a = reopened.streams[0]
+    assert reopened.after_window(a) == 2
+    reopened.add_predictions([("r5", 0, a.id, 8.0, 1.0, None)])
+    assert reopened.add_labels([("r5", 0, 1.0, 30.0)]).labels_after_window == 1
+    assert reopened.after_window(a) == 3
+    reopened.close()
+
+
+def test_windows_of_label_time_judge_a_label_by_its_own_time(tmp_path: Path) -> None:
+    store = JoinStore(tmp_path / "p0.sqlite", window_by="label")
+    stream = store.stream("m", "1", "a", classes=0)
+    store.add_predictions(
+        [("r1", 0, stream.id, 5.0, 1.0, None), ("r2", 0, stream.id, 5.0, 1.0, None)]
+    )
+    store.mark_judged("m", 10.0)
+    counts = store.add_labels([("r1", 0, 1.0, 12.0), ("r2", 0, 1.0, 9.0)])  # r2's window: judged
+    assert (counts.labels_joined, counts.labels_after_window) == (2, 1)
+    store.close()
