@@ -9,8 +9,8 @@ run lives in ``gateway._parse_process``, whose imports are light (no Starlette, 
 or onnxruntime).
 
 The pool starts at the first large body, so a gateway that never sees one pays nothing; until
-its processes are up (about a second), large bodies are parsed on a worker thread as before.
-The processes end with the gateway, even one killed by SIGKILL.
+its processes are up (0.3 s on a 2-core machine), large bodies are parsed on a worker thread
+as before. The processes end with the gateway, even one killed by SIGKILL.
 
 Nothing accepted is lost to a process that dies (killed, out of memory): the pool is replaced
 at once, and each parse it held is sent once more, to the new pool once it is up. Which
@@ -26,8 +26,8 @@ fallback is safe depends on whether the body could have killed the process:
 - a parse lost twice fails with ``ParseLostError`` (503, send it again).
 
 Each pool replaced is counted (``on_lost``). The price of the second chance: a request whose
-parse was lost waits for the new process to start; one lost twice took two processes with it,
-and so did every other body the two held.
+parse was lost waits for the new process to start. A body that kills its parser costs the
+bodies parsed beside it their second chance: those lost with it twice are refused too.
 """
 
 from __future__ import annotations
