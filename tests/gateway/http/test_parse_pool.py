@@ -4,6 +4,7 @@ and loses no request to it (but refuses a body that kills two), and light proces
 
 from __future__ import annotations
 
+import asyncio
 import gzip
 import os
 import re
@@ -22,8 +23,10 @@ import pytest
 from prometheus_client import CollectorRegistry
 from sklearn.datasets import load_breast_cancer
 
+from gateway._parse_process import parse_in_process
 from gateway.http import create_app, endpoints
 from gateway.http._limits import HttpLimits
+from gateway.http._parse_pool import ParsePool
 from gateway.http.app import GatewayApp
 from gateway.http.endpoints import LARGE_BODY_BYTES
 from gateway.settings import load_settings
@@ -277,3 +280,18 @@ def test_the_gateway_command_loads_the_server_only_when_run() -> None:
     assert "gateway.cli" in imported
     for heavy in ("onnxruntime", "numpy", "starlette", "aiokafka", "pydantic", "gateway.serve"):
         assert heavy not in imported
+
+
+async def test_a_parse_waiting_for_new_processes_is_cancelled_when_the_pool_closes() -> None:
+    noticed = asyncio.Event()
+    pool = ParsePool(1, on_lost=noticed.set)
+    (pid,) = await pool.started()
+    os.kill(pid, signal.SIGSTOP)
+    parse = pool.submit(parse_in_process, b"{}", [], 100, orjson.loads)
+    assert parse is not None
+    os.kill(pid, signal.SIGKILL)
+    await noticed.wait()  # new processes starting: the parse waits for them to send it again
+    await pool.aclose()
+    with pytest.raises(asyncio.CancelledError):  # the endpoint answers "the gateway is stopping"
+        await parse
+    assert pool.submit(parse_in_process, b"{}", [], 100, orjson.loads) is None
