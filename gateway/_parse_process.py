@@ -2,9 +2,10 @@
 
 A spawned process imports the module of every function it is sent. So what it runs lives
 here, outside ``gateway.http``, whose import brings Starlette, the feature log's Kafka client,
-traffic and the rest of the server: a parse process imports this module, the wire formats
-(``gateway.protocol``: numpy, orjson and the model signatures) and nothing else, onnxruntime
-included (``gateway.serving`` imports it only when a model is loaded).
+traffic and the rest of the server: a parse process imports this module and the wire formats
+(``gateway.protocol``, and with it ``gateway.serving`` for the model signatures: numpy, orjson,
+pydantic), not the server, nor onnxruntime (``gateway.serving`` imports it when a model is
+loaded). tests/gateway/http/test_parse_pool.py checks what a parse process has imported.
 """
 
 from __future__ import annotations
