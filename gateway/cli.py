@@ -8,12 +8,6 @@ import sys
 from pathlib import Path
 
 from gateway.errors import ConfigError
-from gateway.feedback_client import add_feedback_command, run_feedback_command
-from gateway.serve import serve
-from gateway.settings import load_settings
-from gateway.traffic import add_routes_commands, run_routes_command
-from gateway.workers import supervise, worker_count
-from monitors.settings import SettingsError
 
 __all__ = ["main"]
 
@@ -30,6 +24,16 @@ _DESCRIPTION = (
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``gateway`` command."""
+    # Imported here, not with the module: a spawned process (a parse process, a worker) runs
+    # its parent's main script again, and the ``gateway`` script imports this module; at the
+    # top, they would load the whole server, onnxruntime included, into every such process.
+    from gateway.feedback_client import add_feedback_command, run_feedback_command
+    from gateway.serve import serve
+    from gateway.settings import load_settings
+    from gateway.traffic import add_routes_commands, run_routes_command
+    from gateway.workers import supervise, worker_count
+    from monitors.settings import SettingsError
+
     parser = argparse.ArgumentParser(prog="gateway", description=_DESCRIPTION)
     sub = parser.add_subparsers(dest="command", required=True)
     serve_cmd = sub.add_parser("serve", help="serve the models named in the config file")

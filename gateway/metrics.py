@@ -7,7 +7,6 @@ import platform
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
-import onnxruntime as ort
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
@@ -148,7 +147,10 @@ class GatewayMetrics:
             ("version", "python", "onnxruntime"),
             registry=registry,
         )
-        self.build_info.labels(gateway_version, platform.python_version(), ort.__version__).set(1)
+        import onnxruntime  # here, not above: parse processes import this module, never build it
+
+        runtime_version = onnxruntime.__version__
+        self.build_info.labels(gateway_version, platform.python_version(), runtime_version).set(1)
         self.feature_log = FeatureLogMetrics(registry)
         # The feedback log is a second feature log (on the feedback topic), counted apart.
         self.feedback_log = FeatureLogMetrics(registry, "gateway_feedback_log")

@@ -44,7 +44,7 @@ _PHASES: list[tuple[str, str, tuple[str, ...] | None]] = [
     ("run", "gateway/serving/runtime.py", ("run",)),
     ("parse", "gateway/protocol/v2.py", ("parse_infer_request", "_parse_input", "_from_json")),
     ("parse", "gateway/protocol/_json.py", None),
-    ("parse", "gateway/http/_asgi.py", ("decode_body",)),
+    ("parse", "gateway/protocol/encoding.py", ("decode_body",)),
     ("encode", "gateway/protocol/v2.py", ("render_infer_response",)),
     ("encode", "gateway/http/endpoints.py", ("render",)),
     ("validate", "gateway/inference.py", ("validate_inputs",)),

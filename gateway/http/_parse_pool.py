@@ -4,12 +4,30 @@ interpreter, so their parse does not hold its GIL, and with it the event loop.
 A worker thread parsing a 10 MB JSON body keeps the GIL for the whole of ``orjson.loads`` and
 the conversion of its Python floats to numpy (100-300 ms): every other request waits. In a
 parse process the gateway only pickles the body (a copy) and unpickles the arrays (raw
-buffers); the checks against the model's signature stay with the gateway.
+buffers); the checks against the model's signature stay with the gateway. What the processes
+run lives in ``gateway._parse_process``, whose imports are light (no Starlette, Kafka client
+or onnxruntime).
 
 The pool starts at the first large body, so a gateway that never sees one pays nothing; until
-its processes are up (about a second), large bodies are parsed on a worker thread as before.
-A process that dies (killed, out of memory) fails the parses it held with ``ParseLostError``
-and the pool is replaced. The processes end with the gateway, even one killed by SIGKILL.
+its processes are up (0.3 s on a 2-core machine), large bodies are parsed on a worker thread
+as before. The processes end with the gateway, even one killed by SIGKILL.
+
+Nothing accepted is lost to a process that dies (killed, out of memory): the pool is replaced
+at once, and each parse it held is sent once more, to the new pool once it is up. Which
+fallback is safe depends on whether the body could have killed the process:
+
+- a body that never reached a process (none up yet, or the pool already known to be broken
+  when it came) is parsed on a worker thread, as before;
+- a body that was handed to a process which then died may be what killed it (a body that
+  makes the process run out of memory kills it every time), so it is parsed again only in a
+  process, never on a thread, where it could take the gateway down; the pool cannot tell
+  "parsing it" from "had not read it yet" (a process that died while idle, before the pool
+  noticed), so that body too waits for the new process;
+- a parse lost twice fails with ``ParseLostError`` (503, send it again).
+
+Each pool replaced is counted (``on_lost``). The price of the second chance: a request whose
+parse was lost waits for the new process to start. A body that kills its parser costs the
+bodies parsed beside it their second chance: those lost with it twice are refused too.
 """
 
 from __future__ import annotations
@@ -17,54 +35,29 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import contextlib
-import ctypes
 import logging
 import multiprocessing
 import os
 import signal
 from collections.abc import Callable
 from concurrent.futures.process import BrokenProcessPool
-from typing import Any, TypeVar
+from typing import Any, Generic, TypeVar
 
+from gateway import _parse_process
 from gateway.errors import NotReadyError
-from gateway.http._asgi import Headers, decode_body
 
-__all__ = ["ParseLostError", "ParsePool", "parse_in_process"]
+__all__ = ["ParseLostError", "ParsePool"]
 
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
 
-_PR_SET_PDEATHSIG = 1
+Executor = concurrent.futures.ProcessPoolExecutor
 
 
 class ParseLostError(NotReadyError):
-    """The parse process holding the request ended before it answered (503: send it again)."""
-
-
-def parse_in_process(
-    body: bytes | list[bytes], encodings: Headers, limit: int, parse: Callable[[bytes], T]
-) -> T:
-    """Join the body, undo its Content-Encoding (``encodings``: those header pairs; at most
-    ``limit`` bytes) and ``parse`` it: what a parse process runs for one request. ``parse``
-    must be picklable (a module-level function, or a ``functools.partial`` of one)."""
-    whole = body if isinstance(body, bytes) else b"".join(body)
-    return parse(decode_body(whole, encodings, limit))
-
-
-def _start_child(parent: int) -> None:
-    """A parse process's first act: end when the gateway ends (Linux sends the signal even
-    when the gateway is SIGKILLed), and leave Ctrl-C (SIGINT to the whole group) to the
-    gateway, which stops its processes itself."""
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    libc = ctypes.CDLL(None, use_errno=True)
-    libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
-    if os.getppid() != parent:  # the gateway ended before the call above took effect
-        os._exit(1)
-
-
-def _pid() -> int:
-    return os.getpid()
+    """The parse processes holding the request ended twice before answering (503: send it
+    again)."""
 
 
 class ParsePool:
@@ -78,15 +71,17 @@ class ParsePool:
         """``on_lost`` is called for each pool replaced because a process of it died."""
         self._processes = processes
         self._on_lost = on_lost
-        self._executor: concurrent.futures.ProcessPoolExecutor | None = None
+        self._executor: Executor | None = None
         self._ready: asyncio.Future[list[int]] | None = None
         self._closed = False
         self._pids: set[int] = set()  # of the processes started, as each answered first
 
     def submit(self, fn: Callable[..., T], *args: Any) -> asyncio.Future[T] | None:
         """``fn(*args)`` in a parse process; None when none is up yet (the first call starts
-        them) or the pool is closed: then the caller parses on a thread. The future fails with
-        ``ParseLostError`` when the process ends before it answers; its cancellation drops the
+        them), the pool is found broken (replaced at once) or it is closed: then the caller
+        parses on a thread. A parse lost with its process is sent once more, to the new pool
+        (see above); lost twice, the future fails with ``ParseLostError``. It is cancelled when
+        the pool closes before a parse sent again could start; its cancellation drops the
         parse if it has not started."""
         if self._closed:
             return None
@@ -96,37 +91,13 @@ class ParsePool:
         executor = self._executor
         if executor is None or not self._ready.done() or self._ready.exception() is not None:
             return None
-        loop = asyncio.get_running_loop()
+        parse = _Parse(self, fn, args)
         try:
-            work = executor.submit(fn, *args)
+            parse.send(executor)
         except BrokenProcessPool:  # a process ended while idle: replaced, this one on a thread
             self._replace(executor)
             return None
-        result: asyncio.Future[T] = loop.create_future()
-
-        def settle(done: concurrent.futures.Future[T]) -> None:
-            if result.cancelled():
-                return
-            if done.cancelled():
-                result.cancel()
-                return
-            error = done.exception()
-            if isinstance(error, BrokenProcessPool):
-                self._replace(executor)
-                result.set_exception(
-                    ParseLostError(
-                        "the process parsing the request body ended before it finished "
-                        "(killed, or out of memory); send the request again"
-                    )
-                )
-            elif error is not None:
-                result.set_exception(error)
-            else:
-                result.set_result(done.result())
-
-        work.add_done_callback(lambda done: _call_soon(loop, settle, done))
-        result.add_done_callback(lambda f: work.cancel() if f.cancelled() else None)
-        return result
+        return parse.result
 
     async def started(self) -> list[int]:
         """Start the processes if need be; once they are up, their process ids."""
@@ -155,18 +126,22 @@ class ParsePool:
             await closing
 
     def _start(self) -> None:
+        """A new pool, its processes starting (``_ready`` when one is up)."""
         loop = asyncio.get_running_loop()
         ready = self._ready = loop.create_future()
         try:
             executor = concurrent.futures.ProcessPoolExecutor(
                 self._processes,
                 mp_context=multiprocessing.get_context("spawn"),
-                initializer=_start_child,
+                initializer=_parse_process.start,
                 initargs=(os.getpid(),),
             )
             # One call a process: each call starts a process while fewer than ``processes``
             # are idle; the first answer means the pool can take work.
-            calls = [asyncio.wrap_future(executor.submit(_pid)) for _ in range(self._processes)]
+            calls = [
+                asyncio.wrap_future(executor.submit(_parse_process.pid))
+                for _ in range(self._processes)
+            ]
         except Exception as exc:
             log.exception("could not start the parse processes; large bodies stay on threads")
             ready.set_exception(exc)
@@ -196,7 +171,7 @@ class ParsePool:
         for call in calls:
             call.add_done_callback(up)
 
-    def _replace(self, broken: concurrent.futures.ProcessPoolExecutor) -> None:
+    def _replace(self, broken: Executor) -> None:
         """Drop a pool whose process died and start another, at once: large bodies came."""
         if broken is not self._executor or self._closed:
             return
@@ -207,17 +182,100 @@ class ParsePool:
         self._executor = None
         self._start()
 
+    def _when_up(self, then: Callable[[Executor | None], None]) -> None:
+        """``then(executor)`` once the pool's processes are up (started now if none are
+        starting); ``then(None)`` if they fail to start or the pool is closed first."""
+        if self._ready is None and not self._closed:
+            self._start()
+        ready, executor = self._ready, self._executor
+        if ready is None or executor is None or self._closed:
+            then(None)
+            return
+
+        def up(_: asyncio.Future[list[int]]) -> None:
+            failed = ready.cancelled() or ready.exception() is not None
+            then(None if failed or self._closed else executor)
+
+        ready.add_done_callback(up)
+
+
+class _Parse(Generic[T]):
+    """One parse handed to the pool: its outcome, and its one second chance."""
+
+    def __init__(self, pool: ParsePool, fn: Callable[..., T], args: tuple[Any, ...]) -> None:
+        self._pool = pool
+        self._fn = fn
+        self._args = args
+        self._loop = asyncio.get_running_loop()
+        self._work: concurrent.futures.Future[T] | None = None
+        self._lost = False
+        self.result: asyncio.Future[T] = self._loop.create_future()
+        self.result.add_done_callback(self._dropped)
+
+    def send(self, executor: Executor) -> None:
+        """To ``executor``'s processes; BrokenProcessPool when it is known broken already."""
+        work = self._work = executor.submit(self._fn, *self._args)
+        work.add_done_callback(lambda done: _call_soon(self._loop, self._settle, executor, done))
+
+    def _settle(self, executor: Executor, done: concurrent.futures.Future[T]) -> None:
+        if self.result.done():
+            return
+        if done.cancelled():
+            self.result.cancel()
+            return
+        error = done.exception()
+        if isinstance(error, BrokenProcessPool):
+            self._pool._replace(executor)
+            if self._lost:
+                self._fail()
+            else:  # it may have killed the process itself: again in a process, never a thread
+                self._lost = True
+                log.warning("a parse was lost with its process; sending it to the new one")
+                self._pool._when_up(self._again)
+        elif error is not None:
+            self.result.set_exception(error)
+        else:
+            self.result.set_result(done.result())
+
+    def _again(self, executor: Executor | None) -> None:
+        if self.result.done():
+            return
+        if executor is None:
+            if self._pool._closed:
+                self.result.cancel()  # the gateway is stopping
+            else:
+                self._fail()  # the new processes did not start
+            return
+        try:
+            self.send(executor)
+        except BrokenProcessPool:  # the new pool lost a process before this came
+            self._pool._replace(executor)
+            self._fail()
+
+    def _fail(self) -> None:
+        self.result.set_exception(
+            ParseLostError(
+                "the process parsing the request body ended before it finished, twice "
+                "(killed, or out of memory); send the request again"
+            )
+        )
+
+    def _dropped(self, result: asyncio.Future[T]) -> None:
+        if result.cancelled() and self._work is not None:
+            self._work.cancel()
+
 
 def _call_soon(
     loop: asyncio.AbstractEventLoop,
-    fn: Callable[[concurrent.futures.Future[T]], None],
+    fn: Callable[[Executor, concurrent.futures.Future[T]], None],
+    executor: Executor,
     done: concurrent.futures.Future[T],
 ) -> None:
-    """``fn(done)`` on the loop, from the pool's thread; nothing once the loop is closed (the
-    gateway has stopped: nobody waits)."""
+    """``fn(executor, done)`` on the loop, from the pool's thread; nothing once the loop is
+    closed (the gateway has stopped: nobody waits)."""
     with contextlib.suppress(RuntimeError):
-        loop.call_soon_threadsafe(fn, done)
+        loop.call_soon_threadsafe(fn, executor, done)
 
 
-def _shut_down(executor: concurrent.futures.ProcessPoolExecutor) -> None:
+def _shut_down(executor: Executor) -> None:
     executor.shutdown(wait=True, cancel_futures=True)

@@ -17,8 +17,8 @@ from starlette.responses import Response
 from starlette.routing import Route as HttpRoute
 
 from gateway.errors import GatewayError, InvalidInputError, PayloadTooLargeError
-from gateway.http._asgi import decode_body
 from gateway.http.endpoints import AppState, json_response
+from gateway.protocol import decode_body
 from gateway.protocol._json import load_object
 from gateway.traffic import RouteStore
 

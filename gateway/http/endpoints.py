@@ -19,6 +19,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.requests import Request
 from starlette.responses import Response
 
+from gateway._parse_process import parse_in_process
 from gateway.admission import Admission, Gate
 from gateway.errors import GatewayError, InvalidInputError, NotReadyError
 from gateway.featurelog import RequestInfo
@@ -30,19 +31,19 @@ from gateway.http._asgi import (
     Reply,
     Scope,
     Send,
-    decode_body,
     decode_body_inline,
     error_reply,
     header,
     read_body,
     send_reply,
 )
-from gateway.http._parse_pool import ParsePool, parse_in_process
+from gateway.http._parse_pool import ParsePool
 from gateway.inference import InferenceService
 from gateway.metrics import GatewayMetrics
 from gateway.protocol import (
     InferRequest,
-    parse_infer_request,
+    decode_body,
+    parse_infer_body,
     parse_instances,
     parse_rows,
     render_infer_response,
@@ -644,7 +645,7 @@ class InferEndpoint(_InferBase[InferRequest]):
     """``POST /v2/models/{name}[/versions/{version}]/infer``: OIP v2, JSON or binary tensors."""
 
     def decode(self, headers: Headers, body: bytes) -> InferRequest:
-        return decode_infer(header(headers, b"inference-header-content-length"), body)
+        return parse_infer_body(header(headers, b"inference-header-content-length"), body)
 
     def offload(self, model: LoadedModel, headers: Headers) -> Callable[[bytes], Any] | None:
         raw_length = header(headers, b"inference-header-content-length")
@@ -652,7 +653,7 @@ class InferEndpoint(_InferBase[InferRequest]):
             length = raw_length.strip()
             if length.isdigit() and len(length) <= 20 and int(length) <= LARGE_BODY_BYTES:
                 return None  # binary tensors after a small JSON header: copied, not parsed
-        return functools.partial(decode_infer, raw_length)
+        return functools.partial(parse_infer_body, raw_length)
 
     def parse(
         self, model: LoadedModel, info: RequestInfo, headers: Headers, decoded: Any
@@ -714,20 +715,6 @@ class PredictEndpoint(_InferBase[Tensors]):
     ) -> Reply:
         body = render_predictions(model.name, model.version, info.request_id, outputs)
         return Reply(200, body, head=_served_by(model, info) + _JSON_TYPE)
-
-
-def decode_infer(raw_header_length: bytes | None, body: bytes) -> InferRequest:
-    """An OIP v2 body parsed (``raw_header_length``: its Inference-Header-Content-Length);
-    nothing of the model is needed, so a parse process can run it."""
-    header_length = None
-    if raw_header_length is not None:
-        raw_header_length = raw_header_length.strip()
-        if not raw_header_length.isdigit() or len(raw_header_length) > 20:
-            raise InvalidInputError(
-                "Inference-Header-Content-Length must be an integer of at most 20 digits"
-            )
-        header_length = int(raw_header_length)
-    return parse_infer_request(body, header_length)
 
 
 def _internal_error_exception() -> GatewayError:

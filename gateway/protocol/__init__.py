@@ -1,5 +1,6 @@
 """Wire formats: Open Inference Protocol v2 (JSON and binary tensors) and the simple JSON form."""
 
+from gateway.protocol.encoding import decode_body
 from gateway.protocol.simple import (
     RowsLayout,
     parse_instances,
@@ -10,6 +11,7 @@ from gateway.protocol.simple import (
 from gateway.protocol.v2 import (
     InferRequest,
     RequestedOutput,
+    parse_infer_body,
     parse_infer_request,
     render_infer_response,
 )
@@ -18,6 +20,8 @@ __all__ = [
     "InferRequest",
     "RequestedOutput",
     "RowsLayout",
+    "decode_body",
+    "parse_infer_body",
     "parse_infer_request",
     "parse_instances",
     "parse_rows",

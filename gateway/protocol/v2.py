@@ -18,7 +18,13 @@ from gateway.errors import InvalidInputError
 from gateway.protocol._json import MAX_DIMS, check_scalars, load_object, request_id
 from gateway.serving import DATATYPE_TO_NUMPY, datatype_of
 
-__all__ = ["InferRequest", "RequestedOutput", "parse_infer_request", "render_infer_response"]
+__all__ = [
+    "InferRequest",
+    "RequestedOutput",
+    "parse_infer_body",
+    "parse_infer_request",
+    "render_infer_response",
+]
 
 _LE = {name: dtype.newbyteorder("<") for name, dtype in DATATYPE_TO_NUMPY.items()}
 
@@ -39,6 +45,20 @@ class InferRequest:
     inputs: dict[str, np.ndarray]
     outputs: list[RequestedOutput] | None
     binary_output: bool
+
+
+def parse_infer_body(raw_header_length: bytes | None, body: bytes) -> InferRequest:
+    """``parse_infer_request`` given the raw Inference-Header-Content-Length header (or None):
+    nothing of the model is needed, so a parse process can run it."""
+    header_length = None
+    if raw_header_length is not None:
+        raw_header_length = raw_header_length.strip()
+        if not raw_header_length.isdigit() or len(raw_header_length) > 20:
+            raise InvalidInputError(
+                "Inference-Header-Content-Length must be an integer of at most 20 digits"
+            )
+        header_length = int(raw_header_length)
+    return parse_infer_request(body, header_length)
 
 
 def parse_infer_request(body: bytes, header_length: int | None = None) -> InferRequest:

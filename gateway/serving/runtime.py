@@ -1,4 +1,8 @@
-"""One loaded ONNX model: an onnxruntime session, its signature, warm-up and a run call."""
+"""One loaded ONNX model: an onnxruntime session, its signature, warm-up and a run call.
+
+onnxruntime is imported when the first runtime is built, not with this module: the parse
+processes import ``gateway.serving`` (for signatures) and would carry it for nothing.
+"""
 
 from __future__ import annotations
 
@@ -7,13 +11,16 @@ import logging
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
-import onnxruntime as ort
 
 from gateway.errors import ModelExecutionError, ModelLoadError
 from gateway.serving.signature import ONNX_TO_DATATYPE, Signature, TensorSpec
 from registry_client import ModelVersion
+
+if TYPE_CHECKING:
+    import onnxruntime as ort
 
 __all__ = ["ModelRuntime", "RuntimeOptions", "release_memory"]
 
@@ -33,6 +40,8 @@ class ModelRuntime:
     """A model version loaded into onnxruntime. ``run`` is blocking: call it off the event loop."""
 
     def __init__(self, version: ModelVersion, options: RuntimeOptions) -> None:
+        import onnxruntime as ort
+
         self.version = version
         self.providers = _pick_providers(options.execution_providers)
         session_options = ort.SessionOptions()
@@ -121,6 +130,8 @@ def release_memory() -> None:
 
 
 def _pick_providers(wanted: Sequence[str]) -> list[str]:
+    import onnxruntime as ort
+
     available = set(ort.get_available_providers())
     chosen = [p for p in wanted if p in available]
     skipped = [p for p in wanted if p not in available]

@@ -18,7 +18,7 @@ from sklearn.datasets import load_breast_cancer
 from gateway.http import _asgi, create_app, endpoints
 from gateway.http._limits import HttpLimits
 from gateway.http.app import GatewayApp
-from gateway.protocol import parse_instances
+from gateway.protocol import encoding, parse_instances
 from gateway.settings import load_settings
 from registry_client import LocalRegistry, ModelMetadata
 from tests.gateway.http.test_protocol import answered, connection_to
@@ -435,13 +435,13 @@ async def test_a_small_compressed_body_that_inflates_large_is_inflated_off_the_l
     # 16 KiB of gzip can stand for 16 MiB of JSON: inflating and parsing that on the event loop
     # held every other connection for half a second, as the compressed body was "small"
     inflated_on: list[tuple[bool, int]] = []  # (on the event loop's thread, the limit)
-    inflate = _asgi._inflate
+    inflate = encoding._inflate
 
     def spy(body: bytes, coding: str, limit: int) -> bytes:
         inflated_on.append((threading.current_thread() is threading.main_thread(), limit))
         return inflate(body, coding, limit)
 
-    monkeypatch.setattr(_asgi, "_inflate", spy)
+    monkeypatch.setattr(encoding, "_inflate", spy)
     rows = [[0.0] * 30] * 10_000
     plain = orjson.dumps(infer_body(*rows))
     bomb = gzip.compress(plain)

@@ -1,12 +1,16 @@
 """Large JSON bodies parsed in parse processes (``server.parse_processes``): the same answers
-and errors as on a worker thread, a pool started lazily, and one that outlives a killed process."""
+and errors as on a worker thread, a pool started lazily, one that outlives a killed process
+and loses no request to it (but refuses a body that kills two), and light processes."""
 
 from __future__ import annotations
 
+import asyncio
 import gzip
 import os
 import re
 import signal
+import subprocess
+import sys
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -15,15 +19,19 @@ from typing import Any
 import httpx
 import numpy as np
 import orjson
+import pytest
 from prometheus_client import CollectorRegistry
 from sklearn.datasets import load_breast_cancer
 
-from gateway.http import create_app
+from gateway._parse_process import parse_in_process
+from gateway.http import create_app, endpoints
 from gateway.http._limits import HttpLimits
+from gateway.http._parse_pool import ParsePool
 from gateway.http.app import GatewayApp
 from gateway.http.endpoints import LARGE_BODY_BYTES
 from gateway.settings import load_settings
 from tests._support import children_of
+from tests.gateway.http._parse_faults import KILLER_ID, parse_or_die
 from tests.gateway.http.test_protocol import answered, connection_to
 
 DATA = load_breast_cancer()
@@ -165,26 +173,125 @@ async def test_the_pool_starts_at_the_first_large_body(demo_registry: Path) -> N
         assert counted(metrics, "process") == 1
 
 
-async def test_a_killed_parse_process_answers_503_and_is_replaced(demo_registry: Path) -> None:
+def send(app: GatewayApp, body: bytes) -> Any:
+    """``body`` to /infer through the gateway's own protocol, at once (a large body is handed
+    to the parse pool before this returns); the transport the answer is written to."""
+    protocol, transport = connection_to(app, HttpLimits())
+    head = b"POST %s HTTP/1.1\r\nHost: t\r\ncontent-length: %d\r\n\r\n"
+    protocol.data_received(head % (INFER.encode(), len(body)) + body)
+    return transport
+
+
+def lost(metrics: CollectorRegistry) -> float | None:
+    return metrics.get_sample_value("gateway_parse_processes_lost_total")
+
+
+async def test_a_parse_lost_with_its_process_is_parsed_again_in_a_new_one(
+    demo_registry: Path,
+) -> None:
     async with started(demo_registry, 1) as (app, metrics):
         assert app.parse_pool is not None
         (pid,) = await app.parse_pool.started()
-        os.kill(pid, signal.SIGSTOP)  # it takes the body, and parses nothing
-        protocol, transport = connection_to(app, HttpLimits())
-        body = tensor(ROWS)
-        head = b"POST %s HTTP/1.1\r\nHost: t\r\ncontent-length: %d\r\n\r\n"
-        protocol.data_received(head % (INFER.encode(), len(body)) + body)
+        # Stopped, the process is as good as dead to the pool, which cannot tell: it hands it
+        # the body, then the process dies without having parsed it (the race of a process
+        # killed while idle, before the pool notices, made certain).
+        os.kill(pid, signal.SIGSTOP)
+        transport = send(app, tensor(ROWS, id="lost once"))
         os.kill(pid, signal.SIGKILL)
+        await answered(transport, 1)
+        assert transport.written.startswith(b"HTTP/1.1 200 "), transport.written[:300]
+        assert b'"id":"lost once"' in transport.written
+        (new,) = await app.parse_pool.started()
+        assert new != pid
+        assert lost(metrics) == 1
+        assert counted(metrics, "thread") is None  # parsed again in a process, not on a thread
+        status, doc, _ = await infer(app, tensor(ROWS, id="after"))
+        assert (status, doc["id"]) == (200, "after")
+        assert counted(metrics, "process") == 2
+
+
+async def test_a_process_killed_while_idle_costs_no_request(demo_registry: Path) -> None:
+    async with started(demo_registry, 1) as (app, metrics):
+        assert app.parse_pool is not None
+        for round in (1, 2):
+            (pid,) = await app.parse_pool.started()
+            os.kill(pid, signal.SIGKILL)
+            # at once: the pool may or may not have noticed; either way the body is answered
+            transport = send(app, tensor(ROWS, id=f"round {round}"))
+            await answered(transport, 1)
+            assert transport.written.startswith(b"HTTP/1.1 200 "), transport.written[:300]
+            assert b'"id":"round %d"' % round in transport.written
+            assert lost(metrics) == round
+
+
+async def test_a_body_that_kills_its_process_every_time_is_refused_after_two(
+    demo_registry: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(endpoints, "parse_in_process", parse_or_die)
+    async with started(demo_registry, 1) as (app, metrics):
+        assert app.parse_pool is not None
+        (first,) = await app.parse_pool.started()
+        transport = send(app, tensor(ROWS, id=KILLER_ID))
         await answered(transport, 1)
         assert transport.written.startswith(b"HTTP/1.1 503 ")
         assert b"retry-after: 1\r\n" in transport.written.lower()
         assert transport.written.endswith(
-            b'{"error":"the process parsing the request body ended before it finished '
+            b'{"error":"the process parsing the request body ended before it finished, twice '
             b'(killed, or out of memory); send the request again"}'
         )
-        (new,) = await app.parse_pool.started()
-        assert new != pid
-        assert metrics.get_sample_value("gateway_parse_processes_lost_total") == 1
-        status, doc, _ = await infer(app, tensor(ROWS, id="after"))
-        assert (status, doc["id"]) == (200, "after")
+        assert lost(metrics) == 2  # its process, then the one that replaced it
+        assert counted(metrics, "thread") is None  # never parsed in the gateway's process
+        (third,) = await app.parse_pool.started()
+        assert third != first
+        assert first not in children_of(os.getpid())
+        status, doc, _ = await infer(app, tensor(ROWS, id="still serving"))
+        assert (status, doc["id"]) == (200, "still serving")
         assert counted(metrics, "process") == 2
+        assert lost(metrics) == 2
+
+
+async def test_a_parse_process_imports_neither_onnxruntime_nor_the_server(
+    demo_registry: Path,
+) -> None:
+    async with started(demo_registry, 1) as (app, _):
+        assert app.parse_pool is not None
+        await app.parse_pool.started()
+        assert (await infer(app, tensor(ROWS)))[0] == 200
+        asgi = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=asgi, base_url="http://g") as client:
+            assert (await client.post(PREDICT, content=instances(ROWS))).status_code == 200
+        # both forms were parsed in the process: everything a parse needs is imported
+        question = "sorted(m for m in __import__('sys').modules if '.' not in m)"
+        asked = app.parse_pool.submit(eval, question)
+        assert asked is not None
+        imported = await asked
+        assert {"gateway", "numpy", "orjson"} <= set(imported)
+        for heavy in ("onnxruntime", "starlette", "aiokafka", "httpx", "uvicorn"):
+            assert heavy not in imported
+
+
+def test_the_gateway_command_loads_the_server_only_when_run() -> None:
+    # A spawned process runs its parent's main script again: under the ``gateway`` command
+    # that script imports gateway.cli, so a parse process imports what gateway.cli does.
+    script = "import sys, gateway.cli; print(' '.join(sys.modules))"
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[3])}
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, env=env, check=True)
+    imported = set(done.stdout.decode().split())
+    assert "gateway.cli" in imported
+    for heavy in ("onnxruntime", "numpy", "starlette", "aiokafka", "pydantic", "gateway.serve"):
+        assert heavy not in imported
+
+
+async def test_a_parse_waiting_for_new_processes_is_cancelled_when_the_pool_closes() -> None:
+    noticed = asyncio.Event()
+    pool = ParsePool(1, on_lost=noticed.set)
+    (pid,) = await pool.started()
+    os.kill(pid, signal.SIGSTOP)
+    parse = pool.submit(parse_in_process, b"{}", [], 100, orjson.loads)
+    assert parse is not None
+    os.kill(pid, signal.SIGKILL)
+    await noticed.wait()  # new processes starting: the parse waits for them to send it again
+    await pool.aclose()
+    with pytest.raises(asyncio.CancelledError):  # the endpoint answers "the gateway is stopping"
+        await parse
+    assert pool.submit(parse_in_process, b"{}", [], 100, orjson.loads) is None

@@ -1,4 +1,4 @@
-"""Request bodies' Content-Encoding (gateway/http/_asgi.py)."""
+"""Request bodies' Content-Encoding (gateway/protocol/encoding.py)."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import zlib
 import pytest
 
 from gateway.errors import InvalidInputError, PayloadTooLargeError
-from gateway.http._asgi import decode_body
+from gateway.protocol import decode_body
 
 BODY = b'{"inputs": []}' * 10
 
