@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import os
 import select
@@ -28,6 +29,7 @@ __all__ = [
     "start_gateway",
     "start_monitor",
     "stop_process",
+    "wait_for",
     "wait_http",
 ]
 
@@ -38,6 +40,15 @@ def free_port() -> int:
         sock.bind(("127.0.0.1", 0))
         port: int = sock.getsockname()[1]
         return port
+
+
+async def wait_for(condition: Callable[[], object], timeout_s: float = 60.0) -> None:
+    """Wait on the event loop until ``condition()`` holds; the generous bound only turns a hang
+    into a failure."""
+    deadline = asyncio.get_running_loop().time() + timeout_s
+    while not condition():
+        assert asyncio.get_running_loop().time() < deadline, "condition not reached"
+        await asyncio.sleep(0.01)
 
 
 def wait_http(url: str, timeout_s: float, proc: subprocess.Popen[bytes] | None = None) -> None:

@@ -520,6 +520,8 @@ class _InferBase(Generic[ParsedT]):
         prepared: asyncio.Future[_Prepared[ParsedT]] = loop.create_future()
 
         def parsed(done: asyncio.Future[Any]) -> None:
+            if prepared.done():  # its caller went away (an ASGI task cancelled)
+                return
             if done.cancelled():  # the pool was closed: the gateway is stopping
                 decoded: Any = NotReadyError("the gateway is stopping")
             else:
@@ -527,6 +529,8 @@ class _InferBase(Generic[ParsedT]):
             prepared.set_result(self._parsed(model, info, headers, decoded))
 
         work.add_done_callback(parsed)
+        # a caller gone drops the parse, if it has not started
+        prepared.add_done_callback(lambda f: work.cancel() if f.cancelled() else None)
         return prepared
 
     def _queue(

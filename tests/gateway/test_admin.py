@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 import gzip
 import itertools
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
@@ -20,7 +20,7 @@ from gateway.http import create_app
 from gateway.settings import load_settings
 from gateway.traffic import ControlSigner
 from monitors.broker import EmbeddedBroker
-from tests._support import free_port
+from tests._support import free_port, wait_for
 
 TOKEN = "s3cret-token"
 AUTH = {"authorization": f"Bearer {TOKEN}"}
@@ -69,14 +69,6 @@ def control(bootstrap: str, replica: str, timeout_s: float = 10.0) -> dict[str, 
                     "timeout_s": timeout_s},
         "server": {"replica_id": replica},
     }  # fmt: skip
-
-
-async def wait_for(condition: Callable[[], Any], timeout_s: float = 60.0) -> None:
-    """Wait until ``condition()`` holds; the generous bound only turns a hang into a failure."""
-    deadline = asyncio.get_running_loop().time() + timeout_s
-    while not condition():
-        assert asyncio.get_running_loop().time() < deadline, "condition not reached"
-        await asyncio.sleep(0.02)
 
 
 def weights(route: dict[str, Any]) -> dict[str, int]:

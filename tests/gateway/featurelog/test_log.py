@@ -18,6 +18,7 @@ from gateway.featurelog.spool import Spool
 from gateway.metrics import FeatureLogMetrics
 from monitors.schema import InferenceRecord, decode_records
 from tests._log_records import log_record
+from tests._support import wait_for
 
 
 class FlakySink:
@@ -81,14 +82,6 @@ def make(
 def value(registry: CollectorRegistry, name: str, **labels: str) -> float:
     result = registry.get_sample_value(name, labels)
     return result or 0.0
-
-
-async def wait_for(condition: object, timeout_s: float = 60.0) -> None:
-    """Wait until ``condition()`` holds; the generous bound only turns a hang into a failure."""
-    deadline = asyncio.get_running_loop().time() + timeout_s
-    while not condition():  # type: ignore[operator]
-        assert asyncio.get_running_loop().time() < deadline, "condition not reached"
-        await asyncio.sleep(0.01)
 
 
 async def test_records_reach_the_sink_in_order(tmp_path: Path) -> None:

@@ -30,7 +30,7 @@ from gateway.http._parse_pool import ParsePool
 from gateway.http.app import GatewayApp
 from gateway.http.endpoints import LARGE_BODY_BYTES
 from gateway.settings import load_settings
-from tests._support import children_of
+from tests._support import children_of, wait_for
 from tests.gateway.http._parse_faults import KILLER_ID, parse_or_die
 from tests.gateway.http.test_protocol import answered, connection_to
 
@@ -295,3 +295,30 @@ async def test_a_parse_waiting_for_new_processes_is_cancelled_when_the_pool_clos
     with pytest.raises(asyncio.CancelledError):  # the endpoint answers "the gateway is stopping"
         await parse
     assert pool.submit(parse_in_process, b"{}", [], 100, orjson.loads) is None
+
+
+async def test_a_caller_gone_during_its_parse_leaves_no_error_behind(demo_registry: Path) -> None:
+    # Over ASGI the request's task can be cancelled while its body is in a parse process; the
+    # parse's answer then found the request's future cancelled and raised in a callback.
+    loop = asyncio.get_running_loop()
+    errors: list[dict[str, Any]] = []
+    loop.set_exception_handler(lambda _, context: errors.append(context))
+    try:
+        async with started(demo_registry, 1) as (app, metrics):
+            assert app.parse_pool is not None
+            (pid,) = await app.parse_pool.started()
+            os.kill(pid, signal.SIGSTOP)  # the parse waits in the process until we go on
+            try:
+                call = asyncio.ensure_future(infer(app, tensor(ROWS, id="gone")))
+                await wait_for(lambda: counted(metrics, "process") == 1)  # handed to the pool
+                call.cancel()
+                with pytest.raises(asyncio.CancelledError):
+                    await call
+            finally:
+                os.kill(pid, signal.SIGCONT)
+            # one process, in order: once this is answered, the first parse's answer came too
+            status, doc, _ = await infer(app, tensor(ROWS, id="next"))
+            assert (status, doc["id"]) == (200, "next")
+    finally:
+        loop.set_exception_handler(None)
+    assert errors == []

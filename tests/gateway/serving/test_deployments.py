@@ -13,7 +13,7 @@ import json
 import shutil
 import threading
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
@@ -30,6 +30,7 @@ from gateway.protocol import parse_instances
 from gateway.settings import load_settings
 from registry_client import LocalRegistry
 from tests._models import register_other_inputs_version
+from tests._support import wait_for
 from tests.gateway.http.test_protocol import answered, connection_to
 
 ROW = load_breast_cancer().data[0].astype("float32").tolist()
@@ -83,14 +84,6 @@ async def following_champion(registry: Path) -> AsyncIterator[Gateway]:
         transport = httpx.ASGITransport(app=app)
         async with httpx.AsyncClient(transport=transport, base_url="http://gateway") as client:
             yield Gateway(app, client, metrics)
-
-
-async def wait_for(condition: Callable[[], object], timeout_s: float = 30.0) -> None:
-    """Wait until ``condition()`` holds; the generous bound only turns a hang into a failure."""
-    deadline = asyncio.get_running_loop().time() + timeout_s
-    while not condition():
-        assert asyncio.get_running_loop().time() < deadline, "condition not reached"
-        await asyncio.sleep(0.02)
 
 
 def point_champion_at(registry: Path, version: str) -> None:
