@@ -5,7 +5,8 @@ Stages and what each leaves on disk (``<state_dir>/jobs/<id>/``) before the job'
     queued -> assembling -> training (dataset.npz) -> validating (candidate.onnx, candidate.json)
            -> registering (the gate's report) -> canary (the registered version) -> promoted
                                                                            | rolled_back
-    assembling: too few labelled rows -> failed;  validating: worse than the champion -> rejected
+    assembling: too few labelled rows, or one class -> failed
+    validating: worse than the champion -> rejected
 
 A job found unfinished at start resumes at its state: the files of the earlier stages are
 there (each written atomically before the state moved). Registration is one atomic call; the
@@ -196,6 +197,18 @@ class Worker:
             raise _JobFailed(
                 f"too few labelled rows to train on: {dataset.rows} of {dataset.logged_rows} "
                 f"logged rows have labels, at least {minimum} needed (dataset.min_labelled_rows)",
+                dataset=summary,
+                data_until=dataset.end,
+            )
+        counts = np.bincount(dataset.y, minlength=len(dataset.class_labels))
+        if np.count_nonzero(counts) < 2:
+            # a model fitted to one class answers it always, and held-out rows of that class
+            # rate it perfect: the gate would let it through
+            only = int(np.argmax(counts))
+            name = dataset.class_labels[only] if only < len(dataset.class_labels) else only
+            raise _JobFailed(
+                f"the labelled rows hold only one class ({name!r}: {dataset.rows} rows): "
+                "nothing to learn the others from, or to validate a candidate on",
                 dataset=summary,
                 data_until=dataset.end,
             )

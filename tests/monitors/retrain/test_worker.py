@@ -142,6 +142,30 @@ async def test_a_worse_candidate_is_rejected_and_never_registered(
     assert LocalRegistry(demo_registry).versions("breast_cancer") == ["1", "2"]
 
 
+async def test_one_class_of_labels_fails_the_job_before_training(
+    tmp_path: Path, demo_registry: Path, broker: EmbeddedBroker
+) -> None:
+    # a trainer that fits one class gives a model that always answers it, and held-out rows of
+    # that one class rate it perfect: it passed the gate and was registered
+    await topics(broker)
+    x, y = drifted(900)
+    benign = y == 1
+    await publish(broker.bootstrap_servers, x[benign][:500], y[benign][:500], labelled=500)
+    config = settings(
+        tmp_path,
+        demo_registry,
+        broker.bootstrap_servers,
+        trainer="tests.monitors.retrain._trainers:AnyClassTrainer",
+    )
+    job, _ = await run_one(config)
+    assert job.state == "failed", job.reason
+    assert "only one class" in job.reason, job.reason
+    assert "'benign': 500 rows" in job.reason, job.reason
+    assert job.dataset["class_counts"] == [0, 500]
+    assert job.candidate is None
+    assert LocalRegistry(demo_registry).versions("breast_cancer") == ["1", "2"]
+
+
 async def test_with_mlflow_the_candidate_is_registered_there_whole(
     tmp_path: Path, demo_registry: Path, broker: EmbeddedBroker, mlflow_url: str
 ) -> None:
