@@ -36,7 +36,14 @@ from monitors.retrain.rollout import RolloutError, RolloutSettings, roll_out
 from monitors.retrain.settings import RetrainSettings
 from monitors.retrain.trainer import Trainer, TrainerError, load_trainer
 from monitors.retrain.validate import ValidationError, score, validate
-from registry_client import ModelMetadata, ModelRef, Registry, RegistryError, ValidationReport
+from registry_client import (
+    ModelMetadata,
+    ModelRef,
+    Registry,
+    RegistryError,
+    RegistryUnavailableError,
+    ValidationReport,
+)
 from registry_client.settings import open_registry
 
 __all__ = ["REPORT_DOCUMENT", "Worker", "rollout_settings"]
@@ -47,6 +54,11 @@ REPORT_DOCUMENT = "validation_report.json"
 _DATASET = "dataset.npz"
 _CANDIDATE = "candidate.onnx"
 _CANDIDATE_METADATA = "candidate.json"
+
+
+class _RegistryDown(Exception):
+    """The registry cannot be reached: the stage is tried again later, the job keeps its
+    state (a trained candidate is not thrown away for a registry restarting)."""
 
 
 class _JobFailed(Exception):
@@ -127,10 +139,20 @@ class Worker:
         assert job is not None
         folder = self._jobs_dir / job.id
         folder.mkdir(parents=True, exist_ok=True)
+        waiting = ""
         try:
             while job.state not in TERMINAL:
                 stage = getattr(self, f"_{job.state}")
-                job = await stage(job, folder)
+                try:
+                    job = await stage(job, folder)
+                except _RegistryDown as down:
+                    waiting = f"{job.state}: waiting for the registry: {down}"
+                    log.warning("job %s of %s: %s", job.id, job.model, waiting)
+                    job = self.store.transition(job.id, job.state, reason=waiting)
+                    await asyncio.sleep(self.settings.registry_retry_s)
+                    continue
+                if waiting and job.reason == waiting:
+                    job, waiting = self.store.transition(job.id, job.state, reason=""), ""
         except _JobFailed as failed:
             job = self._move(job, failed.state, reason=str(failed), **failed.changes)
         except asyncio.CancelledError:
@@ -165,6 +187,8 @@ class Worker:
         ref = ModelRef(job.model, alias=self.settings.champion_alias)
         try:
             version = await self.registry.get(ref)
+        except RegistryUnavailableError as exc:
+            raise _RegistryDown(str(exc)) from exc
         except RegistryError as exc:
             raise _JobFailed(f"the champion {ref} cannot be fetched: {exc}") from exc
         return version.version, version.metadata, version.model_file
@@ -291,6 +315,8 @@ class Worker:
             version = await self.registry.register_version(
                 job.model, folder / _CANDIDATE, metadata, documents, key=f"retrain-job-{job.id}"
             )
+        except RegistryUnavailableError as exc:  # keyed: asking again makes no second version
+            raise _RegistryDown(str(exc)) from exc
         except RegistryError as exc:
             raise _JobFailed(f"registering: {exc}") from exc
         report = {**job.report, "candidate_version": version}
