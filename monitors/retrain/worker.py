@@ -18,13 +18,16 @@ whole version or none), and never aliases half a model.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import json
 import logging
 import tempfile
+import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 
@@ -49,6 +52,8 @@ from registry_client.settings import open_registry
 __all__ = ["REPORT_DOCUMENT", "Worker", "rollout_settings"]
 
 log = logging.getLogger(__name__)
+
+_T = TypeVar("_T")
 
 REPORT_DOCUMENT = "validation_report.json"
 _DATASET = "dataset.npz"
@@ -250,7 +255,9 @@ class Worker:
         train, _ = dataset.split(self.settings.dataset.holdout_fraction)
         _, template, _ = await self._champion(job)
         try:
-            trained = await asyncio.to_thread(self.trainer.train, train, template)
+            trained = await _in_daemon_thread(
+                functools.partial(self.trainer.train, train, template)
+            )
         except TrainerError as exc:
             raise _JobFailed(f"training: {exc}") from exc
         await asyncio.to_thread(_write, folder / _CANDIDATE, trained.onnx)
@@ -371,6 +378,35 @@ def rollout_settings(settings: RetrainSettings) -> RolloutSettings:
         swap_timeout_s=canary.swap_timeout_s,
         champion_alias=settings.champion_alias,
     )
+
+
+async def _in_daemon_thread(call: Callable[[], _T]) -> _T:
+    """``call()`` in a thread of its own that does not hold the process's exit up: a training
+    may take hours, and a worker stopped meanwhile resumes the job at its next start (in the
+    default executor, ``asyncio.run`` waited for it after the job was cancelled)."""
+    loop = asyncio.get_running_loop()
+    future: asyncio.Future[_T] = loop.create_future()
+
+    def settle(result: _T | None, error: BaseException | None) -> None:
+        if future.done():  # the job was cancelled meanwhile
+            return
+        if error is not None:
+            future.set_exception(error)
+        else:
+            future.set_result(result)  # type: ignore[arg-type]
+
+    def run() -> None:
+        result: _T | None = None
+        error: BaseException | None = None
+        try:
+            result = call()
+        except BaseException as exc:  # handed to the awaiting job, whatever it is
+            error = exc
+        with contextlib.suppress(RuntimeError):  # the loop is closed: the worker stopped
+            loop.call_soon_threadsafe(settle, result, error)
+
+    threading.Thread(target=run, name="retrain-trainer", daemon=True).start()
+    return await future
 
 
 def _write(path: Path, data: bytes) -> None:
