@@ -76,6 +76,8 @@ def _mean_interval(values: np.ndarray, alpha: float) -> Interval:
 
 
 def _percentiles(samples: np.ndarray, alpha: float) -> tuple[float, float]:
+    if np.isnan(samples).all():  # undefined in every draw (ROC AUC of one class): no interval
+        return float("nan"), float("nan")
     low, high = np.nanpercentile(samples, [100 * alpha / 2, 100 * (1 - alpha / 2)], axis=0)
     return float(low), float(high)
 

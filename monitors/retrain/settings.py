@@ -100,6 +100,8 @@ class RetrainSettings(FileSettings):
     # after a candidate is rejected, more events about the same champion version within this
     # long join the rejected job instead of training again on nearly the same data
     rejected_cooldown_s: float = Field(default=600.0, ge=0)
+    # a job whose stage finds the registry unreachable keeps its state and tries again after
+    registry_retry_s: float = Field(default=30.0, gt=0)
     dataset: DatasetSettings = Field(default_factory=DatasetSettings)
     validation: ValidationSettings = Field(default_factory=ValidationSettings)
     canary: CanarySettings = Field(default_factory=CanarySettings)

@@ -5,7 +5,8 @@ Stages and what each leaves on disk (``<state_dir>/jobs/<id>/``) before the job'
     queued -> assembling -> training (dataset.npz) -> validating (candidate.onnx, candidate.json)
            -> registering (the gate's report) -> canary (the registered version) -> promoted
                                                                            | rolled_back
-    assembling: too few labelled rows -> failed;  validating: worse than the champion -> rejected
+    assembling: too few labelled rows, or one class -> failed
+    validating: worse than the champion -> rejected
 
 A job found unfinished at start resumes at its state: the files of the earlier stages are
 there (each written atomically before the state moved). Registration is one atomic call; the
@@ -17,13 +18,16 @@ whole version or none), and never aliases half a model.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import json
 import logging
 import tempfile
+import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 
@@ -35,17 +39,31 @@ from monitors.retrain.rollout import RolloutError, RolloutSettings, roll_out
 from monitors.retrain.settings import RetrainSettings
 from monitors.retrain.trainer import Trainer, TrainerError, load_trainer
 from monitors.retrain.validate import ValidationError, score, validate
-from registry_client import ModelMetadata, ModelRef, Registry, RegistryError, ValidationReport
+from registry_client import (
+    ModelMetadata,
+    ModelRef,
+    Registry,
+    RegistryError,
+    RegistryUnavailableError,
+    ValidationReport,
+)
 from registry_client.settings import open_registry
 
 __all__ = ["REPORT_DOCUMENT", "Worker", "rollout_settings"]
 
 log = logging.getLogger(__name__)
 
+_T = TypeVar("_T")
+
 REPORT_DOCUMENT = "validation_report.json"
 _DATASET = "dataset.npz"
 _CANDIDATE = "candidate.onnx"
 _CANDIDATE_METADATA = "candidate.json"
+
+
+class _RegistryDown(Exception):
+    """The registry cannot be reached: the stage is tried again later, the job keeps its
+    state (a trained candidate is not thrown away for a registry restarting)."""
 
 
 class _JobFailed(Exception):
@@ -126,10 +144,20 @@ class Worker:
         assert job is not None
         folder = self._jobs_dir / job.id
         folder.mkdir(parents=True, exist_ok=True)
+        waiting = ""
         try:
             while job.state not in TERMINAL:
                 stage = getattr(self, f"_{job.state}")
-                job = await stage(job, folder)
+                try:
+                    job = await stage(job, folder)
+                except _RegistryDown as down:
+                    waiting = f"{job.state}: waiting for the registry: {down}"
+                    log.warning("job %s of %s: %s", job.id, job.model, waiting)
+                    job = self.store.transition(job.id, job.state, reason=waiting)
+                    await asyncio.sleep(self.settings.registry_retry_s)
+                    continue
+                if waiting and job.reason == waiting:
+                    job, waiting = self.store.transition(job.id, job.state, reason=""), ""
         except _JobFailed as failed:
             job = self._move(job, failed.state, reason=str(failed), **failed.changes)
         except asyncio.CancelledError:
@@ -164,6 +192,8 @@ class Worker:
         ref = ModelRef(job.model, alias=self.settings.champion_alias)
         try:
             version = await self.registry.get(ref)
+        except RegistryUnavailableError as exc:
+            raise _RegistryDown(str(exc)) from exc
         except RegistryError as exc:
             raise _JobFailed(f"the champion {ref} cannot be fetched: {exc}") from exc
         return version.version, version.metadata, version.model_file
@@ -199,6 +229,18 @@ class Worker:
                 dataset=summary,
                 data_until=dataset.end,
             )
+        counts = np.bincount(dataset.y, minlength=len(dataset.class_labels))
+        if np.count_nonzero(counts) < 2:
+            # a model fitted to one class answers it always, and held-out rows of that class
+            # rate it perfect: the gate would let it through
+            only = int(np.argmax(counts))
+            name = dataset.class_labels[only] if only < len(dataset.class_labels) else only
+            raise _JobFailed(
+                f"the labelled rows hold only one class ({name!r}: {dataset.rows} rows): "
+                "nothing to learn the others from, or to validate a candidate on",
+                dataset=summary,
+                data_until=dataset.end,
+            )
         await asyncio.to_thread(dataset.save, folder / _DATASET)
         return self._move(job, "training", dataset=summary, data_until=dataset.end)
 
@@ -213,7 +255,9 @@ class Worker:
         train, _ = dataset.split(self.settings.dataset.holdout_fraction)
         _, template, _ = await self._champion(job)
         try:
-            trained = await asyncio.to_thread(self.trainer.train, train, template)
+            trained = await _in_daemon_thread(
+                functools.partial(self.trainer.train, train, template)
+            )
         except TrainerError as exc:
             raise _JobFailed(f"training: {exc}") from exc
         await asyncio.to_thread(_write, folder / _CANDIDATE, trained.onnx)
@@ -278,6 +322,8 @@ class Worker:
             version = await self.registry.register_version(
                 job.model, folder / _CANDIDATE, metadata, documents, key=f"retrain-job-{job.id}"
             )
+        except RegistryUnavailableError as exc:  # keyed: asking again makes no second version
+            raise _RegistryDown(str(exc)) from exc
         except RegistryError as exc:
             raise _JobFailed(f"registering: {exc}") from exc
         report = {**job.report, "candidate_version": version}
@@ -332,6 +378,35 @@ def rollout_settings(settings: RetrainSettings) -> RolloutSettings:
         swap_timeout_s=canary.swap_timeout_s,
         champion_alias=settings.champion_alias,
     )
+
+
+async def _in_daemon_thread(call: Callable[[], _T]) -> _T:
+    """``call()`` in a thread of its own that does not hold the process's exit up: a training
+    may take hours, and a worker stopped meanwhile resumes the job at its next start (in the
+    default executor, ``asyncio.run`` waited for it after the job was cancelled)."""
+    loop = asyncio.get_running_loop()
+    future: asyncio.Future[_T] = loop.create_future()
+
+    def settle(result: _T | None, error: BaseException | None) -> None:
+        if future.done():  # the job was cancelled meanwhile
+            return
+        if error is not None:
+            future.set_exception(error)
+        else:
+            future.set_result(result)  # type: ignore[arg-type]
+
+    def run() -> None:
+        result: _T | None = None
+        error: BaseException | None = None
+        try:
+            result = call()
+        except BaseException as exc:  # handed to the awaiting job, whatever it is
+            error = exc
+        with contextlib.suppress(RuntimeError):  # the loop is closed: the worker stopped
+            loop.call_soon_threadsafe(settle, result, error)
+
+    threading.Thread(target=run, name="retrain-trainer", daemon=True).start()
+    return await future
 
 
 def _write(path: Path, data: bytes) -> None:

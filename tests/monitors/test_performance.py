@@ -64,6 +64,19 @@ def test_classification_metrics_match_scikit_learn() -> None:
             assert interval["low"] <= interval["value"] <= interval["high"]
 
 
+def test_labels_of_one_class_give_no_roc_auc_and_no_warning() -> None:
+    # a labelled window (or a retraining job's held-out rows) of one class: ROC AUC is
+    # undefined, which its interval said with an "All-NaN slice" RuntimeWarning (an error
+    # where warnings are errors: the retraining worker's job failed on it)
+    y_true = np.ones(200, dtype=np.int64)
+    probs = np.column_stack([np.linspace(0, 1, 200), 1 - np.linspace(0, 1, 200)])
+    result = classification_metrics(y_true, probs.argmax(axis=1), probs, 2)
+    assert np.isnan(result["roc_auc"]["value"])
+    assert np.isnan(result["roc_auc"]["low"])
+    assert np.isnan(result["roc_auc"]["high"])
+    assert result["accuracy"]["value"] == 0.5
+
+
 def test_regression_metrics_match_scikit_learn() -> None:
     rng = np.random.default_rng(1)
     y_true = rng.normal(size=500)

@@ -37,3 +37,24 @@ class BlockingTrainer(DemoTrainer):
         while block.exists() and time.monotonic() < deadline:
             time.sleep(0.05)  # a file is the only signal across the kill
         return super().train(dataset, template)
+
+
+class AnyClassTrainer(DemoTrainer):
+    """Fits whatever rows it gets, one class included (as some libraries do): a lone far-off
+    row of the other class is added, so the model answers the one class for every real row."""
+
+    def train(self, dataset: Dataset, template: ModelMetadata) -> TrainedModel:
+        if len(np.unique(dataset.y)) > 1:
+            return super().train(dataset, template)
+        far = np.full((1, dataset.x.shape[1]), -1e3, dtype=dataset.x.dtype)
+        padded = Dataset(
+            dataset.features,
+            np.vstack([dataset.x, far]),
+            np.append(dataset.y, 1 - dataset.y[0]),
+            np.append(dataset.time, dataset.time.max()),
+            dataset.class_labels,
+            dataset.logged_rows,
+            dataset.start,
+            dataset.end,
+        )
+        return super().train(padded, template)

@@ -93,3 +93,39 @@ def test_a_worker_killed_mid_training_resumes_the_job_and_registers_once(
     assert registry.versions("breast_cancer") == ["1", "2", "3"]
     assert job["candidate"] == "3"
     assert asyncio.run(registry.fetch("breast_cancer", "3")).metadata.validation is not None
+
+
+def test_a_worker_stopped_mid_training_exits_at_once_and_keeps_the_job(
+    tmp_path: Path, demo_registry: Path, broker: EmbeddedBroker
+) -> None:
+    # SIGTERM cancelled the job's task, but the process then waited for the training thread to
+    # finish: a pod being replaced sat out its grace period, Ctrl-C on `make serve` hung
+    asyncio.run(create_topics(broker.bootstrap_servers, ["inference-log", "model-feedback"], 3))
+    x, y = drifted(700)
+    asyncio.run(publish(broker.bootstrap_servers, x, y, labelled=700))
+    marker = tmp_path / "training-started"
+    block = tmp_path / "training-started.block"
+    block.touch()  # the trainer waits up to 120 s while it exists
+    config = {
+        "secret": SECRET,
+        "state_dir": str(tmp_path / "state"),
+        "kafka": {"bootstrap_servers": broker.bootstrap_servers},
+        "registry_root": str(demo_registry),
+        "trainer": "tests.monitors.retrain._trainers:BlockingTrainer",
+        "trainer_options": {"marker": str(marker)},
+        "dataset": {"min_labelled_rows": 200},
+        "canary": {"enabled": False},
+        "http": {"port": free_port()},
+    }
+    now = time.time()
+    data = {"model": "breast_cancer", "version": "1",
+            "window": {"id": "w1", "start_time": now - 60, "end_time": now}}  # fmt: skip
+    with start_worker(tmp_path, config) as (proc, url):
+        job_id = post_event(url, SECRET, "w1", data).json()["job"]
+        wait_until("training started", marker.exists)
+        proc.terminate()
+        assert proc.wait(timeout=20) == 0
+    assert block.exists(), "the training was still waiting"
+    offline = status("--config", str(tmp_path / "worker.yaml"), "--job", job_id, "--json")
+    assert json.loads(offline)["state"] == "training", "resumed at the next start"
+    assert LocalRegistry(demo_registry).versions("breast_cancer") == ["1", "2"]

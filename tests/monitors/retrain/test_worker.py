@@ -15,7 +15,7 @@ from monitors.retrain.jobs import TERMINAL, Job, JobStore
 from monitors.retrain.metrics import RetrainMetrics
 from monitors.retrain.settings import RetrainSettings
 from monitors.retrain.worker import REPORT_DOCUMENT, Worker
-from registry_client import LocalRegistry, ModelMetadata
+from registry_client import LocalRegistry, ModelMetadata, Registry, RegistryUnavailableError
 from registry_client.mlflow import MlflowRegistry
 from tests.monitors.retrain._traffic import drifted, publish
 
@@ -39,11 +39,12 @@ async def run_one(
     timeout_s: float = 120,
     model: str = "breast_cancer",
     trigger: dict[str, Any] = TRIGGER,
+    registry: Registry | None = None,
 ) -> tuple[Job, str]:
     """Receive one event, run the worker until its job ends; (the job, /metrics text)."""
     store = JobStore(config.state_dir / "jobs.sqlite")
     metrics = RetrainMetrics()
-    worker = Worker(config, store, metrics)
+    worker = Worker(config, store, metrics, registry=registry)
     running = asyncio.create_task(worker.run())
     job_id = store.receive("e1", model, dict(trigger)).job_id
     assert job_id is not None
@@ -140,6 +141,63 @@ async def test_a_worse_candidate_is_rejected_and_never_registered(
     assert job.report["significance"]["significant"]
     assert job.candidate is None
     assert LocalRegistry(demo_registry).versions("breast_cancer") == ["1", "2"]
+
+
+async def test_one_class_of_labels_fails_the_job_before_training(
+    tmp_path: Path, demo_registry: Path, broker: EmbeddedBroker
+) -> None:
+    # a trainer that fits one class gives a model that always answers it, and held-out rows of
+    # that one class rate it perfect: it passed the gate and was registered
+    await topics(broker)
+    x, y = drifted(900)
+    benign = y == 1
+    await publish(broker.bootstrap_servers, x[benign][:500], y[benign][:500], labelled=500)
+    config = settings(
+        tmp_path,
+        demo_registry,
+        broker.bootstrap_servers,
+        trainer="tests.monitors.retrain._trainers:AnyClassTrainer",
+    )
+    job, _ = await run_one(config)
+    assert job.state == "failed", job.reason
+    assert "only one class" in job.reason, job.reason
+    assert "'benign': 500 rows" in job.reason, job.reason
+    assert job.dataset["class_counts"] == [0, 500]
+    assert job.candidate is None
+    assert LocalRegistry(demo_registry).versions("breast_cancer") == ["1", "2"]
+
+
+class _DownAtFirst(LocalRegistry):
+    """A registry that cannot be reached for its first ``outages`` registrations."""
+
+    def __init__(self, root: Path, outages: int) -> None:
+        super().__init__(root)
+        self.outages = outages
+
+    async def register_version(self, *args: Any, **kwargs: Any) -> str:
+        if self.outages:
+            self.outages -= 1
+            raise RegistryUnavailableError("registry at http://mlflow:5000 unreachable")
+        return await super().register_version(*args, **kwargs)
+
+
+async def test_a_registry_down_at_registration_is_waited_for_not_the_jobs_end(
+    tmp_path: Path, demo_registry: Path, broker: EmbeddedBroker
+) -> None:
+    # MLflow restarting for a minute failed the job: the trained candidate was thrown away and
+    # the drift episode's events were spent
+    await topics(broker)
+    x, y = drifted(900)
+    await publish(broker.bootstrap_servers, x, y, labelled=800)
+    config = settings(tmp_path, demo_registry, broker.bootstrap_servers, registry_retry_s=0.05)
+    registry = _DownAtFirst(demo_registry, outages=2)
+    job, metrics = await run_one(config, registry=registry)
+    assert job.state == "registered", job.reason
+    assert job.reason == ""
+    assert job.candidate == "3"
+    assert registry.outages == 0
+    assert LocalRegistry(demo_registry).versions("breast_cancer") == ["1", "2", "3"]
+    assert 'retrain_job_transitions_total{model="breast_cancer",state="failed"}' not in metrics
 
 
 async def test_with_mlflow_the_candidate_is_registered_there_whole(
