@@ -185,13 +185,18 @@ def _parse_outputs(raw: Any) -> list[RequestedOutput] | None:
         return None
     if not isinstance(raw, list):
         raise InvalidInputError("'outputs' must be a list")
-    result = []
+    result: dict[str, RequestedOutput] = {}
     for index, item in enumerate(raw):
         if not isinstance(item, dict) or not isinstance(item.get("name"), str):
             raise InvalidInputError(f"outputs[{index}] needs a 'name' string")
-        params = _parameters(item, f"output {item['name']!r}")
-        result.append(RequestedOutput(item["name"], params.get("binary_data") is True))
-    return result
+        name = item["name"]
+        # each copy would be rendered again: a list of one output 300,000 times in a 16 MiB
+        # body would make an answer of hundreds of gigabytes
+        if name in result:
+            raise InvalidInputError(f"output {name!r} is requested twice")
+        params = _parameters(item, f"output {name!r}")
+        result[name] = RequestedOutput(name, params.get("binary_data") is True)
+    return list(result.values())
 
 
 def _parameters(doc: dict[str, Any], where: str) -> dict[str, Any]:

@@ -103,6 +103,14 @@ def test_malformed_bodies_are_refused() -> None:
         parse_infer_request(body(x, x))
 
 
+def test_an_output_requested_twice_is_refused() -> None:
+    # every copy would be rendered again: a short body could ask for an answer of gigabytes
+    x = {"name": "x", "shape": [1], "datatype": "FP32", "data": [1]}
+    twice = [{"name": "a"}, {"name": "b"}, {"name": "a", "parameters": {"binary_data": True}}]
+    with pytest.raises(InvalidInputError, match="output 'a' is requested twice"):
+        parse_infer_request(body(x, outputs=twice))
+
+
 def test_binary_inputs_follow_the_json_header_in_order() -> None:
     a = np.arange(6, dtype=np.float32).reshape(2, 3)
     words = [b"hello", b"\xc3\xa9t\xc3\xa9"]
