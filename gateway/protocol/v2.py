@@ -69,7 +69,7 @@ def parse_infer_request(body: bytes, header_length: int | None = None) -> InferR
             f"binary data is {len(binary)} bytes but the inputs declare {offset} bytes"
         )
     params = _parameters(doc, "request")
-    binary_output = params.get("binary_data_output") is True
+    binary_output = _flag(params, "binary_data_output", "request")
     outputs = _parse_outputs(doc.get("outputs"))
     return InferRequest(request_id(doc), inputs, outputs, binary_output)
 
@@ -195,7 +195,7 @@ def _parse_outputs(raw: Any) -> list[RequestedOutput] | None:
         if name in result:
             raise InvalidInputError(f"output {name!r} is requested twice")
         params = _parameters(item, f"output {name!r}")
-        result[name] = RequestedOutput(name, params.get("binary_data") is True)
+        result[name] = RequestedOutput(name, _flag(params, "binary_data", f"output {name!r}"))
     return list(result.values())
 
 
@@ -206,6 +206,19 @@ def _parameters(doc: dict[str, Any], where: str) -> dict[str, Any]:
     if not isinstance(params, dict):
         raise InvalidInputError(f"{where}: 'parameters' must be an object")
     return params
+
+
+def _flag(params: dict[str, Any], key: str, where: str) -> bool:
+    """A boolean parameter, false when absent; "true" or 1 would otherwise be read as false, in
+    silence (the answer in JSON where the caller asked for binary)."""
+    value = params.get(key)
+    if value is None:
+        return False
+    if not isinstance(value, bool):
+        raise InvalidInputError(
+            f"{where}: parameter {key} must be true or false, not {value!r:.50}"
+        )
+    return value
 
 
 def render_infer_response(

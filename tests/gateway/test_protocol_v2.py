@@ -155,6 +155,25 @@ def test_a_binary_input_of_no_values_in_an_impossible_shape_is_refused(datatype:
         parse_infer_request(header, len(header))
 
 
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        ({"parameters": {"binary_data_output": "true"}}, "request: parameter binary_data_output"),
+        ({"parameters": {"binary_data_output": 1}}, "request: parameter binary_data_output"),
+        ({"outputs": [{"name": "a", "parameters": {"binary_data": "yes"}}]},
+         "output 'a': parameter binary_data must be true or false, not 'yes'"),
+    ],
+)  # fmt: skip
+def test_binary_flags_that_are_not_booleans_are_refused(
+    extra: dict[str, object], message: str
+) -> None:
+    # read as false, they gave JSON to a caller that asked for binary
+    x = {"name": "x", "shape": [1], "datatype": "FP32", "data": [1]}
+    with pytest.raises(InvalidInputError, match=message):
+        parse_infer_request(body(x, **extra))
+    assert not parse_infer_request(body(x, parameters={"binary_data_output": None})).binary_output
+
+
 def test_response_echoes_id_and_honours_requested_outputs() -> None:
     raw = {"name": "x", "shape": [1], "datatype": "FP32", "data": [1]}
     request = parse_infer_request(body(raw, id="req-7", outputs=[{"name": "b"}]))
