@@ -9,6 +9,7 @@ import pytest
 
 from gateway.errors import InvalidInputError
 from gateway.protocol import parse_infer_request, render_infer_response
+from monitors.feedback import id_problem
 
 
 def body(*inputs: Mapping[str, object], **extra: object) -> bytes:
@@ -172,6 +173,17 @@ def test_binary_flags_that_are_not_booleans_are_refused(
     with pytest.raises(InvalidInputError, match=message):
         parse_infer_request(body(x, **extra))
     assert not parse_infer_request(body(x, parameters={"binary_data_output": None})).binary_output
+
+
+@pytest.mark.parametrize("given", ["", " ", "a\nb", "x" * 257, "x" * 256, "req-7", "héé"])
+def test_an_id_is_taken_exactly_when_feedback_can_name_it(given: str) -> None:
+    # an id taken here that feedback refuses ("" was) leaves its predictions unlabelable
+    x = {"name": "x", "shape": [1], "datatype": "FP32", "data": [1]}
+    if id_problem(given, "id") is None:
+        assert parse_infer_request(body(x, id=given)).id == given
+    else:
+        with pytest.raises(InvalidInputError, match="'id' must be non-empty printable text"):
+            parse_infer_request(body(x, id=given))
 
 
 def test_response_echoes_id_and_honours_requested_outputs() -> None:
