@@ -74,6 +74,13 @@ def check_scalars(data: list[Any], datatype: str) -> str | None:
     want = {"BOOL": "true/false", "BYTES": "strings"}.get(datatype, "JSON numbers")
     if allowed == {int}:
         want = "JSON integers"
+        if isinstance(example, float) and example.is_integer() and abs(example) >= 2**64:
+            # orjson reads an integer beyond 64 bits as a float: "send JSON integers" would
+            # tell a caller who did to do what it did
+            return (
+                f"{datatype} data holds an integer of more than 64 bits ({example:.17g}), "
+                f"out of {datatype}'s range"
+            )
     return f"{datatype} data holds {'/'.join(kind)} values ({example!r}); send {want}"
 
 

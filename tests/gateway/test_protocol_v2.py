@@ -83,6 +83,15 @@ def test_bad_inputs_are_named_in_the_error(raw: dict[str, object], message: str)
         parse_infer_request(body(raw))
 
 
+@pytest.mark.parametrize("datatype", ["INT64", "UINT64", "INT8"])
+@pytest.mark.parametrize("value", [b"1180591620717411303424", b"-18446744073709551616"])
+def test_an_integer_beyond_64_bits_is_named_out_of_range(datatype: str, value: bytes) -> None:
+    # JSON reads it as a float: the error said "send JSON integers" to a caller who had
+    raw = b'{"inputs": [{"name": "x", "shape": [1], "datatype": "%s", "data": [%s]}]}'
+    with pytest.raises(InvalidInputError, match=f"more than 64 bits .*out of {datatype}'s range"):
+        parse_infer_request(raw % (datatype.encode(), value))
+
+
 def test_null_is_a_missing_value_in_float_and_string_inputs() -> None:
     inputs = parse_infer_request(
         body(
