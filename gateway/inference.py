@@ -273,7 +273,17 @@ def validate_inputs(signature: Signature, inputs: Tensors, allow_nan: bool) -> i
             and not math.isfinite(array.sum())
             and not np.isfinite(array).all()
         ):
-            raise InvalidInputError(f"input {check.name!r} holds NaN or infinite values")
+            raise InvalidInputError(_not_finite(check.name, array))
     if rows == 0:
         raise InvalidInputError("the request holds no rows")
     return rows if rows is not None else 1
+
+
+def _not_finite(name: str, array: np.ndarray) -> str:
+    """Where ``array`` first holds NaN or infinity, and how a caller's JSON comes to: the
+    caller sent neither (JSON has no such values), so the error says what becomes them."""
+    at = [int(i) for i in np.argwhere(~np.isfinite(array))[0]]
+    return (
+        f"input {name!r} holds NaN or infinite values, the first at index {at} (null is NaN, "
+        f"and a number beyond {datatype_of(array)}'s range, 1e300 in FP32 say, is infinite)"
+    )

@@ -21,11 +21,11 @@ if TYPE_CHECKING:
 
 
 def _run(config: Path | None) -> int:
-    import uvicorn
     from prometheus_client import CollectorRegistry
 
     from monitors.app import create_status_app
     from monitors.changelog import ChangelogError
+    from monitors.http_json import http_server
     from monitors.metrics import MonitorMetrics
     from monitors.service import MonitorService
     from monitors.settings import SettingsError, load_settings
@@ -50,14 +50,8 @@ def _run(config: Path | None) -> int:
 
         # the same webhook targets (and delivery metrics) as drift events
         ground_truth = GroundTruthService(settings, PerformanceMetrics(registry), service.webhooks)
-    server = uvicorn.Server(
-        uvicorn.Config(
-            create_status_app(service, ground_truth),
-            host=settings.http.host,
-            port=settings.http.port,
-            log_level="warning",
-            lifespan="off",
-        )
+    server = http_server(
+        create_status_app(service, ground_truth), settings.http.host, settings.http.port
     )
 
     async def main() -> None:

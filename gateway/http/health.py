@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import io
 import logging
 import socket
 import threading
@@ -108,9 +109,16 @@ def bind_health(host: str, port: int) -> socket.socket:
         raise ConfigError(str(exc)) from exc
 
 
+# How long one connection may hold its thread, however it sends. A timeout on each read alone
+# let a client that sent a header byte every few seconds (or a request every few seconds) keep
+# its thread for good: 32 of them and every probe was answered 503, and the pod restarted.
+MAX_CONNECTION_S = 10.0
+
+
 class HealthServer:
     """The health port's HTTP/1.1 server, in a daemon thread; ``metrics``: the registry that
-    ``/metrics`` renders (None: answered 404, naming the port that has them)."""
+    ``/metrics`` renders (None: answered 404, naming the port that has them). A connection is
+    served for at most ``connection_s``, then closed."""
 
     def __init__(
         self,
@@ -119,8 +127,9 @@ class HealthServer:
         metrics: CollectorRegistry | None,
         *,
         metrics_elsewhere: str = "",
+        connection_s: float = MAX_CONNECTION_S,
     ) -> None:
-        self._server = _Server(sock, heartbeat, metrics, metrics_elsewhere)
+        self._server = _Server(sock, heartbeat, metrics, metrics_elsewhere, connection_s)
         self._thread = threading.Thread(
             target=self._server.serve_forever, args=(0.5,), name="health", daemon=True
         )
@@ -164,6 +173,7 @@ class _Server(ThreadingHTTPServer):
         heartbeat: Heartbeat,
         metrics: CollectorRegistry | None,
         metrics_elsewhere: str,
+        connection_s: float,
     ) -> None:
         super().__init__(sock.getsockname()[:2], _Handler, bind_and_activate=False)
         self.socket.close()
@@ -174,6 +184,7 @@ class _Server(ThreadingHTTPServer):
         self.heartbeat = heartbeat
         self.metrics = metrics
         self.metrics_elsewhere = metrics_elsewhere
+        self.connection_s = connection_s
         self._slots = threading.BoundedSemaphore(MAX_HEALTH_CONNECTIONS)
 
     def process_request(self, request: Any, client_address: Any) -> None:
@@ -195,10 +206,33 @@ class _Server(ThreadingHTTPServer):
             self._slots.release()
 
 
+class _Reads(socket.SocketIO):
+    """A connection's reads, each allowed only what is left of the connection's time."""
+
+    def __init__(self, sock: socket.socket, deadline: float) -> None:
+        super().__init__(sock, "rb")
+        self._connection = sock
+        self._deadline = deadline
+
+    def readinto(self, b: Any) -> int | None:
+        left = self._deadline - time.monotonic()
+        if left <= 0:
+            raise TimeoutError("the connection's time on the health port is up")
+        self._connection.settimeout(left)
+        return super().readinto(b)
+
+
 class _Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
     timeout = 10  # a client that stops sending mid-request gives its thread back
     server: _Server
+
+    def setup(self) -> None:
+        super().setup()
+        # http.server closes a connection whose read times out (TimeoutError), unanswered
+        self.rfile.close()
+        deadline = time.monotonic() + self.server.connection_s
+        self.rfile = io.BufferedReader(_Reads(self.connection, deadline))
 
     def do_GET(self) -> None:
         path = self.path.split("?", 1)[0]

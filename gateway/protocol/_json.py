@@ -31,10 +31,11 @@ def request_id(doc: dict[str, Any]) -> str | None:
     if not isinstance(value, str):
         raise InvalidInputError("'id' must be a string")
     # the id is echoed in the x-request-id header: no control characters, bounded length
-    # (and feedback names it: one bound for both)
-    if len(value) > MAX_REQUEST_ID_CHARS or not value.isprintable():
+    # (and feedback names it: one rule for both, or labels for an id taken here, "" say, would
+    # be refused there)
+    if not value or len(value) > MAX_REQUEST_ID_CHARS or not value.isprintable():
         raise InvalidInputError(
-            f"'id' must be printable text of at most {MAX_REQUEST_ID_CHARS} characters"
+            f"'id' must be non-empty printable text of at most {MAX_REQUEST_ID_CHARS} characters"
         )
     return value
 
@@ -73,6 +74,13 @@ def check_scalars(data: list[Any], datatype: str) -> str | None:
     want = {"BOOL": "true/false", "BYTES": "strings"}.get(datatype, "JSON numbers")
     if allowed == {int}:
         want = "JSON integers"
+        if isinstance(example, float) and example.is_integer() and abs(example) >= 2**64:
+            # orjson reads an integer beyond 64 bits as a float: "send JSON integers" would
+            # tell a caller who did to do what it did
+            return (
+                f"{datatype} data holds an integer of more than 64 bits ({example:.17g}), "
+                f"out of {datatype}'s range"
+            )
     return f"{datatype} data holds {'/'.join(kind)} values ({example!r}); send {want}"
 
 

@@ -89,7 +89,7 @@ def parse_infer_request(body: bytes, header_length: int | None = None) -> InferR
             f"binary data is {len(binary)} bytes but the inputs declare {offset} bytes"
         )
     params = _parameters(doc, "request")
-    binary_output = params.get("binary_data_output") is True
+    binary_output = _flag(params, "binary_data_output", "request")
     outputs = _parse_outputs(doc.get("outputs"))
     return InferRequest(request_id(doc), inputs, outputs, binary_output)
 
@@ -205,13 +205,18 @@ def _parse_outputs(raw: Any) -> list[RequestedOutput] | None:
         return None
     if not isinstance(raw, list):
         raise InvalidInputError("'outputs' must be a list")
-    result = []
+    result: dict[str, RequestedOutput] = {}
     for index, item in enumerate(raw):
         if not isinstance(item, dict) or not isinstance(item.get("name"), str):
             raise InvalidInputError(f"outputs[{index}] needs a 'name' string")
-        params = _parameters(item, f"output {item['name']!r}")
-        result.append(RequestedOutput(item["name"], params.get("binary_data") is True))
-    return result
+        name = item["name"]
+        # each copy would be rendered again: a list of one output 300,000 times in a 16 MiB
+        # body would make an answer of hundreds of gigabytes
+        if name in result:
+            raise InvalidInputError(f"output {name!r} is requested twice")
+        params = _parameters(item, f"output {name!r}")
+        result[name] = RequestedOutput(name, _flag(params, "binary_data", f"output {name!r}"))
+    return list(result.values())
 
 
 def _parameters(doc: dict[str, Any], where: str) -> dict[str, Any]:
@@ -221,6 +226,19 @@ def _parameters(doc: dict[str, Any], where: str) -> dict[str, Any]:
     if not isinstance(params, dict):
         raise InvalidInputError(f"{where}: 'parameters' must be an object")
     return params
+
+
+def _flag(params: dict[str, Any], key: str, where: str) -> bool:
+    """A boolean parameter, false when absent; "true" or 1 would otherwise be read as false, in
+    silence (the answer in JSON where the caller asked for binary)."""
+    value = params.get(key)
+    if value is None:
+        return False
+    if not isinstance(value, bool):
+        raise InvalidInputError(
+            f"{where}: parameter {key} must be true or false, not {value!r:.50}"
+        )
+    return value
 
 
 def render_infer_response(

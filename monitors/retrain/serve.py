@@ -19,8 +19,7 @@ log = logging.getLogger(__name__)
 
 def serve(config: Path | None) -> int:
     """Run the worker and its HTTP API until SIGINT or SIGTERM."""
-    import uvicorn
-
+    from monitors.http_json import http_server
     from monitors.retrain.app import create_app
     from monitors.retrain.jobs import JobStore
     from monitors.retrain.metrics import RetrainMetrics
@@ -54,15 +53,7 @@ def serve(config: Path | None) -> int:
             worker.wake,
             worker.champion_version,
         )
-        server = uvicorn.Server(
-            uvicorn.Config(
-                app,
-                host=settings.http.host,
-                port=settings.http.port,
-                log_level="warning",
-                lifespan="off",
-            )
-        )
+        server = http_server(app, settings.http.host, settings.http.port)
         http = asyncio.create_task(server.serve(sockets=[sock]))
         while not server.started and not http.done():  # noqa: ASYNC110 - uvicorn has no event
             await asyncio.sleep(0.05)

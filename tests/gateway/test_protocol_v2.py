@@ -9,6 +9,7 @@ import pytest
 
 from gateway.errors import InvalidInputError
 from gateway.protocol import parse_infer_request, render_infer_response
+from monitors.feedback import id_problem
 
 
 def body(*inputs: Mapping[str, object], **extra: object) -> bytes:
@@ -82,6 +83,15 @@ def test_bad_inputs_are_named_in_the_error(raw: dict[str, object], message: str)
         parse_infer_request(body(raw))
 
 
+@pytest.mark.parametrize("datatype", ["INT64", "UINT64", "INT8"])
+@pytest.mark.parametrize("value", [b"1180591620717411303424", b"-18446744073709551616"])
+def test_an_integer_beyond_64_bits_is_named_out_of_range(datatype: str, value: bytes) -> None:
+    # JSON reads it as a float: the error said "send JSON integers" to a caller who had
+    raw = b'{"inputs": [{"name": "x", "shape": [1], "datatype": "%s", "data": [%s]}]}'
+    with pytest.raises(InvalidInputError, match=f"more than 64 bits .*out of {datatype}'s range"):
+        parse_infer_request(raw % (datatype.encode(), value))
+
+
 def test_null_is_a_missing_value_in_float_and_string_inputs() -> None:
     inputs = parse_infer_request(
         body(
@@ -101,6 +111,14 @@ def test_malformed_bodies_are_refused() -> None:
     x = {"name": "x", "shape": [1], "datatype": "FP32", "data": [1]}
     with pytest.raises(InvalidInputError, match="given twice"):
         parse_infer_request(body(x, x))
+
+
+def test_an_output_requested_twice_is_refused() -> None:
+    # every copy would be rendered again: a short body could ask for an answer of gigabytes
+    x = {"name": "x", "shape": [1], "datatype": "FP32", "data": [1]}
+    twice = [{"name": "a"}, {"name": "b"}, {"name": "a", "parameters": {"binary_data": True}}]
+    with pytest.raises(InvalidInputError, match="output 'a' is requested twice"):
+        parse_infer_request(body(x, outputs=twice))
 
 
 def test_binary_inputs_follow_the_json_header_in_order() -> None:
@@ -145,6 +163,36 @@ def test_a_binary_input_of_no_values_in_an_impossible_shape_is_refused(datatype:
     )  # fmt: skip
     with pytest.raises(InvalidInputError, match="too large"):
         parse_infer_request(header, len(header))
+
+
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        ({"parameters": {"binary_data_output": "true"}}, "request: parameter binary_data_output"),
+        ({"parameters": {"binary_data_output": 1}}, "request: parameter binary_data_output"),
+        ({"outputs": [{"name": "a", "parameters": {"binary_data": "yes"}}]},
+         "output 'a': parameter binary_data must be true or false, not 'yes'"),
+    ],
+)  # fmt: skip
+def test_binary_flags_that_are_not_booleans_are_refused(
+    extra: dict[str, object], message: str
+) -> None:
+    # read as false, they gave JSON to a caller that asked for binary
+    x = {"name": "x", "shape": [1], "datatype": "FP32", "data": [1]}
+    with pytest.raises(InvalidInputError, match=message):
+        parse_infer_request(body(x, **extra))
+    assert not parse_infer_request(body(x, parameters={"binary_data_output": None})).binary_output
+
+
+@pytest.mark.parametrize("given", ["", " ", "a\nb", "x" * 257, "x" * 256, "req-7", "héé"])
+def test_an_id_is_taken_exactly_when_feedback_can_name_it(given: str) -> None:
+    # an id taken here that feedback refuses ("" was) leaves its predictions unlabelable
+    x = {"name": "x", "shape": [1], "datatype": "FP32", "data": [1]}
+    if id_problem(given, "id") is None:
+        assert parse_infer_request(body(x, id=given)).id == given
+    else:
+        with pytest.raises(InvalidInputError, match="'id' must be non-empty printable text"):
+            parse_infer_request(body(x, id=given))
 
 
 def test_response_echoes_id_and_honours_requested_outputs() -> None:

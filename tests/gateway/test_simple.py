@@ -5,6 +5,7 @@ import orjson
 import pytest
 
 from gateway.errors import InvalidInputError
+from gateway.inference import validate_inputs
 from gateway.protocol import parse_instances, render_predictions
 from gateway.serving.signature import Signature, TensorSpec
 from registry_client import FeatureSpec, ModelMetadata
@@ -105,3 +106,17 @@ def test_null_is_a_missing_value_where_the_model_can_take_one() -> None:
     body = {"instances": [{"income": 1.0, "city": "x", "member": None}]}
     with pytest.raises(InvalidInputError, match=r"'member': None is not a valid BOOL"):
         parse_instances(orjson.dumps(body), signature, ModelMetadata())
+
+
+@pytest.mark.parametrize(("value", "reads_as"), [(None, "null is NaN"), (1e300, "beyond FP32's")])
+def test_a_value_that_becomes_nan_or_infinity_is_found_and_explained(
+    value: object, reads_as: str
+) -> None:
+    # the caller sent no NaN and no infinity (JSON has neither): the error said only that the
+    # tensor held some, naming an input the simple form never names
+    body = orjson.dumps({"instances": [[1, 2, 3], [4, 5, 6], [7, value, 9]]})
+    with np.errstate(over="ignore"):  # 1e300 to FP32: numpy warns of the overflow
+        _, inputs = parse_instances(body, TABULAR, FEATURES)
+    with pytest.raises(InvalidInputError, match=r"the first at index \[2, 1\]") as refused:
+        validate_inputs(TABULAR, inputs, allow_nan=False)
+    assert reads_as in str(refused.value)

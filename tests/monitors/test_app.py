@@ -2,15 +2,19 @@
 
 from __future__ import annotations
 
+import asyncio
+import socket
 from pathlib import Path
 
 import httpx
 from prometheus_client import CollectorRegistry
 
 from monitors.app import create_status_app
+from monitors.http_json import http_server
 from monitors.metrics import MonitorMetrics
 from monitors.service import MonitorService
 from monitors.settings import MonitorSettings
+from monitors.sockets import listening_socket
 
 
 def monitor(tmp_path: Path) -> MonitorService:
@@ -49,3 +53,44 @@ async def test_a_limit_of_zero_windows_is_refused(tmp_path: Path) -> None:
     assert zero.status_code == 400
     assert zero.json()["error"].startswith("'limit' must be at least 1")
     assert one.status_code == 404, "no window of m/1 yet: the query itself is fine"
+
+
+async def test_an_endless_header_is_refused_at_a_bound(tmp_path: Path) -> None:
+    # the monitor's and the worker's server: on uvicorn's default parser a header line however
+    # long was buffered whole (200 MB sent, the monitor 280 MB bigger)
+    sock = listening_socket("127.0.0.1", 0, "http.port")
+    host, port = sock.getsockname()[:2]
+    server = http_server(create_status_app(monitor(tmp_path)), host, port)
+    serving = asyncio.create_task(server.serve(sockets=[sock]))
+    try:
+        while not server.started:  # uvicorn has no event
+            assert not serving.done()
+            await asyncio.sleep(0.01)
+        answer, sent = await asyncio.to_thread(_send_endless_header, host, port)
+        assert answer.startswith(b"HTTP/1.1 400 "), answer
+        assert sent < 32 << 20, f"{sent} bytes of one header taken"  # the rest: socket buffers
+        async with httpx.AsyncClient(base_url=f"http://{host}:{port}") as client:
+            assert (await client.get("/status")).status_code == 200
+    finally:
+        server.should_exit = True
+        await serving
+
+
+def _send_endless_header(host: str, port: int) -> tuple[bytes, int]:
+    """Send one header line of up to 64 MiB; the answer, and how much of it was sent."""
+    with socket.create_connection((host, port), timeout=10) as client:
+        client.sendall(b"GET /status HTTP/1.1\r\nHost: m\r\nX-Endless: ")
+        sent = 0
+        try:
+            while sent < 64 << 20:
+                client.sendall(b"a" * 65536)
+                sent += 65536
+        except OSError:  # refused and closed: the rest cannot be sent
+            pass
+        answer = b""
+        try:
+            while chunk := client.recv(4096):
+                answer += chunk
+        except OSError:
+            pass
+        return answer, sent

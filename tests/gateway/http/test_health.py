@@ -144,6 +144,57 @@ def test_connections_over_the_bound_get_503_and_the_port_recovers() -> None:
             assert time.monotonic() < deadline
 
 
+def test_a_connection_is_held_for_a_bounded_time_however_it_sends() -> None:
+    # a read timeout alone let a trickled head (or a request every few seconds) hold a thread
+    # for good: 32 such clients, and every probe was answered 503
+    heartbeat = Heartbeat(stall_limit_s=30.0)
+    server = HealthServer(bind_health("127.0.0.1", 0), heartbeat, None, connection_s=1.0)
+    server.start()
+    try:
+        host, port = server.address
+        with (
+            socket.create_connection((host, port), timeout=10) as trickling,
+            socket.create_connection((host, port), timeout=10) as asking,
+        ):
+            trickling.sendall(b"GET /v2/health/live HTTP/1.1\r\n")
+            sends = {
+                trickling: b"X: y\r\n",  # a header line now and then, never the end
+                asking: b"GET /v2/health/live HTTP/1.1\r\nHost: t\r\n\r\n",
+            }
+            answers = b""
+            started = time.monotonic()
+            while sends:
+                assert time.monotonic() - started < 5, f"{len(sends)} connection(s) still held"
+                for sock, data in list(sends.items()):
+                    try:
+                        sock.sendall(data)
+                        if sock is asking:
+                            answers += sock.recv(4096)
+                    except OSError:
+                        pass
+                    if _closed(sock):
+                        del sends[sock]
+                time.sleep(0.2)
+            assert b"HTTP/1.1 200 " in answers
+    finally:
+        server.stop()
+
+
+def _closed(sock: socket.socket) -> bool:
+    """Whether the server has closed ``sock`` (what it still sent on it is read and dropped)."""
+    sock.settimeout(0.05)
+    try:
+        while sock.recv(4096):
+            pass
+        return True
+    except TimeoutError:
+        return False
+    except OSError:  # reset
+        return True
+    finally:
+        sock.settimeout(10)
+
+
 def _raw_get(host: str, port: int) -> bytes:
     with socket.create_connection((host, port), timeout=10) as sock:
         sock.sendall(b"GET /v2/health/live HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n")
