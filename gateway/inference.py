@@ -70,14 +70,19 @@ class InferenceService:
         deadline = asyncio.get_running_loop().time() - waited_s + model.batching.timeout_s
         return rows, model.batcher.enqueue(inputs, rows, deadline, started)
 
-    def check_deadline(self, model: LoadedModel, info: RequestInfo, started: float) -> None:
+    def check_deadline(
+        self,
+        model: LoadedModel,
+        info: RequestInfo,
+        started: float,
+        when: str = "before it was read",
+    ) -> None:
         """Drop a request whose deadline passed before it was parsed (a pipelined request that
-        waited behind others, a slow sender): raises DeadlineExceededError, recorded, unparsed."""
+        waited behind others, a slow sender), or ``when`` else: raises DeadlineExceededError,
+        recorded, not queued."""
         if time.perf_counter() - started < model.batching.timeout_s:
             return
-        exc = DeadlineExceededError(
-            f"model {model.name}: the request's deadline passed before it was read"
-        )
+        exc = DeadlineExceededError(f"model {model.name}: the request's deadline passed {when}")
         self.reject(model, info, started, exc)
         raise exc
 

@@ -327,13 +327,11 @@ class _InferBase(Generic[ParsedT]):
         # From here to the batcher's queue nothing yields to the event loop, so neither a model
         # swap nor a route change can slip in between choosing the version (or finding the one
         # chosen before still serving) and queueing on it.
-        if isinstance(decoded, _Prepared):
-            model = decoded.model
-            service.check_deadline(model, info, started)
-        else:
-            model = self.choose(service, info, version, headers, started)
+        prepared = isinstance(decoded, _Prepared)
+        choose = self.choose
+        model = decoded.model if prepared else choose(service, info, version, headers, started)
         try:
-            if isinstance(decoded, _Prepared):
+            if prepared:
                 parsed = decoded.result()
             elif isinstance(decoded, Exception):
                 raise decoded
@@ -347,6 +345,10 @@ class _InferBase(Generic[ParsedT]):
             error = _internal_error_exception()
             service.reject(model, info, started, error)
             raise error from exc
+        if prepared:
+            # after its parse's outcome: a body whose parse outlasted the deadline and that
+            # is invalid is told what is wrong (400), not to send it again (503)
+            service.check_deadline(model, info, started, "while its body was parsed")
         inputs = self.inputs(parsed)
         try:
             rows, future = service.start(model, inputs, info, started)

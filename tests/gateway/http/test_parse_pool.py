@@ -11,6 +11,7 @@ import re
 import signal
 import subprocess
 import sys
+import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -324,3 +325,45 @@ async def test_a_caller_gone_during_its_parse_leaves_no_error_behind(demo_regist
     finally:
         loop.set_exception_handler(None)
     assert errors == []
+
+
+async def test_a_parse_that_outlasts_the_deadline_still_names_an_invalid_body(
+    demo_registry: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A large body whose parse took longer than batching.timeout_s was answered 503 (send it
+    # again) before its parse's outcome was looked at, even when the body could never succeed.
+    timeout_s = 1.0
+    prepare = endpoints.InferEndpoint._prepare
+
+    def slow(self: Any, *args: Any) -> Any:
+        begun = time.perf_counter()
+        prepared = prepare(self, *args)
+        while time.perf_counter() - begun <= timeout_s:  # the parse of a huge body, on a thread
+            time.sleep(0.05)
+        return prepared
+
+    monkeypatch.setattr(endpoints.InferEndpoint, "_prepare", slow)
+    settings = load_settings(
+        registry__root=demo_registry,
+        registry__poll_interval_s=60,
+        models=[
+            {
+                "name": "breast_cancer",
+                "ref": "breast_cancer@champion",
+                "batching": {"timeout_s": timeout_s},
+            }
+        ],
+        server={"parse_processes": 0},
+    )
+    app = create_app(settings, metrics_registry=CollectorRegistry())
+    async with app.router.lifespan_context(app):
+        status, doc, _ = await infer(app, tensor(with_cell("0.5")))
+        assert (status, doc["error"]) == (
+            400,
+            "input 'input': FP32 data holds str values ('0.5'); send JSON numbers",
+        )
+        status, doc, retry = await infer(app, tensor(ROWS))
+        assert (status, retry) == (503, "1")
+        assert doc["error"] == (
+            "model breast_cancer: the request's deadline passed while its body was parsed"
+        )
