@@ -54,6 +54,10 @@ class VariantStats:
             samples = self._samples[key] = deque(maxlen=_MAX_SAMPLES)
         samples.append((self._clock(), latency_s, failed, invalid))
 
+    def forget(self, endpoint: str, variant: str) -> None:
+        """Drop a variant's samples (a ramp starts: it is judged on its own requests only)."""
+        self._samples.pop((endpoint, variant), None)
+
     def summary(self, endpoint: str, variant: str, window_s: float) -> WindowSummary:
         """Requests, error rate and p99 latency over the last ``window_s`` seconds."""
         samples = self._samples.get((endpoint, variant), deque())
@@ -133,6 +137,9 @@ class CanaryController:
         if route is None or rule is None:
             return True
         if rule.state == "pending":
+            # what the variant answered before (an earlier ramp of it, rolled back within the
+            # window) says nothing of this one, and would roll it back before it served
+            self._stats.forget(self.endpoint, rule.variant)
             await self._step(route, rule, 0, "canary started")
             return True
         quality = await self._quality(rule)

@@ -12,6 +12,8 @@ import httpx
 
 __all__ = ["add_routes_commands", "run_routes_command"]
 
+_ATTEMPTS = 5  # a read-modify-write change made again on newer state at most this often
+
 
 def add_routes_commands(sub: Any) -> None:
     """Add ``routes`` and its sub-commands to the ``gateway`` parser."""
@@ -133,18 +135,11 @@ def _call(client: httpx.Client, args: argparse.Namespace) -> httpx.Response:
             weights[name] = int(percent)
         return client.patch(path, json={"weights": weights})
     if args.action == "shadow":
-        current = client.get(path)
-        if current.status_code >= 400:
-            return current
-        share = float(args.share.rstrip("%")) / (100 if args.share.endswith("%") else 1)
-        shadows = [s for s in current.json()["shadows"] if s["name"] != args.name]
-        if share > 0:
-            existing = next((s for s in current.json()["shadows"] if s["name"] == args.name), None)
-            ref = args.ref or (existing or {}).get("ref")
-            if ref is None:
-                raise ValueError(f"shadow {args.name!r} is new: give its --ref")
-            shadows.append({**(existing or {}), "name": args.name, "ref": ref, "sample": share})
-        return client.patch(path, json={"shadows": shadows})
+        for _ in range(_ATTEMPTS):
+            response = _shadow(client, path, args)
+            if response.status_code != 412:
+                break
+        return response
     if args.action == "canary":
         if args.remove:
             return client.patch(path, json={"canary": None})
@@ -162,3 +157,22 @@ def _call(client: httpx.Client, args: argparse.Namespace) -> httpx.Response:
         }
         return client.patch(path, json={"canary": rule})
     raise ValueError(f"unknown action {args.action}")
+
+
+def _shadow(client: httpx.Client, path: str, args: argparse.Namespace) -> httpx.Response:
+    """Add, change or remove one shadow in the route's list, on the revision it was read at
+    (``If-Match``: 412 when another change came between, which ``_call`` makes again)."""
+    current = client.get(path)
+    if current.status_code >= 400:
+        return current
+    share = float(args.share.rstrip("%")) / (100 if args.share.endswith("%") else 1)
+    shadows = [s for s in current.json()["shadows"] if s["name"] != args.name]
+    if share > 0:
+        existing = next((s for s in current.json()["shadows"] if s["name"] == args.name), None)
+        ref = args.ref or (existing or {}).get("ref")
+        if ref is None:
+            raise ValueError(f"shadow {args.name!r} is new: give its --ref")
+        shadows.append({**(existing or {}), "name": args.name, "ref": ref, "sample": share})
+    etag = current.headers.get("etag")
+    headers = {"if-match": etag} if etag is not None else {}
+    return client.patch(path, json={"shadows": shadows}, headers=headers)

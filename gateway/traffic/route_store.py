@@ -293,8 +293,11 @@ class RouteStore:
     async def _on_event(self, change: dict[str, Any]) -> None:
         outcome: Outcome = "conflict"
         error: str | None = None
+        # a worker that (re)starts is handed each endpoint's latest change by the supervisor,
+        # which keeps no older ones: it takes it up from whatever revision it is at
+        catch_up = change.pop("catch_up", False) is True
         try:
-            outcome = await self._apply(change)
+            outcome = await self._apply(change, catch_up)
             # the proposer may be gone (a canary's step cancels its controller): audit here
             if outcome == "applied" and change.get("id") in self._mine:
                 error = await self._audit(change)
@@ -304,9 +307,11 @@ class RouteStore:
             if waiter is not None and not waiter.done():
                 waiter.set_result((outcome, error))
 
-    async def _apply(self, change: dict[str, Any]) -> Outcome:
+    async def _apply(self, change: dict[str, Any], catch_up: bool = False) -> Outcome:
         route = Route.model_validate(change["after"])
-        if change["base_revision"] != self.revision(route.endpoint):
+        current = self.revision(route.endpoint)
+        stale = (route.revision <= current) if catch_up else change["base_revision"] != current
+        if stale:
             self._metrics.route_conflicts.labels(route.endpoint).inc()
             log.info("route %s: change %s made on revision %s, now %s: skipped",
                      route.endpoint, change.get("id"), change["base_revision"],

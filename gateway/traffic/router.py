@@ -94,8 +94,10 @@ class Traffic:
                     await dispatcher.stop()
             self._shadows.update(shadows)
             if old is not None:
-                keep = {v.name for v in route.variants} | {s.name for s in route.shadows}
-                for name in [v.name for v in old.variants] + [s.name for s in old.shadows]:
+                # a shadow has a deployment of its own (stopped above), never the manager's:
+                # a variant made a shadow of the same name is retired like any other
+                keep = {v.name for v in route.variants}
+                for name in [v.name for v in old.variants]:
                     if name not in keep:
                         self.manager.retire(endpoint, name)
             await self._update_canary(route)

@@ -9,6 +9,7 @@ counts the copy. The shadow runs on its own worker thread and may keep it busy a
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import logging
 import random
 import time
@@ -22,7 +23,7 @@ from gateway.errors import GatewayError
 from gateway.featurelog import RequestInfo
 from gateway.metrics import ShadowMetrics
 from gateway.serving import Deployment, LoadedModel
-from gateway.traffic.routes import BUCKETS, ShadowSpec, key_bucket
+from gateway.traffic.routes import ShadowSpec
 
 __all__ = ["Comparison", "ShadowDispatcher", "compare"]
 
@@ -123,7 +124,7 @@ class ShadowDispatcher:
         """Maybe queue a copy of an answered request; never blocks, never raises."""
         if self.spec.sample < 1.0:
             if info.routing_key is not None:
-                inside = key_bucket(info.routing_key) < self.spec.sample * BUCKETS
+                inside = _sample_point(info.routing_key) < self.spec.sample
             else:
                 inside = random.random() < self.spec.sample
             if not inside:
@@ -181,6 +182,13 @@ class ShadowDispatcher:
     @property
     def depth(self) -> int:
         return self._queue.qsize()
+
+
+def _sample_point(key: str) -> float:
+    """Where a routing key falls in [0, 1) for sampling: a hash of its own, not its routing
+    bucket, since the buckets below a share are those of one variant (the lowest)."""
+    digest = hashlib.blake2b(key.encode(), digest_size=8, person=b"shadow").digest()
+    return int.from_bytes(digest, "big") / 2**64
 
 
 def comparison_fields(comparison: Comparison | None, primary_variant: str) -> dict[str, Any]:

@@ -60,7 +60,10 @@ class Hub:
         async def hello() -> list[dict[str, Any]]:
             async with self._sequence:  # no change goes out between the snapshot and joining
                 self._following[slot] = self._connected[slot]
-                return [change for _, change in sorted(self._latest.values(), key=_first)]
+                # the worker holds none of these routes yet: each is its route's state, to take
+                # up whatever revision it was made from (older changes are not kept)
+                latest = sorted(self._latest.values(), key=_first)
+                return [{**change, "catch_up": True} for _, change in latest]
 
         async def ready() -> None:
             self._serving.add(slot)
@@ -69,8 +72,9 @@ class Hub:
 
         async def publish(change: dict[str, Any]) -> None:
             async with self._sequence:
-                self._order += 1
-                self._latest[change["endpoint"]] = (self._order, change)
+                if self._applies(change):  # else every worker skips it: it is no route's state
+                    self._order += 1
+                    self._latest[change["endpoint"]] = (self._order, change)
                 await self._everywhere("apply", change=change)
 
         async def barrier(change_id: str) -> None:
@@ -117,6 +121,13 @@ class Hub:
                 self._snapshots[slot] = answer
         sources = [self._retired, *self._snapshots.values(), families_of(self._own)]
         return merge(sources, WORKER_AGGREGATION)
+
+    def _applies(self, change: dict[str, Any]) -> bool:
+        """Whether the workers apply ``change``: they skip one not made on the revision they
+        are at, which is the latest applied change's (0 before any)."""
+        latest = self._latest.get(change["endpoint"])
+        revision = latest[1]["after"]["revision"] if latest is not None else 0
+        return bool(change["base_revision"] == revision)
 
     async def _everywhere(self, kind: str, **payload: Any) -> None:
         links = dict(self._following)

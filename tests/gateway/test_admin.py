@@ -353,3 +353,24 @@ async def test_a_variant_moved_to_another_ref_of_its_version_keeps_its_gauges(
         )
         assert gw.metrics.get_sample_value("gateway_queue_depth", served) == 0.0
         assert gw.metric("gateway_model_loaded", **old) == 1.0
+
+
+async def test_a_variant_made_a_shadow_of_its_name_unloads_as_a_variant(
+    demo_registry: Path, tmp_path: Path
+) -> None:
+    # A shadow has a deployment of its own, not the variant's: the variant's stayed loaded
+    # (watching its alias, in gateway_model_loaded) for as long as the shadow of its name lived.
+    async with gateway(demo_registry, tmp_path / "audit.jsonl") as gw:
+        demoted = {
+            **AB,
+            "variants": [{**CHAMPION, "weight": 100}],
+            "shadows": [{"name": "challenger", "ref": "breast_cancer/2"}],
+        }
+        changed = await gw.client.put(ROUTE, json=demoted)
+        assert changed.status_code == 200, changed.text
+        variant = {"model": "breast_cancer", "version": "2", "variant": "challenger"}
+        shadow = {**variant, "ref": "breast_cancer/2"}
+        assert gw.metric("gateway_model_loaded", **shadow) == 1.0
+        old = {**variant, "ref": "breast_cancer@challenger"}
+        await wait_for(lambda: gw.metrics.get_sample_value("gateway_model_loaded", old) is None)
+        assert gw.series("gateway_model_loaded") == 2  # the champion and the shadow

@@ -118,3 +118,26 @@ async def test_a_canary_whose_version_refuses_what_the_baseline_serves_is_rolled
         if rolled_back:
             assert "invalid-request rate 1.000 vs baseline 0.100" in reason
             assert {v.name: v.weight for v in route.variants} == {"base": 100, "cand": 0}
+
+
+async def test_a_new_ramp_is_not_judged_on_the_requests_of_an_earlier_one() -> None:
+    # The stats are kept per variant name: a ramp started again on that variant (its version
+    # fixed, or the rollout's next "candidate") was judged on the failures of the one rolled
+    # back within the window, and rolled back before it served one request.
+    route = gated_route("pending", [10, 50, 100], 0)
+    assert route.canary is not None
+    route = route.model_copy(update={"canary": route.canary.model_copy(update={"quality": None})})
+    driven = Driven(route, None)
+    stats = VariantStats()
+    for _ in range(10):
+        stats.record("fraud", "base", 0.001, False)
+        stats.record("fraud", "cand", 0.001, True)  # the earlier ramp's version failed
+    driven.controller._stats = stats
+    assert await driven.controller._tick() is True
+    route, reason = driven.changes[-1]
+    assert reason == "canary started to 10%"
+    # the step applied: a fresh controller judges the ramp, still without requests of its own
+    following = CanaryController("fraud", driven.route_of, stats, driven.change)
+    assert await following._tick() is False
+    assert len(driven.changes) == 1
+    assert stats.summary("fraud", "cand", 60.0).requests == 0

@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import argparse
+from typing import Any
 
 import httpx
 import pytest
@@ -75,3 +76,33 @@ def test_malformed_percentages_are_named_before_any_request(
     # nothing listens on port 9: a request would fail with 1; these are refused with 2
     assert run_routes_command(parse(["routes", "--url", "http://127.0.0.1:9", *argv])) == 2
     assert message in capsys.readouterr().err
+
+
+def test_a_shadow_change_keeps_one_another_operator_made_meanwhile(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # The shadow action reads the route's shadows and writes the whole list back. Without
+    # If-Match, a shadow another operator added between the read and the write was dropped.
+    route: dict[str, Any] = {"revision": 4, "shadows": []}
+    reads = 0
+
+    def serve(self: httpx.Client, method: str, url: object, **kwargs: Any) -> httpx.Response:
+        nonlocal reads
+        if method == "GET":
+            reads += 1
+            answer = httpx.Response(200, json=route, headers={"etag": f'"{route["revision"]}"'})
+            if reads == 1:  # another operator's shadow lands right after this read
+                other = {"name": "theirs", "ref": "m/2", "sample": 0.1}
+                route.update(revision=5, shadows=[other])
+            return answer
+        if (kwargs.get("headers") or {}).get("if-match", f'"{route["revision"]}"') != (
+            f'"{route["revision"]}"'
+        ):
+            return httpx.Response(412, json={"error": "route 'e' is at another revision"})
+        route.update(revision=route["revision"] + 1, shadows=kwargs["json"]["shadows"])
+        return httpx.Response(200, json=route)
+
+    monkeypatch.setattr(httpx.Client, "request", serve)
+    args = parse(["routes", "--url", "http://gw:9", "shadow", "e", "mine", "20%", "--ref", "m/3"])
+    assert run_routes_command(args) == 0
+    assert [s["name"] for s in route["shadows"]] == ["theirs", "mine"]

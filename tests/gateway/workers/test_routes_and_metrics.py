@@ -23,8 +23,13 @@ from gateway.workers._peers import WorkerPeers
 Change = dict[str, Any]
 
 
-def change(ident: str, endpoint: str = "e") -> Change:
-    return {"id": ident, "endpoint": endpoint}
+def change(ident: str, endpoint: str = "e", base: int = 0) -> Change:
+    return {
+        "id": ident,
+        "endpoint": endpoint,
+        "base_revision": base,
+        "after": {"revision": base + 1},
+    }
 
 
 class Worker:
@@ -34,6 +39,7 @@ class Worker:
         self.peers = peers
         self.channel = channel
         self.applied: list[str] = []
+        self.caught_up = 0  # changes handed as the route's state when it joined
         self.fail = False
 
     async def handle(self, item: Change) -> None:
@@ -41,6 +47,7 @@ class Worker:
             raise RuntimeError("cannot load that model here")
         await asyncio.sleep(0.01 * (len(self.applied) % 3))  # workers apply at different speeds
         self.applied.append(item["id"])
+        self.caught_up += item.get("catch_up", False) is True
 
 
 @asynccontextmanager
@@ -78,10 +85,15 @@ async def test_relayed_changes_are_applied_everywhere_in_one_order_before_publis
         assert orders[0] == orders[1] == orders[2]
         assert sorted(orders[0]) == ["a", "c0", "c1", "c2"]
 
-        late = await join(hub, stack, links, 3)  # a restarted worker: the latest per endpoint
+        # a restarted worker: the latest per endpoint that the workers applied, not c0 or c2
+        # made on revision 0 after the other (every worker skipped it as a conflict)
+        late = await join(hub, stack, links, 3)
         endpoint_of = {"a": "e", "c0": "e0", "c1": "e1", "c2": "e0"}
-        latest = {endpoint_of[ident]: ident for ident in orders[0]}
+        latest: dict[str, str] = {}
+        for ident in orders[0]:
+            latest.setdefault(endpoint_of[ident], ident)
         assert sorted(late.applied) == sorted(latest.values())
+        assert late.caught_up == len(latest)
 
 
 async def test_a_worker_that_cannot_apply_a_change_fails_the_publish() -> None:
