@@ -151,7 +151,7 @@ async def test_large_bodies_parsed_in_a_process_answer_as_on_a_thread(
     assert labels[0] == 0  # the first row of the dataset is malignant
 
 
-async def infer(app: GatewayApp, body: bytes) -> tuple[int, dict[str, Any], bytes]:
+async def infer(app: GatewayApp, body: bytes) -> tuple[int, dict[str, Any], str]:
     transport = httpx.ASGITransport(app=app)
     async with httpx.AsyncClient(transport=transport, base_url="http://g") as client:
         response = await client.post(INFER, content=body)
