@@ -201,6 +201,7 @@ async def test_poison_predictions_and_labels_are_skipped_counted_and_the_rest_jo
     changes: list[dict[str, Any]] = [
         {"time": "now"}, {"time": 1e308}, {"model": ["m"]}, {"version": 1}, {"rows": "x"},
         {"rows": 10**18},
+        {"request_id": ["x"]}, {"request_id": 7}, {"variant": {"a": 1}}, {"variant": None},
         {"rows": 3},  # more rows than outputs
         {"outputs": {"label": ["²"], "probabilities": [[0.5, 0.5]]}},
         {"outputs": {"label": [1], "probabilities": [7]}},
