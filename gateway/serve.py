@@ -8,9 +8,19 @@ import sys
 from importlib.util import find_spec
 
 from gateway.assembly import Peers
+from gateway.featurelog import make_spool_dir
 from gateway.settings import GatewaySettings
 
-__all__ = ["serve"]
+__all__ = ["make_spool_dirs", "serve"]
+
+
+def make_spool_dirs(settings: GatewaySettings) -> None:
+    """The feature log's and the feedback log's spool folders, made before anything starts
+    (ConfigError naming the setting of one that cannot be)."""
+    if settings.feature_log.enabled:
+        make_spool_dir("feature_log.spool_dir", settings.feature_log.spool_dir)
+    if settings.feedback.enabled:
+        make_spool_dir("feedback.spool_dir", settings.feedback.spool_dir)
 
 
 def serve(
@@ -26,8 +36,10 @@ def serve(
     A worker of ``gateway serve --workers N`` passes its ``peers`` and the listening sockets it
     shares with the others (the main port's, and the health port's when that is on); otherwise
     ``server.host:server.port`` is bound here, and so is the health port (ConfigError naming
-    ``server.port`` or ``server.health_port`` when one cannot be).
+    ``server.port`` or ``server.health_port`` when one cannot be), and the spool folders are
+    made (ConfigError naming the setting).
     """
+    make_spool_dirs(settings)
     import uvicorn
     from prometheus_client import CollectorRegistry
 
