@@ -30,6 +30,7 @@ def _run(config: Path | None) -> int:
     from monitors.service import MonitorService
     from monitors.settings import SettingsError, load_settings
     from monitors.sockets import listening_socket
+    from monitors.state import make_state_dir
 
     try:
         settings = load_settings(config)
@@ -37,6 +38,7 @@ def _run(config: Path | None) -> int:
         print(f"monitors: {exc}", file=sys.stderr)
         return 2
     try:
+        make_state_dir(settings.state_dir)
         sock = listening_socket(settings.http.host, settings.http.port, "http.port")
     except OSError as exc:
         print(f"monitors: {exc}", file=sys.stderr)

@@ -28,6 +28,7 @@ def serve(config: Path | None) -> int:
     from monitors.retrain.trainer import TrainerError
     from monitors.retrain.worker import Worker
     from monitors.sockets import listening_socket
+    from monitors.state import make_state_dir
 
     try:
         settings = load_settings(config)
@@ -35,11 +36,11 @@ def serve(config: Path | None) -> int:
         print(f"monitors retrain: {exc}", file=sys.stderr)
         return 2
     try:
+        make_state_dir(settings.state_dir)
         sock = listening_socket(settings.http.host, settings.http.port, "http.port")
     except OSError as exc:
         print(f"monitors retrain: {exc}", file=sys.stderr)
         return 2
-    settings.state_dir.mkdir(parents=True, exist_ok=True)
     store = JobStore(settings.state_dir / "jobs.sqlite", settings.rejected_cooldown_s)
     metrics = RetrainMetrics()
 
