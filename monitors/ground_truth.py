@@ -122,6 +122,7 @@ class GroundTruthService:
             session_timeout_ms=int(kafka.session_timeout_s * 1000),
             heartbeat_interval_ms=int(kafka.heartbeat_interval_s * 1000),
             partition_assignment_strategy=(RangePartitionAssignor,),
+            **kafka.security_options(),
         )
         consumer.subscribe(list(self.topics), listener=_Rebalance(self, consumer))
         self.outbox.start()

@@ -14,6 +14,7 @@ import orjson
 import pytest
 from prometheus_client import CollectorRegistry
 
+from monitors import ground_truth
 from monitors.batch import MAX_RECORD_ROWS
 from monitors.estimate import estimate_classification
 from monitors.feedback import FEEDBACK_SCHEMA, FeedbackRecord, encode_feedback
@@ -664,3 +665,37 @@ async def test_a_window_without_labels_read_back_after_a_restart_is_observed_as_
     assert np.isnan(accuracy[0])
     (stream,) = status["streams"].values()
     assert stream["latest_window"]["labels"] == 0
+
+
+async def test_the_consumer_connects_with_the_monitors_kafka_security(
+    demo_registry: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Before, the ground-truth consumer left the security settings out: on a SASL or TLS
+    # cluster it connected in plaintext and the monitor stopped, while the drift side connected.
+    made: list[dict[str, Any]] = []
+
+    class Subscribed(Exception):
+        pass
+
+    class Consumer:
+        def __init__(self, **options: Any) -> None:
+            made.append(options)
+
+        def subscribe(self, *args: Any, **kwargs: Any) -> None:
+            raise Subscribed
+
+    monkeypatch.setattr(ground_truth, "AIOKafkaConsumer", Consumer)
+    settings = MonitorSettings(
+        registry_root=demo_registry,
+        state_dir=tmp_path,
+        kafka={"security_protocol": "SASL_PLAINTEXT", "sasl_mechanism": "SCRAM-SHA-512",
+               "sasl_username": "monitor", "sasl_password": "s3cret"},
+        performance={"enabled": True},
+    )  # fmt: skip
+    gt = GroundTruthService(settings, PerformanceMetrics(CollectorRegistry()), Webhooks([]))
+    with pytest.raises(Subscribed):
+        await gt.run()
+    await gt.infos.aclose()
+    assert made[0]["security_protocol"] == "SASL_PLAINTEXT"
+    assert made[0]["sasl_mechanism"] == "SCRAM-SHA-512"
+    assert made[0]["sasl_plain_password"] == "s3cret"
