@@ -26,6 +26,7 @@ def _run(config: Path | None) -> int:
 
     from monitors.app import create_status_app
     from monitors.changelog import ChangelogError
+    from monitors.kafka_security import KafkaSecurityError
     from monitors.metrics import MonitorMetrics
     from monitors.service import MonitorService
     from monitors.settings import SettingsError, load_settings
@@ -38,9 +39,10 @@ def _run(config: Path | None) -> int:
         print(f"monitors: {exc}", file=sys.stderr)
         return 2
     try:
+        settings.kafka.security_options()  # its TLS files, read before anything starts
         make_state_dir(settings.state_dir)
         sock = listening_socket(settings.http.host, settings.http.port, "http.port")
-    except OSError as exc:
+    except (KafkaSecurityError, OSError) as exc:
         print(f"monitors: {exc}", file=sys.stderr)
         return 2
     registry = CollectorRegistry()

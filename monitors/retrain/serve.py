@@ -21,6 +21,7 @@ def serve(config: Path | None) -> int:
     """Run the worker and its HTTP API until SIGINT or SIGTERM."""
     import uvicorn
 
+    from monitors.kafka_security import KafkaSecurityError
     from monitors.retrain.app import create_app
     from monitors.retrain.jobs import JobStore
     from monitors.retrain.metrics import RetrainMetrics
@@ -36,9 +37,10 @@ def serve(config: Path | None) -> int:
         print(f"monitors retrain: {exc}", file=sys.stderr)
         return 2
     try:
+        settings.kafka.security_options()  # its TLS files, read before anything starts
         make_state_dir(settings.state_dir)
         sock = listening_socket(settings.http.host, settings.http.port, "http.port")
-    except OSError as exc:
+    except (KafkaSecurityError, OSError) as exc:
         print(f"monitors retrain: {exc}", file=sys.stderr)
         return 2
     store = JobStore(settings.state_dir / "jobs.sqlite", settings.rejected_cooldown_s)
