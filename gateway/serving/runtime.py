@@ -99,7 +99,12 @@ class ModelRuntime:
         timings: dict[int, float] = {}
         sizes = sorted(set(batch_sizes)) if self.signature.batchable else [1]
         for rows in sizes:
-            inputs = {spec.name: _example(spec, rows) for spec in self.signature.inputs}
+            try:
+                inputs = {spec.name: _example(spec, rows) for spec in self.signature.inputs}
+            except (MemoryError, ValueError) as exc:  # more than this machine can hold
+                raise ModelLoadError(
+                    f"warm-up at batch size {rows}: cannot make its inputs: {exc}"
+                ) from exc
             for _ in range(2):
                 start = time.perf_counter()
                 try:
