@@ -302,3 +302,24 @@ async def test_batching_hints_past_any_batch_are_not_warmed_up_or_refuse_the_ver
         answer = await gw.client.get("/v2/models/breast_cancer")
         (entry,) = answer.json()["parameters"]["not_taken_up"]
         assert f"warm-up at batch size {10**13}" in entry["reason"]
+
+
+async def test_a_version_whose_metadata_names_another_feature_input_is_refused(
+    demo_registry: Path,
+) -> None:
+    # Before, it was taken up: its named features no longer reached the model, and every
+    # request in the simple form that version 1 answered got a 400.
+    async with following_champion(demo_registry) as gw:
+        copy_version(demo_registry, "3", feature_input="nope")
+        point_champion_at(demo_registry, "3")
+        await wait_for(lambda: gw.not_taken_up("3") == 1)
+        answer = await gw.client.get("/v2/models/breast_cancer")
+        (entry,) = answer.json()["parameters"]["not_taken_up"]
+        assert "feature_input 'nope' is not an input of model.onnx" in entry["reason"]
+        names = [f["name"] for f in answer.json()["parameters"]["features"]]
+        row = dict(zip(names, ROW, strict=True))
+        predicted = await gw.client.post(
+            "/v1/models/breast_cancer:predict", json={"instances": [row]}
+        )
+        assert predicted.status_code == 200, predicted.text
+        assert predicted.json()["model_version"] == "1"
