@@ -163,10 +163,13 @@ def _read_csv(path: Path) -> dict[str, np.ndarray]:
 
     from monitors.profile import ProfileError
 
-    with path.open(newline="") as fh:
-        reader = csv.reader(fh)
-        header = next(reader, None)
-        rows = list(reader)
+    try:
+        with path.open(newline="", encoding="utf-8") as fh:
+            reader = csv.reader(fh)
+            header = next(reader, None)
+            rows = list(reader)
+    except (UnicodeDecodeError, csv.Error) as exc:
+        raise ProfileError(f"{path}: not a CSV file of UTF-8 text: {exc}") from exc
     if not header or not rows:
         raise ProfileError(f"{path} holds no header row and data rows")
     columns = {name: np.empty(len(rows), dtype=object) for name in header}
@@ -181,7 +184,12 @@ def _outputs(model_file: Path) -> list[str] | None:
         return None
     import onnxruntime
 
-    session = onnxruntime.InferenceSession(str(model_file), providers=["CPUExecutionProvider"])
+    from monitors.profile import ProfileError
+
+    try:
+        session = onnxruntime.InferenceSession(str(model_file), providers=["CPUExecutionProvider"])
+    except Exception as exc:  # onnxruntime raises its own untyped errors for bad files
+        raise ProfileError(f"{model_file}: onnxruntime cannot load it: {exc}") from exc
     return [output.name for output in session.get_outputs()]
 
 
