@@ -96,7 +96,15 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "demo":
         from gateway.demo import DEMO_MODEL, build_demo_registry
 
-        registry = build_demo_registry(args.registry)
+        try:
+            registry = build_demo_registry(args.registry)
+        except OSError as exc:  # a file in the way, a read-only folder
+            why = exc.strerror or exc
+            print(
+                f"gateway demo: cannot write the registry at {args.registry}: {why}",
+                file=sys.stderr,
+            )
+            return 2
         print(
             f"{DEMO_MODEL}: versions {registry.versions(DEMO_MODEL)}, "
             f"aliases {registry.aliases(DEMO_MODEL)} in {args.registry}"

@@ -8,9 +8,27 @@ import sys
 from importlib.util import find_spec
 
 from gateway.assembly import Peers
+from gateway.errors import ConfigError
+from gateway.featurelog import make_spool_dir
 from gateway.settings import GatewaySettings
+from monitors.kafka_security import KafkaSecurityError
 
-__all__ = ["serve"]
+__all__ = ["check_before_start", "serve"]
+
+
+def check_before_start(settings: GatewaySettings) -> None:
+    """What can fail at start besides the ports, before anything starts: the feature log's and
+    the feedback log's spool folders are made, the Kafka TLS files read (ConfigError naming the
+    setting)."""
+    if settings.feature_log.enabled:
+        make_spool_dir("feature_log.spool_dir", settings.feature_log.spool_dir)
+    if settings.feedback.enabled:
+        make_spool_dir("feedback.spool_dir", settings.feedback.spool_dir)
+    if settings.feature_log.enabled or settings.feedback.enabled or settings.control.enabled:
+        try:  # the three clients connect with the feature log's security settings
+            settings.feature_log.security_options()
+        except KafkaSecurityError as exc:
+            raise ConfigError(str(exc)) from exc
 
 
 def serve(
@@ -26,8 +44,10 @@ def serve(
     A worker of ``gateway serve --workers N`` passes its ``peers`` and the listening sockets it
     shares with the others (the main port's, and the health port's when that is on); otherwise
     ``server.host:server.port`` is bound here, and so is the health port (ConfigError naming
-    ``server.port`` or ``server.health_port`` when one cannot be).
+    ``server.port`` or ``server.health_port`` when one cannot be), and the spool folders are
+    made and the TLS files read (``check_before_start``).
     """
+    check_before_start(settings)
     import uvicorn
     from prometheus_client import CollectorRegistry
 

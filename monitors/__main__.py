@@ -26,10 +26,12 @@ def _run(config: Path | None) -> int:
     from monitors.app import create_status_app
     from monitors.changelog import ChangelogError
     from monitors.http_json import http_server
+    from monitors.kafka_security import KafkaSecurityError
     from monitors.metrics import MonitorMetrics
     from monitors.service import MonitorService
     from monitors.settings import SettingsError, load_settings
     from monitors.sockets import listening_socket
+    from monitors.state import make_state_dir
 
     try:
         settings = load_settings(config)
@@ -37,8 +39,10 @@ def _run(config: Path | None) -> int:
         print(f"monitors: {exc}", file=sys.stderr)
         return 2
     try:
+        settings.kafka.security_options()  # its TLS files, read before anything starts
+        make_state_dir(settings.state_dir)
         sock = listening_socket(settings.http.host, settings.http.port, "http.port")
-    except OSError as exc:
+    except (KafkaSecurityError, OSError) as exc:
         print(f"monitors: {exc}", file=sys.stderr)
         return 2
     registry = CollectorRegistry()
@@ -153,10 +157,13 @@ def _read_csv(path: Path) -> dict[str, np.ndarray]:
 
     from monitors.profile import ProfileError
 
-    with path.open(newline="") as fh:
-        reader = csv.reader(fh)
-        header = next(reader, None)
-        rows = list(reader)
+    try:
+        with path.open(newline="", encoding="utf-8") as fh:
+            reader = csv.reader(fh)
+            header = next(reader, None)
+            rows = list(reader)
+    except (UnicodeDecodeError, csv.Error) as exc:
+        raise ProfileError(f"{path}: not a CSV file of UTF-8 text: {exc}") from exc
     if not header or not rows:
         raise ProfileError(f"{path} holds no header row and data rows")
     columns = {name: np.empty(len(rows), dtype=object) for name in header}
@@ -171,7 +178,12 @@ def _outputs(model_file: Path) -> list[str] | None:
         return None
     import onnxruntime
 
-    session = onnxruntime.InferenceSession(str(model_file), providers=["CPUExecutionProvider"])
+    from monitors.profile import ProfileError
+
+    try:
+        session = onnxruntime.InferenceSession(str(model_file), providers=["CPUExecutionProvider"])
+    except Exception as exc:  # onnxruntime raises its own untyped errors for bad files
+        raise ProfileError(f"{model_file}: onnxruntime cannot load it: {exc}") from exc
     return [output.name for output in session.get_outputs()]
 
 

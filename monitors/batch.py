@@ -51,9 +51,10 @@ def served_primaries(
     other records it holds, by why they are not: ``shadow``, the status of a request that
     failed (``invalid``, ``rejected``, ``timeout``, ``error``, ``cancelled``), or ``malformed``
     (a served record whose model or version is not text, whose rows are not a count from 0 to
-    ``MAX_RECORD_ROWS``, or whose time is not a number or lies over ``MAX_FUTURE_S`` ahead of
-    this monitor's clock; or a status no gateway writes). A time far ahead would move the
-    time windows' watermark there for good: every record after it would be late, dropped."""
+    ``MAX_RECORD_ROWS``, or whose time is not a number, is before the epoch or lies over
+    ``MAX_FUTURE_S`` ahead of this monitor's clock; or a status no gateway writes). A time far
+    ahead would move the time windows' watermark there for good: every record after it would
+    be late, dropped."""
     fields, count = message.fields, message.count
     if not count:
         return {}, {}
@@ -72,6 +73,7 @@ def served_primaries(
         and min(rows) >= 0
         and max(rows) <= MAX_RECORD_ROWS
         and set(map(type, times)) <= {float, int}
+        and min(times) >= 0
         and max(times) <= latest
     ):
         key = (models[0], versions[0])  # the common case: one model version, all served
@@ -99,14 +101,16 @@ def served_primaries(
 
 def well_formed(model: object, version: object, rows: object, time: object, latest: float) -> bool:
     """Whether a served record's fields are what the windows take: text, a row count, and a
-    time that is a number at most ``latest`` (the checker's clock plus ``MAX_FUTURE_S``)."""
+    time that is a number from 0 (the epoch) to ``latest`` (the checker's clock plus
+    ``MAX_FUTURE_S``). A time far before the epoch makes a pane key that floats cannot tell
+    from its neighbours'."""
     return (
         type(model) is str
         and type(version) is str
         and type(rows) is int
         and 0 <= rows <= MAX_RECORD_ROWS
         and type(time) in (float, int)
-        and time <= latest  # type: ignore[operator]
+        and 0 <= time <= latest  # type: ignore[operator]
     )
 
 

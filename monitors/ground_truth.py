@@ -122,6 +122,7 @@ class GroundTruthService:
             session_timeout_ms=int(kafka.session_timeout_s * 1000),
             heartbeat_interval_ms=int(kafka.heartbeat_interval_s * 1000),
             partition_assignment_strategy=(RangePartitionAssignor,),
+            **kafka.security_options(),
         )
         consumer.subscribe(list(self.topics), listener=_Rebalance(self, consumer))
         self.outbox.start()
@@ -184,7 +185,8 @@ class GroundTruthService:
 
     def _decode(self, messages: Sequence[Any]) -> list[tuple[int, list[InferenceRecord]]]:
         """(offset, records) of each message of the inference log; undecodable ones and
-        malformed records (``monitors.batch.well_formed``) counted."""
+        malformed records (``monitors.batch.well_formed``, or a request id or variant that is
+        not text) counted."""
         decoded: list[tuple[int, list[InferenceRecord]]] = []
         for message in messages:
             try:
@@ -198,6 +200,9 @@ class GroundTruthService:
                 r
                 for r in records
                 if well_formed(r["model"], r["version"], r["rows"], r["time"], latest)
+                # the join's key and stream: text, or the store and the bound on variants fail
+                and type(r["request_id"]) is str
+                and type(r.get("variant", "")) is str
             ]
             if len(kept) < len(records):  # fields of the wrong type, out of range, far ahead
                 self.metrics.skipped.labels("malformed").inc(len(records) - len(kept))

@@ -18,7 +18,22 @@ from typing import Any, Literal
 
 import orjson
 
-__all__ = ["CachedSnapshot", "PartitionSnapshot", "SnapshotCache", "choose_source"]
+__all__ = [
+    "CachedSnapshot",
+    "PartitionSnapshot",
+    "SnapshotCache",
+    "choose_source",
+    "make_state_dir",
+]
+
+
+def make_state_dir(directory: Path) -> None:
+    """Create a process's ``state_dir`` before it starts; raises OSError reading
+    ``"state_dir: cannot create <directory>: <why>"`` (a file in the way, a read-only mount)."""
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise OSError(f"state_dir: cannot create {directory}: {exc.strerror or exc}") from exc
 
 
 @dataclass

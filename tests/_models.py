@@ -113,12 +113,22 @@ def other_inputs_model() -> onnx.ModelProto:
 
 
 def _register(
-    registry_root: Path, model: onnx.ModelProto, alias: str, classes: list[str] | None = None
+    registry_root: Path,
+    model: onnx.ModelProto,
+    alias: str,
+    classes: list[str] | None = None,
+    feature_input: str = "input",
+    width: int = 30,
 ) -> str:
     registry = LocalRegistry(registry_root)
     metadata = registry_metadata(registry)
     if classes is not None:
         metadata = metadata.model_copy(update={"class_labels": classes})
+    if feature_input != metadata.feature_input:
+        features = metadata.features[:width]
+        metadata = metadata.model_copy(
+            update={"feature_input": feature_input, "features": features}
+        )
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "model.onnx"
         path.write_bytes(model.SerializeToString())
@@ -153,5 +163,6 @@ def register_classes_version(
 
 
 def register_other_inputs_version(registry_root: Path, alias: str = "other") -> str:
-    """Register a version of the demo model that takes another input; returns the version."""
-    return _register(registry_root, other_inputs_model(), alias)
+    """Register a version of the demo model that takes another input (its first 10 features,
+    as ``x``); returns the version."""
+    return _register(registry_root, other_inputs_model(), alias, feature_input="x", width=10)

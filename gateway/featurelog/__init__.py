@@ -9,7 +9,12 @@ from gateway.featurelog.log import FeatureLog
 from gateway.featurelog.packing import pack_messages
 from gateway.featurelog.records import RecordBuilder, RequestInfo
 from gateway.featurelog.settings import FeatureLogSettings
-from gateway.featurelog.setup import build_feature_log, build_record_builder, producer_options
+from gateway.featurelog.setup import (
+    build_feature_log,
+    build_record_builder,
+    make_spool_dir,
+    producer_options,
+)
 
 __all__ = [
     "FeatureLog",
@@ -20,6 +25,7 @@ __all__ = [
     "build_feature_log",
     "build_feedback_log",
     "build_record_builder",
+    "make_spool_dir",
     "pack_messages",
     "producer_options",
 ]

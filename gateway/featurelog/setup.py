@@ -5,8 +5,10 @@ from __future__ import annotations
 import logging
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
+from pathlib import Path
 from typing import Any
 
+from gateway.errors import ConfigError
 from gateway.featurelog.dead_letter import DeadLetterFile
 from gateway.featurelog.kafka_sink import KafkaSink
 from gateway.featurelog.log import FeatureLog, PackFn
@@ -17,9 +19,25 @@ from gateway.metrics import FeatureLogMetrics, GatewayMetrics
 from monitors.broker import BrokerError, create_topics
 from monitors.schema import message_records
 
-__all__ = ["build_feature_log", "build_record_builder", "open_log", "producer_options"]
+__all__ = [
+    "build_feature_log",
+    "build_record_builder",
+    "make_spool_dir",
+    "open_log",
+    "producer_options",
+]
 
 log = logging.getLogger(__name__)
+
+
+def make_spool_dir(setting: str, directory: Path) -> None:
+    """Create a spool folder before the server starts; ConfigError naming ``setting`` when it
+    cannot be (a file in the way, a missing or read-only mount): a traceback from the lifespan
+    said neither which setting nor that the gateway had not started."""
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise ConfigError(f"{setting}: cannot create {directory}: {exc.strerror or exc}") from exc
 
 
 def producer_options(settings: FeatureLogSettings) -> dict[str, Any]:

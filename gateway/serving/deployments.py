@@ -137,8 +137,11 @@ class ModelLoader:
             if replacing is not None:
                 _check_compatible(replacing, runtime.signature, model_version.metadata, version)
             batching = _effective_batching(base, model_version, overrides)
+            # the metadata's hints, at the batch sizes the batcher can make
+            hinted = model_version.metadata.batching.warmup_batch_sizes
+            largest = batching.max_batch_size
             sizes = batching.warmup_batch_sizes or sorted(
-                {1, *model_version.metadata.batching.warmup_batch_sizes, batching.max_batch_size}
+                {1, *(n for n in hinted if 1 <= n <= largest), largest}
             )
             timings = await asyncio.to_thread(runtime.warm_up, sizes)
         except (RegistryError, ModelLoadError) as exc:

@@ -65,6 +65,7 @@ class ModelRuntime:
             outputs=tuple(_spec(arg, version) for arg in self._session.get_outputs()),
         )
         self._output_names = [o.name for o in self.signature.outputs]
+        _check_feature_input(version, self.signature)
 
     def close(self) -> None:
         """Drop the onnxruntime session (its memory goes once no batch runs it); later runs
@@ -99,7 +100,12 @@ class ModelRuntime:
         timings: dict[int, float] = {}
         sizes = sorted(set(batch_sizes)) if self.signature.batchable else [1]
         for rows in sizes:
-            inputs = {spec.name: _example(spec, rows) for spec in self.signature.inputs}
+            try:
+                inputs = {spec.name: _example(spec, rows) for spec in self.signature.inputs}
+            except (MemoryError, ValueError) as exc:  # more than this machine can hold
+                raise ModelLoadError(
+                    f"warm-up at batch size {rows}: cannot make its inputs: {exc}"
+                ) from exc
             for _ in range(2):
                 start = time.perf_counter()
                 try:
@@ -108,6 +114,25 @@ class ModelRuntime:
                     raise ModelLoadError(f"warm-up at batch size {rows} failed: {exc}") from exc
                 timings[rows] = time.perf_counter() - start
         return timings
+
+
+def _check_feature_input(version: ModelVersion, signature: Signature) -> None:
+    """The input the metadata says holds the features is one of the model's, of their width:
+    otherwise named features would not reach the model (ModelLoadError)."""
+    name = version.metadata.feature_input
+    if name is None or not version.metadata.features:
+        return
+    spec = signature.input(name)
+    where = f"model {version.name} version {version.version}: metadata.json's feature_input"
+    if spec is None:
+        inputs = [s.name for s in signature.inputs]
+        raise ModelLoadError(f"{where} {name!r} is not an input of model.onnx (it has {inputs})")
+    count = len(version.metadata.features)
+    if len(spec.shape) != 2 or spec.shape[1] not in (-1, count):
+        raise ModelLoadError(
+            f"{where} {name!r} has shape {list(spec.shape)}, not [-1, {count}] for its "
+            f"{count} features"
+        )
 
 
 def _malloc_trim() -> Callable[[int], int] | None:

@@ -25,6 +25,7 @@ from pathlib import Path
 from gateway.errors import ConfigError
 from gateway.http import bind_health
 from gateway.http.accept import bind_main
+from gateway.serve import check_before_start
 from gateway.settings import GatewaySettings
 from gateway.workers._hub import Hub
 from gateway.workers._link import Link
@@ -60,6 +61,7 @@ def worker_count(workers: int | str) -> int:
 def supervise(settings: GatewaySettings, workers: int, log_level: str = "info") -> int:
     """Run ``workers`` worker processes on one port until SIGTERM/SIGINT; the exit status."""
     try:
+        check_before_start(settings)
         listener = bind_main(settings.server.host, settings.server.port, 2048)
     except ConfigError as exc:
         log.error("%s", exc)

@@ -20,6 +20,7 @@ log = logging.getLogger(__name__)
 def serve(config: Path | None) -> int:
     """Run the worker and its HTTP API until SIGINT or SIGTERM."""
     from monitors.http_json import http_server
+    from monitors.kafka_security import KafkaSecurityError
     from monitors.retrain.app import create_app
     from monitors.retrain.jobs import JobStore
     from monitors.retrain.metrics import RetrainMetrics
@@ -27,6 +28,7 @@ def serve(config: Path | None) -> int:
     from monitors.retrain.trainer import TrainerError
     from monitors.retrain.worker import Worker
     from monitors.sockets import listening_socket
+    from monitors.state import make_state_dir
 
     try:
         settings = load_settings(config)
@@ -34,11 +36,12 @@ def serve(config: Path | None) -> int:
         print(f"monitors retrain: {exc}", file=sys.stderr)
         return 2
     try:
+        settings.kafka.security_options()  # its TLS files, read before anything starts
+        make_state_dir(settings.state_dir)
         sock = listening_socket(settings.http.host, settings.http.port, "http.port")
-    except OSError as exc:
+    except (KafkaSecurityError, OSError) as exc:
         print(f"monitors retrain: {exc}", file=sys.stderr)
         return 2
-    settings.state_dir.mkdir(parents=True, exist_ok=True)
     store = JobStore(settings.state_dir / "jobs.sqlite", settings.rejected_cooldown_s)
     metrics = RetrainMetrics()
 

@@ -6,7 +6,7 @@ from typing import Any
 import numpy as np
 import orjson
 
-from monitors.batch import Part, RecordBatch, served_primaries
+from monitors.batch import Part, RecordBatch, served_primaries, well_formed
 from monitors.profile import build_profile
 from monitors.schema import decode_columns, decode_records, encode_records
 from monitors.windows import Pane, Summary, Windows, WindowSpec
@@ -213,3 +213,23 @@ def test_numeric_values_that_are_not_numbers_count_as_missing() -> None:
     windows = Windows(WindowSpec("count", 9, 9), PROFILE)
     ((_, summary),) = windows.add_batch(batch)
     assert summary.rows == 9
+
+
+def test_a_time_before_the_epoch_is_malformed_and_the_windows_go_on() -> None:
+    # Before, a record stamped -1e300 (a default of minus infinity written as a number) opened a
+    # pane whose key less the window's panes is the key itself in floats: closing it emptied the
+    # closed panes and raised IndexError out of the consumer, on the same message after every
+    # restart.
+    now = time.time()
+    records = stream(20, 8)
+    for i, record in enumerate(records):
+        record.update(role="primary", status="ok", version="1", time=now - 30 + i)
+    records[0]["time"] = -1e300
+    records[3]["time"] = -1.0
+    parts, others = served_primaries(decode_columns(encode_records(records)), 0)  # type: ignore[arg-type]
+    assert others == {"malformed": 2}
+    assert well_formed("m", "1", 1, 0, now)
+    windows = Windows(WindowSpec("time", 60.0, 1.0), PROFILE)
+    closed = windows.add_batch(RecordBatch.from_parts(PROFILE, list(parts.values())))
+    assert windows.late_rows == 0
+    assert closed == []  # the window's 60 s are not all seen yet

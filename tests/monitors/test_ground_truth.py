@@ -14,6 +14,7 @@ import orjson
 import pytest
 from prometheus_client import CollectorRegistry
 
+from monitors import ground_truth
 from monitors.batch import MAX_RECORD_ROWS
 from monitors.estimate import estimate_classification
 from monitors.feedback import FEEDBACK_SCHEMA, FeedbackRecord, encode_feedback
@@ -201,6 +202,7 @@ async def test_poison_predictions_and_labels_are_skipped_counted_and_the_rest_jo
     changes: list[dict[str, Any]] = [
         {"time": "now"}, {"time": 1e308}, {"model": ["m"]}, {"version": 1}, {"rows": "x"},
         {"rows": 10**18},
+        {"request_id": ["x"]}, {"request_id": 7}, {"variant": {"a": 1}}, {"variant": None},
         {"rows": 3},  # more rows than outputs
         {"outputs": {"label": ["²"], "probabilities": [[0.5, 0.5]]}},
         {"outputs": {"label": [1], "probabilities": [7]}},
@@ -663,3 +665,37 @@ async def test_a_window_without_labels_read_back_after_a_restart_is_observed_as_
     assert np.isnan(accuracy[0])
     (stream,) = status["streams"].values()
     assert stream["latest_window"]["labels"] == 0
+
+
+async def test_the_consumer_connects_with_the_monitors_kafka_security(
+    demo_registry: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Before, the ground-truth consumer left the security settings out: on a SASL or TLS
+    # cluster it connected in plaintext and the monitor stopped, while the drift side connected.
+    made: list[dict[str, Any]] = []
+
+    class Subscribed(Exception):
+        pass
+
+    class Consumer:
+        def __init__(self, **options: Any) -> None:
+            made.append(options)
+
+        def subscribe(self, *args: Any, **kwargs: Any) -> None:
+            raise Subscribed
+
+    monkeypatch.setattr(ground_truth, "AIOKafkaConsumer", Consumer)
+    settings = MonitorSettings(
+        registry_root=demo_registry,
+        state_dir=tmp_path,
+        kafka={"security_protocol": "SASL_PLAINTEXT", "sasl_mechanism": "SCRAM-SHA-512",
+               "sasl_username": "monitor", "sasl_password": "s3cret"},
+        performance={"enabled": True},
+    )  # fmt: skip
+    gt = GroundTruthService(settings, PerformanceMetrics(CollectorRegistry()), Webhooks([]))
+    with pytest.raises(Subscribed):
+        await gt.run()
+    await gt.infos.aclose()
+    assert made[0]["security_protocol"] == "SASL_PLAINTEXT"
+    assert made[0]["sasl_mechanism"] == "SCRAM-SHA-512"
+    assert made[0]["sasl_plain_password"] == "s3cret"

@@ -256,3 +256,25 @@ def test_a_constant_feature_that_changes_is_seen_by_every_detector() -> None:
     huge = build_profile({"c": np.full(10, 1e17)}).features["c"]
     assert huge.counts == [0, 10, 0]
     assert np.all(np.diff(huge.bin_edges) > 0)
+
+
+def test_a_csv_or_model_file_that_cannot_be_read_is_one_line_and_exit_2(tmp_path: Path) -> None:
+    # Before, each was a traceback: UnicodeDecodeError from the CSV reader, onnxruntime's
+    # InvalidProtobuf from the model's outputs.
+    version, done = cli_build(tmp_path, draw(np.random.default_rng(0), 10))
+    assert done.returncode == 0, done.stderr
+    (tmp_path / "train.csv").write_bytes(b"a,b\n\xff\xfe,1\n")
+    for args, named in ((["--csv", str(tmp_path / "train.csv")], "train.csv"),
+                        (["--demo"], "model.onnx")):  # fmt: skip
+        if named == "model.onnx":
+            (version / "model.onnx").write_bytes(b"not a model")
+        done = subprocess.run(
+            [sys.executable, "-m", "monitors", "profile", "build",
+             "--registry", str(tmp_path / "registry"), "--model", "tabular", "--version", "1",
+             *args],
+            capture_output=True, text=True, check=False,
+        )  # fmt: skip
+        assert done.returncode == 2, done.stderr
+        assert "Traceback" not in done.stderr
+        assert named in done.stderr
+        assert done.stderr.count("\n") == 1

@@ -10,6 +10,7 @@ import pytest
 import yaml
 from aiokafka import AIOKafkaConsumer
 
+from monitors.kafka_security import KafkaSecurityError
 from monitors.settings import MonitorSettings, SettingsError, load_settings
 
 
@@ -127,3 +128,22 @@ def test_a_window_that_is_not_whole_slides_is_refused_naming_it(
 def test_whole_slides_are_taken_whatever_the_floats() -> None:
     assert load_settings(window={"by": "time", "size": 0.3, "slide": 0.1}).window.size == 0.3
     assert load_settings(window={"size": 5000, "slide": 1000}).window.slide == 1000
+
+
+@pytest.mark.parametrize(
+    ("content", "problem"),
+    [(None, "cannot read"), (b"not a certificate", "not a usable CA certificate")],
+)
+def test_a_tls_file_that_cannot_be_used_is_an_error_naming_the_setting(
+    tmp_path: Path, content: bytes | None, problem: str
+) -> None:
+    # Before, the TLS context was made where the client started: a FileNotFoundError or an
+    # SSLError traceback from inside the consumer's task, naming no setting.
+    ca = tmp_path / "ca.crt"
+    if content is not None:
+        ca.write_bytes(content)
+    settings = load_settings(
+        _config(tmp_path, {"security_protocol": "SSL", "ssl_cafile": str(ca)})
+    )  # the file is read where the client starts: a config can name a pod's mounted file
+    with pytest.raises(KafkaSecurityError, match=rf"^kafka\.ssl_cafile: {problem}"):
+        settings.kafka.security_options()

@@ -3,8 +3,11 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+import yaml
 
+from gateway.cli import main
 from gateway.featurelog.spool import Spool, SpoolWriteError
+from tests._support import free_port
 
 
 def records(start: int, count: int) -> list[tuple[bytes, bytes]]:
@@ -96,3 +99,24 @@ def test_a_write_the_disk_refuses_is_raised_and_leaves_the_counts_right(tmp_path
     assert [e.value for e in entries] == [b"record-6"]
     spool.ack(entries[-1], len(entries))
     assert (spool.pending_records, spool.pending_bytes) == (0, 0)
+
+
+@pytest.mark.parametrize("group", ["feature_log", "feedback"])
+def test_a_spool_dir_that_cannot_be_made_stops_the_start_naming_the_setting(
+    tmp_path: Path, demo_registry: Path, group: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # Before, the gateway started, failed in its lifespan with a traceback and exit status 3.
+    (tmp_path / "a-file").write_text("")
+    config = {
+        "server": {"port": free_port()},
+        "registry": {"root": str(demo_registry)},
+        "models": [{"name": "breast_cancer", "ref": "breast_cancer@champion"}],
+        "feature_log": {"enabled": True, "bootstrap_servers": "127.0.0.1:1"},
+        group: {"enabled": True, "spool_dir": str(tmp_path / "a-file" / "spool")},
+    }
+    path = tmp_path / "gateway.yaml"
+    path.write_text(yaml.safe_dump(config))
+    assert main(["serve", "--config", str(path)]) == 2
+    error = capsys.readouterr().err
+    assert error.startswith(f"gateway: {group}.spool_dir: cannot create ")
+    assert "Traceback" not in error

@@ -267,3 +267,59 @@ async def test_a_large_body_whose_version_is_swapped_out_while_it_is_parsed_goes
             assert doc["model_version"] == new
             assert len(doc["predictions"]) == 1000
             assert parsed_off_loop == [True, True], driver
+
+
+def copy_version(registry: Path, version: str, **metadata: Any) -> None:
+    """Version 1's files as ``version``, with these metadata fields, moved into place whole."""
+    model = registry / "breast_cancer"
+    building = model / f".{version}"
+    shutil.copytree(model / "1", building)
+    path = building / "metadata.json"
+    path.write_text(json.dumps({**json.loads(path.read_text()), **metadata}))
+    building.rename(model / version)
+
+
+async def test_batching_hints_past_any_batch_are_not_warmed_up_or_refuse_the_version(
+    demo_registry: Path,
+) -> None:
+    # Before, a warm-up size of 10**9 rows in a version's metadata raised MemoryError out of
+    # the loader on every poll: the version was neither taken up nor said to be refused (no
+    # not_taken_up entry, no failure counted), and a size the allocation survived would have
+    # run a batch of that many rows.
+    async with following_champion(demo_registry) as gw:
+        copy_version(demo_registry, "3", batching={"warmup_batch_sizes": [1, 10**9, 0, -5]})
+        point_champion_at(demo_registry, "3")
+        for _ in range(1000):
+            if await gw.version() == "3":
+                break
+            await asyncio.sleep(0.02)
+        assert await gw.version() == "3"  # warmed up at the batch sizes the gateway runs
+        copy_version(demo_registry, "4", batching={"max_batch_size": 10**13})
+        point_champion_at(demo_registry, "4")
+        await wait_for(lambda: gw.not_taken_up("4") == 1)
+        assert gw.failures("4") == 1
+        assert await gw.version() == "3"
+        answer = await gw.client.get("/v2/models/breast_cancer")
+        (entry,) = answer.json()["parameters"]["not_taken_up"]
+        assert f"warm-up at batch size {10**13}" in entry["reason"]
+
+
+async def test_a_version_whose_metadata_names_another_feature_input_is_refused(
+    demo_registry: Path,
+) -> None:
+    # Before, it was taken up: its named features no longer reached the model, and every
+    # request in the simple form that version 1 answered got a 400.
+    async with following_champion(demo_registry) as gw:
+        copy_version(demo_registry, "3", feature_input="nope")
+        point_champion_at(demo_registry, "3")
+        await wait_for(lambda: gw.not_taken_up("3") == 1)
+        answer = await gw.client.get("/v2/models/breast_cancer")
+        (entry,) = answer.json()["parameters"]["not_taken_up"]
+        assert "feature_input 'nope' is not an input of model.onnx" in entry["reason"]
+        names = [f["name"] for f in answer.json()["parameters"]["features"]]
+        row = dict(zip(names, ROW, strict=True))
+        predicted = await gw.client.post(
+            "/v1/models/breast_cancer:predict", json={"instances": [row]}
+        )
+        assert predicted.status_code == 200, predicted.text
+        assert predicted.json()["model_version"] == "1"
