@@ -13,6 +13,7 @@ from typing import Any
 import httpx
 import numpy as np
 
+from gateway.errors import GatewayError
 from gateway.traffic.routes import CanaryRule, Route
 from gateway.traffic.verdicts import Comparison, fetch_comparison
 
@@ -211,12 +212,18 @@ class CanaryController:
         """On a replica that does not own the ramp: take it over once its owner has been
         silent past the step interval and the grace."""
         silent = self._clock() - self._heard
-        if silent < rule.interval_s + self._grace_s:
+        # the owner's check before it holds may wait for the monitor's verdict that long
+        asking_s = rule.quality.timeout_s if rule.quality is not None else 0.0
+        if silent < rule.interval_s + self._grace_s + asking_s:
             return False
         reason = f"took over the canary from {rule.owner}: no step or hold for {silent:.0f} s"
-        log.warning("canary %s: %s", self.endpoint, reason)
         owned = rule.model_copy(update={"owner": self._replica_id, "held": None})
-        await self._change(route.model_copy(update={"canary": owned}), "canary", reason)
+        try:
+            await self._change(route.model_copy(update={"canary": owned}), "canary", reason)
+        except GatewayError as exc:  # another replica's change came first: it is the owner
+            log.info("canary %s: not taken over: %s", self.endpoint, exc)
+            return False
+        log.warning("canary %s: %s", self.endpoint, reason)
         return True
 
     async def _step(self, route: Route, rule: CanaryRule, index: int, reason: str) -> None:
