@@ -152,7 +152,13 @@ async def start_core(
         return dispatcher
 
     traffic = await stack.enter_async_context(
-        Traffic(manager, make_shadow, VariantStats(), replica_id)
+        Traffic(
+            manager,
+            make_shadow,
+            VariantStats(),
+            replica_id,
+            takeover_grace_s=settings.control.canary_takeover_grace_s,
+        )
     )
     service = InferenceService(
         traffic,

@@ -190,7 +190,8 @@ class GatewayMetrics:
         )
         self.canary_events = Counter(
             "gateway_canary_events",
-            "Canary ramp events: step, promoted, rolled_back.",
+            "Canary ramp events: step, promoted, rolled_back, held (the owner says why a due step "
+            "waits), taken_over (another replica drives it: its owner went quiet).",
             ("model", "variant", "event"),
             registry=registry,
         )

@@ -13,6 +13,7 @@ from typing import Any
 import httpx
 import numpy as np
 
+from gateway.errors import GatewayError
 from gateway.traffic.routes import CanaryRule, Route
 from gateway.traffic.verdicts import Comparison, fetch_comparison
 
@@ -87,6 +88,12 @@ class CanaryController:
 
     It reads the route in force (``route_of``) and the variants' outcomes (``stats``), and
     changes the route only through ``change``: nothing else of the traffic state.
+
+    On a replica that does not own the ramp (``replica_id`` is not the rule's ``owner``) it
+    only watches: the owner changes the route at least every ``interval_s`` plus half the
+    grace (a step, or a hold saying why it waits), so a route silent for ``interval_s`` plus
+    ``takeover_grace_s`` has lost its owner, and this replica proposes itself as the owner on
+    the route's revision; the revision check lets exactly one proposer win.
     """
 
     def __init__(
@@ -97,16 +104,32 @@ class CanaryController:
         change: ChangeFn,
         version_of: VersionOf | None = None,
         check_interval_s: float = 0.5,
+        *,
+        replica_id: str | None = None,
+        takeover_grace_s: float = 10.0,
+        last_step: float | None = None,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.endpoint = endpoint
+        self._replica_id = replica_id
+        self._grace_s = takeover_grace_s
+        self._clock = clock
         self._version_of = version_of
         self._route_of = route_of
         self._stats = stats
         self._change = change
         self._check_interval_s = check_interval_s
         self._task: asyncio.Task[None] | None = None
-        self._last_step = time.monotonic()
+        # when the route last changed here (the owner's last sign of life), and when the ramp
+        # last moved (kept across changes that do not move it, such as a hold or a takeover)
+        self._heard = clock()
+        self._last_step = self._heard if last_step is None else last_step
         self._client: httpx.AsyncClient | None = None  # for a rule with a quality gate
+
+    @property
+    def last_step(self) -> float:
+        """When the ramp last moved, on this replica's monotonic clock."""
+        return self._last_step
 
     def start(self) -> None:
         self._task = asyncio.create_task(self._run(), name=f"canary:{self.endpoint}")
@@ -136,6 +159,8 @@ class CanaryController:
         rule = route.canary if route is not None else None
         if route is None or rule is None:
             return True
+        if rule.owner is not None and self._replica_id not in (None, rule.owner):
+            return await self._watch(route, rule)
         if rule.state == "pending":
             # what the variant answered before (an earlier ramp of it, rolled back within the
             # window) says nothing of this one, and would roll it back before it served
@@ -146,31 +171,66 @@ class CanaryController:
         breach = self._breach(rule) or _quality_breach(quality)
         if breach is not None:
             weights = _weights(route, rule, 0)
-            new = route.with_weights(weights, canary=_with_state(rule, "rolled_back"))
+            rolled_back = _with_state(rule, "rolled_back", time.time())
+            new = route.with_weights(weights, canary=rolled_back.model_dump())
             log.warning("canary %s: rolling back %s: %s", self.endpoint, rule.variant, breach)
             await self._change(new, "canary", f"rolled back {rule.variant}: {breach}")
             return True
         step = int(rule.state.removeprefix("step-"))
-        if time.monotonic() - self._last_step < rule.interval_s:
+        if self._clock() - self._last_step < rule.interval_s:
             return False
         canary = self._stats.summary(self.endpoint, rule.variant, rule.window_s)
         if canary.requests < rule.min_requests:
-            return False  # not enough evidence to go further yet
-        if step + 1 >= len(rule.steps):
-            if _quality_unproven(rule, quality):
-                return False  # not shown to be within the margin of the baseline yet
-            new = route.model_copy(update={"canary": rule.model_copy(update={"state": "promoted"})})
+            # not enough evidence to go further yet
+            seen = f"{canary.requests} of {rule.min_requests} requests"
+            return await self._hold(route, rule, f"{seen} in the last {rule.window_s:g} s")
+        last = step + 1 >= len(rule.steps)
+        if (last or rule.steps[step + 1] >= 100) and _quality_unproven(rule, quality):
+            # not shown to be within the margin of the baseline yet: promotion waits, and so
+            # does all traffic
+            return await self._hold(route, rule, "no quality verdict within the margin yet")
+        if last:
+            new = route.model_copy(update={"canary": _with_state(rule, "promoted", time.time())})
             await self._change(new, "canary", f"promoted {rule.variant}")
             return True
-        if rule.steps[step + 1] >= 100 and _quality_unproven(rule, quality):
-            return False  # all traffic waits for the verdict that promotion waits for
         await self._step(route, rule, step + 1, f"ramped {rule.variant}")
+        return True
+
+    async def _hold(self, route: Route, rule: CanaryRule, held: str) -> bool:
+        """Say why the due step waits, when the route has been silent long enough that the
+        other replicas would otherwise take the ramp for ownerless (their clocks start when
+        they apply a change, a little after this one's: half the grace is the margin)."""
+        if self._clock() - self._heard < rule.interval_s + self._grace_s / 2:
+            return False
+        variant = route.variant(rule.variant)
+        percent = variant.weight if variant is not None else 0
+        new = route.model_copy(update={"canary": rule.model_copy(update={"held": held})})
+        await self._change(new, "canary", f"held {rule.variant} at {percent}%: {held}")
+        return True
+
+    async def _watch(self, route: Route, rule: CanaryRule) -> bool:
+        """On a replica that does not own the ramp: take it over once its owner has been
+        silent past the step interval and the grace."""
+        silent = self._clock() - self._heard
+        # the owner's check before it holds may wait for the monitor's verdict that long
+        asking_s = rule.quality.timeout_s if rule.quality is not None else 0.0
+        if silent < rule.interval_s + self._grace_s + asking_s:
+            return False
+        reason = f"took over the canary from {rule.owner}: no step or hold for {silent:.0f} s"
+        owned = rule.model_copy(update={"owner": self._replica_id, "held": None})
+        try:
+            await self._change(route.model_copy(update={"canary": owned}), "canary", reason)
+        except GatewayError as exc:  # another replica's change came first: it is the owner
+            log.info("canary %s: not taken over: %s", self.endpoint, exc)
+            return False
+        log.warning("canary %s: %s", self.endpoint, reason)
         return True
 
     async def _step(self, route: Route, rule: CanaryRule, index: int, reason: str) -> None:
         percent = rule.steps[index]
         new = route.with_weights(
-            _weights(route, rule, percent), canary=_with_state(rule, f"step-{index}")
+            _weights(route, rule, percent),
+            canary=_with_state(rule, f"step-{index}", time.time()).model_dump(),
         )
         await self._change(new, "canary", f"{reason} to {percent}%")
 
@@ -257,5 +317,6 @@ def _weights(route: Route, rule: CanaryRule, percent: int) -> dict[str, int]:
     return {rule.variant: percent, rule.baseline: spare - percent}
 
 
-def _with_state(rule: CanaryRule, state: str) -> dict[str, Any]:
-    return rule.model_copy(update={"state": state}).model_dump()
+def _with_state(rule: CanaryRule, state: str, now: float) -> CanaryRule:
+    """The rule moved to ``state`` at Unix time ``now``, no longer held."""
+    return rule.model_copy(update={"state": state, "stepped_at": now, "held": None})

@@ -32,7 +32,7 @@ from gateway.metrics import GatewayMetrics
 from gateway.traffic.control import RouteChannel
 from gateway.traffic.router import Traffic
 from gateway.traffic.routes import Route, follow
-from gateway.traffic.updates import RouteUpdate, validation_message
+from gateway.traffic.updates import RouteUpdate, new_ramp, validation_message
 
 __all__ = [
     "AuditLog",
@@ -158,7 +158,7 @@ class RouteStore:
         """Create or replace a route from an operator's JSON (PUT)."""
         data = {k: v for k, v in data.items() if k not in ("buckets", "revision", "endpoint")}
         if isinstance(data.get("canary"), dict):
-            data["canary"] = {**data["canary"], "state": "pending", "owner": self._replica_id}
+            data["canary"] = {**data["canary"], **new_ramp(self._replica_id)}
         try:
             route = Route.model_validate({**data, "endpoint": endpoint})
         except ValidationError as exc:
@@ -317,11 +317,12 @@ class RouteStore:
                      route.endpoint, change.get("id"), change["base_revision"],
                      self.revision(route.endpoint))  # fmt: skip
             return "conflict"
+        before = self.traffic.routes.get(route.endpoint)
         await self.traffic.apply(route, required=False)
         self.audit.remember(change)
         self._metrics.route_changes.labels(route.endpoint, change["actor"]).inc()
         if change["actor"] == "canary" and route.canary is not None:
-            event = "step" if route.canary.state.startswith("step") else route.canary.state
+            event = _canary_event(before, route)
             self._metrics.canary_events.labels(route.endpoint, route.canary.variant, event).inc()
         return "applied"
 
@@ -336,6 +337,17 @@ class RouteStore:
                       change["endpoint"], change["id"], exc)  # fmt: skip
             return f"applied, but the audit log could not be written: {exc}"
         return None
+
+
+def _canary_event(before: Route | None, after: Route) -> str:
+    """What a canary's change did: ``step``, ``promoted``, ``rolled_back``, ``taken_over``
+    (another replica became its owner) or ``held`` (its owner said why the due step waits)."""
+    rule = after.canary
+    assert rule is not None
+    was = before.canary if before is not None else None
+    if was is None or was.state != rule.state:
+        return "step" if rule.state.startswith("step") else rule.state
+    return "taken_over" if was.owner != rule.owner else "held"
 
 
 def _matches(if_match: str, route: Route | None) -> bool:

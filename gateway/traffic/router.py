@@ -35,11 +35,15 @@ class Traffic:
         make_shadow: ShadowFactory,
         stats: VariantStats,
         replica_id: str,
+        takeover_grace_s: float = 10.0,
+        canary_check_interval_s: float = 0.5,
     ) -> None:
         self.manager = manager
         self.routes: dict[str, Route] = {}
         self.stats = stats
         self.replica_id = replica_id
+        self.takeover_grace_s = takeover_grace_s
+        self._canary_check_interval_s = canary_check_interval_s
         self.change: ChangeFn | None = None  # set by the route store: how a canary changes routes
         self._make_shadow = make_shadow
         self._shadows: dict[tuple[str, str], ShadowDispatcher] = {}
@@ -100,7 +104,7 @@ class Traffic:
                 for name in [v.name for v in old.variants]:
                     if name not in keep:
                         self.manager.retire(endpoint, name)
-            await self._update_canary(route)
+            await self._update_canary(old, route)
             log.info("route %s: %s", endpoint, {v.name: v.weight for v in route.variants})
 
     async def prepare_shadows(self, route: Route) -> None:
@@ -134,17 +138,35 @@ class Traffic:
                 del self._prepared_shadows[key]
                 await prepared.stop()
 
-    async def _update_canary(self, route: Route) -> None:
-        controller = self._canaries.pop(route.endpoint, None)
-        if controller is not None:
-            await controller.stop()
+    async def _update_canary(self, old: Route | None, route: Route) -> None:
+        """Start a controller for the route's live canary: the driver on its owner, a watcher
+        (that takes the ramp over when its owner goes quiet) on every other replica."""
+        previous = self._canaries.pop(route.endpoint, None)
+        if previous is not None:
+            await previous.stop()
         rule = route.canary
         if rule is None or rule.state in ("promoted", "rolled_back") or self.change is None:
             return
-        if rule.owner is not None and rule.owner != self.replica_id:
-            return  # another replica drives this ramp; this one follows its route changes
+        if rule.state == "pending":
+            # a new ramp is judged on its own requests, on whichever replica comes to drive it
+            self.stats.forget(route.endpoint, rule.variant)
+        before = old.canary if old is not None else None
+        unmoved = (
+            previous is not None
+            and before is not None
+            and (before.variant, before.state) == (rule.variant, rule.state)
+        )
         controller = CanaryController(
-            route.endpoint, self.routes.get, self.stats, self.change, self._version_of
+            route.endpoint,
+            self.routes.get,
+            self.stats,
+            self.change,
+            self._version_of,
+            self._canary_check_interval_s,
+            replica_id=self.replica_id,
+            takeover_grace_s=self.takeover_grace_s,
+            # a hold, a takeover or an operator's change of weights does not restart the step
+            last_step=previous.last_step if previous is not None and unmoved else None,
         )
         controller.start()
         self._canaries[route.endpoint] = controller

@@ -140,8 +140,13 @@ class CanaryRule(_Frozen):
     quality: QualityGate | None = None
     # Where the ramp stands: "pending", "step-N" (N indexes steps), "promoted", "rolled_back".
     state: str = Field(default="pending", max_length=32)
-    # The replica that drives the ramp (the one the operator asked); others follow its changes.
+    # The replica that drives the ramp (the one the operator asked, or one that took it over
+    # when its owner went quiet); others follow its changes. None: every replica drives it.
     owner: str | None = Field(default=None, max_length=256)
+    # Set by the owner, for operators to see a ramp's pace: when it last moved (start, step,
+    # promotion, rollback; Unix time), and why it holds where it is when a step is due.
+    stepped_at: float | None = Field(default=None, ge=0, strict=True)
+    held: str | None = Field(default=None, max_length=512)
 
     @model_validator(mode="after")
     def _steps(self) -> CanaryRule:

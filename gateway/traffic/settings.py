@@ -31,6 +31,10 @@ class ControlSettings(_Group):
     # the topic is on. Keys retired by a rotation still verify the topic's older messages.
     signing_key: SecretStr | None = None
     previous_signing_keys: list[SecretStr] = Field(default_factory=list)
+    # A canary's owner changes its route at least every step interval plus half this (a step,
+    # or a hold saying why it waits); a canary silent for its interval plus this is taken over
+    # by another replica (with worker processes too, topic or not).
+    canary_takeover_grace_s: float = Field(default=10.0, gt=0, le=3600)
 
     @model_validator(mode="after")
     def _signed(self) -> ControlSettings:

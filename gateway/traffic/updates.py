@@ -18,7 +18,7 @@ from gateway.traffic.routes import (
     ShadowSpec,
 )
 
-__all__ = ["RouteUpdate", "validation_message"]
+__all__ = ["RouteUpdate", "new_ramp", "validation_message"]
 
 
 class RouteUpdate(BaseModel):
@@ -40,7 +40,7 @@ class RouteUpdate(BaseModel):
         if unknown:
             raise InvalidInputError(f"cannot patch {sorted(unknown)}; use PUT for a whole route")
         if isinstance(data.get("canary"), dict):
-            data = {**data, "canary": {**data["canary"], "state": "pending", "owner": replica_id}}
+            data = {**data, "canary": {**data["canary"], **new_ramp(replica_id)}}
         try:
             return cls.model_validate(data)
         except ValidationError as exc:
@@ -63,6 +63,12 @@ class RouteUpdate(BaseModel):
             raise InvalidInputError(validation_message(exc)) from exc
         except ValueError as exc:
             raise InvalidInputError(str(exc)) from exc
+
+
+def new_ramp(replica_id: str) -> dict[str, Any]:
+    """What the gateway sets on an operator's new canary rule: it starts pending, driven by
+    ``replica_id``, with no pace of its own yet."""
+    return {"state": "pending", "owner": replica_id, "stepped_at": None, "held": None}
 
 
 def validation_message(exc: ValidationError) -> str:

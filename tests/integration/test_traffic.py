@@ -364,3 +364,57 @@ def test_replicas_converge_through_the_control_topic(
     with start_gateway(tmp_path, config) as restarted, httpx.Client() as client:
         seen = variants_seen(client, url(restarted), 50)
         assert seen == Counter({"challenger": 50}), "a restarted replica keeps the latest routes"
+
+
+def test_a_canary_whose_owner_is_killed_mid_ramp_is_finished_by_another_replica(
+    demo_registry: Path, tmp_path: Path, broker: EmbeddedBroker
+) -> None:
+    # The replica that received the rule drives its ramp. Killed mid-ramp (a pod deleted, a
+    # crash), the ramp stood at its step forever; now the other replica, hearing nothing of it
+    # for the step interval plus the grace, takes it over and finishes it.
+    control = {"enabled": True, "bootstrap_servers": broker.bootstrap_servers,
+               "signing_key": "control-signing-key-of-32-chars!!", "canary_takeover_grace_s": 2.0}  # fmt: skip
+    config = split_config(demo_registry, canary_route("challenger"), control=control)
+    rule = {**RULE, "min_p99_increase_s": 0.05}  # promotion is checked here, not the p99 bound
+    with (
+        start_gateway(tmp_path, config) as a,
+        start_gateway(tmp_path, config) as b,
+        Load(url(b), rate=150) as load,
+        httpx.Client(base_url=b.url, headers=AUTH, timeout=10) as admin,
+    ):
+        started = httpx.patch(f"{a.url}/admin/routes/breast_cancer", json={"canary": rule},
+                              headers=AUTH, timeout=60)  # fmt: skip
+        assert started.status_code == 200, started.text
+        owner = started.json()["after"]["canary"]["owner"]
+        deadline = time.monotonic() + 30
+        while (admin.get("/admin/routes/breast_cancer").json()["canary"] or {}).get(
+            "state", "pending"
+        ) == "pending":
+            assert time.monotonic() < deadline, "the owner never started the ramp"
+            time.sleep(0.05)
+        a.proc.kill()  # SIGKILL: no goodbye
+        a.proc.wait()
+        deadline = time.monotonic() + 60
+        route = admin.get("/admin/routes/breast_cancer").json()
+        while route["canary"]["state"] != "promoted" and time.monotonic() < deadline:
+            time.sleep(0.2)
+            route = admin.get("/admin/routes/breast_cancer").json()
+        history = admin.get("/admin/history").json()["changes"]
+        metrics = httpx.get(f"{b.url}/metrics").text
+    changes = [(c["origin"], c["reason"]) for c in history if c["actor"] == "canary"]
+    assert route["canary"]["state"] == "promoted", changes
+    assert {v["name"]: v["weight"] for v in route["variants"]} == {"stable": 0, "canary": 100}
+    assert changes[0] == (owner, "canary started to 20%")
+    new_owner = route["canary"]["owner"]
+    assert new_owner != owner
+    assert changes[1][0] == new_owner
+    assert changes[1][1].startswith(f"took over the canary from {owner}: no step or hold for ")
+    steps = [reason for origin, reason in changes[2:] if not reason.startswith("held")]
+    assert steps == ["ramped canary to 50%", "ramped canary to 100%", "promoted canary"], changes
+    assert {origin for origin, _ in changes[2:]} == {new_owner}
+    assert route["canary"]["stepped_at"] is not None
+    assert (
+        'gateway_canary_events_total{event="taken_over",model="breast_cancer",variant="canary"} 1.0'
+        in metrics
+    )
+    assert {status for status, _, _ in load.results} == {200}
