@@ -26,7 +26,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
@@ -128,9 +128,11 @@ async def small_load(
 
 
 @contextlib.contextmanager
-def server(registry: Path, processes: int) -> Iterator[tuple[str, list[tuple[float, float]]]]:
-    """A watched ``gateway serve`` on the demo model, ready: its URL and, once it has stopped,
-    its loop's stalls."""
+def demo_gateway(
+    registry: Path, processes: int, command: Callable[[Path], list[str]]
+) -> Iterator[tuple[subprocess.Popen[bytes], str]]:
+    """A gateway on the demo model with ``processes`` parse processes, started by
+    ``command(its config file)``, ready: its process and URL. Stopped on leaving."""
     with tempfile.TemporaryDirectory() as tmp:
         port = 18000 + int(time.time() * 1000) % 1000
         config = Path(tmp) / "gateway.yaml"
@@ -143,11 +145,7 @@ def server(registry: Path, processes: int) -> Iterator[tuple[str, list[tuple[flo
                 }
             )
         )
-        stalls_path = Path(tmp) / "stalls.json"
-        stalls: list[tuple[float, float]] = []
-        command = [sys.executable, "-m", "loadtests.bench_large_bodies", "--serve", str(config),
-                   str(stalls_path)]  # fmt: skip
-        proc = subprocess.Popen(command)
+        proc = subprocess.Popen(command(config))
         url = f"http://127.0.0.1:{port}"
         try:
             deadline = time.monotonic() + 60
@@ -158,11 +156,29 @@ def server(registry: Path, processes: int) -> Iterator[tuple[str, list[tuple[flo
                 if time.monotonic() > deadline or proc.poll() is not None:
                     raise SystemExit("the gateway did not start")
                 time.sleep(0.2)
-            yield url, stalls
+            yield proc, url
         finally:
             proc.terminate()
             proc.wait(60)
-            if stalls_path.exists():
+
+
+@contextlib.contextmanager
+def server(registry: Path, processes: int) -> Iterator[tuple[str, list[tuple[float, float]]]]:
+    """A watched ``gateway serve`` on the demo model, ready: its URL and, once it has stopped,
+    its loop's stalls."""
+    stalls: list[tuple[float, float]] = []
+    with tempfile.TemporaryDirectory() as tmp:
+        stalls_path = Path(tmp) / "stalls.json"
+
+        def watched(config: Path) -> list[str]:
+            return [sys.executable, "-m", "loadtests.bench_large_bodies", "--serve",
+                    str(config), str(stalls_path)]  # fmt: skip
+
+        try:
+            with demo_gateway(registry, processes, watched) as (_, url):
+                yield url, stalls
+        finally:
+            if stalls_path.exists():  # written by the server as it stopped
                 stalls.extend(json.loads(stalls_path.read_text()))
 
 
@@ -206,6 +222,11 @@ def one_run(
     during = [late for at, late in stalls if begin <= at <= end]
     calm = sorted(s for sent, s in latencies if sent < begin)
     busy = sorted(s for sent, s in latencies if begin <= sent <= end)
+    if not busy or not calm:
+        raise SystemExit(
+            "no small request went out beside the large bodies, or before them: send more or "
+            "larger bodies (--bodies, --rows), or a longer --calm-s"
+        )
     return {
         "parse_processes": processes,
         "body_bytes": len(body),

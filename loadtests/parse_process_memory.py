@@ -27,9 +27,8 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-import yaml
 
-from loadtests.bench_large_bodies import INFER, large_body
+from loadtests.bench_large_bodies import INFER, demo_gateway, large_body
 from loadtests.machine import machine_info
 
 RESULTS = Path(__file__).parent / "results"
@@ -60,35 +59,13 @@ def _parse_processes(pid: int) -> list[int]:
 @contextlib.contextmanager
 def serving(registry: Path) -> Iterator[tuple[subprocess.Popen[bytes], str]]:
     """``gateway serve`` (the console script beside this Python) on the demo model, ready."""
-    with tempfile.TemporaryDirectory() as tmp:
-        port = 18000 + int(time.time() * 1000) % 1000
-        config = Path(tmp) / "gateway.yaml"
-        config.write_text(
-            yaml.safe_dump(
-                {
-                    "server": {"port": port, "parse_processes": 1},
-                    "registry": {"backend": "local", "root": str(registry)},
-                    "models": [{"name": "breast_cancer", "ref": "breast_cancer@champion"}],
-                }
-            )
-        )
-        command = [str(Path(sys.executable).parent / "gateway"), "serve", "--config", str(config),
-                   "--log-level", "warning"]  # fmt: skip
-        proc = subprocess.Popen(command)
-        url = f"http://127.0.0.1:{port}"
-        try:
-            deadline = time.monotonic() + 60
-            while True:
-                with contextlib.suppress(httpx.HTTPError):
-                    if httpx.get(f"{url}/v2/health/ready", timeout=1).status_code == 200:
-                        break
-                if time.monotonic() > deadline or proc.poll() is not None:
-                    raise SystemExit("the gateway did not start")
-                time.sleep(0.2)
-            yield proc, url
-        finally:
-            proc.terminate()
-            proc.wait(60)
+
+    def command(config: Path) -> list[str]:
+        return [str(Path(sys.executable).parent / "gateway"), "serve", "--config", str(config),
+                "--log-level", "warning"]  # fmt: skip
+
+    with demo_gateway(registry, 1, command) as started:
+        yield started
 
 
 def one_run(registry: Path, small: bytes, body: bytes) -> dict[str, Any]:
