@@ -35,9 +35,12 @@ def status(*args: str) -> str:
     return done.stdout
 
 
-def test_a_worker_killed_mid_training_resumes_the_job_and_registers_once(
+def blocked_training(
     tmp_path: Path, demo_registry: Path, broker: EmbeddedBroker
-) -> None:
+) -> tuple[dict[str, Any], dict[str, Any], Path, Path]:
+    """Drifted, labelled traffic in the topics, and a worker's config whose trainer notes its
+    start in ``marker`` and then waits (up to 120 s) while ``block`` exists; with the drift
+    event's data. (config, data, marker, block)"""
     asyncio.run(create_topics(broker.bootstrap_servers, ["inference-log", "model-feedback"], 3))
     x, y = drifted(700)
     asyncio.run(publish(broker.bootstrap_servers, x, y, labelled=700))
@@ -58,6 +61,13 @@ def test_a_worker_killed_mid_training_resumes_the_job_and_registers_once(
     now = time.time()
     data = {"model": "breast_cancer", "version": "1",
             "window": {"id": "w1", "start_time": now - 60, "end_time": now}}  # fmt: skip
+    return config, data, marker, block
+
+
+def test_a_worker_killed_mid_training_resumes_the_job_and_registers_once(
+    tmp_path: Path, demo_registry: Path, broker: EmbeddedBroker
+) -> None:
+    config, data, marker, block = blocked_training(tmp_path, demo_registry, broker)
     with start_worker(tmp_path, config) as (proc, url):
         answer = post_event(url, SECRET, "w1", data)
         assert answer.status_code == 202, answer.text
@@ -100,26 +110,7 @@ def test_a_worker_stopped_mid_training_exits_at_once_and_keeps_the_job(
 ) -> None:
     # SIGTERM cancelled the job's task, but the process then waited for the training thread to
     # finish: a pod being replaced sat out its grace period, Ctrl-C on `make serve` hung
-    asyncio.run(create_topics(broker.bootstrap_servers, ["inference-log", "model-feedback"], 3))
-    x, y = drifted(700)
-    asyncio.run(publish(broker.bootstrap_servers, x, y, labelled=700))
-    marker = tmp_path / "training-started"
-    block = tmp_path / "training-started.block"
-    block.touch()  # the trainer waits up to 120 s while it exists
-    config = {
-        "secret": SECRET,
-        "state_dir": str(tmp_path / "state"),
-        "kafka": {"bootstrap_servers": broker.bootstrap_servers},
-        "registry_root": str(demo_registry),
-        "trainer": "tests.monitors.retrain._trainers:BlockingTrainer",
-        "trainer_options": {"marker": str(marker)},
-        "dataset": {"min_labelled_rows": 200},
-        "canary": {"enabled": False},
-        "http": {"port": free_port()},
-    }
-    now = time.time()
-    data = {"model": "breast_cancer", "version": "1",
-            "window": {"id": "w1", "start_time": now - 60, "end_time": now}}  # fmt: skip
+    config, data, marker, block = blocked_training(tmp_path, demo_registry, broker)
     with start_worker(tmp_path, config) as (proc, url):
         job_id = post_event(url, SECRET, "w1", data).json()["job"]
         wait_until("training started", marker.exists)
