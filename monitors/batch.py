@@ -24,8 +24,9 @@ from monitors.schema import Block, MessageColumns, Status, columns_of
 __all__ = ["MAX_RECORD_ROWS", "Column", "Part", "RecordBatch", "served_primaries", "well_formed"]
 
 _PREDICTION = "prediction:"
-# More rows than a record can honestly hold (a 16 MiB request body of one-byte values): a count
-# window would split such a record pane by pane, and a missing feature is padded per row.
+# More rows than a record can honestly hold (a 16 MiB request body of one-byte values). What a
+# record's rows cost the windows does not grow with them: a missing feature's rows are counted
+# (``Column.absent``), and a count window cuts a record of many panes once per pane.
 MAX_RECORD_ROWS = MAX_LABEL_ROWS
 _REASONS = frozenset(("shadow", *get_args(Status)))
 Values = Sequence[Any] | np.ndarray
@@ -117,25 +118,51 @@ def well_formed(model: object, version: object, rows: object, time: object, late
 @dataclass(frozen=True, slots=True)
 class Column:
     """One feature's values for a run of records: record ``i`` has
-    ``values[starts[i]:starts[i + 1]]`` (float64 when numeric, objects when categorical)."""
+    ``values[starts[i]:starts[i + 1]]`` (float64 when numeric, objects when categorical), then,
+    when it lacks the feature, ``absent[i]`` missing values, kept as that count and never made
+    into values: a record may claim ``MAX_RECORD_ROWS`` rows in a few bytes of log."""
 
     values: np.ndarray
     starts: np.ndarray  # int64, one more than there are records
+    absent: np.ndarray | None = None  # int64 per record; None: no record lacks the feature
+
+    def missing_absent(self) -> int:
+        """How many missing values the records that lack the feature stand for."""
+        return 0 if self.absent is None else int(self.absent.sum())
 
     def slice(self, start: int, stop: int) -> Column:
         first = self.starts[start]
-        return Column(self.values[first : self.starts[stop]], self.starts[start : stop + 1] - first)
+        absent = None if self.absent is None else self.absent[start:stop]
+        starts = self.starts[start : stop + 1] - first
+        return Column(self.values[first : self.starts[stop]], starts, absent)
 
     def take(self, records: np.ndarray) -> Column:
         lengths = np.diff(self.starts)[records]
-        return Column(self.values[_ranges(self.starts[records], lengths)], _starts(lengths))
+        absent = None if self.absent is None else self.absent[records]
+        return Column(self.values[_ranges(self.starts[records], lengths)], _starts(lengths), absent)
 
-    def split(self, record: int, rows: int, of: int) -> Column:
-        """Record ``record`` (of ``of`` rows) as two: its first ``rows`` rows, then the rest.
-        A record with a value per row splits there; one with other lengths in proportion."""
-        first, end = int(self.starts[record]), int(self.starts[record + 1])
-        cut = rows if end - first == of else (end - first) * rows // of
-        return Column(self.values, np.insert(self.starts, record + 1, first + cut))
+    def cut(self, start: int, skip: int, end: int, keep: int, rows: np.ndarray) -> Column:
+        """Records ``start`` to ``end`` less the values of record ``start``'s first ``skip``
+        rows and of record ``end``'s rows past its first ``keep`` (``rows``: the records' rows).
+        A record with a value per row is cut at those rows; one with another number of values,
+        in proportion to its rows, counted from its start."""
+        first_of, end_of = int(rows[start]), int(rows[end])
+        head, tail = int(self.starts[start]), int(self.starts[end])
+        first = head + _share(int(self.starts[start + 1]) - head, skip, first_of)
+        stop = tail + _share(int(self.starts[end + 1]) - tail, keep, end_of)
+        starts = self.starts[start : end + 2].copy()
+        starts[-1], starts[0] = stop, first
+        absent = None
+        if self.absent is not None:
+            absent = self.absent[start : end + 1].copy()
+            absent[-1] = _share(int(absent[-1]), keep, end_of)
+            absent[0] -= _share(int(self.absent[start]), skip, first_of)
+        return Column(self.values[first:stop], starts - first, absent)
+
+
+def _share(length: int, rows: int, of: int) -> int:
+    """How many of a record's ``length`` values its first ``rows`` rows (of ``of``) hold."""
+    return length if rows == of else length * rows // of
 
 
 @dataclass(frozen=True, slots=True)
@@ -169,17 +196,21 @@ class RecordBatch:
             {name: column.take(records) for name, column in self.columns.items()},
         )
 
-    def split(self, record: int, rows: int) -> RecordBatch:
-        """Record ``record`` as two records of the same time and offset: its first ``rows``
-        rows, then the rest (so a count window holds exactly its size)."""
-        of = int(self.rows[record])
-        counts = np.insert(self.rows, record + 1, of - rows)
-        counts[record] = rows
+    def cut(self, start: int, skip: int, end: int, keep: int) -> RecordBatch:
+        """Records ``start`` to ``end`` less record ``start``'s first ``skip`` rows and record
+        ``end``'s rows past its first ``keep`` (so a count window holds exactly its size); a
+        record cut keeps its time and offset. Costs the records it holds, whatever their rows."""
+        rows = self.rows[start : end + 1].copy()
+        rows[-1] = keep
+        rows[0] -= skip
         return RecordBatch(
-            counts,
-            np.insert(self.times, record + 1, self.times[record]),
-            np.insert(self.offsets, record + 1, self.offsets[record]),
-            {name: column.split(record, rows, of) for name, column in self.columns.items()},
+            rows,
+            self.times[start : end + 1],
+            self.offsets[start : end + 1],
+            {
+                name: column.cut(start, skip, end, keep, self.rows)
+                for name, column in self.columns.items()
+            },
         )
 
     @classmethod
@@ -215,20 +246,24 @@ class RecordBatch:
             pad = output is None
             chunks: list[Values] = []
             lengths: list[Values] = []
+            absent: list[np.ndarray | None] = []
             for part, block in zip(parts, whole["outputs" if output else "features"], strict=True):
                 column = None if block is None else block.columns.get(key)
                 if type(column) is list:  # the common case: the column as it was read
                     chunks.append(column)
                     lengths.append(part.message.block_lengths(block))  # type: ignore[arg-type]
+                    absent.append(None)
                     continue
                 blocks = part.message.features if output is None else part.message.outputs
-                values, counts = _values(part, blocks, key, convert, pad)
+                values, counts, lacking = _values(part, blocks, key, convert, pad)
                 chunks.append(values)
                 lengths.append(counts)
+                absent.append(lacking)
             ident = tuple(map(id, lengths))
             if ident not in starts:
                 starts[ident] = (lengths, _starts(_join(lengths, _integers)))
-            columns[name] = Column(_join(chunks, convert), starts[ident][1])
+            column = Column(_join(chunks, convert), starts[ident][1], _absent(parts, absent))
+            columns[name] = column
         return cls(rows, times, offsets, columns)
 
 
@@ -247,8 +282,9 @@ def _field(part: Part, name: str) -> Values:
 
 def _values(
     part: Part, blocks: list[Block], name: str, convert: Convert, pad: bool
-) -> tuple[Values, Values]:
-    """(values of every row, values per record) of one column of a part's records."""
+) -> tuple[Values, Values, np.ndarray | None]:
+    """(values of every row, values per record, rows per record that lack the column: missing
+    values when ``pad``, else None) of one column of a part's records."""
     message = part.message
     if part.records is None and len(blocks) == 1 and blocks[0].records is None:
         block = blocks[0]
@@ -258,11 +294,12 @@ def _values(
                 values = convert(_listed(values))
             if message.count == 1:
                 values = _listed(values)
-                return values, [len(values)]
-            return values, message.block_lengths(block)
+                return values, [len(values)], None
+            return values, message.block_lengths(block), None
     selected = np.arange(message.count) if part.records is None else part.records
-    lengths = _field(part, "rows") if pad else np.zeros(len(selected), dtype=np.int64)
-    lengths = np.array(lengths, dtype=np.int64)
+    lengths = np.zeros(len(selected), dtype=np.int64)
+    # counted, never padded: one record of 16,777,216 rows would be as many values per feature
+    absent = np.array(_field(part, "rows"), dtype=np.int64) if pad else None
     pieces = []
     for block in blocks:
         if name not in block.columns:
@@ -279,12 +316,22 @@ def _values(
             where = np.searchsorted(members, selected[mine])
             lengths[mine] = sizes[where]
             values = values[_ranges(_starts(sizes)[where], sizes[where])]
+        if absent is not None:
+            absent[mine] = 0
         pieces.append((mine, values))
     starts = _starts(lengths)
     out = np.full(starts[-1], np.nan) if convert is _floats else np.empty(starts[-1], object)
     for mine, values in pieces:
         out[_ranges(starts[:-1][mine], lengths[mine])] = values
-    return out, lengths
+    return out, lengths, absent
+
+
+def _absent(parts: Sequence[Part], chunks: Sequence[np.ndarray | None]) -> np.ndarray | None:
+    """One array of the parts' rows that lack a column (None where no record lacks it)."""
+    if all(chunk is None or not chunk.any() for chunk in chunks):
+        return None
+    each = zip(parts, chunks, strict=True)
+    return np.concatenate([np.zeros(len(p), np.int64) if c is None else c for p, c in each])
 
 
 def _listed(values: Any) -> Values:

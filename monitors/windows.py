@@ -89,18 +89,26 @@ def summarize(batch: RecordBatch, profile: ModelProfile) -> Summary:
     """The summary of a batch of records of one model version, vectorised per feature."""
     summary = Summary(rows=int(batch.rows.sum()))
     for name, ref in profile.features.items():
-        values = batch.columns[name].values
-        if ref.kind == "numeric":
+        column = batch.columns[name]
+        values, absent = column.values, column.missing_absent()
+        if not len(values):  # a pane inside a record of many rows and few values: no numpy
+            if ref.kind == "numeric":
+                summary.bins[name] = np.zeros(len(ref.bin_edges) - 1, dtype=np.int64)
+                summary.beyond[name] = np.zeros(2)
+            else:
+                summary.categories[name] = {}
+            summary.missing[name] = absent
+        elif ref.kind == "numeric":
             present = values[~np.isnan(values)]
             edges = np.asarray(ref.bin_edges)
             index = np.searchsorted(edges[1:-1], present, side="right")
             summary.bins[name] = np.bincount(index, minlength=len(edges) - 1)
-            summary.missing[name] = int(len(values) - len(present))
+            summary.missing[name] = int(len(values) - len(present)) + absent
             summary.beyond[name] = _beyond(present, edges)
         else:
             counts, missing = count_categories(values.tolist(), ref.dtype, ref.categories)
             summary.categories[name] = counts
-            summary.missing[name] = missing
+            summary.missing[name] = missing + absent
     return summary
 
 
@@ -143,23 +151,25 @@ class Windows:
         current = self.open.get(self._count_key)
         pending_rows = current.summary.rows if current else 0
         total = np.cumsum(batch.rows)  # rows up to and including each record
-        start = 0
+        # the first record not yet in a closed pane, its rows that are, and the batch's rows
+        # that are: a record of many panes is cut once per pane, never copied again for each
+        start = skip = done = 0
         while start < len(batch):
-            before = int(total[start - 1]) if start else 0
-            need = before + slide - pending_rows
+            need = done + slide - pending_rows
             # the record that completes the pane: the first whose rows reach the slide
             end = start + int(np.searchsorted(total[start:], need))
             if end >= len(batch):
                 break
-            if total[end] > need:  # a request of several rows: its rest goes to the next pane
-                batch = batch.split(end, int(batch.rows[end] - (total[end] - need)))
-                total = np.cumsum(batch.rows)
-            self._extend_pane(self._count_key, batch.slice(start, end + 1))
+            whole = int(batch.rows[end])
+            keep = whole - int(total[end] - need)  # a request of several rows: its rest goes on
+            self._extend_pane(self._count_key, batch.cut(start, skip, end, keep))
             emitted += self._close(self._count_key)
             self._count_key += 1
-            start, pending_rows = end + 1, 0
+            start, skip = (end, keep) if keep < whole else (end + 1, 0)
+            done, pending_rows = need, 0
         if start < len(batch):
-            self._extend_pane(self._count_key, batch.slice(start, len(batch)))
+            last = len(batch) - 1
+            self._extend_pane(self._count_key, batch.cut(start, skip, last, int(batch.rows[last])))
         return emitted
 
     def _add_by_time(self, batch: RecordBatch) -> list[tuple[list[Pane], Summary]]:
