@@ -270,6 +270,9 @@ class FeatureLog(Generic[RecordT]):
         delay = self._backoff[0]
         while not self._closing:
             if self._spool.pending_records == 0:
+                # Cleared before the check under the lock: the sender may be spooling while
+                # the replayer waits for the lock, and its wake-up must not be lost.
+                self._spooled.clear()
                 async with self._order:
                     if self._spool.pending_records == 0:
                         if not self._healthy:
@@ -277,7 +280,6 @@ class FeatureLog(Generic[RecordT]):
                         self._healthy = True
                 if self._closing:
                     return
-                self._spooled.clear()
                 await self._spooled.wait()
                 continue
             try:
