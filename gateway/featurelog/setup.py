@@ -83,6 +83,7 @@ async def open_log(
         spool,
         metrics,
         queue_size=settings.queue_size,
+        queue_max_bytes=settings.queue_max_bytes,
         batch_size=settings.batch_size,
         linger_s=settings.linger_s,
         max_message_bytes=settings.max_message_bytes,

@@ -330,3 +330,25 @@ async def test_a_record_spooled_while_the_replay_empties_the_spool_is_replayed(
             await asyncio.sleep(0)
         spool.gate.set()
         await wait_for(lambda: sink.got == ["r0", "r1"], timeout_s=5)
+
+
+async def test_the_queue_is_bounded_in_bytes_as_well_as_in_records(tmp_path: Path) -> None:
+    # A broker that hangs while clients send requests of 10,000 rows (each about 5 MB as JSON).
+    # Before, only the count bounded the queue: all 40 were held, and 50,000 (the default
+    # queue_size) of 100,000-row requests would be about 600 GB of arrays in memory.
+    sink, registry = FlakySink(), CollectorRegistry()
+    sink.delay_s = 60.0
+    feature_log = FeatureLog(sink, Spool(tmp_path, max_bytes=1 << 30), FeatureLogMetrics(registry),
+                             queue_size=10_000, queue_max_bytes=20_000_000, batch_size=1,
+                             linger_s=0.0, shutdown_timeout_s=0.1)  # fmt: skip
+    async with feature_log:
+        feature_log.submit(b"m", log_record(0))
+        await wait_for(sink.sending.is_set)  # the sender is stuck with r0
+        for i in range(1, 41):
+            feature_log.submit(b"m", log_record(i, rows=10_000))
+        assert 1 <= feature_log.queue_depth <= 4
+        dropped = value(registry, "gateway_feature_log_dropped_records_total", reason="queue_full")
+        assert dropped == 40 - feature_log.queue_depth
+        depth = feature_log.queue_depth
+        feature_log.submit(b"m", log_record(41))  # a small record fits in what is left
+        assert feature_log.queue_depth == depth + 1
