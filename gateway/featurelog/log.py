@@ -203,11 +203,13 @@ class FeatureLog(Generic[RecordT]):
                     await self._to_spool(batch)
                     continue
                 result = await self._sink.send([(key, value) for key, value, _ in batch])
-                self._held = []
+                # held until spooled: a stop may cut the round while refusals are written
+                self._held = batch[result.settled :]
                 delivered = await self._settle(batch, result)
                 self._metrics.produced(delivered)
                 if result.settled < len(batch):
                     self._healthy = False
+                    self._held = []
                     await self._to_spool(batch[result.settled :])
             self._update_gauges()
 

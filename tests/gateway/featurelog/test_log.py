@@ -13,6 +13,7 @@ from aiokafka.errors import (
 )
 from prometheus_client import CollectorRegistry
 
+from gateway.featurelog.dead_letter import DeadLetterFile
 from gateway.featurelog.kafka_sink import SendResult, refusal_reason
 from gateway.featurelog.log import FeatureLog
 from gateway.featurelog.spool import Spool
@@ -352,3 +353,44 @@ async def test_the_queue_is_bounded_in_bytes_as_well_as_in_records(tmp_path: Pat
         depth = feature_log.queue_depth
         feature_log.submit(b"m", log_record(41))  # a small record fits in what is left
         assert feature_log.queue_depth == depth + 1
+
+
+class StalledDeadLetter(DeadLetterFile):
+    """A dead-letter file on a disk that stalls until ``gate`` is set."""
+
+    def __init__(self, directory: Path) -> None:
+        super().__init__(directory, 1 << 20)
+        self.gate = threading.Event()
+
+    def append(self, key: bytes, value: bytes, records: int, reason: str) -> bool:
+        self.gate.wait()
+        return super().append(key, value, records, reason)
+
+
+class RefuseFirstSink(FlakySink):
+    """Refuses the first message of a send for good and takes none of the others (an outage)."""
+
+    async def send(self, records: list[tuple[bytes, bytes]]) -> SendResult:
+        return SendResult(1, {0: "message_size_too_large"})
+
+
+async def test_a_stop_while_a_refusal_is_written_spools_the_rest_of_the_round(
+    tmp_path: Path,
+) -> None:
+    # The shutdown deadline cuts the round while the refused message goes to a stalled
+    # dead-letter file. Before, the round's unsent messages were neither sent nor spooled nor
+    # counted: lost.
+    dead_letter = StalledDeadLetter(tmp_path / "dead")
+    feature_log = FeatureLog(RefuseFirstSink(), Spool(tmp_path, max_bytes=1 << 30),
+                             FeatureLogMetrics(CollectorRegistry()), queue_size=1000,
+                             batch_size=300, linger_s=0.0, dead_letter=dead_letter,
+                             shutdown_timeout_s=0.2)  # fmt: skip
+    try:
+        async with feature_log:
+            for i in range(300):  # three messages of 100 records
+                feature_log.submit(b"m", record(i))
+    finally:
+        dead_letter.gate.set()
+    spool = Spool(tmp_path, max_bytes=1 << 30)
+    spooled = [r["request_id"] for e in spool.read(100) for r in decode_records(e.value)]
+    assert spooled == [f"r{i}" for i in range(100, 300)]
