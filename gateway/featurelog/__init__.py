@@ -9,7 +9,12 @@ from gateway.featurelog.log import FeatureLog
 from gateway.featurelog.packing import pack_messages
 from gateway.featurelog.records import RecordBuilder, RequestInfo
 from gateway.featurelog.settings import FeatureLogSettings
-from gateway.featurelog.setup import build_feature_log, build_record_builder, producer_options
+from gateway.featurelog.setup import (
+    adopt_spools,
+    build_feature_log,
+    build_record_builder,
+    producer_options,
+)
 
 __all__ = [
     "FeatureLog",
@@ -17,6 +22,7 @@ __all__ = [
     "FeedbackSettings",
     "RecordBuilder",
     "RequestInfo",
+    "adopt_spools",
     "build_feature_log",
     "build_feedback_log",
     "build_record_builder",
