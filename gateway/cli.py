@@ -31,7 +31,7 @@ def main(argv: list[str] | None = None) -> int:
     from gateway.serve import serve
     from gateway.settings import load_settings
     from gateway.traffic import add_routes_commands, run_routes_command
-    from gateway.workers import supervise, worker_count
+    from gateway.workers import gather_spools, supervise, worker_count
     from monitors.settings import SettingsError
 
     parser = argparse.ArgumentParser(prog="gateway", description=_DESCRIPTION)
@@ -129,6 +129,7 @@ def main(argv: list[str] | None = None) -> int:
         )
         return 2
     workers = worker_count(settings.server.workers)
+    gather_spools(settings, workers)
     if workers > 1:
         return supervise(settings, workers, args.log_level)
     try:

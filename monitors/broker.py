@@ -89,12 +89,16 @@ class EmbeddedBroker:
         log_path: Path | None = None,
         *,
         end_with_parent: bool = False,
+        advertised_port: int | None = None,
     ) -> None:
         """``end_with_parent``: the broker gets SIGTERM when this process ends, even by SIGKILL
-        (see ``ends_with_parent``)."""
+        (see ``ends_with_parent``). ``advertised_port``: the port clients are told to connect
+        to, when a proxy in front of the broker listens there (``bootstrap_servers`` is then
+        the proxy's address)."""
         self.port = port or _free_port()
         self._end_with_parent = end_with_parent
-        self.bootstrap_servers = f"127.0.0.1:{self.port}"
+        self._advertised_port = advertised_port or self.port
+        self.bootstrap_servers = f"127.0.0.1:{self._advertised_port}"
         self._log_path = log_path
         self._proc: subprocess.Popen[bytes] | None = None
 
@@ -116,6 +120,7 @@ class EmbeddedBroker:
         except OSError as exc:
             raise BrokerError(str(exc)) from exc
         url = f"tcp://127.0.0.1:{self.port}"
+        advertised = f"tcp://127.0.0.1:{self._advertised_port}"
         out = open(self._log_path, "ab") if self._log_path else subprocess.DEVNULL  # noqa: SIM115
         try:
             self._proc = subprocess.Popen(
@@ -125,7 +130,7 @@ class EmbeddedBroker:
                     "--listener-url",
                     url,
                     "--advertised-listener-url",
-                    url,
+                    advertised,
                 ],
                 stdout=out,
                 stderr=subprocess.STDOUT,
@@ -149,7 +154,7 @@ class EmbeddedBroker:
                 return
             time.sleep(0.05)
         self.stop()
-        raise BrokerError(f"tansu did not listen on {self.bootstrap_servers} in {timeout_s} s")
+        raise BrokerError(f"tansu did not listen on 127.0.0.1:{self.port} in {timeout_s} s")
 
     def stop(self, timeout_s: float = 10.0) -> None:
         """Stop the broker (its in-memory data is gone); safe to call twice."""

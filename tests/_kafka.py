@@ -9,7 +9,7 @@ from aiokafka import AIOKafkaConsumer
 
 from monitors.schema import InferenceRecord, decode_records
 
-__all__ = ["read_records"]
+__all__ = ["read_records", "read_records_async"]
 
 
 def read_records(
@@ -21,12 +21,17 @@ def read_records(
 ) -> list[InferenceRecord]:
     """Consume the topic from the start until ``expected`` records arrived (then ``settle_s`` more,
     to catch unexpected extras) or the timeout passed."""
-    return asyncio.run(_read(bootstrap_servers, topic, expected, timeout_s, settle_s))
+    return asyncio.run(read_records_async(bootstrap_servers, topic, expected, timeout_s, settle_s))
 
 
-async def _read(
-    bootstrap_servers: str, topic: str, expected: int, timeout_s: float, settle_s: float
+async def read_records_async(
+    bootstrap_servers: str,
+    topic: str,
+    expected: int,
+    timeout_s: float = 60.0,
+    settle_s: float = 1.0,
 ) -> list[InferenceRecord]:
+    """``read_records`` on a running event loop."""
     consumer = AIOKafkaConsumer(
         topic,
         bootstrap_servers=bootstrap_servers,

@@ -10,6 +10,7 @@ from gateway.featurelog.packing import pack_messages
 from gateway.featurelog.records import RecordBuilder, RequestInfo
 from gateway.featurelog.settings import FeatureLogSettings
 from gateway.featurelog.setup import (
+    adopt_spools,
     build_feature_log,
     build_record_builder,
     make_spool_dir,
@@ -22,6 +23,7 @@ __all__ = [
     "FeedbackSettings",
     "RecordBuilder",
     "RequestInfo",
+    "adopt_spools",
     "build_feature_log",
     "build_feedback_log",
     "build_record_builder",

@@ -92,7 +92,15 @@ class KafkaSink:
         owner: list[int] = []  # record index -> its batch's future
         try:
             producer = await self._ensure_producer()
-            partitions = sorted(await producer.partitions_for(self.topic))
+            try:
+                partitions = sorted(await producer.partitions_for(self.topic))
+            except BrokerResponseError as exc:
+                # The cluster refuses the topic itself (TOPIC_AUTHORIZATION_FAILED: an ACL):
+                # every record is refused for good, as a batch refused for that reason is.
+                if (reason := refusal_reason(exc)) is None:
+                    raise
+                log.error("feature log: the broker refuses topic %s (%s)", self.topic, exc)
+                return SendResult(len(records), dict.fromkeys(range(len(records)), reason))
             by_partition: dict[int, list[int]] = {}
             for index, (key, _) in enumerate(records):
                 by_partition.setdefault(_PARTITIONER(key, partitions, partitions), []).append(index)

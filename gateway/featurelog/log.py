@@ -56,6 +56,8 @@ class FeatureLog(Generic[RecordT]):
 
     It carries inference records; a log of another record kind (the feedback log) passes
     ``pack`` (records to messages under the size bound) and ``count`` (records in a message).
+    The queue is bounded in records (``queue_size``) and, for inference records, in their
+    estimated encoded bytes (``queue_max_bytes``): a record of 100,000 rows weighs as much.
     """
 
     def __init__(
@@ -65,6 +67,7 @@ class FeatureLog(Generic[RecordT]):
         metrics: FeatureLogMetrics,
         *,
         queue_size: int,
+        queue_max_bytes: int = 512 * 1024 * 1024,
         batch_size: int,
         linger_s: float,
         max_message_bytes: int = 1_000_000,
@@ -79,8 +82,11 @@ class FeatureLog(Generic[RecordT]):
         self._sink = sink
         self._spool = spool
         self._metrics = metrics
-        self._queue: deque[tuple[bytes, RecordT]] = deque()
+        # (key, record, its estimated bytes: 0 for records of another kind)
+        self._queue: deque[tuple[bytes, RecordT, int]] = deque()
         self._queue_size = queue_size
+        self._queue_max_bytes = queue_max_bytes
+        self._queue_bytes = 0
         self._batch_size = batch_size
         self._linger_s = linger_s
         self._max_message_bytes = max_message_bytes
@@ -97,7 +103,7 @@ class FeatureLog(Generic[RecordT]):
         self._committing: asyncio.Task[None] | None = None
         # What the sender took off the queue and has not yet sent or spooled: a stop whose
         # deadline cuts the round spools it, so no accepted record is lost.
-        self._taken: list[tuple[bytes, RecordT]] = []
+        self._taken: list[tuple[bytes, RecordT, int]] = []
         self._held: list[Message] = []
         if spool.pending_records:
             log.info(
@@ -118,14 +124,19 @@ class FeatureLog(Generic[RecordT]):
         await self.stop()
 
     def submit(self, key: bytes, record: RecordT) -> None:
-        """Queue one record; never blocks. A full queue drops it and counts the drop."""
+        """Queue one record; never blocks. A full queue (in records or in bytes) drops it and
+        counts the drop; a record larger than the byte bound still goes into an empty queue."""
         if self._closing:
             self._metrics.dropped("shutdown")
             return
-        if len(self._queue) >= self._queue_size:
+        size = 0 if self._pack_other is not None else estimate_bytes(cast(InferenceRecord, record))
+        if len(self._queue) >= self._queue_size or (
+            self._queue and self._queue_bytes + size > self._queue_max_bytes
+        ):
             self._metrics.dropped("queue_full")
             return
-        self._queue.append((key, record))
+        self._queue.append((key, record, size))
+        self._queue_bytes += size
         if len(self._queue) == 1 or len(self._queue) >= self._batch_size:
             self._wake.set()
 
@@ -192,28 +203,33 @@ class FeatureLog(Generic[RecordT]):
                     await self._to_spool(batch)
                     continue
                 result = await self._sink.send([(key, value) for key, value, _ in batch])
-                self._held = []
+                # held until spooled: a stop may cut the round while refusals are written
+                self._held = batch[result.settled :]
                 delivered = await self._settle(batch, result)
                 self._metrics.produced(delivered)
                 if result.settled < len(batch):
                     self._healthy = False
+                    self._held = []
                     await self._to_spool(batch[result.settled :])
             self._update_gauges()
 
-    def _take(self, count: int) -> list[tuple[bytes, RecordT]]:
-        """Up to ``count`` records off the queue, oldest first."""
+    def _take(self, count: int) -> list[tuple[bytes, RecordT, int]]:
+        """Up to ``count`` records off the queue, oldest first, with their estimated bytes."""
         queue = self._queue
-        return [queue.popleft() for _ in range(min(count, len(queue)))]
+        taken = [queue.popleft() for _ in range(min(count, len(queue)))]
+        self._queue_bytes = self._queue_bytes - sum(size for _, _, size in taken) if queue else 0
+        return taken
 
-    async def _pack(self, items: list[tuple[bytes, RecordT]]) -> list[Message]:
+    async def _pack(self, taken: list[tuple[bytes, RecordT, int]]) -> list[Message]:
         """The records packed per model into messages under the size bound, large batches on a
         worker thread (encoding is CPU work whose size a client controls)."""
+        items = [(key, record) for key, record, _ in taken]
         if self._pack_other is not None:
             if len(items) <= _PACK_INLINE_ITEMS:
                 return self._pack_other(items, self._max_message_bytes)
             return await asyncio.to_thread(self._pack_other, items, self._max_message_bytes)
         records = cast(list[tuple[bytes, InferenceRecord]], items)
-        sizes = [estimate_bytes(record) for _, record in records]
+        sizes = [size for _, _, size in taken]
         if sum(sizes) <= _PACK_INLINE_BYTES:
             packed = pack(records, self._max_message_bytes, sizes)
         else:
@@ -270,6 +286,9 @@ class FeatureLog(Generic[RecordT]):
         delay = self._backoff[0]
         while not self._closing:
             if self._spool.pending_records == 0:
+                # Cleared before the check under the lock: the sender may be spooling while
+                # the replayer waits for the lock, and its wake-up must not be lost.
+                self._spooled.clear()
                 async with self._order:
                     if self._spool.pending_records == 0:
                         if not self._healthy:
@@ -277,7 +296,6 @@ class FeatureLog(Generic[RecordT]):
                         self._healthy = True
                 if self._closing:
                     return
-                self._spooled.clear()
                 await self._spooled.wait()
                 continue
             try:

@@ -38,6 +38,9 @@ class FeatureLogSettings(KafkaSecurity):
     linger_s: float = Field(default=0.1, ge=0)
     batch_size: int = Field(default=500, ge=1)
     queue_size: int = Field(default=50_000, ge=1)
+    # The queue's bound in bytes, of its records' estimated JSON size: 50,000 records of
+    # 100,000 rows each would otherwise be held in memory during an outage.
+    queue_max_bytes: int = Field(default=512 * 1024**2, ge=1024**2)
     timeout_s: float = Field(default=5.0, gt=0)
     # Kafka refuses a message over the broker's message.max.bytes (1,048,588 by default) or the
     # topic's max.message.bytes: messages are packed to stay at or under this many bytes.

@@ -14,12 +14,13 @@ from gateway.featurelog.kafka_sink import KafkaSink
 from gateway.featurelog.log import FeatureLog, PackFn
 from gateway.featurelog.records import RecordBuilder
 from gateway.featurelog.settings import FeatureLogSettings
-from gateway.featurelog.spool import Spool
+from gateway.featurelog.spool import Spool, SpoolWriteError
 from gateway.metrics import FeatureLogMetrics, GatewayMetrics
 from monitors.broker import BrokerError, create_topics
 from monitors.schema import message_records
 
 __all__ = [
+    "adopt_spools",
     "build_feature_log",
     "build_record_builder",
     "make_spool_dir",
@@ -101,6 +102,7 @@ async def open_log(
         spool,
         metrics,
         queue_size=settings.queue_size,
+        queue_max_bytes=settings.queue_max_bytes,
         batch_size=settings.batch_size,
         linger_s=settings.linger_s,
         max_message_bytes=settings.max_message_bytes,
@@ -111,6 +113,35 @@ async def open_log(
     )
     async with feature_log:
         yield feature_log
+
+
+def adopt_spools(spool_dir: Path, max_bytes: int, workers: int) -> None:
+    """Before a start with ``workers`` processes (1: one process, no supervisor), move what a
+    run with another count spooled where no process of this one looks into a spool that one
+    replays: ``spool_dir`` itself for one process, ``worker-0`` under it for several (each
+    worker spools in ``spool_dir/worker-K``). Blocking file I/O, at start."""
+    slots = sorted(
+        (int(d.name.removeprefix("worker-")), d)
+        for d in spool_dir.glob("worker-*")
+        if d.name.removeprefix("worker-").isdigit() and d.is_dir()
+    )
+    if workers <= 1:
+        into, sources = spool_dir, [d for _, d in slots]
+    else:
+        into = spool_dir / "worker-0"
+        sources = [spool_dir, *(d for slot, d in slots if slot >= workers)]
+    for source in sources:
+        if not any(source.glob("*.seg")):
+            continue
+        try:
+            moved = Spool(into, max_bytes).adopt(source)
+        except (SpoolWriteError, OSError) as exc:
+            log.error("feature log: cannot move the spool in %s to %s: %s", source, into, exc)
+            continue
+        log.info("feature log: %d messages spooled in %s (a run with other workers) moved "
+                 "to %s, to be replayed", moved, source, into)  # fmt: skip
+        if any(source.glob("*.seg")) and Spool(source, max_bytes).pending_records:
+            log.error("feature log: %s is full; the rest stays in %s", into, source)
 
 
 async def _create_topic(settings: FeatureLogSettings, options: dict[str, Any]) -> None:

@@ -177,6 +177,26 @@ class Spool:
                 log.error("spool: cannot save the replay position in %s (%s); a restart "
                           "will send these records again", self.directory, exc)  # fmt: skip
 
+    def adopt(self, directory: Path) -> int:
+        """Move the pending records of the spool in ``directory`` (another process's, left
+        behind) in order behind this one's; returns how many were moved. What does not fit
+        under ``max_bytes`` stays there; a crash half way sends some records twice, never none."""
+        other = Spool(directory, self.max_bytes)
+        moved = 0
+        while entries := other.read(1000):
+            try:
+                written = self.append([(e.key, e.value) for e in entries])
+            except SpoolWriteError as exc:
+                written = exc.written
+                raise
+            finally:
+                if written:
+                    other.ack(entries[written - 1], written)
+                moved += written
+            if written < len(entries):
+                break
+        return moved
+
     # -- internals ----------------------------------------------------------------------------
 
     def _segments(self) -> list[int]:

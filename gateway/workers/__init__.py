@@ -6,5 +6,6 @@ the command line.
 """
 
 from gateway.workers.supervisor import supervise, usable_cores, worker_count
+from gateway.workers.worker import gather_spools
 
-__all__ = ["supervise", "usable_cores", "worker_count"]
+__all__ = ["gather_spools", "supervise", "usable_cores", "worker_count"]

@@ -6,11 +6,12 @@ from __future__ import annotations
 import logging
 import socket
 
+from gateway.featurelog import adopt_spools
 from gateway.serve import serve
 from gateway.settings import GatewaySettings
 from gateway.workers._peers import WorkerPeers
 
-__all__ = ["run_worker", "worker_settings"]
+__all__ = ["gather_spools", "run_worker", "worker_settings"]
 
 
 def worker_settings(settings: GatewaySettings, slot: int, replica_base: str) -> GatewaySettings:
@@ -28,6 +29,17 @@ def worker_settings(settings: GatewaySettings, slot: int, replica_base: str) -> 
     return settings.model_copy(
         update={"server": server, "feature_log": feature_log, "feedback": feedback}
     )
+
+
+def gather_spools(settings: GatewaySettings, workers: int) -> None:
+    """Before a start with ``workers`` processes: the feature-log and feedback records that a
+    run with another count spooled where none of these processes looks are moved to where one
+    replays them (a single process spools in ``spool_dir``, worker K in ``worker-K`` under it)."""
+    max_bytes = settings.feature_log.spool_max_bytes
+    if settings.feature_log.enabled:
+        adopt_spools(settings.feature_log.spool_dir, max_bytes, workers)
+    if settings.feedback.enabled:
+        adopt_spools(settings.feedback.spool_dir, max_bytes, workers)
 
 
 def run_worker(

@@ -236,3 +236,23 @@ def test_a_second_ctrl_c_with_a_hung_broker_spools_every_record(
     ids = [r["request_id"] for entry in spooled for r in decode_records(entry.value)]
     assert sorted(ids) == sorted([f"req-{i}" for i in range(20)] + ["queued"])
     assert status.startswith(b"HTTP/1.1 503"), status  # answered, never dropped
+
+
+def test_a_restart_with_workers_replays_what_one_process_spooled(
+    demo_registry: Path, tmp_path: Path
+) -> None:
+    # One process spools in spool_dir, worker K of `--workers N` in spool_dir/worker-K. Before,
+    # a restart with workers never looked in spool_dir: the records stayed there, never sent.
+    broker = EmbeddedBroker()
+    spool = tmp_path / "spool"
+    cfg = config(demo_registry, broker.bootstrap_servers, spool)  # nothing listens there yet
+    with start_gateway(tmp_path, cfg) as gw:
+        statuses = asyncio.run(send_requests(infer_url(gw.url), range(200)))
+    assert set(statuses.values()) == {200}
+    assert Spool(spool, max_bytes=1 << 30).pending_records > 0
+    cfg["server"] = {"workers": 2}
+    with broker:
+        asyncio.run(create_topics(broker.bootstrap_servers, [TOPIC], partitions=3))
+        with start_gateway(tmp_path, cfg):
+            records = read_records(broker.bootstrap_servers, TOPIC, 200, timeout_s=90)
+    assert {r["request_id"] for r in records} == {f"req-{i}" for i in range(200)}

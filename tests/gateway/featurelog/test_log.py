@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import asyncio
+import threading
 from pathlib import Path
 
 import orjson
@@ -12,6 +13,7 @@ from aiokafka.errors import (
 )
 from prometheus_client import CollectorRegistry
 
+from gateway.featurelog.dead_letter import DeadLetterFile
 from gateway.featurelog.kafka_sink import SendResult, refusal_reason
 from gateway.featurelog.log import FeatureLog
 from gateway.featurelog.spool import Spool
@@ -290,3 +292,105 @@ async def test_a_stop_whose_deadline_cuts_a_send_spools_the_records_it_held(
     spooled = [r["request_id"] for e in spool.read(100) for r in decode_records(e.value)]
     assert spooled == [f"r{i}" for i in range(15)]
     assert value(registry, "gateway_feature_log_records_total", event="spooled") == 15
+
+
+class GatedSpool(Spool):
+    """A spool whose appends wait for ``gate`` (a slow disk), outside the spool's own lock."""
+
+    def __init__(self, directory: Path) -> None:
+        super().__init__(directory, max_bytes=10_000_000)
+        self.gate = threading.Event()
+        self.gate.set()
+
+    def append(self, records: list[tuple[bytes, bytes]]) -> int:
+        self.gate.wait()
+        return super().append(records)
+
+
+async def test_a_record_spooled_while_the_replay_empties_the_spool_is_replayed(
+    tmp_path: Path,
+) -> None:
+    # The replayer empties the spool while the sender is still writing a newer record to it
+    # (the broker came back between the two). Before, the replayer cleared the sender's
+    # wake-up and waited for the next spooled record: r1 stayed on disk until more traffic
+    # came, or a restart.
+    sink, registry, spool = FlakySink(), CollectorRegistry(), GatedSpool(tmp_path)
+    sink.up = False
+    feature_log = FeatureLog(sink, spool, FeatureLogMetrics(registry), queue_size=100,
+                             batch_size=50, linger_s=0.005, replay_backoff_s=(0.01, 0.01))  # fmt: skip
+    async with feature_log:
+        feature_log.submit(b"m", record(0))
+        await wait_for(lambda: spool.pending_records == 1)
+        spool.gate.clear()  # the disk stalls as the sender spools r1 behind r0
+        feature_log.submit(b"m", record(1))
+        await wait_for(lambda: feature_log.queue_depth == 0)
+        sink.up = True
+        await wait_for(lambda: value(registry, "gateway_feature_log_records_total",
+                                     event="replayed") == 1)  # fmt: skip
+        for _ in range(10):  # the replayer, finding the spool empty, waits for the sender
+            await asyncio.sleep(0)
+        spool.gate.set()
+        await wait_for(lambda: sink.got == ["r0", "r1"], timeout_s=5)
+
+
+async def test_the_queue_is_bounded_in_bytes_as_well_as_in_records(tmp_path: Path) -> None:
+    # A broker that hangs while clients send requests of 10,000 rows (each about 5 MB as JSON).
+    # Before, only the count bounded the queue: all 40 were held, and 50,000 (the default
+    # queue_size) of 100,000-row requests would be about 600 GB of arrays in memory.
+    sink, registry = FlakySink(), CollectorRegistry()
+    sink.delay_s = 60.0
+    feature_log = FeatureLog(sink, Spool(tmp_path, max_bytes=1 << 30), FeatureLogMetrics(registry),
+                             queue_size=10_000, queue_max_bytes=20_000_000, batch_size=1,
+                             linger_s=0.0, shutdown_timeout_s=0.1)  # fmt: skip
+    async with feature_log:
+        feature_log.submit(b"m", log_record(0))
+        await wait_for(sink.sending.is_set)  # the sender is stuck with r0
+        for i in range(1, 41):
+            feature_log.submit(b"m", log_record(i, rows=10_000))
+        assert 1 <= feature_log.queue_depth <= 4
+        dropped = value(registry, "gateway_feature_log_dropped_records_total", reason="queue_full")
+        assert dropped == 40 - feature_log.queue_depth
+        depth = feature_log.queue_depth
+        feature_log.submit(b"m", log_record(41))  # a small record fits in what is left
+        assert feature_log.queue_depth == depth + 1
+
+
+class StalledDeadLetter(DeadLetterFile):
+    """A dead-letter file on a disk that stalls until ``gate`` is set."""
+
+    def __init__(self, directory: Path) -> None:
+        super().__init__(directory, 1 << 20)
+        self.gate = threading.Event()
+
+    def append(self, key: bytes, value: bytes, records: int, reason: str) -> bool:
+        self.gate.wait()
+        return super().append(key, value, records, reason)
+
+
+class RefuseFirstSink(FlakySink):
+    """Refuses the first message of a send for good and takes none of the others (an outage)."""
+
+    async def send(self, records: list[tuple[bytes, bytes]]) -> SendResult:
+        return SendResult(1, {0: "message_size_too_large"})
+
+
+async def test_a_stop_while_a_refusal_is_written_spools_the_rest_of_the_round(
+    tmp_path: Path,
+) -> None:
+    # The shutdown deadline cuts the round while the refused message goes to a stalled
+    # dead-letter file. Before, the round's unsent messages were neither sent nor spooled nor
+    # counted: lost.
+    dead_letter = StalledDeadLetter(tmp_path / "dead")
+    feature_log = FeatureLog(RefuseFirstSink(), Spool(tmp_path, max_bytes=1 << 30),
+                             FeatureLogMetrics(CollectorRegistry()), queue_size=1000,
+                             batch_size=300, linger_s=0.0, dead_letter=dead_letter,
+                             shutdown_timeout_s=0.2)  # fmt: skip
+    try:
+        async with feature_log:
+            for i in range(300):  # three messages of 100 records
+                feature_log.submit(b"m", record(i))
+    finally:
+        dead_letter.gate.set()
+    spool = Spool(tmp_path, max_bytes=1 << 30)
+    spooled = [r["request_id"] for e in spool.read(100) for r in decode_records(e.value)]
+    assert spooled == [f"r{i}" for i in range(100, 300)]

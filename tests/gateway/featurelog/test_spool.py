@@ -6,6 +6,7 @@ import pytest
 import yaml
 
 from gateway.cli import main
+from gateway.featurelog import adopt_spools
 from gateway.featurelog.spool import Spool, SpoolWriteError
 from tests._support import free_port
 
@@ -120,3 +121,38 @@ def test_a_spool_dir_that_cannot_be_made_stops_the_start_naming_the_setting(
     error = capsys.readouterr().err
     assert error.startswith(f"gateway: {group}.spool_dir: cannot create ")
     assert "Traceback" not in error
+
+
+def pending(directory: Path) -> list[bytes]:
+    return [entry.value for entry in Spool(directory, 1 << 20).read(1000)]
+
+
+def test_a_start_with_another_worker_count_replays_what_the_last_run_spooled(
+    tmp_path: Path,
+) -> None:
+    # Each worker of `gateway serve --workers N` spools in worker-K, one process in the folder
+    # itself. Before, a start with another count never looked where the last run spooled:
+    # those records stayed on disk, never sent, never counted.
+    Spool(tmp_path, 1 << 20).append(records(0, 3))  # one process
+    Spool(tmp_path / "worker-0", 1 << 20).append(records(10, 2))
+    Spool(tmp_path / "worker-1", 1 << 20).append(records(20, 2))
+    Spool(tmp_path / "worker-2", 1 << 20).append(records(30, 2))
+    adopt_spools(tmp_path, 1 << 20, workers=2)  # worker-2 and the folder's own: to worker-0
+    assert pending(tmp_path / "worker-0") == [
+        v for _, v in records(10, 2) + records(0, 3) + records(30, 2)
+    ]
+    assert pending(tmp_path / "worker-1") == [v for _, v in records(20, 2)]
+    assert pending(tmp_path) == pending(tmp_path / "worker-2") == []
+    adopt_spools(tmp_path, 1 << 20, workers=1)  # back to one process: everything in the folder
+    assert sorted(pending(tmp_path)) == sorted(
+        v for _, v in records(0, 3) + records(10, 2) + records(20, 2) + records(30, 2)
+    )
+    assert pending(tmp_path / "worker-0") == pending(tmp_path / "worker-1") == []
+
+
+def test_moving_a_spool_stops_at_the_bound_and_leaves_the_rest_in_place(tmp_path: Path) -> None:
+    Spool(tmp_path / "worker-1", 1 << 20).append(records(0, 10))
+    frame = 8 + len(records(0, 1)[0][0]) + len(records(0, 1)[0][1])
+    assert Spool(tmp_path, 4 * frame).adopt(tmp_path / "worker-1") == 4
+    assert pending(tmp_path) == [v for _, v in records(0, 4)]
+    assert pending(tmp_path / "worker-1") == [v for _, v in records(4, 6)]
