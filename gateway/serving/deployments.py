@@ -463,7 +463,7 @@ class ModelManager:
                 deployment = await self._load(endpoint, variant, ref, required=required)
             self._stop_waiting(key)
             existing = self.deployments.get(key)  # what waited may have taken over meanwhile
-            if deployment.current is None and existing is not None and existing.current:
+            if deployment.current is None and existing is not None and existing.current is not None:
                 log.warning(
                     "%s variant %s: %s could not be loaded here; version %s goes on serving "
                     "until it loads (retrying)",

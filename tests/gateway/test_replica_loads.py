@@ -91,8 +91,15 @@ def loaded(gw: Gateway, variant: str, version: str, ref: str) -> bool:
     return gw.metrics.get_sample_value("gateway_model_loaded", labels) == 1.0
 
 
-async def applied(gw: Gateway, revision: int) -> bool:
-    return bool((await gw.client.get(ROUTE)).json()["revision"] >= revision)
+def shadow_copies(gw: Gateway, outcome: str) -> float:
+    return sum(
+        sample.value
+        for metric in gw.metrics.collect()
+        for sample in metric.samples
+        if sample.name == "gateway_shadow_requests_total"
+        and sample.labels["shadow"] == "cand"
+        and sample.labels["outcome"] == outcome
+    )
 
 
 async def test_a_follower_that_cannot_load_a_variants_new_version_keeps_serving_the_old_one(
@@ -163,6 +170,7 @@ async def test_a_follower_routes_a_new_variant_it_cannot_load_to_the_others(
         seen = await answers(b)
         assert {status for status, _, _ in seen} == {200}, seen
         assert {v for _, v, _ in seen} == {"champion", "challenger"}, seen
+        await wait_for(lambda: shadow_copies(b, "dropped_not_ready") > 0)
         # a caller who asks for it by name is told why it cannot have it
         pinned = await b.client.post(INFER, json=BODY, headers={"x-model-variant": "third"})
         assert pinned.status_code == 503, pinned.text
