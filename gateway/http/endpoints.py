@@ -796,24 +796,29 @@ class MetadataEndpoints:
 
     def ready_reply(self) -> Reply:
         """Ready when every endpoint (``server.readiness: all``) or at least one (``any``) has
-        every variant that takes traffic loaded; the endpoints that are not are named. Not
-        ready while shedding load, only if ``admission.readiness_reports_overload``."""
+        a variant that takes traffic loaded (the others' share goes to it); the variants that
+        are not loaded are named. Not ready while shedding load, only if
+        ``admission.readiness_reports_overload``."""
         service = self.state.service
         if service is None:
             return _json_reply({"ready": False, "error": "the gateway is starting"}, 503)
         problems: dict[str, dict[str, str]] = {}
+        down = 0  # endpoints none of whose variants that take traffic serves
         deployments = service.traffic.manager.deployments
         for route in service.traffic.routes.values():
+            serves = False
             for variant in route.variants:
+                if variant.weight == 0:
+                    continue
                 deployment = deployments.get((route.endpoint, variant.name))
-                if variant.weight > 0 and (deployment is None or deployment.current is None):
+                if deployment is None or deployment.current is None:
                     error = deployment.last_error if deployment is not None else None
                     problems.setdefault(route.endpoint, {})[variant.name] = error or "loading"
+                else:
+                    serves = True
+            down += not serves
         routes = len(service.traffic.routes)
-        if self.state.readiness == "all":
-            ready = not problems
-        else:
-            ready = routes == 0 or len(problems) < routes
+        ready = down == 0 if self.state.readiness == "all" else routes == 0 or down < routes
         admission = self.state.admission
         if (
             ready
@@ -889,20 +894,24 @@ class MetadataEndpoints:
         not take up: what serves instead, that version, since when and why (as logged); an
         entry lasts exactly as long as its ``gateway_model_not_taken_up`` series."""
         traffic = self.state.require_service().traffic
-        deployments = [
-            *traffic.manager.for_endpoint(endpoint),
-            *(shadow.deployment for shadow in traffic.shadows(endpoint)),
+        manager = traffic.manager
+        serving: list[tuple[Deployment, LoadedModel | None]] = [
+            *((d, d.current) for d in manager.for_endpoint(endpoint)),
+            *((s.deployment, s.deployment.current) for s in traffic.shadows(endpoint)),
         ]
+        for waiting in manager.waiting(endpoint):  # a variant's new reference not loaded here
+            instead = manager.deployments.get((endpoint, waiting.variant))
+            serving.append((waiting, instead.current if instead is not None else None))
         return [
             {
                 "variant": deployment.variant,
                 "ref": str(deployment.ref),
-                "serving": deployment.current.version if deployment.current else None,
+                "serving": current.version if current is not None else None,
                 "version": refused.version,
                 "since": refused.since,
                 "reason": refused.reason,
             }
-            for deployment in deployments
+            for deployment, current in serving
             if (refused := deployment.not_taken_up) is not None
         ]
 

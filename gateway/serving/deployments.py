@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import time
 from collections.abc import Callable, Hashable
@@ -256,6 +257,8 @@ class Deployment:
         self.not_taken_up: NotTakenUp | None = None
         self._watcher: asyncio.Task[None] | None = None
         self._draining: set[asyncio.Task[None]] = set()
+        # told when a version goes live (set by the manager while this waits to take over)
+        self.on_live: Callable[[Deployment], None] | None = None
 
     async def start(self) -> None:
         """Load the referenced version now (a failure leaves it not ready), then watch the ref."""
@@ -325,6 +328,8 @@ class Deployment:
             task = asyncio.create_task(self._unload(old), name=f"drain:{self.name}/{old.version}")
             self._draining.add(task)
             task.add_done_callback(self._draining.discard)
+        if self.on_live is not None:
+            self.on_live(self)
         return True
 
     async def _watch(self) -> None:
@@ -378,7 +383,10 @@ class ModelManager:
     nothing keeps (and that would go on polling the registry) or unload one twice. A route
     change first ``prepare``s the models it needs beside those serving, then ``ensure``
     switches to them when the change applies; what a change that did not apply prepared is
-    ``discard``ed.
+    ``discard``ed. A replica that applies another's change (``required`` false) and cannot
+    load its new reference of a serving variant keeps serving that variant's version: the new
+    deployment ``waits``, retrying as a watcher does, and takes over once a version of it is
+    live.
     """
 
     def __init__(
@@ -391,27 +399,36 @@ class ModelManager:
         self._executor = executor
         self._retiring: set[asyncio.Task[None]] = set()
         self._prepared: dict[tuple[str, str, str], Deployment] = {}
+        # by (endpoint, variant): the reference a change moved a serving variant to, not
+        # loaded yet on this replica; it takes over once it loads
+        self._waiting: dict[tuple[str, str], Deployment] = {}
         self._locks: dict[tuple[str, str], asyncio.Lock] = {}
 
     async def __aenter__(self) -> ModelManager:
         return self
 
     async def __aexit__(self, *exc_info: object) -> None:
-        prepared = list(self._prepared.values())
+        others = [*self._prepared.values(), *self._waiting.values()]
         self._prepared.clear()
-        await asyncio.gather(*(d.stop() for d in [*self.deployments.values(), *prepared]))
+        self._waiting.clear()
+        await asyncio.gather(*(d.stop() for d in [*self.deployments.values(), *others]))
         if self._retiring:
             await asyncio.gather(*self._retiring, return_exceptions=True)
         self._executor.shutdown(wait=False, cancel_futures=True)
 
     async def prepare(self, endpoint: str, variant: str, ref: str) -> None:
         """Load ``ref`` for a variant beside what serves it now (nothing moves yet); raises
-        ModelLoadError when it cannot be loaded. Nothing to do when it serves already."""
+        ModelLoadError when it cannot be loaded. Nothing to do when it serves already, or
+        waits to (a change of the route's other parts is not held up by it)."""
         key = (endpoint, variant)
+        target = ModelRef.parse(ref)
         async with self._lock(key):
             existing = self.deployments.get(key)
-            serving = existing is not None and existing.ref == ModelRef.parse(ref)
-            if serving or (*key, ref) in self._prepared:
+            waiting = self._waiting.get(key)
+            serving = existing is not None and existing.ref == target
+            if serving or (waiting is not None and waiting.ref == target):
+                return
+            if (*key, ref) in self._prepared:
                 return
             self._prepared[(*key, ref)] = await self._load(endpoint, variant, ref, required=True)
 
@@ -422,20 +439,39 @@ class ModelManager:
             self._retire(deployment)
 
     async def ensure(self, endpoint: str, variant: str, ref: str, *, required: bool) -> Deployment:
-        """The deployment of that variant at ``ref``: the serving one, the prepared one, or
-        one loaded now; the one it replaces drains and unloads.
+        """The deployment that serves that variant once it is at ``ref``: the serving one, the
+        prepared one, or one loaded now; the one it replaces drains and unloads.
 
         With ``required`` a version that cannot be loaded raises ModelLoadError (an operator's
-        change is refused); without it the deployment stays, not ready, and keeps retrying.
+        change is refused). Without it (another replica's change, or the config file's) the
+        new deployment keeps retrying: a variant that serves goes on serving its version until
+        the new one loads (it is returned then, and the new one waits); one that does not is
+        replaced at once, not ready.
         """
         key = (endpoint, variant)
+        target = ModelRef.parse(ref)
         async with self._lock(key):
             existing = self.deployments.get(key)
-            if existing is not None and existing.ref == ModelRef.parse(ref):
+            if existing is not None and existing.ref == target:
+                self._stop_waiting(key)  # e.g. a change back before the other one loaded
                 return existing
+            waiting = self._waiting.get(key)
             deployment = self._prepared.pop((*key, ref), None)
             if deployment is None:
+                if waiting is not None and waiting.ref == target and not required:
+                    return existing or waiting
                 deployment = await self._load(endpoint, variant, ref, required=required)
+            self._stop_waiting(key)
+            existing = self.deployments.get(key)  # what waited may have taken over meanwhile
+            if deployment.current is None and existing is not None and existing.current is not None:
+                log.warning(
+                    "%s variant %s: %s could not be loaded here; version %s goes on serving "
+                    "until it loads (retrying)",
+                    endpoint, variant, ref, existing.current.version,
+                )  # fmt: skip
+                self._waiting[key] = deployment
+                deployment.on_live = functools.partial(self._take_over, key)
+                return existing
             self.deployments[key] = deployment
             if existing is not None:
                 self._retire(existing)
@@ -443,8 +479,31 @@ class ModelManager:
 
     def retire(self, endpoint: str, variant: str) -> None:
         """Stop serving a variant; its queued requests finish first."""
+        self._stop_waiting((endpoint, variant))
         deployment = self.deployments.pop((endpoint, variant), None)
         if deployment is not None:
+            self._retire(deployment)
+
+    def waiting(self, endpoint: str) -> list[Deployment]:
+        """The endpoint's deployments that wait to take over a serving variant (not loaded)."""
+        return [d for (e, _), d in self._waiting.items() if e == endpoint]
+
+    def _take_over(self, key: tuple[str, str], deployment: Deployment) -> None:
+        """A waiting deployment went live: it serves its variant from now on."""
+        if self._waiting.get(key) is not deployment:
+            return
+        del self._waiting[key]
+        deployment.on_live = None
+        replaced = self.deployments.get(key)
+        self.deployments[key] = deployment
+        log.info("%s variant %s: %s loaded, it serves now", *key, deployment.ref)
+        if replaced is not None:
+            self._retire(replaced)
+
+    def _stop_waiting(self, key: tuple[str, str]) -> None:
+        deployment = self._waiting.pop(key, None)
+        if deployment is not None:
+            deployment.on_live = None
             self._retire(deployment)
 
     async def _load(self, endpoint: str, variant: str, ref: str, *, required: bool) -> Deployment:

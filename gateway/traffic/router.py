@@ -12,10 +12,15 @@ import logging
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from gateway.errors import InvalidInputError, ModelLoadError, UnknownModelError
+from gateway.errors import (
+    InvalidInputError,
+    ModelLoadError,
+    NotReadyError,
+    UnknownModelError,
+)
 from gateway.serving import LoadedModel, ModelManager
 from gateway.traffic.canary import CanaryController, VariantStats
-from gateway.traffic.routes import Route, key_bucket
+from gateway.traffic.routes import BUCKETS, Route, key_bucket
 from gateway.traffic.shadow import ShadowDispatcher
 
 __all__ = ["Traffic"]
@@ -61,17 +66,6 @@ class Traffic:
         prepared = list(self._prepared_shadows.values())
         self._prepared_shadows.clear()
         await asyncio.gather(*(s.stop() for s in [*self._shadows.values(), *prepared]))
-
-    @property
-    def ready(self) -> bool:
-        """True when every variant that takes traffic has a loaded version."""
-        return all(
-            (d := self.manager.deployments.get((r.endpoint, v.name))) is not None
-            and d.current is not None
-            for r in self.routes.values()
-            for v in r.variants
-            if v.weight > 0
-        )
 
     async def apply(self, route: Route, *, required: bool) -> None:
         """Load what ``route`` needs, switch to it, then retire what it no longer uses."""
@@ -211,13 +205,42 @@ class Traffic:
                 names = [v.name for v in route.variants]
                 raise InvalidInputError(f"route {endpoint!r} has no variant {pinned!r} ({names})")
             return self.manager.get(endpoint, pinned)
-        return self.manager.get(endpoint, route.pick(key_bucket(routing_key)))
+        bucket = key_bucket(routing_key)
+        try:
+            return self.manager.get(endpoint, route.pick(bucket))
+        except NotReadyError:
+            stand_in = self._stand_in(route, bucket)
+            if stand_in is None:
+                raise
+            return stand_in
+
+    def _stand_in(self, route: Route, bucket: int) -> LoadedModel | None:
+        """A serving variant for a request whose variant is not loaded on this replica (a
+        route change whose model loaded where it was made but not here): picked by weight
+        among those that serve, from the same bucket, so a routing key stays on one of them.
+        None when no variant serves."""
+        serving: list[tuple[int, LoadedModel]] = []
+        for variant in route.variants:
+            deployment = self.manager.deployments.get((route.endpoint, variant.name))
+            if variant.weight > 0 and deployment is not None and deployment.current is not None:
+                serving.append((variant.weight, deployment.current))
+        point = bucket * sum(weight for weight, _ in serving) // BUCKETS
+        for weight, model in serving:
+            if point < weight:
+                return model
+            point -= weight
+        return None
 
     def primary(self, endpoint: str) -> LoadedModel:
-        """The variant with the largest weight (what model-metadata calls describe)."""
+        """The variant with the largest weight (what model-metadata calls describe), of those
+        loaded here (NotReadyError naming the heaviest when none is)."""
         route = self.route(endpoint)
-        heaviest = max(route.variants, key=lambda v: v.weight)
-        return self.manager.get(endpoint, heaviest.name)
+        by_weight = sorted(route.variants, key=lambda v: v.weight, reverse=True)  # stable
+        for variant in by_weight:
+            deployment = self.manager.deployments.get((endpoint, variant.name))
+            if deployment is not None and deployment.current is not None:
+                return deployment.current
+        return self.manager.get(endpoint, by_weight[0].name)
 
     def versions(self, endpoint: str) -> list[LoadedModel]:
         """The loaded versions an endpoint routes to: the primary first, then its other variants
