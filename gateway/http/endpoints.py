@@ -251,10 +251,13 @@ class _InferBase(Generic[ParsedT]):
 
     # -- the core -----------------------------------------------------------------------------
 
-    def admit(self, name: str, headers: Headers) -> tuple[InferenceService, Gate | None] | Reply:
+    def admit(
+        self, name: str, headers: Headers, hold: bool = True
+    ) -> tuple[InferenceService, Gate | None] | Reply:
         """Refuse unknown models, a gateway still starting, and what admission control sheds,
         before the body is decoded or parsed: the answer. Else the service and the gate taken,
-        which the caller releases once the request is over.
+        which the caller releases once the request is over (``hold=False``: only checked,
+        nothing to release).
 
         A refusal costs a route lookup, the gate's checks and a counter: no request id, no
         log record, and its reply is built once.
@@ -269,7 +272,7 @@ class _InferBase(Generic[ParsedT]):
             return service, None
         gate = admission.gate(name)
         client = admission.client_key(headers) if gate.limits_clients else None
-        refusal = gate.admit(client, time.perf_counter())
+        refusal = gate.admit(client, time.perf_counter(), hold)
         if refusal is None:
             return service, gate
         reply = self._refusals.get(refusal)
@@ -281,15 +284,10 @@ class _InferBase(Generic[ParsedT]):
 
     def refuse_early(self, name: str, headers: Headers) -> Reply | None:
         """The answer ``admit`` gives a request from its head alone, before its body is read:
-        a refusal (counted), or None, and then no place is kept (the request is admitted
-        again once it is whole)."""
-        admitted = self.admit(name, headers)
-        if isinstance(admitted, Reply):
-            return admitted
-        gate = admitted[1]
-        if gate is not None:
-            gate.release()
-        return None
+        a refusal (counted), or None, and then neither a place nor a token of its caller is
+        taken (the request is admitted once it is whole)."""
+        admitted = self.admit(name, headers, hold=False)
+        return admitted if isinstance(admitted, Reply) else None
 
     def choose(
         self,

@@ -143,6 +143,21 @@ def test_client_buckets_limit_each_caller_to_its_rate() -> None:
     assert gate.admit(b"key-a", 0.1) is not None
 
 
+def test_a_check_without_hold_takes_neither_a_place_nor_a_token() -> None:
+    gate = admission(mode="fixed", max_in_flight=1, client_rate_per_s=0.001, client_burst=1).gate(
+        "m"
+    )
+    for _ in range(3):
+        assert gate.admit(b"key-a", 0.0, hold=False) is None
+    assert gate.in_flight == 0
+    assert gate.admit(b"key-a", 0.0) is None, "the caller's one token is still there"
+    assert isinstance(gate.admit(b"key-b", 0.0, hold=False), OverloadedError)
+    gate.release()
+    assert isinstance(gate.admit(b"key-a", 0.0, hold=False), RateLimitedError)
+    assert gate.refusals == {"endpoint_limit": 1, "total_limit": 0, "queue_delay": 0,
+                             "client_rate": 1}  # fmt: skip
+
+
 def test_client_table_is_bounded_and_forgets_idle_callers_first() -> None:
     buckets = ClientBuckets(rate_per_s=1.0, burst=1, max_clients=8)
     for i in range(8):
