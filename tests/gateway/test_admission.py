@@ -185,6 +185,8 @@ def test_endpoint_overrides_and_bad_settings_name_the_setting() -> None:
     assert settings.limits_for("heavy").max_in_flight == 64
     assert settings.limits_for("other").max_in_flight == 1024
     assert Admission(settings).gate("heavy").limit == 64
+    with pytest.raises(ConfigError, match=r"retry_after_s"):
+        load_settings(admission={"retry_after_s": "inf"})  # its Retry-After was a 500
     with pytest.raises(ConfigError, match=r"admission\.endpoints\.heavy"):
         load_settings(admission={"endpoints": {"heavy": {"max_in_flight": 0}}})
     with pytest.raises(ConfigError, match="initial_in_flight"):
