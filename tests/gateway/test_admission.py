@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import tracemalloc
+
 import pytest
 from prometheus_client import CollectorRegistry, generate_latest
 
@@ -170,6 +172,27 @@ def test_client_table_is_bounded_and_forgets_idle_callers_first() -> None:
         assert buckets.take(b"more-%d" % len(buckets), 0.5)
     assert buckets.take(b"late", 5.0)  # everyone refilled by now: they are forgotten
     assert len(buckets) == 1
+
+
+def test_the_client_table_holds_little_of_each_long_key() -> None:
+    """A key is the caller's choice, up to a whole header (16 KiB): 10,000 random long keys
+    per endpoint used to hold 160 MB. A long key is kept as a digest."""
+    control = admission(client_rate_per_s=1.0)
+    gate = control.gate("m")
+    tracemalloc.start()
+    try:
+        for i in range(500):
+            key = control.client_key([(b"x-api-key", b"%08d" % i + b"k" * 16_000)])
+            assert gate.admit(key, 0.0) is None
+            gate.release()
+        held, _ = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert held < 500_000, f"{held} bytes held for 500 callers"
+    long_key = [(b"x-api-key", b"a" * 1000)]
+    assert control.client_key(long_key) == control.client_key(long_key), "the same caller"
+    assert control.client_key(long_key) != control.client_key([(b"x-api-key", b"a" * 1001)])
+    assert control.client_key([(b"x-api-key", b"short")]) == b"short"
 
 
 def test_client_key_is_the_first_configured_header_present() -> None:
