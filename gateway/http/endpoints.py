@@ -570,15 +570,22 @@ class _InferBase(Generic[ParsedT]):
         started = time.perf_counter()
         name = scope["path_params"]["name"]
         headers: Headers = scope["headers"]
-        admitted = self.admit(name, headers)
-        if isinstance(admitted, Reply):
-            await send_reply(send, admitted)
+        # checked from the head, admitted once the body is in: a place is for the model's
+        # work, not for a caller's upload (as with the gateway's own protocol)
+        checked = self.admit(name, headers, hold=False)
+        if isinstance(checked, Reply):
+            await send_reply(send, checked)
             return
-        service, gate = admitted
         info = RequestInfo(_request_id(), time.time(), name)
         version = scope["path_params"].get("version")
+        gate: Gate | None = None
         try:
             body = await read_body(scope, receive, self.state.max_body_bytes)
+            admitted = self.admit(name, headers)
+            if isinstance(admitted, Reply):
+                await send_reply(send, admitted)
+                return
+            service, gate = admitted
             if len(body) <= LARGE_BODY_BYTES:
                 decoded: Any = self._decode(headers, body, encoded=False)
             else:

@@ -188,6 +188,33 @@ def test_a_request_checked_from_its_head_takes_one_token_of_its_caller(
         wait_metric(gw, 'gateway_admission_in_flight{model="breast_cancer"} 0.0')
 
 
+@pytest.mark.parametrize("protocol", ["gateway", "uvicorn"])
+def test_a_body_still_being_sent_holds_no_place(
+    demo_registry: Path, tmp_path: Path, protocol: str
+) -> None:
+    """A place is for the model's work: a caller that sends its body slowly holds none, so
+    such callers cannot take an endpoint's whole limit. (Behind an ASGI server, the place was
+    taken before the body was read.)"""
+    settings = config(
+        demo_registry,
+        server={"http_protocol": protocol},
+        admission={"limits": {"mode": "fixed", "max_in_flight": 1}},
+    )
+    whole = post(PATH, body())
+    with start_gateway(tmp_path, settings) as gw:
+        with socket.create_connection(("127.0.0.1", gw.port)) as slow:
+            slow.sendall(whole[:-10])  # its head and most of its body
+            for _ in range(3):
+                with socket.create_connection(("127.0.0.1", gw.port)) as sock:
+                    sock.sendall(whole)
+                    ((status, _, payload),) = read_responses(sock, 1)
+                assert status == 200, payload
+            slow.sendall(whole[-10:])
+            ((status, _, payload),) = read_responses(slow, 1)
+            assert status == 200, payload
+        wait_metric(gw, 'gateway_admission_in_flight{model="breast_cancer"} 0.0')
+
+
 def test_calls_read_together_are_parsed_in_later_turns_and_every_one_is_answered(
     demo_registry: Path, tmp_path: Path
 ) -> None:
