@@ -21,7 +21,12 @@ from starlette.responses import Response
 
 from gateway._parse_process import parse_in_process
 from gateway.admission import Admission, Gate
-from gateway.errors import GatewayError, InvalidInputError, NotReadyError
+from gateway.errors import (
+    DeadlineExceededError,
+    GatewayError,
+    InvalidInputError,
+    NotReadyError,
+)
 from gateway.featurelog import RequestInfo
 from gateway.feedback import FeedbackDisabledError, FeedbackService
 from gateway.http._asgi import (
@@ -434,7 +439,7 @@ class _InferBase(Generic[ParsedT]):
                 log.exception("unexpected error routing an inference call for %s", name)
                 respond(_internal_error())
                 return False
-            work = self._prepare_off_loop(model, info, headers, body, True)
+            work = self._prepare_off_loop(model, info, headers, body, True, started)
             work.add_done_callback(prepared)
             return True
 
@@ -501,11 +506,19 @@ class _InferBase(Generic[ParsedT]):
             return _Prepared(model, None, exc)
 
     def _prepare_off_loop(
-        self, model: LoadedModel, info: RequestInfo, headers: Headers, body: Body, encoded: bool
+        self,
+        model: LoadedModel,
+        info: RequestInfo,
+        headers: Headers,
+        body: Body,
+        encoded: bool,
+        started: float,
     ) -> asyncio.Future[_Prepared[ParsedT]]:
         """``_prepare`` for a large body: decoded in a parse process where the endpoint can
         ``offload`` it and one is up (``parse`` then runs on the loop, on arrays: a few
-        microseconds), else on a worker thread."""
+        microseconds), else on a worker thread. A parse process that has not answered by the
+        request's deadline (from ``started``) is given up: a process that stops answering
+        must not hold the request, and its place at the gate, for ever."""
         loop = asyncio.get_running_loop()
         pool = self.state.parse_pool
         parse = self.offload(model, headers) if pool is not None else None
@@ -519,8 +532,20 @@ class _InferBase(Generic[ParsedT]):
         self.state.metrics.large_bodies.labels("process").inc()
         prepared: asyncio.Future[_Prepared[ParsedT]] = loop.create_future()
 
+        def expired() -> None:
+            if prepared.done():
+                return
+            error = DeadlineExceededError(
+                f"model {model.name}: the request's deadline passed while its body was parsed"
+            )
+            prepared.set_result(_Prepared(model, None, error))
+            work.cancel()  # drops the parse if it has not started
+
+        late = loop.call_later(started + model.batching.timeout_s - time.perf_counter(), expired)
+
         def parsed(done: asyncio.Future[Any]) -> None:
-            if prepared.done():  # its caller went away (an ASGI task cancelled)
+            late.cancel()
+            if prepared.done():  # its caller went away (an ASGI task cancelled), or too late
                 return
             if done.cancelled():  # the pool was closed: the gateway is stopping
                 decoded: Any = NotReadyError("the gateway is stopping")
@@ -591,7 +616,9 @@ class _InferBase(Generic[ParsedT]):
             else:
                 while True:  # again if its version is swapped out meanwhile
                     model = self.choose(service, info, version, headers, started)
-                    decoded = await self._prepare_off_loop(model, info, headers, body, False)
+                    decoded = await self._prepare_off_loop(
+                        model, info, headers, body, False, started
+                    )
                     if not decoded.stale:
                         break
             call = self.begin(service, info, version, headers, decoded, started)
