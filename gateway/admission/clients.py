@@ -23,19 +23,22 @@ class ClientBuckets:
     def __len__(self) -> int:
         return len(self._buckets)
 
-    def take(self, key: bytes, now: float) -> bool:
-        """Take one token from ``key``'s bucket at time ``now``; False when it is empty."""
+    def take(self, key: bytes, now: float, take: bool = True) -> bool:
+        """Take one token from ``key``'s bucket at time ``now``; False when it is empty.
+        ``take=False`` only checks that there is one."""
         bucket = self._buckets.get(key)
         if bucket is None:
+            if not take:
+                return True
             if len(self._buckets) >= self._max:
                 self._evict(now)
             self._buckets[key] = [self._burst - 1.0, now]
             return True
         tokens = min(self._burst, bucket[0] + (now - bucket[1]) * self._rate)
         bucket[1] = now
-        if tokens < 1.0:
+        if tokens < 1.0 or not take:
             bucket[0] = tokens
-            return False
+            return tokens >= 1.0
         bucket[0] = tokens - 1.0
         return True
 

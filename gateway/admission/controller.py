@@ -2,12 +2,18 @@
 
 from __future__ import annotations
 
+import hashlib
+
 from gateway.admission.gate import REASONS, Gate, InFlightTotal
 from gateway.admission.settings import AdmissionSettings
 from gateway.admission.turns import Turns
 from gateway.metrics import LoadSnapshot, ProcessLoad
 
 __all__ = ["Admission"]
+
+# Keys longer than this are kept as a 16-byte digest: a header may be 16 KiB
+# (``server.max_header_bytes``), and 10,000 such keys an endpoint held 160 MB.
+_MAX_KEY_BYTES = 64
 
 
 class Admission:
@@ -42,10 +48,13 @@ class Admission:
         return gate
 
     def client_key(self, headers: list[tuple[bytes, bytes]]) -> bytes | None:
-        """The caller's key: the first of ``client_key_headers`` the request carries."""
+        """The caller's key: the first of ``client_key_headers`` the request carries (a long
+        one as its digest: each endpoint keeps ``max_clients`` keys that callers choose)."""
         for wanted in self._client_headers:
             for name, value in headers:
                 if name == wanted:
+                    if len(value) > _MAX_KEY_BYTES:
+                        return hashlib.blake2b(value, digest_size=16).digest()
                     return bytes(value)
         return None
 

@@ -108,8 +108,10 @@ class Gate:
             ),
         }
 
-    def admit(self, client: bytes | None, now: float) -> GatewayError | None:
-        """Take a place for a request at time ``now`` (seconds, monotonic); or the refusal."""
+    def admit(self, client: bytes | None, now: float, hold: bool = True) -> GatewayError | None:
+        """Take a place for a request at time ``now`` (seconds, monotonic); or the refusal.
+        ``hold=False`` takes neither a place nor a token: the check of a request whose head
+        alone is read, admitted again once whole (a refusal is counted)."""
         if now >= self._window_end:
             self._close_window(now)
         if self.in_flight >= self.cap:
@@ -119,9 +121,11 @@ class Gate:
         if total.in_flight >= total.limit:
             return self._shed("total_limit", now)
         buckets = self._buckets
-        if buckets is not None and client is not None and not buckets.take(client, now):
+        if buckets is not None and client is not None and not buckets.take(client, now, hold):
             self.refusals["client_rate"] += 1
             return self._errors["client_rate"]
+        if not hold:
+            return None
         self.in_flight += 1
         total.in_flight += 1
         if self.in_flight > self._peak:

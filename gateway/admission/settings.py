@@ -79,7 +79,7 @@ class AdmissionSettings(_Group):
     # (gateway/admission/turns.py). 0: every call is worked on as soon as it is read.
     pass_slice_s: float = Field(default=0.001, ge=0, le=1)
     # Retry-After (seconds, rounded up to whole seconds) on a 503 refusal.
-    retry_after_s: float = Field(default=1.0, gt=0)
+    retry_after_s: float = Field(default=1.0, gt=0, allow_inf_nan=False)
     # Headers that name a caller for the per-client rate; the first one present counts.
     client_key_headers: list[str] = Field(default_factory=lambda: ["x-api-key", "x-routing-key"])
     # Callers whose buckets are kept (the oldest and the idle are forgotten beyond it).

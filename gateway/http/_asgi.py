@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import math
 from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any
 
@@ -23,6 +24,7 @@ __all__ = [
     "error_status",
     "header",
     "read_body",
+    "retry_after",
     "send_reply",
 ]
 
@@ -135,11 +137,16 @@ async def send_reply(send: Send, reply: Reply) -> None:
 JSON = b"application/json"
 
 
+def retry_after(exc: NotReadyError) -> str:
+    """``Retry-After`` in whole seconds, at least 1, rounded up: sooner is refused again."""
+    return str(max(1, math.ceil(exc.retry_after_s)))
+
+
 def error_reply(exc: GatewayError, request_id: str | None = None) -> Reply:
     """A domain error as ``{"error": ...}`` with its status (and Retry-After)."""
     headers = [(b"content-type", JSON)]
     if request_id is not None:
         headers.append((b"x-request-id", request_id.encode()))
     if isinstance(exc, NotReadyError):
-        headers.append((b"retry-after", str(max(1, round(exc.retry_after_s))).encode()))
+        headers.append((b"retry-after", retry_after(exc).encode()))
     return Reply(error_status(exc), orjson.dumps({"error": str(exc)}), headers)

@@ -31,7 +31,15 @@ from gateway.errors import (
     UnknownModelError,
 )
 from gateway.feedback import FeedbackDisabledError
-from gateway.http._asgi import Receive, Reply, Scope, Send, error_status, register_status
+from gateway.http._asgi import (
+    Receive,
+    Reply,
+    Scope,
+    Send,
+    error_status,
+    register_status,
+    retry_after,
+)
 from gateway.http._parse_pool import ParsePool
 from gateway.http._paths import decode_path
 from gateway.http.admin import AdminAuthError, AdminDisabledError, admin_routes
@@ -220,7 +228,7 @@ async def _gateway_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, GatewayError)
     response = json_response({"error": str(exc)}, error_status(exc))
     if isinstance(exc, NotReadyError):
-        response.headers["retry-after"] = str(max(1, round(exc.retry_after_s)))
+        response.headers["retry-after"] = retry_after(exc)
     if isinstance(exc, AdminAuthError):
         response.headers["www-authenticate"] = "Bearer"
     return response

@@ -21,7 +21,12 @@ from starlette.responses import Response
 
 from gateway._parse_process import parse_in_process
 from gateway.admission import Admission, Gate
-from gateway.errors import GatewayError, InvalidInputError, NotReadyError
+from gateway.errors import (
+    DeadlineExceededError,
+    GatewayError,
+    InvalidInputError,
+    NotReadyError,
+)
 from gateway.featurelog import RequestInfo
 from gateway.feedback import FeedbackDisabledError, FeedbackService
 from gateway.http._asgi import (
@@ -251,10 +256,13 @@ class _InferBase(Generic[ParsedT]):
 
     # -- the core -----------------------------------------------------------------------------
 
-    def admit(self, name: str, headers: Headers) -> tuple[InferenceService, Gate | None] | Reply:
+    def admit(
+        self, name: str, headers: Headers, hold: bool = True
+    ) -> tuple[InferenceService, Gate | None] | Reply:
         """Refuse unknown models, a gateway still starting, and what admission control sheds,
         before the body is decoded or parsed: the answer. Else the service and the gate taken,
-        which the caller releases once the request is over.
+        which the caller releases once the request is over (``hold=False``: only checked,
+        nothing to release).
 
         A refusal costs a route lookup, the gate's checks and a counter: no request id, no
         log record, and its reply is built once.
@@ -269,7 +277,7 @@ class _InferBase(Generic[ParsedT]):
             return service, None
         gate = admission.gate(name)
         client = admission.client_key(headers) if gate.limits_clients else None
-        refusal = gate.admit(client, time.perf_counter())
+        refusal = gate.admit(client, time.perf_counter(), hold)
         if refusal is None:
             return service, gate
         reply = self._refusals.get(refusal)
@@ -281,15 +289,10 @@ class _InferBase(Generic[ParsedT]):
 
     def refuse_early(self, name: str, headers: Headers) -> Reply | None:
         """The answer ``admit`` gives a request from its head alone, before its body is read:
-        a refusal (counted), or None, and then no place is kept (the request is admitted
-        again once it is whole)."""
-        admitted = self.admit(name, headers)
-        if isinstance(admitted, Reply):
-            return admitted
-        gate = admitted[1]
-        if gate is not None:
-            gate.release()
-        return None
+        a refusal (counted), or None, and then neither a place nor a token of its caller is
+        taken (the request is admitted once it is whole)."""
+        admitted = self.admit(name, headers, hold=False)
+        return admitted if isinstance(admitted, Reply) else None
 
     def choose(
         self,
@@ -436,7 +439,7 @@ class _InferBase(Generic[ParsedT]):
                 log.exception("unexpected error routing an inference call for %s", name)
                 respond(_internal_error())
                 return False
-            work = self._prepare_off_loop(model, info, headers, body, True)
+            work = self._prepare_off_loop(model, info, headers, body, True, started)
             work.add_done_callback(prepared)
             return True
 
@@ -503,11 +506,19 @@ class _InferBase(Generic[ParsedT]):
             return _Prepared(model, None, exc)
 
     def _prepare_off_loop(
-        self, model: LoadedModel, info: RequestInfo, headers: Headers, body: Body, encoded: bool
+        self,
+        model: LoadedModel,
+        info: RequestInfo,
+        headers: Headers,
+        body: Body,
+        encoded: bool,
+        started: float,
     ) -> asyncio.Future[_Prepared[ParsedT]]:
         """``_prepare`` for a large body: decoded in a parse process where the endpoint can
         ``offload`` it and one is up (``parse`` then runs on the loop, on arrays: a few
-        microseconds), else on a worker thread."""
+        microseconds), else on a worker thread. A parse process that has not answered by the
+        request's deadline (from ``started``) is given up: a process that stops answering
+        must not hold the request, and its place at the gate, for ever."""
         loop = asyncio.get_running_loop()
         pool = self.state.parse_pool
         parse = self.offload(model, headers) if pool is not None else None
@@ -521,8 +532,20 @@ class _InferBase(Generic[ParsedT]):
         self.state.metrics.large_bodies.labels("process").inc()
         prepared: asyncio.Future[_Prepared[ParsedT]] = loop.create_future()
 
+        def expired() -> None:
+            if prepared.done():
+                return
+            error = DeadlineExceededError(
+                f"model {model.name}: the request's deadline passed while its body was parsed"
+            )
+            prepared.set_result(_Prepared(model, None, error))
+            work.cancel()  # drops the parse if it has not started
+
+        late = loop.call_later(started + model.batching.timeout_s - time.perf_counter(), expired)
+
         def parsed(done: asyncio.Future[Any]) -> None:
-            if prepared.done():  # its caller went away (an ASGI task cancelled)
+            late.cancel()
+            if prepared.done():  # its caller went away (an ASGI task cancelled), or too late
                 return
             if done.cancelled():  # the pool was closed: the gateway is stopping
                 decoded: Any = NotReadyError("the gateway is stopping")
@@ -572,21 +595,30 @@ class _InferBase(Generic[ParsedT]):
         started = time.perf_counter()
         name = scope["path_params"]["name"]
         headers: Headers = scope["headers"]
-        admitted = self.admit(name, headers)
-        if isinstance(admitted, Reply):
-            await send_reply(send, admitted)
+        # checked from the head, admitted once the body is in: a place is for the model's
+        # work, not for a caller's upload (as with the gateway's own protocol)
+        checked = self.admit(name, headers, hold=False)
+        if isinstance(checked, Reply):
+            await send_reply(send, checked)
             return
-        service, gate = admitted
         info = RequestInfo(_request_id(), time.time(), name)
         version = scope["path_params"].get("version")
+        gate: Gate | None = None
         try:
             body = await read_body(scope, receive, self.state.max_body_bytes)
+            admitted = self.admit(name, headers)
+            if isinstance(admitted, Reply):
+                await send_reply(send, admitted)
+                return
+            service, gate = admitted
             if len(body) <= LARGE_BODY_BYTES:
                 decoded: Any = self._decode(headers, body, encoded=False)
             else:
                 while True:  # again if its version is swapped out meanwhile
                     model = self.choose(service, info, version, headers, started)
-                    decoded = await self._prepare_off_loop(model, info, headers, body, False)
+                    decoded = await self._prepare_off_loop(
+                        model, info, headers, body, False, started
+                    )
                     if not decoded.stale:
                         break
             call = self.begin(service, info, version, headers, decoded, started)

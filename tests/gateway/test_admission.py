@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import tracemalloc
+
 import pytest
 from prometheus_client import CollectorRegistry, generate_latest
 
@@ -143,6 +145,21 @@ def test_client_buckets_limit_each_caller_to_its_rate() -> None:
     assert gate.admit(b"key-a", 0.1) is not None
 
 
+def test_a_check_without_hold_takes_neither_a_place_nor_a_token() -> None:
+    gate = admission(mode="fixed", max_in_flight=1, client_rate_per_s=0.001, client_burst=1).gate(
+        "m"
+    )
+    for _ in range(3):
+        assert gate.admit(b"key-a", 0.0, hold=False) is None
+    assert gate.in_flight == 0
+    assert gate.admit(b"key-a", 0.0) is None, "the caller's one token is still there"
+    assert isinstance(gate.admit(b"key-b", 0.0, hold=False), OverloadedError)
+    gate.release()
+    assert isinstance(gate.admit(b"key-a", 0.0, hold=False), RateLimitedError)
+    assert gate.refusals == {"endpoint_limit": 1, "total_limit": 0, "queue_delay": 0,
+                             "client_rate": 1}  # fmt: skip
+
+
 def test_client_table_is_bounded_and_forgets_idle_callers_first() -> None:
     buckets = ClientBuckets(rate_per_s=1.0, burst=1, max_clients=8)
     for i in range(8):
@@ -155,6 +172,27 @@ def test_client_table_is_bounded_and_forgets_idle_callers_first() -> None:
         assert buckets.take(b"more-%d" % len(buckets), 0.5)
     assert buckets.take(b"late", 5.0)  # everyone refilled by now: they are forgotten
     assert len(buckets) == 1
+
+
+def test_the_client_table_holds_little_of_each_long_key() -> None:
+    """A key is the caller's choice, up to a whole header (16 KiB): 10,000 random long keys
+    per endpoint used to hold 160 MB. A long key is kept as a digest."""
+    control = admission(client_rate_per_s=1.0)
+    gate = control.gate("m")
+    tracemalloc.start()
+    try:
+        for i in range(500):
+            key = control.client_key([(b"x-api-key", b"%08d" % i + b"k" * 16_000)])
+            assert gate.admit(key, 0.0) is None
+            gate.release()
+        held, _ = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert held < 500_000, f"{held} bytes held for 500 callers"
+    long_key = [(b"x-api-key", b"a" * 1000)]
+    assert control.client_key(long_key) == control.client_key(long_key), "the same caller"
+    assert control.client_key(long_key) != control.client_key([(b"x-api-key", b"a" * 1001)])
+    assert control.client_key([(b"x-api-key", b"short")]) == b"short"
 
 
 def test_client_key_is_the_first_configured_header_present() -> None:
@@ -170,6 +208,8 @@ def test_endpoint_overrides_and_bad_settings_name_the_setting() -> None:
     assert settings.limits_for("heavy").max_in_flight == 64
     assert settings.limits_for("other").max_in_flight == 1024
     assert Admission(settings).gate("heavy").limit == 64
+    with pytest.raises(ConfigError, match=r"retry_after_s"):
+        load_settings(admission={"retry_after_s": "inf"})  # its Retry-After was a 500
     with pytest.raises(ConfigError, match=r"admission\.endpoints\.heavy"):
         load_settings(admission={"endpoints": {"heavy": {"max_in_flight": 0}}})
     with pytest.raises(ConfigError, match="initial_in_flight"):

@@ -15,6 +15,7 @@ import pytest
 from prometheus_client import CollectorRegistry
 from sklearn.datasets import load_breast_cancer
 
+from gateway.errors import OverloadedError, RateLimitedError
 from gateway.http import _asgi, create_app, endpoints
 from gateway.http._limits import HttpLimits
 from gateway.http.app import GatewayApp
@@ -368,6 +369,13 @@ async def test_requests_beyond_the_in_flight_limit_are_refused_before_any_work(
         await _wait_metric(client, f"{in_flight} 0.0")
         answered = await client.post(path, json=infer_body(ROW, ROW))
         assert answered.status_code == 200
+
+
+def test_retry_after_is_rounded_up_to_whole_seconds() -> None:
+    """Sooner than asked, a retry is refused again: 2.5 s is "3", never "2"."""
+    for seconds, header in [(0.001, b"1"), (1.0, b"1"), (1.2, b"2"), (2.5, b"3"), (100.0, b"100")]:
+        for error in (RateLimitedError("over", seconds), OverloadedError("busy", seconds)):
+            assert (b"retry-after", header) in _asgi.error_reply(error).headers
 
 
 async def test_a_caller_over_its_own_rate_gets_429_and_others_are_served(

@@ -12,6 +12,7 @@ import time
 from pathlib import Path
 
 import httpx
+import numpy as np
 import orjson
 import pytest
 
@@ -147,6 +148,71 @@ def test_a_large_or_expecting_request_is_refused_from_its_head_unread(
             assert [r[0] for r in read_responses(sock, 2)] == [429, 429]
         refusals = 'gateway_admission_refusals_total{model="breast_cancer",reason="client_rate"}'
         assert metric(gw, refusals) == f"{refusals} 4.0"
+
+
+def test_a_request_checked_from_its_head_takes_one_token_of_its_caller(
+    demo_registry: Path, tmp_path: Path
+) -> None:
+    """The early check of a large or expecting request's head is only a check: a caller with
+    a burst of one still gets its one request through. (The check used to take a token, and the
+    whole request then another, so that request was refused 429 after its body was read.)"""
+    settings = config(
+        demo_registry,
+        admission={"limits": {"client_rate_per_s": 0.001, "client_burst": 1}},
+    )
+    head = b"POST " + PATH + b" HTTP/1.1\r\nHost: k\r\nContent-Type: application/json\r\n"
+    large = orjson.dumps(
+        {"inputs": [{"name": "input", "shape": [300, 30], "datatype": "FP32",
+                     "data": np.tile(ROWS[0], 300).tolist()}]}
+    )  # fmt: skip
+    assert len(large) > 64 * 1024
+    with start_gateway(tmp_path, settings) as gw:
+        with socket.create_connection(("127.0.0.1", gw.port)) as sock:
+            sock.sendall(head + b"X-Api-Key: a\r\nExpect: 100-continue\r\n"
+                         b"Content-Length: %d\r\n\r\n" % len(body()))  # fmt: skip
+            sock.settimeout(10)
+            assert sock.recv(4096).startswith(b"HTTP/1.1 100 Continue\r\n\r\n")
+            sock.sendall(body())
+            ((status, _, payload),) = read_responses(sock, 1)
+        assert status == 200, payload
+        with socket.create_connection(("127.0.0.1", gw.port)) as sock:
+            sock.sendall(post(PATH, large, b"X-Api-Key: b\r\n"))
+            ((status, _, payload),) = read_responses(sock, 1)
+        assert status == 200, payload
+        with socket.create_connection(("127.0.0.1", gw.port)) as sock:
+            sock.sendall(post(PATH, large, b"X-Api-Key: b\r\n"))  # its second: over its rate
+            responses, _ = read_until_closed(sock)
+        assert [r[0] for r in responses] == [429]
+        refusals = 'gateway_admission_refusals_total{model="breast_cancer",reason="client_rate"}'
+        assert metric(gw, refusals) == f"{refusals} 1.0"
+        wait_metric(gw, 'gateway_admission_in_flight{model="breast_cancer"} 0.0')
+
+
+@pytest.mark.parametrize("protocol", ["gateway", "uvicorn"])
+def test_a_body_still_being_sent_holds_no_place(
+    demo_registry: Path, tmp_path: Path, protocol: str
+) -> None:
+    """A place is for the model's work: a caller that sends its body slowly holds none, so
+    such callers cannot take an endpoint's whole limit. (Behind an ASGI server, the place was
+    taken before the body was read.)"""
+    settings = config(
+        demo_registry,
+        server={"http_protocol": protocol},
+        admission={"limits": {"mode": "fixed", "max_in_flight": 1}},
+    )
+    whole = post(PATH, body())
+    with start_gateway(tmp_path, settings) as gw:
+        with socket.create_connection(("127.0.0.1", gw.port)) as slow:
+            slow.sendall(whole[:-10])  # its head and most of its body
+            for _ in range(3):
+                with socket.create_connection(("127.0.0.1", gw.port)) as sock:
+                    sock.sendall(whole)
+                    ((status, _, payload),) = read_responses(sock, 1)
+                assert status == 200, payload
+            slow.sendall(whole[-10:])
+            ((status, _, payload),) = read_responses(slow, 1)
+            assert status == 200, payload
+        wait_metric(gw, 'gateway_admission_in_flight{model="breast_cancer"} 0.0')
 
 
 def test_calls_read_together_are_parsed_in_later_turns_and_every_one_is_answered(

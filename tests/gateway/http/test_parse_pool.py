@@ -43,12 +43,14 @@ PREDICT = "/v1/models/breast_cancer:predict"
 
 
 @asynccontextmanager
-async def started(registry: Path, processes: int) -> AsyncIterator[tuple[GatewayApp, Any]]:
+async def started(
+    registry: Path, processes: int, **model: Any
+) -> AsyncIterator[tuple[GatewayApp, Any]]:
     """The demo model's app, lifespan running, and its metrics registry."""
     settings = load_settings(
         registry__root=registry,
         registry__poll_interval_s=60,
-        models=[{"name": "breast_cancer", "ref": "breast_cancer@champion"}],
+        models=[{"name": "breast_cancer", "ref": "breast_cancer@champion", **model}],
         server={"parse_processes": processes},
     )
     metrics = CollectorRegistry()
@@ -367,3 +369,30 @@ async def test_a_parse_that_outlasts_the_deadline_still_names_an_invalid_body(
         assert doc["error"] == (
             "model breast_cancer: the request's deadline passed while its body was parsed"
         )
+
+
+@pytest.mark.parametrize("driver", ["protocol", "asgi"])
+async def test_a_parse_that_never_comes_back_is_answered_at_its_deadline(
+    demo_registry: Path, driver: str
+) -> None:
+    """A parse process that stops answering (stopped here; a process whose death the pool
+    missed does the same) held the request, and its place at the gate, for ever."""
+    async with started(demo_registry, 1, batching={"timeout_s": 0.5}) as (app, metrics):
+        assert app.parse_pool is not None
+        (pid,) = await app.parse_pool.started()
+        os.kill(pid, signal.SIGSTOP)
+        try:
+            if driver == "protocol":
+                transport = send(app, tensor(ROWS, id="stuck"))
+                await asyncio.wait_for(answered(transport, 1), 10)
+                assert transport.written.startswith(b"HTTP/1.1 503 "), transport.written[:300]
+            else:
+                status, doc, _ = await asyncio.wait_for(infer(app, tensor(ROWS, id="stuck")), 10)
+                assert status == 503, doc
+            assert counted(metrics, "process") == 1
+            in_flight = metrics.get_sample_value(
+                "gateway_admission_in_flight", {"model": "breast_cancer"}
+            )
+            assert in_flight == 0, "its place is given back"
+        finally:
+            os.kill(pid, signal.SIGCONT)
