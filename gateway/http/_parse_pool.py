@@ -12,9 +12,11 @@ The pool starts at the first large body, so a gateway that never sees one pays n
 its processes are up (0.3 s on a 2-core machine), large bodies are parsed on a worker thread
 as before. The processes end with the gateway, even one killed by SIGKILL.
 
-Nothing accepted is lost to a process that dies (killed, out of memory): the pool is replaced
-at once, and each parse it held is sent once more, to the new pool once it is up. Which
-fallback is safe depends on whether the body could have killed the process:
+Nothing accepted is lost to a process that dies (killed, out of memory): the pool watches each
+process itself (a pidfd on the loop; the executor alone misses a process killed while writing
+its answer, see ``_replace``) and is replaced at once, and each parse it held is sent once
+more, to the new pool once it is up. Which fallback is safe depends on whether the body could
+have killed the process:
 
 - a body that never reached a process (none up yet, or the pool already known to be broken
   when it came) is parsed on a worker thread, as before;
@@ -75,6 +77,8 @@ class ParsePool:
         self._ready: asyncio.Future[list[int]] | None = None
         self._closed = False
         self._pids: set[int] = set()  # of the processes started, as each answered first
+        self._watched: list[int] = []  # pidfds of those processes (readable once one ends)
+        self._sent: set[_Parse[Any]] = set()  # parses in a process, not yet answered
 
     def submit(self, fn: Callable[..., T], *args: Any) -> asyncio.Future[T] | None:
         """``fn(*args)`` in a parse process; None when none is up yet (the first call starts
@@ -110,6 +114,7 @@ class ParsePool:
         """Stop the processes: a parse under way may finish within ``timeout_s``, then they
         are killed. Safe to call twice."""
         self._closed = True
+        self._unwatch(kill=False)
         executor, self._executor = self._executor, None
         if executor is None:
             return
@@ -152,6 +157,7 @@ class ParsePool:
         def up(call: asyncio.Future[int]) -> None:
             if not call.cancelled() and call.exception() is None:
                 self._pids.add(call.result())
+                self._watch(executor, call.result())
             if ready.done():
                 return
             if not call.cancelled() and call.exception() is None:
@@ -178,9 +184,45 @@ class ParsePool:
         self._on_lost()
         self._pids.clear()
         log.error("a parse process ended unexpectedly; starting new parse processes")
+        # Its other processes are killed and its end of the answers' pipe closed: a process
+        # killed while it wrote an answer leaves the executor's thread waiting for the rest of
+        # it (for ever, while any process or the gateway holds the pipe open), so the executor
+        # never finds itself broken and nothing sent to it would be answered.
+        self._unwatch(kill=True)
+        answers = getattr(broken, "_result_queue", None)
         broken.shutdown(wait=False, cancel_futures=True)
+        with contextlib.suppress(AttributeError, OSError):
+            answers._writer.close()  # type: ignore[union-attr]
         self._executor = None
+        lost = [parse for parse in self._sent if parse.sent_to is broken]
         self._start()
+        for parse in lost:  # the pool does not answer them: lost, whatever it says later
+            parse.lost_with(broken)
+
+    def _watch(self, executor: Executor, pid: int) -> None:
+        """Notice the end of process ``pid`` of ``executor`` by itself, not only through the
+        executor (see ``_replace``)."""
+        if executor is not self._executor or self._closed:
+            return
+        try:
+            pidfd = os.pidfd_open(pid)
+        except ProcessLookupError:  # ended already
+            self._replace(executor)
+            return
+        except OSError:  # no pidfds here: the executor's own notice only
+            return
+        self._watched.append(pidfd)
+        asyncio.get_running_loop().add_reader(pidfd, self._replace, executor)
+
+    def _unwatch(self, kill: bool) -> None:
+        loop = asyncio.get_running_loop()
+        for pidfd in self._watched:
+            loop.remove_reader(pidfd)
+            if kill:
+                with contextlib.suppress(ProcessLookupError):
+                    signal.pidfd_send_signal(pidfd, signal.SIGKILL)
+            os.close(pidfd)
+        self._watched.clear()
 
     def _when_up(self, then: Callable[[Executor | None], None]) -> None:
         """``then(executor)`` once the pool's processes are up (started now if none are
@@ -209,29 +251,40 @@ class _Parse(Generic[T]):
         self._loop = asyncio.get_running_loop()
         self._work: concurrent.futures.Future[T] | None = None
         self._lost = False
+        self.sent_to: Executor | None = None  # the pool it waits on, if any
         self.result: asyncio.Future[T] = self._loop.create_future()
         self.result.add_done_callback(self._dropped)
 
     def send(self, executor: Executor) -> None:
         """To ``executor``'s processes; BrokenProcessPool when it is known broken already."""
         work = self._work = executor.submit(self._fn, *self._args)
+        self.sent_to = executor
+        self._pool._sent.add(self)
         work.add_done_callback(lambda done: _call_soon(self._loop, self._settle, executor, done))
 
-    def _settle(self, executor: Executor, done: concurrent.futures.Future[T]) -> None:
-        if self.result.done():
+    def lost_with(self, executor: Executor) -> None:
+        """``executor``, which held this parse, lost a process."""
+        if self.result.done() or executor is not self.sent_to:
             return
+        self.sent_to = None
+        self._pool._sent.discard(self)
+        if self._lost:
+            self._fail()
+        else:  # it may have killed the process itself: again in a process, never a thread
+            self._lost = True
+            log.warning("a parse was lost with its process; sending it to the new one")
+            self._pool._when_up(self._again)
+
+    def _settle(self, executor: Executor, done: concurrent.futures.Future[T]) -> None:
+        if self.result.done() or executor is not self.sent_to:
+            return  # answered, or lost with that pool already
         if done.cancelled():
             self.result.cancel()
             return
         error = done.exception()
         if isinstance(error, BrokenProcessPool):
             self._pool._replace(executor)
-            if self._lost:
-                self._fail()
-            else:  # it may have killed the process itself: again in a process, never a thread
-                self._lost = True
-                log.warning("a parse was lost with its process; sending it to the new one")
-                self._pool._when_up(self._again)
+            self.lost_with(executor)  # if the replacement has not counted it lost already
         elif error is not None:
             self.result.set_exception(error)
         else:
@@ -261,6 +314,7 @@ class _Parse(Generic[T]):
         )
 
     def _dropped(self, result: asyncio.Future[T]) -> None:
+        self._pool._sent.discard(self)
         if result.cancelled() and self._work is not None:
             self._work.cancel()
 

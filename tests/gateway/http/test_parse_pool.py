@@ -32,7 +32,7 @@ from gateway.http.app import GatewayApp
 from gateway.http.endpoints import LARGE_BODY_BYTES
 from gateway.settings import load_settings
 from tests._support import children_of, wait_for
-from tests.gateway.http._parse_faults import KILLER_ID, parse_or_die
+from tests.gateway.http._parse_faults import KILLER_ID, answer_half_then_die, parse_or_die
 from tests.gateway.http.test_protocol import answered, connection_to
 
 DATA = load_breast_cancer()
@@ -396,3 +396,30 @@ async def test_a_parse_that_never_comes_back_is_answered_at_its_deadline(
             assert in_flight == 0, "its place is given back"
         finally:
             os.kill(pid, signal.SIGCONT)
+
+
+async def test_a_process_killed_while_it_sends_its_answer_does_not_stall_the_pool(
+    tmp_path: Path,
+) -> None:
+    # The executor's thread, reading the answer, waits for the rest of it for ever, and never
+    # finds the executor broken: the pool notices the process's end itself.
+    lost_count = 0
+
+    def noticed() -> None:
+        nonlocal lost_count
+        lost_count += 1
+
+    pool = ParsePool(1, on_lost=noticed)
+    try:
+        (first,) = await pool.started()
+        parse = pool.submit(answer_half_then_die, str(tmp_path / "died"))
+        assert parse is not None
+        second = await asyncio.wait_for(parse, 30)  # sent again, to the new process
+        assert second != first
+        assert lost_count == 1
+        assert await pool.started() == [second]
+        again = pool.submit(answer_half_then_die, str(tmp_path / "died"))
+        assert again is not None
+        assert await asyncio.wait_for(again, 30) == second
+    finally:
+        await pool.aclose()
