@@ -46,10 +46,18 @@ class Gateway:
 
 
 @asynccontextmanager
-async def gateway(registry: Path, audit: Path, **settings: Any) -> AsyncIterator[Gateway]:
+async def gateway(
+    registry: Path,
+    audit: Path,
+    routes: list[dict[str, Any]] | None = None,
+    poll_interval_s: float = 60,
+    **settings: Any,
+) -> AsyncIterator[Gateway]:
+    """A gateway app on ``registry`` with its admin API (``routes``: [AB] by default), lifespan
+    running, and a client with the admin token."""
     config = load_settings(
-        registry={"root": str(registry), "poll_interval_s": 60},
-        routes=[AB],
+        registry={"root": str(registry), "poll_interval_s": poll_interval_s},
+        routes=routes or [AB],
         admin={"tokens": {"ops": TOKEN}, "audit_log": str(audit)},
         **settings,
     )

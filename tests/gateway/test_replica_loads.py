@@ -17,15 +17,10 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
-import httpx
-from prometheus_client import CollectorRegistry
-
-from gateway.http import create_app
-from gateway.settings import load_settings
 from monitors.broker import EmbeddedBroker
 from tests._support import wait_for
 from tests.gateway.serving.test_deployments import BODY, INFER
-from tests.gateway.test_admin import AB, AUTH, CHALLENGER, CHAMPION, ROUTE, TOKEN, Gateway, control
+from tests.gateway.test_admin import AB, CHALLENGER, CHAMPION, ROUTE, Gateway, control, gateway
 
 MODEL = "/v2/models/breast_cancer"
 PINNABLE = {**AB, "allow_pinning": True}
@@ -33,20 +28,11 @@ PINNABLE = {**AB, "allow_pinning": True}
 
 @asynccontextmanager
 async def replica(registry: Path, name: str, bootstrap: str) -> AsyncIterator[Gateway]:
-    config = load_settings(
-        registry={"root": str(registry), "poll_interval_s": 0.05},
-        routes=[PINNABLE],
-        admin={"tokens": {"ops": TOKEN}, "audit_log": str(registry.parent / f"{name}.jsonl")},
-        **control(bootstrap, name),
-    )
-    metrics = CollectorRegistry()
-    app = create_app(config, metrics_registry=metrics)
-    async with app.router.lifespan_context(app):
-        transport = httpx.ASGITransport(app=app)
-        async with httpx.AsyncClient(
-            transport=transport, base_url="http://gateway", headers=AUTH
-        ) as client:
-            yield Gateway(client, metrics)
+    audit = registry.parent / f"{name}.jsonl"
+    async with gateway(
+        registry, audit, [PINNABLE], poll_interval_s=0.05, **control(bootstrap, name)
+    ) as replica:
+        yield replica
 
 
 def two_registries(demo_registry: Path) -> tuple[Path, Path]:
